@@ -1,0 +1,120 @@
+"""Command line: ``gradbench list | validate | run`` (DESIGN §6).
+
+Bad suites exit with code 2 and one located line on stderr; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gradbench.suite import SuiteError, load_suite
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="gradbench")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """gradbench: benchmark Monte Carlo gradient estimators against exact gradients."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command("list")
+@click.argument("what", type=click.Choice(["estimators", "models", "protocols", "all"]), default="all")
+def list_cmd(what: str) -> None:
+    """List registered estimators, models and protocols with one-line descriptions."""
+    from gradbench import registry
+
+    sections = {"models": registry.MODELS, "estimators": registry.ESTIMATORS, "protocols": registry.PROTOCOLS}
+    for name, entries in sections.items():
+        if what not in ("all", name):
+            continue
+        click.echo(f"{name}:")
+        width = max(len(k) for k in entries)
+        for key, entry in entries.items():
+            click.echo(f"  {key:<{width}}  {entry.description}")
+
+
+@cli.command()
+@click.argument("suite", type=click.Path(path_type=Path))
+def validate(suite: Path) -> None:
+    """Check a suite file and print how many cells it expands to."""
+    spec, cells = load_suite(suite)
+    targets = len({c.target.target_id for c in cells})
+    click.echo(f"{suite}: ok — suite {spec.name!r}: {targets} target(s), {len(cells)} cell(s), "
+               f"{spec.replicates} replicates each")
+
+
+@cli.command()
+@click.argument("suite", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder [default: runs/<suite name>].")
+@click.option("--device", help="Override the suite's device (cpu, cuda, cuda:N).")
+@click.option("--replicates", type=int, help="Override the suite's replicates.")
+@click.option("--seed", type=int, help="Override the suite's seed.")
+@click.option("--fresh", is_flag=True, help="Discard finished cells and start over.")
+def run(suite: Path, out: Path | None, device: str | None, replicates: int | None, seed: int | None, fresh: bool) -> None:
+    """Run a suite (resuming finished cells) and write results.parquet."""
+    import torch
+
+    from gradbench.runner import run_suite
+
+    overrides: dict[str, Any] = {k: v for k, v in {"device": device, "replicates": replicates, "seed": seed}.items()
+                                 if v is not None}
+    spec, cells = load_suite(suite, overrides)
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SuiteError(f"{suite}: device: {spec.device!r} requested but no CUDA device is available "
+                         "(torch.cuda.is_available() is False); use --device cpu")
+    out = out or Path("runs") / spec.name
+    t0 = time.perf_counter()
+    summary = run_suite(spec, cells, out, fresh=fresh, progress=sys.stderr.isatty())
+    click.echo(_summary_table(summary.table))
+    click.echo(f"\n{summary.ran} cell(s) run, {summary.skipped} reused, {time.perf_counter() - t0:.1f} s; "
+               f"results: {out / 'results.parquet'}")
+
+
+def _summary_table(table: Any) -> str:
+    """Per cell: relative bias ± s.e., bias p-value, trace of covariance ± s.e. (group 'all')."""
+    import pandas as pd
+
+    if table.empty:
+        return "(no rows)"
+    sub = table[table.param_group == "all"]
+    est_cols = [c for c in table.columns if c.startswith("estimator.")]
+    keys = ["target_id", "estimator", *est_cols]
+    fmt = {"rel_bias": "rel_bias", "bias_pvalue": "p", "trace_cov": "trace_cov", "evals_mean": "evals"}
+    out = []
+    for key, grp in sub.groupby(keys, sort=False, dropna=False):
+        rec = dict(zip(keys, key))
+        params = ", ".join(f"{c.split('.', 1)[1]}={int(rec[c]) if float(rec[c]).is_integer() else rec[c]}"
+                           for c in est_cols if pd.notna(rec[c]))
+        line = {"target": rec["target_id"], "estimator": f"{rec['estimator']}({params})"}
+        for metric, label in fmt.items():
+            m = grp[grp.metric == metric]
+            if m.empty:
+                continue
+            v, se = m.value.iloc[0], m.stderr.iloc[0]
+            line[label] = f"{v:.3g}" if pd.isna(se) else f"{v:.3g} ± {se:.2g}"
+        out.append(line)
+    return pd.DataFrame(out).to_string(index=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="gradbench", standalone_mode=False)
+    except SuiteError as exc:
+        if debug:
+            raise
+        click.echo(f"gradbench: error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("gradbench: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

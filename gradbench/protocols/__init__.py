@@ -1,0 +1,56 @@
+"""Protocols turn a GradSample (+ the reference) into tidy metric rows with standard errors.
+
+A protocol is ``protocol(sample, reference, ctx) -> list[Row]``; metric names follow DESIGN §5.
+Non-finite replicates are excluded from every moment and counted in ``ctx``'s caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypedDict
+
+import numpy as np
+
+from gradbench.core import GradSample, ParamLayout
+
+
+class Row(TypedDict):
+    param_group: str
+    metric: str
+    value: float
+    stderr: float
+    method: str
+
+
+def row(group: str, metric: str, value: float, stderr: float, method: str = "") -> Row:
+    return Row(param_group=group, metric=metric, value=float(value), stderr=float(stderr), method=method)
+
+
+@dataclass(frozen=True)
+class ProtocolContext:
+    """Everything a protocol may need besides the sample: an explicit RNG seed for resampling and
+    the machine epsilon of the estimator's dtype (the resolution of its output)."""
+
+    seed: int
+    eps: float
+
+
+@dataclass(frozen=True)
+class FiniteSample:
+    """Float64 numpy view of the finite replicates of a GradSample."""
+
+    G: np.ndarray
+    cost: np.ndarray
+    n_nonfinite: int
+
+    @staticmethod
+    def of(sample: GradSample) -> FiniteSample:
+        ok = ~sample.diagnostics["nonfinite"].cpu().numpy()
+        G = sample.grads.detach().cpu().double().numpy()[ok]
+        cost = sample.cost.detach().cpu().double().numpy()[ok]
+        return FiniteSample(G, cost, int((~ok).sum()))
+
+
+def group_slices(layout: ParamLayout) -> dict[str, slice]:
+    """``all`` first, then each parameter group in layout order."""
+    return {"all": slice(None), **layout.slices()}

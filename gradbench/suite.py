@@ -1,0 +1,293 @@
+"""Suite files: YAML → validated :class:`Suite` → grid expansion → :class:`Cell` list.
+
+Every problem with a suite raises :class:`SuiteError` whose message is one line naming the file,
+the line and the key path, e.g. ``suites/x.yaml:14: estimators[2].params.K: must be > 0 (got -1)``.
+YAML is read with PyYAML's safe loader only; validation is pydantic (strict: no silent casts).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import typing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gradbench import registry
+from gradbench.seeding import content_hash, derive_seed
+
+CELL_FORMAT = 1  # bump when a change alters what a cell computes: old cells are then re-run
+Loc = tuple[str | int, ...]
+
+
+class SuiteError(Exception):
+    """A located, one-line, user-facing error in a suite (exit code 2)."""
+
+
+# -- schema ------------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TargetEntry(_Strict):
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    proposal: dict[str, Any] = Field(default_factory=dict)
+    data: str | None = Field(None, description="optional .npy or .csv file of data rows, relative to the suite")
+
+
+class EstimatorEntry(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Suite(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    replicates: int = Field(gt=0)
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    dtype: Literal["float64", "float32"] = "float64"
+    max_cells: int = Field(10_000, gt=0, description="refuse grids that expand past this many cells")
+    targets: list[TargetEntry] = Field(min_length=1)
+    estimators: list[EstimatorEntry] = Field(min_length=1)
+    protocols: list[str] = Field(min_length=1)
+
+
+# -- cells -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TargetConfig:
+    model: str
+    params: dict[str, Any]
+    proposal: dict[str, Any]
+    data: str | None  # absolute path of a data file, or None for synthetic data
+    data_sha256: str | None
+    suite_seed: int
+
+    @property
+    def data_seed(self) -> int:
+        """Seed of the synthetic parameters/data: independent of the proposal and the estimator."""
+        return derive_seed(self.suite_seed, "target-data", self.model, self.params, self.data_sha256)
+
+    @property
+    def target_id(self) -> str:
+        return content_hash(["target", self.model, self.params, self.proposal, self.data_sha256, self.suite_seed], 12)
+
+    def noise_seed(self, block: int) -> int:
+        """Seed of replicate block ``block`` — shared by every estimator on this target."""
+        return derive_seed(self.suite_seed, "target-noise", self.target_id, block)
+
+    def build(self, dtype: str, device: str) -> Any:
+        import torch
+
+        entry = registry.MODELS[self.model]
+        data = _read_data(Path(self.data)) if self.data else None
+        return entry.build(entry.params(**self.params), entry.proposal(**self.proposal), self.data_seed,
+                           getattr(torch, dtype), device, data)
+
+
+@dataclass(frozen=True)
+class Cell:
+    target: TargetConfig
+    estimator: str
+    estimator_params: dict[str, Any]
+    protocols: tuple[str, ...]
+    replicates: int
+    device: str
+    dtype: str
+
+    @property
+    def cell_id(self) -> str:
+        content = asdict(self)
+        content["target"].pop("data")  # the file's content (sha256) counts, not where it lives
+        return content_hash(["cell", CELL_FORMAT, content])
+
+
+# -- loading -----------------------------------------------------------------------------------
+def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Suite, list[Cell]]:
+    """Read, validate and expand a suite file; ``overrides`` replace top-level keys (CLI flags)."""
+    path = Path(path)
+    src = _SourceMap(path)
+    raw = src.load()
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}:1: top level must be a mapping of keys (name, seed, replicates, ...), got {type(raw).__name__}")
+    raw = {**raw, **(overrides or {})}
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as exc:
+        raise SuiteError(src.format_pydantic(exc, Suite)) from None
+    return suite, expand(suite, src)
+
+
+def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
+    for i, name in enumerate(suite.protocols):
+        _check_name(src, ("protocols", i), name, registry.PROTOCOLS, "protocol")
+    if len(set(suite.protocols)) != len(suite.protocols):
+        raise SuiteError(src.at(("protocols",), "a protocol is listed twice"))
+    targets: list[TargetConfig] = []
+    for i, t in enumerate(suite.targets):
+        entry = registry.MODELS.get(t.model)
+        _check_name(src, ("targets", i, "model"), t.model, registry.MODELS, "model")
+        data_path, data_sha = None, None
+        if t.data is not None:
+            p = (src.path.parent / t.data).resolve()
+            if not p.is_file():
+                raise SuiteError(src.at(("targets", i, "data"), f"data file {t.data!r} not found (looked in {p.parent})"))
+            data_path, data_sha = str(p), hashlib.sha256(p.read_bytes()).hexdigest()
+        params = _grid(src, ("targets", i, "params"), t.params, entry.params)
+        proposals = _grid(src, ("targets", i, "proposal"), t.proposal, entry.proposal)
+        targets += [TargetConfig(t.model, a, b, data_path, data_sha, suite.seed) for a in params for b in proposals]
+
+    estimators: list[tuple[str, dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for i, e in enumerate(suite.estimators):
+        _check_name(src, ("estimators", i, "name"), e.name, registry.ESTIMATORS, "estimator")
+        key = content_hash([e.name, e.params])
+        if key in seen:
+            raise SuiteError(src.at(("estimators", i), f"duplicate of estimators[{seen[key]}] ({e.name} with the same params)"))
+        seen[key] = i
+        estimators += [(e.name, p) for p in _grid(src, ("estimators", i, "params"), e.params, registry.ESTIMATORS[e.name].params)]
+
+    n_cells = len(targets) * len(estimators)
+    if n_cells > suite.max_cells:
+        raise SuiteError(src.at((), f"the grids expand to {n_cells} cells, more than max_cells = {suite.max_cells}; "
+                                    "set max_cells higher in the suite to allow it"))
+    return [
+        Cell(t, name, params, tuple(suite.protocols), suite.replicates, suite.device, suite.dtype)
+        for t in targets
+        for name, params in estimators
+    ]
+
+
+def _grid(src: _SourceMap, loc: Loc, params: dict[str, Any], model: type[BaseModel]) -> list[dict[str, Any]]:
+    """Cartesian product over list-valued params, each combination validated by ``model``."""
+    fields = model.model_fields
+    for key in params:
+        if key not in fields:
+            raise SuiteError(src.at(loc + (key,), f"unknown parameter {key!r}{_did_you_mean(key, fields)}"
+                                                  f" (known: {', '.join(fields) or 'none'})"))
+    axes = {k: (v if isinstance(v, list) else [v]) for k, v in params.items()}
+    for k, v in axes.items():
+        if not v:
+            raise SuiteError(src.at(loc + (k,), "empty grid: give at least one value"))
+    combos = []
+    for picks in itertools.product(*(list(enumerate(v)) for v in axes.values())):
+        combo = {k: val for k, (_, val) in zip(axes, picks)}
+        try:
+            validated = model.model_validate(combo)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = err["loc"][0] if err["loc"] else None
+            sub = loc + ((key,) if key is not None else ())
+            if isinstance(key, str) and isinstance(params.get(key), list):
+                sub += (dict(zip(axes, picks))[key][0],)
+            raise SuiteError(src.at(sub, _message(err))) from None
+        combos.append(validated.model_dump())
+    return combos
+
+
+def _check_name(src: _SourceMap, loc: Loc, name: str, known: dict[str, Any], what: str) -> None:
+    if name not in known:
+        raise SuiteError(src.at(loc, f"unknown {what} {name!r}{_did_you_mean(name, known)} (see `gradbench list`)"))
+
+
+def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return f"missing required key {err['loc'][-1]!r}"
+    msg = err["msg"]
+    msg = msg[0].lower() + msg[1:]
+    return f"{msg} (got {err['input']!r})" if "input" in err else msg
+
+
+def _read_data(path: Path) -> np.ndarray:
+    arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+    return np.asarray(arr, dtype=np.float64)
+
+
+def _format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+class _SourceMap:
+    """The suite file's text, parsed once into data and once into nodes that remember lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: dict[Loc, int] = {}
+
+    def load(self) -> Any:
+        if not self.path.is_file():
+            raise SuiteError(f"{self.path}: no such suite file")
+        try:
+            text = self.path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SuiteError(f"{self.path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else 1
+            problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+            raise SuiteError(f"{self.path}:{line}: YAML syntax error: {problem}") from None
+        except yaml.YAMLError as exc:
+            raise SuiteError(f"{self.path}:1: YAML error: {' '.join(str(exc).split())}") from None
+        if node is not None:
+            self._index(node, ())
+        return data
+
+    def _index(self, node: yaml.Node, loc: Loc) -> None:
+        self.lines.setdefault(loc, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = loc + (key.value,)
+                self.lines[sub] = key.start_mark.line + 1
+                self._index(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._index(item, loc + (i,))
+
+    def line(self, loc: Loc) -> int:
+        while loc and loc not in self.lines:
+            loc = loc[:-1]
+        return self.lines.get(loc, 1)
+
+    def at(self, loc: Loc, message: str) -> str:
+        return f"{self.path}:{self.line(loc)}: {_format_loc(loc)}: {message}"
+
+    def format_pydantic(self, exc: ValidationError, model: type[BaseModel]) -> str:
+        errors = sorted(exc.errors(), key=lambda e: self.line(tuple(e["loc"])))
+        err = errors[0]
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(model, loc[:-1])
+            return self.at(loc, f"unknown key {loc[-1]!r}{_did_you_mean(str(loc[-1]), known)} (known: {', '.join(known)})")
+        return self.at(loc, _message(err))
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """Field names of the pydantic model that validates the mapping at ``loc``."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            current = typing.get_args(current)[0] if typing.get_args(current) else current
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            current = current.model_fields[part].annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
