@@ -2,6 +2,7 @@
 
 Output folder layout (DESIGN §1):
     cells/<cell_id>.parquet    one per finished cell (rows without the suite name)
+    meeting_times.parquet      raw τ per replicate for estimators that report ``tau`` diagnostics
     targets/<target_id>.npz    model parameters by name, data ``x``, exact gradient ``grad_<name>``
     results.parquet            all cells of the suite, in suite order, with the ``suite`` column
     run.json                   the suite name and its cell ids in order
@@ -76,8 +77,9 @@ def sample_cell(cell: Cell, target: Any) -> GradSample:
     return GradSample.cat(blocks)
 
 
-def run_cell(cell: Cell, target: Any) -> pd.DataFrame:
-    """All protocol rows of one cell, with the DESIGN §5 columns (except ``suite``)."""
+def run_cell(cell: Cell, target: Any) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """All protocol rows of one cell, with the DESIGN §5 columns (except ``suite``), and the raw
+    per-replicate meeting times when the estimator reports them (diagnostics ``tau``/``censored``)."""
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     sample = sample_cell(cell, target)
@@ -109,7 +111,16 @@ def run_cell(cell: Cell, target: Any) -> pd.DataFrame:
     df["torch_version"] = torch.__version__
     df["started_at"] = started.isoformat(timespec="seconds")
     df["seconds"] = time.perf_counter() - t0
-    return df
+    return df, _meeting_frame(cell, sample)
+
+
+def _meeting_frame(cell: Cell, sample: GradSample) -> pd.DataFrame | None:
+    if "tau" not in sample.diagnostics:
+        return None
+    tau = sample.diagnostics["tau"].cpu().numpy()
+    censored = sample.diagnostics.get("censored", torch.zeros(len(tau), dtype=torch.bool)).cpu().numpy()
+    return pd.DataFrame({"cell_id": cell.cell_id, "estimator": cell.estimator, "replicate": np.arange(len(tau)),
+                         "tau": tau, "censored": censored})
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,7 @@ def run_suite(
     out = Path(out)
     cell_dir = out / "cells"
     if fresh:
-        for f in list(cell_dir.glob("*.parquet")) + [out / "results.parquet"]:
+        for f in list(cell_dir.glob("*.parquet")) + [out / "results.parquet", out / "meeting_times.parquet"]:
             f.unlink(missing_ok=True)
     targets: dict[str, Any] = {}
     ran = skipped = 0
@@ -148,7 +159,10 @@ def run_suite(
             npz = io.BytesIO()
             np.savez(npz, **targets[tid].arrays())
             atomic_write_bytes(out / "targets" / f"{tid}.npz", npz.getvalue())
-        atomic_write_parquet(run_cell(cell, targets[tid]), path)
+        rows, meeting = run_cell(cell, targets[tid])
+        if meeting is not None:  # written first: the cell file's existence means the cell is complete
+            atomic_write_parquet(meeting, cell_dir / f"{cell.cell_id}.meeting.parquet")
+        atomic_write_parquet(rows, path)
         ran += 1
         if on_cell is not None:
             on_cell(cell)
@@ -162,6 +176,10 @@ def collect(suite_name: str, cells: list[Cell], out: Path) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     table.insert(0, "suite", suite_name)
     atomic_write_parquet(table, out / "results.parquet")
+    meeting = [out / "cells" / f"{c.cell_id}.meeting.parquet" for c in cells]
+    meeting = [pd.read_parquet(p) for p in meeting if p.exists()]
+    if meeting:
+        atomic_write_parquet(pd.concat(meeting, ignore_index=True), out / "meeting_times.parquet")
     manifest = {"suite": suite_name, "cells": [c.cell_id for c in cells]}
     atomic_write_bytes(out / "run.json", json.dumps(manifest, indent=1).encode())
     return table
