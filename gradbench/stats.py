@@ -60,7 +60,7 @@ def bias_test(G: np.ndarray, ref: np.ndarray, ref_var: np.ndarray | None, eps: f
 
     if ref_var is None and n >= HOTELLING_MIN_RATIO * p:
         _, s, Vt = np.linalg.svd(Xc / math.sqrt(n - 1), full_matrices=False)
-        r = int((s > s[0] * math.sqrt(eps)).sum()) if s.size and s[0] > 0 else 0
+        r = int((s > math.sqrt(eps) * scale).sum())  # same resolution as `live` above
         c = Vt[:r] @ diff
         if np.linalg.norm(diff - Vt[:r].T @ c) > tol:
             return BiasTest(0.0, zmax, f"deterministic: bias outside the rank-{r} covariance support")

@@ -244,6 +244,8 @@ class _SourceMap:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 1
             problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+            if exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
+                problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
             raise SuiteError(f"{self.path}:{line}: YAML syntax error: {problem}") from None
         except yaml.YAMLError as exc:
             raise SuiteError(f"{self.path}:1: YAML error: {' '.join(str(exc).split())}") from None
