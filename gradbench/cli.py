@@ -57,24 +57,59 @@ def validate(suite: Path) -> None:
 @click.option("--replicates", type=int, help="Override the suite's replicates.")
 @click.option("--seed", type=int, help="Override the suite's seed.")
 @click.option("--fresh", is_flag=True, help="Discard finished cells and start over.")
-def run(suite: Path, out: Path | None, device: str | None, replicates: int | None, seed: int | None, fresh: bool) -> None:
+@click.option("--executor", type=click.Choice(["local", "dask"]), help="Where cells run [default: the suite's, else local].")
+@click.option("--scheduler", help="Dask scheduler address (tcp://HOST:8786); without it, a LocalCluster.")
+def run(suite: Path, out: Path | None, device: str | None, replicates: int | None, seed: int | None, fresh: bool,
+        executor: str | None, scheduler: str | None) -> None:
     """Run a suite (resuming finished cells) and write results.parquet."""
-    import torch
+    from gradbench.runner import RunBusy, run_suite
 
-    from gradbench.runner import run_suite
-
-    overrides: dict[str, Any] = {k: v for k, v in {"device": device, "replicates": replicates, "seed": seed}.items()
-                                 if v is not None}
-    spec, cells = load_suite(suite, overrides)
-    if spec.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SuiteError(f"{suite}: device: {spec.device!r} requested but no CUDA device is available "
-                         "(torch.cuda.is_available() is False); use --device cpu")
+    flags = {"device": device, "replicates": replicates, "seed": seed, "executor": executor, "scheduler": scheduler}
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    spec, cells = load_suite(suite, overrides, check_device=True)
     out = out or Path("runs") / spec.name
     t0 = time.perf_counter()
-    summary = run_suite(spec, cells, out, fresh=fresh, progress=sys.stderr.isatty())
+    try:
+        summary = run_suite(spec, cells, out, fresh=fresh, progress=sys.stderr.isatty(), executor=_executor(spec))
+    except RunBusy as exc:
+        click.echo(f"gradbench: error: {exc}", err=True)
+        sys.exit(3)
+    if summary.interrupted:
+        done = summary.ran + summary.skipped
+        click.echo(f"gradbench: interrupted: {done} of {summary.total} cells are finished and saved in {out}; "
+                   "run the same command again to resume", err=True)
+        sys.exit(130)
     click.echo(_summary_table(summary.table))
-    click.echo(f"\n{summary.ran} cell(s) run, {summary.skipped} reused, {time.perf_counter() - t0:.1f} s; "
-               f"results: {out / 'results.parquet'}")
+    click.echo(f"\n{summary.ran} cell(s) run, {summary.skipped} reused, {len(summary.failed)} failed, "
+               f"{time.perf_counter() - t0:.1f} s; results: {out / 'results.parquet'}")
+    if "warning" in summary.table.columns:
+        for text in sorted(set(summary.table.warning) - {""}):
+            click.echo(f"gradbench: warning: {text}", err=True)
+    if summary.failed:
+        for cell_id, message in summary.failed.items():
+            click.echo(f"gradbench: cell {cell_id} failed: {message}", err=True)
+        click.echo(f"gradbench: {len(summary.failed)} cell(s) failed (details in {out / 'cells'}/*.failed.json); "
+                   "they are tried again by the next run", err=True)
+        sys.exit(1)
+
+
+def _fmt_param(v: Any) -> str:
+    """3.0 → 3; strings (e.g. ``coupling=maximal``, ``k=auto``) and other values as they are."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _executor(spec: Any) -> Any:
+    from gradbench.executors import DaskExecutor, LocalExecutor
+
+    if spec.executor == "local":
+        return LocalExecutor()
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise SuiteError("executor 'dask' needs Dask: pip install 'gradbench[dask]'") from None
+    return DaskExecutor(spec.scheduler)
 
 
 def _summary_table(table: Any) -> str:
@@ -90,7 +125,7 @@ def _summary_table(table: Any) -> str:
     out = []
     for key, grp in sub.groupby(keys, sort=False, dropna=False):
         rec = dict(zip(keys, key))
-        params = ", ".join(f"{c.split('.', 1)[1]}={int(rec[c]) if float(rec[c]).is_integer() else rec[c]}"
+        params = ", ".join(f"{c.split('.', 1)[1]}={_fmt_param(rec[c])}"
                            for c in est_cols if pd.notna(rec[c]))
         line = {"target": rec["target_id"], "estimator": f"{rec['estimator']}({params})"}
         for metric, label in fmt.items():
@@ -101,6 +136,14 @@ def _summary_table(table: Any) -> str:
             line[label] = f"{v:.3g}" if pd.isna(se) else f"{v:.3g} ± {se:.2g}"
         out.append(line)
     return pd.DataFrame(out).to_string(index=False)
+
+
+# Commands defined beside their subsystems (they import their heavy dependencies lazily).
+from gradbench.report.commands import compare, report  # noqa: E402
+from gradbench.speed import speed  # noqa: E402
+
+for _command in (report, compare, speed):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

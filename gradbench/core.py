@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -109,6 +110,18 @@ class Reference:
     value: Tensor
     kind: Literal["exact", "enumerated", "estimated"] = "exact"
     stderr: Tensor | None = None
+
+
+def log_joint_with_grad(target: LatentTarget, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """``(target.log_joint(z), weights ↦ target.weighted_grad_log_joint(z, weights))``.
+
+    A target may provide a method of the same name that shares work between the two (PPCA computes
+    the centred latents once); this falls back to the two separate calls for targets that do not.
+    """
+    fused = getattr(target, "log_joint_with_grad", None)
+    if fused is not None:
+        return fused(z)
+    return target.log_joint(z), lambda weights: target.weighted_grad_log_joint(z, weights)
 
 
 class LatentTarget(Protocol):

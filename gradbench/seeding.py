@@ -1,8 +1,10 @@
 """Deterministic seeds derived from content, never from an estimator's name.
 
-A cell's noise comes from ``derive_seed(suite_seed, target_id, block)``: every estimator run on
-the same target sees the same generator streams (common random numbers), and replicate block b
-is the same whatever the total number of replicates.
+A target's parameters and data come from ``target_seed`` (default: the suite seed); a cell's noise
+comes from ``derive_seed(suite_seed, target_id, block)``: every estimator run on the same target
+sees the same generator streams (common random numbers), replicate block b is the same whatever
+the total number of replicates, and a new suite seed with a fixed target_seed re-runs the same
+targets with fresh noise (what `gradbench compare` needs to replicate a run).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import itertools
+import re
 import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gradbench import registry
 from gradbench.seeding import content_hash, derive_seed
@@ -50,14 +51,24 @@ class EstimatorEntry(_Strict):
 class Suite(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seeds the Monte Carlo noise (and the targets, unless target_seed is set)")
+    target_seed: int | None = Field(None, ge=0, description="seeds the synthetic targets; default: seed")
     replicates: int = Field(gt=0)
-    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    device: str = "cpu"
     dtype: Literal["float64", "float32"] = "float64"
     max_cells: int = Field(10_000, gt=0, description="refuse grids that expand past this many cells")
+    executor: Literal["local", "dask"] = "local"
+    scheduler: str | None = Field(None, description="Dask scheduler address; none starts a LocalCluster")
     targets: list[TargetEntry] = Field(min_length=1)
     estimators: list[EstimatorEntry] = Field(min_length=1)
     protocols: list[str] = Field(min_length=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ValueError(f"unknown device {value!r}; use cpu, cuda or cuda:N")
+        return value
 
 
 # -- cells -------------------------------------------------------------------------------------
@@ -68,16 +79,18 @@ class TargetConfig:
     proposal: dict[str, Any]
     data: str | None  # absolute path of a data file, or None for synthetic data
     data_sha256: str | None
-    suite_seed: int
+    target_seed: int  # seeds the synthetic parameters and data
+    suite_seed: int  # seeds the Monte Carlo noise
 
     @property
     def data_seed(self) -> int:
-        """Seed of the synthetic parameters/data: independent of the proposal and the estimator."""
-        return derive_seed(self.suite_seed, "target-data", self.model, self.params, self.data_sha256)
+        """Seed of the synthetic parameters/data: independent of the proposal, the estimator and the noise seed."""
+        return derive_seed(self.target_seed, "target-data", self.model, self.params, self.data_sha256)
 
     @property
     def target_id(self) -> str:
-        return content_hash(["target", self.model, self.params, self.proposal, self.data_sha256, self.suite_seed], 12)
+        """Identifies the target (model, parameters, data, proposal) — not the noise it is run with."""
+        return content_hash(["target", self.model, self.params, self.proposal, self.data_sha256, self.target_seed], 12)
 
     def noise_seed(self, block: int) -> int:
         """Seed of replicate block ``block`` — shared by every estimator on this target."""
@@ -110,8 +123,13 @@ class Cell:
 
 
 # -- loading -----------------------------------------------------------------------------------
-def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Suite, list[Cell]]:
-    """Read, validate and expand a suite file; ``overrides`` replace top-level keys (CLI flags)."""
+def load_suite(
+    path: str | Path, overrides: dict[str, Any] | None = None, *, check_device: bool = False
+) -> tuple[Suite, list[Cell]]:
+    """Read, validate and expand a suite file; ``overrides`` replace top-level keys (CLI flags).
+
+    With ``check_device``, a CUDA device that this machine does not have is an error too.
+    """
     path = Path(path)
     src = _SourceMap(path)
     raw = src.load()
@@ -122,6 +140,13 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
         raise SuiteError(src.format_pydantic(exc, Suite)) from None
+    if check_device and suite.device != "cpu":
+        import torch
+
+        index = int(suite.device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise SuiteError(src.at(("device",), f"{suite.device!r} requested but this machine has "
+                                                 f"{torch.cuda.device_count()} CUDA device(s); use --device cpu"))
     return suite, expand(suite, src)
 
 
@@ -142,7 +167,8 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
             data_path, data_sha = str(p), hashlib.sha256(p.read_bytes()).hexdigest()
         params = _grid(src, ("targets", i, "params"), t.params, entry.params)
         proposals = _grid(src, ("targets", i, "proposal"), t.proposal, entry.proposal)
-        targets += [TargetConfig(t.model, a, b, data_path, data_sha, suite.seed) for a in params for b in proposals]
+        target_seed = suite.seed if suite.target_seed is None else suite.target_seed
+        targets += [TargetConfig(t.model, a, b, data_path, data_sha, target_seed, suite.seed) for a in params for b in proposals]
 
     estimators: list[tuple[str, dict[str, Any]]] = []
     seen: dict[str, int] = {}
@@ -206,7 +232,7 @@ def _message(err: dict[str, Any]) -> str:
     kind = err["type"]
     if kind == "missing":
         return f"missing required key {err['loc'][-1]!r}"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:]
     return f"{msg} (got {err['input']!r})" if "input" in err else msg
 

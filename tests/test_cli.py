@@ -66,10 +66,15 @@ def test_cuda_request_without_gpu_is_a_clear_error(tmp_path):
     if torch.cuda.is_available():
         return
     res = gradbench("run", str(write(tmp_path, VALID)), "--device", "cuda", cwd=tmp_path)
-    assert res.returncode == 2 and "no CUDA device is available" in res.stderr
+    assert res.returncode == 2 and "'cuda' requested but this machine has 0 CUDA device(s)" in res.stderr
 
 
 def test_shipped_suites_validate():
-    for path in sorted((ROOT / "suites").glob("*.yaml")):
-        res = gradbench("validate", str(path))
-        assert res.returncode == 0, res.stderr
+    """Every shipped suite is valid (in-process: one subprocess per suite would cost an import of torch each)."""
+    from gradbench.suite import load_suite
+
+    suites = sorted((ROOT / "suites").glob("*.yaml"))
+    assert len(suites) >= 3
+    for path in suites:
+        _, cells = load_suite(path)
+        assert cells, path

@@ -107,3 +107,12 @@ def test_replicate_blocks_extend_consistently(tmp_path):
     target = small[-1].target.build("float64", "cpu")
     a, b = sample_cell(small[-1], target), sample_cell(big[-1], target)
     assert torch.equal(a.grads, b.grads[:500])
+
+
+def test_mixed_type_parameter_columns_are_collected(tmp_path):
+    """`k: auto` beside an integer k gives one column of mixed types; it is stored as text."""
+    text = SUITE.replace("  - name: exact\n", "  - name: coupled_isir\n    params: {K: 4, k: auto}\n"
+                                            "  - name: coupled_pimh\n    params: {K: 4, k: 2}\n")
+    suite, cells = load_suite(write(tmp_path, text), {"replicates": 40})
+    table = run_suite(suite, cells[:4], tmp_path / "out", progress=False).table
+    assert set(table["estimator.k"].dropna()) == {"auto", "2"}

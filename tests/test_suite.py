@@ -65,6 +65,18 @@ def test_data_seed_ignores_the_proposal(tmp_path):
     assert len({c.target.target_id for c in cells}) == 4
 
 
+def test_target_seed_fixes_targets_while_seed_changes_noise(tmp_path):
+    path = write(tmp_path, VALID.replace("seed: 1", "seed: 1\ntarget_seed: 5"))
+    _, a = load_suite(path)
+    _, b = load_suite(path, {"seed": 2})
+    assert [c.target.target_id for c in a] == [c.target.target_id for c in b]
+    assert [c.target.data_seed for c in a] == [c.target.data_seed for c in b]
+    assert all(x.target.noise_seed(0) != y.target.noise_seed(0) for x, y in zip(a, b))
+    assert all(x.cell_id != y.cell_id for x, y in zip(a, b))
+    _, c = load_suite(write(tmp_path, VALID.replace("seed: 1", "seed: 5"), "five.yaml"))
+    assert [x.target.data_seed for x in c] == [x.target.data_seed for x in a], "target_seed defaults to seed"
+
+
 def test_overrides_change_replicates_and_ids(tmp_path):
     path = write(tmp_path, VALID)
     _, a = load_suite(path)

@@ -13,7 +13,7 @@ import math
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from gradbench.core import GradSample, LatentTarget
+from gradbench.core import GradSample, LatentTarget, log_joint_with_grad
 
 
 class IWAEParams(BaseModel):
@@ -24,10 +24,12 @@ class IWAEParams(BaseModel):
 def iwae(target: LatentTarget, R: int, gen: torch.Generator, *, K: int = 8) -> GradSample:
     """Self-normalised importance-weighted gradient, K particles per data point."""
     z, log_q = target.sample_proposal((R, K), gen)  # z [R, K, N, k], log_q [R, K, N]
-    log_w = target.log_joint(z) - log_q
-    weights = torch.softmax(log_w, dim=1)
-    grads = target.weighted_grad_log_joint(z, weights)
+    log_p, weighted_grad = log_joint_with_grad(target, z)  # shares work between the two passes
+    log_w = log_p - log_q
+    log_sum_w = torch.logsumexp(log_w, dim=1, keepdim=True)  # [R, 1, N]
+    weights = torch.exp(log_w - log_sum_w)  # softmax over k, and log Σ_k w_k reused below
+    grads = weighted_grad(weights)
     ess = 1.0 / (weights**2).sum(dim=1)  # [R, N]
     cost = torch.full((R,), float(K * target.n_data), dtype=z.dtype, device=z.device)
-    log_px_hat = (torch.logsumexp(log_w, dim=1) - math.log(K)).sum(-1)
+    log_px_hat = (log_sum_w.squeeze(1) - math.log(K)).sum(-1)
     return GradSample(grads, target.layout, cost, {"ess_mean": ess.mean(-1), "log_px_hat": log_px_hat})

@@ -6,6 +6,7 @@ Non-finite replicates are excluded from every moment and counted in ``ctx``'s ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -28,11 +29,15 @@ def row(group: str, metric: str, value: float, stderr: float, method: str = "") 
 
 @dataclass(frozen=True)
 class ProtocolContext:
-    """Everything a protocol may need besides the sample: an explicit RNG seed for resampling and
-    the machine epsilon of the estimator's dtype (the resolution of its output)."""
+    """Everything a protocol may need besides the sample: an explicit RNG seed for resampling,
+    the machine epsilon of the estimator's dtype (the resolution of its output), the cell's device,
+    and ``rerun(R)``, which runs the cell's estimator again for R replicates on a fresh generator
+    (set by the runner; timing protocols such as ``wallclock`` need it)."""
 
     seed: int
     eps: float
+    device: str = "cpu"
+    rerun: Callable[[int], GradSample] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Per parameter group, from n finite replicates g_r with mean ḡ and q_r = ‖g_r
 * ``mse`` mean_r ‖g_r − g*‖², an unbiased estimate of ‖b‖² + tr Σ (needs a reference);
 * ``work_norm_var`` tr Σ̂ × evals_mean, s.e. by the delta method on the joint influence.
 For group ``all`` only: ``evals_mean``, log-joint evaluations per estimate (single data point
-evaluations), with its s.e.
+evaluations) over *all* replicates, including non-finite/censored ones, with its s.e.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ def variance(sample: GradSample, reference: Reference | None, ctx: ProtocolConte
         return []
     groups = group_slices(sample.layout)
     ref = None if reference is None else reference.value.detach().cpu().double().numpy()
-    cost = fs.cost
-    evals = float(cost.mean())
-    psi_evals = cost - evals
+    # Cost counts every replicate, also those excluded as non-finite (e.g. censored coupled chains):
+    # their work was done. The joint influence of cost and trace pairs them on finite replicates.
+    all_cost = sample.cost.detach().cpu().double().numpy()
+    evals = float(all_cost.mean())
+    psi_evals = fs.cost - float(fs.cost.mean())
     snr = bootstrap_snr_medians(fs.G, groups, np.random.default_rng(ctx.seed))
-    rows: list[Row] = [row("all", "evals_mean", evals, influence_se(cost))]
+    rows: list[Row] = [row("all", "evals_mean", evals, influence_se(all_cost))]
     for name, sl in groups.items():
         G = fs.G[:, sl]
         P = G.shape[1]

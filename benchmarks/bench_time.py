@@ -1,0 +1,65 @@
+"""``time_`` benchmarks: one estimate batch of each estimator family across sizes, the floors,
+and CPU vs CUDA (asv launches every benchmark with ``spawn``, see asv.conf.json, so CUDA is
+initialised in a fresh process)."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.common import FAMILIES, SEED, estimator_call, ppca_target, require_device
+from gradbench.seeding import make_generator
+
+
+class TimeEstimators:
+    """Seconds for R replicates of each family at K particles on PPCA(data_dim, k=5, N=1), float64."""
+
+    params = (list(FAMILIES), [8, 64], [5, 50], [100, 1000])
+    param_names = ["estimator", "K", "data_dim", "R"]
+    number = 1
+    repeat = (1, 5, 10.0)
+    warmup_time = 0.0
+    timeout = 300
+
+    def setup(self, estimator: str, K: int, data_dim: int, R: int) -> None:
+        self.call = estimator_call(estimator, ppca_target(data_dim), R, K)
+        self.call()  # first call: allocator and dispatch warm-up, outside the timing
+
+    def time_estimate(self, estimator: str, K: int, data_dim: int, R: int) -> None:
+        self.call()
+
+
+class TimeFloors:
+    """Floor (a): sampling R × K particles and one batched log-joint evaluation of them."""
+
+    params = ([8, 64], [5, 50], [100, 1000])
+    param_names = ["K", "data_dim", "R"]
+    number = 1
+    repeat = (1, 10, 5.0)
+
+    def setup(self, K: int, data_dim: int, R: int) -> None:
+        self.target = ppca_target(data_dim)
+        self.gen = make_generator(SEED)
+        self.K, self.R = K, R
+
+    def time_sample_log_joint(self, K: int, data_dim: int, R: int) -> None:
+        z, _ = self.target.sample_proposal((self.R, self.K), self.gen)
+        self.target.log_joint(z)
+
+
+class TimeDevices:
+    """iwae and coupled_isir at K = 64, R = 1000, data_dim = 20 on each device (CUDA skipped without a GPU)."""
+
+    params = (["iwae", "coupled_isir"], ["cpu", "cuda"], ["float64", "float32"])
+    param_names = ["estimator", "device", "dtype"]
+    number = 1
+    repeat = (1, 5, 10.0)
+    timeout = 300
+
+    def setup(self, estimator: str, device: str, dtype: str) -> None:
+        require_device(device)
+        target = ppca_target(20, dtype=getattr(torch, dtype), device=device)
+        self.call = estimator_call(estimator, target, 1000, 64, device=device)
+        self.call()
+
+    def time_estimate(self, estimator: str, device: str, dtype: str) -> None:
+        self.call()

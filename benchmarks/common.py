@@ -1,0 +1,68 @@
+"""Shared set-up of the asv benchmarks: PPCA targets, estimator calls, device handling.
+
+Benchmarks use only the stable API (``registry``, ``PPCA.synthetic``) so that ``asv continuous``
+can run them against older commits; an estimator a commit does not have is skipped
+(``NotImplementedError`` in ``setup`` is asv's "skip").
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import torch
+
+from gradbench.models.ppca import PPCA, PPCAParams, ProposalParams
+from gradbench.seeding import make_generator
+
+SEED = 20240611
+# One intra-op thread unless GRADBENCH_BENCH_THREADS says otherwise: on a shared or busy machine,
+# multi-threaded CPU timings mostly measure the scheduler. (CUDA timings are unaffected.)
+torch.set_num_threads(int(os.environ.get("GRADBENCH_BENCH_THREADS", "1")))
+# θ-gradient estimator families: registry name → (module, function, particle parameter). Imported
+# from their modules, not through gradbench.registry, which also imports every protocol (scipy,
+# pandas): every benchmark runs in a freshly spawned interpreter, and this halves its start-up.
+FAMILIES = {
+    "elbo": ("gradbench.estimators.variational", "elbo", "S"),
+    "oracle": ("gradbench.estimators.posterior", "oracle", "S"),
+    "iwae": ("gradbench.estimators.importance", "iwae", "K"),
+    "isir": ("gradbench.estimators.coupled", "isir", "K"),
+    "coupled_isir": ("gradbench.estimators.coupled", "coupled_isir", "K"),
+    "coupled_pimh": ("gradbench.estimators.coupled", "coupled_pimh", "K"),
+}
+
+
+def require_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NotImplementedError("no CUDA device")
+
+
+def require_estimator(name: str) -> Any:
+    """The estimator function, or asv's skip (NotImplementedError) when this commit lacks it."""
+    module, attr, _ = FAMILIES[name]
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        raise NotImplementedError(f"estimator {name!r} is not in this commit") from None
+
+
+def ppca_target(data_dim: int, latent_dim: int = 5, n_data: int = 1, *, mean_shift: float = 0.5,
+                cov_scale: float = 1.5, dtype: torch.dtype = torch.float64, device: str = "cpu") -> PPCA:
+    params = PPCAParams(data_dim=data_dim, latent_dim=min(latent_dim, data_dim), n_data=n_data)
+    return PPCA.synthetic(params, ProposalParams(mean_shift=mean_shift, cov_scale=cov_scale), SEED, dtype, device)
+
+
+def estimator_call(name: str, target: PPCA, R: int, particles: int, seed: int = SEED, device: str = "cpu"):
+    """A zero-argument function that runs estimator ``name`` for R replicates (and waits for the device)."""
+    fn = require_estimator(name)
+    params = {FAMILIES[name][2]: particles}
+    gen = make_generator(seed, device)
+
+    def call():
+        out = fn(target, R, gen, **params)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
+
+    return call

@@ -1,0 +1,493 @@
+"""MCMC on the extended importance-sampling space and unbiased coupled-chain estimators.
+
+Extended space (seed slides; DESIGN §3). For one data point x with proposal q(z | x) and
+w(z) = p(x, z) / q(z | x), a *state* is X = (z_{1:K}, ℓ): K particles and a selected index. The
+test function is the Rao–Blackwellised
+    h(X) = Σ_k w̃_k ∇θ log p(x, z_k),   w̃_k = w(z_k) / Σ_j w(z_j),
+or, with ``rao_blackwell=False``, the plain h(X) = ∇θ log p(x, z_ℓ). Every data point carries its
+own independent chain; gradients are sums over the N data points. Chains start from the
+importance-sampling state X_0 = (z_{1:K} ~ q, ℓ ∝ w), so h(X_0) is exactly the IWAE gradient.
+
+Kernels (each one pure function ``(target, state, gen) -> state``):
+* **PIMH** (seed Algorithm 1): propose a fresh X* = (z*_{1:K} ~ q, ℓ* ∝ w*), accept with
+  probability min(1, Ẑ*/Ẑ), Ẑ = (1/K) Σ_k w_k. Its invariant law is
+  π(z_{1:K}, ℓ) = w̃_ℓ Ẑ/p(x) Π_k q(z_k), whose ℓ-marginal of z_ℓ is p(z | x).
+* **i-SIR** (iterated sampling importance resampling): keep the selected particle z_ℓ in slot 0,
+  draw K−1 fresh particles from q into slots 1..K−1, select the new ℓ ∝ w. The selected particle
+  is a Markov chain with invariant law p(z | x); E[f(z_ℓ') | particles] = h(particles), so the
+  Rao–Blackwellised h has the same expectation under stationarity.
+Coupled kernels (two chains X, Y, the lagged one second):
+* **coupled PIMH** (seed Algorithm 4): one shared proposal X* and one shared uniform u; each
+  chain accepts when log u ≤ log Ẑ* − log Ẑ_chain.
+* **coupled i-SIR**: both chains share the K−1 fresh particles (and their log-joint
+  evaluations); the two index draws are coupled ``maximal``-ly (with probability Σ_k min(p_k, p̄_k)
+  a common index from min(p, p̄), otherwise independent draws from the normalised residuals),
+  by a ``common_uniform`` (inverse CDFs at one uniform, fixed slot order), or ``independent``-ly
+  (no index coupling — a control that still meets, only more slowly — except that equal
+  selection laws, i.e. equal states, share one draw so that the kernel stays faithful).
+Both coupled kernels are *faithful*: equal inputs give equal outputs (tested).
+
+Meeting convention. Lag L ≥ 1. X_0, Y_0 are independent IS states; X_t = P(X_{t−1}) for
+t = 1..L; then (X_t, Y_{t−L}) come from the coupled kernel for t = L+1, L+2, .... A data point's
+meeting time is τ_n = inf{t ≥ L : X_t = Y_{t−L}} where "=" is equality of the *full* extended
+state (all K particles and ℓ), checked exactly. A replicate's τ is max_n τ_n (all its N per-point
+chain pairs have met); each point's estimator uses its own τ_n.
+For i-SIR the full states coincide one step after the selected particles do (slot 0 still holds
+the chains' previous, different selections), so with an exact-posterior proposal (all weights
+equal, hence a common index under the maximal coupling) τ − L − 1 ~ Geometric((K−1)/K) on
+{1, 2, ...}: each coupled step picks a shared fresh particle with probability (K−1)/K. Coupled
+PIMH with an exact proposal accepts in both chains at once: τ = L + 1.
+
+Unbiased estimator (Jacob, O'Leary & Atchadé 2020, JRSS B, "Unbiased Markov chain Monte Carlo
+methods with couplings"), per data point, k ≤ m:
+    H_{k:m} = (1/(m−k+1)) [ Σ_{t=k}^{m} h(X_t) + Σ_{t=k+L}^{τ−1} v_t (h(X_t) − h(Y_{t−L})) ],
+    v_t = ⌊(t−k)/L⌋ − ⌈max(L, t−m)/L⌉ + 1.
+With L = 1 and m = k = t0 it is the seed's form Ĥ = h(X_{t0}) + Σ_{t=t0+1}^{τ−1} (h(X_t) − h(Y_{t−1})).
+``k: auto`` runs a pilot of coupled chains (meeting times only, its own draws from ``gen``) and
+sets k to the ``k_quantile`` quantile of the pilot's replicate meeting times, m = m_factor × k.
+
+Cost accounting (log-joint evaluations of single data points). X_0 and Y_0 cost K each; one
+kernel step costs c = K−1 (i-SIR) or K (PIMH) fresh evaluations — carried particles' log-joints
+are never recomputed, and a coupled step costs c, not 2c, because both chains evaluate the *same*
+fresh particles. A point needs X up to max(m, τ_n) and Y up to τ_n − L, so its cost is
+2K + c max(m, τ_n); ``cost[r]`` sums that over the N points. The batch runs in lockstep until its
+last replicate is done; diagnostics ``lockstep_cost`` is what the batch actually evaluated divided
+by R, ``kernel_steps`` is Σ_n L + 2(τ_n − L) + max(0, m − τ_n) (DESIGN §3).
+
+Censoring. A replicate whose chains have not all met by t = ``max_iter`` is *censored*: its row
+of ``grads`` is NaN (so protocols exclude and count it as non-finite), ``censored`` is True, its
+``tau`` is ``max_iter`` (a lower bound), and its cost is what it spent up to the cap.
+
+Vectorisation: all R × N chain pairs advance as batched tensors, one Python iteration per time
+step; once t ≥ m, replicates that are done are dropped from the batch (compaction).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from gradbench.core import GradSample, LatentTarget
+
+Coupling = Literal["maximal", "common_uniform", "independent"]
+
+
+# -- state and kernels -----------------------------------------------------------------------
+class ChainState(NamedTuple):
+    """Extended-space state of B × N independent chains."""
+
+    z: Tensor  # [B, K, N, k] particles
+    log_w: Tensor  # [B, K, N] log p(x, z) − log q(z | x)
+    idx: Tensor  # [B, N] selected index ℓ (int64)
+
+
+def _propose(target: LatentTarget, B: int, K: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    z, log_q = target.sample_proposal((B, K), gen)
+    return z, target.log_joint(z) - log_q
+
+
+def _uniform(shape: tuple[int, ...], like: Tensor, gen: torch.Generator) -> Tensor:
+    return torch.rand(shape, generator=gen, dtype=like.dtype, device=like.device)
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """Index j with cdf_{j−1} < u·total ≤ cdf_j for probs [B, K, N] (unnormalised is fine), u [B, N]."""
+    c = probs.cumsum(1)
+    idx = (c < u.unsqueeze(1) * c[:, -1:]).sum(1)
+    return idx.clamp_max(probs.shape[1] - 1)
+
+
+def log_zhat(state: ChainState) -> Tensor:
+    """log Ẑ = log (1/K) Σ_k w_k per chain, [B, N]."""
+    return torch.logsumexp(state.log_w, dim=1) - math.log(state.log_w.shape[1])
+
+
+def selected(state: ChainState) -> tuple[Tensor, Tensor]:
+    """The selected particle z_ℓ [B, N, k] and its log-weight [B, N]."""
+    B, _, N, k = state.z.shape
+    i = state.idx.unsqueeze(1)
+    z = state.z.gather(1, i.unsqueeze(-1).expand(B, 1, N, k)).squeeze(1)
+    return z, state.log_w.gather(1, i).squeeze(1)
+
+
+def init_state(target: LatentTarget, B: int, K: int, gen: torch.Generator) -> ChainState:
+    """The importance-sampling state: z_{1:K} ~ q, ℓ ∝ w (the PIMH proposal and X_0)."""
+    z, log_w = _propose(target, B, K, gen)
+    idx = _inverse_cdf(torch.softmax(log_w, dim=1), _uniform(log_w.shape[::2], log_w, gen))
+    return ChainState(z, log_w, idx)
+
+
+def pimh_step(target: LatentTarget, s: ChainState, gen: torch.Generator) -> ChainState:
+    """Seed Algorithm 1: accept a fresh IS state with probability min(1, Ẑ*/Ẑ)."""
+    prop = init_state(target, s.z.shape[0], s.z.shape[1], gen)
+    log_u = torch.log(_uniform(s.idx.shape, s.log_w, gen))
+    return _where(log_u <= log_zhat(prop) - log_zhat(s), prop, s)
+
+
+def isir_step(target: LatentTarget, s: ChainState, gen: torch.Generator) -> ChainState:
+    """i-SIR: selected particle into slot 0, K−1 fresh particles, new index ∝ w."""
+    z0, lw0 = selected(s)
+    zf, lwf = _propose(target, s.z.shape[0], s.z.shape[1] - 1, gen)
+    z = torch.cat([z0.unsqueeze(1), zf], 1)
+    log_w = torch.cat([lw0.unsqueeze(1), lwf], 1)
+    idx = _inverse_cdf(torch.softmax(log_w, dim=1), _uniform(s.idx.shape, log_w, gen))
+    return ChainState(z, log_w, idx)
+
+
+def coupled_pimh_step(
+    target: LatentTarget, x: ChainState, y: ChainState, gen: torch.Generator
+) -> tuple[ChainState, ChainState]:
+    """Seed Algorithm 4: one shared proposal, one shared uniform."""
+    prop = init_state(target, x.z.shape[0], x.z.shape[1], gen)
+    log_u = torch.log(_uniform(x.idx.shape, x.log_w, gen))
+    lz = log_zhat(prop)
+    return _where(log_u <= lz - log_zhat(x), prop, x), _where(log_u <= lz - log_zhat(y), prop, y)
+
+
+def coupled_isir_step(
+    target: LatentTarget, x: ChainState, y: ChainState, gen: torch.Generator, coupling: Coupling = "maximal"
+) -> tuple[ChainState, ChainState]:
+    """Coupled i-SIR: shared K−1 fresh particles, coupled index draws."""
+    zx0, lwx0 = selected(x)
+    zy0, lwy0 = selected(y)
+    zf, lwf = _propose(target, x.z.shape[0], x.z.shape[1] - 1, gen)
+    zx, zy = torch.cat([zx0.unsqueeze(1), zf], 1), torch.cat([zy0.unsqueeze(1), zf], 1)
+    lwx, lwy = torch.cat([lwx0.unsqueeze(1), lwf], 1), torch.cat([lwy0.unsqueeze(1), lwf], 1)
+    ix, iy = coupled_categorical(torch.softmax(lwx, 1), torch.softmax(lwy, 1), gen, coupling)
+    return ChainState(zx, lwx, ix), ChainState(zy, lwy, iy)
+
+
+def coupled_categorical(px: Tensor, py: Tensor, gen: torch.Generator, coupling: Coupling) -> tuple[Tensor, Tensor]:
+    """Draw (i, j) with i ~ px, j ~ py (probabilities over dim 1 of [B, K, N]) under a coupling.
+
+    ``maximal``: P(i = j) = Σ_k min(px_k, py_k), the largest possible; equal inputs always give
+    i = j (also when rounding makes Σ_k min < 1). Four uniforms are drawn whatever the branch, so
+    the generator's consumption does not depend on the data.
+    """
+    shape = (px.shape[0], px.shape[2])
+    if coupling == "common_uniform":
+        u = _uniform(shape, px, gen)
+        return _inverse_cdf(px, u), _inverse_cdf(py, u)
+    if coupling == "independent":  # except equal laws share the draw: the kernel must stay faithful
+        ix, iy = _inverse_cdf(px, _uniform(shape, px, gen)), _inverse_cdf(py, _uniform(shape, px, gen))
+        return ix, torch.where((px == py).all(1), ix, iy)
+    if coupling != "maximal":
+        raise ValueError(f"unknown coupling {coupling!r}")
+    u = _uniform((4, *shape), px, gen)
+    m = torch.minimum(px, py)
+    same = (u[0] < m.sum(1)) | (px == py).all(1)
+    common = _inverse_cdf(m, u[1])
+    ix = _inverse_cdf((px - m).clamp_min(0), u[2])
+    iy = _inverse_cdf((py - m).clamp_min(0), u[3])
+    return torch.where(same, common, ix), torch.where(same, common, iy)
+
+
+def states_equal(x: ChainState, y: ChainState) -> Tensor:
+    """Exact equality of full extended states, per chain: [B, N] bool."""
+    return (x.z == y.z).all(-1).all(1) & (x.idx == y.idx) & (x.log_w == y.log_w).all(1)
+
+
+def _where(cond: Tensor, a: ChainState, b: ChainState) -> ChainState:
+    """Per-chain select: cond [B, N]."""
+    return ChainState(
+        torch.where(cond[:, None, :, None], a.z, b.z),
+        torch.where(cond[:, None, :], a.log_w, b.log_w),
+        torch.where(cond, a.idx, b.idx),
+    )
+
+
+def _take(s: ChainState, rows: Tensor) -> ChainState:
+    return ChainState(s.z[rows], s.log_w[rows], s.idx[rows])
+
+
+def h_weights(s: ChainState, rao_blackwell: bool) -> Tensor:
+    """Weights [B, K, N] with h(X) = Σ_k weights_k ∇θ log p(x, z_k): w̃ (Rao–Blackwellised) or one-hot(ℓ)."""
+    if rao_blackwell:
+        return torch.softmax(s.log_w, dim=1)
+    return torch.zeros_like(s.log_w).scatter_(1, s.idx.unsqueeze(1), 1.0)
+
+
+class _Kind(NamedTuple):
+    step: Callable[[LatentTarget, ChainState, torch.Generator], ChainState]
+    coupled: Callable[[LatentTarget, ChainState, ChainState, torch.Generator], tuple[ChainState, ChainState]]
+    evals_per_step: Callable[[int], int]  # fresh log-joint evaluations per step, as a function of K
+    shared_tail: bool  # coupled states share particles 1..K−1 (i-SIR)
+
+
+def _kind(name: str, coupling: Coupling = "maximal") -> _Kind:
+    if name == "isir":
+        return _Kind(isir_step, lambda t, x, y, g: coupled_isir_step(t, x, y, g, coupling), lambda K: K - 1, True)
+    if name == "pimh":
+        return _Kind(pimh_step, coupled_pimh_step, lambda K: K, False)
+    raise ValueError(f"unknown kernel {name!r}")
+
+
+def simulate_coupled(
+    target: LatentTarget,
+    R: int,
+    gen: torch.Generator,
+    step: Callable[[LatentTarget, ChainState, torch.Generator], ChainState],
+    coupled_step: Callable[[LatentTarget, ChainState, ChainState, torch.Generator], tuple[ChainState, ChainState]],
+    *,
+    K: int,
+    lag: int,
+    T: int,
+) -> tuple[list[ChainState], list[ChainState]]:
+    """Full trajectories X_0..X_{T+L} and Y_0..Y_T of lagged coupled chains, never stopped at meeting.
+
+    For tests and teaching (it stores every state): the coupled kernel keeps running after the
+    chains meet, so faithfulness can be checked on real trajectories.
+    """
+    xs, ys = [init_state(target, R, K, gen)], [init_state(target, R, K, gen)]
+    for _ in range(lag):
+        xs.append(step(target, xs[-1], gen))
+    for _ in range(T):
+        x, y = coupled_step(target, xs[-1], ys[-1], gen)
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
+# -- coupled-chain driver --------------------------------------------------------------------
+class CoupledRun(NamedTuple):
+    grads: Tensor  # [R, P]; NaN rows for censored replicates
+    tau_point: Tensor  # [R, N] float meeting times (max_iter where not met)
+    met: Tensor  # [R, N] bool
+    lockstep_evals: float  # total single-point log-joint evaluations the batch computed
+
+
+def run_coupled(
+    target: LatentTarget,
+    R: int,
+    gen: torch.Generator,
+    kind: _Kind,
+    *,
+    K: int,
+    k: int,
+    m: int,
+    lag: int,
+    rao_blackwell: bool,
+    max_iter: int,
+    with_estimate: bool = True,
+) -> CoupledRun:
+    """Run R replicates of lagged coupled chains; return H_{k:m} (summed over data points) and τ.
+
+    Loops over time only. ``with_estimate=False`` skips every gradient evaluation (pilot runs).
+    """
+    P = target.layout.size
+    X, Y = init_state(target, R, K, gen), init_state(target, R, K, gen)
+    N = X.idx.shape[1]
+    dtype, device = X.log_w.dtype, X.log_w.device
+    acc = torch.zeros(R, P, dtype=dtype, device=device)
+    tau = torch.full((R, N), float(max_iter), dtype=dtype, device=device)
+    met_all = torch.zeros(R, N, dtype=torch.bool, device=device)
+    c = kind.evals_per_step(K)
+    lockstep = 2.0 * K * R * N
+    scale = 1.0 / (m - k + 1)
+
+    def add(rows: Tensor | None, parts: list[tuple[Tensor, Tensor]]) -> None:
+        if not with_estimate:
+            return
+        z = torch.cat([p[0] for p in parts], 1)
+        w = torch.cat([p[1] for p in parts], 1)
+        g = target.weighted_grad_log_joint(z, w)
+        if rows is None:
+            acc.add_(g)
+        else:
+            acc.index_add_(0, rows, g)
+
+    def contribute(t: int, X: ChainState, Y: ChainState, now: Tensor | None, rows: Tensor | None, shared: bool) -> None:
+        """Add time t's terms: (1/(m−k+1)) [1{k ≤ t ≤ m} h(X_t) + v_t 1{t < τ} (h(X_t) − h(Y_{t−L}))]."""
+        if not with_estimate:
+            return
+        a = scale if k <= t <= m else 0.0
+        v = 0.0
+        if now is not None and t >= k + lag:
+            v = (math.floor((t - k) / lag) - math.ceil(max(lag, t - m) / lag) + 1) * scale
+        if a == 0.0 and v == 0.0:
+            return
+        hx = h_weights(X, rao_blackwell)
+        if v == 0.0 or not bool((~now).any()):
+            add(rows, [(X.z, a * hx)])
+            return
+        cy = v * (~now).to(dtype)  # [B, N]: the correction runs only while not met (t ≤ τ − 1)
+        cx = (a + cy).unsqueeze(1)
+        cy = cy.unsqueeze(1)
+        hy = h_weights(Y, rao_blackwell)
+        if shared:  # coupled i-SIR: slots 1..K−1 hold the same particles in both chains
+            add(rows, [(X.z[:, :1], cx * hx[:, :1]), (Y.z[:, :1], -cy * hy[:, :1]),
+                       (X.z[:, 1:], cx * hx[:, 1:] - cy * hy[:, 1:])])
+        else:
+            add(rows, [(X.z, cx * hx), (Y.z, -cy * hy)])
+
+    contribute(0, X, Y, None, None, False)
+    for t in range(1, lag + 1):  # X runs alone for L steps: X_1..X_L, Y_0
+        X = kind.step(target, X, gen)
+        lockstep += c * R * N
+        if t < lag:
+            contribute(t, X, Y, None, None, False)
+    met = states_equal(X, Y)
+    tau = torch.where(met, torch.full_like(tau, float(lag)), tau)
+    met_all |= met
+    contribute(lag, X, Y, met, None, False)
+
+    rows: Tensor | None = None  # None = all R rows, in order
+    t = lag
+    while True:
+        live_met = met_all if rows is None else met_all[rows]
+        if t >= m:
+            done = live_met.all(1)
+            if bool(done.all()):
+                break
+            if bool(done.any()):  # compaction: drop finished replicates
+                keep = (~done).nonzero().squeeze(1)
+                rows = keep if rows is None else rows[keep]
+                X, Y, live_met = _take(X, keep), _take(Y, keep), live_met[keep]
+        if t >= max_iter:
+            break
+        t += 1
+        B = X.idx.shape[0]
+        X, Y = kind.coupled(target, X, Y, gen)
+        lockstep += c * B * N
+        now = states_equal(X, Y)
+        newly = now & ~live_met
+        if rows is None:
+            tau = torch.where(newly, torch.full_like(tau, float(t)), tau)
+            met_all = met_all | now
+        else:
+            tau[rows] = torch.where(newly, torch.full_like(tau[rows], float(t)), tau[rows])
+            met_all[rows] = met_all[rows] | now
+        contribute(t, X, Y, now, rows, kind.shared_tail)
+
+    censored_rows = ~met_all.all(1)
+    grads = acc.masked_fill(censored_rows.unsqueeze(1), math.nan) if with_estimate else acc
+    return CoupledRun(grads, tau, met_all, lockstep)
+
+
+# -- parameters ------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SingleChainParams(_Strict):
+    K: int = Field(8, ge=2, description="particles per state (per data point)")
+    t: int = Field(1, ge=0, description="kernel steps from the IS state X_0; the estimate is h(X_t)")
+    rao_blackwell: bool = Field(True, description="h = Σ_k w̃_k ∇ log p(x, z_k) (True) or ∇ log p(x, z_ℓ) (False)")
+
+
+class CoupledParams(_Strict):
+    K: int = Field(8, ge=2, description="particles per state (per data point)")
+    k: int | Literal["auto"] = Field(0, description="first time averaged (seed: burn-in t0); 'auto': pilot τ quantile")
+    m: int | Literal["auto"] | None = Field(
+        None, description="last time averaged; None: k (the seed's form) for an int k, m_factor·k for k: auto")
+    lag: int = Field(1, ge=1, description="lag L between the chains")
+    rao_blackwell: bool = Field(True, description="h = Σ_k w̃_k ∇ log p(x, z_k) (True) or ∇ log p(x, z_ℓ) (False)")
+    max_iter: int = Field(10_000, ge=1, description="cap on t; replicates not met by then are censored (NaN)")
+    k_quantile: float = Field(0.95, gt=0, lt=1, description="k: auto → this quantile of pilot meeting times")
+    m_factor: int = Field(5, ge=1, description="m = m_factor·k when m is auto (or None with k: auto)")
+    pilot_replicates: int = Field(200, ge=1, description="pilot replicates for k: auto")
+
+    @model_validator(mode="after")
+    def _check(self) -> CoupledParams:
+        if isinstance(self.k, int) and self.k < 0:
+            raise ValueError("k must be ≥ 0")
+        if isinstance(self.k, int) and isinstance(self.m, int) and self.m < self.k:
+            raise ValueError(f"m must be ≥ k (got k={self.k}, m={self.m})")
+        if isinstance(self.m, int) and self.m > self.max_iter:
+            raise ValueError(f"m must be ≤ max_iter (got m={self.m}, max_iter={self.max_iter})")
+        return self
+
+
+class CoupledISIRParams(CoupledParams):
+    coupling: Coupling = Field("maximal", description="index coupling: maximal, common_uniform or independent")
+
+
+class CoupledPIMHParams(CoupledParams):
+    pass
+
+
+# -- estimators ------------------------------------------------------------------------------
+def _single_chain(name: str, target: LatentTarget, R: int, gen: torch.Generator, K: int, t: int,
+                  rao_blackwell: bool) -> GradSample:
+    kind = _kind(name)
+    X = init_state(target, R, K, gen)
+    for _ in range(t):
+        X = kind.step(target, X, gen)
+    grads = target.weighted_grad_log_joint(X.z, h_weights(X, rao_blackwell))
+    N = X.idx.shape[1]
+    cost = torch.full((R,), float(N * (K + t * kind.evals_per_step(K))), dtype=grads.dtype, device=grads.device)
+    return GradSample(grads, target.layout, cost)
+
+
+def pimh(target: LatentTarget, R: int, gen: torch.Generator, *, K: int = 8, t: int = 1,
+         rao_blackwell: bool = True) -> GradSample:
+    """h(X_t) after t PIMH steps from the IS state: biased at finite t (t = 0 is IWAE)."""
+    return _single_chain("pimh", target, R, gen, K, t, rao_blackwell)
+
+
+def isir(target: LatentTarget, R: int, gen: torch.Generator, *, K: int = 8, t: int = 1,
+         rao_blackwell: bool = True) -> GradSample:
+    """h(X_t) after t i-SIR steps from the IS state: biased at finite t (t = 0 is IWAE)."""
+    return _single_chain("isir", target, R, gen, K, t, rao_blackwell)
+
+
+def resolve_k_m(target: LatentTarget, gen: torch.Generator, kind: _Kind, p: CoupledParams) -> tuple[int, int, float]:
+    """(k, m, pilot evaluations). A pilot (meeting times only) runs first when k is "auto"."""
+    pilot_evals = 0.0
+    k = p.k
+    if k == "auto":
+        run = run_coupled(target, p.pilot_replicates, gen, kind, K=p.K, k=0, m=0, lag=p.lag, rao_blackwell=True,
+                          max_iter=p.max_iter, with_estimate=False)
+        pilot_evals = run.lockstep_evals
+        tau_rep = run.tau_point.max(1).values.double().cpu()
+        k = int(math.ceil(float(torch.quantile(tau_rep, p.k_quantile))))
+    if p.m is None:
+        m = k if p.k != "auto" else p.m_factor * k
+    elif p.m == "auto":
+        m = p.m_factor * max(k, 1)
+    else:
+        m = p.m
+    m = max(m, k)
+    if m > p.max_iter:
+        raise ValueError(f"m = {m} exceeds max_iter = {p.max_iter}")
+    return int(k), int(m), pilot_evals
+
+
+def _coupled(name: str, target: LatentTarget, R: int, gen: torch.Generator, p: CoupledParams,
+             coupling: Coupling = "maximal") -> GradSample:
+    kind = _kind(name, coupling)
+    k, m, pilot_evals = resolve_k_m(target, gen, kind, p)
+    run = run_coupled(target, R, gen, kind, K=p.K, k=k, m=m, lag=p.lag, rao_blackwell=p.rao_blackwell,
+                      max_iter=p.max_iter)
+    dtype = run.grads.dtype
+    tau_pt = run.tau_point
+    c = kind.evals_per_step(p.K)
+    cost = (2 * p.K + c * torch.maximum(tau_pt, torch.full_like(tau_pt, float(m)))).sum(1)
+    steps = (p.lag + 2 * (tau_pt - p.lag) + (m - tau_pt).clamp_min(0)).sum(1)
+    censored = ~run.met.all(1)
+    diagnostics = {
+        "tau": tau_pt.max(1).values,
+        "censored": censored,
+        "lockstep_cost": torch.full((R,), run.lockstep_evals / R, dtype=dtype),
+        "kernel_steps": steps,
+        "k": torch.full((R,), float(k), dtype=dtype),
+        "m": torch.full((R,), float(m), dtype=dtype),
+        "pilot_cost": torch.full((R,), pilot_evals / R, dtype=dtype),
+    }
+    return GradSample(run.grads, target.layout, cost, diagnostics)
+
+
+def coupled_pimh(target: LatentTarget, R: int, gen: torch.Generator, **params: object) -> GradSample:
+    """Unbiased H_{k:m} from coupled PIMH chains (seed Algorithm 4); see the module docstring."""
+    return _coupled("pimh", target, R, gen, CoupledPIMHParams(**params))
+
+
+def coupled_isir(target: LatentTarget, R: int, gen: torch.Generator, **params: object) -> GradSample:
+    """Unbiased H_{k:m} from coupled i-SIR chains (shared fresh particles); see the module docstring."""
+    p = CoupledISIRParams(**params)
+    return _coupled("isir", target, R, gen, p, p.coupling)

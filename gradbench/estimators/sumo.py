@@ -1,0 +1,127 @@
+"""SUMO: Russian-roulette unbiased log-likelihood and its θ-gradient.
+
+With one growing sequence z_1, z_2, ... ~ q(z | x), w_i = p(x, z_i)/q(z_i | x) and
+IWAE_j = log (1/j) Σ_{i≤j} w_i, draw a truncation 𝒦 ≥ 1 with tail S(j) = P(𝒦 ≥ j) and set
+    log p̂ = IWAE_{K0} + Σ_{j=1}^{𝒦} Δ_j / S(j),   Δ_j = IWAE_{K0+j} − IWAE_{K0+j−1}
+(K0 = ``K_min``; K0 = 1 is DESIGN §3's form). Since IWAE_j → log p(x), E[log p̂] = log p(x) when
+Σ_j E|Δ_j| < ∞. As a linear combination log p̂ = Σ_j c_j IWAE_j with c_{K0+i} = 1/S(i) − 1/S(i+1)
+(1 ≤ i < 𝒦) and c_{K0+𝒦} = 1/S(𝒦), its θ-gradient (q fixed) is a signed particle weighting
+    ∇θ log p̂ = Σ_i ω_i ∇θ log p(x, z_i),   ω_i = Σ_{j ≥ i} c_j w_i / Σ_{i' ≤ j} w_{i'},
+with Σ_i ω_i = 1. It is unbiased for ∇θ log p(x) whenever differentiation and expectation commute,
+which needs the gradient to have finite variance: Σ_j E‖∇Δ_j‖² / S(j) < ∞. Whether a tail
+achieves that is an empirical question here (the variance protocol measures it).
+Truncations: ``geometric`` S(j) = ρ^{j−1} (E𝒦 = 1/(1−ρ)); ``power`` S(j) = j^{−α}, α > 1
+(E𝒦 = ζ(α)). ω is computed in log space (log-cumulative sums) so huge or tiny weights cannot
+overflow. A draw with 𝒦 > ``max_terms`` censors its replicate (NaN row, ``censored`` flag), as
+for the coupled estimators. Cost = Σ_n (K0 + 𝒦_n) log-joint evaluations. Each data point draws
+its own 𝒦. Replicates are processed in buckets of similar 𝒦 so one long draw does not make the
+whole batch allocate its length.
+
+Reference: Luo, Beatson, Norouzi, Zhu, Duvenaud, Adams & Chen (2020), "SUMO: Unbiased estimation
+of log marginal probability for latent variable models", ICLR.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from gradbench.core import GradSample, LatentTarget
+
+
+class SUMOParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    K_min: int = Field(1, ge=1, description="K0: particles always drawn (the IWAE_{K0} base)")
+    truncation: Literal["geometric", "power"] = Field("geometric", description="law of the number of terms 𝒦")
+    rho: float = Field(0.8, gt=0, lt=1, description="geometric: S(j) = rho^(j-1)")
+    alpha: float = Field(2.0, gt=1, description="power: S(j) = j^(-alpha)")
+    max_terms: int = Field(100_000, ge=1, description="a draw 𝒦 > max_terms censors the replicate")
+
+
+def tail(j: Tensor, truncation: str, rho: float, alpha: float) -> Tensor:
+    """S(j) = P(𝒦 ≥ j) for integer-valued j ≥ 1 (float tensor)."""
+    if truncation == "geometric":
+        return torch.exp((j - 1) * math.log(rho))
+    return j ** (-alpha)
+
+
+def sample_terms(shape: tuple[int, ...], gen: torch.Generator, truncation: str, rho: float, alpha: float) -> Tensor:
+    """𝒦 = max{j ≥ 1 : S(j) ≥ U}, U ~ U(0, 1], by inversion (float64, may be huge)."""
+    u = 1.0 - torch.rand(shape, generator=gen, dtype=torch.float64, device=gen.device).cpu()  # (0, 1]
+    if truncation == "geometric":
+        n = 1.0 + torch.floor(torch.log(u) / math.log(rho))
+    else:
+        n = torch.floor(u ** (-1.0 / alpha))
+    return n.clamp_min(1.0)
+
+
+def sumo_weights(log_w: Tensor, n_terms: Tensor, K_min: int, truncation: str, rho: float,
+                 alpha: float) -> tuple[Tensor, Tensor]:
+    """Particle weights ω [B, J, N] and log p̂ [B, N] from log-weights [B, J, N] and 𝒦 [B, N].
+
+    Particles beyond K_min + 𝒦 get weight 0 (J ≥ max(K_min + 𝒦) is required).
+    """
+    B, J, N = log_w.shape
+    dtype = log_w.dtype
+    j = torch.arange(1, J + 1, dtype=dtype, device=log_w.device).view(1, J, 1)  # 1-based particle count
+    i = j - K_min  # term index of IWAE_j (0 = base)
+    n = n_terms.to(dtype).unsqueeze(1)  # [B, 1, N]
+    if bool((K_min + n > J).any()):
+        raise ValueError("not enough particles for the drawn number of terms")
+    S_i = tail(i.clamp_min(1), truncation, rho, alpha)
+    S_next = tail(i.clamp_min(1) + 1, truncation, rho, alpha)
+    neg = (i >= 1) & (i < n)  # c_j = 1/S(i) − 1/S(i+1) < 0
+    last = i == n  # c_j = 1/S(𝒦)
+    c = torch.where(neg, 1 / S_i - 1 / S_next, torch.zeros((), dtype=dtype))
+    c = torch.where(last, 1 / S_i, c)
+    lcse = torch.logcumsumexp(log_w, dim=1)  # log Σ_{i≤j} w_i
+    iwae = lcse - torch.log(j)
+    log_px = (c * iwae).sum(1)  # the base IWAE_{K0} has coefficient 1 − 1/S(1) = 0
+    # ω_i = w_i [ c_last / S_last − Σ_{j ≥ i, neg} |c_j| / S_j ]   (S_j here = Σ_{i' ≤ j} w_{i'})
+    ninf = torch.tensor(-math.inf, dtype=dtype, device=log_w.device)
+    log_neg = torch.where(neg, torch.log(c.abs().clamp_min(1e-300)) - lcse, ninf)
+    rev = torch.logcumsumexp(log_neg.flip(1), dim=1).flip(1)  # log Σ_{j ≥ i} over the negative terms
+    log_pos_j = torch.where(last, torch.log(c.clamp_min(1e-300)) - lcse, ninf)
+    log_pos = torch.logsumexp(log_pos_j, dim=1, keepdim=True)  # one term per chain
+    used = j <= K_min + n
+    omega = torch.exp(log_w + log_pos) - torch.exp(log_w + rev)
+    omega = torch.where(used, omega, torch.zeros((), dtype=dtype))
+    return omega, log_px
+
+
+def sumo(target: LatentTarget, R: int, gen: torch.Generator, *, K_min: int = 1, truncation: str = "geometric",
+         rho: float = 0.8, alpha: float = 2.0, max_terms: int = 100_000) -> GradSample:
+    """θ-gradient of the SUMO log-likelihood estimate (see the module docstring)."""
+    N = target.n_data
+    n_terms = sample_terms((R, N), gen, truncation, rho, alpha)  # float64 [R, N]
+    censored = (n_terms > max_terms).any(1)
+    n_eff = torch.where(n_terms > max_terms, torch.ones_like(n_terms), n_terms)  # censored rows: run 1 term
+    need = (K_min + n_eff).max(1).values  # particles per replicate
+    bucket = torch.ceil(torch.log2(need)).long()  # replicates with similar need share a batch
+    grads, log_px = None, None
+    for b in torch.unique(bucket).tolist():
+        rows = (bucket == b).nonzero().squeeze(1)
+        J = int(need[rows].max())
+        z, log_q = target.sample_proposal((rows.numel(), J), gen)
+        log_w = target.log_joint(z) - log_q
+        dev_terms = n_eff[rows].to(device=log_w.device)
+        omega, lp = sumo_weights(log_w, dev_terms, K_min, truncation, rho, alpha)
+        g = target.weighted_grad_log_joint(z, omega)
+        if grads is None:
+            grads = torch.empty(R, g.shape[1], dtype=g.dtype, device=g.device)
+            log_px = torch.empty(R, dtype=g.dtype, device=g.device)
+        rows_d = rows.to(g.device)
+        grads[rows_d] = g
+        log_px[rows_d] = lp.sum(1)
+    assert grads is not None and log_px is not None
+    cost = (K_min + n_terms).sum(1).to(dtype=grads.dtype, device=grads.device)
+    cens = censored.to(grads.device)
+    grads = grads.masked_fill(cens.unsqueeze(1), math.nan)
+    log_px = log_px.masked_fill(cens, math.nan)
+    diagnostics = {"censored": cens, "log_px_hat": log_px,
+                   "n_terms": n_terms.mean(1).to(dtype=grads.dtype, device=grads.device)}
+    return GradSample(grads, target.layout, cost, diagnostics)

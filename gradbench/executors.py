@@ -1,0 +1,160 @@
+"""Executors turn cells into outcomes; only the runner (in the calling process) writes them.
+
+* :class:`LocalExecutor` — in-process, one cell after another (the default; needs no Dask).
+* :class:`DaskExecutor` — one ``dask.distributed`` task per cell, on a scheduler given by address
+  or on a ``LocalCluster`` sized to the machine (one single-threaded worker process per core).
+
+Cells are pure (DESIGN §1): :func:`compute_cell` depends only on the cell's content, so where it
+runs does not change the result, and since results come back to the runner, which writes them
+through the same atomic per-cell store, a run can be resumed with either executor.
+
+Wall-clock cells (protocol ``wallclock``) are never run beside another cell: the Dask executor
+holds them back until every other cell of the run has finished, then runs them one at a time.
+Cells on a CUDA device request the worker resource ``GPU=1`` (start GPU workers with
+``--resources GPU=1``, one per GPU); with none declared, such cells are refused up front.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from gradbench.suite import Cell
+
+MAX_CACHED_TARGETS = 8
+
+
+@dataclass(frozen=True)
+class Outcome:
+    cell: Cell
+    rows: pd.DataFrame | None = None
+    meeting: pd.DataFrame | None = None
+    error: str | None = None  # one line; set when the cell failed
+
+
+_TARGETS: OrderedDict[tuple[str, str, str], Any] = OrderedDict()  # per process (each Dask worker has its own)
+_TARGETS_LOCK = threading.Lock()
+
+
+def target_for(cell: Cell) -> Any:
+    """The cell's target, built once per process and kept in a small LRU cache."""
+    key = (cell.target.target_id, cell.dtype, cell.device)
+    with _TARGETS_LOCK:
+        if key in _TARGETS:
+            _TARGETS.move_to_end(key)
+            return _TARGETS[key]
+    target = cell.target.build(cell.dtype, cell.device)
+    with _TARGETS_LOCK:
+        _TARGETS[key] = target
+        while len(_TARGETS) > MAX_CACHED_TARGETS:
+            _TARGETS.popitem(last=False)
+    return target
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def compute_cell(cell: Cell) -> Outcome:
+    """Run one cell; an exception from its target or estimator becomes a failed outcome."""
+    from gradbench.runner import run_cell
+
+    try:
+        rows, meeting = run_cell(cell, target_for(cell))
+    except Exception as exc:  # noqa: BLE001 — recorded per cell; the suite goes on
+        return Outcome(cell, error=one_line(exc))
+    return Outcome(cell, rows, meeting)
+
+
+def is_timed(cell: Cell) -> bool:
+    return "wallclock" in cell.protocols
+
+
+class LocalExecutor:
+    name = "local"
+
+    def run(self, cells: list[Cell], stop: threading.Event) -> Iterator[Outcome]:
+        for cell in cells:
+            if stop.is_set():
+                return
+            yield compute_cell(cell)
+
+
+class DaskExecutor:
+    """Cells as ``dask.distributed`` tasks.
+
+    ``scheduler``: address of a running scheduler (``tcp://HOST:8786``); None starts a LocalCluster
+    with ``n_workers`` single-threaded worker processes (default: one per core). A task whose
+    worker dies is retried by the scheduler up to ``retries`` times (for a LocalCluster; a remote
+    scheduler uses its own ``distributed.scheduler.allowed-failures``), then the cell is failed.
+    """
+
+    name = "dask"
+
+    def __init__(self, scheduler: str | None = None, n_workers: int | None = None, retries: int = 2) -> None:
+        self.scheduler = scheduler
+        self.n_workers = n_workers or os.cpu_count() or 1
+        self.retries = retries
+
+    def run(self, cells: list[Cell], stop: threading.Event) -> Iterator[Outcome]:
+        import dask
+        from distributed import Client, LocalCluster
+
+        with dask.config.set({"distributed.scheduler.allowed-failures": self.retries}):
+            cluster = None
+            if self.scheduler is None:
+                cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+            client = Client(self.scheduler or cluster)
+            try:
+                self._check_resources(client, cells)
+                yield from self._gather(client, [c for c in cells if not is_timed(c)], stop)
+                for cell in (c for c in cells if is_timed(c)):  # alone on the cluster, one at a time
+                    if stop.is_set():
+                        return
+                    yield from self._gather(client, [cell], stop)
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+
+    @staticmethod
+    def _check_resources(client: Any, cells: list[Cell]) -> None:
+        if not any(c.device.startswith("cuda") for c in cells):
+            return
+        workers = client.scheduler_info()["workers"].values()
+        if not any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers):
+            raise RuntimeError("cuda cells need Dask workers started with --resources GPU=1; none has it")
+
+    @staticmethod
+    def _gather(client: Any, cells: list[Cell], stop: threading.Event) -> Iterator[Outcome]:
+        from distributed import wait
+
+        pending = {
+            client.submit(compute_cell, cell, key=f"cell-{cell.cell_id}", pure=False,
+                          resources={"GPU": 1} if cell.device.startswith("cuda") else None): cell
+            for cell in cells
+        }
+        try:
+            while pending:
+                if stop.is_set():
+                    return
+                try:
+                    done, _ = wait(list(pending), timeout=0.25, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    continue
+                for future in done:
+                    cell = pending.pop(future)
+                    try:
+                        yield future.result()
+                    except Exception as exc:  # noqa: BLE001 — e.g. KilledWorker after the retries
+                        yield Outcome(cell, error=f"worker failure: {one_line(exc)}")
+        finally:
+            if pending:
+                client.cancel(list(pending))

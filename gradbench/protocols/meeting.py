@@ -1,0 +1,86 @@
+"""Meeting times of coupled-chain estimators (DESIGN §5), from diagnostics ``tau`` and ``censored``.
+
+Rows (param_group ``all``), over all R replicates including non-finite ones — a censored
+replicate has a NaN gradient but a perfectly informative τ > max_iter:
+* ``n_censored``: replicates whose chains had not met at the cap (their τ is only a lower bound).
+* ``tau_mean``: mean τ over the *uncensored* replicates, s.e. sd/√n; ``method`` says when
+  censored replicates were left out (the mean is then biased low; see ``n_censored``).
+* ``tau_q50``, ``tau_q90``, ``tau_q99``: empirical quantiles (numpy "inverted_cdf", i.e. an observed
+  τ) with censored τ taken as +∞, so a quantile is exact unless it falls among the censored
+  replicates, where it is +∞; s.e. by a multinomial bootstrap (200 resamples,
+  ``np.random.default_rng(ctx.seed)``).
+* ``tau_max``: the largest τ (+∞ if any censored); no s.e. (an extreme order statistic).
+* ``tail_rate``: λ in P(τ > t) ≈ C e^{−λ t}, from the maximum-likelihood geometric fit to the
+  tail beyond t0 = median(τ) − 1: with n_e meetings (uncensored τ > t0) and exposure
+  E = Σ_{τ_r > t0} (τ_r − t0) (censored replicates contribute max_iter − t0 and no meeting), the
+  per-step meeting hazard is ĥ = n_e / E and λ = −log(1 − ĥ); s.e. by the delta method on
+  Var ĥ ≈ ĥ²(1 − ĥ)/n_e, i.e. se(λ) = ĥ / √(n_e (1 − ĥ)). For a geometric τ (memoryless) every t0
+  gives the same λ; starting at the median keeps the fit on the tail but on half the data.
+  λ = +∞ when every replicate in the tail met at its first step (ĥ = 1).
+Returns no rows when the sample has no ``tau`` diagnostic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradbench.core import GradSample, Reference
+from gradbench.protocols import ProtocolContext, Row, row
+
+QUANTILES = {"tau_q50": 0.5, "tau_q90": 0.9, "tau_q99": 0.99}
+N_BOOT = 200
+
+
+def geometric_tail_fit(tau: np.ndarray, censored: np.ndarray, t0: float) -> tuple[float, float, int, float]:
+    """(λ, se λ, n_events, ĥ) of the censored geometric MLE on replicates with τ > t0."""
+    tail = tau > t0
+    n_e = int((tail & ~censored).sum())
+    exposure = float((tau[tail] - t0).sum())
+    if n_e == 0 or exposure <= 0:
+        return math.nan, math.nan, n_e, math.nan
+    h = n_e / exposure
+    if h >= 1.0:
+        return math.inf, math.nan, n_e, 1.0
+    return -math.log1p(-h), h / math.sqrt(n_e * (1.0 - h)), n_e, h
+
+
+def meeting(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) -> list[Row]:
+    if "tau" not in sample.diagnostics:
+        return []
+    tau = sample.diagnostics["tau"].detach().cpu().double().numpy()
+    cens_t = sample.diagnostics.get("censored")
+    censored = np.zeros(tau.shape, dtype=bool) if cens_t is None else cens_t.detach().cpu().numpy().astype(bool)
+    n = tau.size
+    n_cens = int(censored.sum())
+    rows: list[Row] = [row("all", "n_censored", n_cens, math.nan, f"of {n} replicates")]
+    if n == 0:
+        return rows
+    ok = tau[~censored]
+    note = f"uncensored only ({n_cens} censored left out)" if n_cens else "all replicates"
+    if ok.size:
+        se = ok.std(ddof=1) / math.sqrt(ok.size) if ok.size > 1 else math.nan
+        rows.append(row("all", "tau_mean", ok.mean(), se, note))
+    else:
+        rows.append(row("all", "tau_mean", math.nan, math.nan, note))
+
+    inf_tau = np.where(censored, np.inf, tau)
+    rng = np.random.default_rng(ctx.seed)
+    boot_idx = rng.integers(0, n, size=(N_BOOT, n))
+    boot = inf_tau[boot_idx]
+    for name, q in QUANTILES.items():
+        value = float(np.quantile(inf_tau, q, method="inverted_cdf"))
+        bq = np.quantile(boot, q, axis=1, method="inverted_cdf")
+        se = float(bq.std(ddof=1)) if np.isfinite(bq).all() and n > 1 else math.nan
+        rows.append(row("all", name, value, se, f"bootstrap({N_BOOT})"))
+    rows.append(row("all", "tau_max", float(inf_tau.max()), math.nan, "extreme order statistic"))
+
+    t0 = float(np.quantile(inf_tau, 0.5, method="inverted_cdf")) - 1.0
+    if math.isfinite(t0):
+        lam, se, n_e, h = geometric_tail_fit(tau, censored, t0)
+        method = f"censored geometric MLE on tau > {t0:g} (n_events={n_e}, hazard={h:.4g})"
+    else:
+        lam, se, method = math.nan, math.nan, "over half the replicates censored"
+    rows.append(row("all", "tail_rate", lam, se, method))
+    return rows

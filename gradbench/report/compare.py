@@ -1,0 +1,410 @@
+"""Compare two runs metric by metric, with a test per change and a multiplicity correction.
+
+**Alignment by content.** A row of run A matches a row of run B when they agree on the model,
+every parameter column (``model.*``, ``proposal.*``, ``estimator.*``, … — the union of both
+runs' columns, a missing column reading as "absent"), ``estimator``, ``protocol``,
+``param_group``, ``metric``, ``dtype`` and ``device``. The seed, ids, replicate counts and
+provenance are not part of the key. Numbers compare by value (``2`` = ``2.0``).
+
+**Same problem instances.** A synthetic target's parameters and data are drawn from the suite
+seed, so two runs with different seeds measure *different* targets, and every metric may truly
+differ. When both runs stored their targets (``targets/<id>.npz``), aligned targets must hold the
+same arrays; otherwise :class:`InstanceMismatch` is raised (``--allow-different-targets``
+compares anyway and says so). To replicate a run with independent Monte Carlo noise the target
+must stay fixed while the noise seed changes.
+
+**Tests** (all two-sided; a change is *worse* in the metric's bad direction):
+* ratio metrics — ``trace_cov``, ``mse``, ``work_norm_var``, ``evals_mean``, SNR
+  (``snr_median``, ``snr_q50``), ``tau_mean`` (when raw τ are not in both runs),
+  ``seconds_per_estimate``, ``evals_per_second``, ``work_norm_var_seconds``:
+  z = log(v_B / v_A) / √((se_A/v_A)² + (se_B/v_B)²)
+  (delta method, se(log v) = se/v); with both s.e. zero any difference is deterministic (p = 0);
+* bias — ``rel_bias``: the *debiased* squared relative bias q = r² − tr Σ̂ / (n ‖g*‖²)
+  (‖ḡ − g*‖² overshoots ‖b‖² by tr Σ / n, so runs with different replicate counts stay
+  comparable), z = (q_B − q_A) / √(se_A² + se_B²), se(q)² = (2 r se_r)² + (se(tr Σ̂)/(n‖g*‖²))²;
+  without ``trace_cov`` a plain difference of ``rel_bias``;
+* meeting times — raw τ per replicate (``meeting_times.parquet``) in both runs: Mann–Whitney U
+  (a shift of the τ distribution; censored τ count at the cap);
+* non-finite replicates — Fisher's exact test on the non-finite fraction, when either run has any.
+Other metrics (``mean_var``, ``bias_norm``, p-values, quantiles, …) are shown, not tested: they
+repeat a tested quantity or are test outputs themselves.
+
+**Multiplicity.** Holm's step-down correction over every test of the comparison controls the
+family-wise error rate at α (default 0.01). A *regression* is a change significant after Holm,
+in the worse direction, and (for ratio metrics) larger than ``rtol`` in relative terms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from gradbench.report import DEFAULT_ALPHA
+from gradbench.report.data import RunData, RunError, load_run, param_columns
+
+KEY_COLUMNS = ["model", "estimator", "protocol", "param_group", "metric", "dtype", "device"]
+CELL_LEVEL = {"protocol", "param_group", "metric"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str  # "ratio" | "bias" | "diff"
+    worse: int  # +1: an increase is worse; -1: a decrease is worse
+
+
+RULES: dict[str, Rule] = {
+    "trace_cov": Rule("ratio", +1),
+    "mse": Rule("ratio", +1),
+    "work_norm_var": Rule("ratio", +1),
+    "evals_mean": Rule("ratio", +1),
+    "snr_median": Rule("ratio", -1),
+    "snr_q50": Rule("ratio", -1),
+    "rel_bias": Rule("bias", +1),
+    "tau_mean": Rule("ratio", +1),
+    "seconds_per_estimate": Rule("ratio", +1),
+    "work_norm_var_seconds": Rule("ratio", +1),
+    "evals_per_second": Rule("ratio", -1),
+}
+
+
+class InstanceMismatch(RunError):
+    """The two runs measured different target instances (e.g. different suite seeds)."""
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame  # one row per aligned metric (+ raw-τ and non-finite tests)
+    alpha: float
+    rtol: float
+    n_a: int
+    n_b: int
+    only_a: int
+    only_b: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.table[self.table["flag"] == "regression"]
+
+    @property
+    def improvements(self) -> pd.DataFrame:
+        return self.table[self.table["flag"] == "improvement"]
+
+    @property
+    def n_tests(self) -> int:
+        return int(self.table["p"].notna().sum())
+
+
+# -- alignment ----------------------------------------------------------------------------------
+def _canon(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return repr(float(v))
+    return str(v)
+
+
+def _keys(df: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """Content key per row; duplicates of a key (e.g. targets differing only by a data file) are
+    told apart by their order of appearance."""
+    parts = [df[c].map(_canon) if c in df else pd.Series("", index=df.index) for c in columns]
+    key = parts[0].str.cat([c + "=" + p for c, p in zip(columns[1:], parts[1:])], sep="|") if parts else ""
+    return key + "#" + key.groupby(key).cumcount().astype(str)
+
+
+def align(a: RunData, b: RunData) -> tuple[pd.DataFrame, int, int]:
+    """Inner join of the two tidy tables on the content key; also counts rows only in A / only in B."""
+    pcols = sorted(set(param_columns(a.results)) | set(param_columns(b.results)))
+    columns = [c for c in KEY_COLUMNS if c in a.results or c in b.results] + pcols
+    cell_columns = [c for c in columns if c not in CELL_LEVEL]
+    frames = []
+    for run in (a, b):
+        r = run.results.copy()
+        r["_key"] = _keys(r, columns)
+        cells = run.cells.copy()
+        cells["_cell"] = _keys(cells, cell_columns)
+        r = r.merge(cells[["cell_id", "_cell"]], on="cell_id", how="left")
+        frames.append(r)
+    fa, fb = frames
+    keep = ["_key", "_cell", "cell_id", "estimator", "protocol", "param_group", "metric", "value", "stderr",
+            "n_replicates", "n_nonfinite"]
+    keep_a = [c for c in keep if c in fa]
+    keep_b = [c for c in keep if c in fb and c not in ("_cell", "estimator", "protocol", "param_group", "metric")]
+    m = fa[keep_a].merge(fb[keep_b], on="_key", suffixes=("_a", "_b"))
+    only_a = int((~fa["_key"].isin(fb["_key"])).sum())
+    only_b = int((~fb["_key"].isin(fa["_key"])).sum())
+    return m, only_a, only_b
+
+
+def check_instances(a: RunData, b: RunData, aligned: pd.DataFrame) -> tuple[int, int]:
+    """(targets checked, targets whose stored arrays differ) over the aligned cells' targets."""
+    if "target_id" not in a.cells or "target_id" not in b.cells:
+        return 0, 0
+    ta = a.cells.set_index("cell_id")["target_id"]
+    tb = b.cells.set_index("cell_id")["target_id"]
+    pairs = {(ta.get(ca), tb.get(cb)) for ca, cb in zip(aligned["cell_id_a"], aligned["cell_id_b"])}
+    checked = differ = 0
+    for ida, idb in sorted(pairs, key=str):
+        pa, pb = a.path / "targets" / f"{ida}.npz", b.path / "targets" / f"{idb}.npz"
+        if not (pa.is_file() and pb.is_file()):
+            continue
+        checked += 1
+        if ida == idb:
+            continue
+        with np.load(pa) as za, np.load(pb) as zb:
+            same = set(za.files) == set(zb.files) and all(
+                za[k].shape == zb[k].shape and np.allclose(za[k], zb[k], rtol=1e-12, atol=0, equal_nan=True)
+                for k in za.files)
+        differ += not same
+    return checked, differ
+
+
+# -- tests --------------------------------------------------------------------------------------
+def _p_from_z(z: float) -> float:
+    return float(2 * sps.norm.sf(abs(z)))
+
+
+def ratio_test(va: float, sa: float, vb: float, sb: float) -> tuple[float, float, str]:
+    """(p, B/A, method) for a positive quantity; falls back to a difference test otherwise."""
+    if not (np.isfinite(va) and np.isfinite(vb)):
+        return math.nan, math.nan, "untestable: non-finite value"
+    if va <= 0 or vb <= 0:
+        p, d, method = diff_test(va, sa, vb, sb)
+        return p, math.nan, method
+    sa = 0.0 if not np.isfinite(sa) else sa
+    sb = 0.0 if not np.isfinite(sb) else sb
+    lr = math.log(vb / va)
+    se = math.hypot(sa / va, sb / vb)
+    if se == 0:
+        return (1.0 if abs(lr) < 1e-12 else 0.0), vb / va, "exact (no s.e.)"
+    return _p_from_z(lr / se), vb / va, "log-ratio z"
+
+
+def diff_test(va: float, sa: float, vb: float, sb: float) -> tuple[float, float, str]:
+    if not (np.isfinite(va) and np.isfinite(vb)):
+        return math.nan, math.nan, "untestable: non-finite value"
+    sa = 0.0 if not np.isfinite(sa) else sa
+    sb = 0.0 if not np.isfinite(sb) else sb
+    se = math.hypot(sa, sb)
+    d = vb - va
+    if se == 0:
+        return (1.0 if d == 0 else 0.0), d, "exact (no s.e.)"
+    return _p_from_z(d / se), d, "difference z"
+
+
+def _debiased_sq_bias(rel: float, rel_se: float, norm: float, trace: float, trace_se: float, n: float
+                      ) -> tuple[float, float] | None:
+    """q = r² − tr Σ̂/(n G²) with G = ‖g*‖ = bias_norm / rel_bias, and its delta-method s.e."""
+    vals = [rel, rel_se, norm, trace, n]
+    if not all(np.isfinite(v) for v in vals) or rel <= 0 or norm <= 0 or n < 2:
+        return None
+    g2 = (norm / rel) ** 2
+    q = rel**2 - trace / (n * g2)
+    se = math.hypot(2 * rel * rel_se, (trace_se if np.isfinite(trace_se) else 0.0) / (n * g2))
+    return q, se
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm step-down adjusted p-values (NaN entries are ignored and stay NaN)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adj
+    return out
+
+
+# -- comparison ---------------------------------------------------------------------------------
+def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData, *, alpha: float = DEFAULT_ALPHA,
+                 rtol: float = 0.0, skip: tuple[str, ...] = (), allow_different_targets: bool = False) -> Comparison:
+    a = run_a if isinstance(run_a, RunData) else load_run(run_a)
+    b = run_b if isinstance(run_b, RunData) else load_run(run_b)
+    if not 0 < alpha < 1:
+        raise RunError(f"alpha must be in (0, 1), got {alpha}")
+    m, only_a, only_b = align(a, b)
+    if skip:
+        m = m[~m["protocol"].isin(skip) & ~m["metric"].isin(skip)]
+    if m.empty:
+        raise RunError(f"nothing to compare: no metric row of {a.path} matches one of {b.path} by content "
+                       "(different models, parameters, estimators, protocols, dtype or device?)")
+    notes = []
+    checked, differ = check_instances(a, b, m)
+    if differ:
+        msg = (f"{differ} of {checked} aligned target(s) hold different parameters/data in the two runs "
+               "(different suite seeds or data files): the metrics describe different problem instances")
+        if not allow_different_targets:
+            raise InstanceMismatch(msg + "; re-run with the same seed, or pass --allow-different-targets")
+        notes.append("warning: " + msg + "; changes below include the change of instance")
+    elif checked == 0:
+        notes.append("targets not checked (no targets/*.npz in both runs)")
+
+    wide = {run: _cell_metrics(run_df) for run, run_df in (("a", a.results), ("b", b.results))}
+    raw_tau = _raw_tau_pairs(a, b, m) if "meeting" not in skip else {}
+    rows = []
+    for _, r in m.iterrows():
+        rule = RULES.get(r["metric"])
+        base = {"_cell": r["_cell"], "cell_id_a": r["cell_id_a"], "cell_id_b": r["cell_id_b"],
+                "estimator": r["estimator"], "param_group": r["param_group"],
+                "protocol": r["protocol"], "metric": r["metric"], "value_a": r["value_a"], "stderr_a": r["stderr_a"],
+                "value_b": r["value_b"], "stderr_b": r["stderr_b"]}
+        p, effect, method, worse = math.nan, math.nan, "not tested", 0
+        if rule is not None and not (r["metric"] == "tau_mean" and r["_cell"] in raw_tau):
+            if rule.kind == "ratio":
+                p, effect, method = ratio_test(r["value_a"], r["stderr_a"], r["value_b"], r["stderr_b"])
+                change = (r["value_b"] - r["value_a"])
+            elif rule.kind == "bias":
+                qa = _bias_q(wide["a"], r["cell_id_a"], r["param_group"], r.get("n_replicates_a", math.nan))
+                qb = _bias_q(wide["b"], r["cell_id_b"], r["param_group"], r.get("n_replicates_b", math.nan))
+                if qa is not None and qb is not None:
+                    p, effect, _ = diff_test(qa[0], qa[1], qb[0], qb[1])
+                    method = "debiased ‖b‖²/‖g*‖² z"
+                else:
+                    p, effect, method = diff_test(r["value_a"], r["stderr_a"], r["value_b"], r["stderr_b"])
+                change = effect
+            else:
+                p, effect, method = diff_test(r["value_a"], r["stderr_a"], r["value_b"], r["stderr_b"])
+                change = effect
+            if np.isfinite(change) and change != 0:
+                worse = rule.worse * (1 if change > 0 else -1)
+        rows.append({**base, "test": method, "effect": effect, "p": p, "worse": worse})
+    for cell, (cid_a, cid_b, ta, tb) in raw_tau.items():
+        u = sps.mannwhitneyu(tb, ta, alternative="two-sided", method="asymptotic")
+        auc = float(u.statistic) / (len(ta) * len(tb))  # P(τ_B > τ_A) + ½ P(=)
+        rows.append({"_cell": cell, "cell_id_a": cid_a, "cell_id_b": cid_b, "estimator": _est(a, cid_a),
+                     "param_group": "all", "protocol": "meeting", "metric": "tau (raw)",
+                     "value_a": float(np.mean(ta)), "stderr_a": float(np.std(ta, ddof=1) / math.sqrt(len(ta))),
+                     "value_b": float(np.mean(tb)), "stderr_b": float(np.std(tb, ddof=1) / math.sqrt(len(tb))),
+                     "test": "Mann-Whitney U", "effect": auc, "p": float(u.pvalue),
+                     "worse": 0 if auc == 0.5 else (1 if auc > 0.5 else -1)})
+    rows += _nonfinite_rows(a, b, m)
+    table = pd.DataFrame(rows)
+    table["p_holm"] = holm(table["p"].to_numpy(float))
+    sig = table["p_holm"] <= alpha
+    practical = np.ones(len(table), bool)
+    if rtol > 0:
+        ratio = (table["value_b"] / table["value_a"]).abs()
+        is_ratio = table["test"].isin(["log-ratio z", "exact (no s.e.)"])
+        practical = ~is_ratio | ((ratio - 1).abs() > rtol)
+    table["flag"] = np.where(sig & (table["worse"] > 0) & practical, "regression",
+                             np.where(sig & (table["worse"] < 0), "improvement", ""))
+    labels = a.cells.set_index("cell_id")
+    table["cell"] = [_label(labels, c) for c in table["cell_id_a"]]
+    return Comparison(table, alpha, rtol, len(a.results), len(b.results), only_a, only_b, notes)
+
+
+def _est(run: RunData, cell_id: str) -> str:
+    return str(run.cells.set_index("cell_id").loc[cell_id, "estimator"])
+
+
+def _label(cells: pd.DataFrame, cell_id: str) -> str:
+    """``iwae (K=8)`` plus the target when the run has several: the estimator's parameters that
+    vary in the run (see :func:`gradbench.report.data.describe_cells`), not all of them."""
+    r = cells.loc[cell_id]
+    return str(r["label"]) + (f" [{r['target_label']}]" if r["target_label"] else "")
+
+
+def _cell_metrics(results: pd.DataFrame) -> pd.DataFrame:
+    sub = results[results["metric"].isin(["rel_bias", "bias_norm", "trace_cov"])]
+    return sub.drop_duplicates(["cell_id", "param_group", "metric"]).set_index(["cell_id", "param_group", "metric"])[
+        ["value", "stderr"]]
+
+
+def _bias_q(w: pd.DataFrame, cell_id: str, group: str, n: float) -> tuple[float, float] | None:
+    def get(metric: str) -> tuple[float, float]:
+        try:
+            v = w.loc[(cell_id, group, metric)]
+        except KeyError:
+            return math.nan, math.nan
+        return float(v["value"]), float(v["stderr"])
+
+    rel, rel_se = get("rel_bias")
+    norm, _ = get("bias_norm")
+    trace, trace_se = get("trace_cov")
+    return _debiased_sq_bias(rel, rel_se, norm, trace, trace_se, float(n))
+
+
+def _raw_tau_pairs(a: RunData, b: RunData, m: pd.DataFrame) -> dict[str, tuple[str, str, np.ndarray, np.ndarray]]:
+    if a.meeting is None or b.meeting is None or a.meeting.empty or b.meeting.empty:
+        return {}
+    ga = {k: g["tau"].to_numpy(float) for k, g in a.meeting.groupby("cell_id")}
+    gb = {k: g["tau"].to_numpy(float) for k, g in b.meeting.groupby("cell_id")}
+    out = {}
+    for cell, ca, cb in m[["_cell", "cell_id_a", "cell_id_b"]].drop_duplicates("_cell").itertuples(index=False):
+        if ca in ga and cb in gb and len(ga[ca]) > 1 and len(gb[cb]) > 1:
+            out[cell] = (ca, cb, ga[ca], gb[cb])
+    return out
+
+
+def _nonfinite_rows(a: RunData, b: RunData, m: pd.DataFrame) -> list[dict[str, Any]]:
+    if "n_nonfinite" not in a.cells or "n_nonfinite" not in b.cells:
+        return []
+    ca, cb = a.cells.set_index("cell_id"), b.cells.set_index("cell_id")
+    rows = []
+    for cell, ida, idb in m[["_cell", "cell_id_a", "cell_id_b"]].drop_duplicates("_cell").itertuples(index=False):
+        fa, fb = int(ca.loc[ida, "n_nonfinite"]), int(cb.loc[idb, "n_nonfinite"])
+        if fa == 0 and fb == 0:
+            continue
+        na, nb = int(ca.loc[ida, "n_replicates"]) + fa, int(cb.loc[idb, "n_replicates"]) + fb
+        p = float(sps.fisher_exact([[fa, na - fa], [fb, nb - fb]]).pvalue)
+        ra, rb = fa / na, fb / nb
+        rows.append({"_cell": cell, "cell_id_a": ida, "cell_id_b": idb, "estimator": ca.loc[ida, "estimator"],
+                     "param_group": "all", "protocol": "(cell)", "metric": "nonfinite_rate", "value_a": ra,
+                     "stderr_a": math.nan, "value_b": rb, "stderr_b": math.nan, "test": "Fisher exact",
+                     "effect": rb - ra, "p": p, "worse": int(np.sign(rb - ra))})
+    return rows
+
+
+# -- text ---------------------------------------------------------------------------------------
+def _pm(v: float, se: float) -> str:
+    if not np.isfinite(v):
+        return "—"
+    return f"{v:.4g}" if not np.isfinite(se) or se == 0 else f"{v:.3g} ± {se:.2g}"
+
+
+def _change(r: pd.Series) -> str:
+    va, vb = r["value_a"], r["value_b"]
+    if r["test"] == "Mann-Whitney U":
+        return f"P(τB>τA)={r['effect']:.2f}"
+    if np.isfinite(va) and np.isfinite(vb) and va > 0 and vb > 0:
+        return f"×{vb / va:.3g}"
+    return f"{vb - va:+.3g}" if np.isfinite(va) and np.isfinite(vb) else "—"
+
+
+def format_comparison(c: Comparison, *, show_all: bool = False) -> str:
+    t = c.table
+    shown = t if show_all else t[t["flag"] != ""]
+    lines = []
+    if not shown.empty:
+        rank = shown["flag"].map({"regression": 0, "improvement": 1}).fillna(2)
+        order = shown.assign(_f=rank).sort_values(["_f", "p"])
+        out = pd.DataFrame({
+            "cell": order["cell"], "group": order["param_group"], "metric": order["metric"],
+            "A": [_pm(v, s) for v, s in zip(order["value_a"], order["stderr_a"])],
+            "B": [_pm(v, s) for v, s in zip(order["value_b"], order["stderr_b"])],
+            "change": [_change(r) for _, r in order.iterrows()],
+            "test": order["test"],
+            "p": [f"{p:.2g}" if np.isfinite(p) else "—" for p in order["p"]],
+            "p_holm": [f"{p:.2g}" if np.isfinite(p) else "—" for p in order["p_holm"]],
+            "flag": order["flag"].str.upper().replace("", "·"),
+        })
+        lines.append(out.to_string(index=False))
+        lines.append("")
+    lines += c.notes
+    lines.append(f"{len(t)} aligned metric(s), {c.n_tests} tested; Holm-corrected at α = {c.alpha:g}"
+                 + (f", regressions also need a relative change > {c.rtol:g}" if c.rtol else "") + ".")
+    if c.only_a or c.only_b:
+        lines.append(f"not aligned: {c.only_a} row(s) only in A, {c.only_b} row(s) only in B (not compared).")
+    lines.append(f"{len(c.regressions)} significant regression(s), {len(c.improvements)} significant improvement(s).")
+    return "\n".join(lines)

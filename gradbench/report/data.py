@@ -1,0 +1,204 @@
+"""Read a run folder and describe its cells the way figures and tables need them.
+
+A run folder holds ``results.parquet`` (the tidy table, DESIGN §5), optionally
+``meeting_times.parquet`` (raw τ per replicate) and ``run.json`` (suite name, cell ids and,
+when the suite states one, the significance level ``alpha``).
+
+Per cell this module derives:
+* the **budget** — the estimator parameter that sets how much work one estimate does: the first
+  of :data:`BUDGET_PARAMS` the estimator has (K before S, …), else its only numeric parameter
+  that varies in the run; cells without one have budget NaN;
+* the **series** — the estimator name plus its other parameters that vary within the run
+  (``coupled_isir · coupling=maximal``): one line per series in budget plots;
+* the **target label** — the model/proposal parameters that vary across the run's targets
+  (empty when the run has one target): one facet row per target in figures.
+
+Significance level α: ``--alpha`` on the command line, else ``run.json["alpha"]``, else
+:data:`gradbench.report.DEFAULT_ALPHA` (0.01).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gradbench.report import DEFAULT_ALPHA
+
+BUDGET_PARAMS = ("K", "S", "M", "N", "n_particles", "n_samples", "m", "n_steps", "steps", "iterations")
+NON_PARAM_COLUMNS = {
+    "suite", "cell_id", "target_id", "model", "estimator", "n_replicates", "n_nonfinite", "seed", "device", "dtype",
+    "protocol", "param_group", "metric", "value", "stderr", "method",
+    "gradbench_version", "torch_version", "started_at", "seconds",
+}
+
+
+class RunError(Exception):
+    """A run folder that cannot be read (missing or malformed files): a one-line message."""
+
+
+def fmt_param(value: Any) -> str:
+    """``2.0`` → ``2``, ``0.5`` → ``0.5``, strings unchanged (parameters come back as floats
+    when a column mixes estimators that do and do not have the parameter)."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isfinite(v) and v.is_integer() and abs(v) < 1e15:
+            return str(int(v))
+        return f"{v:g}"
+    return str(value)
+
+
+def param_columns(df: pd.DataFrame, prefix: str | None = None) -> list[str]:
+    """Parameter columns (``model.*``, ``proposal.*``, ``estimator.*``, …) in table order."""
+    cols = [c for c in df.columns if "." in c and c not in NON_PARAM_COLUMNS]
+    return [c for c in cols if prefix is None or c.startswith(prefix + ".")]
+
+
+@dataclass(frozen=True)
+class RunData:
+    path: Path
+    results: pd.DataFrame
+    meeting: pd.DataFrame | None
+    manifest: dict[str, Any]
+    alpha: float
+    cells: pd.DataFrame = field(repr=False)
+
+    @property
+    def suite(self) -> str:
+        if "suite" in self.results and len(self.results):
+            return str(self.results["suite"].iloc[0])
+        return str(self.manifest.get("suite", self.path.name))
+
+    @property
+    def metrics(self) -> set[str]:
+        return set(self.results["metric"].unique()) if len(self.results) else set()
+
+    @property
+    def protocols(self) -> list[str]:
+        return list(dict.fromkeys(self.results["protocol"])) if len(self.results) else []
+
+    @property
+    def param_groups(self) -> list[str]:
+        groups = list(dict.fromkeys(self.results["param_group"])) if len(self.results) else []
+        return sorted(groups, key=lambda g: g != "all")  # 'all' first, then layout order
+
+    def has(self, *metrics: str) -> bool:
+        return any(m in self.metrics for m in metrics)
+
+    def metric(self, name: str, group: str | None = "all") -> pd.DataFrame:
+        """Rows of one metric (one param group, or every group with ``group=None``) joined
+        with the cell description; columns ``value, stderr, method, param_group`` + cell columns."""
+        r = self.results
+        sel = r[(r["metric"] == name) & ((r["param_group"] == group) if group is not None else True)]
+        sel = sel[["cell_id", "param_group", "value", "stderr", "method"]]
+        return sel.merge(self.cells, on="cell_id", how="left")
+
+    def wide(self, metrics: list[str], group: str = "all") -> pd.DataFrame:
+        """One row per cell with ``<metric>`` and ``<metric>__se`` columns for the metrics present."""
+        out = self.cells.copy()
+        for m in metrics:
+            sub = self.metric(m, group)
+            if sub.empty:
+                continue
+            sub = sub.drop_duplicates("cell_id").set_index("cell_id")
+            out[m] = out["cell_id"].map(sub["value"])
+            out[m + "__se"] = out["cell_id"].map(sub["stderr"])
+            if m == "bias_pvalue":
+                out[m + "__method"] = out["cell_id"].map(sub["method"])
+        return out
+
+
+def load_run(path: str | Path, alpha: float | None = None) -> RunData:
+    """Read a run folder (or its ``results.parquet``) written by ``gradbench run``."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".parquet":
+        path = path.parent
+    results_path = path / "results.parquet"
+    if not results_path.is_file():
+        raise RunError(f"{path}: no results.parquet here (is this a folder written by `gradbench run`?)")
+    try:
+        results = pd.read_parquet(results_path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise RunError(f"{results_path}: cannot read parquet ({type(exc).__name__}: {exc})") from None
+    required = {"cell_id", "estimator", "protocol", "param_group", "metric", "value", "stderr"}
+    missing = required - set(results.columns)
+    if missing:
+        raise RunError(f"{results_path}: missing column(s) {', '.join(sorted(missing))}")
+    meeting = None
+    mpath = path / "meeting_times.parquet"
+    if mpath.is_file():
+        meeting = pd.read_parquet(mpath)
+    manifest: dict[str, Any] = {}
+    if (path / "run.json").is_file():
+        try:
+            manifest = json.loads((path / "run.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{path / 'run.json'}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if alpha is None:
+        alpha = float(manifest.get("alpha", DEFAULT_ALPHA))
+    if not 0 < alpha < 1:
+        raise RunError(f"alpha must be in (0, 1), got {alpha}")
+    return RunData(path, results, meeting, manifest, alpha, describe_cells(results))
+
+
+def describe_cells(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: its identifying columns plus ``budget_param``, ``budget``, ``series``,
+    ``variant``, ``target_label`` and ``label`` (series and budget, for tables)."""
+    keep = [c for c in ["cell_id", "target_id", "model", "estimator", "n_replicates", "n_nonfinite", "seed",
+                        "device", "dtype"] if c in results.columns]
+    pcols = param_columns(results)
+    cells = results.drop_duplicates("cell_id")[keep + pcols].reset_index(drop=True)
+    if "target_id" not in cells:
+        cells["target_id"] = ""
+    est_cols = [c for c in pcols if c.startswith("estimator.")]
+    target_cols = ["model"] * ("model" in cells) + [c for c in pcols if not c.startswith("estimator.")]
+
+    varying_targets = [c for c in target_cols if cells[c].astype(str).nunique() > 1]
+    cells["target_label"] = [
+        ", ".join(f"{_short(c)}={fmt_param(row[c])}" for c in varying_targets if _present(row[c]))
+        for _, row in cells.iterrows()
+    ]
+
+    budget_param: dict[str, str | None] = {}
+    variant_cols: dict[str, list[str]] = {}
+    for est, grp in cells.groupby("estimator", sort=False):
+        own = [c for c in est_cols if grp[c].notna().any()]
+        numeric = [c for c in own if pd.api.types.is_numeric_dtype(grp[c])]
+        named = [c for name in BUDGET_PARAMS for c in own if c == f"estimator.{name}"]
+        varying_numeric = [c for c in numeric if grp[c].nunique() > 1]
+        chosen = named[0] if named else (varying_numeric[0] if len(varying_numeric) == 1 else None)
+        budget_param[str(est)] = chosen
+        variant_cols[str(est)] = [c for c in own if c != chosen and grp[c].astype(str).nunique() > 1]
+
+    cells["budget_param"] = [(_short(budget_param[e]) if budget_param[e] else "") for e in cells["estimator"]]
+    cells["budget"] = [
+        float(row[budget_param[row["estimator"]]]) if budget_param[row["estimator"]] else math.nan
+        for _, row in cells.iterrows()
+    ]
+    cells["variant"] = [
+        ", ".join(f"{_short(c)}={fmt_param(row[c])}" for c in variant_cols[row["estimator"]] if _present(row[c]))
+        for _, row in cells.iterrows()
+    ]
+    cells["series"] = [f"{e} · {v}" if v else str(e) for e, v in zip(cells["estimator"], cells["variant"])]
+    cells["label"] = [
+        s + (f" ({p}={fmt_param(b)})" if p else "")
+        for s, p, b in zip(cells["series"], cells["budget_param"], cells["budget"])
+    ]
+    return cells
+
+
+def _short(col: str) -> str:
+    return col.split(".", 1)[1] if "." in col else col
+
+
+def _present(v: Any) -> bool:
+    return not (v is None or (isinstance(v, float) and math.isnan(v)))

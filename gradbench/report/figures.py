@@ -1,0 +1,558 @@
+"""Figures for a run, each drawn only when the run has the metrics it needs.
+
+Every figure is ``fn(run) -> matplotlib Figure | None`` (``None``: nothing to draw) and is listed
+in :data:`FIGURES` with its file name, title and caption. Conventions:
+* colour = estimator (:func:`gradbench.report.style.estimator_color`), marker/line style = the
+  estimator's variant (its non-budget parameters that vary), one facet row per target;
+* error bars are ±1 stored standard error; an axis is logarithmic where the quantity is positive
+  and spans at least a decade (budgets: base 2 when they are powers of two);
+* budget plots leave out cells without a budget parameter (they are in the tables).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")  # noqa: E402  (headless; before pyplot)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
+
+from gradbench.report.data import RunData, fmt_param  # noqa: E402
+from gradbench.report.style import LINESTYLES, MARKERS, estimator_color, metric_label, theme  # noqa: E402
+
+PANEL_W, PANEL_H = 3.6, 3.1
+P_FLOOR = 1e-12  # p-values below are drawn at this floor
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str  # file stem
+    title: str
+    caption: str
+    draw: Callable[[RunData], Figure | None]
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _style_of(run: RunData) -> dict[str, tuple[str, str, str]]:
+    """series -> (colour, marker, linestyle): colour by estimator, marker/line by variant."""
+    out: dict[str, tuple[str, str, str]] = {}
+    seen: dict[str, int] = {}
+    for est, series in run.cells[["estimator", "series"]].drop_duplicates().itertuples(index=False):
+        i = seen.get(est, 0)
+        seen[est] = i + 1
+        out[series] = (estimator_color(str(est)), MARKERS[i % len(MARKERS)], LINESTYLES[i % len(LINESTYLES)])
+    return out
+
+
+def _budget_axis_label(df: pd.DataFrame) -> str:
+    params = df.dropna(subset=["budget"]).groupby("budget_param", sort=False)["estimator"].unique()
+    parts = [f"{p} ({', '.join(map(str, ests))})" for p, ests in params.items()]
+    return "budget: " + "; ".join(parts) if parts else "budget"
+
+
+def _set_log(ax: plt.Axes, axis: str, values: np.ndarray, *, force: bool = False, budget: bool = False) -> None:
+    """Log scale when the values are positive and span a decade (any span with ``force``);
+    plain-number tick labels; budgets get base 2 when they are powers of two, ticked at the values."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0 or (v <= 0).any():
+        return
+    span = v.max() / v.min()
+    if not (force and span > 1) and span < 10:
+        return
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log", base=10)
+    if budget:
+        ticks = np.unique(v)
+        if ticks.size > 12:
+            ticks = ticks[np.linspace(0, ticks.size - 1, 12).round().astype(int)]
+        target.set_major_locator(FixedLocator(ticks))
+        target.set_minor_locator(NullLocator())
+    elif span < 100:
+        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        target.set_minor_locator(NullLocator())
+    target.set_major_formatter(FuncFormatter(lambda t, _: _num(t)))
+    target.set_minor_formatter(NullFormatter())
+
+
+def _num(t: float) -> str:
+    return fmt_param(t) if 1e-3 <= abs(t) < 1e5 else f"{t:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def _facets(run: RunData, df: pd.DataFrame, n: int, *, legend_space: bool = True
+            ) -> tuple[Figure, Callable[[int, int], plt.Axes], list[str]]:
+    """Panels for ``n`` plots per target. Each target gets its own block of rows, its plots wrapped
+    at two columns (one target, up to four plots) or four. Returns the figure, ``ax(i_target, j)``
+    and the target labels (``[""]`` when the run has one target)."""
+    targets = [t for t in dict.fromkeys(run.cells["target_label"]) if t in set(df["target_label"])] or [""]
+    wrap = 2 if len(targets) == 1 and 2 < n <= 4 else min(n, 4)
+    per_target = math.ceil(n / wrap)
+    nrows, ncols = len(targets) * per_target, wrap
+    width = PANEL_W * ncols + (2.3 if legend_space else 0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, PANEL_H * nrows), squeeze=False, layout="constrained")
+    used = set()
+
+    def ax_at(i: int, j: int) -> plt.Axes:
+        pos = (i * per_target + j // wrap, j % wrap)
+        used.add(pos)
+        return axes[pos]
+
+    for i in range(len(targets)):
+        for k in range(per_target * wrap):
+            if k >= n:
+                axes[i * per_target + k // wrap, k % wrap].set_visible(False)
+    return fig, ax_at, targets
+
+
+def _draw_series(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, styles: dict[str, tuple[str, str, str]],
+                 *, yerr: str | None = "stderr", filled: pd.Series | None = None) -> None:
+    """One line per series, ±1 s.e. error bars; markers hollow where ``filled`` is False."""
+    for series, grp in df.groupby("series", sort=False):
+        grp = grp.sort_values(x)
+        color, marker, ls = styles[series]
+        err = grp[yerr].to_numpy(dtype=float) if yerr else None
+        if err is not None:
+            err = np.where(np.isfinite(err), err, 0.0)
+            # keep the lower bar on a log axis: clip it just above zero
+            lower = np.minimum(err, np.abs(grp[y].to_numpy(dtype=float)) * 0.999)
+            err = np.vstack([lower, err])
+        ax.errorbar(grp[x], grp[y], yerr=err, color=color, linestyle=ls, linewidth=1.4, marker="none",
+                    capsize=2.5, elinewidth=1.0, alpha=0.9)
+        fill = np.ones(len(grp), bool) if filled is None else filled.loc[grp.index].to_numpy(bool)
+        ax.scatter(grp[x][fill], grp[y][fill], color=color, marker=marker, s=30, zorder=3, edgecolor=color)
+        ax.scatter(grp[x][~fill], grp[y][~fill], facecolor="white", marker=marker, s=30, zorder=3,
+                   edgecolor=color, linewidth=1.3)
+
+
+def _legend(fig: Figure, run: RunData, series: list[str], extra: list[Line2D] | None = None,
+            labels: dict[str, str] | None = None) -> None:
+    styles = _style_of(run)
+    handles = [Line2D([], [], color=styles[s][0], marker=styles[s][1], linestyle=styles[s][2],
+                      label=(labels or {}).get(s, s)) for s in series]
+    handles += extra or []
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+
+
+def _title(ax: plt.Axes, target: str, group: str | None = None, n_targets: int = 1) -> None:
+    parts = ([f"group: {group}"] if group is not None else []) + ([target] if target and n_targets > 1 else [])
+    if parts:
+        ax.set_title("\n".join(parts), fontsize=9)
+
+
+def _clip_log_bottom(ax: plt.Axes, values: pd.Series) -> None:
+    """On a log y axis, keep the view on the values: an error bar reaching towards zero would
+    otherwise stretch the axis over decades; such bars run off the bottom instead."""
+    v = values.to_numpy(dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if ax.get_yscale() == "log" and v.size:
+        bottom = v.min() / 3
+        if ax.get_ylim()[0] < bottom:
+            ax.set_ylim(bottom=bottom)
+
+
+def _positive(v: pd.Series) -> pd.Series:
+    return v.where(v > 0)
+
+
+# -- bias ---------------------------------------------------------------------------------------
+def fit_loglog_slope(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[float, float] | None:
+    """Weighted least-squares slope of log y on log x (weights 1/se(log y)² = (y/se)²), with its
+    standard error; ``None`` with fewer than two distinct positive points."""
+    ok = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+    x, y, se = x[ok], y[ok], se[ok]
+    if np.unique(x).size < 2:
+        return None
+    rel = np.where(np.isfinite(se) & (se > 0), se / y, np.nan)
+    w = 1.0 / np.where(np.isfinite(rel), rel, np.nanmedian(rel) if np.isfinite(rel).any() else 1.0) ** 2
+    X = np.column_stack([np.ones_like(x), np.log(x)])
+    XtW = X.T * w
+    cov = np.linalg.pinv(XtW @ X)
+    beta = cov @ XtW @ np.log(y)
+    if x.size > 2:  # scale by the residual variance when there are residual degrees of freedom
+        resid = np.log(y) - X @ beta
+        cov = cov * max(1.0, float((w * resid**2).sum() / (x.size - 2)))
+    return float(beta[1]), float(math.sqrt(cov[1, 1]))
+
+
+def bias_vs_budget(run: RunData) -> Figure | None:
+    if not run.has("rel_bias"):
+        return None
+    df = run.wide(["rel_bias", "bias_pvalue"]).dropna(subset=["budget", "rel_bias"])
+    if df.empty:
+        return None
+    has_p = "bias_pvalue" in df
+    df["stderr"] = df["rel_bias__se"]
+    df["significant"] = df["bias_pvalue"] < run.alpha if has_p else True
+    styles = _style_of(run)
+    fig, axes, targets = _facets(run, df, 2 if has_p else 1)
+    labels: dict[str, str] = {}
+    for i, target in enumerate(targets):
+        sub = df[df["target_label"] == target] if target else df
+        ax = axes(i, 0)
+        _draw_series(ax, sub, "budget", "rel_bias", styles, filled=sub["significant"])
+        for series, grp in sub.groupby("series", sort=False):
+            sig = grp[grp["significant"]]
+            fit = fit_loglog_slope(sig["budget"].to_numpy(float), sig["rel_bias"].to_numpy(float),
+                                   sig["stderr"].to_numpy(float))
+            if fit is None:
+                continue
+            slope, slope_se = fit
+            xs = np.sort(sig["budget"].to_numpy(float))
+            # the fitted slope, drawn through the centre of the significant points (log scale)
+            lx, ly = np.log(sig["budget"].to_numpy(float)), np.log(sig["rel_bias"].to_numpy(float))
+            c = ly.mean() - slope * lx.mean()
+            ys = np.exp(c + slope * np.log(xs))
+            ax.plot(xs, ys, color=styles[series][0], linestyle=(0, (1, 1.5)), linewidth=2.2, alpha=0.6)
+            labels[series] = f"{series}: slope {slope:+.2f} ± {slope_se:.2f}" + (f" [{target}]" if target else "")
+        ax.set_xlabel(_budget_axis_label(sub))
+        ax.set_ylabel(metric_label("rel_bias"))
+        _set_log(ax, "x", sub["budget"], force=True, budget=True)
+        _set_log(ax, "y", _positive(sub["rel_bias"]), force=True)
+        _clip_log_bottom(ax, sub["rel_bias"])
+        _title(ax, target, None, len(targets))
+        if has_p:
+            ax = axes(i, 1)
+            p = sub.assign(pplot=sub["bias_pvalue"].clip(lower=P_FLOOR))
+            _draw_series(ax, p, "budget", "pplot", styles, yerr=None, filled=p["significant"])
+            ax.axhline(run.alpha, color="#b2182b", linestyle="--", linewidth=1)
+            ax.text(0.98, min(max(run.alpha, P_FLOOR), 1.0), f"α = {run.alpha:g}", color="#b2182b", fontsize=8,
+                    va="bottom", ha="right", transform=ax.get_yaxis_transform(), clip_on=True)
+            ax.set_yscale("log")
+            low = max(P_FLOOR / 3, min(1e-4, float(p["pplot"].min()) / 30))
+            ax.set_ylim(low, 2.0)
+            ticks = (1e-12, 1e-9, 1e-6, 1e-3, 1) if low < 1e-4 else (1e-4, 1e-3, 1e-2, 1e-1, 1)
+            ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if t >= low]))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda t, _: "≤1e-12" if t <= P_FLOOR else _num(t)))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(_budget_axis_label(sub))
+            ax.set_ylabel("bias p-value (H0: unbiased)")
+            _set_log(ax, "x", sub["budget"], force=True, budget=True)
+            _title(ax, target, None, len(targets))
+    series = list(dict.fromkeys(df["series"]))
+    extra = [Line2D([], [], color="grey", marker="o", linestyle="none", label=f"bias significant (p < {run.alpha:g})"),
+             Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="none",
+                    label="not significant"),
+             Line2D([], [], color="grey", linestyle=(0, (1, 1.5)), linewidth=2.2, alpha=0.6,
+                    label="log-log fit (significant points)")]
+    _legend(fig, run, series, extra, labels)
+    return fig
+
+
+# -- variance / SNR -----------------------------------------------------------------------------
+def _per_group(run: RunData, metric: str, ylabel: str, band: tuple[str, str] | None = None) -> Figure | None:
+    if not run.has(metric):
+        return None
+    df = run.metric(metric, group=None).dropna(subset=["budget", "value"])
+    if df.empty:
+        return None
+    groups = [g for g in run.param_groups if g in set(df["param_group"])]
+    styles = _style_of(run)
+    fig, axes, targets = _facets(run, df, len(groups))
+    if band:
+        lo = run.metric(band[0], group=None).set_index(["cell_id", "param_group"])["value"]
+        hi = run.metric(band[1], group=None).set_index(["cell_id", "param_group"])["value"]
+        key = pd.MultiIndex.from_frame(df[["cell_id", "param_group"]])
+        df = df.assign(lo=lo.reindex(key).to_numpy(), hi=hi.reindex(key).to_numpy())
+    for i, target in enumerate(targets):
+        for j, group in enumerate(groups):
+            ax = axes(i, j)
+            sub = df[(df["param_group"] == group) & ((df["target_label"] == target) if target else True)]
+            if sub.empty:
+                ax.set_visible(False)
+                continue
+            if band:
+                for series, grp in sub.groupby("series", sort=False):
+                    grp = grp.sort_values("budget")
+                    ax.fill_between(grp["budget"], grp["lo"], grp["hi"], color=styles[series][0], alpha=0.15,
+                                    linewidth=0)
+            _draw_series(ax, sub, "budget", "value", styles)
+            _set_log(ax, "x", sub["budget"], force=True, budget=True)
+            vals = pd.concat([_positive(sub["value"])] + ([sub["lo"], sub["hi"]] if band else []))
+            _set_log(ax, "y", vals.dropna(), force=True)
+            _clip_log_bottom(ax, vals.dropna())
+            ax.set_xlabel(_budget_axis_label(sub))
+            ax.set_ylabel(ylabel)
+            _title(ax, target, group, len(targets))
+    iqr = Line2D([], [], color="grey", linewidth=6, alpha=0.15, label="interquartile range over coordinates")
+    extra = [iqr] if band else []
+    _legend(fig, run, list(dict.fromkeys(df["series"])), extra)
+    return fig
+
+
+def variance_vs_budget(run: RunData) -> Figure | None:
+    return _per_group(run, "trace_cov", metric_label("trace_cov"))
+
+
+def snr_vs_budget(run: RunData) -> Figure | None:
+    if run.has("snr_q50"):
+        band = ("snr_q25", "snr_q75") if run.has("snr_q25") and run.has("snr_q75") else None
+        return _per_group(run, "snr_q50", "SNR |E ĝⱼ| / sd(ĝⱼ) (median over j)", band)
+    return _per_group(run, "snr_median", "SNR |E ĝⱼ| / sd(ĝⱼ) (median over j)")
+
+
+# -- efficiency frontier ------------------------------------------------------------------------
+def pareto_front(cost: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Indices of the points not dominated in (lower cost, lower value), sorted by cost."""
+    order = np.lexsort((value, cost))
+    front, best = [], math.inf
+    for i in order:
+        if value[i] < best:
+            front.append(i)
+            best = value[i]
+    return np.array(front, dtype=int)
+
+
+def _frontier_panel(ax: plt.Axes, sub: pd.DataFrame, x: str, y: str, styles: dict[str, tuple[str, str, str]],
+                    xscale: float = 1.0) -> None:
+    sub = sub.assign(_x=sub[x] * xscale, _xse=sub[x + "__se"] * xscale, order=sub["budget"].fillna(0))
+    for series, grp in sub.groupby("series", sort=False):
+        grp = grp.sort_values(["_x", "order"])
+        color, marker, ls = styles[series]
+        ax.errorbar(grp["_x"], grp[y], yerr=grp[y + "__se"].fillna(0), xerr=grp["_xse"].fillna(0), color=color,
+                    marker=marker, linestyle=ls, markersize=5, capsize=2.5, linewidth=1.4, elinewidth=1.0)
+        for _, r in grp.iterrows():
+            if r["budget_param"]:
+                ax.annotate(f"{r['budget_param']}={fmt_param(r['budget'])}", (r["_x"], r[y]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=6.5, color=color)
+    front = pareto_front(sub["_x"].to_numpy(float), sub[y].to_numpy(float))
+    fx, fy = sub["_x"].to_numpy(float)[front], sub[y].to_numpy(float)[front]
+    fx, fy = np.append(fx, sub["_x"].max()), np.append(fy, fy[-1])  # best so far, up to the largest cost
+    ax.step(fx, fy, where="post", color="black", linestyle="--", linewidth=1, alpha=0.6, zorder=1)
+    _set_log(ax, "x", sub["_x"], force=True)
+    _set_log(ax, "y", sub[y])
+
+
+def efficiency_frontier(run: RunData) -> Figure | None:
+    """tr Σ̂ × cost vs cost; with the wallclock protocol also tr Σ̂ × seconds vs seconds."""
+    panels = []
+    if run.has("work_norm_var") and run.has("evals_mean"):
+        panels.append(("evals_mean", "work_norm_var"))
+    if run.has("work_norm_var_seconds") and run.has("seconds_per_estimate"):
+        panels.append(("seconds_per_estimate", "work_norm_var_seconds"))
+    if not panels:
+        return None
+    df = run.wide([m for p in panels for m in p])
+    keep = np.zeros(len(df), bool)
+    for x, y in panels:
+        keep |= ((df[x] > 0) & (df[y] > 0)).to_numpy()
+    df = df[keep]
+    if df.empty:
+        return None
+    styles = _style_of(run)
+    fig, axes, targets = _facets(run, df, len(panels))
+    for i, target in enumerate(targets):
+        for j, (x, y) in enumerate(panels):
+            ax = axes(i, j)
+            sub = df[df["target_label"] == target] if target else df
+            sub = sub[(sub[x] > 0) & (sub[y] > 0)]
+            if sub.empty:
+                ax.set_visible(False)
+                continue
+            if x == "evals_mean":
+                _frontier_panel(ax, sub, x, y, styles)
+                ax.set_xlabel(metric_label("evals_mean"))
+                ax.set_ylabel("tr Σ̂ × cost (gradient units² × evals)")
+            else:
+                scale, unit = _time_unit(sub[x].to_numpy(float))
+                _frontier_panel(ax, sub, x, y, styles, xscale=scale)
+                ax.set_xlabel(f"wall-clock per estimate ({unit})")
+                ax.set_ylabel("tr Σ̂ × seconds (gradient units² × s)")
+            _title(ax, target, "all", len(targets))
+    extra = [Line2D([], [], color="black", linestyle="--", alpha=0.6, label="frontier (not dominated)")]
+    _legend(fig, run, list(dict.fromkeys(df["series"])), extra)
+    if len(panels) == 1:
+        fig.set_size_inches(PANEL_W * 1.6 + 2.2, PANEL_H * 1.2 * len(targets))
+    return fig
+
+
+# -- meeting times ------------------------------------------------------------------------------
+def _meeting_frame(run: RunData) -> pd.DataFrame | None:
+    if run.meeting is None or run.meeting.empty:
+        return None
+    m = run.meeting.drop(columns=[c for c in ("estimator",) if c in run.meeting]).merge(run.cells, on="cell_id")
+    return m if not m.empty else None
+
+
+def meeting_times(run: RunData) -> Figure | None:
+    """ECDF of τ and survival P(τ > t) on a log axis, per budget, one row per coupled series."""
+    m = _meeting_frame(run)
+    if m is None:
+        return None
+    m = m.assign(panel=[s + (f" · {t}" if t else "") for s, t in zip(m["series"], m["target_label"])])
+    panels = list(dict.fromkeys(m["panel"]))
+    fig, grid = plt.subplots(len(panels), 2, figsize=(PANEL_W * 2 + 1.6, PANEL_H * len(panels)), squeeze=False,
+                             layout="constrained")
+    for i, panel in enumerate(panels):
+        sub = m[m["panel"] == panel]
+        est = str(sub["estimator"].iloc[0])
+        hue_key = sub["budget"].map(lambda b: f"{sub['budget_param'].iloc[0]}={fmt_param(b)}" if pd.notna(b) else "—")
+        sub = sub.assign(budget_label=hue_key)
+        order = list(dict.fromkeys(sub.sort_values("budget")["budget_label"]))
+        shades = sns.light_palette(estimator_color(est), n_colors=len(order) + 2)[2:]  # light → full colour
+        palette = dict(zip(order, shades if len(order) > 1 else [estimator_color(est)]))
+        ax = grid[i, 0]
+        sns.ecdfplot(data=sub, x="tau", hue="budget_label", hue_order=order, palette=palette, ax=ax, linewidth=1.6)
+        _set_log(ax, "x", sub["tau"].clip(lower=1), force=False)
+        ax.set_xlabel("meeting time τ (iterations)")
+        ax.set_ylabel("ECDF P(τ ≤ t)")
+        ax.set_title(panel, fontsize=9)
+        leg = ax.get_legend()
+        if leg is not None:
+            leg.set_title(None)
+        ax = grid[i, 1]
+        for label in order:
+            taus = sub.loc[sub["budget_label"] == label, "tau"].to_numpy(float)
+            cens = sub.loc[sub["budget_label"] == label, "censored"].to_numpy(bool) if "censored" in sub else None
+            t, s = survival(taus)
+            ax.step(t, s, where="post", color=palette[label], linewidth=1.6, label=label)
+            if cens is not None and cens.any():
+                cap = taus[cens].min()
+                ax.axvline(cap, color=palette[label], linestyle=":", linewidth=1)
+                ax.text(cap, 0.5, f" {int(cens.sum())} censored", rotation=90, fontsize=7, color=palette[label],
+                        transform=ax.get_xaxis_transform(), va="center")
+        ax.set_yscale("log")
+        ax.set_xlabel("t (iterations)")
+        ax.set_ylabel("survival P(τ > t)")
+        ax.set_title(panel, fontsize=9)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def survival(taus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical P(τ > t) at t = 0, 1, …, max τ − 1 (positive values only, for a log axis)."""
+    taus = np.asarray(taus, dtype=float)
+    taus = taus[np.isfinite(taus)]
+    if taus.size == 0:
+        return np.array([]), np.array([])
+    t = np.arange(0, int(taus.max()) + 1)
+    s = 1.0 - np.searchsorted(np.sort(taus), t, side="right") / taus.size
+    keep = s > 0
+    return t[keep], s[keep]
+
+
+def meeting_summary(run: RunData) -> Figure | None:
+    """τ mean and quantiles vs budget, from the tidy metrics (drawn when raw τ are absent)."""
+    if run.meeting is not None and not run.meeting.empty:
+        return None
+    stats = [m for m in ("tau_mean", "tau_q50", "tau_q90", "tau_q99") if run.has(m)]
+    if not stats:
+        return None
+    df = run.wide(stats).dropna(subset=["budget"])
+    if df.empty:
+        return None
+    styles = _style_of(run)
+    fig, axes, targets = _facets(run, df, len(stats))
+    for i, target in enumerate(targets):
+        for j, stat in enumerate(stats):
+            ax = axes(i, j)
+            sub = (df[df["target_label"] == target] if target else df).dropna(subset=[stat])
+            sub = sub.assign(stderr=sub[stat + "__se"])
+            _draw_series(ax, sub, "budget", stat, styles)
+            _set_log(ax, "x", sub["budget"], force=True, budget=True)
+            _set_log(ax, "y", _positive(sub[stat]))
+            _clip_log_bottom(ax, sub[stat])
+            ax.set_xlabel(_budget_axis_label(sub))
+            ax.set_ylabel("meeting time τ (iterations)")
+            suffix = f"\n{target}" if target and len(targets) > 1 else ""
+            ax.set_title(stat.replace("tau_", "τ ") + suffix, fontsize=9)
+    _legend(fig, run, list(dict.fromkeys(df["series"])))
+    return fig
+
+
+# -- wall clock ---------------------------------------------------------------------------------
+def _time_unit(seconds: np.ndarray) -> tuple[float, str]:
+    top = float(np.nanmax(seconds)) if np.isfinite(seconds).any() else 1.0
+    return (1e6, "µs") if top < 1e-3 else ((1e3, "ms") if top < 1 else (1.0, "s"))
+
+
+def _device_names(run: RunData) -> str:
+    """``cpu (AMD EPYC)``: the device column, with the hardware name the wallclock protocol records
+    in ``method`` (``device=…;``) when present."""
+    devices = sorted(map(str, run.cells["device"].unique())) if "device" in run.cells else []
+    rows = run.results[run.results["metric"] == "seconds_per_estimate"]
+    found = (re.search(r"device=([^;]+)", t) for t in rows["method"].astype(str))
+    names = sorted({m.group(1).strip() for m in found if m})
+    return ", ".join(devices) + (f" ({', '.join(names)})" if names else "") if devices or names else "?"
+
+
+def wallclock(run: RunData) -> Figure | None:
+    stats = [m for m in ("seconds_per_estimate", "evals_per_second") if run.has(m)]
+    if not stats:
+        return None
+    df = run.wide(stats)
+    have_budget = df["budget"].notna().any()
+    styles = _style_of(run)
+    fig, axes, targets = _facets(run, df, len(stats))
+    devices = _device_names(run)
+    for i, target in enumerate(targets):
+        for j, stat in enumerate(stats):
+            ax = axes(i, j)
+            sub = (df[df["target_label"] == target] if target else df).dropna(subset=[stat])
+            scale, ylabel = 1.0, "throughput (log-joint evaluations / s)"
+            if stat == "seconds_per_estimate":
+                scale, unit = _time_unit(sub[stat].to_numpy(float))
+                ylabel = f"wall-clock per estimate ({unit})"
+            sub = sub.assign(y=sub[stat] * scale, stderr=sub[stat + "__se"] * scale)
+            if have_budget:
+                sub = sub.dropna(subset=["budget"])
+                _draw_series(ax, sub, "budget", "y", styles)
+                _set_log(ax, "x", sub["budget"], force=True, budget=True)
+                ax.set_xlabel(_budget_axis_label(sub))
+            else:
+                ax.bar(sub["label"], sub["y"], yerr=sub["stderr"].fillna(0),
+                       color=[styles[s][0] for s in sub["series"]], capsize=3)
+                ax.tick_params(axis="x", rotation=30)
+            _set_log(ax, "y", _positive(sub["y"]))
+            _clip_log_bottom(ax, sub["y"])
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"device: {devices}" + (f" · {target}" if target and len(targets) > 1 else ""), fontsize=9)
+    _legend(fig, run, list(dict.fromkeys(df["series"])))
+    return fig
+
+
+FIGURES: list[FigureSpec] = [
+    FigureSpec("bias_vs_budget", "Bias vs budget",
+               "Relative bias ‖ḡ − g*‖/‖g*‖ (±1 s.e.) against each estimator's budget, log-log. "
+               "Filled markers: "
+               "bias significant at α (bias_pvalue < α); hollow: not significant, i.e. the value is at the Monte "
+               "Carlo noise floor. Dotted lines: weighted log-log fit over the significant points, slope ± s.e. in "
+               "the legend (O(1/K) bias gives slope −1). Right: the test's p-value with α marked.", bias_vs_budget),
+    FigureSpec("variance_vs_budget", "Variance vs budget",
+               "Trace of the covariance of one estimate, tr Σ̂ (±1 s.e.), per parameter group, log-log.",
+               variance_vs_budget),
+    FigureSpec("snr_vs_budget", "Signal-to-noise ratio vs budget",
+               "Per-coordinate SNR |E ĝⱼ|/sd(ĝⱼ), median over the coordinates of each parameter group "
+               "(±1 bootstrap "
+               "s.e.; a band is the coordinates' interquartile range when the run has it), log-log.", snr_vs_budget),
+    FigureSpec("efficiency_frontier", "Efficiency frontier",
+               "Work-normalised variance tr Σ̂ × cost against cost (log-joint evaluations per estimate); lower is "
+               "better at a given cost. The dashed step line joins the estimates no other estimate beats in both. "
+               "With wall-clock timings, the same in seconds (right).",
+               efficiency_frontier),
+    FigureSpec("meeting_times", "Meeting times",
+               "Coupled estimators: ECDF of the meeting time τ (left) and its survival P(τ > t) on a log axis "
+               "(right; a straight line is a geometric tail), one curve per budget. Censored replicates (runs that "
+               "hit the iteration cap) are counted at the cap and marked.", meeting_times),
+    FigureSpec("meeting_summary", "Meeting-time summary",
+               "Mean and quantiles of the meeting time τ against budget (±1 s.e. where stored).", meeting_summary),
+    FigureSpec("wallclock", "Wall-clock",
+               "Wall-clock seconds per estimate (median, error bar from the stored s.e.) and throughput in log-joint "
+               "evaluations per second. Comparable only within one device.", wallclock),
+]
+
+
+def draw(spec: FigureSpec, run: RunData) -> Figure | None:
+    with theme():
+        return spec.draw(run)

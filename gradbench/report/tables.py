@@ -1,0 +1,214 @@
+"""Tables of a run: per estimator × budget, value ± standard error, bias flagged at α.
+
+A :class:`Table` is plain data (header, rows of :class:`Cell`) rendered to Markdown or HTML.
+The bias flag is per row: ``bias_pvalue < α`` (no multiplicity correction across rows; the test
+itself, Hotelling or Šidák max-|z|, is already corrected across coordinates).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from gradbench.report.data import RunData, fmt_param
+
+# (metric, column header) in display order; columns appear only when the run has the metric.
+ACCURACY_COLUMNS = [
+    ("rel_bias", "rel. bias"),
+    ("bias_pvalue", "bias p"),
+    ("trace_cov", "tr Σ̂"),
+    ("snr_median", "SNR (median)"),
+    ("snr_q50", "SNR q50"),  # only when snr_median is absent (same quantity)
+    ("mse", "MSE"),
+]
+COST_COLUMNS = [
+    ("evals_mean", "cost (evals)"),
+    ("work_norm_var", "tr Σ̂ × cost"),
+    ("tau_mean", "τ mean"),
+    ("tau_q50", "τ q50"),
+    ("tau_q99", "τ q99"),
+    ("n_censored", "censored"),
+    ("seconds_per_estimate", "s / estimate"),
+    ("evals_per_second", "evals / s"),
+    ("work_norm_var_seconds", "tr Σ̂ × s"),
+]
+GROUP_COLUMNS = [
+    ("rel_bias", "rel. bias"), ("bias_pvalue", "bias p"), ("trace_cov", "tr Σ̂"), ("mean_var", "mean var"),
+    ("snr_median", "SNR (median)"), ("snr_q50", "SNR q50"), ("mse", "MSE"),
+]
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    flag: str | None = None  # css class / markdown emphasis: "bad", "ok"
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    note: str = ""
+    text_columns: int = 0  # leading identity columns (target, estimator, …): left-aligned in HTML
+
+    def to_markdown(self) -> str:
+        def md(c: Cell) -> str:
+            t = c.text.replace("|", "\\|")
+            return f"**{t}**" if c.flag == "bad" else t
+
+        lines = [f"### {self.title}", ""]
+        if self.note:
+            lines += [self.note, ""]
+        lines.append("| " + " | ".join(self.header) + " |")
+        lines.append("|" + "|".join("---" for _ in self.header) + "|")
+        lines += ["| " + " | ".join(md(c) for c in r) + " |" for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def to_html(self) -> str:
+        def cls(i: int, flag: str | None = None) -> str:
+            names = " ".join(n for n in ("txt" if i < self.text_columns else None, flag) if n)
+            return f' class="{names}"' if names else ""
+
+        head = "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(self.header))
+        body = []
+        for r in self.rows:
+            tds = "".join(f"<td{cls(i, c.flag)}>{html.escape(c.text)}</td>" for i, c in enumerate(r))
+            body.append(f"<tr>{tds}</tr>")
+        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
+        return (f"<h3>{html.escape(self.title)}</h3>{note}<div class=\"scroll\"><table><thead><tr>{head}</tr></thead>"
+                f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def fmt_value(v: float, se: float | None = None) -> str:
+    """``0.171 ± 0.0078``; just the value when the s.e. is missing or zero; '—' for NaN."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if se is None or not np.isfinite(se) or se == 0:
+        return f"{v:.4g}"
+    return f"{v:.3g} ± {se:.2g}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "—"
+    return "0" if p == 0 else (f"{p:.2g}" if p < 0.01 else f"{p:.3f}")
+
+
+def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float) -> list[Cell]:
+    out = []
+    for metric, _ in columns:
+        v = r.get(metric)
+        if metric == "bias_pvalue":
+            biased = v is not None and np.isfinite(v) and v < alpha
+            out.append(Cell(fmt_p(v) + (" ✱ biased" if biased else ""), "bad" if biased else None))
+        elif metric == "n_censored":
+            out.append(Cell("—" if v is None or not np.isfinite(v) else str(int(v)), "bad" if v and v > 0 else None))
+        else:
+            out.append(Cell(fmt_value(v, r.get(metric + "__se"))))
+    return out
+
+
+def _ident(r: pd.Series, n_targets: int) -> list[Cell]:
+    budget = f"{r['budget_param']}={fmt_param(r['budget'])}" if r["budget_param"] else "—"
+    cells = [Cell(r["target_label"])] if n_targets > 1 else []
+    n = fmt_param(r["n_replicates"]) if "n_replicates" in r else "—"
+    if "n_nonfinite" in r and r["n_nonfinite"]:
+        bad = Cell(f"{n} (+{fmt_param(r['n_nonfinite'])} non-finite)", "bad")
+        return cells + [Cell(r["series"]), Cell(budget), bad]
+    return cells + [Cell(r["series"]), Cell(budget), Cell(n)]
+
+
+def _sorted_cells(df: pd.DataFrame, run: RunData) -> pd.DataFrame:
+    order = {s: i for i, s in enumerate(dict.fromkeys(run.cells["series"]))}
+    torder = {t: i for i, t in enumerate(dict.fromkeys(run.cells["target_label"]))}
+    return df.assign(_s=df["series"].map(order), _t=df["target_label"].map(torder)).sort_values(
+        ["_t", "_s", "budget"], na_position="first")
+
+
+def _present(run: RunData, columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    cols = [(m, h) for m, h in columns if run.has(m)]
+    return [(m, h) for m, h in cols if not (m == "snr_q50" and run.has("snr_median"))]
+
+
+def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: str) -> Table | None:
+    cols = _present(run, columns)
+    if not cols:
+        return None
+    wide = _sorted_cells(run.wide([m for m, _ in cols]), run)
+    wide = wide[wide[[m for m, _ in cols]].notna().any(axis=1)]  # cells without any of these metrics
+    n_targets = wide["target_label"].nunique()
+    header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates"] + [h for _, h in cols]
+    t = Table(title, header, note=note, text_columns=header.index("budget") + 1)
+    for _, r in wide.iterrows():
+        t.rows.append(_ident(r, n_targets) + _row_cells(r, cols, run.alpha))
+    return t
+
+
+def summary_table(run: RunData) -> Table | None:
+    """Bias, variance, SNR and MSE per estimator × budget (parameter group 'all')."""
+    flag = f" ✱ biased: bias p-value < α = {run.alpha:g} (H0: unbiased; per row)."
+    note = "Parameter group 'all'. Values are ± 1 standard error." + (flag if run.has("bias_pvalue") else "")
+    return _cell_table(run, "Accuracy per estimator × budget", ACCURACY_COLUMNS, note)
+
+
+def cost_table(run: RunData) -> Table | None:
+    """Cost, work-normalised variance, meeting times and wall-clock per estimator × budget."""
+    return _cell_table(run, "Cost per estimator × budget", COST_COLUMNS,
+                       "Cost in log-joint evaluations per estimate; τ in kernel iterations; wall-clock comparable "
+                       "only within one device. Values are ± 1 standard error where stored.")
+
+
+def group_table(run: RunData) -> Table | None:
+    groups = [g for g in run.param_groups if g != "all"]
+    cols = _present(run, GROUP_COLUMNS)
+    if not groups or not cols:
+        return None
+    n_targets = run.cells["target_label"].nunique()
+    header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates", "group"]
+    header += [h for _, h in cols]
+    t = Table("Per parameter group", header, note="Values are ± 1 standard error; ✱ biased at α per row.",
+              text_columns=header.index("group") + 1)
+    frames = [_sorted_cells(run.wide([m for m, _ in cols], g), run).assign(group=g) for g in groups]
+    order = {g: i for i, g in enumerate(groups)}
+    rows = pd.concat(frames).assign(_g=lambda d: d["group"].map(order))
+    for _, r in rows.sort_values(["_t", "_s", "budget", "_g"], na_position="first").iterrows():
+        if all(not np.isfinite(r.get(m, np.nan)) for m, _ in cols):
+            continue
+        t.rows.append(_ident(r, n_targets) + [Cell(r["group"])] + _row_cells(r, cols, run.alpha))
+    return t
+
+
+def meeting_table(run: RunData) -> Table | None:
+    """Raw meeting times per coupled cell: replicates, censored, mean ± s.e., quantiles, max."""
+    if run.meeting is None or run.meeting.empty:
+        return None
+    m = run.meeting.drop(columns=[c for c in ("estimator",) if c in run.meeting]).merge(run.cells, on="cell_id")
+    n_targets = run.cells["target_label"].nunique()
+    header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates", "censored", "τ mean",
+                                                      "τ q50", "τ q90", "τ q99", "τ max"]
+    t = Table("Meeting times (raw τ per replicate)", header, text_columns=header.index("budget") + 1,
+              note="Censored replicates hit the iteration cap; they count at the cap here (so mean and quantiles are "
+                   "lower bounds when any are censored).")
+    for cell_id, grp in m.groupby("cell_id", sort=False):
+        r = run.cells.set_index("cell_id").loc[cell_id].copy()
+        r["cell_id"] = cell_id
+        tau = grp["tau"].to_numpy(float)
+        cens = int(grp["censored"].sum()) if "censored" in grp else 0
+        q = np.quantile(tau, [0.5, 0.9, 0.99])
+        ident = _ident(r, n_targets)
+        ident[-1] = Cell(str(len(tau)))
+        t.rows.append(ident + [Cell(str(cens), "bad" if cens else None),
+                               Cell(fmt_value(tau.mean(), tau.std(ddof=1) / math.sqrt(len(tau)) if len(tau) > 1
+                                              else None)),
+                               Cell(fmt_param(q[0])), Cell(fmt_param(q[1])), Cell(fmt_param(q[2])),
+                               Cell(fmt_param(tau.max()))])
+    return t
+
+
+def all_tables(run: RunData) -> list[Table]:
+    return [t for t in (summary_table(run), cost_table(run), group_table(run), meeting_table(run)) if t is not None]

@@ -1,0 +1,150 @@
+"""Meeting-time protocol: metric contract, censoring, and the geometric tail fit.
+
+Statistical tests: fixed seed 0 (never tuned), α = 0.001 per test; z-scores use the protocol's own
+standard errors (so they also check that those are right), and each has a negative control.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats as sps
+
+from gradbench.core import GradSample, ParamGroup, ParamLayout
+from gradbench.protocols import ProtocolContext
+from gradbench.protocols.meeting import geometric_tail_fit, meeting
+from gradbench.runner import run_suite
+from gradbench.suite import load_suite
+from tests.test_suite import write
+
+ALPHA = 1e-3
+LAYOUT = ParamLayout((ParamGroup("a", (2,)),))
+CTX = ProtocolContext(seed=0, eps=2.2e-16)
+METRICS = {"n_censored", "tau_mean", "tau_q50", "tau_q90", "tau_q99", "tau_max", "tail_rate"}
+
+
+def _sample(tau: np.ndarray, censored: np.ndarray | None = None) -> GradSample:
+    R = tau.size
+    g = torch.zeros(R, 2, dtype=torch.float64)
+    diag = {"tau": torch.tensor(tau, dtype=torch.float64)}
+    if censored is not None:
+        diag["censored"] = torch.tensor(censored)
+        g[diag["censored"]] = math.nan
+    return GradSample(g, LAYOUT, torch.ones(R, dtype=torch.float64), diag)
+
+
+def _rows(sample):
+    return {r["metric"]: r for r in meeting(sample, None, CTX)}
+
+
+def _geometric(p: float, n: int, offset: int, seed: int = 0) -> np.ndarray:
+    return offset + np.random.default_rng(seed).geometric(p, size=n).astype(float)
+
+
+def test_no_tau_no_rows():
+    s = GradSample(torch.zeros(3, 2, dtype=torch.float64), LAYOUT, torch.ones(3, dtype=torch.float64))
+    assert meeting(s, None, CTX) == []
+
+
+def test_contract_on_a_constructed_sample():
+    tau = np.array([2.0, 3, 3, 4, 10])
+    rows = _rows(_sample(tau))
+    assert set(rows) == METRICS and all(r["param_group"] == "all" for r in rows.values())
+    assert rows["tau_mean"]["value"] == 4.4 and rows["tau_max"]["value"] == 10
+    assert rows["tau_q50"]["value"] == 3 and rows["n_censored"]["value"] == 0
+    assert rows["tau_mean"]["stderr"] == pytest.approx(tau.std(ddof=1) / math.sqrt(5))
+    assert math.isnan(rows["tau_max"]["stderr"])
+
+
+def test_censoring_is_reported_not_averaged():
+    """Censored τ (= max_iter, a lower bound) is out of the mean, +∞ in quantiles and the max."""
+    tau = np.array([2.0, 3, 4, 5, 50, 50])
+    cens = np.array([False, False, False, False, True, True])
+    rows = _rows(_sample(tau, cens))
+    assert rows["n_censored"]["value"] == 2
+    assert rows["tau_mean"]["value"] == 3.5 and "2 censored" in rows["tau_mean"]["method"]
+    assert rows["tau_max"]["value"] == math.inf and rows["tau_q99"]["value"] == math.inf
+    assert rows["tau_q50"]["value"] == 4
+    # exposure: t0 = median − 1 = 3; τ > 3: 4, 5 met (exposure 1 + 2), two censored (47 each, no event)
+    lam, se, n_e, h = geometric_tail_fit(tau, cens, 3.0)
+    assert n_e == 2 and h == pytest.approx(2 / 97)
+    assert rows["tail_rate"]["value"] == pytest.approx(-math.log1p(-2 / 97))
+
+
+def test_every_replicate_meeting_at_once_has_infinite_rate():
+    rows = _rows(_sample(np.full(50, 2.0)))
+    assert rows["tail_rate"]["value"] == math.inf and rows["tau_q99"]["value"] == 2
+
+
+@pytest.mark.parametrize("p", [0.3, 0.75])
+def test_tail_rate_recovers_a_geometric_law(p):
+    """τ = 2 + Geometric(p): λ = −log(1 − p); z = (λ̂ − λ)/se(λ̂) two-sided, α = 0.001. Quantiles
+    against the exact geometric quantiles within 4 bootstrap s.e. (or exactly, when s.e. = 0)."""
+    tau = _geometric(p, 5000, offset=2)
+    rows = _rows(_sample(tau))
+    lam = -math.log1p(-p)
+    z = (rows["tail_rate"]["value"] - lam) / rows["tail_rate"]["stderr"]
+    assert 2 * sps.norm.sf(abs(z)) > ALPHA
+    zm = (rows["tau_mean"]["value"] - (2 + 1 / p)) / rows["tau_mean"]["stderr"]
+    assert 2 * sps.norm.sf(abs(zm)) > ALPHA
+    for name, q in [("tau_q50", 0.5), ("tau_q90", 0.9)]:
+        exact = 2 + sps.geom.ppf(q, p)
+        assert abs(rows[name]["value"] - exact) <= max(4 * rows[name]["stderr"], 1.0)
+
+
+def test_tail_rate_test_rejects_the_wrong_law():
+    """Negative control: the same z-test, fed a Geometric(0.3) sample, rejects λ of Geometric(0.4)."""
+    rows = _rows(_sample(_geometric(0.3, 5000, offset=2)))
+    z = (rows["tail_rate"]["value"] + math.log1p(-0.4)) / rows["tail_rate"]["stderr"]
+    assert 2 * sps.norm.sf(abs(z)) < ALPHA
+
+
+def test_tail_rate_with_censoring_is_unbiased():
+    """Censoring at the cap: the censored MLE still recovers λ (z-test, α = 0.001); dropping the
+    censored replicates instead (the silent-averaging mistake) overestimates it (negative control)."""
+    p, cap = 0.1, 12
+    tau = _geometric(p, 5000, offset=0)
+    cens = tau > cap
+    tau_c = np.minimum(tau, cap)
+    rows = _rows(_sample(tau_c, cens))
+    lam = -math.log1p(-p)
+    assert 2 * sps.norm.sf(abs((rows["tail_rate"]["value"] - lam) / rows["tail_rate"]["stderr"])) > ALPHA
+    l2, se2, _, _ = geometric_tail_fit(tau_c[~cens], np.zeros((~cens).sum(), bool), rows["tau_q50"]["value"] - 1)
+    assert 2 * sps.norm.sf(abs((l2 - lam) / se2)) < ALPHA
+
+
+SUITE = """\
+name: meeting-test
+seed: 3
+replicates: 300
+targets:
+  - model: ppca
+    params: {data_dim: 4, latent_dim: 2, n_data: 2}
+    proposal: {mean_shift: 1.0, cov_scale: 2.0}
+estimators:
+  - name: coupled_isir
+    params: {K: [2, 8], max_iter: 6}
+  - name: iwae
+    params: {K: 4}
+protocols: [meeting, bias]
+"""
+
+
+def test_runner_writes_meeting_rows_and_raw_times(tmp_path):
+    suite, cells = load_suite(write(tmp_path, SUITE))
+    summary = run_suite(suite, cells, tmp_path / "out", progress=False)
+    t = summary.table
+    m = t[t.protocol == "meeting"]
+    assert set(m.metric) == METRICS and set(m.estimator) == {"coupled_isir"}
+    raw = pd.read_parquet(tmp_path / "out" / "meeting_times.parquet")
+    assert len(raw) == 600 and set(raw.columns) >= {"cell_id", "replicate", "tau", "censored"}
+    for cid, grp in raw.groupby("cell_id"):
+        n_cens = m[(m.cell_id == cid) & (m.metric == "n_censored")].value.iloc[0]
+        assert grp.censored.sum() == n_cens
+        # censored replicates are excluded from the gradient moments and counted as non-finite
+        assert (t[t.cell_id == cid].n_replicates == 300 - n_cens).all()
+    assert raw.censored.any()

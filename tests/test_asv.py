@@ -1,0 +1,66 @@
+"""asv benchmarks: ``asv check --python=same`` passes (skipped without asv), and the benchmark
+classes run at their smallest sizes without asv."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _asv_conf() -> dict:
+    text = (ROOT / "asv.conf.json").read_text()
+    return json.loads(re.sub(r"^\s*//.*$", "", text, flags=re.MULTILINE))  # asv allows // comment lines
+
+
+def test_asv_conf():
+    conf = _asv_conf()
+    assert conf["benchmark_dir"] == "benchmarks" and conf["launch_method"] == "spawn"
+    assert conf["results_dir"].startswith(".asv") and conf["html_dir"].startswith(".asv")
+
+
+@pytest.mark.skipif(shutil.which("asv") is None, reason="asv not installed (pip install asv)")
+def test_asv_check_python_same():
+    proc = subprocess.run(["asv", "check", "--python=same"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "No problems found" in proc.stdout + proc.stderr
+
+
+def test_benchmarks_run_at_their_smallest_sizes(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import bench_memory, bench_time, bench_track
+
+    for name in ("iwae", "coupled_isir"):
+        b = bench_time.TimeEstimators()
+        b.setup(name, 8, 5, 100)
+        b.time_estimate(name, 8, 5, 100)
+    f = bench_time.TimeFloors()
+    f.setup(8, 5, 100)
+    f.time_sample_log_joint(8, 5, 100)
+    d = bench_time.TimeDevices()
+    with pytest.raises(NotImplementedError) if not _cuda() else nullcontext():
+        d.setup("iwae", "cuda", "float64")
+    m = bench_memory.PeakMemLargest()
+    assert callable(m.peakmem_estimate)
+    monkeypatch.setattr(bench_track, "R", 50)
+    cache = bench_track.TrackVariance().setup_cache()
+    for name, fig in cache.items():
+        assert fig["trace_cov"] > 0 and fig["evals_mean"] > 0, name
+    meet = bench_track.TrackMeeting()
+    assert meet.track_tau_mean(cache, "coupled_isir") >= 1
+    with pytest.raises(NotImplementedError):
+        meet.setup(cache, "iwae")  # no meeting times: asv's skip
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,264 @@
+"""Reliability: crash-safe resumable runs (real SIGKILL), a lock on the output folder, Ctrl-C,
+failing and non-finite estimators, float32 resolution warnings, and fuzzed suites."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gradbench import registry
+from gradbench.core import GradSample
+from gradbench.runner import PROVENANCE, RunBusy, output_lock, run_suite
+from gradbench.suite import SuiteError, load_suite
+from tests.test_suite import VALID, write
+
+SLOW_SUITE = """\
+name: slow
+seed: 3
+replicates: 4000
+targets:
+  - model: ppca
+    params: {data_dim: 10, latent_dim: 3, n_data: 1}
+    proposal: {mean_shift: 0.5, cov_scale: 2.0}
+estimators:
+  - name: iwae
+    params: {K: [200, 201, 202, 203, 204, 205]}
+protocols: [bias, variance]
+"""
+
+
+def start(suite: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(out: Path) -> int:
+    return len(list((out / "cells").glob("*[0-9a-f].parquet"))) if (out / "cells").exists() else 0
+
+
+def wait_until(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.005)
+
+
+def test_sigkill_at_several_moments_loses_nothing(tmp_path):
+    """SIGKILL during the first cell, after 2 and after 4 finished cells; each restart redoes only
+    unfinished cells, and the final table equals an uninterrupted run's (bitwise, provenance aside)."""
+    suite = write(tmp_path, SLOW_SUITE)
+    reference = subprocess.run([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(tmp_path / "ref")],
+                               capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "killed"
+    for kill_after in (0, 2, 4):
+        before = finished(out)
+        proc = start(suite, out)
+        if kill_after == 0:
+            wait_until(lambda: (out / ".lock").exists())
+            time.sleep(0.3)
+        else:
+            wait_until(lambda: finished(out) >= kill_after or proc.poll() is not None)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert finished(out) >= before, "finished cells are never lost"
+    res = subprocess.run([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    reused = int(res.stdout.rsplit(" reused", 1)[0].rsplit(",", 1)[1])
+    assert reused >= 4
+    a = pd.read_parquet(out / "results.parquet").drop(columns=PROVENANCE)
+    b = pd.read_parquet(tmp_path / "ref" / "results.parquet").drop(columns=PROVENANCE)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert not list((out / "cells").glob(".*.tmp"))
+
+
+def test_second_run_on_the_same_folder_is_refused(tmp_path):
+    out = tmp_path / "out"
+    with output_lock(out):
+        with pytest.raises(RunBusy, match=f"another gradbench run \\(pid {os.getpid()}\\)"):
+            with output_lock(out):
+                pass
+    res = None
+    with output_lock(out):  # the CLI says so in one line, exit code 3
+        res = subprocess.run([sys.executable, "-m", "gradbench", "run", str(write(tmp_path, VALID)), "--out", str(out)],
+                             capture_output=True, text=True)
+    assert res.returncode == 3 and res.stderr.count("\n") == 1 and "another gradbench run" in res.stderr
+    with output_lock(out):  # released: can be taken again
+        pass
+
+
+def test_ctrl_c_stops_after_the_current_cell(tmp_path):
+    suite = write(tmp_path, SLOW_SUITE)
+    out = tmp_path / "out"
+    proc = start(suite, out)
+    wait_until(lambda: finished(out) >= 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    done = finished(out)
+    assert 1 <= done < 6 and not (out / "results.parquet").exists()
+    res = subprocess.run([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0 and f"{6 - done} cell(s) run, {done} reused" in res.stdout
+
+
+def _exploding(target, R, gen, **params):
+    raise FloatingPointError("the estimator blew up")
+
+
+def _half_nan(target, R, gen, K: int = 8):
+    sample = registry.ESTIMATORS["iwae"].fn(target, R, gen, K=K)
+    sample.grads[::2, 0] = math.nan
+    return GradSample(sample.grads, sample.layout, sample.cost)
+
+
+@pytest.fixture
+def faulty_estimators(monkeypatch):
+    iwae = registry.ESTIMATORS["iwae"]
+    monkeypatch.setitem(registry.ESTIMATORS, "exploding", registry.Estimator("exploding", _exploding, iwae.params, "test"))
+    monkeypatch.setitem(registry.ESTIMATORS, "half_nan", registry.Estimator("half_nan", _half_nan, iwae.params, "test"))
+
+
+FAULTY = VALID.replace("protocols:", "  - name: exploding\n  - name: half_nan\nprotocols:").replace("latent_dim: [1, 2]", "latent_dim: 2")
+
+
+def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, faulty_estimators):
+    suite, cells = load_suite(write(tmp_path, FAULTY))
+    summary = run_suite(suite, cells, tmp_path / "out", progress=False)
+    assert len(summary.failed) == 1 and "FloatingPointError: the estimator blew up" in next(iter(summary.failed.values()))
+    assert summary.ran == len(cells) - 1
+    assert set(summary.table.estimator) == {"oracle", "iwae", "half_nan"}
+    failed_file = next((tmp_path / "out" / "cells").glob("*.failed.json"))
+    assert "blew up" in failed_file.read_text()
+    again = run_suite(suite, cells, tmp_path / "out", progress=False)
+    assert again.ran == 0 and len(again.failed) == 1, "only the failed cell is tried again"
+
+
+def test_failing_cell_makes_the_cli_exit_nonzero(tmp_path, faulty_estimators, capsys):
+    from gradbench.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(write(tmp_path, FAULTY)), "--out", str(tmp_path / "out")])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "1 cell(s) failed" in err and "the estimator blew up" in err
+
+
+def test_nonfinite_replicates_are_counted_and_excluded(tmp_path, faulty_estimators):
+    suite, cells = load_suite(write(tmp_path, FAULTY.replace("  - name: exploding\n", "")))
+    t = run_suite(suite, cells, tmp_path / "out", progress=False).table
+    nan_rows = t[t.estimator == "half_nan"]
+    assert (nan_rows.n_nonfinite == 25).all() and (nan_rows.n_replicates == 25).all()
+    assert nan_rows.value.notna().any() and (t[t.estimator == "iwae"].n_nonfinite == 0).all()
+
+
+def test_fresh_and_changed_suites(tmp_path):
+    path = write(tmp_path, VALID)
+    suite, cells = load_suite(path)
+    out = tmp_path / "out"
+    first = run_suite(suite, cells, out, progress=False)
+    assert run_suite(suite, cells, out, fresh=True, progress=False).ran == len(cells)
+    changed = write(tmp_path, VALID.replace("K: [2, 8, 32]", "K: [2, 8, 64]"))
+    suite2, cells2 = load_suite(changed)
+    second = run_suite(suite2, cells2, out, progress=False)
+    assert (second.ran, second.skipped) == (2, len(cells2) - 2)  # K = 64 on each of the two targets
+    assert first.table.cell_id.nunique() == len(cells)
+
+
+def test_float32_resolution_warning():
+    """Warns when 3 s.e. of a coordinate is below eps·√cost·‖g*‖_∞, and only for reduced precision."""
+    from gradbench.core import ParamGroup, ParamLayout, Reference
+    from gradbench.runner import resolution_warning
+
+    layout = ParamLayout((ParamGroup("a", (2,)),))
+    gen = torch.Generator().manual_seed(0)
+    ref = Reference(torch.tensor([100.0, 1.0], dtype=torch.float64))
+    tight = ref.value + torch.randn(10_000, 2, generator=gen, dtype=torch.float64) * torch.tensor([1e-4, 1.0])
+    cost = torch.full((10_000,), 16.0)
+    assert "bias p-values may reflect rounding" in resolution_warning(GradSample(tight.float(), layout, cost), ref)
+    assert resolution_warning(GradSample(tight, layout, cost.double()), ref) == ""  # float64: resolved
+    loose = ref.value + torch.randn(10_000, 2, generator=gen, dtype=torch.float64)
+    assert resolution_warning(GradSample(loose.float(), layout, cost), ref) == ""
+
+
+def test_float32_run_uses_a_float64_reference_of_the_rounded_parameters(tmp_path):
+    text = VALID.replace("seed: 1", "seed: 1\ndtype: float32").replace("latent_dim: [1, 2]", "latent_dim: 2")
+    suite, cells = load_suite(write(tmp_path, text))
+    target = cells[0].target.build("float32", "cpu")
+    ref = target.reference()
+    assert ref.value.dtype == torch.float64
+    assert torch.allclose(ref.value.float(), target.exact_grad(), rtol=1e-4, atol=1e-4)
+    t = run_suite(suite, cells[:1], tmp_path / "out", progress=False).table
+    p = t[(t.metric == "bias_pvalue") & (t.param_group == "all")].value.iloc[0]
+    assert p > 0.001, "the float32 oracle is unbiased against the float64 reference (α = 0.001, seed 1)"
+
+
+# -- fuzzing: every mutation of a valid suite is either a valid plan or one clean SuiteError --------
+BASE = yaml.safe_load(VALID)
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=6),
+                   st.lists(st.integers(-2, 3), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, prefix + (i,))
+
+
+def _mutate(doc, path, action, value):
+    import copy
+
+    doc = copy.deepcopy(doc)
+    if not path:
+        return value if action == "replace" else doc
+    parent = doc
+    for part in path[:-1]:
+        parent = parent[part]
+    key = path[-1]
+    if action == "delete":
+        del parent[key]
+    elif action == "replace":
+        parent[key] = value
+    elif isinstance(parent, dict):
+        parent[f"{key}_x"] = value
+    return doc
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzzed_suites_give_a_plan_or_one_clean_error(data):
+    paths = list(_paths(BASE))
+    doc = BASE
+    for _ in range(data.draw(st.integers(1, 3))):
+        paths = list(_paths(doc)) if isinstance(doc, (dict, list)) else [()]
+        path = data.draw(st.sampled_from(paths))
+        doc = _mutate(doc, path, data.draw(st.sampled_from(["delete", "replace", "add"])), data.draw(VALUES))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fuzz.yaml"
+        path.write_text(yaml.safe_dump(doc) if data.draw(st.booleans()) else yaml.safe_dump(doc)[: data.draw(st.integers(0, 400))])
+        try:
+            suite, cells = load_suite(path)
+        except SuiteError as exc:
+            msg = str(exc)
+            assert "\n" not in msg and msg.startswith(str(path)), msg
+        else:
+            assert cells and all(c.replicates > 0 for c in cells)
