@@ -6,7 +6,9 @@
 
 Cells are pure (DESIGN §1): :func:`compute_cell` depends only on the cell's content, so where it
 runs does not change the result, and since results come back to the runner, which writes them
-through the same atomic per-cell store, a run can be resumed with either executor.
+through the same atomic per-cell store, a run can be resumed with either executor. Every cell
+computes with one torch/BLAS thread (``GRADBENCH_CELL_THREADS`` changes that), so tables are
+bitwise equal whichever executor ran them.
 
 Wall-clock cells (protocol ``wallclock``) are never run beside another cell: the Dask executor
 holds them back until every other cell of the run has finished, then runs them one at a time.
@@ -16,6 +18,7 @@ Cells on a CUDA device request the worker resource ``GPU=1`` (start GPU workers 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -61,12 +64,38 @@ def one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
+def cell_threads() -> int:
+    """Threads a cell computes with: ``GRADBENCH_CELL_THREADS``, default 1 (see :func:`cell_thread_limits`)."""
+    return int(os.environ.get("GRADBENCH_CELL_THREADS", "1"))
+
+
+@contextlib.contextmanager
+def cell_thread_limits(n: int) -> Iterator[None]:
+    """torch intra-op threads and BLAS/LAPACK threads set to ``n`` while a cell computes.
+
+    Parallel reductions sum in an order that depends on the thread count, so a table is bitwise
+    reproducible across executors and machines only at a fixed count. gradbench parallelises
+    across cells (the Dask executor runs one single-threaded worker per core) rather than within.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def compute_cell(cell: Cell) -> Outcome:
     """Run one cell; an exception from its target or estimator becomes a failed outcome."""
     from gradbench.runner import run_cell
 
     try:
-        rows, meeting = run_cell(cell, target_for(cell))
+        with cell_thread_limits(cell_threads()):
+            rows, meeting = run_cell(cell, target_for(cell))
     except Exception as exc:  # noqa: BLE001 — recorded per cell; the suite goes on
         return Outcome(cell, error=one_line(exc))
     return Outcome(cell, rows, meeting)
