@@ -92,3 +92,19 @@ def test_compute_cell_reports_failures_as_outcomes(tmp_path):
     broken = dataclasses.replace(cells[0], estimator_params={"S": 1, "bogus": 3})
     outcome = compute_cell(broken)
     assert outcome.rows is None and outcome.error.startswith("TypeError")
+
+
+def test_cells_compute_single_threaded_and_restore_threads(tmp_path, monkeypatch):
+    import torch
+
+    from gradbench.executors import cell_thread_limits
+
+    seen = []
+    before = torch.get_num_threads()
+    with cell_thread_limits(1):
+        seen.append(torch.get_num_threads())
+    assert seen == [1] and torch.get_num_threads() == before
+    monkeypatch.setenv("GRADBENCH_CELL_THREADS", "2")
+    from gradbench.executors import cell_threads
+
+    assert cell_threads() == 2
