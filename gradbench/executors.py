@@ -70,8 +70,9 @@ def cell_threads() -> int:
 
 
 @contextlib.contextmanager
-def cell_thread_limits(n: int) -> Iterator[None]:
-    """torch intra-op threads and BLAS/LAPACK threads set to ``n`` while a cell computes.
+def cell_thread_limits(n: int | None) -> Iterator[None]:
+    """torch intra-op threads and BLAS/LAPACK threads set to ``n`` while a cell computes
+    (``None`` leaves both as they are).
 
     Parallel reductions sum in an order that depends on the thread count, so a table is bitwise
     reproducible across executors and machines only at a fixed count. gradbench parallelises
@@ -81,7 +82,8 @@ def cell_thread_limits(n: int) -> Iterator[None]:
     from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if n is not None:
+        torch.set_num_threads(n)
     try:
         with threadpool_limits(limits=n):
             yield

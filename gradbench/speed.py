@@ -32,8 +32,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from pydantic import ValidationError
 
 from gradbench import registry
 from gradbench.core import GradSample
+from gradbench.executors import cell_thread_limits
 from gradbench.protocols.wallclock import device_info, synchronize
 from gradbench.seeding import derive_seed, make_generator
 from gradbench.suite import Cell, Suite, SuiteError, TargetConfig, load_suite
@@ -128,17 +128,6 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, device: str, warmup: 
 def _measured(seconds: np.ndarray, evals: float) -> Measured:
     q75, q25 = np.percentile(seconds, [75, 25])
     return Measured(float(np.median(seconds)), float(q75 - q25), float(evals), len(seconds))
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # -- the floors ------------------------------------------------------------------------------------
@@ -237,7 +226,7 @@ def run_speed(plan: SpeedPlan, settings: SpeedSettings = SpeedSettings(), *,
     iwae = registry.ESTIMATORS["iwae"].fn
     timing = {"device": suite.device, "warmup": settings.warmup, "repeats": settings.repeats}
 
-    with _threads(settings.threads), torch.no_grad():
+    with cell_thread_limits(settings.threads), torch.no_grad():
         info = {**device_info(suite.device), "cpus": os.cpu_count(),
                 "target": f"{plan.target.model}({_kv(plan.target.params)}; {_kv(plan.target.proposal)})"}
 

@@ -12,7 +12,6 @@ evaluations) over *all* replicates, including non-finite/censored ones, with its
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
