@@ -1,0 +1,329 @@
+"""The contract between models, variational families, references and estimators (DESIGN §1, v2).
+
+Every new p and every new q is one file that satisfies one of the two protocols below; generic code
+composes them into a :class:`ComposedTarget`, the point (θ, φ, data) at which gradients are measured.
+
+* :class:`Model` p_θ(x, z) — a latent space (:class:`LatentSpace`), θ as named tensors
+  (:class:`~gradbench.core.ParamLayout`), ``log_joint(θ, x, z)`` *pure in θ* (so that
+  ``torch.func.vmap(torch.func.grad(...))`` gives per-replicate gradients) and ``sample_joint``.
+* :class:`Family` q_φ(z | x) — declares its :data:`Capability` set; the one random draw goes through
+  ``noise(shape, gen)`` and ``sample(φ, x, noise)`` is a deterministic function of it, so common random
+  numbers across estimators are a property of the contract, not of draw order.
+* :class:`Objective` — what an estimator estimates: ∇θ log p(x), ∇θ/∇φ ELBO, ∇θ/∇φ IWAE_K (typed;
+  ``key`` is only its name in tables and caches).
+* References (``gradbench.references``) — exact | enumerated | quadrature (with an error bound) |
+  estimated (with covariance, cached per target and objective).
+* Estimators declare the objective they estimate and the capabilities they require
+  (``gradbench.registry.Estimator``); ``gradbench validate`` checks them before any cell runs.
+
+Hand-written targets (PPCA with its closed-form fused gradient) implement the same target interface
+directly: generic estimators only call the methods of :class:`ComposedTarget`, and a target may
+override any of them with a fast path.
+
+Shapes: data x [N, d]; latents z [..., N, k] (one latent per data point, binary latents stored as
+0/1 floats); log-densities [..., N]; gradients are sums over the N data points.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from gradbench.core import GradSample, ParamGroup, ParamLayout, Reference
+
+__all__ = [
+    "CAPABILITIES", "Capability", "ComposedTarget", "Family", "GradSample", "LatentSpace", "Model", "Objective",
+    "ParamGroup", "ParamLayout", "Params", "Reference", "missing_capabilities", "per_replicate_grad",
+]
+
+Params = dict[str, Tensor]
+
+Capability = Literal[
+    "reparam",  # z = sample(φ, x, noise) is differentiable in φ (pathwise estimators)
+    "score",  # ∇φ log q_φ(z|x) at fixed z (score-function estimators)
+    "log_prob",  # log q_φ(z|x) evaluable (importance weights)
+    "enumerate",  # finite latent space whose states can be listed (enumerated references)
+    "relaxed",  # a continuous relaxation of a discrete q (Concrete / Gumbel-softmax)
+    "implicit",  # log q is not used by the estimators (semi-implicit families)
+    "exact_posterior",  # (of a target) exact samples from p_θ(z | x)
+    "real_latent",  # (of a target) z ∈ ℝᵏ
+    "binary_latent",  # (of a target) z ∈ {0,1}ᵏ
+]
+CAPABILITIES: frozenset[str] = frozenset(Capability.__args__)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class LatentSpace:
+    """ℝᵏ (``real``), {0,1}ᵏ (``binary``), {0..C−1}ᵏ (``categorical``, one-hot [.., k, C]) or none."""
+
+    kind: Literal["real", "binary", "categorical", "none"]
+    dim: int = 0
+    classes: int | None = None
+
+    @property
+    def capability(self) -> str | None:
+        return {"real": "real_latent", "binary": "binary_latent"}.get(self.kind)
+
+    def n_states(self) -> int | None:
+        """Number of latent states of one data point (None for ℝᵏ)."""
+        if self.kind == "binary":
+            return 2**self.dim
+        if self.kind == "categorical":
+            return (self.classes or 0) ** self.dim
+        return None
+
+    def states(self, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Tensor:
+        """All 2ᵏ binary states as a [2ᵏ, k] 0/1 tensor (state i is the binary expansion of i, bit 0 first)."""
+        if self.kind != "binary":
+            raise ValueError(f"cannot enumerate a {self.kind} latent space")
+        idx = torch.arange(2**self.dim, device=device)
+        return ((idx.unsqueeze(-1) >> torch.arange(self.dim, device=device)) & 1).to(dtype)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a gradient estimator estimates.
+
+    ``wrt``: θ (model) or φ (variational family); ``kind``: ``log_marginal`` (∇θ log p(x), the K → ∞
+    limit of IWAE_K), ``elbo``, or ``iwae`` (the K-sample bound E log (1/K Σ_k w_k); K = 1 is the ELBO).
+    ``key`` is the name used in tables, caches and ``GradSample.wrt``: ``theta``, ``theta_elbo``,
+    ``phi_elbo``, ``theta_iwae8``, ``phi_iwae8``.
+    """
+
+    wrt: Literal["theta", "phi"]
+    kind: Literal["log_marginal", "elbo", "iwae"]
+    K: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind == "log_marginal" and self.wrt != "theta":
+            raise ValueError("log p(x) does not depend on φ: its objective is w.r.t. theta")
+        if self.K < 1 or (self.kind != "iwae" and self.K != 1):
+            raise ValueError(f"K = {self.K} is not valid for a {self.kind} objective")
+
+    @property
+    def key(self) -> str:
+        if self.kind == "log_marginal":
+            return "theta"
+        return f"{self.wrt}_elbo" if self.kind == "elbo" else f"{self.wrt}_iwae{self.K}"
+
+    def canonical(self) -> Objective:
+        """IWAE_1 is the ELBO."""
+        return Objective(self.wrt, "elbo") if self.kind == "iwae" and self.K == 1 else self
+
+    @staticmethod
+    def parse(key: str | Objective) -> Objective:
+        if isinstance(key, Objective):
+            return key
+        if key == "theta":
+            return LOG_MARGINAL
+        if key == "phi":  # historical alias
+            return Objective("phi", "elbo")
+        m = re.fullmatch(r"(theta|phi)_(elbo|iwae(\d+))", key)
+        if m is None:
+            raise ValueError(f"unknown objective {key!r} (known: theta, theta_elbo, phi_elbo, theta_iwae<K>, phi_iwae<K>)")
+        wrt = m.group(1)
+        return Objective(wrt, "elbo") if m.group(2) == "elbo" else Objective(wrt, "iwae", int(m.group(3)))  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+LOG_MARGINAL = Objective("theta", "log_marginal")
+
+
+@runtime_checkable
+class Model(Protocol):
+    """p_θ(x, z). ``log_joint`` is pure in θ: no cached θ-dependent state, so torch.func can differentiate it."""
+
+    latent: LatentSpace
+    layout: ParamLayout  # θ
+
+    def init_params(self, gen: torch.Generator, dtype: torch.dtype) -> Params: ...
+
+    def log_joint(self, theta: Params, x: Tensor, z: Tensor) -> Tensor:
+        """log p_θ(x_n, z_n) for z [..., N, k] → [..., N]."""
+        ...
+
+    def sample_joint(self, theta: Params, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(x [n, d], z [n, k]) ~ p_θ."""
+        ...
+
+
+@runtime_checkable
+class Family(Protocol):
+    """q_φ(z | x) with declared capabilities; ``sample`` is a deterministic function of ``noise``."""
+
+    latent: LatentSpace
+    layout: ParamLayout  # φ
+    capabilities: frozenset[str]
+
+    def init_params(self, x: Tensor, gen: torch.Generator, dtype: torch.dtype) -> Params: ...
+
+    def noise(self, shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, device: Any) -> Tensor:
+        """The one random draw behind ``sample``: shape ``[*shape, N, ...]`` (``shape`` ends with N)."""
+        ...
+
+    def sample(self, phi: Params, x: Tensor, noise: Tensor) -> Tensor:
+        """z [..., N, k] from noise; differentiable in φ when the family has ``reparam``."""
+        ...
+
+    def log_prob(self, phi: Params, x: Tensor, z: Tensor) -> Tensor:
+        """log q_φ(z_n | x_n), [..., N] (families with ``log_prob``)."""
+        ...
+
+
+def missing_capabilities(requires: frozenset[str], provides: frozenset[str]) -> list[str]:
+    return sorted(requires - provides)
+
+
+def per_replicate_grad(fn: Callable[..., Tensor], params: Params, *batched: Tensor) -> Params:
+    """``{name: [B, *shape]}``: the gradient of ``fn(params, *batched[b])`` w.r.t. ``params`` for every b.
+
+    ``torch.func.vmap(torch.func.grad(fn))`` over the leading dimension of ``batched``: one batched
+    backward pass, no Python loop over replicates (the parameters are shared, not copied R times).
+    """
+    return torch.func.vmap(torch.func.grad(fn), in_dims=(None, *([0] * len(batched))))(params, *batched)
+
+
+@dataclass
+class ComposedTarget:
+    """A model and a variational family at (θ, φ) on data x: what generic estimators and references use.
+
+    Implements the target interface used by every estimator (``sample_proposal``, ``log_joint``,
+    ``weighted_grad_log_joint``, ``log_q_score`` …) from the two pure protocols with torch.func.
+    ``references`` maps an :class:`Objective` key to a callable building its reference (see
+    ``gradbench.references``); results are cached on the target (once per process; the runner also
+    caches estimated references in the run folder).
+    """
+
+    model: Model
+    family: Family
+    x: Tensor
+    theta: Params
+    phi: Params
+    reference_builders: Mapping[str, Callable[[ComposedTarget, Objective], Reference]] = field(default_factory=dict)
+    seed: int = 0
+    provides: frozenset[str] = frozenset()
+    _references: dict[str, Reference] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.model.latent != self.family.latent:
+            raise ValueError(f"model latent space {self.model.latent} does not match the family's {self.family.latent}")
+        self.theta = {k: v.detach() for k, v in self.theta.items()}
+        self.phi = {k: v.detach() for k, v in self.phi.items()}
+        self.layout = self.model.layout
+        self.phi_layout = self.family.layout
+        caps = set(self.family.capabilities) | set(self.provides)
+        if self.model.latent.capability:
+            caps.add(self.model.latent.capability)
+        if hasattr(self.model, "sample_posterior"):
+            caps.add("exact_posterior")
+        self.capabilities = frozenset(caps)
+
+    # -- shapes -------------------------------------------------------------------------------
+    @property
+    def n_data(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model.latent.dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x.dtype
+
+    def parameters(self) -> Params:
+        return self.theta
+
+    def encoder_params(self) -> Params:
+        return self.phi
+
+    # -- the one random draw ------------------------------------------------------------------
+    def draw_noise(self, batch: tuple[int, ...], gen: torch.Generator) -> Tensor:
+        return self.family.noise((*batch, self.n_data), gen, self.x.dtype, self.x.device)
+
+    def rsample(self, phi: Params, noise: Tensor) -> Tensor:
+        return self.family.sample(phi, self.x, noise)
+
+    def log_q(self, phi: Params, z: Tensor) -> Tensor:
+        return self.family.log_prob(phi, self.x, z)
+
+    def sample_proposal(self, batch: tuple[int, ...], gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """z ~ q_φ(z|x) [..., N, k] and log q [..., N]."""
+        z = self.rsample(self.phi, self.draw_noise(batch, gen))
+        return z, self.log_q(self.phi, z)
+
+    def log_proposal(self, z: Tensor) -> Tensor:
+        return self.log_q(self.phi, z)
+
+    def sample_posterior(self, batch: tuple[int, ...], gen: torch.Generator) -> Tensor:
+        if "exact_posterior" not in self.capabilities:
+            raise TypeError(f"{type(self.model).__name__} has no exact posterior sampler")
+        return self.model.sample_posterior(self.theta, self.x, batch, gen)  # type: ignore[attr-defined]
+
+    # -- model terms --------------------------------------------------------------------------
+    def log_joint(self, z: Tensor) -> Tensor:
+        return self.model.log_joint(self.theta, self.x, z)
+
+    def weighted_grad_log_joint(self, z: Tensor, weights: Tensor) -> Tensor:
+        """Σ_{s,n} weights[..., s, n] ∇θ log p(x_n, z[..., s, n]) → [..., P] by vmap(grad) over the batch."""
+        fast = getattr(self.model, "weighted_grad_log_joint", None)
+        if fast is not None:
+            return fast(self.theta, self.x, z, weights)
+        shape = torch.broadcast_shapes(z.shape[:-1], weights.shape)
+        batch = shape[:-2]
+        B = math.prod(batch)
+        zb = z.expand(*shape, z.shape[-1]).reshape(B, *shape[-2:], z.shape[-1])
+        wb = weights.expand(shape).reshape(B, *shape[-2:])
+        model, x = self.model, self.x
+
+        def surrogate(theta: Params, z1: Tensor, w1: Tensor) -> Tensor:
+            return (w1 * model.log_joint(theta, x, z1)).sum()
+
+        grads = per_replicate_grad(surrogate, self.theta, zb, wb)
+        return self.layout.flatten(grads, batch=(B,)).reshape(*batch, self.layout.size)
+
+    # -- family terms -------------------------------------------------------------------------
+    def log_q_score(self, z: Tensor) -> Tensor:
+        """Per-sample ∇φ log q_φ(z_n | x_n) at fixed z: [..., N, P_φ] (vmap of grad over samples and points)."""
+        batch = z.shape[:-2]
+        N, k = z.shape[-2:]
+        flat = z.reshape(-1, N, k)
+        family, x = self.family, self.x
+
+        def one(phi: Params, z1: Tensor, n: Tensor) -> Tensor:  # z1 [N, k]; the point n's log q
+            return family.log_prob(phi, x, z1.unsqueeze(0)).squeeze(0)[n]
+
+        points = torch.arange(N, device=z.device)
+        inner = torch.func.vmap(torch.func.grad(one), in_dims=(None, None, 0))  # over points n
+        g = torch.func.vmap(inner, in_dims=(None, 0, None))(self.phi, flat, points)  # {name: [M, N, *shape]}
+        return self.phi_layout.flatten(g, batch=(flat.shape[0], N)).reshape(*batch, N, self.phi_layout.size)
+
+    # -- references ---------------------------------------------------------------------------
+    def reference(self, wrt: str | Objective = "theta") -> Reference:
+        objective = Objective.parse(wrt).canonical()
+        if objective.key not in self._references:
+            builder = self.reference_builders.get(objective.key) or self.reference_builders.get(
+                f"{objective.wrt}_{objective.kind}")
+            if builder is None:
+                raise ValueError(f"{type(self.model).__name__} target has no reference for {objective.key!r} "
+                                 f"(has: {', '.join(self.reference_builders) or 'none'})")
+            self._references[objective.key] = builder(self, objective)
+        return self._references[objective.key]
+
+    def exact_grad(self) -> Tensor:
+        return self.reference(LOG_MARGINAL).value
+
+    def arrays(self) -> dict[str, Any]:
+        """θ and φ by name (``phi.<name>``), the data as ``x``."""
+        out: dict[str, Any] = {k: v.detach().cpu().numpy() for k, v in self.theta.items()}
+        out.update({f"phi.{k}": v.detach().cpu().numpy() for k, v in self.phi.items()})
+        out["x"] = self.x.detach().cpu().numpy()
+        return out
