@@ -51,6 +51,7 @@ Capability = Literal[
     "enumerate",  # finite latent space whose states can be listed (enumerated references)
     "relaxed",  # a continuous relaxation of a discrete q (Concrete / Gumbel-softmax)
     "implicit",  # log q is not used by the estimators (semi-implicit families)
+    "analytic_kl",  # KL(q_φ(·|x) ‖ p(z)) in closed form and log p(x | z) (analytic-KL REINFORCE / reparam)
     "exact_posterior",  # (of a target) exact samples from p_θ(z | x)
     "real_latent",  # (of a target) z ∈ ℝᵏ
     "binary_latent",  # (of a target) z ∈ {0,1}ᵏ
@@ -224,6 +225,8 @@ class ComposedTarget:
             caps.add(self.model.latent.capability)
         if hasattr(self.model, "sample_posterior"):
             caps.add("exact_posterior")
+        if hasattr(self.model, "log_lik") and hasattr(self.family, "kl_standard_normal"):
+            caps.add("analytic_kl")
         self.capabilities = frozenset(caps)
 
     # -- shapes -------------------------------------------------------------------------------
@@ -305,6 +308,23 @@ class ComposedTarget:
         inner = torch.func.vmap(torch.func.grad(one), in_dims=(None, None, 0))  # over points n
         g = torch.func.vmap(inner, in_dims=(None, 0, None))(self.phi, flat, points)  # {name: [M, N, *shape]}
         return self.phi_layout.flatten(g, batch=(flat.shape[0], N)).reshape(*batch, N, self.phi_layout.size)
+
+    def mode(self) -> Tensor:
+        """The mode of q_φ(z | x_n), [N, k] (families that define ``mode``: the point baseline)."""
+        return self.family.mode(self.phi, self.x)  # type: ignore[attr-defined]
+
+    def log_lik(self, z: Tensor) -> Tensor:
+        """log p_θ(x_n | z_n) [..., N] (models that define ``log_lik``)."""
+        return self.model.log_lik(self.theta, self.x, z)  # type: ignore[attr-defined]
+
+    def kl_prior(self, phi: Params | None = None) -> Tensor:
+        """KL(q_φ(·|x_n) ‖ N(0, I)) [N], pure in φ (Gaussian families over a standard-normal prior)."""
+        return self.family.kl_standard_normal(self.phi if phi is None else phi, self.x)  # type: ignore[attr-defined]
+
+    def kl_grad_phi(self) -> Tensor:
+        """∇φ Σ_n KL(q_φ(·|x_n) ‖ N(0, I)), flattened."""
+        g = torch.func.grad(lambda phi: self.kl_prior(phi).sum())(self.phi)
+        return self.phi_layout.flatten(g)
 
     # -- references ---------------------------------------------------------------------------
     def reference(self, wrt: str | Objective = "theta") -> Reference:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -72,15 +72,23 @@ class GradSample:
     layout: ParamLayout
     cost: Tensor
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
-    wrt: str = "theta"
+    wrt: str = "theta"  # the estimated objective's key (``gradbench.contracts.Objective``); an Objective is accepted
 
     def __post_init__(self) -> None:
+        self.wrt = str(self.wrt)
         R, P = self.grads.shape
         if P != self.layout.size:
             raise ValueError(f"grads have {P} columns but the layout has {self.layout.size}")
         if self.cost.shape != (R,):
             raise ValueError(f"cost must have shape ({R},), got {tuple(self.cost.shape)}")
         self.diagnostics.setdefault("nonfinite", ~torch.isfinite(self.grads).all(dim=1))
+
+    @property
+    def objective(self) -> Any:
+        """The estimated :class:`gradbench.contracts.Objective` (typed view of ``wrt``)."""
+        from gradbench.contracts import Objective
+
+        return Objective.parse(self.wrt)
 
     @property
     def replicates(self) -> int:
@@ -108,7 +116,7 @@ class Reference:
     """
 
     value: Tensor
-    kind: Literal["exact", "enumerated", "estimated"] = "exact"
+    kind: Literal["exact", "enumerated", "quadrature", "estimated"] = "exact"
     stderr: Tensor | None = None
 
 

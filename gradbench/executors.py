@@ -93,9 +93,12 @@ def cell_thread_limits(n: int | None) -> Iterator[None]:
 
 def compute_cell(cell: Cell) -> Outcome:
     """Run one cell; an exception from its target or estimator becomes a failed outcome."""
+    from gradbench import registry
     from gradbench.runner import run_cell
 
     try:
+        registry.load_entry_points()
+        registry.load_plugin_modules(cell.plugins)  # a Dask worker imports the suite's plugins itself
         with cell_thread_limits(cell_threads()):
             rows, meeting = run_cell(cell, target_for(cell))
     except Exception as exc:  # noqa: BLE001 — recorded per cell; the suite goes on

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gradbench import registry
 from gradbench.seeding import content_hash, derive_seed
 
-CELL_FORMAT = 1  # bump when a change alters what a cell computes: old cells are then re-run
+CELL_FORMAT = 2  # bump when the runner changes what a cell computes (module edits are tracked by hash)
 Loc = tuple[str | int, ...]
 
 
@@ -40,7 +40,8 @@ class TargetEntry(_Strict):
     model: str
     params: dict[str, Any] = Field(default_factory=dict)
     proposal: dict[str, Any] = Field(default_factory=dict)
-    data: str | None = Field(None, description="optional .npy or .csv file of data rows, relative to the suite")
+    data: str | dict[str, Any] | None = Field(
+        None, description="a .npy/.csv/IDX file of data rows (relative to the suite), or {name: digits|fashion_mnist|synthetic, ...}")
 
 
 class EstimatorEntry(_Strict):
@@ -58,6 +59,7 @@ class Suite(_Strict):
     dtype: Literal["float64", "float32"] = "float64"
     max_cells: int = Field(10_000, gt=0, description="refuse grids that expand past this many cells")
     executor: Literal["local", "dask"] = "local"
+    plugins: list[str] = Field(default_factory=list, description="modules to import that register models/estimators/protocols")
     scheduler: str | None = Field(None, description="Dask scheduler address; none starts a LocalCluster")
     targets: list[TargetEntry] = Field(min_length=1)
     estimators: list[EstimatorEntry] = Field(min_length=1)
@@ -81,16 +83,18 @@ class TargetConfig:
     data_sha256: str | None
     target_seed: int  # seeds the synthetic parameters and data
     suite_seed: int  # seeds the Monte Carlo noise
-
+    data_spec: dict[str, Any] | None = None  # a named data set (gradbench.data.DataSpec), or None
     @property
     def data_seed(self) -> int:
         """Seed of the synthetic parameters/data: independent of the proposal, the estimator and the noise seed."""
-        return derive_seed(self.target_seed, "target-data", self.model, self.params, self.data_sha256)
+        return derive_seed(self.target_seed, "target-data", self.model, self.params, self.data_sha256,
+                           *([self.data_spec] if self.data_spec else []))
 
     @property
     def target_id(self) -> str:
         """Identifies the target (model, parameters, data, proposal) — not the noise it is run with."""
-        return content_hash(["target", self.model, self.params, self.proposal, self.data_sha256, self.target_seed], 12)
+        return content_hash(["target", self.model, self.params, self.proposal, self.data_sha256, self.target_seed,
+                             *([self.data_spec] if self.data_spec else [])], 12)
 
     def noise_seed(self, block: int) -> int:
         """Seed of replicate block ``block`` — shared by every estimator on this target."""
@@ -101,6 +105,10 @@ class TargetConfig:
 
         entry = registry.MODELS[self.model]
         data = _read_data(Path(self.data)) if self.data else None
+        if self.data_spec is not None:
+            from gradbench import data as datasets
+
+            data, _ = datasets.load(datasets.DataSpec(**self.data_spec))
         return entry.build(entry.params(**self.params), entry.proposal(**self.proposal), self.data_seed,
                            getattr(torch, dtype), device, data)
 
@@ -114,11 +122,17 @@ class Cell:
     replicates: int
     device: str
     dtype: str
+    plugins: tuple[str, ...] = ()  # modules to import before computing (Dask workers too)
+    code: tuple[tuple[str, str], ...] = ()  # (module, version or source hash) of the code that computes the cell
 
     @property
     def cell_id(self) -> str:
+        """A hash of the cell's content *and* of the code that computes it (``code``): editing the estimator's,
+        the model's, a protocol's or the contract's source, or upgrading a plugin, re-runs the cell."""
         content = asdict(self)
         content["target"].pop("data")  # the file's content (sha256) counts, not where it lives
+        if not content["target"]["data_spec"]:
+            content["target"].pop("data_spec")
         return content_hash(["cell", CELL_FORMAT, content])
 
 
@@ -140,6 +154,11 @@ def load_suite(
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
         raise SuiteError(src.format_pydantic(exc, Suite)) from None
+    try:
+        registry.load_entry_points()
+        registry.load_plugin_modules(suite.plugins)
+    except registry.PluginError as exc:
+        raise SuiteError(src.at(("plugins",), str(exc))) from None
     if check_device and suite.device != "cpu":
         import torch
 
@@ -156,11 +175,16 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
     if len(set(suite.protocols)) != len(suite.protocols):
         raise SuiteError(src.at(("protocols",), "a protocol is listed twice"))
     targets: list[TargetConfig] = []
+    target_locs: list[int] = []
     for i, t in enumerate(suite.targets):
         entry = registry.MODELS.get(t.model)
         _check_name(src, ("targets", i, "model"), t.model, registry.MODELS, "model")
-        data_path, data_sha = None, None
-        if t.data is not None:
+        data_path, data_sha, data_spec = None, None, None
+        if isinstance(t.data, dict):
+            data_spec = _data_spec(src, ("targets", i, "data"), t.data)
+            if data_spec.get("name") == "synthetic":
+                data_spec = None
+        elif t.data is not None:
             p = (src.path.parent / t.data).resolve()
             if not p.is_file():
                 raise SuiteError(src.at(("targets", i, "data"), f"data file {t.data!r} not found (looked in {p.parent})"))
@@ -168,9 +192,12 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         params = _grid(src, ("targets", i, "params"), t.params, entry.params)
         proposals = _grid(src, ("targets", i, "proposal"), t.proposal, entry.proposal)
         target_seed = suite.seed if suite.target_seed is None else suite.target_seed
-        targets += [TargetConfig(t.model, a, b, data_path, data_sha, target_seed, suite.seed) for a in params for b in proposals]
+        targets += [TargetConfig(t.model, a, b, data_path, data_sha, target_seed, suite.seed, data_spec)
+                    for a in params for b in proposals]
+        target_locs += [i] * (len(params) * len(proposals))
 
     estimators: list[tuple[str, dict[str, Any]]] = []
+    estimator_locs: list[int] = []
     seen: dict[str, int] = {}
     for i, e in enumerate(suite.estimators):
         _check_name(src, ("estimators", i, "name"), e.name, registry.ESTIMATORS, "estimator")
@@ -178,17 +205,72 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         if key in seen:
             raise SuiteError(src.at(("estimators", i), f"duplicate of estimators[{seen[key]}] ({e.name} with the same params)"))
         seen[key] = i
-        estimators += [(e.name, p) for p in _grid(src, ("estimators", i, "params"), e.params, registry.ESTIMATORS[e.name].params)]
+        grid = _grid(src, ("estimators", i, "params"), e.params, registry.ESTIMATORS[e.name].params)
+        estimators += [(e.name, p) for p in grid]
+        estimator_locs += [i] * len(grid)
+    _check_capabilities(src, targets, target_locs, estimators, estimator_locs)
 
     n_cells = len(targets) * len(estimators)
     if n_cells > suite.max_cells:
         raise SuiteError(src.at((), f"the grids expand to {n_cells} cells, more than max_cells = {suite.max_cells}; "
                                     "set max_cells higher in the suite to allow it"))
+    plugins = tuple(suite.plugins)
+    protocol_code = [m for name in suite.protocols for m in (registry.PROTOCOLS[name].fn.__module__, "gradbench.stats")]
+
+    def code(target: TargetConfig, estimator: str) -> tuple[tuple[str, str], ...]:
+        modules = dict.fromkeys([*registry.model_modules(target.model), *registry.estimator_modules(estimator),
+                                 *protocol_code])
+        return (("gradbench", _gradbench_version()), *((m, registry.code_version(m)) for m in modules))
+
     return [
-        Cell(t, name, params, tuple(suite.protocols), suite.replicates, suite.device, suite.dtype)
+        Cell(t, name, params, tuple(suite.protocols), suite.replicates, suite.device, suite.dtype, plugins, code(t, name))
         for t in targets
         for name, params in estimators
     ]
+
+
+def _gradbench_version() -> str:
+    import gradbench
+
+    return gradbench.__version__
+
+
+def _data_spec(src: _SourceMap, loc: Loc, raw: dict[str, Any]) -> dict[str, Any]:
+    from gradbench import data as datasets
+
+    try:
+        spec = datasets.DataSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        sub = loc + tuple(err["loc"][:1])
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            raise SuiteError(src.at(sub, f"unknown key {key!r}{_did_you_mean(key, datasets.DataSpec.model_fields)}")) from None
+        raise SuiteError(src.at(sub, _message(err))) from None
+    if spec.name == "synthetic":
+        return spec.model_dump()
+    try:
+        if spec.path is not None:
+            spec = spec.model_copy(update={"path": str((src.path.parent / spec.path).resolve())})
+        datasets.load(spec)  # fail here, with the location, not later in a cell
+    except datasets.DataError as exc:
+        raise SuiteError(src.at(loc, str(exc))) from None
+    return spec.model_dump()
+
+
+def _check_capabilities(src: _SourceMap, targets: list[TargetConfig], target_locs: list[int],
+                        estimators: list[tuple[str, dict[str, Any]]], estimator_locs: list[int]) -> None:
+    """Refuse an estimator on a target that lacks a capability it requires (before any cell runs)."""
+    for t, ti in zip(targets, target_locs):
+        provides = registry.MODELS[t.model].capabilities(t.proposal)
+        for (name, params), ei in zip(estimators, estimator_locs):
+            missing = sorted(registry.ESTIMATORS[name].required(params) - provides)
+            if missing:
+                family = t.proposal.get("family")
+                what = f"model {t.model!r}" + (f" with family {family!r}" if family else "")
+                raise SuiteError(src.at(("estimators", ei, "name"),
+                                        f"estimator {name!r} needs {', '.join(missing)}, which targets[{ti}] ({what}) does not "
+                                        f"provide (it provides: {', '.join(sorted(provides)) or 'nothing'})"))
 
 
 def _grid(src: _SourceMap, loc: Loc, params: dict[str, Any], model: type[BaseModel]) -> list[dict[str, Any]]:

@@ -28,53 +28,78 @@ uses only slice r, so the gradient of the sum of the R objectives is the stack o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from gradbench.contracts import Objective
+from gradbench.contracts import per_replicate_grad as per_replicate_grad_func
 from gradbench.core import GradSample, LatentTarget, ParamLayout
 
 LOG_2PI = math.log(2 * math.pi)
 
 
 class EncoderTarget(LatentTarget, Protocol):
-    """What encoder-gradient estimators need besides :class:`LatentTarget` (see ``models/ppca_encoder.py``)."""
+    """What encoder-gradient estimators need besides :class:`LatentTarget` (the contract v2 target:
+    :class:`gradbench.contracts.ComposedTarget`; PPCA's ``models/ppca_encoder.py`` implements it by hand).
+
+    ``draw_noise`` is the one random draw, ``rsample(φ, noise)`` is deterministic given it (and
+    differentiable in φ for ``reparam`` families), ``log_q(φ, z)`` is pure in φ, so per-replicate
+    gradients come from ``torch.func.vmap(torch.func.grad(...))`` over the replicates.
+    """
 
     phi_layout: ParamLayout
     x: Tensor  # data [N, d] (input-dependent baselines read it)
+    capabilities: frozenset[str]
 
     @property
     def latent_dim(self) -> int: ...
 
     def encoder_params(self) -> dict[str, Tensor]: ...
 
-    def encoder_mean_logstd(self, phi: dict[str, Tensor]) -> tuple[Tensor, Tensor]: ...
+    def draw_noise(self, batch: tuple[int, ...], gen: torch.Generator) -> Tensor: ...
 
-    def log_lik(self, z: Tensor) -> Tensor: ...
+    def rsample(self, phi: dict[str, Tensor], noise: Tensor) -> Tensor: ...
+
+    def log_q(self, phi: dict[str, Tensor], z: Tensor) -> Tensor: ...
 
     def log_proposal(self, z: Tensor) -> Tensor: ...
 
-    def kl_prior(self, phi: dict[str, Tensor] | None = None) -> Tensor: ...
-
     def log_q_score(self, z: Tensor) -> Tensor: ...
-
-    def kl_grad_phi(self) -> Tensor: ...
 
 
 def objective_wrt(base: Literal["theta", "phi"], objective: Literal["elbo", "iwae"], K: int = 1) -> str:
-    """The ``wrt`` name of a gradient: ``phi_elbo``, ``theta_elbo``, ``phi_iwae<K>``, ``theta_iwae<K>``."""
-    return f"{base}_elbo" if objective == "elbo" else f"{base}_iwae{K}"
+    """The ``wrt`` key of a gradient: ``phi_elbo``, ``theta_elbo``, ``phi_iwae<K>``, ``theta_iwae<K>``."""
+    return Objective(base, "elbo" if objective == "elbo" else "iwae", K if objective == "iwae" else 1).key
+
+
+def require(target: object, capabilities: set[str], estimator: str) -> None:
+    """Refuse a target whose declared capabilities lack what the estimator needs (``validate`` checks this first)."""
+    have = getattr(target, "capabilities", frozenset())
+    missing = sorted(set(capabilities) - set(have))
+    if missing:
+        raise TypeError(f"estimator {estimator!r} needs a target whose family provides {', '.join(missing)} "
+                        f"({type(target).__name__} provides {', '.join(sorted(have)) or 'nothing'})")
 
 
 def require_encoder(target: object, estimator: str) -> None:
-    if not hasattr(target, "encoder_mean_logstd"):
-        raise TypeError(f"estimator {estimator!r} needs a target with an encoder q_φ(z|x) (e.g. model 'ppca_encoder'), "
-                        f"got {type(target).__name__}")
+    require(target, {"reparam"}, estimator)
 
 
-# -- helpers -----------------------------------------------------------------------------------
+def _stop(phi: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach() for k, v in phi.items()}
+
+
+def phi_grads(target: EncoderTarget, objective: Callable[[dict[str, Tensor], Tensor], Tensor], noise: Tensor) -> Tensor:
+    """[R, P_φ]: ∇φ objective(φ, noise[r]) for every replicate r (vmap of grad; φ shared, not copied)."""
+    g = per_replicate_grad_func(objective, target.encoder_params(), noise)
+    return target.phi_layout.flatten(g, batch=(noise.shape[0],)).detach()
+
+
+# -- helpers (expanded-φ form, used by tests of the PPCA encoder) -------------------------------
 def batched_phi(target: EncoderTarget, R: int) -> dict[str, Tensor]:
     """φ expanded to [R, ...] leaf tensors that require grad: one copy per replicate."""
     return {k: v.detach().unsqueeze(0).repeat(R, *([1] * v.ndim)).requires_grad_(True)
@@ -83,8 +108,7 @@ def batched_phi(target: EncoderTarget, R: int) -> dict[str, Tensor]:
 
 def draw_eps(target: EncoderTarget, R: int, S: int, gen: torch.Generator) -> Tensor:
     """ε [R, S, N, k], the same draw as ``target.sample_proposal((R, S), gen)``."""
-    ref = target.encoder_params()["c"]
-    return torch.randn(R, S, target.n_data, target.latent_dim, generator=gen, dtype=ref.dtype, device=ref.device)
+    return target.draw_noise((R, S), gen)
 
 
 def reparam(target: EncoderTarget, phi: dict[str, Tensor], eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -122,16 +146,16 @@ class ReparamELBOParams(BaseModel):
 def reparam_elbo(target: EncoderTarget, R: int, gen: torch.Generator, *, S: int = 1,
                  kl: Literal["mc", "analytic"] = "mc") -> GradSample:
     """Reparameterised ∇φ ELBO with S samples per data point."""
-    require_encoder(target, "reparam_elbo")
-    eps = draw_eps(target, R, S, gen)
-    with torch.enable_grad():
-        phi = batched_phi(target, R)
-        z, mean, log_std = reparam(target, phi, eps)
+    require(target, {"reparam"} | ({"log_prob"} if kl == "mc" else {"analytic_kl"}), "reparam_elbo")
+    noise = target.draw_noise((R, S), gen)
+
+    def elbo_hat(phi: dict[str, Tensor], eps: Tensor) -> Tensor:
+        z = target.rsample(phi, eps)  # [S, N, k]
         if kl == "mc":
-            obj = (target.log_joint(z) - log_normal_diag(z, mean, log_std)).sum(-1).mean(1)
-        else:
-            obj = target.log_lik(z).sum(-1).mean(1) - target.kl_prior(phi).sum(-1)
-        grads = per_replicate_grad(obj, phi, target.phi_layout)
+            return (target.log_joint(z) - target.log_q(phi, z)).sum(-1).mean(0)
+        return target.log_lik(z).sum(-1).mean(0) - target.kl_prior(phi).sum(-1)
+
+    grads = phi_grads(target, elbo_hat, noise)
     return GradSample(grads, target.phi_layout, _cost(target, R, S, grads), wrt=objective_wrt("phi", "elbo"))
 
 
@@ -142,13 +166,14 @@ class STLParams(BaseModel):
 
 def stl(target: EncoderTarget, R: int, gen: torch.Generator, *, S: int = 1) -> GradSample:
     """Sticking the landing: ∇φ (1/S) Σ_s Σ_n [log p(x_n, z_sn(φ)) − log q_{stop φ}(z_sn(φ))]."""
-    require_encoder(target, "stl")
-    eps = draw_eps(target, R, S, gen)
-    with torch.enable_grad():
-        phi = batched_phi(target, R)
-        z, mean, log_std = reparam(target, phi, eps)
-        obj = (target.log_joint(z) - log_normal_diag(z, mean.detach(), log_std.detach())).sum(-1).mean(1)
-        grads = per_replicate_grad(obj, phi, target.phi_layout)
+    require(target, {"reparam", "log_prob"}, "stl")
+    noise = target.draw_noise((R, S), gen)
+
+    def path_only(phi: dict[str, Tensor], eps: Tensor) -> Tensor:
+        z = target.rsample(phi, eps)
+        return (target.log_joint(z) - target.log_q(_stop(phi), z)).sum(-1).mean(0)
+
+    grads = phi_grads(target, path_only, noise)
     return GradSample(grads, target.phi_layout, _cost(target, R, S, grads), wrt=objective_wrt("phi", "elbo"))
 
 
@@ -161,22 +186,24 @@ class IWAEReparamParams(BaseModel):
 def iwae_reparam(target: EncoderTarget, R: int, gen: torch.Generator, *, K: int = 8,
                  wrt: Literal["phi", "theta"] = "phi") -> GradSample:
     """Gradient of the K-sample IWAE bound Σ_n log (1/K Σ_k w_kn), reparameterised for φ."""
-    require_encoder(target, "iwae_reparam")
-    eps = draw_eps(target, R, K, gen)
+    require(target, {"reparam", "log_prob"} if wrt == "phi" else {"log_prob"}, "iwae_reparam")
+    noise = target.draw_noise((R, K), gen)
     if wrt == "theta":
         with torch.no_grad():
-            phi = {k: v.unsqueeze(0) for k, v in target.encoder_params().items()}
-            z, mean, log_std = reparam(target, phi, eps)
-            log_w = target.log_joint(z) - log_normal_diag(z, mean, log_std)
+            z = target.rsample(target.encoder_params(), noise)
+            log_w = target.log_joint(z) - target.log_proposal(z)
             grads = target.weighted_grad_log_joint(z, torch.softmax(log_w, dim=1))
         layout = target.layout
     else:
-        with torch.enable_grad():
-            phi = batched_phi(target, R)
-            z, mean, log_std = reparam(target, phi, eps)
-            log_w = target.log_joint(z) - log_normal_diag(z, mean, log_std)  # [R, K, N]
-            obj = (torch.logsumexp(log_w, dim=1) - math.log(K)).sum(-1)
-            grads = per_replicate_grad(obj, phi, target.phi_layout)
+        def iwae_bound(phi: dict[str, Tensor], eps: Tensor) -> Tensor:
+            z = target.rsample(phi, eps)
+            log_w = target.log_joint(z) - target.log_q(phi, z)  # [K, N]
+            return (torch.logsumexp(log_w, dim=0) - math.log(K)).sum(-1)
+
+        grads = phi_grads(target, iwae_bound, noise)
+        with torch.no_grad():
+            z = target.rsample(target.encoder_params(), noise)
+            log_w = target.log_joint(z) - target.log_proposal(z)
         layout = target.phi_layout
     ess = 1.0 / (torch.softmax(log_w.detach(), dim=1) ** 2).sum(1)
     return GradSample(grads, layout, _cost(target, R, K, grads), {"ess_mean": ess.mean(-1)},
@@ -190,15 +217,19 @@ class DReGParams(BaseModel):
 
 def dreg(target: EncoderTarget, R: int, gen: torch.Generator, *, K: int = 8) -> GradSample:
     """Doubly reparameterised ∇φ IWAE_K: ∇φ Σ_n Σ_k stop(w̃_kn²) log w_kn with q's parameters stopped."""
-    require_encoder(target, "dreg")
-    eps = draw_eps(target, R, K, gen)
-    with torch.enable_grad():
-        phi = batched_phi(target, R)
-        z, mean, log_std = reparam(target, phi, eps)
-        log_w = target.log_joint(z) - log_normal_diag(z, mean.detach(), log_std.detach())  # [R, K, N]
-        w_tilde = torch.softmax(log_w.detach(), dim=1)
-        obj = (w_tilde**2 * log_w).sum(dim=(1, 2))
-        grads = per_replicate_grad(obj, phi, target.phi_layout)
+    require(target, {"reparam", "log_prob"}, "dreg")
+    noise = target.draw_noise((R, K), gen)
+
+    def surrogate(phi: dict[str, Tensor], eps: Tensor) -> Tensor:
+        z = target.rsample(phi, eps)
+        log_w = target.log_joint(z) - target.log_q(_stop(phi), z)  # [K, N]
+        w_tilde = torch.softmax(log_w.detach(), dim=0)
+        return (w_tilde**2 * log_w).sum()
+
+    grads = phi_grads(target, surrogate, noise)
+    with torch.no_grad():
+        z = target.rsample(target.encoder_params(), noise)
+        w_tilde = torch.softmax(target.log_joint(z) - target.log_proposal(z), dim=1)
     ess = 1.0 / (w_tilde**2).sum(1)
     return GradSample(grads, target.phi_layout, _cost(target, R, K, grads), {"ess_mean": ess.mean(-1)},
                       wrt=objective_wrt("phi", "iwae", K))

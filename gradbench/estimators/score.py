@@ -57,7 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from gradbench.core import GradSample
-from gradbench.estimators.pathwise import EncoderTarget, objective_wrt, require_encoder
+from gradbench.estimators.pathwise import EncoderTarget, objective_wrt, require
 
 STATELESS = ("none", "point", "optimal", "rloo")
 STATEFUL = ("moving_average", "learned_constant", "learned_input")
@@ -222,7 +222,7 @@ def reinforce(target: EncoderTarget, R: int, gen: torch.Generator, *, S: int = 1
               kl: KL = "analytic", warmup: int = 0, rate: float = 0.1) -> GradSample:
     """Score-function ∇φ ELBO with S samples per data point and the named baseline."""
     ReinforceParams(S=S, baseline=baseline, kl=kl, warmup=warmup, rate=rate)  # the same checks outside suites
-    require_encoder(target, "reinforce")
+    require(target, {"score", "log_prob"} | ({"analytic_kl"} if kl == "analytic" else set()), "reinforce")
     z, log_q = target.sample_proposal((R, S), gen)  # first, so the latents match every other estimator's
     extra_cost = 0
     diagnostics: dict[str, Tensor] = {}
@@ -233,7 +233,7 @@ def reinforce(target: EncoderTarget, R: int, gen: torch.Generator, *, S: int = 1
     elif baseline == "optimal":
         fn = optimal_loo_baseline
     elif baseline == "point":
-        mode = target.encoder_mean_logstd(target.encoder_params())[0]  # z* = m_n, [N, k]
+        mode = target.mode()  # z* = the mode of q(·|x_n), [N, k]
         f_star = learning_signal(target, mode, target.log_proposal(mode), kl)  # [N]
         fn = lambda f, score: f_star.expand_as(f)  # noqa: E731
         extra_cost = 1
@@ -293,7 +293,7 @@ def vimco(target: EncoderTarget, R: int, gen: torch.Generator, *, K: int = 8) ->
     """VIMCO ∇φ IWAE_K: score function with per-sample leave-one-out baselines."""
     if K < 2:
         raise ValueError(f"vimco needs K ≥ 2, got {K}")
-    require_encoder(target, "vimco")
+    require(target, {"score", "log_prob"}, "vimco")
     z, log_q = target.sample_proposal((R, K), gen)
     log_w = target.log_joint(z) - log_q  # [R, K, N]
     L = torch.logsumexp(log_w, dim=1, keepdim=True) - math.log(K)

@@ -58,7 +58,13 @@ class ProposalParams(BaseModel):
 
 @dataclass
 class PPCA:
-    """A PPCA model at parameters θ = (W, μ, σ), a data set x [N, d] and a proposal."""
+    """A PPCA model at parameters θ = (W, μ, σ), a data set x [N, d] and a proposal.
+
+    A hand-written contract-v2 target (``gradbench.contracts``): the closed-form fused gradient is its
+    fast path; its proposal is a fixed Gaussian (no φ to differentiate).
+    """
+
+    capabilities = frozenset({"exact_posterior", "real_latent", "log_prob"})
 
     W: Tensor
     mu: Tensor

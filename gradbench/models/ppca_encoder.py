@@ -136,9 +136,30 @@ class PPCAEncoder(PPCA):
         return type(self)(self.W, self.mu, self.sigma, self.x, A=A, b=b, c=c, seed=self.seed,
                           reference_replicates=self.reference_replicates)
 
-    # -- encoder ------------------------------------------------------------------------------
+    # -- encoder (the contract's family interface, by hand) -------------------------------------
+    capabilities = frozenset({"exact_posterior", "real_latent", "reparam", "score", "log_prob", "analytic_kl"})
+
     def encoder_params(self) -> dict[str, Tensor]:
         return {"A": self.A, "b": self.b, "c": self.c}
+
+    def draw_noise(self, batch: tuple[int, ...], gen: torch.Generator) -> Tensor:
+        """ε [..., N, k] ~ N(0, I): the same draw as :meth:`sample_proposal` makes."""
+        return torch.randn(*batch, self.n_data, self.latent_dim, generator=gen, dtype=self.W.dtype, device=self.W.device)
+
+    def rsample(self, phi: dict[str, Tensor], noise: Tensor) -> Tensor:
+        """z = A x_n + b + e^c ⊙ ε, differentiable in φ (pure: torch.func may differentiate it)."""
+        mean, log_std = self.encoder_mean_logstd(phi)
+        return mean + torch.exp(log_std) * noise
+
+    def log_q(self, phi: dict[str, Tensor], z: Tensor) -> Tensor:
+        """log q_φ(z_n | x_n) [..., N], pure in φ."""
+        mean, log_std = self.encoder_mean_logstd(phi)
+        u = (z - mean) * torch.exp(-log_std)
+        return (-0.5 * u**2 - log_std).sum(-1) - 0.5 * self.latent_dim * LOG_2PI
+
+    def mode(self) -> Tensor:
+        """The mode of q_φ(z | x_n), [N, k]."""
+        return self.q_mean
 
     def encoder_mean_logstd(self, phi: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Encoder mean [..., N, k] and log std [..., 1, k] at (possibly batched) φ = (A [..., k, d], b, c).
