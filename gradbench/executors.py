@@ -91,8 +91,9 @@ def cell_thread_limits(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def compute_cell(cell: Cell) -> Outcome:
-    """Run one cell; an exception from its target or estimator becomes a failed outcome."""
+def compute_cell(cell: Cell, reference: Any = None) -> Outcome:
+    """Run one cell (with its reference when the runner computed it); an exception from its target or
+    estimator becomes a failed outcome."""
     from gradbench import registry
     from gradbench.runner import run_cell
 
@@ -100,7 +101,10 @@ def compute_cell(cell: Cell) -> Outcome:
         registry.load_entry_points()
         registry.load_plugin_modules(cell.plugins)  # a Dask worker imports the suite's plugins itself
         with cell_thread_limits(cell_threads()):
-            rows, meeting = run_cell(cell, target_for(cell))
+            if reference is not None and cell.device != "cpu":
+                reference = type(reference)(**{k: v.to(cell.device) if hasattr(v, "to") else v
+                                               for k, v in vars(reference).items()})
+            rows, meeting = run_cell(cell, target_for(cell), reference)
     except Exception as exc:  # noqa: BLE001 — recorded per cell; the suite goes on
         return Outcome(cell, error=one_line(exc))
     return Outcome(cell, rows, meeting)
@@ -113,11 +117,11 @@ def is_timed(cell: Cell) -> bool:
 class LocalExecutor:
     name = "local"
 
-    def run(self, cells: list[Cell], stop: threading.Event) -> Iterator[Outcome]:
+    def run(self, cells: list[Cell], stop: threading.Event, references: dict[str, Any] | None = None) -> Iterator[Outcome]:
         for cell in cells:
             if stop.is_set():
                 return
-            yield compute_cell(cell)
+            yield compute_cell(cell, (references or {}).get(cell.cell_id))
 
 
 class DaskExecutor:
@@ -136,7 +140,7 @@ class DaskExecutor:
         self.n_workers = n_workers or os.cpu_count() or 1
         self.retries = retries
 
-    def run(self, cells: list[Cell], stop: threading.Event) -> Iterator[Outcome]:
+    def run(self, cells: list[Cell], stop: threading.Event, references: dict[str, Any] | None = None) -> Iterator[Outcome]:
         import dask
         from distributed import Client, LocalCluster
 
@@ -148,11 +152,12 @@ class DaskExecutor:
             client = Client(self.scheduler or cluster)
             try:
                 self._check_resources(client, cells)
-                yield from self._gather(client, [c for c in cells if not is_timed(c)], stop)
+                refs = references or {}
+                yield from self._gather(client, [c for c in cells if not is_timed(c)], stop, refs)
                 for cell in (c for c in cells if is_timed(c)):  # alone on the cluster, one at a time
                     if stop.is_set():
                         return
-                    yield from self._gather(client, [cell], stop)
+                    yield from self._gather(client, [cell], stop, refs)
             finally:
                 client.close()
                 if cluster is not None:
@@ -167,11 +172,11 @@ class DaskExecutor:
             raise RuntimeError("cuda cells need Dask workers started with --resources GPU=1; none has it")
 
     @staticmethod
-    def _gather(client: Any, cells: list[Cell], stop: threading.Event) -> Iterator[Outcome]:
+    def _gather(client: Any, cells: list[Cell], stop: threading.Event, refs: dict[str, Any]) -> Iterator[Outcome]:
         from distributed import wait
 
         pending = {
-            client.submit(compute_cell, cell, key=f"cell-{cell.cell_id}", pure=False,
+            client.submit(compute_cell, cell, refs.get(cell.cell_id), key=f"cell-{cell.cell_id}", pure=False,
                           resources={"GPU": 1} if cell.device.startswith("cuda") else None): cell
             for cell in cells
         }

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 import gradbench
 from gradbench import registry
 from gradbench.core import GradSample
-from gradbench.executors import DaskExecutor, LocalExecutor, target_for
+from gradbench.executors import DaskExecutor, LocalExecutor, cell_thread_limits, cell_threads, target_for
 from gradbench.protocols import ProtocolContext
 from gradbench.seeding import derive_seed, make_generator
 from gradbench.suite import Cell, Suite
@@ -91,14 +91,28 @@ def rerun_cell(cell: Cell, target: Any) -> Callable[[int], GradSample]:
     return lambda R: est.fn(target, R, make_generator(seed, cell.device), **cell.estimator_params)
 
 
-def run_cell(cell: Cell, target: Any) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def uses_reference(cell: Cell) -> bool:
+    return any(registry.PROTOCOLS[name].uses_reference for name in cell.protocols)
+
+
+def cell_objective(cell: Cell) -> str:
+    """The key of the objective the cell's estimator is measured against."""
+    return registry.ESTIMATORS[cell.estimator].objective(cell.estimator_params).canonical().key
+
+
+def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """All protocol rows of one cell, with the DESIGN §5 columns (except ``suite``), and the raw
-    per-replicate meeting times when the estimator reports them (diagnostics ``tau``/``censored``)."""
+    per-replicate meeting times when the estimator reports them (diagnostics ``tau``/``censored``).
+
+    ``reference``: the cell's reference when the runner has it (computed once per target and objective
+    and cached in the run folder); otherwise the target computes it."""
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     sample = sample_cell(cell, target)
-    uses_reference = any(registry.PROTOCOLS[name].uses_reference for name in cell.protocols)
-    reference = target.reference(sample.wrt) if uses_reference else None
+    if not uses_reference(cell):
+        reference = None
+    elif reference is None:
+        reference = target.reference(sample.wrt)
     eps = float(torch.finfo(sample.grads.dtype).eps)
     n_nonfinite = int(sample.diagnostics["nonfinite"].sum())
     rows = []
@@ -252,10 +266,11 @@ def run_suite(
                 f.unlink(missing_ok=True)
         todo = [c for c in cells if not (cell_dir / f"{c.cell_id}.parquet").exists()]
         skipped, ran = len(cells) - len(todo), 0
+        references = prepare_references(todo, out, stop)
         failed: dict[str, str] = {}
         written: set[str] = set()
         with tqdm(total=len(todo), desc=suite.name, unit="cell", disable=not progress) as bar:
-            for outcome in executor.run(todo, stop):
+            for outcome in executor.run(todo, stop, references):
                 cell = outcome.cell
                 bar.update()
                 if outcome.error is not None:
@@ -275,6 +290,41 @@ def run_suite(
         interrupted = ran + len(failed) < len(todo)
         table = pd.DataFrame() if interrupted else collect(suite.name, cells, out, failed)
     return RunSummary(out, table, ran, skipped, failed, interrupted, len(cells))
+
+
+def reference_path(out: Path, cell: Cell) -> Path:
+    return out / "references" / f"{cell.target.target_id}.{cell.dtype}.{cell_objective(cell)}.pt"
+
+
+def prepare_references(cells: list[Cell], out: Path, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Each cell's reference, computed once per (target, dtype, objective) in this process and cached in
+    ``references/`` (atomically, so a resumed run or a Dask worker never recomputes it; estimated references
+    such as IWAE_K's high-budget runs are the expensive ones). Returns cell_id → Reference."""
+    from gradbench.core import Reference
+
+    by_key: dict[Path, Any] = {}
+    out_refs: dict[str, Any] = {}
+    for cell in cells:
+        if not uses_reference(cell) or (stop is not None and stop.is_set()):
+            continue
+        path = reference_path(out, cell)
+        if path not in by_key:
+            if path.exists():
+                by_key[path] = Reference(**torch.load(path, weights_only=True))
+            else:
+                try:
+                    with cell_thread_limits(cell_threads()):  # as in a cell: the same bits on every executor
+                        ref = target_for(cell).reference(cell_objective(cell))
+                except Exception:  # noqa: BLE001 — the cell itself will fail with this error, recorded per cell
+                    by_key[path] = None
+                    continue
+                buf = io.BytesIO()
+                torch.save({k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in vars(ref).items()}, buf)
+                atomic_write_bytes(path, buf.getvalue())
+                by_key[path] = ref
+        if by_key[path] is not None:
+            out_refs[cell.cell_id] = by_key[path]
+    return out_refs
 
 
 def _write_target(cell: Cell, out: Path, written: set[str]) -> None:

@@ -50,10 +50,19 @@ class FiniteSample:
 
     @staticmethod
     def of(sample: GradSample) -> FiniteSample:
+        """Made once per sample and shared by every protocol of the cell (P reaches 10⁵–10⁶ for neural
+        models: one float64 [R, P] copy per cell, not one per protocol). Protocols must not modify ``G``."""
+        cached = getattr(sample, "_finite_sample", None)
+        if cached is not None:
+            return cached
         ok = ~sample.diagnostics["nonfinite"].cpu().numpy()
-        G = sample.grads.detach().cpu().double().numpy()[ok]
+        G = sample.grads.detach().cpu().double().numpy()
+        G = G if ok.all() else G[ok]
+        G.setflags(write=False)
         cost = sample.cost.detach().cpu().double().numpy()[ok]
-        return FiniteSample(G, cost, int((~ok).sum()))
+        fs = FiniteSample(G, cost, int((~ok).sum()))
+        object.__setattr__(sample, "_finite_sample", fs)
+        return fs
 
 
 def group_slices(layout: ParamLayout) -> dict[str, slice]:
