@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -82,13 +82,6 @@ class GradSample:
         if self.cost.shape != (R,):
             raise ValueError(f"cost must have shape ({R},), got {tuple(self.cost.shape)}")
         self.diagnostics.setdefault("nonfinite", ~torch.isfinite(self.grads).all(dim=1))
-
-    @property
-    def objective(self) -> Any:
-        """The estimated :class:`gradbench.contracts.Objective` (typed view of ``wrt``)."""
-        from gradbench.contracts import Objective
-
-        return Objective.parse(self.wrt)
 
     @property
     def replicates(self) -> int:

@@ -18,96 +18,13 @@ Cells on a CUDA device request the worker resource ``GPU=1`` (start GPU workers 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
+from gradbench.cell import Outcome, cell_thread_limits, cell_threads, compute_cell, one_line, target_for  # noqa: F401
 from gradbench.suite import Cell
-
-MAX_CACHED_TARGETS = 8
-
-
-@dataclass(frozen=True)
-class Outcome:
-    cell: Cell
-    rows: pd.DataFrame | None = None
-    meeting: pd.DataFrame | None = None
-    error: str | None = None  # one line; set when the cell failed
-
-
-_TARGETS: OrderedDict[tuple[str, str, str], Any] = OrderedDict()  # per process (each Dask worker has its own)
-_TARGETS_LOCK = threading.Lock()
-
-
-def target_for(cell: Cell) -> Any:
-    """The cell's target, built once per process and kept in a small LRU cache."""
-    key = (cell.target.target_id, cell.dtype, cell.device)
-    with _TARGETS_LOCK:
-        if key in _TARGETS:
-            _TARGETS.move_to_end(key)
-            return _TARGETS[key]
-    target = cell.target.build(cell.dtype, cell.device)
-    with _TARGETS_LOCK:
-        _TARGETS[key] = target
-        while len(_TARGETS) > MAX_CACHED_TARGETS:
-            _TARGETS.popitem(last=False)
-    return target
-
-
-def one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
-
-
-def cell_threads() -> int:
-    """Threads a cell computes with: ``GRADBENCH_CELL_THREADS``, default 1 (see :func:`cell_thread_limits`)."""
-    return int(os.environ.get("GRADBENCH_CELL_THREADS", "1"))
-
-
-@contextlib.contextmanager
-def cell_thread_limits(n: int | None) -> Iterator[None]:
-    """torch intra-op threads and BLAS/LAPACK threads set to ``n`` while a cell computes
-    (``None`` leaves both as they are).
-
-    Parallel reductions sum in an order that depends on the thread count, so a table is bitwise
-    reproducible across executors and machines only at a fixed count. gradbench parallelises
-    across cells (the Dask executor runs one single-threaded worker per core) rather than within.
-    """
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        with threadpool_limits(limits=n):
-            yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def compute_cell(cell: Cell, reference: Any = None) -> Outcome:
-    """Run one cell (with its reference when the runner computed it); an exception from its target or
-    estimator becomes a failed outcome."""
-    from gradbench import registry
-    from gradbench.runner import run_cell
-
-    try:
-        registry.load_entry_points()
-        registry.load_plugin_modules(cell.plugins)  # a Dask worker imports the suite's plugins itself
-        with cell_thread_limits(cell_threads()):
-            if reference is not None and cell.device != "cpu":
-                reference = type(reference)(**{k: v.to(cell.device) if hasattr(v, "to") else v
-                                               for k, v in vars(reference).items()})
-            rows, meeting = run_cell(cell, target_for(cell), reference)
-    except Exception as exc:  # noqa: BLE001 — recorded per cell; the suite goes on
-        return Outcome(cell, error=one_line(exc))
-    return Outcome(cell, rows, meeting)
 
 
 def is_timed(cell: Cell) -> bool:

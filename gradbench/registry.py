@@ -23,7 +23,7 @@ import importlib
 import importlib.metadata
 import inspect
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable

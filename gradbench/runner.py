@@ -1,185 +1,34 @@
-"""Run cells, write each finished cell atomically, collect the tidy results table.
+"""Run a suite: plan which cells are left, prepare their references, hand the cells to an executor,
+store each outcome atomically as it arrives, and collect the tidy table (``gradbench.store``).
 
-Output folder layout (DESIGN §1):
-    cells/<cell_id>.parquet    one per finished cell (rows without the suite name)
-    cells/<cell_id>.failed.json  a cell whose estimator raised (message); re-tried by the next run
-    meeting_times.parquet      raw τ per replicate for estimators that report ``tau`` diagnostics
-    targets/<target_id>.npz    model parameters by name, data ``x``, exact gradient ``grad_<name>``
-    results.parquet            all cells of the suite, in suite order, with the ``suite`` column
-    run.json                   the suite name and its cell ids in order
-A re-run skips cells whose file exists; a cell's id is a hash of its content (not of the suite
-name), so a changed suite re-uses exactly the cells whose content did not change.
+The modules and their imports, with no loop: ``suite`` (cells) ← ``cell`` (compute one cell, pure)
+← ``executors`` (where cells compute: here or on Dask) and ``store`` (the run folder) ← ``runner``.
+A re-run skips cells whose file exists; a cell's id is a hash of its content and of the code that
+computes it (not of the suite name), so a changed suite or an edited estimator re-runs exactly the
+cells it changes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import fcntl
-import io
 import json
-import math
-import os
 import signal
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-import gradbench
-from gradbench import registry
-from gradbench.core import GradSample
-from gradbench.executors import DaskExecutor, LocalExecutor, cell_thread_limits, cell_threads, target_for
-from gradbench.protocols import ProtocolContext
-from gradbench.seeding import derive_seed, make_generator
+from gradbench.cell import (REPLICATE_BLOCK, cell_objective, cell_thread_limits, cell_threads, resolution_warning,  # noqa: F401
+                            run_cell, sample_cell, target_for, uses_reference)
+from gradbench.executors import DaskExecutor, LocalExecutor
+from gradbench.store import (PROVENANCE, RunBusy, atomic_write_bytes, atomic_write_parquet, collect, output_lock,  # noqa: F401
+                             read_reference, reference_path, write_reference, write_target)
 from gradbench.suite import Cell, Suite
-
-REPLICATE_BLOCK = 500  # replicates per estimator call; block b's noise seed is (suite seed, target, b)
-PROVENANCE = ["gradbench_version", "torch_version", "started_at", "seconds"]
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def sample_cell(cell: Cell, target: Any) -> GradSample:
-    """Run the cell's estimator in blocks of REPLICATE_BLOCK replicates with derived seeds."""
-    est = registry.ESTIMATORS[cell.estimator]
-    blocks = []
-    for b in range(math.ceil(cell.replicates / REPLICATE_BLOCK)):
-        R = min(REPLICATE_BLOCK, cell.replicates - b * REPLICATE_BLOCK)
-        gen = make_generator(cell.target.noise_seed(b), cell.device)
-        blocks.append(est.fn(target, R, gen, **cell.estimator_params))
-    return GradSample.cat(blocks)
-
-
-def rerun_cell(cell: Cell, target: Any) -> Callable[[int], GradSample]:
-    """``R ↦`` the cell's estimator on R replicates with a fresh generator (for timing protocols)."""
-    est = registry.ESTIMATORS[cell.estimator]
-    seed = derive_seed(cell.target.noise_seed(0), "rerun")
-    return lambda R: est.fn(target, R, make_generator(seed, cell.device), **cell.estimator_params)
-
-
-def uses_reference(cell: Cell) -> bool:
-    return any(registry.PROTOCOLS[name].uses_reference for name in cell.protocols)
-
-
-def cell_objective(cell: Cell) -> str:
-    """The key of the objective the cell's estimator is measured against."""
-    return registry.ESTIMATORS[cell.estimator].objective(cell.estimator_params).canonical().key
-
-
-def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """All protocol rows of one cell, with the DESIGN §5 columns (except ``suite``), and the raw
-    per-replicate meeting times when the estimator reports them (diagnostics ``tau``/``censored``).
-
-    ``reference``: the cell's reference when the runner has it (computed once per target and objective
-    and cached in the run folder); otherwise the target computes it."""
-    started = dt.datetime.now(dt.timezone.utc)
-    t0 = time.perf_counter()
-    sample = sample_cell(cell, target)
-    if not uses_reference(cell):
-        reference = None
-    elif reference is None:
-        reference = target.reference(sample.wrt)
-    eps = float(torch.finfo(sample.grads.dtype).eps)
-    n_nonfinite = int(sample.diagnostics["nonfinite"].sum())
-    rows = []
-    for name in cell.protocols:
-        ctx = ProtocolContext(seed=derive_seed(cell.target.noise_seed(0), "protocol", name), eps=eps,
-                              device=cell.device, rerun=rerun_cell(cell, target))
-        rows += [{"protocol": name, **r} for r in registry.PROTOCOLS[name].fn(sample, reference, ctx)]
-    df = pd.DataFrame(rows, columns=["protocol", "param_group", "metric", "value", "stderr", "method"])
-    meta: dict[str, Any] = {
-        "cell_id": cell.cell_id,
-        "target_id": cell.target.target_id,
-        "model": cell.target.model,
-        "estimator": cell.estimator,
-        "n_replicates": sample.replicates - n_nonfinite,
-        "n_nonfinite": n_nonfinite,
-        "seed": cell.target.suite_seed,
-        "device": cell.device,
-        "dtype": cell.dtype,
-        **{f"model.{k}": v for k, v in cell.target.params.items()},
-        **{f"proposal.{k}": v for k, v in cell.target.proposal.items()},
-        **{f"estimator.{k}": v for k, v in cell.estimator_params.items()},
-    }
-    for col, value in reversed(meta.items()):
-        df.insert(0, col, value)
-    df["warning"] = resolution_warning(sample, reference)
-    df["gradbench_version"] = gradbench.__version__
-    df["torch_version"] = torch.__version__
-    df["started_at"] = started.isoformat(timespec="seconds")
-    df["seconds"] = time.perf_counter() - t0
-    return df, _meeting_frame(cell, sample)
-
-
-def resolution_warning(sample: GradSample, reference: Any) -> str:
-    """Non-empty when the bias resolution of the replicates is below the dtype's rounding.
-
-    The smallest bias the test could detect in coordinate j is about 3 s.e._j; a gradient summed
-    from c terms carries rounding of order eps · √c · ‖g*‖_∞. Below that, a rejected bias test may
-    be measuring rounding, not the estimator (mainly float32 with many replicates).
-    """
-    if reference is None or sample.grads.dtype == torch.float64:
-        return ""
-    ok = ~sample.diagnostics["nonfinite"]
-    G = sample.grads[ok].double()
-    if G.shape[0] < 2:
-        return ""
-    se = G.std(dim=0) / math.sqrt(G.shape[0])
-    se = se[se > 0]
-    eps = torch.finfo(sample.grads.dtype).eps
-    rounding = eps * math.sqrt(max(float(sample.cost.double().mean()), 1.0)) * float(reference.value.abs().max())
-    if se.numel() and 3 * float(se.min()) < rounding:
-        return (f"{sample.grads.dtype}: bias resolution {3 * float(se.min()):.2g} is below rounding {rounding:.2g}; "
-                "bias p-values may reflect rounding (use float64 or fewer replicates)")
-    return ""
-
-
-def _meeting_frame(cell: Cell, sample: GradSample) -> pd.DataFrame | None:
-    if "tau" not in sample.diagnostics:
-        return None
-    tau = sample.diagnostics["tau"].cpu().numpy()
-    censored = sample.diagnostics.get("censored", torch.zeros(len(tau), dtype=torch.bool)).cpu().numpy()
-    return pd.DataFrame({"cell_id": cell.cell_id, "estimator": cell.estimator, "replicate": np.arange(len(tau)),
-                         "tau": tau, "censored": censored})
-
-
-class RunBusy(Exception):
-    """Another process holds the output folder's lock."""
-
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -190,31 +39,6 @@ class RunSummary:
     failed: dict[str, str] = field(default_factory=dict)  # cell_id → one-line error
     interrupted: bool = False
     total: int = 0
-
-
-@contextlib.contextmanager
-def output_lock(out: Path) -> Iterator[None]:
-    """An exclusive, non-blocking lock on ``out/.lock``; a second run on the same folder is refused.
-
-    The kernel drops the lock when its process dies (even by SIGKILL), so no stale lock survives.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    fh = open(out / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            owner = fh.read().strip() or "unknown"
-            raise RunBusy(f"{out}: another gradbench run (pid {owner}) is writing this folder; "
-                          "wait for it to finish or choose another --out") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        yield
-    finally:
-        fh.close()
 
 
 @contextlib.contextmanager
@@ -279,7 +103,7 @@ def run_suite(
                               "target_id": cell.target.target_id, "error": outcome.error}
                     atomic_write_bytes(cell_dir / f"{cell.cell_id}.failed.json", json.dumps(record, indent=1).encode())
                     continue
-                _write_target(cell, out, written)
+                write_target(cell, out, written)
                 if outcome.meeting is not None:  # written first: the cell file's existence means it is complete
                     atomic_write_parquet(outcome.meeting, cell_dir / f"{cell.cell_id}.meeting.parquet")
                 atomic_write_parquet(outcome.rows, cell_dir / f"{cell.cell_id}.parquet")
@@ -292,16 +116,10 @@ def run_suite(
     return RunSummary(out, table, ran, skipped, failed, interrupted, len(cells))
 
 
-def reference_path(out: Path, cell: Cell) -> Path:
-    return out / "references" / f"{cell.target.target_id}.{cell.dtype}.{cell_objective(cell)}.pt"
-
-
 def prepare_references(cells: list[Cell], out: Path, stop: threading.Event | None = None) -> dict[str, Any]:
     """Each cell's reference, computed once per (target, dtype, objective) in this process and cached in
     ``references/`` (atomically, so a resumed run or a Dask worker never recomputes it; estimated references
     such as IWAE_K's high-budget runs are the expensive ones). Returns cell_id → Reference."""
-    from gradbench.core import Reference
-
     by_key: dict[Path, Any] = {}
     out_refs: dict[str, Any] = {}
     for cell in cells:
@@ -310,7 +128,7 @@ def prepare_references(cells: list[Cell], out: Path, stop: threading.Event | Non
         path = reference_path(out, cell)
         if path not in by_key:
             if path.exists():
-                by_key[path] = Reference(**torch.load(path, weights_only=True))
+                by_key[path] = read_reference(path)
             else:
                 try:
                     with cell_thread_limits(cell_threads()):  # as in a cell: the same bits on every executor
@@ -318,40 +136,8 @@ def prepare_references(cells: list[Cell], out: Path, stop: threading.Event | Non
                 except Exception:  # noqa: BLE001 — the cell itself will fail with this error, recorded per cell
                     by_key[path] = None
                     continue
-                buf = io.BytesIO()
-                torch.save({k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in vars(ref).items()}, buf)
-                atomic_write_bytes(path, buf.getvalue())
+                write_reference(path, ref)
                 by_key[path] = ref
         if by_key[path] is not None:
             out_refs[cell.cell_id] = by_key[path]
     return out_refs
-
-
-def _write_target(cell: Cell, out: Path, written: set[str]) -> None:
-    """``targets/<target_id>.npz`` once per run (the target comes from this process's cache)."""
-    tid = cell.target.target_id
-    if tid not in written:
-        npz = io.BytesIO()
-        np.savez(npz, **target_for(cell).arrays())
-        atomic_write_bytes(out / "targets" / f"{tid}.npz", npz.getvalue())
-        written.add(tid)
-
-
-def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str] | None = None) -> pd.DataFrame:
-    """Rebuild the tidy table from the cell files, in suite order (failed cells have no rows)."""
-    done = [c for c in cells if (out / "cells" / f"{c.cell_id}.parquet").exists()]
-    frames = [pd.read_parquet(out / "cells" / f"{c.cell_id}.parquet") for c in done]
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    for col in table.columns[table.dtypes == object]:  # e.g. estimator.k holding both 5 and "auto"
-        kinds = {type(v) for v in table[col].dropna()}
-        if len(kinds) > 1:
-            table[col] = table[col].map(lambda v: v if pd.isna(v) else str(v))
-    table.insert(0, "suite", suite_name)
-    atomic_write_parquet(table, out / "results.parquet")
-    meeting = [out / "cells" / f"{c.cell_id}.meeting.parquet" for c in done]
-    meeting = [pd.read_parquet(p) for p in meeting if p.exists()]
-    if meeting:
-        atomic_write_parquet(pd.concat(meeting, ignore_index=True), out / "meeting_times.parquet")
-    manifest = {"suite": suite_name, "cells": [c.cell_id for c in cells], "failed": failed or {}}
-    atomic_write_bytes(out / "run.json", json.dumps(manifest, indent=1).encode())
-    return table

@@ -1,0 +1,210 @@
+"""Compute one cell: pure — a cell (and its reference, when the runner has it) in, rows out.
+
+Nothing here writes files or knows about suites or executors: :func:`compute_cell` is what an
+executor calls, in this process or on a Dask worker, and its :class:`Outcome` goes back to the runner,
+which stores it (``gradbench.store``). Targets are built once per process and kept in a small LRU
+cache; every cell computes with one torch/BLAS thread (``GRADBENCH_CELL_THREADS`` changes that), so a
+table is bitwise the same whichever executor computed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import gradbench
+from gradbench import registry
+from gradbench.core import GradSample
+from gradbench.protocols import ProtocolContext
+from gradbench.seeding import derive_seed, make_generator
+from gradbench.suite import Cell
+
+REPLICATE_BLOCK = 500  # replicates per estimator call; block b's noise seed is (suite seed, target, b)
+
+MAX_CACHED_TARGETS = 8
+@dataclass(frozen=True)
+class Outcome:
+    cell: Cell
+    rows: pd.DataFrame | None = None
+    meeting: pd.DataFrame | None = None
+    error: str | None = None  # one line; set when the cell failed
+
+
+_TARGETS: OrderedDict[tuple[str, str, str], Any] = OrderedDict()  # per process (each Dask worker has its own)
+_TARGETS_LOCK = threading.Lock()
+def target_for(cell: Cell) -> Any:
+    """The cell's target, built once per process and kept in a small LRU cache."""
+    key = (cell.target.target_id, cell.dtype, cell.device)
+    with _TARGETS_LOCK:
+        if key in _TARGETS:
+            _TARGETS.move_to_end(key)
+            return _TARGETS[key]
+    target = cell.target.build(cell.dtype, cell.device)
+    with _TARGETS_LOCK:
+        _TARGETS[key] = target
+        while len(_TARGETS) > MAX_CACHED_TARGETS:
+            _TARGETS.popitem(last=False)
+    return target
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def cell_threads() -> int:
+    """Threads a cell computes with: ``GRADBENCH_CELL_THREADS``, default 1 (see :func:`cell_thread_limits`)."""
+    return int(os.environ.get("GRADBENCH_CELL_THREADS", "1"))
+
+
+@contextlib.contextmanager
+def cell_thread_limits(n: int | None) -> Iterator[None]:
+    """torch intra-op threads and BLAS/LAPACK threads set to ``n`` while a cell computes
+    (``None`` leaves both as they are).
+
+    Parallel reductions sum in an order that depends on the thread count, so a table is bitwise
+    reproducible across executors and machines only at a fixed count. gradbench parallelises
+    across cells (the Dask executor runs one single-threaded worker per core) rather than within.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def sample_cell(cell: Cell, target: Any) -> GradSample:
+    """Run the cell's estimator in blocks of REPLICATE_BLOCK replicates with derived seeds."""
+    est = registry.ESTIMATORS[cell.estimator]
+    blocks = []
+    for b in range(math.ceil(cell.replicates / REPLICATE_BLOCK)):
+        R = min(REPLICATE_BLOCK, cell.replicates - b * REPLICATE_BLOCK)
+        gen = make_generator(cell.target.noise_seed(b), cell.device)
+        blocks.append(est.fn(target, R, gen, **cell.estimator_params))
+    return GradSample.cat(blocks)
+
+
+def rerun_cell(cell: Cell, target: Any) -> Callable[[int], GradSample]:
+    """``R ↦`` the cell's estimator on R replicates with a fresh generator (for timing protocols)."""
+    est = registry.ESTIMATORS[cell.estimator]
+    seed = derive_seed(cell.target.noise_seed(0), "rerun")
+    return lambda R: est.fn(target, R, make_generator(seed, cell.device), **cell.estimator_params)
+
+
+def uses_reference(cell: Cell) -> bool:
+    return any(registry.PROTOCOLS[name].uses_reference for name in cell.protocols)
+
+
+def cell_objective(cell: Cell) -> str:
+    """The key of the objective the cell's estimator is measured against."""
+    return registry.ESTIMATORS[cell.estimator].objective(cell.estimator_params).canonical().key
+
+
+def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """All protocol rows of one cell, with the DESIGN §5 columns (except ``suite``), and the raw
+    per-replicate meeting times when the estimator reports them (diagnostics ``tau``/``censored``).
+
+    ``reference``: the cell's reference when the runner has it (computed once per target and objective
+    and cached in the run folder); otherwise the target computes it."""
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    sample = sample_cell(cell, target)
+    if not uses_reference(cell):
+        reference = None
+    elif reference is None:
+        reference = target.reference(sample.wrt)
+    eps = float(torch.finfo(sample.grads.dtype).eps)
+    n_nonfinite = int(sample.diagnostics["nonfinite"].sum())
+    rows = []
+    for name in cell.protocols:
+        ctx = ProtocolContext(seed=derive_seed(cell.target.noise_seed(0), "protocol", name), eps=eps,
+                              device=cell.device, rerun=rerun_cell(cell, target))
+        rows += [{"protocol": name, **r} for r in registry.PROTOCOLS[name].fn(sample, reference, ctx)]
+    df = pd.DataFrame(rows, columns=["protocol", "param_group", "metric", "value", "stderr", "method"])
+    meta: dict[str, Any] = {
+        "cell_id": cell.cell_id,
+        "target_id": cell.target.target_id,
+        "model": cell.target.model,
+        "estimator": cell.estimator,
+        "n_replicates": sample.replicates - n_nonfinite,
+        "n_nonfinite": n_nonfinite,
+        "seed": cell.target.suite_seed,
+        "device": cell.device,
+        "dtype": cell.dtype,
+        **{f"model.{k}": v for k, v in cell.target.params.items()},
+        **{f"proposal.{k}": v for k, v in cell.target.proposal.items()},
+        **{f"estimator.{k}": v for k, v in cell.estimator_params.items()},
+    }
+    for col, value in reversed(meta.items()):
+        df.insert(0, col, value)
+    df["warning"] = resolution_warning(sample, reference)
+    df["gradbench_version"] = gradbench.__version__
+    df["torch_version"] = torch.__version__
+    df["started_at"] = started.isoformat(timespec="seconds")
+    df["seconds"] = time.perf_counter() - t0
+    return df, _meeting_frame(cell, sample)
+
+
+def resolution_warning(sample: GradSample, reference: Any) -> str:
+    """Non-empty when the bias resolution of the replicates is below the dtype's rounding.
+
+    The smallest bias the test could detect in coordinate j is about 3 s.e._j; a gradient summed
+    from c terms carries rounding of order eps · √c · ‖g*‖_∞. Below that, a rejected bias test may
+    be measuring rounding, not the estimator (mainly float32 with many replicates).
+    """
+    if reference is None or sample.grads.dtype == torch.float64:
+        return ""
+    ok = ~sample.diagnostics["nonfinite"]
+    G = sample.grads[ok].double()
+    if G.shape[0] < 2:
+        return ""
+    se = G.std(dim=0) / math.sqrt(G.shape[0])
+    se = se[se > 0]
+    eps = torch.finfo(sample.grads.dtype).eps
+    rounding = eps * math.sqrt(max(float(sample.cost.double().mean()), 1.0)) * float(reference.value.abs().max())
+    if se.numel() and 3 * float(se.min()) < rounding:
+        return (f"{sample.grads.dtype}: bias resolution {3 * float(se.min()):.2g} is below rounding {rounding:.2g}; "
+                "bias p-values may reflect rounding (use float64 or fewer replicates)")
+    return ""
+
+
+def _meeting_frame(cell: Cell, sample: GradSample) -> pd.DataFrame | None:
+    if "tau" not in sample.diagnostics:
+        return None
+    tau = sample.diagnostics["tau"].cpu().numpy()
+    censored = sample.diagnostics.get("censored", torch.zeros(len(tau), dtype=torch.bool)).cpu().numpy()
+    return pd.DataFrame({"cell_id": cell.cell_id, "estimator": cell.estimator, "replicate": np.arange(len(tau)),
+                         "tau": tau, "censored": censored})
+
+
+def compute_cell(cell: Cell, reference: Any = None) -> Outcome:
+    """Run one cell (with its reference when the runner computed it); an exception from its target or
+    estimator becomes a failed outcome."""
+    try:
+        registry.load_entry_points()
+        registry.load_plugin_modules(cell.plugins)  # a Dask worker imports the suite's plugins itself
+        with cell_thread_limits(cell_threads()):
+            if reference is not None and cell.device != "cpu":
+                reference = type(reference)(**{k: v.to(cell.device) if hasattr(v, "to") else v
+                                               for k, v in vars(reference).items()})
+            rows, meeting = run_cell(cell, target_for(cell), reference)
+    except Exception as exc:  # noqa: BLE001 — recorded per cell; the suite goes on
+        return Outcome(cell, error=one_line(exc))
+    return Outcome(cell, rows, meeting)

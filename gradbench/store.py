@@ -1,0 +1,135 @@
+"""The run folder: atomic writes, the lock, the reference cache, targets, and the collected table.
+
+Output folder layout (DESIGN §1):
+    cells/<cell_id>.parquet      one per finished cell (rows without the suite name)
+    cells/<cell_id>.failed.json  a cell whose estimator raised (message); re-tried by the next run
+    meeting_times.parquet        raw τ per replicate for estimators that report ``tau`` diagnostics
+    references/<target>.<dtype>.<objective>.pt  each reference, computed once (estimated ones are costly)
+    targets/<target_id>.npz      model parameters by name, data ``x``, exact gradient ``grad_<name>``
+    results.parquet              all cells of the suite, in suite order, with the ``suite`` column
+    run.json                     the suite name and its cell ids in order
+Every file is written to a temporary file in the same folder, fsynced, then renamed over its name,
+so a killed run leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gradbench.cell import cell_objective, target_for
+from gradbench.suite import Cell
+
+PROVENANCE = ["gradbench_version", "torch_version", "started_at", "seconds"]
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class RunBusy(Exception):
+    """Another process holds the output folder's lock."""
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """An exclusive, non-blocking lock on ``out/.lock``; a second run on the same folder is refused.
+
+    The kernel drops the lock when its process dies (even by SIGKILL), so no stale lock survives.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "unknown"
+            raise RunBusy(f"{out}: another gradbench run (pid {owner}) is writing this folder; "
+                          "wait for it to finish or choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def reference_path(out: Path, cell: Cell) -> Path:
+    return out / "references" / f"{cell.target.target_id}.{cell.dtype}.{cell_objective(cell)}.pt"
+
+
+def read_reference(path: Path) -> Any:
+    from gradbench.core import Reference
+
+    return Reference(**torch.load(path, weights_only=True))
+
+
+def write_reference(path: Path, reference: Any) -> None:
+    buf = io.BytesIO()
+    torch.save({k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in vars(reference).items()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_target(cell: Cell, out: Path, written: set[str]) -> None:
+    """``targets/<target_id>.npz`` once per run (the target comes from this process's cache)."""
+    tid = cell.target.target_id
+    if tid not in written:
+        npz = io.BytesIO()
+        np.savez(npz, **target_for(cell).arrays())
+        atomic_write_bytes(out / "targets" / f"{tid}.npz", npz.getvalue())
+        written.add(tid)
+
+
+def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str] | None = None) -> pd.DataFrame:
+    """Rebuild the tidy table from the cell files, in suite order (failed cells have no rows)."""
+    done = [c for c in cells if (out / "cells" / f"{c.cell_id}.parquet").exists()]
+    frames = [pd.read_parquet(out / "cells" / f"{c.cell_id}.parquet") for c in done]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    for col in table.columns[table.dtypes == object]:  # e.g. estimator.k holding both 5 and "auto"
+        kinds = {type(v) for v in table[col].dropna()}
+        if len(kinds) > 1:
+            table[col] = table[col].map(lambda v: v if pd.isna(v) else str(v))
+    table.insert(0, "suite", suite_name)
+    atomic_write_parquet(table, out / "results.parquet")
+    meeting = [out / "cells" / f"{c.cell_id}.meeting.parquet" for c in done]
+    meeting = [pd.read_parquet(p) for p in meeting if p.exists()]
+    if meeting:
+        atomic_write_parquet(pd.concat(meeting, ignore_index=True), out / "meeting_times.parquet")
+    manifest = {"suite": suite_name, "cells": [c.cell_id for c in cells], "failed": failed or {}}
+    atomic_write_bytes(out / "run.json", json.dumps(manifest, indent=1).encode())
+    return table
