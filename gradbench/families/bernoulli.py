@@ -172,7 +172,7 @@ def fit_logits(family: BernoulliEncoder | BernoulliMeanField, x: Tensor, target_
         beta = torch.linalg.solve(H.T @ H + RIDGE * torch.eye(m1, dtype=H.dtype, device=H.device), H.T @ t)  # [m + 1, k]
     scale = proposal.logit_noise / (float((h**2).sum(1).mean()) + 1.0) ** 0.5
     noise = torch.randn(beta.T.shape, generator=gen, dtype=torch.float64).to(beta.device)
-    W = beta[:-1].T + scale * noise[:, :-1]
+    W = (beta[:-1].T + scale * noise[:, :-1]).contiguous()
     b = beta[-1] + scale * noise[:, -1]
     out_w, out_b = ("A", "b") if family.hidden is None else ("W2", "b2")
     phi[out_w], phi[out_b] = W, b
