@@ -177,3 +177,26 @@ def test_theta_estimators_against_enumerated_gradient(sbn10, name, fn, params, u
         assert rows["tau_max"]["value"] >= 2  # lag 1: the chains cannot meet before t = 2
     rows = {r["metric"]: r for r in bias(sample, ref, ProtocolContext(seed=0, eps=2.2e-16)) if r["param_group"] == "all"}
     assert math.isfinite(rows["rel_bias"]["value"]) and rows["rel_bias"]["stderr"] > 0
+
+
+def test_shipped_suite_entries_validate():
+    """suites/sbn-bias.yaml: its target blocks validate against PARAMS / PROPOSAL / DataSpec and build,
+    its estimators and protocols exist with valid parameters (the registry wiring is the lead's)."""
+    import itertools
+    from pathlib import Path
+
+    import yaml
+
+    from gradbench import registry
+
+    suite = yaml.safe_load((Path(__file__).parents[2] / "suites" / "sbn-bias.yaml").read_text())
+    for entry in suite["targets"]:
+        assert entry["model"] == "sbn"
+        x, _ = load(DataSpec(**entry["data"]))
+        t = build(PARAMS(**entry["params"]), PROPOSAL(**entry["proposal"]), suite["seed"], data=x)
+        assert t.latent_dim == 10 and t.n_data == 10
+    for e in suite["estimators"]:
+        grid = {k: v if isinstance(v, list) else [v] for k, v in e.get("params", {}).items()}
+        for combo in itertools.product(*grid.values()):
+            registry.ESTIMATORS[e["name"]].params(**dict(zip(grid, combo)))
+    assert set(suite["protocols"]) <= set(registry.PROTOCOLS)
