@@ -200,3 +200,43 @@ def test_shipped_suite_entries_validate():
         for combo in itertools.product(*grid.values()):
             registry.ESTIMATORS[e["name"]].params(**dict(zip(grid, combo)))
     assert set(suite["protocols"]) <= set(registry.PROTOCOLS)
+
+
+@pytest.mark.slow
+def test_shipped_suite_table(capsys):
+    """The bias table of suites/sbn-bias.yaml computed directly (same targets, estimators, replicates and
+    seed; until the registry wires ``sbn``): ``pytest tests/models/test_sbn.py -m slow -k table -s``.
+    Unbiased estimators pass at α = 0.001; elbo and iwae K = 2 are rejected on both targets."""
+    import itertools
+    from pathlib import Path
+
+    import yaml
+
+    fns = {"oracle": posterior.oracle, "elbo": variational.elbo, "iwae": importance.iwae, "coupled_isir": coupled.coupled_isir,
+           "coupled_pimh": coupled.coupled_pimh, "sumo": sumo.sumo}
+    suite = yaml.safe_load((Path(__file__).parents[2] / "suites" / "sbn-bias.yaml").read_text())
+    ctx = ProtocolContext(seed=0, eps=2.2e-16)
+    lines = []
+    for entry in suite["targets"]:
+        x, _ = load(DataSpec(**entry["data"]))
+        t = build(PARAMS(**entry["params"]), PROPOSAL(**entry["proposal"]), suite["seed"], data=x)
+        ref = t.reference("theta")
+        for e in suite["estimators"]:
+            grid = {k: v if isinstance(v, list) else [v] for k, v in e.get("params", {}).items()}
+            for combo in itertools.product(*grid.values()):
+                kw = dict(zip(grid, combo))
+                s = fns[e["name"]](t, suite["replicates"], make_generator(suite["seed"]), **kw)
+                r = {r["metric"]: r for r in bias(s, ref, ctx) if r["param_group"] == "all"}
+                p = r["bias_pvalue"]["value"]
+                tau = ""
+                if "tau" in s.diagnostics:
+                    m = {r["metric"]: r for r in meeting(s, None, ctx)}
+                    tau = f"{m['tau_mean']['value']:.2f} ± {m['tau_mean']['stderr']:.2f} (max {m['tau_max']['value']:.0f})"
+                lines.append(f"{entry['params']['layers']!s:8} {e['name']:13} {str(kw):10} "
+                             f"{r['rel_bias']['value']:.4f} ± {r['rel_bias']['stderr']:.4f}  p = {p:.3g}  {tau}")
+                if e["name"] in ("oracle", "coupled_isir", "coupled_pimh", "sumo"):
+                    assert p > ALPHA, lines[-1]
+                if e["name"] == "elbo" or (e["name"] == "iwae" and kw["K"] == 2):
+                    assert p < ALPHA, lines[-1]
+    with capsys.disabled():
+        print("\nlayers   estimator     params     rel_bias ± s.e.    p (H0: unbiased)  tau_mean ± s.e.\n" + "\n".join(lines))
