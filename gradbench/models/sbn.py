@@ -39,8 +39,14 @@ from torch import Tensor
 
 from gradbench.contracts import ComposedTarget, LatentSpace, Params
 from gradbench.core import ParamGroup, ParamLayout
-from gradbench.families.bernoulli import (BernoulliEncoder, BernoulliMeanField, BernoulliProposal, bernoulli_log_pmf,
-                                          fit_logits, marginal_logits)
+from gradbench.families.bernoulli import (
+    BernoulliEncoder,
+    BernoulliMeanField,
+    BernoulliProposal,
+    bernoulli_log_pmf,
+    fit_logits,
+    marginal_logits,
+)
 from gradbench.references import enumeration
 from gradbench.seeding import derive_seed, make_generator
 
@@ -207,6 +213,6 @@ def build(params: SBNParams, proposal: BernoulliProposal, seed: int, dtype: torc
         family = BernoulliMeanField(k, N)
     target_logits = marginal_logits(enumeration.posterior_marginals(model, theta, x))
     phi = fit_logits(family, x, target_logits, proposal, make_generator(derive_seed("sbn_proposal", seed)))
-    cast = lambda p: {n: t.to(dtype=dtype, device=device) for n, t in p.items()}  # noqa: E731
+    cast = lambda p: {n: t.to(dtype=dtype, device=device) for n, t in p.items()}
     return ComposedTarget(model, family, x.to(dtype=dtype, device=device), cast(theta), cast(phi),
                           reference_builders=enumeration.reference_builders(params.reference_replicates), seed=seed)

@@ -204,7 +204,7 @@ def estimated_iwae_gradient(target: ComposedTarget, objective: Objective, replic
         raise ValueError("estimated IWAE references need K ≥ 2 (K = 1 is the enumerated ELBO)")
     gen = make_generator(seed, target.x.device)
     block = max(1, REFERENCE_BLOCK_ELEMENTS // (K * N))
-    family, model, x = target.family, target.model, target.x
+    family, x = target.family, target.x
     s1: Tensor | None = None
     s2: Tensor | None = None
     done = 0
@@ -233,7 +233,7 @@ def estimated_iwae_gradient(target: ComposedTarget, objective: Objective, replic
 
 # -- references as (target, objective) -> Reference -------------------------------------------
 def _float64(target: ComposedTarget) -> tuple[Params, Params, Tensor]:
-    f64 = lambda p: {n: t.detach().to(torch.float64) for n, t in p.items()}  # noqa: E731
+    f64 = lambda p: {n: t.detach().to(torch.float64) for n, t in p.items()}
     return f64(target.theta), f64(target.phi), target.x.to(torch.float64)
 
 

@@ -8,8 +8,14 @@ import torch
 from scipy import stats as sps
 
 from gradbench.contracts import ComposedTarget
-from gradbench.families.bernoulli import (MAX_LOGIT, BernoulliEncoder, BernoulliMeanField, BernoulliProposal, fit_logits,
-                                          marginal_logits)
+from gradbench.families.bernoulli import (
+    MAX_LOGIT,
+    BernoulliEncoder,
+    BernoulliMeanField,
+    BernoulliProposal,
+    fit_logits,
+    marginal_logits,
+)
 from gradbench.models.sbn import SBNParams, build
 from gradbench.references import enumeration as en
 from gradbench.seeding import make_generator

@@ -41,7 +41,7 @@ def test_log_joint_is_sum_of_bernoulli_terms(layers, cond):
     m, th = t.model, t.theta
     z = (torch.rand(4, 2, t.n_data, t.latent_dim, generator=make_generator(0), dtype=torch.float64) < 0.5).double()
     z1, top = m.split(z)
-    bern = lambda logits, y: torch.distributions.Bernoulli(logits=logits).log_prob(y).sum(-1)  # noqa: E731
+    bern = lambda logits, y: torch.distributions.Bernoulli(logits=logits).log_prob(y).sum(-1)
     expect = bern(th["prior_logits"].expand_as(top), top)
     if len(layers) == 2:
         expect = expect + bern(m._logits(th, "z1", top), z1)
@@ -232,7 +232,7 @@ def test_shipped_suite_table(capsys):
                 if "tau" in s.diagnostics:
                     m = {r["metric"]: r for r in meeting(s, None, ctx)}
                     tau = f"{m['tau_mean']['value']:.2f} ± {m['tau_mean']['stderr']:.2f} (max {m['tau_max']['value']:.0f})"
-                lines.append(f"{entry['params']['layers']!s:8} {e['name']:13} {str(kw):10} "
+                lines.append(f"{entry['params']['layers']!s:8} {e['name']:13} {kw!s:10} "
                              f"{r['rel_bias']['value']:.4f} ± {r['rel_bias']['stderr']:.4f}  p = {p:.3g}  {tau}")
                 if e["name"] in ("oracle", "coupled_isir", "coupled_pimh", "sumo"):
                     assert p > ALPHA, lines[-1]

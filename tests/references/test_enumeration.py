@@ -152,8 +152,8 @@ def test_log_marginal_gradient_equals_autograd_of_logsumexp():
 def test_elbo_gradients_match_finite_differences(layers, cond):
     t = tiny(layers, cond, logit_noise=0.5)
     value, gt, gp = en.elbo_and_grads(t.model, t.family, t.theta, t.phi, t.x)
-    elbo_theta = lambda th: float(en.elbo_and_grads(t.model, t.family, th, t.phi, t.x)[0])  # noqa: E731
-    elbo_phi = lambda ph: float(en.elbo_and_grads(t.model, t.family, t.theta, ph, t.x)[0])  # noqa: E731
+    elbo_theta = lambda th: float(en.elbo_and_grads(t.model, t.family, th, t.phi, t.x)[0])
+    elbo_phi = lambda ph: float(en.elbo_and_grads(t.model, t.family, t.theta, ph, t.x)[0])
     assert _rel(gt, _fd(elbo_theta, t.theta), t.layout) < 1e-7
     assert _rel(gp, _fd(elbo_phi, t.phi), t.phi_layout) < 1e-7
     # the ELBO itself against brute force: Σ_n Σ_z q (log p − log q)
@@ -192,10 +192,10 @@ def test_iwae_gradients_match_finite_differences(wrt):
     t = tiny([2, 1], "mlp", n=2, logit_noise=1.0)
     _, gt, gp = en.iwae_and_grads(t.model, t.family, t.theta, t.phi, t.x, 3)
     if wrt == "theta":
-        f = lambda th: float(en.iwae_and_grads(t.model, t.family, th, t.phi, t.x, 3)[0])  # noqa: E731
+        f = lambda th: float(en.iwae_and_grads(t.model, t.family, th, t.phi, t.x, 3)[0])
         assert _rel(gt, _fd(f, t.theta), t.layout) < 1e-7
     else:
-        f = lambda ph: float(en.iwae_and_grads(t.model, t.family, t.theta, ph, t.x, 3)[0])  # noqa: E731
+        f = lambda ph: float(en.iwae_and_grads(t.model, t.family, t.theta, ph, t.x, 3)[0])
         assert _rel(gp, _fd(f, t.phi), t.phi_layout) < 1e-7
 
 
