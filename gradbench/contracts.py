@@ -301,12 +301,11 @@ class ComposedTarget:
         flat = z.reshape(-1, N, k)
         family, x = self.family, self.x
 
-        def one(phi: Params, z1: Tensor, n: Tensor) -> Tensor:  # z1 [N, k]; the point n's log q
-            return family.log_prob(phi, x, z1.unsqueeze(0)).squeeze(0)[n]
+        def one(phi: Params, z1: Tensor) -> Tensor:  # z1 [N, k] → log q of every point [N]
+            return family.log_prob(phi, x, z1.unsqueeze(0)).squeeze(0)
 
-        points = torch.arange(N, device=z.device)
-        inner = torch.func.vmap(torch.func.grad(one), in_dims=(None, None, 0))  # over points n
-        g = torch.func.vmap(inner, in_dims=(None, 0, None))(self.phi, flat, points)  # {name: [M, N, *shape]}
+        # the Jacobian of the N per-point log q's (indexing a point with a vmapped index is data-dependent)
+        g = torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0))(self.phi, flat)  # {name: [M, N, *shape]}
         return self.phi_layout.flatten(g, batch=(flat.shape[0], N)).reshape(*batch, N, self.phi_layout.size)
 
     def mode(self) -> Tensor:

@@ -1,0 +1,284 @@
+"""Enumerated references (gradbench.references.enumeration): exact against brute force and finite
+differences (tier 1, float64), exact posterior sampling and the estimated IWAE_K reference against
+their exact laws (tier 2: α = 0.001, seed 0), each with a negative control."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from gradbench.contracts import ComposedTarget, Objective
+from gradbench.families.bernoulli import BernoulliEncoder, BernoulliProposal
+from gradbench.models.sbn import SBN, SBNParams, build
+from gradbench.references import enumeration as en
+from gradbench.seeding import make_generator
+
+ALPHA = 0.001
+CONFIGS = [([3], "linear"), ([2, 2], "linear"), ([3], "mlp"), ([2, 2], "mlp")]
+
+
+def tiny(layers: list[int], conditionals: str, d: int = 5, n: int = 3, seed: int = 1, **proposal) -> ComposedTarget:
+    params = SBNParams(layers=layers, conditionals=conditionals, hidden=3, data_dim=d, n_data=n)
+    return build(params, BernoulliProposal(**proposal), seed)
+
+
+# -- an independent brute-force evaluation: numpy, a Python loop over states ------------------
+def _np(theta):
+    return {k: v.detach().numpy() for k, v in theta.items()}
+
+
+def _sig(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def _bern_prob(y, logits):
+    p = _sig(logits)
+    return float(np.prod(np.where(y > 0.5, p, 1 - p)))
+
+
+def _brute_logits(th, model: SBN, name: str, u):
+    if model.conditionals == "linear":
+        return th[f"{name}_W"] @ u + th[f"{name}_b"]
+    return th[f"{name}_V"] @ np.tanh(th[f"{name}_U"] @ u + th[f"{name}_c"]) + th[f"{name}_b"]
+
+
+def brute_joint(model: SBN, th, x_n, z) -> float:
+    """p(x_n, z) as a product of Bernoulli probabilities (no logs, no torch)."""
+    k1 = model.layers[0]
+    z1, top = (z[:k1], z[k1:]) if len(model.layers) == 2 else (z, z)
+    p = _bern_prob(top, th["prior_logits"])
+    if len(model.layers) == 2:
+        p *= _bern_prob(z1, _brute_logits(th, model, "z1", top))
+    return p * _bern_prob(x_n, _brute_logits(th, model, "x", z1))
+
+
+def brute_states(k: int):
+    return [np.array(bits[::-1], dtype=float) for bits in itertools.product((0, 1), repeat=k)]  # bit 0 first
+
+
+# -- states and tables ------------------------------------------------------------------------
+def test_states_match_latent_space_order():
+    from gradbench.contracts import LatentSpace
+
+    assert torch.equal(en.binary_states(5), LatentSpace("binary", 5).states())
+    assert torch.equal(en.binary_states(5, 7, 19), en.binary_states(5)[7:19])
+    with pytest.raises(ValueError):
+        en.binary_states(17)
+
+
+@pytest.mark.parametrize("layers,cond", CONFIGS)
+def test_log_joint_table_matches_brute_force(layers, cond):
+    t = tiny(layers, cond)
+    th, x = _np(t.theta), t.x.numpy()
+    table = en.log_joint_table(t.model, t.theta, t.x)
+    brute = np.array([[math.log(brute_joint(t.model, th, x[n], z)) for n in range(len(x))] for z in brute_states(t.latent_dim)])
+    np.testing.assert_allclose(table.numpy(), brute, rtol=1e-12, atol=0)
+    log_px = sum(math.log(sum(brute_joint(t.model, th, x[n], z) for z in brute_states(t.latent_dim))) for n in range(len(x)))
+    assert abs(float(en.log_marginal(t.model, t.theta, t.x)) - log_px) <= 1e-12 * abs(log_px)
+
+
+def test_chunked_table_equals_one_chunk():
+    t = tiny([2, 2], "mlp")
+    whole = en.log_joint_table(t.model, t.theta, t.x)
+    assert len(list(en.state_chunks(4, 3, 5, chunk_elements=20))) > 1
+    torch.testing.assert_close(en.log_joint_table(t.model, t.theta, t.x, chunk_elements=20), whole, rtol=1e-14, atol=0)  # BLAS blocking: last bits
+
+
+def test_dropped_state_or_wrong_order_is_detected():
+    """Negative controls: a table missing one state, or marginals computed with reversed bit order, disagree
+    with brute force by far more than the 1e-12 tolerance the real ones meet."""
+    t = tiny([3], "linear")
+    th, x = _np(t.theta), t.x.numpy()
+    states = brute_states(3)
+    exact = sum(math.log(sum(brute_joint(t.model, th, x[n], z) for z in states)) for n in range(len(x)))
+    dropped = float(torch.logsumexp(en.log_joint_table(t.model, t.theta, t.x)[:-1], 0).sum())
+    assert abs(dropped - exact) > 1e-6 * abs(exact)
+    post = en.posterior_table(t.model, t.theta, t.x)
+    marg = en.posterior_marginals(t.model, t.theta, t.x)
+    reversed_marg = post.T @ en.binary_states(3).flip(-1)
+    brute_marg = np.array([sum(brute_joint(t.model, th, x[n], z) * z for z in states) / sum(brute_joint(t.model, th, x[n], z) for z in states)
+                           for n in range(len(x))])
+    np.testing.assert_allclose(marg.numpy(), brute_marg, rtol=1e-12, atol=1e-15)
+    assert np.abs(reversed_marg.numpy() - brute_marg).max() > 1e-3
+
+
+# -- gradients against central finite differences (float64, 1e-7 relative) ---------------------
+def _fd(f, params, h=1e-5):
+    out = {}
+    for name, v in params.items():
+        g = torch.zeros(v.shape, dtype=v.dtype)
+        for i in range(v.numel()):
+            e = torch.zeros(v.numel(), dtype=v.dtype)
+            e[i] = h
+            e = e.reshape(v.shape)
+            up = {**params, name: v + e}
+            down = {**params, name: v - e}
+            g.reshape(-1)[i] = (f(up) - f(down)) / (2 * h)
+        out[name] = g
+    return out
+
+
+def _rel(a, b, layout) -> float:
+    fa, fb = layout.flatten(a), layout.flatten(b)
+    return float(torch.linalg.norm(fa - fb) / torch.linalg.norm(fb))
+
+
+@pytest.mark.parametrize("layers,cond", CONFIGS)
+def test_log_marginal_gradient_matches_finite_differences(layers, cond):
+    t = tiny(layers, cond)
+    _, grad = en.log_marginal_and_grad(t.model, t.theta, t.x)
+    fd = _fd(lambda th: float(en.log_marginal(t.model, th, t.x)), t.theta)
+    assert _rel(grad, fd, t.layout) < 1e-7
+
+
+def test_log_marginal_gradient_equals_autograd_of_logsumexp():
+    t = tiny([2, 2], "mlp")
+    _, grad = en.log_marginal_and_grad(t.model, t.theta, t.x)
+
+    def lse(th):
+        z = en.binary_states(4).unsqueeze(1).expand(16, t.n_data, 4)
+        return torch.logsumexp(t.model.log_joint(th, t.x, z), 0).sum()
+
+    auto = torch.func.grad(lse)(t.theta)
+    assert _rel(grad, auto, t.layout) < 1e-13
+
+
+@pytest.mark.parametrize("layers,cond", CONFIGS)
+def test_elbo_gradients_match_finite_differences(layers, cond):
+    t = tiny(layers, cond, logit_noise=0.5)
+    value, gt, gp = en.elbo_and_grads(t.model, t.family, t.theta, t.phi, t.x)
+    elbo_theta = lambda th: float(en.elbo_and_grads(t.model, t.family, th, t.phi, t.x)[0])
+    elbo_phi = lambda ph: float(en.elbo_and_grads(t.model, t.family, t.theta, ph, t.x)[0])
+    assert _rel(gt, _fd(elbo_theta, t.theta), t.layout) < 1e-7
+    assert _rel(gp, _fd(elbo_phi, t.phi), t.phi_layout) < 1e-7
+    # the ELBO itself against brute force: Σ_n Σ_z q (log p − log q)
+    th, x = _np(t.theta), t.x.numpy()
+    q = torch.exp(t.family.log_prob(t.phi, t.x, en.binary_states(t.latent_dim).unsqueeze(1))).numpy()  # [S, N]
+    brute = sum(q[s, n] * (math.log(brute_joint(t.model, th, x[n], z)) - math.log(q[s, n]))
+                for s, z in enumerate(brute_states(t.latent_dim)) for n in range(len(x)))
+    assert abs(float(value) - brute) <= 1e-12 * abs(brute)
+
+
+def test_elbo_below_log_marginal_and_iwae_between():
+    t = tiny([3], "linear", logit_noise=1.0)
+    log_px = float(en.log_marginal(t.model, t.theta, t.x))
+    elbo = float(en.elbo_and_grads(t.model, t.family, t.theta, t.phi, t.x)[0])
+    iw = [float(en.iwae_and_grads(t.model, t.family, t.theta, t.phi, t.x, K)[0]) for K in (1, 2, 4)]
+    assert abs(iw[0] - elbo) <= 1e-12 * abs(elbo)
+    assert elbo < iw[1] < iw[2] < log_px
+
+
+def test_iwae_enumeration_matches_brute_force_tuples():
+    t = tiny([2], "linear", n=2, logit_noise=1.0)
+    th, x = _np(t.theta), t.x.numpy()
+    states = brute_states(2)
+    q = torch.exp(t.family.log_prob(t.phi, t.x, en.binary_states(2).unsqueeze(1))).numpy()  # [S, N]
+    brute = 0.0
+    for n in range(2):
+        for i, j in itertools.product(range(4), repeat=2):
+            w = [brute_joint(t.model, th, x[n], states[s]) / q[s, n] for s in (i, j)]
+            brute += q[i, n] * q[j, n] * math.log(sum(w) / 2)
+    value = float(en.iwae_and_grads(t.model, t.family, t.theta, t.phi, t.x, 2)[0])
+    assert abs(value - brute) <= 1e-12 * abs(brute)
+
+
+@pytest.mark.parametrize("wrt", ["theta", "phi"])
+def test_iwae_gradients_match_finite_differences(wrt):
+    t = tiny([2, 1], "mlp", n=2, logit_noise=1.0)
+    _, gt, gp = en.iwae_and_grads(t.model, t.family, t.theta, t.phi, t.x, 3)
+    if wrt == "theta":
+        f = lambda th: float(en.iwae_and_grads(t.model, t.family, th, t.phi, t.x, 3)[0])
+        assert _rel(gt, _fd(f, t.theta), t.layout) < 1e-7
+    else:
+        f = lambda ph: float(en.iwae_and_grads(t.model, t.family, t.theta, ph, t.x, 3)[0])
+        assert _rel(gp, _fd(f, t.phi), t.phi_layout) < 1e-7
+
+
+# -- exact posterior sampling -----------------------------------------------------------------
+def _chi2_pvalue(z: torch.Tensor, probs: torch.Tensor) -> float:
+    """Pearson χ² of state counts of z [R, N, k] against probs [S, N], summed over the N independent points."""
+    k = z.shape[-1]
+    idx = (z.long() * (2 ** torch.arange(k))).sum(-1)  # [R, N]
+    R, N = idx.shape
+    stat, df = 0.0, 0
+    for n in range(N):
+        counts = torch.bincount(idx[:, n], minlength=probs.shape[0]).double()
+        expected = R * probs[:, n]
+        live = expected > 0
+        if bool((counts[~live] > 0).any()):
+            return 0.0
+        stat += float(((counts[live] - expected[live]) ** 2 / expected[live]).sum())
+        df += int(live.sum()) - 1
+    return float(sps.chi2.sf(stat, df))
+
+
+def test_sample_posterior_frequencies_match_enumerated_posterior():
+    t = tiny([2, 1], "linear", n=2)
+    z = t.sample_posterior((20_000,), make_generator(0))
+    assert z.shape == (20_000, 2, 3)
+    assert _chi2_pvalue(z, en.posterior_table(t.model, t.theta, t.x)) > ALPHA
+
+
+def test_sampler_with_reversed_bit_order_is_detected():
+    t = tiny([2, 1], "linear", n=2)
+    z = t.sample_posterior((20_000,), make_generator(0)).flip(-1)
+    assert _chi2_pvalue(z, en.posterior_table(t.model, t.theta, t.x)) < ALPHA
+
+
+# -- the estimated IWAE_K reference -----------------------------------------------------------
+def test_vimco_coefficients_match_their_definition():
+    log_w = torch.randn(4, 5, 3, generator=make_generator(0), dtype=torch.float64)  # [B, K, N]
+    c = en.vimco_coefficients(log_w)
+    K = 5
+    for k in range(K):
+        others = torch.cat([log_w[:, :k], log_w[:, k + 1:]], 1)
+        replaced = torch.cat([log_w[:, :k], others.mean(1, keepdim=True), log_w[:, k + 1:]], 1)
+        expect = (torch.logsumexp(log_w, 1) - torch.logsumexp(replaced, 1)) - torch.softmax(log_w, 1)[:, k]
+        torch.testing.assert_close(c[:, k], expect, rtol=1e-13, atol=1e-13)
+
+
+def _agreement_pvalue(est, exact) -> float:
+    """Max-|z| with Šidák correction over coordinates with non-zero s.e."""
+    se = est.stderr.numpy()
+    live = se > 0
+    z = np.abs(est.value.numpy() - exact.numpy())[live] / se[live]
+    return float(-np.expm1(live.sum() * np.log1p(-2 * sps.norm.sf(z.max()))))
+
+
+@pytest.mark.parametrize("wrt", ["theta", "phi"])
+def test_estimated_iwae_reference_agrees_with_enumeration(wrt):
+    t = tiny([2, 1], "linear", n=2, logit_noise=1.0)
+    obj = Objective(wrt, "iwae", 4)
+    _, gt, gp = en.iwae_and_grads(t.model, t.family, t.theta, t.phi, t.x, 4)
+    exact = t.layout.flatten(gt) if wrt == "theta" else t.phi_layout.flatten(gp)
+    est = en.estimated_iwae_gradient(t, obj, 20_000, seed=0)
+    assert est.kind == "estimated"
+    assert _agreement_pvalue(est, exact) > ALPHA
+    assert t.reference(obj).kind == "enumerated"  # small enough to enumerate: the builder does
+    torch.testing.assert_close(t.reference(obj).value, exact, rtol=1e-12, atol=1e-12)
+
+
+def test_estimated_phi_iwae_without_pathwise_term_is_detected():
+    """Negative control: the φ-estimator with its −w̃_k ∇φ log q term dropped (score part only) is biased."""
+    t = tiny([2, 1], "linear", n=2, logit_noise=1.0)
+    _, _, gp = en.iwae_and_grads(t.model, t.family, t.theta, t.phi, t.x, 4)
+    original = en.vimco_coefficients
+    try:
+        en.vimco_coefficients = lambda log_w: original(log_w) + torch.softmax(log_w, -2)  # type: ignore[assignment]
+        est = en.estimated_iwae_gradient(t, Objective("phi", "iwae", 4), 20_000, seed=0)
+    finally:
+        en.vimco_coefficients = original  # type: ignore[assignment]
+    assert _agreement_pvalue(est, t.phi_layout.flatten(gp)) < ALPHA
+
+
+def test_large_iwae_reference_is_estimated_and_cached():
+    t = build(SBNParams(layers=[10], data_dim=8, n_data=2, reference_replicates=200), BernoulliProposal(), 0)
+    ref = t.reference("theta_iwae8")
+    assert ref.kind == "estimated" and ref.stderr is not None and ref.value.shape == (t.layout.size,)
+    assert t.reference("theta_iwae8") is ref
+    assert isinstance(t.family, BernoulliEncoder)
