@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import math
 import os
 import threading
@@ -153,7 +154,7 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
         **{f"estimator.{k}": v for k, v in cell.estimator_params.items()},
     }
     for col, value in reversed(meta.items()):
-        df.insert(0, col, value)
+        df.insert(0, col, json.dumps(value) if isinstance(value, (list, tuple, dict)) else value)  # e.g. hidden: [200, 200]
     df["warning"] = resolution_warning(sample, reference)
     df["gradbench_version"] = gradbench.__version__
     df["torch_version"] = torch.__version__

@@ -35,7 +35,8 @@ from pydantic import BaseModel
 from gradbench.contracts import LOG_MARGINAL, Objective
 from gradbench.core import GradSample, Reference
 from gradbench.estimators import coupled, importance, pathwise, posterior, score, sumo, variational
-from gradbench.models import ppca, ppca_encoder
+from gradbench.families import bernoulli
+from gradbench.models import ppca, ppca_encoder, sbn
 from gradbench.protocols import ProtocolContext, Row
 from gradbench.protocols.bias import bias
 from gradbench.protocols.meeting import meeting
@@ -109,6 +110,9 @@ MODELS: dict[str, Model] = {m.name: m for m in [
     Model("ppca_encoder", ppca_encoder.PPCAEncoder.synthetic, ppca_encoder.PPCAEncoderParams, ppca_encoder.EncoderParams,
           "PPCA with a linear-Gaussian encoder q_φ(z|x) = N(Ax+b, diag e^{2c}): exact ∇θ/∇φ ELBO; IWAE_K references estimated",
           ppca_encoder.PPCAEncoder.capabilities, ("gradbench.models.ppca", "gradbench.models.ppca_encoder")),
+    Model("sbn", sbn.build, sbn.PARAMS, sbn.PROPOSAL, sbn.DESCRIPTION,
+          bernoulli.CAPABILITIES | {"binary_latent", "exact_posterior"},
+          ("gradbench.models.sbn", "gradbench.families.bernoulli", "gradbench.references.enumeration")),
 ]}
 
 _THETA, _PHI_ELBO = LOG_MARGINAL, Objective("phi", "elbo")

@@ -280,7 +280,8 @@ def _grid(src: _SourceMap, loc: Loc, params: dict[str, Any], model: type[BaseMod
         if key not in fields:
             raise SuiteError(src.at(loc + (key,), f"unknown parameter {key!r}{_did_you_mean(key, fields)}"
                                                   f" (known: {', '.join(fields) or 'none'})"))
-    axes = {k: (v if isinstance(v, list) else [v]) for k, v in params.items()}
+    axes = {k: (v if isinstance(v, list) and not _is_single_list_value(fields[k].annotation, v) else [v])
+            for k, v in params.items()}
     for k, v in axes.items():
         if not v:
             raise SuiteError(src.at(loc + (k,), "empty grid: give at least one value"))
@@ -298,6 +299,14 @@ def _grid(src: _SourceMap, loc: Loc, params: dict[str, Any], model: type[BaseMod
             raise SuiteError(src.at(sub, _message(err))) from None
         combos.append(validated.model_dump())
     return combos
+
+
+def _is_single_list_value(annotation: Any, value: list[Any]) -> bool:
+    """A list-typed parameter (e.g. ``hidden: [200, 200]``) given a flat list is one value; a list of lists is a grid."""
+    types = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")) \
+        else (annotation,)
+    takes_list = any(typing.get_origin(t) in (list, tuple) or t in (list, tuple) for t in types)
+    return takes_list and not any(isinstance(v, list) for v in value)
 
 
 def _check_name(src: _SourceMap, loc: Loc, name: str, known: dict[str, Any], what: str) -> None:
