@@ -37,6 +37,9 @@ and every gradient for k > 3 come from a high-budget run of the reparameterised 
 ∇ log (1/K Σ_k w_k), z_k = sample(φ, x, ε_k) (self-contained, torch.func per-replicate gradients), with
 mean and per-coordinate standard error.
 
+Every reference is computed on the CPU in float64 (θ, φ and x are cast there first), whatever the target's
+device and dtype, and returned in float64 on the target's device.
+
 References: Liu & Pierce (1994), "A note on Gauss–Hermite quadrature", Biometrika (adaptive GH);
 Burda, Grosse & Salakhutdinov (2016) (IWAE).
 """
@@ -86,8 +89,8 @@ def laplace(model: Any, theta: Params, x: Tensor, *, starts_per_axis: int = 7, b
     Then damped Newton (Levenberg–Marquardt) steps (Λ + λI) δ = ∇_z log p, accepted when log p increases,
     until max |∇_z log p| < tol. Raises if the Hessian at the end is not negative definite.
     """
-    theta = {k: v.detach().to(F64) for k, v in theta.items()}
-    x = x.detach().to(F64)
+    theta = {k: v.detach().to(device="cpu", dtype=F64) for k, v in theta.items()}
+    x = x.detach().to(device="cpu", dtype=F64)
     N, k = x.shape[0], model.latent.dim
 
     def one(z1: Tensor, x1: Tensor) -> Tensor:
@@ -155,8 +158,8 @@ class QuadratureResult(NamedTuple):
 
 def log_marginal_rule(model: Any, theta: Params, x: Tensor, lap: Laplace, n: int) -> tuple[Tensor, Tensor]:
     """(log p(x), ∇θ log p(x) flattened) by the n-point adaptive Gauss–Hermite rule (float64)."""
-    theta = {k: v.detach().to(F64) for k, v in theta.items()}
-    x = x.detach().to(F64)
+    theta = {k: v.detach().to(device="cpu", dtype=F64) for k, v in theta.items()}
+    x = x.detach().to(device="cpu", dtype=F64)
     u, log_omega = gauss_hermite(n, model.latent.dim)
     M, N = u.shape[0], x.shape[0]
     log_det = torch.log(torch.diagonal(lap.chol, dim1=-2, dim2=-1)).sum(-1)  # [N]
@@ -180,9 +183,9 @@ def log_marginal_rule(model: Any, theta: Params, x: Tensor, lap: Laplace, n: int
 
 def elbo_rule(model: Any, family: Any, theta: Params, phi: Params, x: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
     """(ELBO, ∇θ ELBO, ∇φ ELBO) by q's own n-point Gauss–Hermite rule, z_i(φ) = sample(φ, x, u_i) (float64)."""
-    theta = {k: v.detach().to(F64) for k, v in theta.items()}
-    phi = {k: v.detach().to(F64) for k, v in phi.items()}
-    x = x.detach().to(F64)
+    theta = {k: v.detach().to(device="cpu", dtype=F64) for k, v in theta.items()}
+    phi = {k: v.detach().to(device="cpu", dtype=F64) for k, v in phi.items()}
+    x = x.detach().to(device="cpu", dtype=F64)
     u, log_omega = gauss_hermite(n, model.latent.dim)
     M, N = u.shape[0], x.shape[0]
     chunk = max(1, NODE_BUDGET // N)
@@ -256,9 +259,9 @@ def reparam_iwae_grads(target: ComposedTarget, K: int, R: int, gen: torch.Genera
     """R independent reparameterised gradients of IWAE_K = Σ_n log (1/K) Σ_k w_nk (z = sample(φ, x, ε)):
     ([R, P_θ], [R, P_φ]) in float64. Unbiased for ∇θ IWAE_K and ∇φ IWAE_K (K = 1: the ELBO)."""
     model, family = target.model, target.family
-    theta = {k: v.detach().to(F64) for k, v in target.theta.items()}
-    phi = {k: v.detach().to(F64) for k, v in target.phi.items()}
-    x = target.x.detach().to(F64)
+    theta = {k: v.detach().to(device="cpu", dtype=F64) for k, v in target.theta.items()}
+    phi = {k: v.detach().to(device="cpu", dtype=F64) for k, v in target.phi.items()}
+    x = target.x.detach().to(device="cpu", dtype=F64)
     N = x.shape[0]
 
     def bound(th: Params, ph: Params, eps: Tensor) -> Tensor:  # eps [K, N, k]
@@ -300,8 +303,8 @@ def estimated_log_marginal(target: ComposedTarget, objective: Objective, replica
     unbiased (coupled-chain) reference may replace it.
     """
     model = target.model
-    theta = {k: v.detach().to(F64) for k, v in target.theta.items()}
-    x = target.x.detach().to(F64)
+    theta = {k: v.detach().to(device="cpu", dtype=F64) for k, v in target.theta.items()}
+    x = target.x.detach().to(device="cpu", dtype=F64)
     lap = laplace(model, theta, x)
     gen = make_generator(seed)
     N, k = lap.mode.shape

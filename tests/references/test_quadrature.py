@@ -249,6 +249,15 @@ def test_estimated_elbo_gradient_agrees_with_quadrature():
         assert -math.expm1(m * math.log1p(-2 * sps.norm.sf(z))) > ALPHA
 
 
+def test_estimated_iwae2_gradient_is_not_the_elbo_gradient():
+    """Negative control for the check above: the same test rejects ∇φ IWAE_2 as an estimate of ∇φ ELBO."""
+    t = _target(mean_shift=0.5, log_std_shift=0.2)
+    quad = t.reference(Objective("phi", "elbo"))
+    est = Q.estimated_iwae(t, Objective("phi", "iwae", 2), replicates=4000, seed=0)
+    z = ((est.value - quad.value).abs() / est.stderr).max().item()
+    assert -math.expm1(est.value.numel() * math.log1p(-2 * sps.norm.sf(z))) < ALPHA
+
+
 def test_float32_target_gets_float64_quadrature():
     t = build(VAEParams(latent_dim=1, data_dim=5, n_data=2, hidden=[4]), GaussianProposal(), 0, dtype=torch.float32)
     ref = t.reference("theta")
