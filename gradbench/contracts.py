@@ -298,10 +298,11 @@ class ComposedTarget:
         flat = z.reshape(-1, N, k)
         family, x = self.family, self.x
 
-        def one(phi: Params, z1: Tensor, n: Tensor) -> Tensor:  # z1 [N, k]; the point n's log q
-            return family.log_prob(phi, x, z1.unsqueeze(0)).squeeze(0)[n]
+        def one(phi: Params, z1: Tensor, e_n: Tensor) -> Tensor:  # z1 [N, k]; the point n's log q (e_n one-hot)
+            # a one-hot mask, not [n]: indexing by a vmapped tensor is data-dependent and vmap refuses it
+            return (family.log_prob(phi, x, z1.unsqueeze(0)).squeeze(0) * e_n).sum()
 
-        points = torch.arange(N, device=z.device)
+        points = torch.eye(N, dtype=z.dtype, device=z.device)
         inner = torch.func.vmap(torch.func.grad(one), in_dims=(None, None, 0))  # over points n
         g = torch.func.vmap(inner, in_dims=(None, 0, None))(self.phi, flat, points)  # {name: [M, N, *shape]}
         return self.phi_layout.flatten(g, batch=(flat.shape[0], N)).reshape(*batch, N, self.phi_layout.size)
