@@ -23,6 +23,7 @@ Reference: Kingma & Welling (2014), "Auto-encoding variational Bayes", ICLR.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -118,7 +119,7 @@ class GaussianEncoder(_DiagonalGaussian):
         self.latent = LatentSpace("real", self.latent_dim)
         widths = (self.data_dim, *self.hidden, 2 * self.latent_dim)
         groups: list[ParamGroup] = []
-        for l, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for l, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
             groups += [ParamGroup(f"W{l}", (fan_out, fan_in)), ParamGroup(f"b{l}", (fan_out,))]
         self.layout = ParamLayout(tuple(groups))
 

@@ -19,6 +19,7 @@ Reference: Kingma & Welling (2014), "Auto-encoding variational Bayes", ICLR.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -71,7 +72,7 @@ class VAE:
     def __post_init__(self) -> None:
         widths = (self.latent_dim, *self.hidden, self.data_dim)
         groups: list[ParamGroup] = []
-        for l, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for l, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
             groups += [ParamGroup(f"W{l}", (fan_out, fan_in)), ParamGroup(f"b{l}", (fan_out,))]
         self.latent = LatentSpace("real", self.latent_dim)
         self.layout = ParamLayout(tuple(groups))
@@ -159,7 +160,7 @@ def build(params: VAEParams, proposal: gaussian.GaussianProposal, seed: int, dty
     family, phi = gaussian.build_family(model, theta, x, proposal, make_generator(derive_seed(seed, "vae-family")))
     builders = quadrature.reference_builders(params.latent_dim, nodes=params.quadrature_nodes,
                                              replicates=params.reference_replicates, seed=derive_seed(seed, "vae-reference"))
-    cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
+    cast = lambda t: t.to(dtype=dtype, device=device)
     return ComposedTarget(model, family, cast(x), {k: cast(v) for k, v in theta.items()},
                           {k: cast(v) for k, v in phi.items()}, reference_builders=builders, seed=seed)
 
