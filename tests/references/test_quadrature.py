@@ -48,7 +48,7 @@ def grid_log_marginal(model: VAE, theta: dict, x: torch.Tensor, half_width: floa
     th = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
     lp = (torch.logsumexp(model.log_joint(th, x, z), dim=0) + 2 * math.log(h)).sum()
     g = torch.autograd.grad(lp, list(th.values()))
-    return float(lp), model.layout.flatten(dict(zip(th, g)))
+    return float(lp.detach()), model.layout.flatten(dict(zip(th, g)))
 
 
 def scipy_log_marginal(model: VAE, theta: dict, x: torch.Tensor):
@@ -195,7 +195,7 @@ def grid_elbo(model: VAE, family, theta: dict, phi: dict, x: torch.Tensor, half_
     grads = torch.autograd.grad(elbo, [*th.values(), *ph.values()])
     gt = model.layout.flatten(dict(zip(th, grads[: len(th)])))
     gp = family.layout.flatten(dict(zip(ph, grads[len(th):])))
-    return float(elbo), gt, gp
+    return float(elbo.detach()), gt, gp
 
 
 @pytest.mark.parametrize("family_name", ["gaussian_mean_field", "gaussian_encoder"])
