@@ -275,6 +275,14 @@ class ComposedTarget:
     def log_joint(self, z: Tensor) -> Tensor:
         return self.model.log_joint(self.theta, self.x, z)
 
+    def log_joint_with_grad(self, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """(log_joint(z), weights ↦ weighted_grad_log_joint(z, weights)), sharing the model's forward pass when the
+        model has a fused ``log_joint_with_grad(θ, x, z)`` (what ``core.log_joint_with_grad`` looks for)."""
+        fused = getattr(self.model, "log_joint_with_grad", None)
+        if fused is not None:
+            return fused(self.theta, self.x, z)
+        return self.log_joint(z), lambda weights: self.weighted_grad_log_joint(z, weights)
+
     def weighted_grad_log_joint(self, z: Tensor, weights: Tensor) -> Tensor:
         """Σ_{s,n} weights[..., s, n] ∇θ log p(x_n, z[..., s, n]) → [..., P] by vmap(grad) over the batch."""
         fast = getattr(self.model, "weighted_grad_log_joint", None)

@@ -35,8 +35,8 @@ from pydantic import BaseModel
 from gradbench.contracts import LOG_MARGINAL, Objective
 from gradbench.core import GradSample, Reference
 from gradbench.estimators import coupled, importance, pathwise, posterior, score, sumo, variational
-from gradbench.families import bernoulli
-from gradbench.models import ppca, ppca_encoder, sbn
+from gradbench.families import bernoulli, gaussian
+from gradbench.models import ppca, ppca_encoder, sbn, vae
 from gradbench.protocols import ProtocolContext, Row
 from gradbench.protocols.bias import bias
 from gradbench.protocols.meeting import meeting
@@ -113,6 +113,9 @@ MODELS: dict[str, Model] = {m.name: m for m in [
     Model("sbn", sbn.build, sbn.PARAMS, sbn.PROPOSAL, sbn.DESCRIPTION,
           bernoulli.CAPABILITIES | {"binary_latent", "exact_posterior"},
           ("gradbench.models.sbn", "gradbench.families.bernoulli", "gradbench.references.enumeration")),
+    Model("vae", vae.build, vae.PARAMS, vae.PROPOSAL, vae.DESCRIPTION,
+          gaussian.GAUSSIAN_CAPABILITIES | {"real_latent", "analytic_kl"},
+          ("gradbench.models.vae", "gradbench.families.gaussian", "gradbench.references.quadrature")),
 ]}
 
 _THETA, _PHI_ELBO = LOG_MARGINAL, Objective("phi", "elbo")
