@@ -49,7 +49,7 @@ from gradbench.protocols.wallclock import device_info, synchronize
 from gradbench.seeding import derive_seed, make_generator
 from gradbench.suite import Cell, Suite, SuiteError, TargetConfig, load_suite
 
-GOALS = {"pyro": 50.0, "loop": 30.0, "floor_b": 0.5, "floor_a": 3.0}
+GOALS = {"pyro": 50.0, "loop": 30.0, "floor_b": 0.5, "floor_a": 3.0, "floor_c": 2.0}
 
 
 # -- settings ----------------------------------------------------------------------------------------
@@ -135,6 +135,14 @@ def floor_sample_log_joint(target: Any, R: int, K: int, gen: torch.Generator) ->
     """Floor (a): draw R × K particles per data point and evaluate the log-joint once, batched."""
     z, _ = target.sample_proposal((R, K), gen)
     return target.log_joint(z)
+
+
+def floor_log_joint_backward(target: Any, R: int, K: int, gen: torch.Generator) -> Any:
+    """Floor (c), for contract-v2 targets: draw R × K particles per data point, one batched ``log_joint`` and one
+    backward pass to θ — the least a θ-gradient estimator that evaluates E particles must do."""
+    z, _ = target.sample_proposal((R, K), gen)
+    model, x = target.model, target.x
+    return torch.func.grad(lambda theta: model.log_joint(theta, x, z).sum())(target.theta)
 
 
 def _matched_R(evals: float, K: int, n_data: int) -> int:
@@ -240,6 +248,16 @@ def run_speed(plan: SpeedPlan, settings: SpeedSettings = SpeedSettings(), *,
         floors["floor_b"] = {"K": K, "R": R, **_as_dict(m_iwae)}
         ratios.append(_ratio(f"iwae ÷ floor (a), seconds at the same evaluations (K={K}, R={R})",
                              m_iwae.seconds / m_a.seconds, "floor_a", "≤"))
+        m_c = None
+        if hasattr(target, "model") and hasattr(target, "theta"):  # neural targets: forward + backward floor
+            progress(f"iwae (K={K}, R={R}) vs floor (c): log_joint + backward")
+            g_i, g_c = gen("iwae"), gen("floor-c")
+            t = time_interleaved({"iwae": lambda: iwae(target, R, g_i, K=K),
+                                  "floor_c": lambda: floor_log_joint_backward(target, R, K, g_c)}, **timing)
+            m_c = _measured(t["floor_c"], R * K * N)
+            floors["floor_c"] = {"K": K, "R": R, **_as_dict(m_c)}
+            ratios.append(_ratio(f"iwae ÷ floor (c) (one batched log_joint + backward), seconds at the same evaluations "
+                                 f"(K={K}, R={R})", float(np.median(t["iwae"])) / m_c.seconds, "floor_c", "≤"))
 
         # 2. Pyro RenyiELBO(alpha=0) per replicate vs iwae per replicate
         if settings.pyro:
@@ -251,6 +269,10 @@ def run_speed(plan: SpeedPlan, settings: SpeedSettings = SpeedSettings(), *,
             progress(f"{name}({_kv(_shown(name, params))})")
             row = _estimator_row(plan, settings, target, name, params, gen)
             est_rows.append(row)
+            if m_c is not None and name != "iwae":
+                per_eval = row["seconds_per_estimate"] / row["evals_per_estimate"]
+                ratios.append(_ratio(f"{name}: seconds per evaluation ÷ floor (c)'s", per_eval / (m_c.seconds / m_c.evals),
+                                     None))
             if name.startswith("coupled_") and not math.isnan(row["frac_floor_b"]):
                 ratios.append(_ratio(f"{name} evals/s ÷ floor (b) (iwae, K={row['floor_K']}, same evaluations)",
                                      row["frac_floor_b"], "floor_b"))
