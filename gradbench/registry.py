@@ -16,7 +16,9 @@ from pydantic import BaseModel
 
 from gradbench.core import GradSample, Reference
 from gradbench.estimators import coupled, importance, pathwise, posterior, score, sumo, variational
+from gradbench.estimators import ebm as ebm_estimators
 from gradbench.models import ppca, ppca_encoder
+from gradbench.models import ebm
 from gradbench.protocols import ProtocolContext, Row
 from gradbench.protocols.bias import bias
 from gradbench.protocols.meeting import meeting
@@ -67,6 +69,10 @@ MODELS: dict[str, Model] = {m.name: m for m in [
           "probabilistic PCA: exact log-likelihood gradient, exact posterior, proposal with mismatch (δ, s)"),
     Model("ppca_encoder", ppca_encoder.PPCAEncoder.synthetic, ppca_encoder.PPCAEncoderParams, ppca_encoder.EncoderParams,
           "PPCA with a linear-Gaussian encoder q_φ(z|x) = N(Ax+b, diag e^{2c}): exact ∇θ/∇φ ELBO; IWAE_K references estimated"),
+    Model("rbm", ebm.RBM.build, ebm.RBMParams, ebm.NoProposal,
+          "binary RBM (energy-based): exact log Z, ∇θ log p(x) by enumerating ≤ 16 hidden units; synthetic or binarised digits"),
+    Model("ising", ebm.Ising.build, ebm.IsingParams, ebm.NoProposal,
+          "fully visible ±1 Boltzmann machine, ≤ 20 spins: exact log Z, ∇θ log p(x) by enumerating 2^n states"),
 ]}
 
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
@@ -84,6 +90,10 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator("iwae_reparam", pathwise.iwae_reparam, pathwise.IWAEReparamParams, "reparameterised gradient of the IWAE_K bound w.r.t. φ or θ", "phi|theta"),
     Estimator("dreg", pathwise.dreg, pathwise.DReGParams, "doubly reparameterised ∇φ IWAE_K (Tucker et al. 2019)", "phi"),
     Estimator("reinforce", score.reinforce, score.ReinforceParams, "score-function ∇φ ELBO with a baseline (none, moving average, learned, point, optimal LOO, RLOO)", "phi"),
+    Estimator("exact_sampling", ebm_estimators.exact_sampling, ebm_estimators.ExactSamplingParams, "EBM: model term from S exact samples of p_θ by enumeration (the oracle; unbiased; cost in sweeps)"),
+    Estimator("cd", ebm_estimators.cd, ebm_estimators.CDParams, "EBM: contrastive divergence CD-k from the data points (biased at finite k; cost N·k sweeps)"),
+    Estimator("pcd", ebm_estimators.pcd, ebm_estimators.PCDParams, "EBM: persistent CD, S chains of a given age (explicit state; biased at finite age)"),
+    Estimator("coupled_gibbs", ebm_estimators.coupled_gibbs, ebm_estimators.CoupledGibbsParams, "EBM: unbiased lag-L H_{k:m} from coupled Gibbs chains (maximal couplings of the Bernoulli conditionals)"),
     Estimator("vimco", score.vimco, score.VIMCOParams, "score-function ∇φ IWAE_K with leave-one-out baselines (Mnih & Rezende 2016)", "phi"),
 ]}
 
