@@ -34,6 +34,8 @@ normal RBM at inverse temperature β = weight_scale. For ``ising``, J_ij ~ N(0, 
 (Sherrington–Kirkpatrick scaling, glassy near weight_scale ≈ 1) and h_i ~ N(0, (weight_scale ×
 field_scale)²), again β = weight_scale. For ``digits``, b is the logit of the (clipped) data
 means (Hinton 2010, "A practical guide to training RBMs", §8), c = 0 and W ~ N(0, weight_scale²).
+With ``theta_seed`` set, the base parameters come from that seed alone, so a weight_scale grid
+is a temperature sweep of one model (otherwise every grid point is a fresh draw).
 Data are exact samples from the model (``synthetic``) or the first ``n_data`` of a seeded
 permutation of the 1797 sklearn 8×8 digits, binarised at pixel/16 > 0.5 (``threshold``) or by
 Bernoulli(pixel/16) draws from the target's seed (``dynamic``).
@@ -61,6 +63,14 @@ MAX_SPINS = 20
 ENUM_CHUNK = 1 << 16  # Ising states per enumeration chunk
 
 
+THETA_SEED_HELP = ("seeds the base parameters before scaling by weight_scale, so a weight_scale grid is a temperature "
+                   "sweep of one model; None: the target's seed (which differs per weight_scale)")
+
+
+def _theta_generator(theta_seed: int | None, gen: torch.Generator) -> torch.Generator:
+    return gen if theta_seed is None else make_generator(theta_seed)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -76,6 +86,7 @@ class RBMParams(_Strict):
     weight_scale: float = Field(1.0, gt=0, description="β: synthetic W, b, c ~ N(0, β²); digits W ~ N(0, β²)")
     data: Literal["synthetic", "digits"] = Field("synthetic", description="exact samples from the model, or binarised sklearn digits")
     binarize: Literal["threshold", "dynamic"] = Field("threshold", description="digits: pixel/16 > 0.5, or Bernoulli(pixel/16) from the seed")
+    theta_seed: int | None = Field(None, ge=0, description=THETA_SEED_HELP)
 
     @model_validator(mode="after")
     def _check(self) -> RBMParams:
@@ -91,6 +102,7 @@ class IsingParams(_Strict):
     n_data: int = Field(10, gt=0, description="N data points, exact samples from the model")
     weight_scale: float = Field(1.0, gt=0, description="β: J_ij ~ N(0, β²/n), h_i ~ N(0, (β·field_scale)²)")
     field_scale: float = Field(0.3, ge=0, description="field standard deviation at β = 1")
+    theta_seed: int | None = Field(None, ge=0, description=THETA_SEED_HELP)
 
 
 def _cast(t: Tensor, dtype: torch.dtype, device: str | torch.device) -> Tensor:
@@ -141,12 +153,13 @@ class RBM:
         if params.data == "digits" and data is None:
             x = digits(params.n_data, params.binarize, gen)
             p = x.mean(0).clamp(0.01, 0.99)
-            W = beta * torch.randn(n_v, n_h, generator=gen, dtype=f64)
+            W = beta * torch.randn(n_v, n_h, generator=_theta_generator(params.theta_seed, gen), dtype=f64)
             b, c = torch.log(p / (1 - p)), torch.zeros(n_h, dtype=f64)
             return cls(*(_cast(t, dtype, device) for t in (W, b, c, x)))
-        W = beta * torch.randn(n_v, n_h, generator=gen, dtype=f64)
-        b = beta * torch.randn(n_v, generator=gen, dtype=f64)
-        c = beta * torch.randn(n_h, generator=gen, dtype=f64)
+        gen_theta = _theta_generator(params.theta_seed, gen)
+        W = beta * torch.randn(n_v, n_h, generator=gen_theta, dtype=f64)
+        b = beta * torch.randn(n_v, generator=gen_theta, dtype=f64)
+        c = beta * torch.randn(n_h, generator=gen_theta, dtype=f64)
         if data is not None:
             x = torch.as_tensor(np.asarray(data, dtype=np.float64))
         else:
@@ -308,9 +321,10 @@ class Ising:
               device: str | torch.device = "cpu", data: np.ndarray | None = None) -> Ising:
         gen = make_generator(seed)
         f64, n, beta = torch.float64, params.n_spins, params.weight_scale
-        J = torch.triu(beta / math.sqrt(n) * torch.randn(n, n, generator=gen, dtype=f64), 1)
+        gen_theta = _theta_generator(params.theta_seed, gen)
+        J = torch.triu(beta / math.sqrt(n) * torch.randn(n, n, generator=gen_theta, dtype=f64), 1)
         J = J + J.T
-        h = beta * params.field_scale * torch.randn(n, generator=gen, dtype=f64)
+        h = beta * params.field_scale * torch.randn(n, generator=gen_theta, dtype=f64)
         if data is not None:
             x = torch.as_tensor(np.asarray(data, dtype=np.float64))
         else:

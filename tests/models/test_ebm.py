@@ -129,6 +129,17 @@ def test_params_validation():
         IsingParams(n_spins=21)
 
 
+def test_theta_seed_makes_weight_scale_a_temperature():
+    """With theta_seed, θ(β) = β θ(1) whatever the target seed; without it, each target draws its own θ."""
+    a = RBM.build(RBMParams(weight_scale=1.0, theta_seed=5), NoProposal(), 1)
+    b = RBM.build(RBMParams(weight_scale=2.5, theta_seed=5), NoProposal(), 2)
+    torch.testing.assert_close(b.flat_theta(), 2.5 * a.flat_theta(), rtol=1e-15, atol=0)
+    s1 = Ising.build(IsingParams(weight_scale=1.0, theta_seed=5), NoProposal(), 1)
+    s2 = Ising.build(IsingParams(weight_scale=0.5, theta_seed=5), NoProposal(), 2)
+    torch.testing.assert_close(s2.flat_theta(), 0.5 * s1.flat_theta(), rtol=1e-15, atol=0)
+    assert not torch.equal(rbm(seed=1).W, rbm(seed=2).W)
+
+
 def test_build_is_deterministic_and_seed_dependent():
     assert torch.equal(rbm(seed=1).W, rbm(seed=1).W) and not torch.equal(rbm(seed=1).W, rbm(seed=2).W)
     assert torch.equal(ising(seed=1).x, ising(seed=1).x)
