@@ -94,6 +94,11 @@ class CoupledGibbsParams(_Strict):
 
 
 # -- shared pieces ----------------------------------------------------------------------------
+def _require_ebm(target: object) -> None:
+    if not hasattr(target, "sweep") or not hasattr(target, "weighted_grad_free_energy"):
+        raise TypeError(f"EBM estimators need an energy-based target (rbm, ising), got {type(target).__name__}")
+
+
 def _uniforms(target: EBMTarget, batch: tuple[int, ...], gen: torch.Generator) -> Tensor:
     x = target.x
     return torch.rand(*batch, target.uniforms_per_sweep, generator=gen, dtype=x.dtype, device=x.device)
@@ -126,6 +131,7 @@ def coupled_bernoulli(p: Tensor, q: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
 # -- exact sampling, CD, PCD ----------------------------------------------------------------------
 def exact_sampling(target: EBMTarget, R: int, gen: torch.Generator, *, S: int = 1) -> GradSample:
     """μ̂ = (1/S) Σ_s ∇F(x′_s) with x′_s ~ p_θ exactly (the oracle); cost S (sweep-equivalents)."""
+    _require_ebm(target)
     v = target.sample_exact((R, S), gen)
     grads = _estimate(target, target.weighted_grad_free_energy(v, _ones(v)), S)
     return GradSample(grads, target.layout, _full(R, S, grads))
@@ -133,6 +139,7 @@ def exact_sampling(target: EBMTarget, R: int, gen: torch.Generator, *, S: int = 
 
 def cd(target: EBMTarget, R: int, gen: torch.Generator, *, k: int = 1) -> GradSample:
     """CD-k: μ̂ = (1/N) Σ_n ∇F(x_n^{(k)}), one chain per data point; cost N k sweeps."""
+    _require_ebm(target)
     N = target.n_data
     v = target.x.expand(R, N, -1)
     for _ in range(k):
@@ -171,6 +178,7 @@ def pcd_step(target: EBMTarget, state: PCDState, gen: torch.Generator, k: int = 
 
 def pcd(target: EBMTarget, R: int, gen: torch.Generator, *, S: int = 10, k: int = 1, age: int = 0) -> GradSample:
     """PCD measured after the chains have run ``age`` sweeps from data points (θ fixed): bias vs chain age."""
+    _require_ebm(target)
     state = pcd_advance(target, pcd_init(target, R, S, gen), age, gen)
     sample, _ = pcd_step(target, state, gen, k)
     return sample
@@ -304,6 +312,7 @@ def run_coupled_gibbs(target: EBMTarget, R: int, S: int, gen: torch.Generator, *
 
 def coupled_gibbs(target: EBMTarget, R: int, gen: torch.Generator, **params: object) -> GradSample:
     """Unbiased ĝ = −Σ_n ∇F(x_n) + N (1/S) Σ_s H^{(s)}_{k:m} from coupled Gibbs chains; see the module docstring."""
+    _require_ebm(target)
     p = CoupledGibbsParams(**params)
     m = p.k if p.m is None else p.m
     run = run_coupled_gibbs(target, R, p.S, gen, k=p.k, m=m, lag=p.lag, max_iter=p.max_iter, coupling=p.coupling)

@@ -167,6 +167,14 @@ def test_censoring():
     assert bool((s.diagnostics["tau"][cens] == 2).all()) and torch.equal(s.diagnostics["nonfinite"], cens)
 
 
+@pytest.mark.parametrize("name", EBM_ESTIMATORS)
+def test_non_ebm_target_is_refused(name):
+    from tests.conftest import make_ppca
+
+    with pytest.raises(TypeError, match="energy-based target"):
+        registry.ESTIMATORS[name].fn(make_ppca(), 2, make_generator(0))
+
+
 def test_params_validation():
     with pytest.raises(ValueError):
         E.CoupledGibbsParams(k=5, m=3)
