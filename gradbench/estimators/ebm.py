@@ -33,7 +33,9 @@ draw from p_θ counts as one sweep (its real cost, the 2^n enumeration, is paid 
   - ``block_maximal`` (RBM only): the whole conditional p(h | v) (and p(v | h)), a product of
     Bernoullis, is coupled maximally by the rejection sampler of Jacob et al. (2020, §4.1;
     Thorisson 2000): draw X ~ p; keep Y = X if u p(X) ≤ q(X); else draw Y* ~ q until
-    u* q(Y*) > p(Y*). The coupling that Qiu et al. describe for the latent-variable (v, h) view.
+    u* q(Y*) > p(Y*). Our reading of Qiu et al.'s coupling for the latent-variable (v, h) view
+    (Taniguchi et al. 2023, ICML, summarise it as "a maximal coupling based on a Gibbs sampler");
+    not checked line by line against their pseudo-code.
     Its running time is random; the loop runs until every chain pair has its draw.
   Both are faithful (equal states stay equal). Cost per pair L + 2(τ − L) + max(0, m − τ) sweeps
   (DESIGN §3); ``tau`` is the largest τ over the replicate's S pairs. A replicate whose pairs have
