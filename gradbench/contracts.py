@@ -53,6 +53,7 @@ Capability = Literal[
     "implicit",  # log q is not used by the estimators (semi-implicit families)
     "analytic_kl",  # KL(q_φ(·|x) ‖ p(z)) in closed form and log p(x | z) (analytic-KL REINFORCE / reparam)
     "exact_posterior",  # (of a target) exact samples from p_θ(z | x)
+    "energy_based",  # (of a target) p_θ(x) ∝ exp(−F_θ(x)) with enumerable normaliser and Gibbs kernels (no q)
     "real_latent",  # (of a target) z ∈ ℝᵏ
     "binary_latent",  # (of a target) z ∈ {0,1}ᵏ
 ]

@@ -35,8 +35,9 @@ from pydantic import BaseModel
 from gradbench.contracts import LOG_MARGINAL, Objective
 from gradbench.core import GradSample, Reference
 from gradbench.estimators import coupled, importance, pathwise, posterior, score, sumo, variational
+from gradbench.estimators import ebm as ebm_estimators
 from gradbench.families import bernoulli, gaussian
-from gradbench.models import ppca, ppca_encoder, sbn, vae
+from gradbench.models import ebm, ppca, ppca_encoder, sbn, vae
 from gradbench.protocols import ProtocolContext, Row
 from gradbench.protocols.bias import bias
 from gradbench.protocols.meeting import meeting
@@ -103,6 +104,8 @@ def _build_ppca(
     return ppca.PPCA.synthetic(params, proposal, seed, dtype, device, data)
 
 
+_EBM = frozenset({"energy_based"})  # p_θ(x) ∝ exp(−F_θ(x)), no per-datum latents: exact sampling / Gibbs kernels
+
 MODELS: dict[str, Model] = {m.name: m for m in [
     Model("ppca", _build_ppca, ppca.PPCAParams, ppca.ProposalParams,
           "probabilistic PCA: exact log-likelihood gradient, exact posterior, proposal with mismatch (δ, s)",
@@ -116,6 +119,12 @@ MODELS: dict[str, Model] = {m.name: m for m in [
     Model("vae", vae.build, vae.PARAMS, vae.PROPOSAL, vae.DESCRIPTION,
           gaussian.GAUSSIAN_CAPABILITIES | {"real_latent", "analytic_kl"},
           ("gradbench.models.vae", "gradbench.families.gaussian", "gradbench.references.quadrature")),
+    Model("rbm", ebm.RBM.build, ebm.RBMParams, ebm.NoProposal,
+          "binary RBM (energy-based): exact log Z, ∇θ log p(x) by enumerating ≤ 16 hidden units; synthetic or binarised digits",
+          _EBM, ("gradbench.models.ebm",)),
+    Model("ising", ebm.Ising.build, ebm.IsingParams, ebm.NoProposal,
+          "fully visible ±1 Boltzmann machine, ≤ 20 spins: exact log Z, ∇θ log p(x) by enumerating 2^n states",
+          _EBM, ("gradbench.models.ebm",)),
 ]}
 
 _THETA, _PHI_ELBO = LOG_MARGINAL, Objective("phi", "elbo")
@@ -156,6 +165,14 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator("reinforce", score.reinforce, score.ReinforceParams, "score-function ∇φ ELBO with a baseline (none, moving average, learned, point, optimal LOO, RLOO)",
               _PHI_ELBO, _with_kl(_SCORE)),
     Estimator("vimco", score.vimco, score.VIMCOParams, "score-function ∇φ IWAE_K with leave-one-out baselines (Mnih & Rezende 2016)", _phi_iwae, _SCORE),
+    Estimator("exact_sampling", ebm_estimators.exact_sampling, ebm_estimators.ExactSamplingParams,
+              "EBM: model term from S exact samples of p_θ by enumeration (the oracle; unbiased; cost in sweeps)", requires=_EBM),
+    Estimator("cd", ebm_estimators.cd, ebm_estimators.CDParams,
+              "EBM: contrastive divergence CD-k from the data points (biased at finite k; cost N·k sweeps)", requires=_EBM),
+    Estimator("pcd", ebm_estimators.pcd, ebm_estimators.PCDParams,
+              "EBM: persistent CD, S chains of a given age (explicit state; biased at finite age)", requires=_EBM),
+    Estimator("coupled_gibbs", ebm_estimators.coupled_gibbs, ebm_estimators.CoupledGibbsParams,
+              "EBM: unbiased lag-L H_{k:m} from coupled Gibbs chains (maximal couplings of the Bernoulli conditionals)", requires=_EBM),
 ]}
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
