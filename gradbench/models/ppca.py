@@ -37,6 +37,35 @@ from gradbench.seeding import make_generator
 LOG_2PI = math.log(2 * math.pi)
 
 
+class PPCAModel:
+    """p_θ(x, z) of PPCA as a contract-v2 :class:`~gradbench.contracts.Model`: ``log_joint`` pure in θ = (W, μ, σ).
+
+    The direct per-sample formula; the :class:`PPCA` target's fused closed-form gradient is its fast path, and
+    ``tests/models/test_ppca.py`` checks that the two agree (``torch.func`` of this against the fast path).
+    """
+
+    def __init__(self, d: int, k: int) -> None:
+        from gradbench.contracts import LatentSpace
+
+        self.latent = LatentSpace("real", k)
+        self.layout = ParamLayout((ParamGroup("W", (d, k)), ParamGroup("mu", (d,)), ParamGroup("sigma", (1,))))
+
+    def log_joint(self, theta: dict[str, Tensor], x: Tensor, z: Tensor) -> Tensor:
+        """log N(z; 0, I) + log N(x; W z + μ, σ² I), [..., N]."""
+        sigma = theta["sigma"].reshape(())
+        e = x - z @ theta["W"].T - theta["mu"]
+        d, k = theta["W"].shape
+        return (-0.5 * (e**2).sum(-1) / sigma**2 - d * torch.log(sigma) - 0.5 * (z**2).sum(-1)
+                - 0.5 * (d + k) * LOG_2PI)
+
+    def sample_joint(self, theta: dict[str, Tensor], n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        W = theta["W"]
+        z = torch.randn(n, W.shape[1], generator=gen, dtype=W.dtype, device=W.device)
+        x = z @ W.T + theta["mu"] + theta["sigma"].reshape(()) * torch.randn(n, W.shape[0], generator=gen, dtype=W.dtype,
+                                                                           device=W.device)
+        return x, z
+
+
 class PPCAParams(BaseModel):
     """Suite parameters of a synthetic PPCA target."""
 
@@ -134,6 +163,15 @@ class PPCA:
 
     def parameters(self) -> dict[str, Tensor]:
         return {"W": self.W, "mu": self.mu, "sigma": self.sigma.reshape(1)}
+
+    @property
+    def model(self) -> PPCAModel:
+        """The pure model p_θ(x, z) behind this target (generic code may differentiate it with torch.func)."""
+        return PPCAModel(self.data_dim, self.latent_dim)
+
+    @property
+    def theta(self) -> dict[str, Tensor]:
+        return self.parameters()
 
     # -- exact quantities ---------------------------------------------------------------------
     def marginal_cov(self) -> Tensor:
