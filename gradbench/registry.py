@@ -7,90 +7,118 @@ Adding an estimator is one line in ``ESTIMATORS`` (after writing its file from
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-import torch
 from pydantic import BaseModel
 
-from gradbench.core import GradSample, Reference
-from gradbench.estimators import coupled, importance, pathwise, posterior, score, sumo, variational
-from gradbench.models import ppca, ppca_encoder
-from gradbench.protocols import ProtocolContext, Row
-from gradbench.protocols.bias import bias
-from gradbench.protocols.meeting import meeting
-from gradbench.protocols.snr import snr
-from gradbench.protocols.variance import variance
-from gradbench.protocols.wallclock import wallclock
+from gradbench.estimators import params as ep
+from gradbench.models import params as mp
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from gradbench.core import GradSample, Reference
+    from gradbench.protocols import ProtocolContext, Row
+
+
+def resolve(impl: str | Callable[..., Any]) -> Callable[..., Any]:
+    """The callable named ``"package.module:attr.attr"``, imported on first use, or ``impl`` itself.
+
+    Entries name their code by path so that importing the registry (``gradbench list``,
+    ``gradbench validate``) does not import torch: only the parameter schemas are loaded eagerly.
+    """
+    if not isinstance(impl, str):
+        return impl
+    module, _, attr = impl.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 @dataclass(frozen=True)
 class Model:
     name: str
-    build: Callable[..., Any]  # (params, proposal, seed, dtype, device, data) -> target
+    impl: str | Callable[..., Any]  # (params, proposal, seed, dtype, device, data) -> target
     params: type[BaseModel]
     proposal: type[BaseModel]
     description: str
+
+    @property
+    def build(self) -> Callable[..., Any]:
+        return resolve(self.impl)
 
 
 @dataclass(frozen=True)
 class Estimator:
     name: str
-    fn: Callable[..., GradSample]  # (target, R, gen, **params) -> GradSample
+    impl: str | Callable[..., GradSample]  # (target, R, gen, **params) -> GradSample
     params: type[BaseModel]
     description: str
     wrt: str = "theta"
+
+    @property
+    def fn(self) -> Callable[..., GradSample]:
+        return resolve(self.impl)
 
 
 @dataclass(frozen=True)
 class Protocol:
     name: str
-    fn: Callable[[GradSample, Reference | None, ProtocolContext], list[Row]]
+    impl: str | Callable[[GradSample, Reference | None, ProtocolContext], list[Row]]
     description: str
     uses_reference: bool = True  # False: the runner need not compute (or estimate) a reference for it
 
+    @property
+    def fn(self) -> Callable[[GradSample, Reference | None, ProtocolContext], list[Row]]:
+        return resolve(self.impl)
+
 
 def _build_ppca(
-    params: ppca.PPCAParams,
-    proposal: ppca.ProposalParams,
+    params: mp.PPCAParams,
+    proposal: mp.ProposalParams,
     seed: int,
     dtype: torch.dtype,
     device: str,
     data: np.ndarray | None = None,
-) -> ppca.PPCA:
+) -> Any:
+    from gradbench.models import ppca
+
     return ppca.PPCA.synthetic(params, proposal, seed, dtype, device, data)
 
 
 MODELS: dict[str, Model] = {m.name: m for m in [
-    Model("ppca", _build_ppca, ppca.PPCAParams, ppca.ProposalParams,
+    Model("ppca", _build_ppca, mp.PPCAParams, mp.ProposalParams,
           "probabilistic PCA: exact log-likelihood gradient, exact posterior, proposal with mismatch (δ, s)"),
-    Model("ppca_encoder", ppca_encoder.PPCAEncoder.synthetic, ppca_encoder.PPCAEncoderParams, ppca_encoder.EncoderParams,
+    Model("ppca_encoder", "gradbench.models.ppca_encoder:PPCAEncoder.synthetic", mp.PPCAEncoderParams, mp.EncoderParams,
           "PPCA with a linear-Gaussian encoder q_φ(z|x) = N(Ax+b, diag e^{2c}): exact ∇θ/∇φ ELBO; IWAE_K references estimated"),
 ]}
 
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
-    Estimator("exact", posterior.exact, posterior.ExactParams, "closed-form ∇θ log p(x) (zero variance; PPCA only)"),
-    Estimator("oracle", posterior.oracle, posterior.OracleParams, "mean of ∇θ log p(x,z) over S exact-posterior samples (unbiased)"),
-    Estimator("elbo", variational.elbo, variational.ELBOParams, "mean of ∇θ log p(x,z) over S samples from q (biased unless q = posterior)"),
-    Estimator("iwae", importance.iwae, importance.IWAEParams, "self-normalised importance-weighted gradient, K samples (bias O(1/K))"),
-    Estimator("pimh", coupled.pimh, coupled.SingleChainParams, "h(X_t) after t particle independent MH steps on the extended space (biased at finite t)"),
-    Estimator("isir", coupled.isir, coupled.SingleChainParams, "h(X_t) after t iterated-SIR steps on the extended space (biased at finite t)"),
-    Estimator("coupled_pimh", coupled.coupled_pimh, coupled.CoupledPIMHParams, "unbiased lag-L H_{k:m} from coupled PIMH chains (seed Alg. 4; shared proposal and uniform)"),
-    Estimator("coupled_isir", coupled.coupled_isir, coupled.CoupledISIRParams, "unbiased lag-L H_{k:m} from coupled i-SIR chains (shared fresh particles; maximal/common-uniform index coupling)"),
-    Estimator("sumo", sumo.sumo, sumo.SUMOParams, "θ-gradient of the SUMO Russian-roulette unbiased log p(x) (geometric or power truncation)"),
-    Estimator("reparam_elbo", pathwise.reparam_elbo, pathwise.ReparamELBOParams, "reparameterised ∇φ ELBO, S samples, KL sampled or analytic", "phi"),
-    Estimator("stl", pathwise.stl, pathwise.STLParams, "sticking-the-landing ∇φ ELBO (score term of log q dropped)", "phi"),
-    Estimator("iwae_reparam", pathwise.iwae_reparam, pathwise.IWAEReparamParams, "reparameterised gradient of the IWAE_K bound w.r.t. φ or θ", "phi|theta"),
-    Estimator("dreg", pathwise.dreg, pathwise.DReGParams, "doubly reparameterised ∇φ IWAE_K (Tucker et al. 2019)", "phi"),
-    Estimator("reinforce", score.reinforce, score.ReinforceParams, "score-function ∇φ ELBO with a baseline (none, moving average, learned, point, optimal LOO, RLOO)", "phi"),
-    Estimator("vimco", score.vimco, score.VIMCOParams, "score-function ∇φ IWAE_K with leave-one-out baselines (Mnih & Rezende 2016)", "phi"),
+    Estimator("exact", "gradbench.estimators.posterior:exact", ep.ExactParams, "closed-form ∇θ log p(x) (zero variance; PPCA only)"),
+    Estimator("oracle", "gradbench.estimators.posterior:oracle", ep.OracleParams, "mean of ∇θ log p(x,z) over S exact-posterior samples (unbiased)"),
+    Estimator("elbo", "gradbench.estimators.variational:elbo", ep.ELBOParams, "mean of ∇θ log p(x,z) over S samples from q (biased unless q = posterior)"),
+    Estimator("iwae", "gradbench.estimators.importance:iwae", ep.IWAEParams, "self-normalised importance-weighted gradient, K samples (bias O(1/K))"),
+    Estimator("pimh", "gradbench.estimators.coupled:pimh", ep.SingleChainParams, "h(X_t) after t particle independent MH steps on the extended space (biased at finite t)"),
+    Estimator("isir", "gradbench.estimators.coupled:isir", ep.SingleChainParams, "h(X_t) after t iterated-SIR steps on the extended space (biased at finite t)"),
+    Estimator("coupled_pimh", "gradbench.estimators.coupled:coupled_pimh", ep.CoupledPIMHParams, "unbiased lag-L H_{k:m} from coupled PIMH chains (seed Alg. 4; shared proposal and uniform)"),
+    Estimator("coupled_isir", "gradbench.estimators.coupled:coupled_isir", ep.CoupledISIRParams, "unbiased lag-L H_{k:m} from coupled i-SIR chains (shared fresh particles; maximal/common-uniform index coupling)"),
+    Estimator("sumo", "gradbench.estimators.sumo:sumo", ep.SUMOParams, "θ-gradient of the SUMO Russian-roulette unbiased log p(x) (geometric or power truncation)"),
+    Estimator("reparam_elbo", "gradbench.estimators.pathwise:reparam_elbo", ep.ReparamELBOParams, "reparameterised ∇φ ELBO, S samples, KL sampled or analytic", "phi"),
+    Estimator("stl", "gradbench.estimators.pathwise:stl", ep.STLParams, "sticking-the-landing ∇φ ELBO (score term of log q dropped)", "phi"),
+    Estimator("iwae_reparam", "gradbench.estimators.pathwise:iwae_reparam", ep.IWAEReparamParams, "reparameterised gradient of the IWAE_K bound w.r.t. φ or θ", "phi|theta"),
+    Estimator("dreg", "gradbench.estimators.pathwise:dreg", ep.DReGParams, "doubly reparameterised ∇φ IWAE_K (Tucker et al. 2019)", "phi"),
+    Estimator("reinforce", "gradbench.estimators.score:reinforce", ep.ReinforceParams, "score-function ∇φ ELBO with a baseline (none, moving average, learned, point, optimal LOO, RLOO)", "phi"),
+    Estimator("vimco", "gradbench.estimators.score:vimco", ep.VIMCOParams, "score-function ∇φ IWAE_K with leave-one-out baselines (Mnih & Rezende 2016)", "phi"),
 ]}
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
-    Protocol("bias", bias, "bias_norm, rel_bias, bias_pvalue, bias_zmax against the reference gradient"),
-    Protocol("variance", variance, "trace_cov, mean_var, snr_median, mse, evals_mean, work_norm_var"),
-    Protocol("wallclock", wallclock, "seconds_per_estimate, evals_per_second (median, IQR), work_norm_var_seconds; device, torch/CUDA, threads", False),
-    Protocol("meeting", meeting, "tau_mean, tau_q50/q90/q99, tau_max, n_censored, tail_rate (geometric fit of P(τ > t)) of coupled chains", False),
-    Protocol("snr", snr, "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False),
+    Protocol("bias", "gradbench.protocols.bias:bias", "bias_norm, rel_bias, bias_pvalue, bias_zmax against the reference gradient"),
+    Protocol("variance", "gradbench.protocols.variance:variance", "trace_cov, mean_var, snr_median, mse, evals_mean, work_norm_var"),
+    Protocol("wallclock", "gradbench.protocols.wallclock:wallclock", "seconds_per_estimate, evals_per_second (median, IQR), work_norm_var_seconds; device, torch/CUDA, threads", False),
+    Protocol("meeting", "gradbench.protocols.meeting:meeting", "tau_mean, tau_q50/q90/q99, tau_max, n_censored, tail_rate (geometric fit of P(τ > t)) of coupled chains", False),
+    Protocol("snr", "gradbench.protocols.snr:snr", "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False),
 ]}

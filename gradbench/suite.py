@@ -224,8 +224,13 @@ def _check_name(src: _SourceMap, loc: Loc, name: str, known: dict[str, Any], wha
 
 
 def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    """``; did you mean 'ppca'?`` for the closest option, ignoring case (``PPCA`` → ``ppca``)."""
+    by_lower = {str(o).lower(): str(o) for o in options}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
+did_you_mean = _did_you_mean
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -299,7 +304,8 @@ class _SourceMap:
         return f"{self.path}:{self.line(loc)}: {_format_loc(loc)}: {message}"
 
     def format_pydantic(self, exc: ValidationError, model: type[BaseModel]) -> str:
-        errors = sorted(exc.errors(), key=lambda e: self.line(tuple(e["loc"])))
+        # an unknown key first: a misspelt `replicate:` also makes `replicates` "missing"
+        errors = sorted(exc.errors(), key=lambda e: (e["type"] != "extra_forbidden", self.line(tuple(e["loc"]))))
         err = errors[0]
         loc = tuple(err["loc"])
         if err["type"] == "extra_forbidden":
