@@ -250,6 +250,8 @@ def run_suite(
         if fresh:
             for f in [*cell_dir.iterdir(), out / "results.parquet", out / "meeting_times.parquet"]:
                 f.unlink(missing_ok=True)
+        # claims the folder for this suite and records the cell count (report on an interrupted run)
+        _write_manifest(out, suite.name, cells, {}, complete=False)
         todo = [c for c in cells if not (cell_dir / f"{c.cell_id}.parquet").exists()]
         skipped, ran = len(cells) - len(todo), 0
         failed: dict[str, str] = {}
@@ -302,6 +304,11 @@ def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str
     meeting = [pd.read_parquet(p) for p in meeting if p.exists()]
     if meeting:
         atomic_write_parquet(pd.concat(meeting, ignore_index=True), out / "meeting_times.parquet")
-    manifest = {"suite": suite_name, "cells": [c.cell_id for c in cells], "failed": failed or {}}
-    atomic_write_bytes(out / "run.json", json.dumps(manifest, indent=1).encode())
+    _write_manifest(out, suite_name, cells, failed or {}, complete=True)
     return table
+
+
+def _write_manifest(out: Path, suite_name: str, cells: list[Cell], failed: dict[str, str], *, complete: bool) -> None:
+    """``run.json``: the suite name, its cell ids in order, failed cells, and whether results.parquet is current."""
+    manifest = {"suite": suite_name, "cells": [c.cell_id for c in cells], "failed": failed, "complete": complete}
+    atomic_write_bytes(out / "run.json", json.dumps(manifest, indent=1).encode())
