@@ -2,7 +2,9 @@
 
 Adding an estimator is one line in ``ESTIMATORS`` (after writing its file from
 ``estimators/_template.py``). Names are what suites use; descriptions are what
-``gradbench list`` prints.
+``gradbench list`` prints. Code is named by ``"module:attr"`` path and imported on first use
+(``entry.fn`` / ``entry.build`` return the callable); parameter schemas are torch-free
+(``estimators/params.py``, ``models/params.py``), so ``list`` and ``validate`` never import torch.
 """
 
 from __future__ import annotations
@@ -39,42 +41,40 @@ def resolve(impl: str | Callable[..., Any]) -> Callable[..., Any]:
     return obj
 
 
+class _CodeByPath:
+    """Fields named in ``_CODE`` may hold a ``"module:attr"`` path: reading them imports it."""
+
+    _CODE = ("fn", "build")
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        return resolve(value) if name in _CodeByPath._CODE and isinstance(value, str) else value
+
+
 @dataclass(frozen=True)
-class Model:
+class Model(_CodeByPath):
     name: str
-    impl: str | Callable[..., Any]  # (params, proposal, seed, dtype, device, data) -> target
+    build: Callable[..., Any]  # (params, proposal, seed, dtype, device, data) -> target; or its "module:attr"
     params: type[BaseModel]
     proposal: type[BaseModel]
     description: str
 
-    @property
-    def build(self) -> Callable[..., Any]:
-        return resolve(self.impl)
-
 
 @dataclass(frozen=True)
-class Estimator:
+class Estimator(_CodeByPath):
     name: str
-    impl: str | Callable[..., GradSample]  # (target, R, gen, **params) -> GradSample
+    fn: Callable[..., GradSample]  # (target, R, gen, **params) -> GradSample; or its "module:attr"
     params: type[BaseModel]
     description: str
     wrt: str = "theta"
 
-    @property
-    def fn(self) -> Callable[..., GradSample]:
-        return resolve(self.impl)
-
 
 @dataclass(frozen=True)
-class Protocol:
+class Protocol(_CodeByPath):
     name: str
-    impl: str | Callable[[GradSample, Reference | None, ProtocolContext], list[Row]]
+    fn: Callable[[GradSample, Reference | None, ProtocolContext], list[Row]]  # or its "module:attr"
     description: str
     uses_reference: bool = True  # False: the runner need not compute (or estimate) a reference for it
-
-    @property
-    def fn(self) -> Callable[[GradSample, Reference | None, ProtocolContext], list[Row]]:
-        return resolve(self.impl)
 
 
 def _build_ppca(
