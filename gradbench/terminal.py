@@ -145,12 +145,10 @@ def _seconds(m: dict[str, tuple[float, float]]) -> str | None:
     return f"{fmt_pm(v * scale, se * scale)} {unit}"
 
 
-def _snr(m: dict[str, tuple[float, float]]) -> str | None:
-    if "snr_q50" not in m:
+def _snr_band(m: dict[str, tuple[float, float]]) -> str | None:
+    if "snr_q25" not in m or "snr_q75" not in m:
         return None
-    band = (f" [{fmt_num(m['snr_q25'][0])}, {fmt_num(m['snr_q75'][0])}]"
-            if "snr_q25" in m and "snr_q75" in m else "")
-    return fmt_num(m["snr_q50"][0]) + band
+    return f"[{fmt_num(m['snr_q25'][0])}, {fmt_num(m['snr_q75'][0])}]"
 
 
 def protocol_columns(protocol: str, metrics: set[str]) -> tuple[list[Column], str]:
@@ -174,7 +172,8 @@ def protocol_columns(protocol: str, metrics: set[str]) -> tuple[list[Column], st
         return cols, "variance of one estimate; evals: log-joint evaluations per estimate" + (
             "; tail index ≤ 2: the variance may be infinite" if "tail_index" in metrics else "")
     if protocol == "snr":
-        return [("SNR q50 [q25, q75]", _snr)], "|E ĝⱼ|/sd(ĝⱼ) over the coordinates j of the group"
+        return ([("SNR median ± s.e.", _pm("snr_q50")), ("[q25, q75] over j", _snr_band)],
+                "|E ĝⱼ|/sd(ĝⱼ): median over the coordinates j of the group (bootstrap s.e.) and its quartiles")
     if protocol == "meeting":
         cols = [("τ mean ± s.e.", _pm("tau_mean")), ("τ q50", _pm("tau_q50")), ("τ q90", _pm("tau_q90")),
                 ("τ q99", _pm("tau_q99")), ("censored", lambda m: fmt_param(m["n_censored"][0])

@@ -76,7 +76,7 @@ def test_one_table_per_protocol_in_suite_order():
     assert titles == ["wallclock", "bias", "variance", "snr"]  # meeting: no rows, no table
     assert "mean_shift=0.5" in out and "mean_shift=1.5" in out and "t0" not in out  # targets by parameters
     assert "250 ± 10 µs" in out  # wall-clock in a readable unit
-    assert "0.8 [0.5, 1.1]" in out  # SNR median with its interquartile range
+    assert "0.8 ± 0.05" in out and "[0.5, 1.1]" in out  # SNR median ± s.e., and its quartiles over coordinates
 
 
 def test_bias_falls_back_to_standard_error_and_p_without_statistics_v2():
