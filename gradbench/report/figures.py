@@ -95,10 +95,11 @@ def _num(t: float) -> str:
 def _facets(run: RunData, df: pd.DataFrame, n: int, *, legend_space: bool = True
             ) -> tuple[Figure, Callable[[int, int], plt.Axes], list[str]]:
     """Panels for ``n`` plots per target. Each target gets its own block of rows, its plots wrapped
-    at two columns (one target, up to four plots) or four. Returns the figure, ``ax(i_target, j)``
-    and the target labels (``[""]`` when the run has one target)."""
+    at two columns, so that a figure shown at page width keeps its text readable (at four columns
+    the text of a 2×4 grid shrank to ~7 px). Returns the figure, ``ax(i_target, j)`` and the target
+    labels (``[""]`` when the run has one target)."""
     targets = [t for t in dict.fromkeys(run.cells["target_label"]) if t in set(df["target_label"])] or [""]
-    wrap = 2 if len(targets) == 1 and 2 < n <= 4 else min(n, 4)
+    wrap = min(n, 2)
     per_target = math.ceil(n / wrap)
     nrows, ncols = len(targets) * per_target, wrap
     width = PANEL_W * ncols + (2.3 if legend_space else 0)
