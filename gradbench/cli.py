@@ -58,7 +58,8 @@ class LazyGroup(click.Group):
 # name → (dotted path of the click command, short help shown by ``gradbench --help``)
 LAZY_COMMANDS = {
     "report": ("gradbench.report.commands:report", "Render RUN_DIR's results as index.html, summary.md and figures."),
-    "compare": ("gradbench.report.commands:compare", "Compare RUN_B against the baseline RUN_A; exit 1 on a significant regression."),
+    "compare": ("gradbench.report.commands:compare",
+                "Compare RUN_B against the baseline RUN_A; exit 1 on a significant regression."),
     "speed": ("gradbench.speed:speed", "Time a suite's estimators against floors (a)/(b), Pyro and a one-pair loop."),
 }
 
@@ -121,17 +122,19 @@ def show(name: str) -> None:
 def param_lines(entry: Any) -> list[str]:
     """``K: int = 8 (> 0) — importance samples per data point`` per parameter of a registry entry;
     a model's proposal parameters are listed after its own, prefixed ``proposal.``."""
-    schemas = [("params", "", getattr(entry, "params", None)), ("proposal", "proposal.", getattr(entry, "proposal", None))]
+    schemas = [("", getattr(entry, "params", None)), ("proposal.", getattr(entry, "proposal", None))]
+    ops = ((">", "gt"), ("≥", "ge"), ("<", "lt"), ("≤", "le"))
     lines = []
-    for _, prefix, schema in schemas:
+    for prefix, schema in schemas:
         if schema is None:
             continue
         for field_name, info in schema.model_fields.items():
             default = "required" if info.is_required() else f"= {info.default!r}"
-            bounds = [f"{op} {m_val}" for m in info.metadata for op, attr in
-                      ((">", "gt"), ("≥", "ge"), ("<", "lt"), ("≤", "le")) if (m_val := getattr(m, attr, None)) is not None]
+            bounds = [f"{op} {v}" for m in info.metadata for op, attr in ops
+                      if (v := getattr(m, attr, None)) is not None]
             rng = f" ({', '.join(bounds)})" if bounds else ""
-            lines.append(f"{prefix}{field_name}: {_type_name(info.annotation)} {default}{rng} — {info.description or ''}".rstrip(" —"))
+            text = f"{prefix}{field_name}: {_type_name(info.annotation)} {default}{rng} — {info.description or ''}"
+            lines.append(text.rstrip(" —"))
     return lines
 
 
@@ -188,7 +191,8 @@ def meeting_note(protocols: list[str] | tuple[str, ...], estimators: list[str]) 
 @click.option("--target-seed", type=int, help="Override the suite's target_seed (the synthetic targets' parameters and "
                                               "data). Keep it, change --seed: a replication on the same targets.")
 @click.option("--fresh", is_flag=True, help="Discard finished cells and start over.")
-@click.option("--executor", type=click.Choice(["local", "dask"]), help="Where cells run [default: the suite's, else local].")
+@click.option("--executor", type=click.Choice(["local", "dask"]),
+              help="Where cells run [default: the suite's, else local].")
 @click.option("--scheduler", help="Dask scheduler address (tcp://HOST:8786); without it, a LocalCluster.")
 def run(suite: Path, out: Path | None, device: str | None, replicates: int | None, seed: int | None,
         target_seed: int | None, fresh: bool, executor: str | None, scheduler: str | None) -> None:

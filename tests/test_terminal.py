@@ -47,7 +47,8 @@ def test_estimator_labels_show_only_what_the_suite_set_or_what_varies():
     spec = SimpleNamespace(estimators=[SimpleNamespace(name="iwae", params={"K": 8}),
                                        SimpleNamespace(name="elbo", params={}),
                                        SimpleNamespace(name="coupled_isir", params={"K": [2, 16]}),
-                                       SimpleNamespace(name="reinforce", params={"S": 4, "baseline": ["rloo", "none"]})])
+                                       SimpleNamespace(name="reinforce",
+                                                       params={"S": 4, "baseline": ["rloo", "none"]})])
     assert estimator_labels(entries, suite_keys(spec)) == [
         "coupled_isir(K=2)", "coupled_isir(K=16)", "iwae(K=8)", "elbo",
         "reinforce(S=4, baseline=rloo)", "reinforce(S=4, baseline=none)"]

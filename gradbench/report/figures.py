@@ -220,7 +220,8 @@ def bias_vs_budget(run: RunData) -> Figure | None:
             c = ly.mean() - slope * lx.mean()
             ys = np.exp(c + slope * np.log(xs))
             ax.plot(xs, ys, color=styles[series][0], linestyle=(0, (1, 1.5)), linewidth=2.2, alpha=0.6)
-            slopes.setdefault(series, []).append(f"slope {slope:+.2f} ± {slope_se:.2f}" + (f" ({target})" if target else ""))
+            fitted = f"slope {slope:+.2f} ± {slope_se:.2f}" + (f" ({target})" if target else "")
+            slopes.setdefault(series, []).append(fitted)
         ax.set_xlabel(_budget_axis_label(sub))
         ax.set_ylabel(metric_label("rel_bias"))
         _set_log(ax, "x", sub["budget"], force=True, budget=True)
@@ -561,7 +562,8 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("bias_vs_budget", "Bias vs budget",
                "Relative bias ‖ḡ − g*‖/‖g*‖ (±1 s.e.) against each estimator's budget, log-log. "
                "Filled markers: "
-               "bias significant at α (bias_pvalue < α, or bias_qvalue < α when the run has q-values); hollow: not significant, i.e. the value is at the Monte "
+               "bias significant at α (bias_pvalue < α, or bias_qvalue < α when the run has q-values); hollow: "
+               "not significant, i.e. the value is at the Monte "
                "Carlo noise floor. Dotted lines: weighted log-log fit over the significant points, slope ± s.e. in "
                "the legend, one per target (O(1/K) bias gives slope −1). Right: the test's p-value (or the "
                "Benjamini–Hochberg q-value when the run has it) with α marked. Lower error bars stop at a tenth of "

@@ -147,9 +147,10 @@ def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: 
     cols = _present(run, columns)
     if not cols:
         return None
-    if (run.has("rel_bias_ci_low") and run.has("rel_bias_ci_high")) and any(m == "rel_bias" for m, _ in cols):
+    has_interval = run.has("rel_bias_ci_low") and run.has("rel_bias_ci_high")
+    if has_interval:
         cols = [(m, "rel. bias [95% CI]" if m == "rel_bias" else h) for m, h in cols]
-    extra = ["rel_bias_ci_low", "rel_bias_ci_high"] if (run.has("rel_bias_ci_low") and run.has("rel_bias_ci_high")) else []
+    extra = ["rel_bias_ci_low", "rel_bias_ci_high"] if has_interval else []
     wide = _sorted_cells(run.wide([m for m, _ in cols] + extra), run)
     wide = wide[wide[[m for m, _ in cols]].notna().any(axis=1)]  # cells without any of these metrics
     n_targets = wide["target_label"].nunique()

@@ -29,7 +29,8 @@ def two_targets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real bias + variance run on two proposals (the bias of iwae/elbo differs between them)."""
     folder = tmp_path_factory.mktemp("two")
     suite = write_suite(folder, "two-targets", ["bias", "variance"], targets=TWO_TARGETS,
-                        estimators=[{"name": "elbo", "params": {"S": 1}}, {"name": "iwae", "params": {"K": [2, 8, 32]}}])
+                        estimators=[{"name": "elbo", "params": {"S": 1}},
+                                    {"name": "iwae", "params": {"K": [2, 8, 32]}}])
     return run_to(suite, folder / "run")
 
 
