@@ -1,10 +1,17 @@
-"""Command line: ``gradbench list | validate | run`` (DESIGN §6).
+"""Command line: ``gradbench list | show | validate | run | report | compare | speed`` (DESIGN §6).
 
-Bad suites exit with code 2 and one located line on stderr; ``--debug`` shows the traceback.
+Start-up is kept well under a second for ``--help``, ``--version``, ``list``, ``show`` and
+``validate``: this module imports only click at import time; torch, pandas and scipy are imported
+inside the commands that compute (``run``, ``report``, ``compare``, ``speed``), and the registry
+holds torch-free parameter schemas with the estimators' code named by dotted path.
+
+Every user-facing error is one line ``gradbench: error: …`` on stderr with exit code 2 (bad suite,
+bad option, unusable folder); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -12,10 +19,52 @@ from typing import Any
 
 import click
 
-from gradbench.suite import SuiteError, load_suite
+ERROR = "gradbench: error:"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class UserError(click.ClickException):
+    """A one-line, user-facing error (exit code 2) that is not about a suite file's content."""
+
+    exit_code = 2
+
+
+class LazyGroup(click.Group):
+    """A group whose heavy subcommands are imported only when invoked (``--help`` lists them
+    from :data:`LAZY_COMMANDS` without importing torch)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            from gradbench.registry import resolve
+
+            return resolve(LAZY_COMMANDS[name][0])
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in LAZY_COMMANDS:
+                rows.append((name, LAZY_COMMANDS[name][1]))
+            else:
+                cmd = super().get_command(ctx, name)
+                if cmd is not None and not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(formatter.width - 6 - len(name))))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+# name → (dotted path of the click command, short help shown by ``gradbench --help``)
+LAZY_COMMANDS = {
+    "report": ("gradbench.report.commands:report", "Render RUN_DIR's results as index.html, summary.md and figures."),
+    "compare": ("gradbench.report.commands:compare",
+                "Compare RUN_B against the baseline RUN_A; exit 1 on a significant regression."),
+    "speed": ("gradbench.speed:speed", "Time a suite's estimators against floors (a)/(b), Pyro and a one-pair loop."),
+}
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(package_name="gradbench")
 @click.pass_context
@@ -24,30 +73,112 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-@cli.command("list")
-@click.argument("what", type=click.Choice(["estimators", "models", "protocols", "all"]), default="all")
-def list_cmd(what: str) -> None:
-    """List registered estimators, models and protocols with one-line descriptions."""
+# -- list / show --------------------------------------------------------------------------------
+SECTIONS = ("models", "estimators", "protocols")
+
+
+def _sections() -> dict[str, dict[str, Any]]:
     from gradbench import registry
 
-    sections = {"models": registry.MODELS, "estimators": registry.ESTIMATORS, "protocols": registry.PROTOCOLS}
-    for name, entries in sections.items():
+    return {"models": registry.MODELS, "estimators": registry.ESTIMATORS, "protocols": registry.PROTOCOLS}
+
+
+@cli.command("list")
+@click.argument("what", type=click.Choice([*SECTIONS, "all"]), default="all")
+@click.option("-v", "--verbose", is_flag=True, help="Also list every parameter: type, default, description.")
+def list_cmd(what: str, verbose: bool) -> None:
+    """List registered estimators, models and protocols with one-line descriptions."""
+    for name, entries in _sections().items():
         if what not in ("all", name):
             continue
         click.echo(f"{name}:")
         width = max(len(k) for k in entries)
         for key, entry in entries.items():
             click.echo(f"  {key:<{width}}  {entry.description}")
+            if verbose:
+                for line in param_lines(entry):
+                    click.echo(f"  {'':<{width}}    {line}")
+    if not verbose:
+        click.echo("\n(`gradbench list -v` or `gradbench show NAME` for each parameter's type, default, description)")
 
 
+@cli.command()
+@click.argument("name")
+def show(name: str) -> None:
+    """Describe one model, estimator or protocol: each parameter's type, default and description."""
+    found = [(section, entries[name]) for section, entries in _sections().items() if name in entries]
+    if not found:
+        from gradbench.suite import did_you_mean
+
+        known = [k for entries in _sections().values() for k in entries]
+        raise UserError(f"no model, estimator or protocol named {name!r}{did_you_mean(name, known)} "
+                        "(see `gradbench list`)")
+    for section, entry in found:
+        click.echo(f"{name} ({section[:-1]}): {entry.description}")
+        lines = param_lines(entry)
+        click.echo("\n".join(f"  {line}" for line in lines) if lines else "  (no parameters)")
+
+
+def param_lines(entry: Any) -> list[str]:
+    """``K: int = 8 (> 0) — importance samples per data point`` per parameter of a registry entry;
+    a model's proposal parameters are listed after its own, prefixed ``proposal.``."""
+    schemas = [("", getattr(entry, "params", None)), ("proposal.", getattr(entry, "proposal", None))]
+    ops = ((">", "gt"), ("≥", "ge"), ("<", "lt"), ("≤", "le"))
+    lines = []
+    for prefix, schema in schemas:
+        if schema is None:
+            continue
+        for field_name, info in schema.model_fields.items():
+            default = "required" if info.is_required() else f"= {info.default!r}"
+            bounds = [f"{op} {v}" for m in info.metadata for op, attr in ops
+                      if (v := getattr(m, attr, None)) is not None]
+            rng = f" ({', '.join(bounds)})" if bounds else ""
+            text = f"{prefix}{field_name}: {_type_name(info.annotation)} {default}{rng} — {info.description or ''}"
+            lines.append(text.rstrip(" —"))
+    return lines
+
+
+def _type_name(annotation: Any) -> str:
+    """``int``, ``int | 'auto' | None``, ``'maximal' | 'common_uniform'`` (Literal values quoted)."""
+    import typing
+
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if args:
+        return " | ".join(_type_name(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+# -- validate / run -----------------------------------------------------------------------------
 @cli.command()
 @click.argument("suite", type=click.Path(path_type=Path))
 def validate(suite: Path) -> None:
     """Check a suite file and print how many cells it expands to."""
+    from gradbench.suite import load_suite
+
     spec, cells = load_suite(suite)
     targets = len({c.target.target_id for c in cells})
     click.echo(f"{suite}: ok — suite {spec.name!r}: {targets} target(s), {len(cells)} cell(s), "
                f"{spec.replicates} replicates each")
+    note = meeting_note(spec.protocols, [c.estimator for c in cells])
+    if note:
+        click.echo(f"note: {note}")
+
+
+def meeting_note(protocols: list[str] | tuple[str, ...], estimators: list[str]) -> str:
+    """One sentence when the ``meeting`` protocol is asked of estimators without coupled chains."""
+    from gradbench.terminal import COUPLED_PREFIX
+
+    if "meeting" not in protocols:
+        return ""
+    plain = list(dict.fromkeys(e for e in estimators if not e.startswith(COUPLED_PREFIX)))
+    if not plain:
+        return ""
+    return (f"the meeting protocol reports only coupled estimators; it is skipped for {', '.join(plain)} "
+            "(no coupled chains, no meeting time)")
 
 
 @cli.command()
@@ -55,31 +186,47 @@ def validate(suite: Path) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder [default: runs/<suite name>].")
 @click.option("--device", help="Override the suite's device (cpu, cuda, cuda:N).")
 @click.option("--replicates", type=int, help="Override the suite's replicates.")
-@click.option("--seed", type=int, help="Override the suite's seed.")
+@click.option("--seed", type=int, help="Override the suite's seed (the Monte Carlo noise; targets too unless "
+                                       "the suite sets target_seed).")
+@click.option("--target-seed", type=int, help="Override the suite's target_seed (the synthetic targets' parameters and "
+                                              "data). Keep it, change --seed: a replication on the same targets.")
 @click.option("--fresh", is_flag=True, help="Discard finished cells and start over.")
-@click.option("--executor", type=click.Choice(["local", "dask"]), help="Where cells run [default: the suite's, else local].")
+@click.option("--executor", type=click.Choice(["local", "dask"]),
+              help="Where cells run [default: the suite's, else local].")
 @click.option("--scheduler", help="Dask scheduler address (tcp://HOST:8786); without it, a LocalCluster.")
-def run(suite: Path, out: Path | None, device: str | None, replicates: int | None, seed: int | None, fresh: bool,
-        executor: str | None, scheduler: str | None) -> None:
+def run(suite: Path, out: Path | None, device: str | None, replicates: int | None, seed: int | None,
+        target_seed: int | None, fresh: bool, executor: str | None, scheduler: str | None) -> None:
     """Run a suite (resuming finished cells) and write results.parquet."""
-    from gradbench.runner import RunBusy, run_suite
+    from gradbench.suite import load_suite
 
-    flags = {"device": device, "replicates": replicates, "seed": seed, "executor": executor, "scheduler": scheduler}
+    flags = {"device": device, "replicates": replicates, "seed": seed, "target_seed": target_seed,
+             "executor": executor, "scheduler": scheduler}
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     spec, cells = load_suite(suite, overrides, check_device=True)
     out = out or Path("runs") / spec.name
+    check_out_folder(out, spec.name)
+
+    from gradbench.runner import RunBusy, run_suite
+    from gradbench.terminal import CellProgress, format_run
+
+    interactive = sys.stderr.isatty()
+    lines = CellProgress(cells, out, lambda s: click.echo(s, err=True), spec, fresh) if not interactive else None
     t0 = time.perf_counter()
     try:
-        summary = run_suite(spec, cells, out, fresh=fresh, progress=sys.stderr.isatty(), executor=_executor(spec))
+        summary = run_suite(spec, cells, out, fresh=fresh, progress=interactive, executor=_executor(spec),
+                            on_cell=lines)
     except RunBusy as exc:
-        click.echo(f"gradbench: error: {exc}", err=True)
+        click.echo(f"{ERROR} {exc}", err=True)
         sys.exit(3)
     if summary.interrupted:
         done = summary.ran + summary.skipped
         click.echo(f"gradbench: interrupted: {done} of {summary.total} cells are finished and saved in {out}; "
                    "run the same command again to resume", err=True)
         sys.exit(130)
-    click.echo(_summary_table(summary.table))
+    click.echo(format_run(summary.table, spec.protocols, spec))
+    note = meeting_note(spec.protocols, [c.estimator for c in cells])
+    if note:
+        click.echo(f"\nnote: {note}")
     click.echo(f"\n{summary.ran} cell(s) run, {summary.skipped} reused, {len(summary.failed)} failed, "
                f"{time.perf_counter() - t0:.1f} s; results: {out / 'results.parquet'}")
     if "warning" in summary.table.columns:
@@ -93,15 +240,24 @@ def run(suite: Path, out: Path | None, device: str | None, replicates: int | Non
         sys.exit(1)
 
 
-def _fmt_param(v: Any) -> str:
-    """3.0 → 3; strings (e.g. ``coupling=maximal``, ``k=auto``) and other values as they are."""
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
+def check_out_folder(out: Path, suite_name: str) -> None:
+    """Refuse an ``--out`` that is a file, or a folder another suite's run owns (its ``run.json``)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; give a folder (it is created if missing)")
+    manifest = out / "run.json"
+    if manifest.is_file():
+        try:
+            owner = json.loads(manifest.read_text()).get("suite")
+        except (json.JSONDecodeError, AttributeError):
+            owner = None
+        if owner is not None and owner != suite_name:
+            raise UserError(f"--out {out}: this folder holds a run of suite {owner!r}, not {suite_name!r}; "
+                            f"choose another --out (default: runs/{suite_name})")
 
 
 def _executor(spec: Any) -> Any:
     from gradbench.executors import DaskExecutor, LocalExecutor
+    from gradbench.suite import SuiteError
 
     if spec.executor == "local":
         return LocalExecutor()
@@ -112,52 +268,26 @@ def _executor(spec: Any) -> Any:
     return DaskExecutor(spec.scheduler)
 
 
-def _summary_table(table: Any) -> str:
-    """Per cell: relative bias ± s.e., bias p-value, trace of covariance ± s.e. (group 'all')."""
-    import pandas as pd
-
-    if table.empty:
-        return "(no rows)"
-    sub = table[table.param_group == "all"]
-    est_cols = [c for c in table.columns if c.startswith("estimator.")]
-    keys = ["target_id", "estimator", *est_cols]
-    fmt = {"rel_bias": "rel_bias", "bias_pvalue": "p", "trace_cov": "trace_cov", "evals_mean": "evals"}
-    out = []
-    for key, grp in sub.groupby(keys, sort=False, dropna=False):
-        rec = dict(zip(keys, key))
-        params = ", ".join(f"{c.split('.', 1)[1]}={_fmt_param(rec[c])}"
-                           for c in est_cols if pd.notna(rec[c]))
-        line = {"target": rec["target_id"], "estimator": f"{rec['estimator']}({params})"}
-        for metric, label in fmt.items():
-            m = grp[grp.metric == metric]
-            if m.empty:
-                continue
-            v, se = m.value.iloc[0], m.stderr.iloc[0]
-            line[label] = f"{v:.3g}" if pd.isna(se) else f"{v:.3g} ± {se:.2g}"
-        out.append(line)
-    return pd.DataFrame(out).to_string(index=False)
-
-
-# Commands defined beside their subsystems (they import their heavy dependencies lazily).
-from gradbench.report.commands import compare, report  # noqa: E402
-from gradbench.speed import speed  # noqa: E402
-
-for _command in (report, compare, speed):
-    cli.add_command(_command)
-
-
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="gradbench", standalone_mode=False)
-    except SuiteError as exc:
-        if debug:
-            raise
-        click.echo(f"gradbench: error: {exc}", err=True)
-        sys.exit(2)
     except click.exceptions.Abort:
         click.echo("gradbench: interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.UsageError as exc:
+        if exc.ctx is not None:
+            click.echo(exc.ctx.get_usage(), err=True)
+        click.echo(f"{ERROR} {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        click.echo(f"{ERROR} {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        suite_module = sys.modules.get("gradbench.suite")
+        if debug or suite_module is None or not isinstance(exc, suite_module.SuiteError):
+            raise
+        click.echo(f"{ERROR} {exc}", err=True)
+        sys.exit(2)

@@ -1,11 +1,16 @@
 """The explicit registry of models, estimators and protocols — and how plugins join it.
 
 Adding an estimator is one line in ``ESTIMATORS`` (after writing its file from
-``estimators/_template.py``). Names are what suites use; descriptions are what
-``gradbench list`` prints. Each estimator declares the :class:`~gradbench.contracts.Objective` it
-estimates and the capabilities it requires of a target; each model declares the capabilities its
-targets provide (a function of the suite's ``proposal`` block, which may choose a family), so
-``gradbench validate`` refuses an impossible pairing before any cell runs.
+``estimators/_template.py``). Names are what suites use; descriptions are what ``gradbench list``
+prints. Code is named by ``"module:attr"`` path and imported on first use (``entry.fn`` /
+``entry.build`` / ``entry.params`` return the object); the schemas of the PPCA family and of the
+estimators are torch-free (``estimators/params.py``, ``models/params.py``), so ``list`` and
+``validate`` of those suites never import torch.
+
+Each estimator declares the :class:`~gradbench.contracts.Objective` it estimates and the
+capabilities it requires of a target; each model declares the capabilities its targets provide (a
+function of the suite's ``proposal`` block, which may choose a family), so ``gradbench validate``
+refuses an impossible pairing before any cell runs.
 
 **Plugins** add models, estimators and protocols without editing gradbench:
 * entry points in the groups ``gradbench.models``, ``gradbench.estimators``, ``gradbench.protocols``
@@ -21,53 +26,73 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
-import inspect
+import importlib.util
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-import torch
 from pydantic import BaseModel
 
 from gradbench.contracts import LOG_MARGINAL, Objective
-from gradbench.core import GradSample, Reference
-from gradbench.estimators import coupled, importance, pathwise, posterior, score, sumo, variational
-from gradbench.estimators import ebm as ebm_estimators
-from gradbench.families import bernoulli, gaussian
-from gradbench.models import ebm, ppca, ppca_encoder, sbn, vae
-from gradbench.protocols import ProtocolContext, Row
-from gradbench.protocols.bias import bias
-from gradbench.protocols.meeting import meeting
-from gradbench.protocols.snr import snr
-from gradbench.protocols.variance import variance
-from gradbench.protocols.wallclock import wallclock
+from gradbench.estimators import params as ep
+from gradbench.models import params as mp
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from gradbench.core import GradSample, Reference
+    from gradbench.protocols import ProtocolContext, Row
 
 Capabilities = frozenset[str]
 
 
+def resolve(impl: Any) -> Any:
+    """The object named ``"package.module:attr.attr"``, imported on first use, or ``impl`` itself."""
+    if not isinstance(impl, str):
+        return impl
+    module, _, attr = impl.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class _CodeByPath:
+    """Fields named in ``_CODE`` may hold a ``"module:attr"`` path: reading them imports it."""
+
+    _CODE = ("fn", "build", "params", "proposal")
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        return resolve(value) if name in _CodeByPath._CODE and isinstance(value, str) else value
+
+    def module_of(self, field: str) -> str:
+        """The module that defines a code field, without importing it."""
+        value = object.__getattribute__(self, field)
+        return value.partition(":")[0] if isinstance(value, str) else value.__module__
+
+
 @dataclass(frozen=True)
-class Model:
+class Model(_CodeByPath):
     name: str
-    build: Callable[..., Any]  # (params, proposal, seed, dtype, device, data) -> target
-    params: type[BaseModel]
-    proposal: type[BaseModel]
+    build: Callable[..., Any]  # (params, proposal, seed, dtype, device, data) -> target; or its "module:attr"
+    params: type[BaseModel]  # or its "module:attr"
+    proposal: type[BaseModel]  # or its "module:attr"
     description: str
     provides: Callable[[dict[str, Any]], Capabilities] | Capabilities = frozenset()  # of the built target
     modules: tuple[str, ...] = ()  # modules whose source computes the target (besides build's own)
-    synthetic_data: bool = True  # False: the target needs a ``data:`` entry
 
     def capabilities(self, proposal: dict[str, Any]) -> Capabilities:
         return self.provides(proposal) if callable(self.provides) else self.provides
 
 
 @dataclass(frozen=True)
-class Estimator:
+class Estimator(_CodeByPath):
     name: str
-    fn: Callable[..., GradSample]  # (target, R, gen, **params) -> GradSample
+    fn: Callable[..., GradSample]  # (target, R, gen, **params) -> GradSample; or its "module:attr"
     params: type[BaseModel]
     description: str
     estimates: Callable[[dict[str, Any]], Objective] | Objective = LOG_MARGINAL  # what its bias is measured against
@@ -86,48 +111,57 @@ class Estimator:
 
 
 @dataclass(frozen=True)
-class Protocol:
+class Protocol(_CodeByPath):
     name: str
-    fn: Callable[[GradSample, Reference | None, ProtocolContext], list[Row]]
+    fn: Callable[[GradSample, Reference | None, ProtocolContext], list[Row]]  # or its "module:attr"
     description: str
     uses_reference: bool = True  # False: the runner need not compute (or estimate) a reference for it
 
 
 def _build_ppca(
-    params: ppca.PPCAParams,
-    proposal: ppca.ProposalParams,
+    params: mp.PPCAParams,
+    proposal: mp.ProposalParams,
     seed: int,
     dtype: torch.dtype,
     device: str,
     data: np.ndarray | None = None,
-) -> ppca.PPCA:
+) -> Any:
+    from gradbench.models import ppca
+
     return ppca.PPCA.synthetic(params, proposal, seed, dtype, device, data)
 
 
+_PPCA = frozenset({"exact_posterior", "real_latent", "log_prob"})
+_GAUSSIAN_Q = frozenset({"reparam", "score", "log_prob"})
+_BERNOULLI_Q = frozenset({"score", "log_prob", "enumerate"})
 _EBM = frozenset({"energy_based"})  # p_θ(x) ∝ exp(−F_θ(x)), no per-datum latents: exact sampling / Gibbs kernels
 
 MODELS: dict[str, Model] = {m.name: m for m in [
-    Model("ppca", _build_ppca, ppca.PPCAParams, ppca.ProposalParams,
+    Model("ppca", _build_ppca, mp.PPCAParams, mp.ProposalParams,
           "probabilistic PCA: exact log-likelihood gradient, exact posterior, proposal with mismatch (δ, s)",
-          ppca.PPCA.capabilities, ("gradbench.models.ppca",)),
-    Model("ppca_encoder", ppca_encoder.PPCAEncoder.synthetic, ppca_encoder.PPCAEncoderParams, ppca_encoder.EncoderParams,
+          _PPCA, ("gradbench.models.ppca",)),
+    Model("ppca_encoder", "gradbench.models.ppca_encoder:PPCAEncoder.synthetic", mp.PPCAEncoderParams, mp.EncoderParams,
           "PPCA with a linear-Gaussian encoder q_φ(z|x) = N(Ax+b, diag e^{2c}): exact ∇θ/∇φ ELBO; IWAE_K references estimated",
-          ppca_encoder.PPCAEncoder.capabilities, ("gradbench.models.ppca", "gradbench.models.ppca_encoder")),
-    Model("sbn", sbn.build, sbn.PARAMS, sbn.PROPOSAL, sbn.DESCRIPTION,
-          bernoulli.CAPABILITIES | {"binary_latent", "exact_posterior"},
-          ("gradbench.models.sbn", "gradbench.families.bernoulli", "gradbench.references.enumeration")),
-    Model("vae", vae.build, vae.PARAMS, vae.PROPOSAL, vae.DESCRIPTION,
-          gaussian.GAUSSIAN_CAPABILITIES | {"real_latent", "analytic_kl"},
+          _PPCA | _GAUSSIAN_Q | {"analytic_kl"}, ("gradbench.models.ppca", "gradbench.models.ppca_encoder")),
+    Model("vae", "gradbench.models.vae:build", mp.VAEParams, mp.GaussianProposal,
+          "VAE: z ~ N(0, I), MLP decoder (Bernoulli/Gaussian); Gaussian mean-field or amortised q; exact references by "
+          "adaptive Gauss–Hermite quadrature for latent_dim ≤ 3",
+          _GAUSSIAN_Q | {"real_latent", "analytic_kl"},
           ("gradbench.models.vae", "gradbench.families.gaussian", "gradbench.references.quadrature")),
-    Model("rbm", ebm.RBM.build, ebm.RBMParams, ebm.NoProposal,
+    Model("sbn", "gradbench.models.sbn:build", mp.SBNParams, mp.BernoulliProposal,
+          "sigmoid belief net (binary latents, 1–2 layers, linear or MLP conditionals), factorised Bernoulli q: exact "
+          "references by enumerating the 2^k latent states (k ≤ 16)",
+          _BERNOULLI_Q | {"binary_latent", "exact_posterior"},
+          ("gradbench.models.sbn", "gradbench.families.bernoulli", "gradbench.references.enumeration")),
+    Model("rbm", "gradbench.models.ebm:RBM.build", mp.RBMParams, mp.NoProposal,
           "binary RBM (energy-based): exact log Z, ∇θ log p(x) by enumerating ≤ 16 hidden units; synthetic or binarised digits",
           _EBM, ("gradbench.models.ebm",)),
-    Model("ising", ebm.Ising.build, ebm.IsingParams, ebm.NoProposal,
+    Model("ising", "gradbench.models.ebm:Ising.build", mp.IsingParams, mp.NoProposal,
           "fully visible ±1 Boltzmann machine, ≤ 20 spins: exact log Z, ∇θ log p(x) by enumerating 2^n states",
           _EBM, ("gradbench.models.ebm",)),
 ]}
 
-_THETA, _PHI_ELBO = LOG_MARGINAL, Objective("phi", "elbo")
+_PHI_ELBO = Objective("phi", "elbo")
 _SAMPLE = frozenset({"log_prob"})  # draws from q and evaluates log q (importance weights)
 _REPARAM = frozenset({"reparam", "log_prob"})
 _SCORE = frozenset({"score", "log_prob"})
@@ -144,43 +178,45 @@ def _phi_iwae(p: dict[str, Any]) -> Objective:
 def _with_kl(base: Capabilities) -> Callable[[dict[str, Any]], Capabilities]:
     return lambda p: base | {"analytic_kl"} if p.get("kl") == "analytic" else base
 
+
+_E = "gradbench.estimators."
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
-    Estimator("exact", posterior.exact, posterior.ExactParams, "closed-form / enumerated / quadrature ∇θ log p(x) (zero variance)",
+    Estimator("exact", _E + "posterior:exact", ep.ExactParams, "closed-form / enumerated / quadrature ∇θ log p(x) (zero variance)",
               requires=frozenset()),
-    Estimator("oracle", posterior.oracle, posterior.OracleParams, "mean of ∇θ log p(x,z) over S exact-posterior samples (unbiased)",
+    Estimator("oracle", _E + "posterior:oracle", ep.OracleParams, "mean of ∇θ log p(x,z) over S exact-posterior samples (unbiased)",
               requires=frozenset({"exact_posterior"})),
-    Estimator("elbo", variational.elbo, variational.ELBOParams, "mean of ∇θ log p(x,z) over S samples from q (biased unless q = posterior)"),
-    Estimator("iwae", importance.iwae, importance.IWAEParams, "self-normalised importance-weighted gradient, K samples (bias O(1/K))"),
-    Estimator("pimh", coupled.pimh, coupled.SingleChainParams, "h(X_t) after t particle independent MH steps on the extended space (biased at finite t)"),
-    Estimator("isir", coupled.isir, coupled.SingleChainParams, "h(X_t) after t iterated-SIR steps on the extended space (biased at finite t)"),
-    Estimator("coupled_pimh", coupled.coupled_pimh, coupled.CoupledPIMHParams, "unbiased lag-L H_{k:m} from coupled PIMH chains (seed Alg. 4; shared proposal and uniform)"),
-    Estimator("coupled_isir", coupled.coupled_isir, coupled.CoupledISIRParams, "unbiased lag-L H_{k:m} from coupled i-SIR chains (shared fresh particles; maximal/common-uniform index coupling)"),
-    Estimator("sumo", sumo.sumo, sumo.SUMOParams, "θ-gradient of the SUMO Russian-roulette unbiased log p(x) (geometric or power truncation)"),
-    Estimator("reparam_elbo", pathwise.reparam_elbo, pathwise.ReparamELBOParams, "reparameterised ∇φ ELBO, S samples, KL sampled or analytic",
+    Estimator("elbo", _E + "variational:elbo", ep.ELBOParams, "mean of ∇θ log p(x,z) over S samples from q (biased unless q = posterior)"),
+    Estimator("iwae", _E + "importance:iwae", ep.IWAEParams, "self-normalised importance-weighted gradient, K samples (bias O(1/K))"),
+    Estimator("pimh", _E + "coupled:pimh", ep.SingleChainParams, "h(X_t) after t particle independent MH steps on the extended space (biased at finite t)"),
+    Estimator("isir", _E + "coupled:isir", ep.SingleChainParams, "h(X_t) after t iterated-SIR steps on the extended space (biased at finite t)"),
+    Estimator("coupled_pimh", _E + "coupled:coupled_pimh", ep.CoupledPIMHParams, "unbiased lag-L H_{k:m} from coupled PIMH chains (seed Alg. 4; shared proposal and uniform)"),
+    Estimator("coupled_isir", _E + "coupled:coupled_isir", ep.CoupledISIRParams, "unbiased lag-L H_{k:m} from coupled i-SIR chains (shared fresh particles; maximal/common-uniform index coupling)"),
+    Estimator("sumo", _E + "sumo:sumo", ep.SUMOParams, "θ-gradient of the SUMO Russian-roulette unbiased log p(x) (geometric or power truncation)"),
+    Estimator("reparam_elbo", _E + "pathwise:reparam_elbo", ep.ReparamELBOParams, "reparameterised ∇φ ELBO, S samples, KL sampled or analytic",
               _PHI_ELBO, _with_kl(_REPARAM)),
-    Estimator("stl", pathwise.stl, pathwise.STLParams, "sticking-the-landing ∇φ ELBO (score term of log q dropped)", _PHI_ELBO, _REPARAM),
-    Estimator("iwae_reparam", pathwise.iwae_reparam, pathwise.IWAEReparamParams, "reparameterised gradient of the IWAE_K bound w.r.t. φ or θ",
+    Estimator("stl", _E + "pathwise:stl", ep.STLParams, "sticking-the-landing ∇φ ELBO (score term of log q dropped)", _PHI_ELBO, _REPARAM),
+    Estimator("iwae_reparam", _E + "pathwise:iwae_reparam", ep.IWAEReparamParams, "reparameterised gradient of the IWAE_K bound w.r.t. φ or θ",
               _iwae_objective, lambda p: _REPARAM if p.get("wrt", "phi") == "phi" else _SAMPLE),
-    Estimator("dreg", pathwise.dreg, pathwise.DReGParams, "doubly reparameterised ∇φ IWAE_K (Tucker et al. 2019)", _phi_iwae, _REPARAM),
-    Estimator("reinforce", score.reinforce, score.ReinforceParams, "score-function ∇φ ELBO with a baseline (none, moving average, learned, point, optimal LOO, RLOO)",
+    Estimator("dreg", _E + "pathwise:dreg", ep.DReGParams, "doubly reparameterised ∇φ IWAE_K (Tucker et al. 2019)", _phi_iwae, _REPARAM),
+    Estimator("reinforce", _E + "score:reinforce", ep.ReinforceParams, "score-function ∇φ ELBO with a baseline (none, moving average, learned, point, optimal LOO, RLOO)",
               _PHI_ELBO, _with_kl(_SCORE)),
-    Estimator("vimco", score.vimco, score.VIMCOParams, "score-function ∇φ IWAE_K with leave-one-out baselines (Mnih & Rezende 2016)", _phi_iwae, _SCORE),
-    Estimator("exact_sampling", ebm_estimators.exact_sampling, ebm_estimators.ExactSamplingParams,
+    Estimator("vimco", _E + "score:vimco", ep.VIMCOParams, "score-function ∇φ IWAE_K with leave-one-out baselines (Mnih & Rezende 2016)", _phi_iwae, _SCORE),
+    Estimator("exact_sampling", _E + "ebm:exact_sampling", ep.ExactSamplingParams,
               "EBM: model term from S exact samples of p_θ by enumeration (the oracle; unbiased; cost in sweeps)", requires=_EBM),
-    Estimator("cd", ebm_estimators.cd, ebm_estimators.CDParams,
+    Estimator("cd", _E + "ebm:cd", ep.CDParams,
               "EBM: contrastive divergence CD-k from the data points (biased at finite k; cost N·k sweeps)", requires=_EBM),
-    Estimator("pcd", ebm_estimators.pcd, ebm_estimators.PCDParams,
+    Estimator("pcd", _E + "ebm:pcd", ep.PCDParams,
               "EBM: persistent CD, S chains of a given age (explicit state; biased at finite age)", requires=_EBM),
-    Estimator("coupled_gibbs", ebm_estimators.coupled_gibbs, ebm_estimators.CoupledGibbsParams,
+    Estimator("coupled_gibbs", _E + "ebm:coupled_gibbs", ep.CoupledGibbsParams,
               "EBM: unbiased lag-L H_{k:m} from coupled Gibbs chains (maximal couplings of the Bernoulli conditionals)", requires=_EBM),
 ]}
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
-    Protocol("bias", bias, "bias_norm, rel_bias, bias_pvalue, bias_zmax against the reference gradient"),
-    Protocol("variance", variance, "trace_cov, mean_var, snr_median, mse, evals_mean, work_norm_var"),
-    Protocol("wallclock", wallclock, "seconds_per_estimate, evals_per_second (median, IQR), work_norm_var_seconds; device, torch/CUDA, threads", False),
-    Protocol("meeting", meeting, "tau_mean, tau_q50/q90/q99, tau_max, n_censored, tail_rate (geometric fit of P(τ > t)) of coupled chains", False),
-    Protocol("snr", snr, "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False),
+    Protocol("bias", "gradbench.protocols.bias:bias", "bias_norm, rel_bias, bias_pvalue, bias_zmax against the reference gradient"),
+    Protocol("variance", "gradbench.protocols.variance:variance", "trace_cov, mean_var, snr_median, mse, evals_mean, work_norm_var"),
+    Protocol("wallclock", "gradbench.protocols.wallclock:wallclock", "seconds_per_estimate, evals_per_second (median, IQR), work_norm_var_seconds; device, torch/CUDA, threads", False),
+    Protocol("meeting", "gradbench.protocols.meeting:meeting", "tau_mean, tau_q50/q90/q99, tau_max, n_censored, tail_rate (geometric fit of P(τ > t)) of coupled chains", False),
+    Protocol("snr", "gradbench.protocols.snr:snr", "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False),
 ]}
 
 
@@ -211,8 +247,7 @@ def register(*entries: Model | Estimator | Protocol, module: str | None = None) 
 
 
 def _defining_module(entry: Any) -> str:
-    fn = getattr(entry, "build", None) or getattr(entry, "fn", None)
-    return getattr(fn, "__module__", "") or ""
+    return entry.module_of("build" if isinstance(entry, Model) else "fn")
 
 
 def load_plugin_modules(modules: tuple[str, ...] | list[str]) -> None:
@@ -230,16 +265,16 @@ def load_plugin_modules(modules: tuple[str, ...] | list[str]) -> None:
 def load_entry_points() -> None:
     """Register every installed plugin's entry points (once per process)."""
     for group, table in ENTRY_POINT_GROUPS.items():
-        for ep in importlib.metadata.entry_points(group=group):
+        for point in importlib.metadata.entry_points(group=group):
             try:
-                obj = ep.load()
+                obj = point.load()
             except Exception as exc:  # noqa: BLE001
-                raise PluginError(f"entry point {group}:{ep.name} ({ep.value}) failed to load: {type(exc).__name__}: {exc}") \
+                raise PluginError(f"entry point {group}:{point.name} ({point.value}) failed to load: {type(exc).__name__}: {exc}") \
                     from None
             if table is None:  # families: imported for their side effects
                 continue
             for entry in obj if isinstance(obj, (list, tuple)) else [obj]:
-                register(entry, module=ep.module)
+                register(entry, module=point.module)
 
 
 def code_version(module: str) -> str:
@@ -258,20 +293,43 @@ def _code_version(module: str) -> str:
                 return f"{dist}=={importlib.metadata.version(dist)}"
             except importlib.metadata.PackageNotFoundError:
                 pass
-    mod = sys.modules.get(module) or importlib.import_module(module)
+    mod = sys.modules.get(module)
+    origin = getattr(mod, "__file__", None) if mod is not None else None
+    if origin is None:  # find the source without importing it or its parent packages (validate stays torch-free)
+        origin = _source_path(module)
     try:
-        source = Path(inspect.getfile(mod)).read_bytes()
-    except (TypeError, OSError):
+        source = Path(origin).read_bytes() if origin else b""
+    except OSError:
+        return "unknown"
+    if not source:
         return "unknown"
     return hashlib.sha256(source).hexdigest()[:16]
 
 
+def _source_path(module: str) -> str | None:
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        return None
+    if not rest:
+        return spec.origin
+    for base in spec.submodule_search_locations or []:
+        stem = Path(base).joinpath(*rest)
+        for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
+            if candidate.is_file():
+                return str(candidate)
+    return None
+
+
 def estimator_modules(name: str) -> tuple[str, ...]:
     """Modules whose source determines an estimator's output: its own module and the contract it runs on."""
-    fn = ESTIMATORS[name].fn
-    return tuple(dict.fromkeys([fn.__module__, "gradbench.contracts", "gradbench.core"]))
+    return tuple(dict.fromkeys([ESTIMATORS[name].module_of("fn"), "gradbench.contracts", "gradbench.target", "gradbench.core"]))
 
 
 def model_modules(name: str) -> tuple[str, ...]:
     entry = MODELS[name]
-    return tuple(dict.fromkeys([entry.build.__module__, *entry.modules]))
+    return tuple(dict.fromkeys([entry.module_of("build"), *entry.modules]))
+
+
+def protocol_modules(name: str) -> tuple[str, ...]:
+    return (PROTOCOLS[name].module_of("fn"), "gradbench.stats")

@@ -27,7 +27,7 @@ from gradbench.cell import (REPLICATE_BLOCK, cell_objective, cell_thread_limits,
                             run_cell, sample_cell, target_for, uses_reference)
 from gradbench.executors import DaskExecutor, LocalExecutor
 from gradbench.store import (PROVENANCE, RunBusy, atomic_write_bytes, atomic_write_parquet, collect, output_lock,  # noqa: F401
-                             read_reference, reference_path, write_reference, write_target)
+                             read_reference, reference_path, write_manifest, write_reference, write_target)
 from gradbench.suite import Cell, Suite
 
 @dataclass(frozen=True)
@@ -88,6 +88,8 @@ def run_suite(
         if fresh:
             for f in [*cell_dir.iterdir(), out / "results.parquet", out / "meeting_times.parquet"]:
                 f.unlink(missing_ok=True)
+        # claims the folder for this suite and records the cell count (report on an interrupted run)
+        write_manifest(out, suite.name, cells, {}, complete=False)
         todo = [c for c in cells if not (cell_dir / f"{c.cell_id}.parquet").exists()]
         skipped, ran = len(cells) - len(todo), 0
         references = prepare_references(todo, out, stop)

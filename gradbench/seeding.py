@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def canonical_json(obj: Any) -> str:
@@ -31,6 +32,8 @@ def derive_seed(*parts: Any) -> int:
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    import torch  # here, not at import: `gradbench validate` hashes seeds without torch
+
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen

@@ -130,6 +130,11 @@ def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str
     meeting = [pd.read_parquet(p) for p in meeting if p.exists()]
     if meeting:
         atomic_write_parquet(pd.concat(meeting, ignore_index=True), out / "meeting_times.parquet")
-    manifest = {"suite": suite_name, "cells": [c.cell_id for c in cells], "failed": failed or {}}
-    atomic_write_bytes(out / "run.json", json.dumps(manifest, indent=1).encode())
+    write_manifest(out, suite_name, cells, failed or {}, complete=True)
     return table
+
+
+def write_manifest(out: Path, suite_name: str, cells: list[Cell], failed: dict[str, str], *, complete: bool) -> None:
+    """``run.json``: the suite name, its cell ids in order, failed cells, and whether results.parquet is current."""
+    manifest = {"suite": suite_name, "cells": [c.cell_id for c in cells], "failed": failed, "complete": complete}
+    atomic_write_bytes(out / "run.json", json.dumps(manifest, indent=1).encode())

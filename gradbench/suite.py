@@ -215,7 +215,7 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         raise SuiteError(src.at((), f"the grids expand to {n_cells} cells, more than max_cells = {suite.max_cells}; "
                                     "set max_cells higher in the suite to allow it"))
     plugins = tuple(suite.plugins)
-    protocol_code = [m for name in suite.protocols for m in (registry.PROTOCOLS[name].fn.__module__, "gradbench.stats")]
+    protocol_code = [m for name in suite.protocols for m in registry.protocol_modules(name)]
 
     def code(target: TargetConfig, estimator: str) -> tuple[tuple[str, str], ...]:
         modules = dict.fromkeys([*registry.model_modules(target.model), *registry.estimator_modules(estimator),
@@ -315,8 +315,13 @@ def _check_name(src: _SourceMap, loc: Loc, name: str, known: dict[str, Any], wha
 
 
 def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    """``; did you mean 'ppca'?`` for the closest option, ignoring case (``PPCA`` → ``ppca``)."""
+    by_lower = {str(o).lower(): str(o) for o in options}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
+did_you_mean = _did_you_mean
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -390,7 +395,8 @@ class _SourceMap:
         return f"{self.path}:{self.line(loc)}: {_format_loc(loc)}: {message}"
 
     def format_pydantic(self, exc: ValidationError, model: type[BaseModel]) -> str:
-        errors = sorted(exc.errors(), key=lambda e: self.line(tuple(e["loc"])))
+        # an unknown key first: a misspelt `replicate:` also makes `replicates` "missing"
+        errors = sorted(exc.errors(), key=lambda e: (e["type"] != "extra_forbidden", self.line(tuple(e["loc"]))))
         err = errors[0]
         loc = tuple(err["loc"])
         if err["type"] == "extra_forbidden":

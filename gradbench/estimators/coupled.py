@@ -66,15 +66,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from gradbench.core import GradSample, LatentTarget
-
-Coupling = Literal["maximal", "common_uniform", "independent"]
+from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
+    CoupledISIRParams,
+    CoupledParams,
+    CoupledPIMHParams,
+    Coupling,
+    SingleChainParams,
+    _Strict,
+)
 
 
 # -- state and kernels -----------------------------------------------------------------------
@@ -367,48 +372,6 @@ def run_coupled(
     censored_rows = ~met_all.all(1)
     grads = acc.masked_fill(censored_rows.unsqueeze(1), math.nan) if with_estimate else acc
     return CoupledRun(grads, tau, met_all, lockstep)
-
-
-# -- parameters ------------------------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class SingleChainParams(_Strict):
-    K: int = Field(8, ge=2, description="particles per state (per data point)")
-    t: int = Field(1, ge=0, description="kernel steps from the IS state X_0; the estimate is h(X_t)")
-    rao_blackwell: bool = Field(True, description="h = Σ_k w̃_k ∇ log p(x, z_k) (True) or ∇ log p(x, z_ℓ) (False)")
-
-
-class CoupledParams(_Strict):
-    K: int = Field(8, ge=2, description="particles per state (per data point)")
-    k: int | Literal["auto"] = Field(0, description="first time averaged (seed: burn-in t0); 'auto': pilot τ quantile")
-    m: int | Literal["auto"] | None = Field(
-        None, description="last time averaged; None: k (the seed's form) for an int k, m_factor·k for k: auto")
-    lag: int = Field(1, ge=1, description="lag L between the chains")
-    rao_blackwell: bool = Field(True, description="h = Σ_k w̃_k ∇ log p(x, z_k) (True) or ∇ log p(x, z_ℓ) (False)")
-    max_iter: int = Field(10_000, ge=1, description="cap on t; replicates not met by then are censored (NaN)")
-    k_quantile: float = Field(0.95, gt=0, lt=1, description="k: auto → this quantile of pilot meeting times")
-    m_factor: int = Field(5, ge=1, description="m = m_factor·k when m is auto (or None with k: auto)")
-    pilot_replicates: int = Field(200, ge=1, description="pilot replicates for k: auto")
-
-    @model_validator(mode="after")
-    def _check(self) -> CoupledParams:
-        if isinstance(self.k, int) and self.k < 0:
-            raise ValueError("k must be ≥ 0")
-        if isinstance(self.k, int) and isinstance(self.m, int) and self.m < self.k:
-            raise ValueError(f"m must be ≥ k (got k={self.k}, m={self.m})")
-        if isinstance(self.m, int) and self.m > self.max_iter:
-            raise ValueError(f"m must be ≤ max_iter (got m={self.m}, max_iter={self.max_iter})")
-        return self
-
-
-class CoupledISIRParams(CoupledParams):
-    coupling: Coupling = Field("maximal", description="index coupling: maximal, common_uniform or independent")
-
-
-class CoupledPIMHParams(CoupledParams):
-    pass
 
 
 # -- estimators ------------------------------------------------------------------------------

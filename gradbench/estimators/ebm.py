@@ -50,49 +50,13 @@ import math
 from typing import Literal, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from gradbench.core import GradSample
 from gradbench.models.ebm import RBM, EBMTarget
+from gradbench.estimators.params import CDParams, CoupledGibbsParams, ExactSamplingParams, PCDParams  # noqa: F401
 
 Coupling = Literal["maximal", "block_maximal"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class ExactSamplingParams(_Strict):
-    S: int = Field(1, gt=0, description="exact samples from p_θ per estimate")
-
-
-class CDParams(_Strict):
-    k: int = Field(1, ge=1, description="Gibbs sweeps from each data point")
-
-
-class PCDParams(_Strict):
-    S: int = Field(10, gt=0, description="persistent chains")
-    k: int = Field(1, ge=1, description="Gibbs sweeps per call")
-    age: int = Field(0, ge=0, description="sweeps the chains ran (from data points) before the measured call")
-
-
-class CoupledGibbsParams(_Strict):
-    S: int = Field(1, gt=0, description="independent chain pairs averaged per estimate")
-    k: int = Field(1, ge=0, description="first time averaged (the CD-k term)")
-    m: int | None = Field(None, description="last time averaged; None: m = k")
-    lag: int = Field(1, ge=1, description="lag L between the chains")
-    max_iter: int = Field(10_000, ge=1, description="cap on t; replicates not met by then are censored (NaN)")
-    coupling: Coupling = Field("maximal", description="maximal (unit by unit, common uniforms) or block_maximal (RBM)")
-
-    @model_validator(mode="after")
-    def _check(self) -> CoupledGibbsParams:
-        m = self.k if self.m is None else self.m
-        if m < self.k:
-            raise ValueError(f"m must be ≥ k (got k={self.k}, m={m})")
-        if m > self.max_iter:
-            raise ValueError(f"m must be ≤ max_iter (got m={m}, max_iter={self.max_iter})")
-        return self
 
 
 # -- shared pieces ----------------------------------------------------------------------------

@@ -11,14 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from gradbench.core import GradSample, LatentTarget, log_joint_with_grad
-
-
-class IWAEParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    K: int = Field(8, gt=0, description="importance samples per data point")
+from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
+    IWAEParams,
+)
 
 
 def iwae(target: LatentTarget, R: int, gen: torch.Generator, *, K: int = 8) -> GradSample:

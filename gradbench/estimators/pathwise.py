@@ -32,12 +32,17 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from gradbench.contracts import Objective
 from gradbench.contracts import per_replicate_grad as per_replicate_grad_func
 from gradbench.core import GradSample, LatentTarget, ParamLayout
+from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
+    DReGParams,
+    IWAEReparamParams,
+    ReparamELBOParams,
+    STLParams,
+)
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -137,10 +142,6 @@ def _cost(target: EncoderTarget, R: int, per_replicate: int, like: Tensor) -> Te
 
 
 # -- estimators --------------------------------------------------------------------------------
-class ReparamELBOParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    S: int = Field(1, gt=0, description="samples per data point")
-    kl: Literal["mc", "analytic"] = Field("mc", description="KL(q‖p(z)) sampled (mc) or in closed form (analytic)")
 
 
 def reparam_elbo(target: EncoderTarget, R: int, gen: torch.Generator, *, S: int = 1,
@@ -159,11 +160,6 @@ def reparam_elbo(target: EncoderTarget, R: int, gen: torch.Generator, *, S: int 
     return GradSample(grads, target.phi_layout, _cost(target, R, S, grads), wrt=objective_wrt("phi", "elbo"))
 
 
-class STLParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    S: int = Field(1, gt=0, description="samples per data point")
-
-
 def stl(target: EncoderTarget, R: int, gen: torch.Generator, *, S: int = 1) -> GradSample:
     """Sticking the landing: ∇φ (1/S) Σ_s Σ_n [log p(x_n, z_sn(φ)) − log q_{stop φ}(z_sn(φ))]."""
     require(target, {"reparam", "log_prob"}, "stl")
@@ -175,12 +171,6 @@ def stl(target: EncoderTarget, R: int, gen: torch.Generator, *, S: int = 1) -> G
 
     grads = phi_grads(target, path_only, noise)
     return GradSample(grads, target.phi_layout, _cost(target, R, S, grads), wrt=objective_wrt("phi", "elbo"))
-
-
-class IWAEReparamParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    K: int = Field(8, gt=0, description="importance samples per data point")
-    wrt: Literal["phi", "theta"] = Field("phi", description="gradient w.r.t. the encoder (phi) or the model (theta)")
 
 
 def iwae_reparam(target: EncoderTarget, R: int, gen: torch.Generator, *, K: int = 8,
@@ -208,11 +198,6 @@ def iwae_reparam(target: EncoderTarget, R: int, gen: torch.Generator, *, K: int 
     ess = 1.0 / (torch.softmax(log_w.detach(), dim=1) ** 2).sum(1)
     return GradSample(grads, layout, _cost(target, R, K, grads), {"ess_mean": ess.mean(-1)},
                       wrt=objective_wrt(wrt, "iwae", K))
-
-
-class DReGParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    K: int = Field(8, gt=0, description="importance samples per data point")
 
 
 def dreg(target: EncoderTarget, R: int, gen: torch.Generator, *, K: int = 8) -> GradSample:

@@ -8,18 +8,12 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from gradbench.core import GradSample, LatentTarget
-
-
-class ExactParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class OracleParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    S: int = Field(1, gt=0, description="exact-posterior samples per data point")
+from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
+    ExactParams,
+    OracleParams,
+)
 
 
 def exact(target: LatentTarget, R: int, gen: torch.Generator) -> GradSample:

@@ -50,19 +50,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from gradbench.core import GradSample
+from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
+    KL,
+    STATEFUL,
+    STATELESS,
+    BaselineName,
+    ReinforceParams,
+    VIMCOParams,
+)
 from gradbench.estimators.pathwise import EncoderTarget, objective_wrt, require
-
-STATELESS = ("none", "point", "optimal", "rloo")
-STATEFUL = ("moving_average", "learned_constant", "learned_input")
-BaselineName = Literal["none", "moving_average", "learned_constant", "learned_input", "point", "optimal", "rloo"]
-KL = Literal["analytic", "mc"]
 
 
 # -- stateful baselines: factories with explicit state -----------------------------------------
@@ -201,21 +203,6 @@ def score_estimate(f: Tensor, score: Tensor, b: Tensor) -> Tensor:
 
 
 # -- estimators --------------------------------------------------------------------------------
-class ReinforceParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    S: int = Field(1, gt=0, description="samples per data point")
-    baseline: BaselineName = Field("none", description="control variate b (module docstring)")
-    kl: KL = Field("analytic", description="f = log p(x|z) with analytic KL, or f = log w (mc)")
-    warmup: int = Field(0, ge=0, description="fitting steps of a stateful baseline before the measured estimate")
-    rate: float = Field(0.1, gt=0, lt=1, description="EMA weight / SGD step / forgetting rate of a stateful baseline")
-
-    @model_validator(mode="after")
-    def _check(self) -> ReinforceParams:
-        if self.baseline in ("optimal", "rloo") and self.S < 2:
-            raise ValueError(f"baseline {self.baseline!r} is leave-one-out: it needs S ≥ 2 (got S = {self.S})")
-        if self.baseline in STATELESS and self.warmup != 0:
-            raise ValueError(f"baseline {self.baseline!r} has no state to warm up: warmup must be 0 (got {self.warmup})")
-        return self
 
 
 def reinforce(target: EncoderTarget, R: int, gen: torch.Generator, *, S: int = 1, baseline: BaselineName = "none",
@@ -263,11 +250,6 @@ def reinforce_with_baseline(target: EncoderTarget, z: Tensor, log_q: Tensor,
         grads = grads - target.kl_grad_phi()
     cost = torch.full((R,), float(S * target.n_data), dtype=grads.dtype, device=grads.device)
     return GradSample(grads, target.phi_layout, cost, wrt=objective_wrt("phi", "elbo"))
-
-
-class VIMCOParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    K: int = Field(8, ge=2, description="importance samples per data point (≥ 2: leave-one-out)")
 
 
 def vimco_loo_bound(log_w: Tensor) -> Tensor:

@@ -24,22 +24,14 @@ of log marginal probability for latent variable models", ICLR.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from gradbench.core import GradSample, LatentTarget
-
-
-class SUMOParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    K_min: int = Field(1, ge=1, description="K0: particles always drawn (the IWAE_{K0} base)")
-    truncation: Literal["geometric", "power"] = Field("geometric", description="law of the number of terms 𝒦")
-    rho: float = Field(0.8, gt=0, lt=1, description="geometric: S(j) = rho^(j-1)")
-    alpha: float = Field(2.0, gt=1, description="power: S(j) = j^(-alpha)")
-    max_terms: int = Field(100_000, ge=1, description="a draw 𝒦 > max_terms censors the replicate")
+from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
+    SUMOParams,
+)
 
 
 def tail(j: Tensor, truncation: str, rho: float, alpha: float) -> Tensor:

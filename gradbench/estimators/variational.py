@@ -8,14 +8,11 @@ Reference: Kingma & Welling (2014), "Auto-encoding variational Bayes", ICLR.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from gradbench.core import GradSample, LatentTarget
-
-
-class ELBOParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    S: int = Field(1, gt=0, description="proposal samples per data point")
+from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
+    ELBOParams,
+)
 
 
 def elbo(target: LatentTarget, R: int, gen: torch.Generator, *, S: int = 1) -> GradSample:

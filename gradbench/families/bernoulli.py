@@ -32,31 +32,19 @@ variational inference and learning in belief networks" (amortised factorised Ber
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from gradbench.contracts import LatentSpace, Params
 from gradbench.core import ParamGroup, ParamLayout
+from gradbench.models.params import BernoulliProposal  # noqa: F401  (torch-free schema)
 
 MAX_LOGIT = 8.0  # fitted logits are clipped to ±8 (probabilities 3.4e-4 .. 1 − 3.4e-4)
 RIDGE = 1e-6
 CAPABILITIES = frozenset({"score", "log_prob", "enumerate"})
-
-
-class BernoulliProposal(BaseModel):
-    """The suite's ``proposal:`` block for a binary-latent model: which family and its mismatch."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    family: Literal["bernoulli_encoder", "bernoulli_mean_field"] = Field(
-        "bernoulli_encoder", description="amortised encoder (linear or MLP) or free per-datapoint logits")
-    hidden: int | None = Field(None, gt=0, description="encoder hidden width (tanh MLP); None: linear encoder")
-    temperature: float = Field(1.0, gt=0, description="τ: fitted logits divided by τ (τ > 1 flattens q)")
-    logit_shift: float = Field(0.0, description="added to every logit after the temperature")
-    logit_noise: float = Field(0.0, ge=0, description="ε: s.d. of the Gaussian perturbation of the logits (average over data)")
 
 
 def bernoulli_log_pmf(z: Tensor, logits: Tensor) -> Tensor:

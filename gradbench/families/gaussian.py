@@ -26,29 +26,18 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from gradbench.contracts import LatentSpace, Params
 from gradbench.core import ParamGroup, ParamLayout
 from gradbench.references.quadrature import laplace
+from gradbench.models.params import GaussianProposal  # noqa: F401  (torch-free schema)
 
 LOG_2PI = math.log(2 * math.pi)
 GAUSSIAN_CAPABILITIES = frozenset({"reparam", "score", "log_prob"})
-
-
-class GaussianProposal(BaseModel):
-    """Which Gaussian family, and its mismatch relative to the Laplace approximation of the posterior."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    family: Literal["gaussian_mean_field", "gaussian_encoder"] = Field("gaussian_mean_field", description="q family")
-    mean_shift: float = Field(0.0, ge=0, description="δ, Mahalanobis length of the mean shift (Laplace posterior)")
-    log_std_shift: float = Field(0.0, description="added to the log standard deviations")
-    encoder_hidden: list[int] = Field(default_factory=list, description="gaussian_encoder: tanh hidden widths ([]: linear)")
-    fit_steps: int = Field(500, ge=0, description="gaussian_encoder with hidden layers: Adam steps of the fit")
 
 
 class _DiagonalGaussian:

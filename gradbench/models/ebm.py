@@ -47,62 +47,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 from torch.nn.functional import softplus
 
 from gradbench.core import ParamGroup, ParamLayout, Reference
 from gradbench.seeding import make_generator
+from gradbench.models.params import MAX_HIDDEN, MAX_SPINS, IsingParams, NoProposal, RBMParams  # noqa: F401  (torch-free schemas)
 
-MAX_HIDDEN = 16
-MAX_SPINS = 20
 ENUM_CHUNK = 1 << 16  # Ising states per enumeration chunk
 
 
-THETA_SEED_HELP = ("seeds the base parameters before scaling by weight_scale, so a weight_scale grid is a temperature "
-                   "sweep of one model; None: the target's seed (which differs per weight_scale)")
 
 
 def _theta_generator(theta_seed: int | None, gen: torch.Generator) -> torch.Generator:
     return gen if theta_seed is None else make_generator(theta_seed)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class NoProposal(_Strict):
-    """EBM targets have no proposal: the estimators' chains start from the data."""
-
-
-class RBMParams(_Strict):
-    n_visible: int = Field(8, gt=0, description="n_v visible units (64 for digits)")
-    n_hidden: int = Field(4, gt=0, le=MAX_HIDDEN, description="n_h hidden units (Z enumerates 2^n_h states)")
-    n_data: int = Field(10, gt=0, description="N data points (gradients are sums over them)")
-    weight_scale: float = Field(1.0, gt=0, description="β: synthetic W, b, c ~ N(0, β²); digits W ~ N(0, β²)")
-    data: Literal["synthetic", "digits"] = Field("synthetic", description="exact samples from the model, or binarised sklearn digits")
-    binarize: Literal["threshold", "dynamic"] = Field("threshold", description="digits: pixel/16 > 0.5, or Bernoulli(pixel/16) from the seed")
-    theta_seed: int | None = Field(None, ge=0, description=THETA_SEED_HELP)
-
-    @model_validator(mode="after")
-    def _check(self) -> RBMParams:
-        if self.data == "digits" and self.n_visible != 64:
-            raise ValueError(f"digits have 64 pixels: set n_visible: 64 (got {self.n_visible})")
-        if self.data == "digits" and self.n_data > 1797:
-            raise ValueError(f"digits has 1797 images (got n_data={self.n_data})")
-        return self
-
-
-class IsingParams(_Strict):
-    n_spins: int = Field(8, gt=1, le=MAX_SPINS, description="n spins ±1 (Z enumerates 2^n states)")
-    n_data: int = Field(10, gt=0, description="N data points, exact samples from the model")
-    weight_scale: float = Field(1.0, gt=0, description="β: J_ij ~ N(0, β²/n), h_i ~ N(0, (β·field_scale)²)")
-    field_scale: float = Field(0.3, ge=0, description="field standard deviation at β = 1")
-    theta_seed: int | None = Field(None, ge=0, description=THETA_SEED_HELP)
 
 
 def _cast(t: Tensor, dtype: torch.dtype, device: str | torch.device) -> Tensor:

@@ -28,10 +28,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from gradbench.core import ParamGroup, ParamLayout, Reference
+from gradbench.models.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
+    PPCAParams,
+    ProposalParams,
+)
 from gradbench.seeding import make_generator
 
 LOG_2PI = math.log(2 * math.pi)
@@ -64,25 +67,6 @@ class PPCAModel:
         x = z @ W.T + theta["mu"] + theta["sigma"].reshape(()) * torch.randn(n, W.shape[0], generator=gen, dtype=W.dtype,
                                                                            device=W.device)
         return x, z
-
-
-class PPCAParams(BaseModel):
-    """Suite parameters of a synthetic PPCA target."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    data_dim: int = Field(gt=0, description="d, dimension of x")
-    latent_dim: int = Field(gt=0, description="k, dimension of z")
-    n_data: int = Field(1, gt=0, description="N, number of data points (gradients are sums over them)")
-    noise_std: float = Field(1.0, gt=0, description="σ, observation noise standard deviation")
-    weight_scale: float = Field(1.0, gt=0, description="entries of W are N(0, weight_scale²)")
-
-
-class ProposalParams(BaseModel):
-    """Mismatch of the proposal q(z|x) relative to the exact posterior."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    mean_shift: float = Field(0.0, ge=0, description="δ, Mahalanobis length of the mean shift")
-    cov_scale: float = Field(1.0, gt=0, description="s, multiplies the posterior covariance")
 
 
 @dataclass

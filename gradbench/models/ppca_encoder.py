@@ -52,30 +52,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from gradbench.core import ParamGroup, ParamLayout, Reference
-from gradbench.models.ppca import LOG_2PI, PPCA, PPCAParams, ProposalParams
+from gradbench.models.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
+    EncoderParams,
+    PPCAEncoderParams,
+)
+from gradbench.models.ppca import LOG_2PI, PPCA, ProposalParams
 from gradbench.seeding import derive_seed, make_generator
 
 _IWAE_WRT = re.compile(r"^(theta|phi)_iwae(\d+)$")
 REFERENCE_MAX_PARTICLES = 1 << 18  # particles × data points per block of the reference run
-
-
-class PPCAEncoderParams(PPCAParams):
-    """PPCA parameters plus the budget of the estimated IWAE_K references."""
-
-    reference_replicates: int = Field(
-        20_000, gt=1, description="replicates of the high-budget run behind the estimated IWAE_K references (K ≥ 2)")
-
-
-class EncoderParams(BaseModel):
-    """Perturbation of the amortised encoder away from the ELBO-optimal diagonal encoder."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    mean_noise: float = Field(0.0, ge=0, description="δ, size of the random perturbation of (A, b) in posterior sd")
-    log_std_shift: float = Field(0.0, description="added to c = log std (0: optimal diagonal variances)")
 
 
 @dataclass

@@ -30,11 +30,9 @@ Reference: Neal (1992), "Connectionist learning of belief networks", Artificial 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from gradbench.contracts import ComposedTarget, LatentSpace, Params
@@ -49,30 +47,10 @@ from gradbench.families.bernoulli import (
 )
 from gradbench.references import enumeration
 from gradbench.seeding import derive_seed, make_generator
+from gradbench.models.params import SBNParams  # noqa: F401  (torch-free schema)
 
 DESCRIPTION = ("sigmoid belief net (binary latents, 1–2 layers, linear or MLP conditionals): ∇θ log p(x), ∇θ/∇φ ELBO "
                "enumerated over 2^k states; exact posterior sampling; IWAE_K references enumerated or estimated")
-
-
-class SBNParams(BaseModel):
-    """Suite parameters of an ``sbn`` target."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    layers: list[int] = Field([10], description="latent widths bottom-up, [k1] or [k1, k2] (k2 is the top layer); k1 + k2 ≤ 16")
-    conditionals: Literal["linear", "mlp"] = Field("linear", description="linear logits or a one-hidden-layer tanh MLP")
-    hidden: int = Field(16, gt=0, description="hidden width of the MLP conditionals")
-    data_dim: int | None = Field(None, gt=0, description="d for synthetic data (with given data: None or equal to its width)")
-    n_data: int = Field(10, gt=0, description="N synthetic rows (ignored when data is given)")
-    weight_scale: float = Field(2.0, gt=0, description="weights ~ N(0, weight_scale²/fan_in)")
-    bias_scale: float = Field(1.0, ge=0, description="biases and prior logits ~ N(0, bias_scale²)")
-    reference_replicates: int = Field(20_000, gt=1, description="replicates of the estimated IWAE_K references (K ≥ 2)")
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: list[int]) -> list[int]:
-        if len(v) not in (1, 2) or min(v) < 1 or sum(v) > enumeration.MAX_ENUMERATED_LATENTS:
-            raise ValueError(f"layers must be [k1] or [k1, k2] with positive widths summing to ≤ {enumeration.MAX_ENUMERATED_LATENTS}")
-        return v
 
 
 PARAMS = SBNParams

@@ -23,12 +23,10 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from gradbench.contracts import ComposedTarget, LatentSpace, Params
@@ -36,27 +34,11 @@ from gradbench.core import ParamGroup, ParamLayout
 from gradbench.families import gaussian
 from gradbench.references import quadrature
 from gradbench.seeding import derive_seed, make_generator
+from gradbench.models.params import VAEParams  # noqa: F401  (torch-free schema)
 
 LOG_2PI = math.log(2 * math.pi)
 DESCRIPTION = ("VAE decoder (MLP, Bernoulli or Gaussian likelihood) with a Gaussian mean-field or amortised encoder; "
                "adaptive Gauss–Hermite references (latent_dim ≤ 3)")
-
-
-class VAEParams(BaseModel):
-    """Suite parameters of a ``vae`` target."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    latent_dim: int = Field(2, gt=0, description="k, dimension of z")
-    data_dim: int | None = Field(None, gt=0, description="d, dimension of x (synthetic data); None: the data's width")
-    n_data: int = Field(1, gt=0, description="N, synthetic data points (ignored when data is given)")
-    hidden: list[int] = Field(default_factory=lambda: [16], description="decoder hidden widths (may be empty: linear)")
-    activation: Literal["tanh", "softplus"] = Field("tanh", description="hidden-unit nonlinearity")
-    likelihood: Literal["bernoulli", "gaussian"] = Field("bernoulli", description="x | z law")
-    noise_std: float = Field(1.0, gt=0, description="gaussian likelihood: fixed σ (not learned, not in θ)")
-    weight_scale: float = Field(1.0, gt=0, description="W_l entries ~ N(0, weight_scale²/fan_in)")
-    bias_scale: float = Field(0.5, ge=0, description="b_l entries ~ N(0, bias_scale²)")
-    quadrature_nodes: int | None = Field(None, ge=2, description="Gauss–Hermite nodes per axis (None: 100/64/24 for k=1/2/3)")
-    reference_replicates: int = Field(20_000, gt=1, description="replicates behind estimated references (IWAE_K, k > 3)")
 
 
 @dataclass

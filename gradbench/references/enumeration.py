@@ -42,7 +42,7 @@ from gradbench.contracts import ComposedTarget, Family, Model, Objective, Params
 from gradbench.core import Reference
 from gradbench.seeding import derive_seed, make_generator
 
-MAX_ENUMERATED_LATENTS = 16
+from gradbench.models.params import MAX_ENUMERATED_LATENTS  # noqa: E402,F401  (2^k states per data point)
 CHUNK_ELEMENTS = 1 << 22  # states × data points × widest layer per chunk (32 MiB of float64)
 IWAE_ENUMERATION_LIMIT = 1 << 18  # enumerate IWAE_K over the S^K tuples when S^K · N ≤ this
 REFERENCE_BLOCK_ELEMENTS = 1 << 21  # replicates × K × N per block of an estimated reference

@@ -19,23 +19,29 @@ class ReportInputError(click.ClickException):
 
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Report folder [default: reports/<suite name>].")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Report folder [default: RUN_DIR/report].")
 @click.option("--alpha", type=float, help="Significance level for bias flags [default: run.json's alpha, else 0.01].")
-@click.option("--dpi", type=click.IntRange(50, 300), default=100, show_default=True,
-              help="Resolution of the PNG figures.")
+@click.option("--dpi", type=click.IntRange(50, 600), default=200, show_default=True,
+              help="Resolution of the PNG figures (200: print quality).")
 @click.option("--link-figures", is_flag=True,
               help="Link figures/*.png from index.html instead of embedding them "
                    "(half the size; keep the folder together).")
-def report(run_dir: Path, out: Path | None, alpha: float | None, dpi: int, link_figures: bool) -> None:
+@click.option("--partial", is_flag=True, help="Report the finished cells of an incomplete (interrupted) run.")
+def report(run_dir: Path, out: Path | None, alpha: float | None, dpi: int, link_figures: bool, partial: bool) -> None:
     """Render RUN_DIR's results as index.html (self-contained), summary.md and figures/*.png."""
     from gradbench.report.data import RunError
     from gradbench.report.render import render_report
 
+    if out is not None and out.exists() and not out.is_dir():
+        raise ReportInputError(f"-o {out}: is a file, not a folder; give a folder (it is created if missing)")
     try:
-        rep = render_report(run_dir, out, alpha=alpha, dpi=dpi, embed=not link_figures, progress=sys.stderr.isatty())
+        rep = render_report(run_dir, out, alpha=alpha, dpi=dpi, embed=not link_figures, progress=sys.stderr.isatty(),
+                            partial=partial)
     except RunError as exc:
         raise ReportInputError(str(exc)) from None
-    click.echo(f"{len(rep.figures)} figure(s), {len(rep.tables)} table(s); report: {rep.index}")
+    done = rep.run.manifest.get("partial")
+    note = f" (partial: {done[0]} of {done[1]} cells)" if done else ""
+    click.echo(f"{len(rep.figures)} figure(s), {len(rep.tables)} table(s){note}; report: {rep.index}")
 
 
 @click.command()

@@ -50,6 +50,10 @@ from gradbench.report.data import RunData, RunError, load_run, param_columns
 
 KEY_COLUMNS = ["model", "estimator", "protocol", "param_group", "metric", "dtype", "device"]
 CELL_LEVEL = {"protocol", "param_group", "metric"}
+TARGET_PREFIXES = ("model.", "proposal.")  # with --allow-different-targets, not part of the key
+TARGET_KEYS = {"dtype", "device"}
+TARGET_SEED_HINT = ("give both runs the same target_seed (in the suite, or `gradbench run --target-seed N`) and "
+                    "change only --seed, or pass --allow-different-targets")
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,17 @@ def _keys(df: pd.DataFrame, columns: list[str]) -> pd.Series:
     return key + "#" + key.groupby(key).cumcount().astype(str)
 
 
-def align(a: RunData, b: RunData) -> tuple[pd.DataFrame, int, int]:
-    """Inner join of the two tidy tables on the content key; also counts rows only in A / only in B."""
+def align(a: RunData, b: RunData, *, across_targets: bool = False) -> tuple[pd.DataFrame, int, int]:
+    """Inner join of the two tidy tables on the content key; also counts rows only in A / only in B.
+
+    ``across_targets`` (``--allow-different-targets``) leaves what describes the target instance
+    (``model.*``, ``proposal.*``, ``dtype``, ``device``) out of the key: cells then align by model,
+    estimator and its parameters, targets matched in suite order."""
     pcols = sorted(set(param_columns(a.results)) | set(param_columns(b.results)))
-    columns = [c for c in KEY_COLUMNS if c in a.results or c in b.results] + pcols
+    if across_targets:
+        pcols = [c for c in pcols if not c.startswith(TARGET_PREFIXES)]
+    columns = [c for c in KEY_COLUMNS if (c in a.results or c in b.results)
+               and not (across_targets and c in TARGET_KEYS)] + pcols
     cell_columns = [c for c in columns if c not in CELL_LEVEL]
     frames = []
     for run in (a, b):
@@ -233,19 +244,22 @@ def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData, *, al
     b = run_b if isinstance(run_b, RunData) else load_run(run_b)
     if not 0 < alpha < 1:
         raise RunError(f"alpha must be in (0, 1), got {alpha}")
-    m, only_a, only_b = align(a, b)
+    m, only_a, only_b = align(a, b, across_targets=allow_different_targets)
     if skip:
         m = m[~m["protocol"].isin(skip) & ~m["metric"].isin(skip)]
     if m.empty:
+        hint = ("" if allow_different_targets else
+                "; if only the targets changed (proposal, model parameters, dtype), pass --allow-different-targets")
         raise RunError(f"nothing to compare: no metric row of {a.path} matches one of {b.path} by content "
-                       "(different models, parameters, estimators, protocols, dtype or device?)")
+                       f"(different models, parameters, estimators, protocols, dtype or device?){hint}")
     notes = []
     checked, differ = check_instances(a, b, m)
     if differ:
         msg = (f"{differ} of {checked} aligned target(s) hold different parameters/data in the two runs "
-               "(different suite seeds or data files): the metrics describe different problem instances")
+               "(different target seeds, data files or target parameters): the metrics describe different problem "
+               "instances")
         if not allow_different_targets:
-            raise InstanceMismatch(msg + "; re-run with the same seed, or pass --allow-different-targets")
+            raise InstanceMismatch(msg + "; " + TARGET_SEED_HINT)
         notes.append("warning: " + msg + "; changes below include the change of instance")
     elif checked == 0:
         notes.append("targets not checked (no targets/*.npz in both runs)")

@@ -112,42 +112,85 @@ class RunData:
             sub = sub.drop_duplicates("cell_id").set_index("cell_id")
             out[m] = out["cell_id"].map(sub["value"])
             out[m + "__se"] = out["cell_id"].map(sub["stderr"])
-            if m == "bias_pvalue":
+            if m in ("bias_pvalue", "bias_qvalue"):
                 out[m + "__method"] = out["cell_id"].map(sub["method"])
         return out
 
 
-def load_run(path: str | Path, alpha: float | None = None) -> RunData:
-    """Read a run folder (or its ``results.parquet``) written by ``gradbench run``."""
+def load_run(path: str | Path, alpha: float | None = None, *, partial: bool = False) -> RunData:
+    """Read a run folder (or its ``results.parquet``) written by ``gradbench run``.
+
+    An unfinished run (interrupted, or still running: ``run.json`` says ``"complete": false``, or
+    there is no ``results.parquet``) is an error that counts its finished cells; with ``partial``
+    the finished cells (``cells/*.parquet``) are read instead, and ``manifest["partial"]`` holds
+    ``(finished, total)``."""
     path = Path(path)
     if path.is_file() and path.suffix == ".parquet":
         path = path.parent
+    if not path.is_dir():
+        raise RunError(f"{path}: no such run folder" if not path.exists() else f"{path}: not a run folder")
+    manifest = _read_manifest(path)
     results_path = path / "results.parquet"
-    if not results_path.is_file():
-        raise RunError(f"{path}: no results.parquet here (is this a folder written by `gradbench run`?)")
-    try:
-        results = pd.read_parquet(results_path)
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise RunError(f"{results_path}: cannot read parquet ({type(exc).__name__}: {exc})") from None
+    finished = sorted((path / "cells").glob("*.parquet")) if (path / "cells").is_dir() else []
+    finished = [p for p in finished if not p.name.endswith(".meeting.parquet")]
+    complete = results_path.is_file() and manifest.get("complete", True)
+    if not complete:
+        if not finished and not manifest:
+            raise RunError(f"{path}: no results.parquet here (is this a folder written by `gradbench run`?)")
+        total = len(manifest.get("cells", [])) or "?"
+        if not partial:
+            raise RunError(f"{path}: the run is incomplete: {len(finished)} of {total} cells are finished; "
+                           "finish it by running the same `gradbench run` command again, or report the finished "
+                           "cells with `gradbench report --partial`")
+        if not finished:
+            raise RunError(f"{path}: the run is incomplete and no cell is finished yet (0 of {total})")
+        results = _read_cells(path, finished, manifest)
+        manifest = {**manifest, "partial": (len(finished), total)}
+    else:
+        try:
+            results = pd.read_parquet(results_path)
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise RunError(f"{results_path}: cannot read parquet ({type(exc).__name__}: {exc})") from None
     required = {"cell_id", "estimator", "protocol", "param_group", "metric", "value", "stderr"}
     missing = required - set(results.columns)
     if missing:
         raise RunError(f"{results_path}: missing column(s) {', '.join(sorted(missing))}")
     meeting = None
     mpath = path / "meeting_times.parquet"
-    if mpath.is_file():
+    if "partial" in manifest:
+        parts = [pd.read_parquet(p) for p in sorted((path / "cells").glob("*.meeting.parquet"))
+                 if p.name.removesuffix(".meeting.parquet") in set(results["cell_id"])]
+        meeting = pd.concat(parts, ignore_index=True) if parts else None
+    elif mpath.is_file():
         meeting = pd.read_parquet(mpath)
-    manifest: dict[str, Any] = {}
-    if (path / "run.json").is_file():
-        try:
-            manifest = json.loads((path / "run.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise RunError(f"{path / 'run.json'}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     if alpha is None:
         alpha = float(manifest.get("alpha", DEFAULT_ALPHA))
     if not 0 < alpha < 1:
         raise RunError(f"alpha must be in (0, 1), got {alpha}")
     return RunData(path, results, meeting, manifest, alpha, describe_cells(results))
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not (path / "run.json").is_file():
+        return {}
+    try:
+        manifest = json.loads((path / "run.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path / 'run.json'}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _read_cells(path: Path, files: list[Path], manifest: dict[str, Any]) -> pd.DataFrame:
+    """The finished cells' rows, in the suite's order where run.json lists it (as ``collect`` does)."""
+    order = {cid: i for i, cid in enumerate(manifest.get("cells", []))}
+    files = sorted(files, key=lambda p: order.get(p.stem, len(order)))
+    table = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    for col in table.columns[table.dtypes == object]:  # as runner.collect: mixed int/str parameter columns
+        if len({type(v) for v in table[col].dropna()}) > 1:
+            table[col] = table[col].map(lambda v: v if pd.isna(v) else str(v))
+    if "suite" not in table:
+        table.insert(0, "suite", str(manifest.get("suite", path.name)))
+    return table
 
 
 def describe_cells(results: pd.DataFrame) -> pd.DataFrame:
@@ -189,11 +232,30 @@ def describe_cells(results: pd.DataFrame) -> pd.DataFrame:
         for _, row in cells.iterrows()
     ]
     cells["series"] = [f"{e} · {v}" if v else str(e) for e, v in zip(cells["estimator"], cells["variant"])]
+    wrt = cells["estimator.wrt"] if "estimator.wrt" in cells else pd.Series(None, index=cells.index)
+    cells["gradient"] = [gradient_of(str(e), w) for e, w in zip(cells["estimator"], wrt)]
     cells["label"] = [
         s + (f" ({p}={fmt_param(b)})" if p else "")
         for s, p, b in zip(cells["series"], cells["budget_param"], cells["budget"])
     ]
     return cells
+
+
+def gradient_of(estimator: str, wrt: Any = None) -> str:
+    """``∇θ`` or ``∇φ``: which gradient a cell estimates — its ``wrt`` parameter when it has one, else
+    the registry's ``wrt`` of the estimator (``?`` for a name the registry does not know)."""
+    from gradbench import registry
+
+    if not isinstance(wrt, str):
+        entry = registry.ESTIMATORS.get(estimator)
+        wrt = entry.wrt.split("|")[0] if entry is not None else "?"
+    return {"theta": "∇θ", "phi": "∇φ"}.get(wrt, wrt)
+
+
+def bias_decision(run: RunData) -> str:
+    """The metric that flags a bias: the Benjamini–Hochberg ``bias_qvalue`` of the statistics issue
+    when the run has it (multiple testing controlled within the run), else the per-row ``bias_pvalue``."""
+    return "bias_qvalue" if run.has("bias_qvalue") else "bias_pvalue"
 
 
 def _short(col: str) -> str:

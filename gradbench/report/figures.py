@@ -28,18 +28,20 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
-from gradbench.report.data import RunData, fmt_param  # noqa: E402
+from gradbench.report.data import RunData, bias_decision, fmt_param  # noqa: E402
 from gradbench.report.style import LINESTYLES, MARKERS, estimator_color, metric_label, theme  # noqa: E402
 
 PANEL_W, PANEL_H = 3.6, 3.1
 P_FLOOR = 1e-12  # p-values below are drawn at this floor
+LOWER_BAR_FLOOR = 0.9  # lower error bars end no lower than (1 − 0.9)·value: one decade on a log axis
+LEGEND_FONT = 9
 
 
 @dataclass(frozen=True)
 class FigureSpec:
     name: str  # file stem
     title: str
-    caption: str
+    caption: str | Callable[[RunData], str]  # a function of the run where the panels depend on it
     draw: Callable[[RunData], Figure | None]
 
 
@@ -93,10 +95,11 @@ def _num(t: float) -> str:
 def _facets(run: RunData, df: pd.DataFrame, n: int, *, legend_space: bool = True
             ) -> tuple[Figure, Callable[[int, int], plt.Axes], list[str]]:
     """Panels for ``n`` plots per target. Each target gets its own block of rows, its plots wrapped
-    at two columns (one target, up to four plots) or four. Returns the figure, ``ax(i_target, j)``
-    and the target labels (``[""]`` when the run has one target)."""
+    at two columns, so that a figure shown at page width keeps its text readable (at four columns
+    the text of a 2×4 grid shrank to ~7 px). Returns the figure, ``ax(i_target, j)`` and the target
+    labels (``[""]`` when the run has one target)."""
     targets = [t for t in dict.fromkeys(run.cells["target_label"]) if t in set(df["target_label"])] or [""]
-    wrap = 2 if len(targets) == 1 and 2 < n <= 4 else min(n, 4)
+    wrap = min(n, 2)
     per_target = math.ceil(n / wrap)
     nrows, ncols = len(targets) * per_target, wrap
     width = PANEL_W * ncols + (2.3 if legend_space else 0)
@@ -124,8 +127,9 @@ def _draw_series(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, styles: dict[st
         err = grp[yerr].to_numpy(dtype=float) if yerr else None
         if err is not None:
             err = np.where(np.isfinite(err), err, 0.0)
-            # keep the lower bar on a log axis: clip it just above zero
-            lower = np.minimum(err, np.abs(grp[y].to_numpy(dtype=float)) * 0.999)
+            # on a log axis a bar reaching zero would run off the plot: the lower bar stops at a tenth of
+            # the value (one decade; the caption says so) and _clip_log_bottom keeps that end in view
+            lower = np.minimum(err, np.abs(grp[y].to_numpy(dtype=float)) * LOWER_BAR_FLOOR)
             err = np.vstack([lower, err])
         ax.errorbar(grp[x], grp[y], yerr=err, color=color, linestyle=ls, linewidth=1.4, marker="none",
                     capsize=2.5, elinewidth=1.0, alpha=0.9)
@@ -142,22 +146,22 @@ def _legend(fig: Figure, run: RunData, series: list[str], extra: list[Line2D] | 
                       label=(labels or {}).get(s, s)) for s in series]
     handles += extra or []
     if handles:
-        fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+        fig.legend(handles=handles, loc="outside right upper", fontsize=LEGEND_FONT)
 
 
 def _title(ax: plt.Axes, target: str, group: str | None = None, n_targets: int = 1) -> None:
     parts = ([f"group: {group}"] if group is not None else []) + ([target] if target and n_targets > 1 else [])
     if parts:
-        ax.set_title("\n".join(parts), fontsize=9)
+        ax.set_title("\n".join(parts), fontsize=10)
 
 
 def _clip_log_bottom(ax: plt.Axes, values: pd.Series) -> None:
-    """On a log y axis, keep the view on the values: an error bar reaching towards zero would
-    otherwise stretch the axis over decades; such bars run off the bottom instead."""
+    """On a log y axis, keep the view on the values and their (decade-capped) lower error bars: an
+    uncapped bar reaching towards zero would otherwise stretch the axis over many decades."""
     v = values.to_numpy(dtype=float)
     v = v[np.isfinite(v) & (v > 0)]
     if ax.get_yscale() == "log" and v.size:
-        bottom = v.min() / 3
+        bottom = v.min() * (1 - LOWER_BAR_FLOOR) / 1.5
         if ax.get_ylim()[0] < bottom:
             ax.set_ylim(bottom=bottom)
 
@@ -189,15 +193,16 @@ def fit_loglog_slope(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[floa
 def bias_vs_budget(run: RunData) -> Figure | None:
     if not run.has("rel_bias"):
         return None
-    df = run.wide(["rel_bias", "bias_pvalue"]).dropna(subset=["budget", "rel_bias"])
+    decision = bias_decision(run)  # q-values (multiple testing controlled) when the run has them
+    df = run.wide(["rel_bias", decision]).dropna(subset=["budget", "rel_bias"])
     if df.empty:
         return None
-    has_p = "bias_pvalue" in df
+    has_p = decision in df
     df["stderr"] = df["rel_bias__se"]
-    df["significant"] = df["bias_pvalue"] < run.alpha if has_p else True
+    df["significant"] = df[decision] < run.alpha if has_p else True
     styles = _style_of(run)
     fig, axes, targets = _facets(run, df, 2 if has_p else 1)
-    labels: dict[str, str] = {}
+    slopes: dict[str, list[str]] = {}  # series -> one fitted slope per target (each target has its own fit)
     for i, target in enumerate(targets):
         sub = df[df["target_label"] == target] if target else df
         ax = axes(i, 0)
@@ -215,7 +220,8 @@ def bias_vs_budget(run: RunData) -> Figure | None:
             c = ly.mean() - slope * lx.mean()
             ys = np.exp(c + slope * np.log(xs))
             ax.plot(xs, ys, color=styles[series][0], linestyle=(0, (1, 1.5)), linewidth=2.2, alpha=0.6)
-            labels[series] = f"{series}: slope {slope:+.2f} ± {slope_se:.2f}" + (f" [{target}]" if target else "")
+            fitted = f"slope {slope:+.2f} ± {slope_se:.2f}" + (f" ({target})" if target else "")
+            slopes.setdefault(series, []).append(fitted)
         ax.set_xlabel(_budget_axis_label(sub))
         ax.set_ylabel(metric_label("rel_bias"))
         _set_log(ax, "x", sub["budget"], force=True, budget=True)
@@ -224,7 +230,7 @@ def bias_vs_budget(run: RunData) -> Figure | None:
         _title(ax, target, None, len(targets))
         if has_p:
             ax = axes(i, 1)
-            p = sub.assign(pplot=sub["bias_pvalue"].clip(lower=P_FLOOR))
+            p = sub.assign(pplot=sub[decision].clip(lower=P_FLOOR))
             _draw_series(ax, p, "budget", "pplot", styles, yerr=None, filled=p["significant"])
             ax.axhline(run.alpha, color="#b2182b", linestyle="--", linewidth=1)
             ax.text(0.98, min(max(run.alpha, P_FLOOR), 1.0), f"α = {run.alpha:g}", color="#b2182b", fontsize=8,
@@ -237,15 +243,19 @@ def bias_vs_budget(run: RunData) -> Figure | None:
             ax.yaxis.set_major_formatter(FuncFormatter(lambda t, _: "≤1e-12" if t <= P_FLOOR else _num(t)))
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(_budget_axis_label(sub))
-            ax.set_ylabel("bias p-value (H0: unbiased)")
+            ax.set_ylabel("bias q-value (Benjamini–Hochberg)" if decision == "bias_qvalue"
+                          else "bias p-value (H0: unbiased)")
             _set_log(ax, "x", sub["budget"], force=True, budget=True)
             _title(ax, target, None, len(targets))
     series = list(dict.fromkeys(df["series"]))
-    extra = [Line2D([], [], color="grey", marker="o", linestyle="none", label=f"bias significant (p < {run.alpha:g})"),
+    letter = "q" if decision == "bias_qvalue" else "p"
+    extra = [Line2D([], [], color="grey", marker="o", linestyle="none",
+                    label=f"bias significant ({letter} < {run.alpha:g})"),
              Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="none",
                     label="not significant"),
              Line2D([], [], color="grey", linestyle=(0, (1, 1.5)), linewidth=2.2, alpha=0.6,
                     label="log-log fit (significant points)")]
+    labels = {s: s + "".join(f"\n  {line}" for line in lines) for s, lines in slopes.items()}
     _legend(fig, run, series, extra, labels)
     return fig
 
@@ -322,10 +332,14 @@ def _frontier_panel(ax: plt.Axes, sub: pd.DataFrame, x: str, y: str, styles: dic
         color, marker, ls = styles[series]
         ax.errorbar(grp["_x"], grp[y], yerr=grp[y + "__se"].fillna(0), xerr=grp["_xse"].fillna(0), color=color,
                     marker=marker, linestyle=ls, markersize=5, capsize=2.5, linewidth=1.4, elinewidth=1.0)
-        for _, r in grp.iterrows():
+        # budget labels at the two ends of each series only: labels at every point overlap
+        ends = grp.dropna(subset=["budget"])
+        ends = ends.iloc[[0, -1]].drop_duplicates("cell_id") if len(ends) else ends
+        for k, (_, r) in enumerate(ends.iterrows()):
             if r["budget_param"]:
                 ax.annotate(f"{r['budget_param']}={fmt_param(r['budget'])}", (r["_x"], r[y]),
-                            textcoords="offset points", xytext=(4, 4), fontsize=6.5, color=color)
+                            textcoords="offset points", xytext=(5, 5) if k == 0 else (5, -11), fontsize=8,
+                            color=color)
     front = pareto_front(sub["_x"].to_numpy(float), sub[y].to_numpy(float))
     fx, fy = sub["_x"].to_numpy(float)[front], sub[y].to_numpy(float)[front]
     fx, fy = np.append(fx, sub["_x"].max()), np.append(fy, fy[-1])  # best so far, up to the largest cost
@@ -334,13 +348,19 @@ def _frontier_panel(ax: plt.Axes, sub: pd.DataFrame, x: str, y: str, styles: dic
     _set_log(ax, "y", sub[y])
 
 
-def efficiency_frontier(run: RunData) -> Figure | None:
-    """tr Σ̂ × cost vs cost; with the wallclock protocol also tr Σ̂ × seconds vs seconds."""
+def _frontier_panels(run: RunData) -> list[tuple[str, str]]:
     panels = []
     if run.has("work_norm_var") and run.has("evals_mean"):
         panels.append(("evals_mean", "work_norm_var"))
     if run.has("work_norm_var_seconds") and run.has("seconds_per_estimate"):
         panels.append(("seconds_per_estimate", "work_norm_var_seconds"))
+    return panels
+
+
+def efficiency_frontier(run: RunData) -> Figure | None:
+    """tr Σ̂ × cost vs cost; with the wallclock protocol also tr Σ̂ × seconds vs seconds. One frontier
+    per gradient (∇θ, ∇φ): estimators of different gradients are never on one frontier."""
+    panels = _frontier_panels(run)
     if not panels:
         return None
     df = run.wide([m for p in panels for m in p])
@@ -350,13 +370,15 @@ def efficiency_frontier(run: RunData) -> Figure | None:
     df = df[keep]
     if df.empty:
         return None
+    gradients = list(dict.fromkeys(df["gradient"]))
+    layout = [(g, x, y) for g in gradients for x, y in panels]
     styles = _style_of(run)
-    fig, axes, targets = _facets(run, df, len(panels))
+    fig, axes, targets = _facets(run, df, len(layout))
     for i, target in enumerate(targets):
-        for j, (x, y) in enumerate(panels):
+        for j, (gradient, x, y) in enumerate(layout):
             ax = axes(i, j)
             sub = df[df["target_label"] == target] if target else df
-            sub = sub[(sub[x] > 0) & (sub[y] > 0)]
+            sub = sub[(sub[x] > 0) & (sub[y] > 0) & (sub["gradient"] == gradient)]
             if sub.empty:
                 ax.set_visible(False)
                 continue
@@ -369,12 +391,25 @@ def efficiency_frontier(run: RunData) -> Figure | None:
                 _frontier_panel(ax, sub, x, y, styles, xscale=scale)
                 ax.set_xlabel(f"wall-clock per estimate ({unit})")
                 ax.set_ylabel("tr Σ̂ × seconds (gradient units² × s)")
-            _title(ax, target, "all", len(targets))
+            _title(ax, target, None, len(targets))
+            ax.set_title(f"{gradient} estimators" + (f"\n{target}" if target and len(targets) > 1 else ""),
+                         fontsize=10)
     extra = [Line2D([], [], color="black", linestyle="--", alpha=0.6, label="frontier (not dominated)")]
     _legend(fig, run, list(dict.fromkeys(df["series"])), extra)
-    if len(panels) == 1:
+    if len(layout) == 1:
         fig.set_size_inches(PANEL_W * 1.6 + 2.2, PANEL_H * 1.2 * len(targets))
     return fig
+
+
+def frontier_caption(run: RunData) -> str:
+    """The caption names only the panels the figure has."""
+    text = ("Work-normalised variance tr Σ̂ × cost against cost (log-joint evaluations per estimate); lower is "
+            "better at a given cost. The dashed step line joins the estimates no other estimate of the same gradient "
+            "beats in both; estimators of different gradients (∇θ, ∇φ) are on separate panels, never on one "
+            "frontier. Budget labels mark the two ends of each series.")
+    if ("seconds_per_estimate", "work_norm_var_seconds") in _frontier_panels(run):
+        text += " Right of each: the same with wall-clock seconds per estimate as the cost."
+    return text
 
 
 # -- meeting times ------------------------------------------------------------------------------
@@ -400,14 +435,15 @@ def meeting_times(run: RunData) -> Figure | None:
         hue_key = sub["budget"].map(lambda b: f"{sub['budget_param'].iloc[0]}={fmt_param(b)}" if pd.notna(b) else "—")
         sub = sub.assign(budget_label=hue_key)
         order = list(dict.fromkeys(sub.sort_values("budget")["budget_label"]))
-        shades = sns.light_palette(estimator_color(est), n_colors=len(order) + 2)[2:]  # light → full colour
+        # a budget sweep in perceptually ordered, well separated colours (viridis without its pale end)
+        shades = [matplotlib.colormaps["viridis"](x) for x in np.linspace(0.0, 0.85, len(order))]
         palette = dict(zip(order, shades if len(order) > 1 else [estimator_color(est)]))
         ax = grid[i, 0]
         sns.ecdfplot(data=sub, x="tau", hue="budget_label", hue_order=order, palette=palette, ax=ax, linewidth=1.6)
         _set_log(ax, "x", sub["tau"].clip(lower=1), force=False)
         ax.set_xlabel("meeting time τ (iterations)")
         ax.set_ylabel("ECDF P(τ ≤ t)")
-        ax.set_title(panel, fontsize=9)
+        ax.set_title(panel, fontsize=10)
         leg = ax.get_legend()
         if leg is not None:
             leg.set_title(None)
@@ -420,13 +456,13 @@ def meeting_times(run: RunData) -> Figure | None:
             if cens is not None and cens.any():
                 cap = taus[cens].min()
                 ax.axvline(cap, color=palette[label], linestyle=":", linewidth=1)
-                ax.text(cap, 0.5, f" {int(cens.sum())} censored", rotation=90, fontsize=7, color=palette[label],
+                ax.text(cap, 0.5, f" {int(cens.sum())} censored", rotation=90, fontsize=8, color=palette[label],
                         transform=ax.get_xaxis_transform(), va="center")
         ax.set_yscale("log")
         ax.set_xlabel("t (iterations)")
         ax.set_ylabel("survival P(τ > t)")
-        ax.set_title(panel, fontsize=9)
-        ax.legend(fontsize=8)
+        ax.set_title(panel, fontsize=10)
+        ax.legend(fontsize=LEGEND_FONT)
     return fig
 
 
@@ -466,7 +502,7 @@ def meeting_summary(run: RunData) -> Figure | None:
             ax.set_xlabel(_budget_axis_label(sub))
             ax.set_ylabel("meeting time τ (iterations)")
             suffix = f"\n{target}" if target and len(targets) > 1 else ""
-            ax.set_title(stat.replace("tau_", "τ ") + suffix, fontsize=9)
+            ax.set_title(stat.replace("tau_", "τ ") + suffix, fontsize=10)
     _legend(fig, run, list(dict.fromkeys(df["series"])))
     return fig
 
@@ -517,7 +553,7 @@ def wallclock(run: RunData) -> Figure | None:
             _set_log(ax, "y", _positive(sub["y"]))
             _clip_log_bottom(ax, sub["y"])
             ax.set_ylabel(ylabel)
-            ax.set_title(f"device: {devices}" + (f" · {target}" if target and len(targets) > 1 else ""), fontsize=9)
+            ax.set_title(f"device: {devices}" + (f" · {target}" if target and len(targets) > 1 else ""), fontsize=10)
     _legend(fig, run, list(dict.fromkeys(df["series"])))
     return fig
 
@@ -526,9 +562,12 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("bias_vs_budget", "Bias vs budget",
                "Relative bias ‖ḡ − g*‖/‖g*‖ (±1 s.e.) against each estimator's budget, log-log. "
                "Filled markers: "
-               "bias significant at α (bias_pvalue < α); hollow: not significant, i.e. the value is at the Monte "
+               "bias significant at α (bias_pvalue < α, or bias_qvalue < α when the run has q-values); hollow: "
+               "not significant, i.e. the value is at the Monte "
                "Carlo noise floor. Dotted lines: weighted log-log fit over the significant points, slope ± s.e. in "
-               "the legend (O(1/K) bias gives slope −1). Right: the test's p-value with α marked.", bias_vs_budget),
+               "the legend, one per target (O(1/K) bias gives slope −1). Right: the test's p-value (or the "
+               "Benjamini–Hochberg q-value when the run has it) with α marked. Lower error bars stop at a tenth of "
+               "the value on log axes.", bias_vs_budget),
     FigureSpec("variance_vs_budget", "Variance vs budget",
                "Trace of the covariance of one estimate, tr Σ̂ (±1 s.e.), per parameter group, log-log.",
                variance_vs_budget),
@@ -537,10 +576,7 @@ FIGURES: list[FigureSpec] = [
                "(±1 bootstrap "
                "s.e.; a band is the coordinates' interquartile range when the run has it), log-log.", snr_vs_budget),
     FigureSpec("efficiency_frontier", "Efficiency frontier",
-               "Work-normalised variance tr Σ̂ × cost against cost (log-joint evaluations per estimate); lower is "
-               "better at a given cost. The dashed step line joins the estimates no other estimate beats in both. "
-               "With wall-clock timings, the same in seconds (right).",
-               efficiency_frontier),
+               frontier_caption, efficiency_frontier),
     FigureSpec("meeting_times", "Meeting times",
                "Coupled estimators: ECDF of the meeting time τ (left) and its survival P(τ > t) on a log axis "
                "(right; a straight line is a geometric tail), one curve per budget. Censored replicates (runs that "

@@ -23,7 +23,7 @@ import gradbench
 from gradbench.report.data import RunData, fmt_param, load_run, param_columns
 from gradbench.report.tables import Table, all_tables
 
-DEFAULT_DPI = 100
+DEFAULT_DPI = 200  # print quality; figures use ≥ 9 pt text at this size
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,16 @@ class Report:
 
 
 def render_report(run_dir: str | Path, out: str | Path | None = None, *, alpha: float | None = None,
-                  dpi: int = DEFAULT_DPI, embed: bool = True, progress: bool = False) -> Report:
-    """Render the report of the run in ``run_dir`` into ``out`` (default ``reports/<suite>``)."""
+                  dpi: int = DEFAULT_DPI, embed: bool = True, progress: bool = False, partial: bool = False) -> Report:
+    """Render the report of the run in ``run_dir`` into ``out`` (default ``<run_dir>/report``: inside
+    the run folder, never over the published examples in the tracked ``reports/``). ``partial``:
+    report the finished cells of an incomplete run."""
     import matplotlib.pyplot as plt
 
     from gradbench.report.figures import FIGURES, draw
 
-    run = load_run(run_dir, alpha)
-    out = Path(out) if out is not None else Path("reports") / run.suite
+    run = load_run(run_dir, alpha, partial=partial)
+    out = Path(out) if out is not None else run.path / "report"
     (out / "figures").mkdir(parents=True, exist_ok=True)
     figures: list[RenderedFigure] = []
     steps = tqdm(total=len(FIGURES) + 2, desc=f"report {run.suite}", unit="step", disable=not progress)
@@ -69,7 +71,8 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, *, alpha: 
                 plt.close(fig)
                 png = compact_png(buf.getvalue())
                 (out / "figures" / f"{spec.name}.png").write_bytes(png)
-                figures.append(RenderedFigure(spec.name, spec.title, spec.caption, png))
+                caption = spec.caption(run) if callable(spec.caption) else spec.caption
+                figures.append(RenderedFigure(spec.name, spec.title, caption, png))
             else:
                 (out / "figures" / f"{spec.name}.png").unlink(missing_ok=True)  # stale from an earlier render
             steps.update()
@@ -100,7 +103,9 @@ def compact_png(png: bytes, colors: int = 256) -> bytes:
 # -- run facts ----------------------------------------------------------------------------------
 def run_facts(run: RunData) -> list[tuple[str, str]]:
     r = run.results
-    facts = [("suite", run.suite), ("cells", str(run.cells["cell_id"].nunique())),
+    done = run.manifest.get("partial")
+    cells = str(run.cells["cell_id"].nunique()) + (f" (partial: {done[0]} of {done[1]} finished)" if done else "")
+    facts = [("suite", run.suite), ("cells", cells),
              ("estimators", ", ".join(dict.fromkeys(map(str, run.cells["estimator"])))),
              ("protocols", ", ".join(run.protocols)),
              ("parameter groups", ", ".join(run.param_groups))]
@@ -134,28 +139,59 @@ def run_notes(run: RunData) -> list[str]:
     return notes
 
 
+def _symbol(column: str) -> str:
+    """``model.data_dim`` → ``d (data_dim)`` using the registry's field description (``"d, dimension
+    of x"``) when it starts with a short symbol; else the bare parameter name."""
+    from gradbench import registry
+
+    prefix, _, name = column.partition(".")
+    for model in registry.MODELS.values():
+        schema = model.params if prefix == "model" else model.proposal if prefix == "proposal" else None
+        info = schema.model_fields.get(name) if schema is not None else None
+        if info is not None and info.description and ", " in info.description:
+            sym = info.description.split(", ", 1)[0]
+            if len(sym) <= 3:
+                return f"{sym} ({name})"
+    return name
+
+
+def problem_line(run: RunData) -> str:
+    """``ppca: d=5, k=2, N=1, σ=1, δ=0.5, s=1.5`` per target (the problem, in one line each)."""
+    cols = [c for c in param_columns(run.cells) if not c.startswith("estimator.")]
+    lines = []
+    for _, r in run.cells.drop_duplicates("target_id").iterrows():
+        parts = [f"{_symbol(c).split(' (')[0]}={fmt_param(r[c])}" for c in cols if pd.notna(r[c])]
+        lines.append(f"{r.get('model', '?')}: {', '.join(parts)}")
+    return "; ".join(lines)
+
+
 def targets_table(run: RunData) -> Table:
+    """The problem: one row per target with every model and proposal parameter (symbol and name)."""
+    from gradbench.report.tables import Cell
+
     cols = [c for c in param_columns(run.cells) if not c.startswith("estimator.")]
     cells = run.cells.drop_duplicates("target_id")
-    t = Table("Targets", ["target_id", "model"] + [c for c in cols], text_columns=2)
+    n = len(cells)
+    t = Table(f"Problem: {n} target{'s' if n > 1 else ''}", ["model"] + [_symbol(c) for c in cols] + ["target id"],
+              text_columns=1, note="The model, its parameters and the proposal/encoder at which gradients are "
+                                   "measured (target id: content hash, for files in targets/).")
     for _, r in cells.iterrows():
-        from gradbench.report.tables import Cell
-
-        t.rows.append([Cell(str(r["target_id"])), Cell(str(r.get("model", "")))]
-                      + [Cell(fmt_param(r[c]) if pd.notna(r[c]) else "—") for c in cols])
+        t.rows.append([Cell(str(r.get("model", "")))] + [Cell(fmt_param(r[c]) if pd.notna(r[c]) else "—") for c in cols]
+                      + [Cell(str(r["target_id"]))])
     return t
 
 
 # -- markdown -----------------------------------------------------------------------------------
 def to_markdown(report: Report) -> str:
     run = report.run
-    lines = [f"# gradbench report: {run.suite}", "",
+    lines = [f"# gradbench report: {run.suite}", "", f"**Problem.** {problem_line(run)}", "",
              f"Generated {_now()} by gradbench {gradbench.__version__} from `{run.path}`.", ""]
+    lines += ["", targets_table(run).to_markdown()]
     lines += [f"- **{k}**: {v}" for k, v in run_facts(run)]
     notes = run_notes(run)
     if notes:
         lines += ["", "**Notes**", ""] + [f"- {n}" for n in notes]
-    lines += ["", targets_table(run).to_markdown(), "## Tables", ""]
+    lines += ["", "## Tables", ""]
     for t in report.tables:
         lines += [t.to_markdown()]
     if report.figures:
@@ -188,6 +224,7 @@ td.bad { color: var(--bad); background: var(--badbg); font-weight: 600; }
 .note { color: var(--muted); font-size: 12.5px; margin: 2px 0 6px; }
 footer { color: var(--muted); font-size: 12px; margin-top: 40px; }
 ul.notes { color: var(--bad); margin: 10px 0; }
+p.problem { font-size: 15px; margin: 6px 0; } p.partial { color: var(--bad); font-weight: 600; }
 """
 
 
@@ -195,10 +232,15 @@ def to_html(report: Report) -> str:
     run = report.run
     esc = html.escape
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in run_facts(run))
-    toc = [f'<li><a href="#fig-{f.name}">{esc(f.title)}</a></li>' for f in report.figures]
+    problem = targets_table(run)
+    toc = [f'<li><a href="#problem">{esc(problem.title)}</a></li>']
+    toc += [f'<li><a href="#fig-{f.name}">{esc(f.title)}</a></li>' for f in report.figures]
     toc += [f'<li><a href="#table-{i}">{esc(t.title)}</a></li>' for i, t in enumerate(report.tables)]
     notes = run_notes(run)
     notes = (f'<ul class="notes">{"".join(f"<li>{esc(n)}</li>" for n in notes)}</ul>' if notes else "")
+    done = run.manifest.get("partial")
+    partial = (f'<p class="partial">Partial report: the run is incomplete, {done[0]} of {done[1]} cells are '
+               "finished; only those are shown.</p>" if done else "")
     figs = []
     for f in report.figures:
         src = (f"data:image/png;base64,{base64.b64encode(f.png).decode('ascii')}" if report.embed
@@ -216,16 +258,18 @@ def to_html(report: Report) -> str:
 <style>{CSS}</style></head>
 <body>
 <header><h1>gradbench report: {esc(run.suite)}</h1>
+<p class="problem"><b>Problem.</b> {esc(problem_line(run))}</p>
 <p class="meta">Generated {esc(_now())} by gradbench {esc(gradbench.__version__)} · Monte Carlo gradient estimators
 against the reference gradient · error bars and ± are one standard error.</p></header>
+{partial}
+<nav><ul>{''.join(toc)}</ul></nav>
+<section id="problem">{problem.to_html()}</section>
 <dl class="facts">{facts}</dl>
 {notes}
-<nav><ul>{''.join(toc)}</ul></nav>
 <h2>Figures</h2>
 {''.join(figs)}
 <h2>Tables</h2>
 {tables}
-<section>{targets_table(run).to_html()}</section>
 <footer>{"Self-contained: figures are embedded; the same PNGs are" if report.embed else "Figures are the PNGs"} in
 <code>figures/</code>, the key tables in <code>summary.md</code>.
 No network access is needed to view this page.</footer>

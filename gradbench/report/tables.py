@@ -1,8 +1,10 @@
 """Tables of a run: per estimator × budget, value ± standard error, bias flagged at α.
 
 A :class:`Table` is plain data (header, rows of :class:`Cell`) rendered to Markdown or HTML.
-The bias flag is per row: ``bias_pvalue < α`` (no multiplicity correction across rows; the test
-itself, Hotelling or Šidák max-|z|, is already corrected across coordinates).
+The bias flag is ``bias_qvalue < α`` (Benjamini–Hochberg within the run, the statistics issue's
+multiple-testing control) when the run has q-values, else per row ``bias_pvalue < α`` (the test
+itself, Hotelling or Šidák max-|z|, is corrected across coordinates, not across rows). With the
+statistics issue's ``rel_bias_ci_low``/``rel_bias_ci_high`` the bias column is the 95 % interval.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from gradbench.report.data import RunData, fmt_param
+from gradbench.report.data import RunData, bias_decision, fmt_param
 
 # (metric, column header) in display order; columns appear only when the run has the metric.
 ACCURACY_COLUMNS = [
     ("rel_bias", "rel. bias"),
     ("bias_pvalue", "bias p"),
+    ("bias_qvalue", "bias q"),
+    ("tail_index", "tail index"),
     ("trace_cov", "tr Σ̂"),
     ("snr_median", "SNR (median)"),
     ("snr_q50", "SNR q50"),  # only when snr_median is absent (same quantity)
@@ -94,18 +98,22 @@ def fmt_value(v: float, se: float | None = None) -> str:
 
 
 def fmt_p(p: float) -> str:
+    """``0.034``, ``3.1e-07``; a p-value that underflowed to 0 is a bound: ``<1e-300``."""
     if p is None or not np.isfinite(p):
         return "—"
-    return "0" if p == 0 else (f"{p:.2g}" if p < 0.01 else f"{p:.3f}")
+    return "<1e-300" if p < 1e-300 else (f"{p:.2g}" if p < 0.01 else f"{p:.3f}")
 
 
-def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float) -> list[Cell]:
+def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float, decision: str = "bias_pvalue"
+               ) -> list[Cell]:
     out = []
     for metric, _ in columns:
         v = r.get(metric)
-        if metric == "bias_pvalue":
-            biased = v is not None and np.isfinite(v) and v < alpha
+        if metric in ("bias_pvalue", "bias_qvalue"):
+            biased = metric == decision and v is not None and np.isfinite(v) and v < alpha
             out.append(Cell(fmt_p(v) + (" ✱ biased" if biased else ""), "bad" if biased else None))
+        elif metric == "rel_bias" and np.isfinite(r.get("rel_bias_ci_low", np.nan)):
+            out.append(Cell(f"{fmt_value(v)} [{r['rel_bias_ci_low']:.3g}, {r['rel_bias_ci_high']:.3g}]"))
         elif metric == "n_censored":
             out.append(Cell("—" if v is None or not np.isfinite(v) else str(int(v)), "bad" if v and v > 0 else None))
         else:
@@ -139,19 +147,25 @@ def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: 
     cols = _present(run, columns)
     if not cols:
         return None
-    wide = _sorted_cells(run.wide([m for m, _ in cols]), run)
+    has_interval = run.has("rel_bias_ci_low") and run.has("rel_bias_ci_high")
+    if has_interval:
+        cols = [(m, "rel. bias [95% CI]" if m == "rel_bias" else h) for m, h in cols]
+    extra = ["rel_bias_ci_low", "rel_bias_ci_high"] if has_interval else []
+    wide = _sorted_cells(run.wide([m for m, _ in cols] + extra), run)
     wide = wide[wide[[m for m, _ in cols]].notna().any(axis=1)]  # cells without any of these metrics
     n_targets = wide["target_label"].nunique()
     header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates"] + [h for _, h in cols]
     t = Table(title, header, note=note, text_columns=header.index("budget") + 1)
     for _, r in wide.iterrows():
-        t.rows.append(_ident(r, n_targets) + _row_cells(r, cols, run.alpha))
+        t.rows.append(_ident(r, n_targets) + _row_cells(r, cols, run.alpha, bias_decision(run)))
     return t
 
 
 def summary_table(run: RunData) -> Table | None:
     """Bias, variance, SNR and MSE per estimator × budget (parameter group 'all')."""
-    flag = f" ✱ biased: bias p-value < α = {run.alpha:g} (H0: unbiased; per row)."
+    flag = (f" ✱ biased: bias q-value < α = {run.alpha:g} (Benjamini–Hochberg over the run's bias tests)."
+            if bias_decision(run) == "bias_qvalue" else
+            f" ✱ biased: bias p-value < α = {run.alpha:g} (H0: unbiased; per row, no multiplicity correction).")
     note = "Parameter group 'all'. Values are ± 1 standard error." + (flag if run.has("bias_pvalue") else "")
     return _cell_table(run, "Accuracy per estimator × budget", ACCURACY_COLUMNS, note)
 
@@ -179,7 +193,7 @@ def group_table(run: RunData) -> Table | None:
     for _, r in rows.sort_values(["_t", "_s", "budget", "_g"], na_position="first").iterrows():
         if all(not np.isfinite(r.get(m, np.nan)) for m, _ in cols):
             continue
-        t.rows.append(_ident(r, n_targets) + [Cell(r["group"])] + _row_cells(r, cols, run.alpha))
+        t.rows.append(_ident(r, n_targets) + [Cell(r["group"])] + _row_cells(r, cols, run.alpha, bias_decision(run)))
     return t
 
 

@@ -95,6 +95,7 @@ def test_different_seeds_are_different_targets(suite: Path, baseline: Path, tmp_
     run_suite(spec, cells, tmp_path / "b", progress=False)
     res = CliRunner().invoke(cli, ["compare", str(baseline), str(tmp_path / "b")])
     assert res.exit_code == 2 and "different parameters/data" in res.output
+    assert "give both runs the same target_seed" in res.output and "--target-seed" in res.output
     c = compare_runs(baseline, tmp_path / "b", allow_different_targets=True)
     assert any("warning" in n for n in c.notes)
     assert len(c.table) > 0 and c.only_a == 0 and c.only_b == 0  # they still align by content
@@ -150,4 +151,27 @@ def test_holm_and_ratio_test_units() -> None:
 
 def test_compare_input_errors(baseline: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["compare", str(baseline), str(tmp_path / "missing")])
-    assert res.exit_code == 2 and "no results.parquet" in res.output
+    assert res.exit_code == 2 and "no such run folder" in res.output
+
+
+@pytest.mark.parametrize("change", [{"mean_shift": 1.0, "cov_scale": 2.0}, "float32"])
+def test_changed_proposal_or_dtype_compares_with_allow_different_targets(suite: Path, baseline: Path, tmp_path: Path,
+                                                                         change) -> None:
+    """A changed proposal (or dtype) shares no content key with the baseline: without the flag,
+    "nothing to compare" says to pass it; with it, the cells align target by target."""
+    import yaml
+
+    from gradbench.report.data import RunError
+
+    spec = yaml.safe_load(suite.read_text())
+    if isinstance(change, dict):
+        spec["targets"][0]["proposal"] = change
+    else:
+        spec["dtype"] = change
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(spec, sort_keys=False))
+    other = run_to(changed, tmp_path / "b")
+    with pytest.raises(RunError, match="nothing to compare.*pass --allow-different-targets"):
+        compare_runs(baseline, other)
+    c = compare_runs(baseline, other, allow_different_targets=True)
+    assert len(c.table) > 0 and c.only_a == 0 and c.only_b == 0

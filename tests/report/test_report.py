@@ -148,6 +148,10 @@ def test_cli_report_and_errors(runs: dict[str, Path], tmp_path: Path) -> None:
     assert (tmp_path / "rep" / "index.html").is_file()
     assert "report:" in res.output
     res = CliRunner().invoke(cli, ["report", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "no such run folder" in res.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(cli, ["report", str(empty)])
     assert res.exit_code == 2 and "no results.parquet" in res.output
 
 

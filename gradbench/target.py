@@ -1,0 +1,193 @@
+"""The generic target: a contract-v2 model and family composed at (θ, φ) on data x (``gradbench.contracts``).
+
+:class:`ComposedTarget` implements the target interface every estimator calls (``sample_proposal``,
+``log_joint``, ``weighted_grad_log_joint``, ``log_q_score`` …) from the two pure protocols, with
+per-replicate gradients from ``torch.func`` (``vmap(grad(...))``: one batched backward pass, no Python
+loop over replicates). A model or target may override any of them with a fast path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradbench.contracts import LOG_MARGINAL, Family, Model, Objective, Params
+from gradbench.core import Reference
+
+
+def per_replicate_grad(fn: Callable[..., Tensor], params: Params, *batched: Tensor) -> Params:
+    """``{name: [B, *shape]}``: the gradient of ``fn(params, *batched[b])`` w.r.t. ``params`` for every b.
+
+    ``torch.func.vmap(torch.func.grad(fn))`` over the leading dimension of ``batched``: one batched
+    backward pass, no Python loop over replicates (the parameters are shared, not copied R times).
+    """
+    return torch.func.vmap(torch.func.grad(fn), in_dims=(None, *([0] * len(batched))))(params, *batched)
+
+
+@dataclass
+class ComposedTarget:
+    """A model and a variational family at (θ, φ) on data x: what generic estimators and references use.
+
+    Implements the target interface used by every estimator (``sample_proposal``, ``log_joint``,
+    ``weighted_grad_log_joint``, ``log_q_score`` …) from the two pure protocols with torch.func.
+    ``references`` maps an :class:`Objective` key to a callable building its reference (see
+    ``gradbench.references``); results are cached on the target (once per process; the runner also
+    caches estimated references in the run folder).
+    """
+
+    model: Model
+    family: Family
+    x: Tensor
+    theta: Params
+    phi: Params
+    reference_builders: Mapping[str, Callable[[ComposedTarget, Objective], Reference]] = field(default_factory=dict)
+    seed: int = 0
+    provides: frozenset[str] = frozenset()
+    _references: dict[str, Reference] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.model.latent != self.family.latent:
+            raise ValueError(f"model latent space {self.model.latent} does not match the family's {self.family.latent}")
+        self.theta = {k: v.detach() for k, v in self.theta.items()}
+        self.phi = {k: v.detach() for k, v in self.phi.items()}
+        self.layout = self.model.layout
+        self.phi_layout = self.family.layout
+        caps = set(self.family.capabilities) | set(self.provides)
+        if self.model.latent.capability:
+            caps.add(self.model.latent.capability)
+        if hasattr(self.model, "sample_posterior"):
+            caps.add("exact_posterior")
+        if hasattr(self.model, "log_lik") and hasattr(self.family, "kl_standard_normal"):
+            caps.add("analytic_kl")
+        self.capabilities = frozenset(caps)
+
+    # -- shapes -------------------------------------------------------------------------------
+    @property
+    def n_data(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model.latent.dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x.dtype
+
+    def parameters(self) -> Params:
+        return self.theta
+
+    def encoder_params(self) -> Params:
+        return self.phi
+
+    # -- the one random draw ------------------------------------------------------------------
+    def draw_noise(self, batch: tuple[int, ...], gen: torch.Generator) -> Tensor:
+        return self.family.noise((*batch, self.n_data), gen, self.x.dtype, self.x.device)
+
+    def rsample(self, phi: Params, noise: Tensor) -> Tensor:
+        return self.family.sample(phi, self.x, noise)
+
+    def log_q(self, phi: Params, z: Tensor) -> Tensor:
+        return self.family.log_prob(phi, self.x, z)
+
+    def sample_proposal(self, batch: tuple[int, ...], gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """z ~ q_φ(z|x) [..., N, k] and log q [..., N]."""
+        z = self.rsample(self.phi, self.draw_noise(batch, gen))
+        return z, self.log_q(self.phi, z)
+
+    def log_proposal(self, z: Tensor) -> Tensor:
+        return self.log_q(self.phi, z)
+
+    def sample_posterior(self, batch: tuple[int, ...], gen: torch.Generator) -> Tensor:
+        if "exact_posterior" not in self.capabilities:
+            raise TypeError(f"{type(self.model).__name__} has no exact posterior sampler")
+        return self.model.sample_posterior(self.theta, self.x, batch, gen)  # type: ignore[attr-defined]
+
+    # -- model terms --------------------------------------------------------------------------
+    def log_joint(self, z: Tensor) -> Tensor:
+        return self.model.log_joint(self.theta, self.x, z)
+
+    def log_joint_with_grad(self, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """(log_joint(z), weights ↦ weighted_grad_log_joint(z, weights)), sharing the model's forward pass when the
+        model has a fused ``log_joint_with_grad(θ, x, z)`` (what ``core.log_joint_with_grad`` looks for)."""
+        fused = getattr(self.model, "log_joint_with_grad", None)
+        if fused is not None:
+            return fused(self.theta, self.x, z)
+        return self.log_joint(z), lambda weights: self.weighted_grad_log_joint(z, weights)
+
+    def weighted_grad_log_joint(self, z: Tensor, weights: Tensor) -> Tensor:
+        """Σ_{s,n} weights[..., s, n] ∇θ log p(x_n, z[..., s, n]) → [..., P] by vmap(grad) over the batch."""
+        fast = getattr(self.model, "weighted_grad_log_joint", None)
+        if fast is not None:
+            return fast(self.theta, self.x, z, weights)
+        shape = torch.broadcast_shapes(z.shape[:-1], weights.shape)
+        batch = shape[:-2]
+        B = math.prod(batch)
+        zb = z.expand(*shape, z.shape[-1]).reshape(B, *shape[-2:], z.shape[-1])
+        wb = weights.expand(shape).reshape(B, *shape[-2:])
+        model, x = self.model, self.x
+
+        def surrogate(theta: Params, z1: Tensor, w1: Tensor) -> Tensor:
+            return (w1 * model.log_joint(theta, x, z1)).sum()
+
+        grads = per_replicate_grad(surrogate, self.theta, zb, wb)
+        return self.layout.flatten(grads, batch=(B,)).reshape(*batch, self.layout.size)
+
+    # -- family terms -------------------------------------------------------------------------
+    def log_q_score(self, z: Tensor) -> Tensor:
+        """Per-sample ∇φ log q_φ(z_n | x_n) at fixed z: [..., N, P_φ] (vmap of grad over samples and points)."""
+        batch = z.shape[:-2]
+        N, k = z.shape[-2:]
+        flat = z.reshape(-1, N, k)
+        family, x = self.family, self.x
+
+        def one(phi: Params, z1: Tensor) -> Tensor:  # z1 [N, k] → log q of every point [N]
+            return family.log_prob(phi, x, z1.unsqueeze(0)).squeeze(0)
+
+        # the Jacobian of the N per-point log q's (indexing a point with a vmapped index is data-dependent)
+        g = torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0))(self.phi, flat)  # {name: [M, N, *shape]}
+        return self.phi_layout.flatten(g, batch=(flat.shape[0], N)).reshape(*batch, N, self.phi_layout.size)
+
+    def mode(self) -> Tensor:
+        """The mode of q_φ(z | x_n), [N, k] (families that define ``mode``: the point baseline)."""
+        return self.family.mode(self.phi, self.x)  # type: ignore[attr-defined]
+
+    def log_lik(self, z: Tensor) -> Tensor:
+        """log p_θ(x_n | z_n) [..., N] (models that define ``log_lik``)."""
+        return self.model.log_lik(self.theta, self.x, z)  # type: ignore[attr-defined]
+
+    def kl_prior(self, phi: Params | None = None) -> Tensor:
+        """KL(q_φ(·|x_n) ‖ N(0, I)) [N], pure in φ (Gaussian families over a standard-normal prior)."""
+        return self.family.kl_standard_normal(self.phi if phi is None else phi, self.x)  # type: ignore[attr-defined]
+
+    def kl_grad_phi(self) -> Tensor:
+        """∇φ Σ_n KL(q_φ(·|x_n) ‖ N(0, I)), flattened."""
+        g = torch.func.grad(lambda phi: self.kl_prior(phi).sum())(self.phi)
+        return self.phi_layout.flatten(g)
+
+    # -- references ---------------------------------------------------------------------------
+    def reference(self, wrt: str | Objective = "theta") -> Reference:
+        objective = Objective.parse(wrt).canonical()
+        if objective.key not in self._references:
+            builder = self.reference_builders.get(objective.key) or self.reference_builders.get(
+                f"{objective.wrt}_{objective.kind}")
+            if builder is None:
+                raise ValueError(f"{type(self.model).__name__} target has no reference for {objective.key!r} "
+                                 f"(has: {', '.join(self.reference_builders) or 'none'})")
+            self._references[objective.key] = builder(self, objective)
+        return self._references[objective.key]
+
+    def exact_grad(self) -> Tensor:
+        return self.reference(LOG_MARGINAL).value
+
+    def arrays(self) -> dict[str, Any]:
+        """θ and φ by name (``phi.<name>``), the data as ``x``."""
+        out: dict[str, Any] = {k: v.detach().cpu().numpy() for k, v in self.theta.items()}
+        out.update({f"phi.{k}": v.detach().cpu().numpy() for k, v in self.phi.items()})
+        out["x"] = self.x.detach().cpu().numpy()
+        return out

@@ -1,0 +1,105 @@
+"""What ``gradbench run`` prints (gradbench/terminal.py): deterministic formatting, no sampling."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pandas as pd
+
+from gradbench.terminal import (
+    CellProgress,
+    estimator_labels,
+    fmt_p,
+    fmt_pm,
+    format_run,
+    suite_keys,
+    target_labels,
+)
+
+
+def test_p_values_never_print_as_zero():
+    assert fmt_p(0.0) == "<1e-300"
+    assert fmt_p(5e-324) == "<1e-300"
+    assert fmt_p(3.14e-7) == "3.14e-07"
+    assert fmt_p(0.0341) == "0.034"
+    assert fmt_p(math.nan) == "—"
+
+
+def test_value_and_standard_error():
+    assert fmt_pm(0.1712, 0.00781) == "0.171 ± 0.0078"
+    assert fmt_pm(2.5e-6, 1e-7) == "2.50e-06 ± 1.0e-07"
+    assert fmt_pm(3.0, math.nan) == "3"
+
+
+def test_targets_named_by_what_varies():
+    targets = [{"model": "ppca", "model.data_dim": 5, "proposal.mean_shift": 0.5, "proposal.cov_scale": 1.5},
+               {"model": "ppca", "model.data_dim": 5, "proposal.mean_shift": 1.5, "proposal.cov_scale": 3.0}]
+    assert target_labels(targets) == ["mean_shift=0.5, cov_scale=1.5", "mean_shift=1.5, cov_scale=3"]
+    assert target_labels(targets[:1]) == [""]
+
+
+def test_estimator_labels_show_only_what_the_suite_set_or_what_varies():
+    defaults = {"k": 0, "m": None, "lag": 1, "rao_blackwell": True, "max_iter": 10_000}
+    entries = [("coupled_isir", {"K": 2, **defaults}), ("coupled_isir", {"K": 16, **defaults}),
+               ("iwae", {"K": 8}), ("elbo", {"S": 1}), ("reinforce", {"S": 4, "baseline": "rloo", "rate": 0.1}),
+               ("reinforce", {"S": 4, "baseline": "none", "rate": 0.1})]
+    spec = SimpleNamespace(estimators=[SimpleNamespace(name="iwae", params={"K": 8}),
+                                       SimpleNamespace(name="elbo", params={}),
+                                       SimpleNamespace(name="coupled_isir", params={"K": [2, 16]}),
+                                       SimpleNamespace(name="reinforce",
+                                                       params={"S": 4, "baseline": ["rloo", "none"]})])
+    assert estimator_labels(entries, suite_keys(spec)) == [
+        "coupled_isir(K=2)", "coupled_isir(K=16)", "iwae(K=8)", "elbo",
+        "reinforce(S=4, baseline=rloo)", "reinforce(S=4, baseline=none)"]
+
+
+def _table(with_statistics_v2: bool) -> pd.DataFrame:
+    rows = []
+    for i, (shift, K, p) in enumerate([(0.5, 2, 0.0), (1.5, 2, 0.2)]):
+        base = {"cell_id": f"c{i}", "target_id": f"t{i}", "model": "ppca", "model.data_dim": 5,
+                "proposal.mean_shift": shift, "estimator": "iwae", "estimator.K": K, "param_group": "all"}
+        metrics = [("bias", "rel_bias", 0.12, 0.01), ("bias", "bias_pvalue", p, math.nan),
+                   ("variance", "trace_cov", 3.0, 0.1), ("variance", "evals_mean", 6.0, 0.0),
+                   ("variance", "work_norm_var", 18.0, 0.6), ("snr", "snr_q50", 0.8, 0.05),
+                   ("snr", "snr_q25", 0.5, 0.05), ("snr", "snr_q75", 1.1, 0.05),
+                   ("wallclock", "seconds_per_estimate", 2.5e-4, 1e-5), ("wallclock", "evals_per_second", 2.4e4, 1e3)]
+        if with_statistics_v2:
+            metrics += [("bias", "rel_bias_ci_low", 0.10, math.nan), ("bias", "rel_bias_ci_high", 0.14, math.nan),
+                        ("bias", "rel_bias_debiased", 0.119, 0.01), ("bias", "bias_qvalue", min(1.0, 2 * p), math.nan)]
+        rows += [{**base, "protocol": pr, "metric": m, "value": v, "stderr": s} for pr, m, v, s in metrics]
+    return pd.DataFrame(rows)
+
+
+def test_one_table_per_protocol_in_suite_order():
+    out = format_run(_table(False), ["wallclock", "bias", "variance", "snr", "meeting"])
+    titles = [line.split(":")[0] for line in out.splitlines() if ": " in line and not line.startswith(" ")]
+    assert titles == ["wallclock", "bias", "variance", "snr"]  # meeting: no rows, no table
+    assert "mean_shift=0.5" in out and "mean_shift=1.5" in out and "t0" not in out  # targets by parameters
+    assert "250 ± 10 µs" in out  # wall-clock in a readable unit
+    assert "0.8 ± 0.05" in out and "[0.5, 1.1]" in out  # SNR median ± s.e., and its quartiles over coordinates
+
+
+def test_bias_falls_back_to_standard_error_and_p_without_statistics_v2():
+    out = format_run(_table(False), ["bias"])
+    assert "rel. bias ± s.e." in out and "0.12 ± 0.01" in out and "<1e-300" in out
+    assert "[95% CI]" not in out
+
+
+def test_bias_shows_interval_and_q_value_with_statistics_v2():
+    out = format_run(_table(True), ["bias"])
+    assert "rel. bias (debiased) [95% CI]" in out and "0.119 [0.1, 0.14]" in out
+    assert " q" in out.splitlines()[1] and "Benjamini–Hochberg" in out
+    assert "0.400" in out  # the q-value of the second row, not its p-value
+
+
+def test_progress_prints_one_line_per_finished_cell(tmp_path):
+    cells = [SimpleNamespace(cell_id=f"c{i}", estimator="iwae", estimator_params={"K": K},
+                             target=SimpleNamespace(model="ppca", params={"data_dim": 5}, proposal={"mean_shift": 0.5}))
+             for i, K in enumerate([2, 8])]
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "c0.parquet").write_bytes(b"")  # finished earlier: not counted
+    lines: list[str] = []
+    progress = CellProgress(cells, tmp_path, lines.append)
+    progress(cells[1])
+    assert len(lines) == 1 and lines[0].startswith("gradbench: [1/1] iwae(K=8) — ")
