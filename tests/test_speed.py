@@ -98,7 +98,8 @@ def test_shipped_speed_suites_are_run_suites_with_a_speed_plan():
     for path in paths:
         suite, cells = load_suite(path)
         p = plan(suite, cells, path)
-        assert p.target.params["n_data"] == 1  # the Pyro comparison needs one data point
+        if p.target.model == "ppca":
+            assert p.target.params["n_data"] == 1  # the Pyro comparison needs one data point
         assert "wallclock" in suite.protocols and any(name.startswith("coupled_") for name, _ in p.estimators)
 
 
