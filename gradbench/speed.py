@@ -269,7 +269,7 @@ def run_speed(plan: SpeedPlan, settings: SpeedSettings = SpeedSettings(), *,
             progress(f"{name}({_kv(_shown(name, params))})")
             row = _estimator_row(plan, settings, target, name, params, gen)
             est_rows.append(row)
-            if m_c is not None and name != "iwae":
+            if m_c is not None and name != "iwae" and row["evals_per_estimate"] > 0:
                 per_eval = row["seconds_per_estimate"] / row["evals_per_estimate"]
                 ratios.append(_ratio(f"{name}: seconds per evaluation ÷ floor (c)'s", per_eval / (m_c.seconds / m_c.evals),
                                      None))
