@@ -132,7 +132,9 @@ def test_run_speed_report_without_peers_or_loop(tmp_path):
     path.write_text(SUITE.format(n=2, estimators="  - {name: iwae, params: {K: 4}}\n  - {name: elbo, params: {S: 4}}\n"
                                                  "  - {name: exact}"))
     report = run_speed(plan(*load_suite(path), path), SpeedSettings(warmup=0, repeats=2, pyro=True, loop=()))
-    assert [r["label"].split(" ")[0] for r in report.ratios] == ["iwae"]  # n_data = 2: no Pyro comparison
+    # n_data = 2: no Pyro comparison; floor (c) (log_joint + backward, PPCA's pure model) for iwae and elbo
+    assert [r["label"].split(" ")[0] for r in report.ratios] == ["iwae", "iwae", "elbo:"]
+    assert "floor (c)" in report.ratios[1]["label"] and report.ratios[1]["value"] > 0
     assert any("Pyro comparison skipped" in n for n in report.notes)
     assert report.ratios[0]["value"] > 0 and report.ratios[0]["goal"] == 3.0
     iw, elbo, exact = report.estimators
