@@ -3,6 +3,9 @@
 Standard errors of smooth functionals use the influence-function (delta-method) form
 se = sd(ψ_r) / √n, where ψ_r is replicate r's influence on the statistic; medians use a
 multinomial bootstrap driven by an explicit ``numpy.random.Generator``.
+
+Bias tests (:func:`bias_test`) and the bias interval (:func:`bias_norm_interval`) share one
+description of the noise of d = ḡ − g*: :class:`DiffNoise`, a root matrix L with LᵀL = Cov(d).
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-HOTELLING_MIN_RATIO = 10  # Hotelling T² only when n ≥ 10 p ("dimension ≪ R")
+HOTELLING_MIN_RATIO = 10  # Hotelling T² only when its degrees of freedom ν ≥ 10 r (r: numerical rank)
+N_BOOT = 1999  # multiplier-bootstrap draws of the max-type test (p-value resolution 1/2000)
+ROUNDING_ULPS = 4.0  # a direction with s.d. below 4 eps × max|g| is rounding, not variance
+DETERMINISTIC_ULPS = 64.0  # a mean difference in a zero-variance direction beyond this many ulps is a bias
 
 
 def influence_se(psi: np.ndarray) -> float:
@@ -23,58 +29,327 @@ def influence_se(psi: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
+class ReferenceNoise:
+    """The reference's uncertainty in float64 numpy (all ``None``: an exact reference).
+
+    * ``cov`` [P, P] and ``n``: an estimated reference, the mean of n i.i.d. replicates whose sample
+      covariance is ``cov`` (so Cov(g*) ≈ cov / n, estimated on n − 1 degrees of freedom);
+    * ``var`` [P]: a known diagonal variance (quadrature/enumeration error bounds, squared, treated
+      as standard errors; or an estimated reference that kept only per-coordinate standard errors).
+    """
+
+    cov: np.ndarray | None = None
+    n: int | None = None
+    var: np.ndarray | None = None
+
+    def sliced(self, sl: slice) -> ReferenceNoise:
+        return ReferenceNoise(None if self.cov is None else self.cov[sl, sl], self.n,
+                              None if self.var is None else self.var[sl])
+
+    @property
+    def exact(self) -> bool:
+        return self.cov is None and self.var is None
+
+
+@dataclass(frozen=True)
+class DiffNoise:
+    """Cov(ḡ − g*) = Σ_i L_iᵀ L_i on its numerical support.
+
+    ``parts`` are (L_i, df_i) with df_i the degrees of freedom of the estimate (n_i − 1; ∞ for a
+    known variance). ``basis`` [r, P] and ``sv`` [r] are the right singular vectors and singular
+    values of the stacked L (so Cov = basisᵀ diag(sv²) basis); ``floor`` is the s.d. below which a
+    direction counts as zero-variance.
+    """
+
+    parts: tuple[tuple[np.ndarray, float], ...]
+    basis: np.ndarray
+    sv: np.ndarray
+    floor: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.sv.size)
+
+    def whiten(self, diff: np.ndarray) -> np.ndarray:
+        return (self.basis @ diff) / self.sv
+
+    def welch_df(self) -> float:
+        """ν of Nel & van der Merwe (1986): ν = (r + r²) / Σ_i [tr(A_i²) + tr(A_i)²] / df_i,
+        A_i = the whitened covariance of part i (Σ_i A_i = I_r). One sample: ν = n − 1 (Hotelling)."""
+        r = self.rank
+        denom = 0.0
+        for L, df in self.parts:
+            if not math.isfinite(df):
+                continue
+            B = (L @ self.basis.T) / self.sv  # [m_i, r], A_i = BᵀB
+            A = B.T @ B
+            denom += (float(np.sum(A * A)) + float(np.trace(A)) ** 2) / df
+        return math.inf if denom == 0 else (r + r * r) / denom
+
+
+def diff_noise(Xc: np.ndarray, ref: ReferenceNoise, eps: float, magnitude: float) -> DiffNoise:
+    """Root of Cov(ḡ − g*) from centred replicates Xc [n, P] and the reference's noise.
+
+    Numerical rank: singular values above max(s_max · max(m, P) · eps, ROUNDING_ULPS · eps · max|g|)
+    where m is the number of stacked rows and max|g| = ``magnitude``, the largest replicate entry (the
+    estimator's own rounding, on the scale of a mean: / √n). Neither scales with ‖g*‖, so a small bias in a low-variance direction stays visible.
+    """
+    n, P = Xc.shape
+    parts: list[tuple[np.ndarray, float]] = [(Xc / math.sqrt(n * (n - 1)), float(n - 1))]
+    if ref.cov is not None and ref.n is not None:
+        w, U = np.linalg.eigh(ref.cov / ref.n)
+        keep = w > 0
+        parts.append(((U[:, keep] * np.sqrt(w[keep])).T, float(ref.n - 1)))
+    if ref.var is not None and (ref.var > 0).any():
+        idx = np.flatnonzero(ref.var > 0)
+        L = np.zeros((idx.size, P))
+        L[np.arange(idx.size), idx] = np.sqrt(ref.var[idx])
+        parts.append((L, math.inf))
+    L_all = np.concatenate([L for L, _ in parts])
+    _, s, Vt = np.linalg.svd(L_all, full_matrices=False)
+    floor = max(float(s.max(initial=0.0)) * max(L_all.shape) * eps, ROUNDING_ULPS * eps * magnitude / math.sqrt(n))
+    r = int((s > floor).sum())
+    return DiffNoise(tuple(parts), Vt[:r], s[:r], floor)
+
+
+@dataclass(frozen=True)
 class BiasTest:
     pvalue: float
     zmax: float
     method: str
 
 
-def bias_test(G: np.ndarray, ref: np.ndarray, ref_var: np.ndarray | None, eps: float) -> BiasTest:
-    """Test H0: E[G_r] = ref from n i.i.d. rows of G [n, p].
+def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generator,
+              noise: ReferenceNoise | None = None, n_boot: int = N_BOOT) -> BiasTest:
+    """Test H0: E[G_r] = ref from n i.i.d. rows of G [n, p]; the reference may be noisy (``noise``).
 
-    * Hotelling T² (exact reference, n ≥ 10 p): T² = n dᵀ S⁺ d on the numerically non-null
-      eigenspace of the sample covariance S (rank r), F = (n−r) T² / (r (n−1)) ~ F(r, n−r).
-      Estimators such as a one-sample oracle have singular covariance (their gradient is a
-      polynomial of a few latents), hence the rank-aware form.
-    * max-|z| with Šidák correction otherwise: z_j = d_j / √(s²_j/n + ref_se_j²),
-      p = 1 − (1 − p_min)^m over the m coordinates with non-zero variance.
-    In both, a mean difference in a direction where the estimator has zero variance, beyond
-    √eps × scale (eps of the estimator's dtype), is a deterministic bias: p = 0.
+    d = ḡ − g* has covariance V = Σ/n (+ the reference's: C/n_ref for an estimated reference with
+    sample covariance C, a two-sample problem; + diag(error²) for quadrature/enumeration bounds).
+    V is estimated through its root (:func:`diff_noise`), of numerical rank r. Decision rule:
+
+    1. A component of d outside the support of V (a direction where neither the estimator nor the
+       reference varies) larger than DETERMINISTIC_ULPS × eps × (max|g| + ‖g*‖_∞) · √p is a
+       deterministic bias: p = 0 ("deterministic").
+    2. Hotelling when ν ≥ HOTELLING_MIN_RATIO · r, ν the Nel & van der Merwe (1986) degrees of
+       freedom (= n − 1 for an exact reference): T² = ‖V̂^{-½} d‖² on the rank-r support and
+       T² · (ν − r + 1) / (ν r) ~ F(r, ν − r + 1). For an exact reference this is Hotelling's exact
+       F(r, n − r); with a noisy reference it is the multivariate Behrens–Fisher approximation of
+       Nel & van der Merwe, Commun. Statist. A 15 (1986), modified by Krishnamoorthy & Yu, Statist.
+       Probab. Lett. 66 (2004). The rank r, not the nominal p, matters: PPCA-family gradients live in
+       a rank-N·(k + k(k+1)/2) subspace whatever p is.
+    3. Otherwise (R small relative to r) a max-type test: T = max_j |d_j| / √V̂_jj calibrated by a
+       studentised wild bootstrap: d* = Σ_r e_r (g_r − ḡ)/n + L_ref ξ with Rademacher e_r and
+       Gaussian ξ for the reference's (large-sample) noise, each draw re-studentised by its own
+       variance. The multiplier bootstrap of a maximum adapts to the correlation between coordinates
+       (Chernozhukov, Chetverikov & Kato, Ann. Statist. 41, 2013; Ann. Probab. 45, 2017); the
+       re-studentisation reproduces the heavy t-like tails of studentised means at small n (Šidák
+       on normal tails was anti-conservative at R = 30), and Rademacher sign flips make it an exact
+       randomisation test when the replicates are symmetric about their mean. p = (1 + #{T* ≥ T}) /
+       (B + 1); when no draw reaches T the p-value is refined to min(1/(B+1), Bonferroni on t_{n−1}
+       tails) so that multiple-testing corrections can rank very small p-values (decisions at any
+       α ≥ 1/(B+1) are unchanged). ``rng`` drives the bootstrap (the caller seeds it).
     """
     n, p = G.shape
+    noise = noise or ReferenceNoise()
     if n < 2:
         return BiasTest(math.nan, math.nan, "none: fewer than 2 replicates")
     mean = G.mean(0)
     diff = mean - ref
     Xc = G - mean
-    var = Xc.var(0, ddof=1)
-    total_var = var / n + (ref_var if ref_var is not None else 0.0)
-    scale = max(float(np.linalg.norm(ref)), float(np.linalg.norm(mean)), math.sqrt(float(var.sum())), 1e-300)
-    tol = math.sqrt(eps) * scale
-    live = total_var > (math.sqrt(eps) * scale) ** 2 / n
+    magnitude = float(np.abs(G).max(initial=0.0))
+    dn = diff_noise(Xc, noise, eps, magnitude)
+    var = sum((L**2).sum(0) for L, _ in dn.parts)  # diag V̂
+    live = np.sqrt(var) > dn.floor
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(live, np.abs(diff) / np.sqrt(total_var), 0.0)
+        z = np.where(live, np.abs(diff) / np.sqrt(var), 0.0)
     zmax = float(z.max()) if p else 0.0
+    tol = DETERMINISTIC_ULPS * eps * (magnitude + float(np.abs(ref).max(initial=0.0))) * math.sqrt(max(p, 1))
+    r = dn.rank
     if np.abs(diff[~live]).max(initial=0.0) > tol:
         return BiasTest(0.0, math.inf, "deterministic: bias in a zero-variance coordinate")
+    # The support of V is known only when n replicates could have revealed more directions.
+    saturated = np.linalg.matrix_rank(Xc, tol=dn.floor * math.sqrt(n * (n - 1))) >= n - 1
+    outside = diff - dn.basis.T @ (dn.basis @ diff)
+    if not saturated and np.linalg.norm(outside) > tol:
+        return BiasTest(0.0, zmax, f"deterministic: bias outside the rank-{r} covariance support")
+    if r == 0:
+        return BiasTest(1.0, zmax, "zero variance")
+    nu = dn.welch_df()
+    two = "" if noise.exact else ", two-sample" if noise.cov is not None else ", known ref variance"
+    if nu >= HOTELLING_MIN_RATIO * r:
+        t2 = float(np.sum(dn.whiten(diff) ** 2))
+        f = (nu - r + 1) * t2 / (nu * r)
+        nu_txt = f"{nu:.0f}" if math.isfinite(nu) else "inf"
+        return BiasTest(float(sps.f.sf(f, r, nu - r + 1) if math.isfinite(nu) else sps.chi2.sf(t2, r)), zmax,
+                        f"hotelling(rank={r}, df={nu_txt}{two})")
+    return _max_t_bootstrap(Xc[:, live], diff[live], noise, live, rng, n_boot, zmax, r, two)
 
-    if ref_var is None and n >= HOTELLING_MIN_RATIO * p:
-        _, s, Vt = np.linalg.svd(Xc / math.sqrt(n - 1), full_matrices=False)
-        r = int((s > math.sqrt(eps) * scale).sum())  # same resolution as `live` above
-        c = Vt[:r] @ diff
-        if np.linalg.norm(diff - Vt[:r].T @ c) > tol:
-            return BiasTest(0.0, zmax, f"deterministic: bias outside the rank-{r} covariance support")
-        if r == 0 or n <= r:
-            return BiasTest(1.0, zmax, "hotelling: zero variance")
-        t2 = n * float(np.sum(c**2 / s[:r] ** 2))
-        f = (n - r) * t2 / (r * (n - 1))
-        return BiasTest(float(sps.f.sf(f, r, n - r)), zmax, f"hotelling(rank={r})")
 
-    m = int(live.sum())
+def _max_t_bootstrap(Xc: np.ndarray, diff: np.ndarray, noise: ReferenceNoise, live: np.ndarray,
+                     rng: np.random.Generator, n_boot: int, zmax: float, r: int, two: str) -> BiasTest:
+    n, m = Xc.shape
+    ref_var = np.zeros(m)
+    ref_root = None
+    if noise.cov is not None and noise.n is not None:
+        C = noise.cov[np.ix_(live, live)] / noise.n
+        ref_var = ref_var + np.diag(C)
+        w, U = np.linalg.eigh(C)
+        ref_root = U * np.sqrt(np.clip(w, 0, None))  # C = ref_root ref_rootᵀ
+    if noise.var is not None:
+        ref_var = ref_var + noise.var[live]
+    s2 = (Xc**2).sum(0)
+    t_obs = float(np.max(np.abs(diff) / np.sqrt(s2 / (n * (n - 1)) + ref_var)))
+    count = 0
+    done = 0
+    while done < n_boot:  # blocks bound the memory at ~ 64 MB
+        b = min(n_boot - done, max(1, (1 << 23) // max(n, m)))
+        e = rng.choice(np.array([-1.0, 1.0]), size=(b, n))
+        mstar = e @ Xc / n
+        vstar = (s2 - n * mstar**2) / (n * (n - 1))  # Σ (e_r x_r − m*)² / (n(n−1)), e_r² = 1
+        if ref_root is not None:
+            mstar = mstar + rng.standard_normal((b, ref_root.shape[1])) @ ref_root.T
+        if noise.var is not None:
+            mstar = mstar + rng.standard_normal((b, m)) * np.sqrt(noise.var[live])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tstar = np.abs(mstar) / np.sqrt(np.maximum(vstar, 0.0) + ref_var)
+        count += int((np.nan_to_num(tstar, nan=np.inf).max(1) >= t_obs).sum())
+        done += b
+    pval = (1 + count) / (n_boot + 1)
+    if count == 0:
+        bonf = min(1.0, m * 2 * float(sps.t.sf(t_obs, n - 1)))
+        pval = min(pval, bonf)
+    return BiasTest(pval, zmax, f"max-t wild bootstrap(B={n_boot}, m={m}, rank={r}{two})")
+
+
+@dataclass(frozen=True)
+class BiasNorm:
+    """‖b‖ for b = E[g_r] − g*: plug-in ‖d‖, unbiased ‖b‖² estimate and a confidence interval."""
+
+    plugin: float
+    sq_unbiased: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def signed_sqrt(self) -> float:
+        return math.copysign(math.sqrt(abs(self.sq_unbiased)), self.sq_unbiased)
+
+
+N_CI_DRAWS = 4000
+
+
+def bias_norm_interval(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generator,
+                       noise: ReferenceNoise | None = None, level: float = 0.95) -> BiasNorm:
+    """Unbiased ‖b‖² and a ``level`` confidence interval for ‖b‖ (b = E[g_r] − g*).
+
+    With d = ḡ − g* ≈ N(b, V): E‖d‖² = ‖b‖² + tr V, so ‖d‖² − tr V̂ is unbiased for ‖b‖² (tr V̂ =
+    tr Σ̂/n + the reference's tr C/n_ref or Σ error²); it is negative about half the time when
+    b = 0. The interval inverts the test of ‖b‖ = β based on ‖d‖² (Neyman construction): in V's
+    eigenbasis ‖d‖² = Σ_i λ_i (z_i + δ_i)², whose law depends on the direction of b; its variance
+    2 Σλ² + 4 bᵀVb is extreme when b lies along the largest or the smallest eigenvector, so β is
+    accepted when the observed ‖d‖² lies between the (1∓level)/2 quantiles for *either* extreme
+    direction (the union makes it conservative). Quantiles come from N_CI_DRAWS Gaussian draws
+    (common to all β, from ``rng``), β by bisection. At b = 0 the lower end is 0 exactly when the
+    ‖d‖² test does not reject at (1 − level)/2 — coverage holds at and near zero, unlike
+    "‖d‖ ± s.e.". V̂ is plugged in (its own error is ignored: valid when R ≫ rank, the Hotelling
+    regime; conservative-leaning otherwise because of the union). A component of d outside V's
+    support is deterministic and enters as a fixed offset (unless n − 1 replicates saturate the
+    rank, when the support is unknown and all of d is treated as noise). Reference: Neyman (1937); the
+    generalised χ² of a Gaussian quadratic form, e.g. Imhof, Biometrika 48 (1961).
+    """
+    n = G.shape[0]
+    noise = noise or ReferenceNoise()
+    diff = G.mean(0) - ref
+    Xc = G - G.mean(0)
+    dn = diff_noise(Xc, noise, eps, float(np.abs(G).max(initial=0.0)))
+    lam = dn.sv**2
+    d2 = float(diff @ diff)
+    sq = d2 - float(lam.sum())
+    if n < 2:
+        return BiasNorm(math.sqrt(d2), math.nan, math.nan, math.nan)
+    outside = diff - dn.basis.T @ (dn.basis @ diff)
+    saturated = np.linalg.matrix_rank(Xc, tol=dn.floor * math.sqrt(n * (n - 1))) >= n - 1
+    off2 = 0.0 if saturated else float(outside @ outside)  # saturated: V's support is unknown
+    if lam.size == 0:
+        return BiasNorm(math.sqrt(d2), sq, math.sqrt(d2), math.sqrt(d2))
+    a = (1 - level) / 2
+    Z = rng.standard_normal((N_CI_DRAWS, lam.size))
+    Q = (Z**2) @ lam
+    obs = d2 - off2  # the random part; the deterministic offset adds off2 to ‖b‖²
+    lows, highs = [], []
+    for k in {int(lam.argmax()), int(lam.argmin())}:
+        rest = Q - lam[k] * Z[:, k] ** 2
+        root = math.sqrt(lam[k]) * Z[:, k]
+
+        def cdf(beta: float) -> float:
+            return float(np.mean(rest + (root + beta) ** 2 <= obs))
+
+        hi_bracket = math.sqrt(obs) + 10 * math.sqrt(float(lam.sum())) + 1e-300
+        lows.append(0.0 if cdf(0.0) <= 1 - a else _bisect(lambda b: cdf(b) <= 1 - a, 0.0, hi_bracket))
+        highs.append(0.0 if cdf(0.0) < a else _bisect(lambda b: cdf(b) < a, 0.0, hi_bracket))
+    lo, hi = min(lows), max(highs)
+    return BiasNorm(math.sqrt(d2), sq, math.sqrt(lo**2 + off2), math.sqrt(hi**2 + off2))
+
+
+def _bisect(pred, lo: float, hi: float, iters: int = 60) -> float:
+    """Smallest x in [lo, hi] with pred(x) true, for a predicate monotone false → true."""
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def hill_tail_index(x: np.ndarray) -> tuple[float, float, int]:
+    """Hill (1975) estimate of the tail index α of positive data x (P(X > t) ∝ t^{−α}), its s.e., k.
+
+    α̂ = 1 / [(1/k) Σ_{i ≤ k} log(x_(i) / x_(k+1))] over the k largest values x_(1) ≥ … ≥ x_(k+1);
+    s.e. α̂ / √k (asymptotic normality for regularly varying tails, Hall 1982). k = ⌈√n⌉, a common
+    fixed rule (bias/variance compromise; Hill, Ann. Statist. 3, 1975). Moments of order ≥ α are
+    infinite: α ≤ 2 means an infinite variance. Light tails give large α̂ that grows with n.
+    """
+    x = np.sort(x[np.isfinite(x) & (x > 0)])[::-1]
+    n = x.size
+    k = int(math.ceil(math.sqrt(n)))
+    if n < 10 or k >= n:
+        return math.nan, math.nan, k
+    logs = np.log(x[:k]) - math.log(x[k])
+    mean_log = float(logs.mean())
+    if mean_log <= 0:
+        return math.inf, math.nan, k
+    alpha = 1.0 / mean_log
+    return alpha, alpha / math.sqrt(k), k
+
+
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg (1995) adjusted p-values (q-values): q_(i) = min_{j ≥ i} m p_(j) / j.
+
+    NaN p-values are not part of the family and get NaN."""
+    p = np.asarray(p, dtype=float)
+    q = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
     if m == 0:
-        return BiasTest(1.0, zmax, "max-z: zero variance")
-    p_min = 2 * sps.norm.sf(zmax)
-    return BiasTest(float(-np.expm1(m * np.log1p(-p_min))), zmax, f"max-z sidak(m={m})")
+        return q
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = p[order] * m / np.arange(1, m + 1)
+    q[order] = np.minimum(1.0, np.minimum.accumulate(adj[::-1])[::-1])
+    return q
+
+
+def holm_adjust(p: np.ndarray) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values: p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j))."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    out[order] = np.maximum.accumulate(np.minimum(1.0, p[order] * (m - np.arange(m))))
+    return out
 
 
 def bootstrap_snr_medians(
