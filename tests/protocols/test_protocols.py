@@ -37,7 +37,8 @@ def test_metric_names_and_groups():
             assert (group, metric) in rows
     assert ("all", "evals_mean") in rows
     for (group, metric), r in rows.items():
-        if metric not in ("bias_pvalue", "bias_zmax", "rel_bias"):
+        if metric not in ("bias_pvalue", "bias_zmax", "rel_bias", "rel_bias_debiased", "rel_bias_ci_low",
+                          "rel_bias_ci_high", "tail_index"):
             assert math.isfinite(r["stderr"]), (group, metric)
 
 
