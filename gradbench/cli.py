@@ -121,7 +121,8 @@ def _summary_table(table: Any) -> str:
     sub = table[table.param_group == "all"]
     est_cols = [c for c in table.columns if c.startswith("estimator.")]
     keys = ["target_id", "estimator", *est_cols]
-    fmt = {"rel_bias": "rel_bias", "bias_pvalue": "p", "trace_cov": "trace_cov", "evals_mean": "evals"}
+    fmt = {"rel_bias": "rel_bias", "rel_bias_ci_low": "ci_low", "rel_bias_ci_high": "ci_high", "bias_pvalue": "p",
+           "bias_qvalue": "q (BH, run)", "trace_cov": "trace_cov", "evals_mean": "evals"}
     out = []
     for key, grp in sub.groupby(keys, sort=False, dropna=False):
         rec = dict(zip(keys, key))

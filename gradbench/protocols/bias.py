@@ -12,7 +12,13 @@ Per parameter group, with d = ḡ − g* and b = E[g_r] − g*:
   :func:`gradbench.stats.bias_test`) and ``bias_zmax`` (largest coordinate z-score).
 The reference's uncertainty enters as its full covariance (``Reference.cov``/``n``: a two-sample
 problem), else its per-coordinate ``stderr``, plus any quadrature/enumeration ``error`` bound.
-Test statistics and interval ends carry no standard error (NaN). For an estimated reference the
+Test statistics and interval ends carry no standard error (NaN).
+
+Multiple testing (:func:`multiplicity_rows`, added by ``runner.collect`` over the whole run):
+``bias_qvalue`` (Benjamini–Hochberg q-value, false discovery rate) and ``bias_pvalue_holm`` (Holm
+step-down adjusted p-value, family-wise error). The family is every ``bias_pvalue`` row of the run
+with ``param_group == "all"`` (one test per cell); per-group p-values are not corrected. Reports flag
+a cell as biased when q < α. For an estimated reference the
 relative values divide by the estimated ‖g*‖ (its error is neglected there).
 """
 
@@ -21,10 +27,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 from gradbench.core import GradSample, Reference
 from gradbench.protocols import FiniteSample, ProtocolContext, Row, group_slices, row
-from gradbench.stats import ReferenceNoise, bias_norm_interval, bias_test, influence_se
+from gradbench.stats import ReferenceNoise, bh_qvalues, bias_norm_interval, bias_test, holm_adjust, influence_se
 
 CI_LEVEL = 0.95
 
@@ -86,3 +93,24 @@ def bias(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) 
             row(name, "bias_zmax", test.zmax, math.nan, test.method),
         ]
     return rows
+
+
+MULTIPLICITY_FAMILY = "all"  # param_group whose bias_pvalue rows form the corrected family
+
+
+def multiplicity_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """``bias_qvalue`` and ``bias_pvalue_holm`` rows for the family of the run's ``bias_pvalue`` rows of
+    param_group ``all`` (each copies its p-value row's cell columns); empty when there are none."""
+    if table.empty or "metric" not in table:
+        return table.iloc[0:0]
+    fam = table[(table["metric"] == "bias_pvalue") & (table["param_group"] == MULTIPLICITY_FAMILY)]
+    if fam.empty:
+        return table.iloc[0:0]
+    p = fam["value"].to_numpy(float)
+    m = int(np.isfinite(p).sum())
+    where = f"over the run's {m} bias tests (bias_pvalue rows of param_group '{MULTIPLICITY_FAMILY}')"
+    bh = fam.assign(metric="bias_qvalue", value=bh_qvalues(p), stderr=math.nan,
+                    method=f"Benjamini-Hochberg q-value {where}")
+    holm = fam.assign(metric="bias_pvalue_holm", value=holm_adjust(p), stderr=math.nan,
+                      method=f"Holm-adjusted p-value {where}")
+    return pd.concat([bh, holm], ignore_index=True)

@@ -189,12 +189,13 @@ def fit_loglog_slope(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[floa
 def bias_vs_budget(run: RunData) -> Figure | None:
     if not run.has("rel_bias"):
         return None
-    df = run.wide(["rel_bias", "bias_pvalue"]).dropna(subset=["budget", "rel_bias"])
+    df = run.wide(["rel_bias", "bias_pvalue", "bias_qvalue"]).dropna(subset=["budget", "rel_bias"])
     if df.empty:
         return None
     has_p = "bias_pvalue" in df
     df["stderr"] = df["rel_bias__se"]
-    df["significant"] = df["bias_pvalue"] < run.alpha if has_p else True
+    has_q = "bias_qvalue" in df  # flag by the run-wide Benjamini–Hochberg q-value when available
+    df["significant"] = (df["bias_qvalue" if has_q else "bias_pvalue"] < run.alpha) if has_p else True
     styles = _style_of(run)
     fig, axes, targets = _facets(run, df, 2 if has_p else 1)
     labels: dict[str, str] = {}
@@ -241,7 +242,7 @@ def bias_vs_budget(run: RunData) -> Figure | None:
             _set_log(ax, "x", sub["budget"], force=True, budget=True)
             _title(ax, target, None, len(targets))
     series = list(dict.fromkeys(df["series"]))
-    extra = [Line2D([], [], color="grey", marker="o", linestyle="none", label=f"bias significant (p < {run.alpha:g})"),
+    extra = [Line2D([], [], color="grey", marker="o", linestyle="none", label=f"bias significant ({'BH q' if has_q else 'p'} < {run.alpha:g})"),
              Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="none",
                     label="not significant"),
              Line2D([], [], color="grey", linestyle=(0, (1, 1.5)), linewidth=2.2, alpha=0.6,

@@ -1,8 +1,9 @@
 """Tables of a run: per estimator × budget, value ± standard error, bias flagged at α.
 
 A :class:`Table` is plain data (header, rows of :class:`Cell`) rendered to Markdown or HTML.
-The bias flag is per row: ``bias_pvalue < α`` (no multiplicity correction across rows; the test
-itself, Hotelling or Šidák max-|z|, is already corrected across coordinates).
+The bias flag is ``bias_qvalue < α``: Benjamini–Hochberg across the run's bias tests of parameter
+group 'all' (one per cell); runs collected before q-values existed, and per-group rows, fall back to
+the uncorrected ``bias_pvalue < α`` and say so.
 """
 
 from __future__ import annotations
@@ -104,8 +105,12 @@ def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float) -> li
     for metric, _ in columns:
         v = r.get(metric)
         if metric == "bias_pvalue":
-            biased = v is not None and np.isfinite(v) and v < alpha
-            out.append(Cell(fmt_p(v) + (" ✱ biased" if biased else ""), "bad" if biased else None))
+            q = r.get("bias_qvalue")
+            has_q = q is not None and np.isfinite(q)
+            test = q if has_q else v
+            biased = test is not None and np.isfinite(test) and test < alpha
+            text = fmt_p(v) + (f" (q {fmt_p(q)})" if has_q else "")
+            out.append(Cell(text + (" ✱ biased" if biased else ""), "bad" if biased else None))
         elif metric == "n_censored":
             out.append(Cell("—" if v is None or not np.isfinite(v) else str(int(v)), "bad" if v and v > 0 else None))
         else:
@@ -139,7 +144,8 @@ def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: 
     cols = _present(run, columns)
     if not cols:
         return None
-    wide = _sorted_cells(run.wide([m for m, _ in cols]), run)
+    extra = ["bias_qvalue"] if run.has("bias_qvalue") and any(m == "bias_pvalue" for m, _ in cols) else []
+    wide = _sorted_cells(run.wide([m for m, _ in cols] + extra), run)
     wide = wide[wide[[m for m, _ in cols]].notna().any(axis=1)]  # cells without any of these metrics
     n_targets = wide["target_label"].nunique()
     header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates"] + [h for _, h in cols]
@@ -151,7 +157,9 @@ def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: 
 
 def summary_table(run: RunData) -> Table | None:
     """Bias, variance, SNR and MSE per estimator × budget (parameter group 'all')."""
-    flag = f" ✱ biased: bias p-value < α = {run.alpha:g} (H0: unbiased; per row)."
+    flag = (f" ✱ biased: Benjamini–Hochberg q-value < α = {run.alpha:g} (H0: unbiased); the family is the run's "
+            f"bias tests of parameter group 'all', one per cell." if run.has("bias_qvalue")
+            else f" ✱ biased: bias p-value < α = {run.alpha:g} (H0: unbiased; per row, uncorrected).")
     note = "Parameter group 'all'. Values are ± 1 standard error." + (flag if run.has("bias_pvalue") else "")
     return _cell_table(run, "Accuracy per estimator × budget", ACCURACY_COLUMNS, note)
 
@@ -171,7 +179,8 @@ def group_table(run: RunData) -> Table | None:
     n_targets = run.cells["target_label"].nunique()
     header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates", "group"]
     header += [h for _, h in cols]
-    t = Table("Per parameter group", header, note="Values are ± 1 standard error; ✱ biased at α per row.",
+    t = Table("Per parameter group", header, note="Values are ± 1 standard error; ✱ biased: p < α per row, uncorrected "
+              "(the q-values cover parameter group 'all' only).",
               text_columns=header.index("group") + 1)
     frames = [_sorted_cells(run.wide([m for m, _ in cols], g), run).assign(group=g) for g in groups]
     order = {g: i for i, g in enumerate(groups)}
