@@ -111,6 +111,9 @@ def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float) -> li
             biased = test is not None and np.isfinite(test) and test < alpha
             text = fmt_p(v) + (f" (q {fmt_p(q)})" if has_q else "")
             out.append(Cell(text + (" ✱ biased" if biased else ""), "bad" if biased else None))
+        elif metric == "rel_bias" and np.isfinite(r.get("rel_bias_ci_high", np.nan)):
+            lo, hi = r.get("rel_bias_ci_low"), r.get("rel_bias_ci_high")  # 95 % interval of ‖b‖/‖g*‖
+            out.append(Cell(f"[{lo:.2g}, {hi:.2g}]"))
         elif metric == "n_censored":
             out.append(Cell("—" if v is None or not np.isfinite(v) else str(int(v)), "bad" if v and v > 0 else None))
         else:
@@ -145,6 +148,8 @@ def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: 
     if not cols:
         return None
     extra = ["bias_qvalue"] if run.has("bias_qvalue") and any(m == "bias_pvalue" for m, _ in cols) else []
+    if run.has("rel_bias_ci_high") and any(m == "rel_bias" for m, _ in cols):
+        extra += ["rel_bias_ci_low", "rel_bias_ci_high"]
     wide = _sorted_cells(run.wide([m for m, _ in cols] + extra), run)
     wide = wide[wide[[m for m, _ in cols]].notna().any(axis=1)]  # cells without any of these metrics
     n_targets = wide["target_label"].nunique()
@@ -161,6 +166,8 @@ def summary_table(run: RunData) -> Table | None:
             f"bias tests of parameter group 'all', one per cell." if run.has("bias_qvalue")
             else f" ✱ biased: bias p-value < α = {run.alpha:g} (H0: unbiased; per row, uncorrected).")
     note = "Parameter group 'all'. Values are ± 1 standard error." + (flag if run.has("bias_pvalue") else "")
+    if run.has("rel_bias_ci_high"):
+        note += " Relative bias: 95 % confidence interval of ‖b‖/‖g*‖ (the plug-in ‖ḡ − g*‖ is noise-inflated)."
     return _cell_table(run, "Accuracy per estimator × budget", ACCURACY_COLUMNS, note)
 
 

@@ -151,3 +151,15 @@ def test_holm_and_ratio_test_units() -> None:
 def test_compare_input_errors(baseline: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["compare", str(baseline), str(tmp_path / "missing")])
     assert res.exit_code == 2 and "no results.parquet" in res.output
+
+
+def test_missing_standard_error_is_not_tested() -> None:
+    """A NaN s.e. on either side is never read as 0 (the old code called such differences exact, p = 0)."""
+    from gradbench.report.compare import NOT_TESTED_SE, diff_test
+
+    for test in (ratio_test, diff_test):
+        for sa, sb in [(float("nan"), 0.1), (0.1, float("nan")), (float("nan"), float("nan"))]:
+            p, _, method = test(1.0, sa, 2.0, sb)
+            assert np.isnan(p) and method == NOT_TESTED_SE
+    # control: with both s.e. exactly zero the difference is deterministic
+    assert diff_test(1.0, 0.0, 2.0, 0.0)[0] == 0.0
