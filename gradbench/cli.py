@@ -139,6 +139,21 @@ def _summary_table(table: Any) -> str:
     return pd.DataFrame(out).to_string(index=False)
 
 
+@cli.command("calibrate")
+@click.argument("suites", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--seeds", type=int, default=300, show_default=True, help="Independent targets and noise seeds per cell.")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder [default: runs/<first suite>-calibration].")
+def calibrate_cmd(suites: tuple[Path, ...], seeds: int, out: Path | None) -> None:
+    """False-alarm rates, KS test and QQ plot of the bias test on estimators unbiased for their reference."""
+    from gradbench.calibrate import calibrate, format_summary
+
+    loaded = [load_suite(s, check_device=True) for s in suites]
+    out = out or Path("runs") / f"{loaded[0][0].name}-calibration"
+    cells = [c for _, cs in loaded for c in cs]
+    click.echo(format_summary(calibrate(cells, seeds, out, progress=sys.stderr.isatty())))
+    click.echo(f"\noutputs: {out}/calibration_summary.csv, calibration_pvalues.parquet, calibration_qq.png")
+
+
 # Commands defined beside their subsystems (they import their heavy dependencies lazily).
 from gradbench.report.commands import compare, report  # noqa: E402
 from gradbench.speed import speed  # noqa: E402

@@ -35,11 +35,11 @@ exact posterior when M is diagonal). Two controlled perturbations move it away:
 * ``theta_iwae<K>``, ``phi_iwae<K>`` — gradients of the IWAE_K bound
   E log (1/K Σ_k p(x, z_k)/q(z_k|x)). For K = 1 they are the ELBO gradients (exact). For K ≥ 2 there
   is no closed form: the reference is *estimated* (kind ``estimated`` with a per-coordinate standard
-  error) from ``reference_replicates`` replicates of an unbiased estimator with a seed derived from
+  error, and its sample covariance ``cov`` and count ``n`` up to REFERENCE_MAX_COV_DIM coordinates) from ``reference_replicates`` replicates of an unbiased estimator with a seed derived from
   the data seed — DReG for φ (Tucker et al. 2019), the self-normalised IWAE θ-gradient for θ. A bias
   test of another unbiased φ-estimator (reparameterised IWAE, VIMCO) against it is therefore a
   two-sample agreement test between two estimators, both unbiased for ∇φ IWAE_K, and the bias
-  protocol's max-|z| test includes the reference's standard error. Computed once per target and K.
+  protocol's test uses the reference's full covariance (:func:`gradbench.stats.bias_test`). Computed once per target and K.
 
 Reference: Tipping & Bishop (1999) for PPCA; Kingma & Welling (2014) for the amortised encoder.
 """
