@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+HOTELLING_BOOT_MAX_FLOPS = 4e9  # above this B·n·r², the Hotelling branch uses the F reference only
 HOTELLING_MIN_RATIO = 10  # Hotelling T² only when its degrees of freedom ν ≥ 10 r (r: numerical rank)
 N_BOOT = 1999  # multiplier-bootstrap draws of the max-type test (p-value resolution 1/2000)
 ROUNDING_ULPS = 4.0  # a direction with s.d. below 4 eps × max|g| is rounding, not variance
@@ -105,7 +106,7 @@ def diff_noise(Xc: np.ndarray, ref: ReferenceNoise, eps: float, magnitude: float
     parts: list[tuple[np.ndarray, float]] = [(Xc / math.sqrt(n * (n - 1)), float(n - 1))]
     if ref.cov is not None and ref.n is not None:
         w, U = np.linalg.eigh(ref.cov / ref.n)
-        keep = w > 0
+        keep = w > w.max(initial=0.0) * max(P, 1) * eps  # eigh's own rounding: √eps in s.d.
         parts.append(((U[:, keep] * np.sqrt(w[keep])).T, float(ref.n - 1)))
     if ref.var is not None and (ref.var > 0).any():
         idx = np.flatnonzero(ref.var > 0)
@@ -143,15 +144,24 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
        F(r, n − r); with a noisy reference it is the multivariate Behrens–Fisher approximation of
        Nel & van der Merwe, Commun. Statist. A 15 (1986), modified by Krishnamoorthy & Yu, Statist.
        Probab. Lett. 66 (2004). The rank r, not the nominal p, matters: PPCA-family gradients live in
-       a rank-N·(k + k(k+1)/2) subspace whatever p is.
-    3. Otherwise (R small relative to r) a max-type test: T = max_j |d_j| / √V̂_jj calibrated by a
-       studentised wild bootstrap: d* = Σ_r e_r (g_r − ḡ)/n + L_ref ξ with Rademacher e_r and
-       Gaussian ξ for the reference's (large-sample) noise, each draw re-studentised by its own
-       variance. The multiplier bootstrap of a maximum adapts to the correlation between coordinates
-       (Chernozhukov, Chetverikov & Kato, Ann. Statist. 41, 2013; Ann. Probab. 45, 2017); the
-       re-studentisation reproduces the heavy t-like tails of studentised means at small n (Šidák
-       on normal tails was anti-conservative at R = 30), and Rademacher sign flips make it an exact
-       randomisation test when the replicates are symmetric about their mean. p = (1 + #{T* ≥ T}) /
+       a rank-N·(k + k(k+1)/2) subspace whatever p is. The F reference is exact only for Gaussian
+       rows; gradients are skewed and kurtotic (quadratic in the latents): on the wide PPCA oracle
+       (r = 25, R = 300) it gave 2.3 % / 9.3 % false alarms at α = 1 % / 5 %. So T² is calibrated by
+       the bootstrap (prepivoting, Beran, JASA 83, 1988): rows resampled, T²* recomputed with the
+       resample's own covariance, the reference's noise added as Gaussian; p = (1 + #{T²* ≥ T²})/(B + 1),
+       refined by the F p-value when no draw reaches T² (as in 3.). Above HOTELLING_BOOT_MAX_FLOPS
+       (B·n·r²) the F reference is used alone; ``method`` says which.
+    3. Otherwise (R small relative to r) a max-type test: T = max_j |d_j| / √V̂_jj calibrated by the
+       empirical bootstrap-t of the maximum: rows resampled with replacement (multinomial counts),
+       t*_j = (ḡ*_j − ḡ_j) / se*_j with each resample re-studentised, plus L_ref ξ (Gaussian ξ) for the
+       reference's large-sample noise; T* = max_j |t*_j|. The bootstrap of a maximum adapts to the
+       correlation between coordinates (Chernozhukov, Chetverikov & Kato, Ann. Statist. 41, 2013, and
+       "Central limit theorems and bootstrap in high dimensions", Ann. Probab. 45, 2017, whose
+       empirical bootstrap this is); re-studentising gives the bootstrap-t its second-order
+       accuracy under skewness (Hall, "The Bootstrap and Edgeworth Expansion", 1992). Measured at
+       R = 30 on oracle PPCA gradients (chi-square-like, skewed), 300 targets: false alarms 0.3 % /
+       4.7 % at α = 1 % / 5 % (KS p = 0.54), where Rademacher or Mammen multiplier weights gave 8 % /
+       11 % at α = 1 % and Šidák on normal tails 3–4 %. p = (1 + #{T* ≥ T}) /
        (B + 1); when no draw reaches T the p-value is refined to min(1/(B+1), Bonferroni on t_{n−1}
        tails) so that multiple-testing corrections can rank very small p-values (decisions at any
        α ≥ 1/(B+1) are unchanged). ``rng`` drives the bootstrap (the caller seeds it).
@@ -187,9 +197,40 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
         t2 = float(np.sum(dn.whiten(diff) ** 2))
         f = (nu - r + 1) * t2 / (nu * r)
         nu_txt = f"{nu:.0f}" if math.isfinite(nu) else "inf"
-        return BiasTest(float(sps.f.sf(f, r, nu - r + 1) if math.isfinite(nu) else sps.chi2.sf(t2, r)), zmax,
-                        f"hotelling(rank={r}, df={nu_txt}{two})")
+        p_f = float(sps.f.sf(f, r, nu - r + 1) if math.isfinite(nu) else sps.chi2.sf(t2, r))
+        if n_boot * n * r * r > HOTELLING_BOOT_MAX_FLOPS:
+            return BiasTest(p_f, zmax, f"hotelling(rank={r}, df={nu_txt}{two}, F)")
+        p = _hotelling_bootstrap(Xc, diff, dn, t2, rng, n_boot, p_f)
+        return BiasTest(p, zmax, f"hotelling(rank={r}, df={nu_txt}{two}, bootstrap B={n_boot})")
     return _max_t_bootstrap(Xc[:, live], diff[live], noise, live, rng, n_boot, zmax, r, two)
+
+
+def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: float, rng: np.random.Generator,
+                         n_boot: int, p_f: float) -> float:
+    """Bootstrap-calibrated (prepivoted) T²: rows resampled, T²* = m*ᵀ (S*/n + V_ref)⁻¹ m* in the rank-r
+    basis, m* = the resample's mean deviation + Gaussian reference noise (see :func:`bias_test`)."""
+    n = Xc.shape[0]
+    Y = Xc @ dn.basis.T  # [n, r]
+    roots = [L @ dn.basis.T for L, _ in dn.parts[1:]]
+    V_ref = sum((R.T @ R for R in roots), np.zeros((Y.shape[1], Y.shape[1])))
+    YY = Y[:, :, None] * Y[:, None, :]  # [n, r, r]
+    count, done = 0, 0
+    while done < n_boot:
+        b = min(n_boot - done, max(1, (1 << 24) // max(1, YY[0].size * 8)))
+        c = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)
+        m = c @ Y / n
+        S = (np.tensordot(c, YY, axes=1) / n - m[:, :, None] * m[:, None, :]) / (n - 1)  # S*/n
+        for R in roots:
+            m = m + rng.standard_normal((b, R.shape[0])) @ R
+        try:
+            sol = np.linalg.solve(S + V_ref, m[:, :, None])[:, :, 0]
+            tstar = np.einsum("bi,bi->b", m, sol)
+        except np.linalg.LinAlgError:  # a singular resample: count it as exceeding (conservative)
+            tstar = np.full(b, np.inf)
+        count += int((tstar >= t2).sum())
+        done += b
+    p = (1 + count) / (n_boot + 1)
+    return min(p, p_f) if count == 0 else p
 
 
 def _max_t_bootstrap(Xc: np.ndarray, diff: np.ndarray, noise: ReferenceNoise, live: np.ndarray,
@@ -201,7 +242,8 @@ def _max_t_bootstrap(Xc: np.ndarray, diff: np.ndarray, noise: ReferenceNoise, li
         C = noise.cov[np.ix_(live, live)] / noise.n
         ref_var = ref_var + np.diag(C)
         w, U = np.linalg.eigh(C)
-        ref_root = U * np.sqrt(np.clip(w, 0, None))  # C = ref_root ref_rootᵀ
+        w = np.where(w > w.max(initial=0.0) * max(m, 1) * np.finfo(np.float64).eps, w, 0.0)
+        ref_root = U * np.sqrt(w)  # C = ref_root ref_rootᵀ
     if noise.var is not None:
         ref_var = ref_var + noise.var[live]
     s2 = (Xc**2).sum(0)
@@ -210,9 +252,9 @@ def _max_t_bootstrap(Xc: np.ndarray, diff: np.ndarray, noise: ReferenceNoise, li
     done = 0
     while done < n_boot:  # blocks bound the memory at ~ 64 MB
         b = min(n_boot - done, max(1, (1 << 23) // max(n, m)))
-        e = rng.choice(np.array([-1.0, 1.0]), size=(b, n))
-        mstar = e @ Xc / n
-        vstar = (s2 - n * mstar**2) / (n * (n - 1))  # Σ (e_r x_r − m*)² / (n(n−1)), e_r² = 1
+        c = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)
+        mstar = c @ Xc / n  # ḡ* − ḡ (Xc is centred)
+        vstar = (c @ Xc**2 / n - mstar**2) / (n - 1)  # s*²/n with s*² = n/(n−1) × resample variance
         if ref_root is not None:
             mstar = mstar + rng.standard_normal((b, ref_root.shape[1])) @ ref_root.T
         if noise.var is not None:
@@ -225,7 +267,7 @@ def _max_t_bootstrap(Xc: np.ndarray, diff: np.ndarray, noise: ReferenceNoise, li
     if count == 0:
         bonf = min(1.0, m * 2 * float(sps.t.sf(t_obs, n - 1)))
         pval = min(pval, bonf)
-    return BiasTest(pval, zmax, f"max-t wild bootstrap(B={n_boot}, m={m}, rank={r}{two})")
+    return BiasTest(pval, zmax, f"max-t bootstrap(B={n_boot}, m={m}, rank={r}{two})")
 
 
 @dataclass(frozen=True)
