@@ -5,7 +5,7 @@ For every cell of a suite whose estimator is unbiased for its reference, the cel
 (``target_seed``; for an estimated reference also a new reference run) and new Monte Carlo noise
 (``seed``), both derived from the suite's seeds and the replicate index. Under H0 every p-value is
 uniform on [0, 1], so per estimator and per test branch (the ``method`` of ``bias_pvalue``:
-hotelling, max-t wild bootstrap, deterministic, …) it reports
+hotelling, max-t bootstrap, deterministic, …) it reports
 
 * the false-alarm rate at α ∈ {0.01, 0.05}, with the binomial s.e. √(α(1 − α)/n) under H0 and a
   verdict "ok" when |rate − α| ≤ 3 s.e.;
