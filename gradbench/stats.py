@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+HOTELLING_N_BOOT = 499  # bootstrap draws of T² (each costs n r² flops; p resolution 1/500, refined by F below it)
 HOTELLING_BOOT_MAX_FLOPS = 4e9  # above this B·n·r², the Hotelling branch uses the F reference only
 HOTELLING_MIN_RATIO = 10  # Hotelling T² only when its degrees of freedom ν ≥ 10 r (r: numerical rank)
 N_BOOT = 1999  # multiplier-bootstrap draws of the max-type test (p-value resolution 1/2000)
@@ -148,7 +149,8 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
        rows; gradients are skewed and kurtotic (quadratic in the latents): on the wide PPCA oracle
        (r = 25, R = 300) it gave 2.3 % / 9.3 % false alarms at α = 1 % / 5 %. So T² is calibrated by
        the bootstrap (prepivoting, Beran, JASA 83, 1988): rows resampled, T²* recomputed with the
-       resample's own covariance, the reference's noise added as Gaussian; p = (1 + #{T²* ≥ T²})/(B + 1),
+       resample's own covariance, the reference's noise added as Gaussian; p = (1 + #{T²* ≥ T²})/(B + 1)
+       with B = HOTELLING_N_BOOT,
        refined by the F p-value when no draw reaches T² (as in 3.). Above HOTELLING_BOOT_MAX_FLOPS
        (B·n·r²) the F reference is used alone; ``method`` says which.
     3. Otherwise (R small relative to r) a max-type test: T = max_j |d_j| / √V̂_jj calibrated by the
@@ -198,10 +200,11 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
         f = (nu - r + 1) * t2 / (nu * r)
         nu_txt = f"{nu:.0f}" if math.isfinite(nu) else "inf"
         p_f = float(sps.f.sf(f, r, nu - r + 1) if math.isfinite(nu) else sps.chi2.sf(t2, r))
-        if n_boot * n * r * r > HOTELLING_BOOT_MAX_FLOPS:
+        b_t2 = min(n_boot, HOTELLING_N_BOOT)
+        if b_t2 * n * r * r > HOTELLING_BOOT_MAX_FLOPS:
             return BiasTest(p_f, zmax, f"hotelling(rank={r}, df={nu_txt}{two}, F)")
-        p = _hotelling_bootstrap(Xc, diff, dn, t2, rng, n_boot, p_f)
-        return BiasTest(p, zmax, f"hotelling(rank={r}, df={nu_txt}{two}, bootstrap B={n_boot})")
+        p = _hotelling_bootstrap(Xc, diff, dn, t2, rng, b_t2, p_f)
+        return BiasTest(p, zmax, f"hotelling(rank={r}, df={nu_txt}{two}, bootstrap B={b_t2})")
     return _max_t_bootstrap(Xc[:, live], diff[live], noise, live, rng, n_boot, zmax, r, two)
 
 
