@@ -163,7 +163,11 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
        accuracy under skewness (Hall, "The Bootstrap and Edgeworth Expansion", 1992). Measured at
        R = 30 on oracle PPCA gradients (chi-square-like, skewed), 300 targets: false alarms 0.3 % /
        4.7 % at α = 1 % / 5 % (KS p = 0.54), where Rademacher or Mammen multiplier weights gave 8 % /
-       11 % at α = 1 % and Šidák on normal tails 3–4 %. p = (1 + #{T* ≥ T}) /
+       11 % at α = 1 % and Šidák on normal tails 3–4 %. Known limit (both bootstrap branches):
+       heavy-tailed replicates (tail index < 4, e.g. SUMO's default, 8/3) make the row bootstrap
+       over-disperse — the test is then conservative (SUMO, 300 targets: 0–1.3 % at α = 5 %), never
+       anti-conservative; sign-flip (Rademacher) weights would fix that but are anti-conservative
+       for skewed gradients at small R. p = (1 + #{T* ≥ T}) /
        (B + 1); when no draw reaches T the p-value is refined to min(1/(B+1), Bonferroni on t_{n−1}
        tails) so that multiple-testing corrections can rank very small p-values (decisions at any
        α ≥ 1/(B+1) are unchanged). ``rng`` drives the bootstrap (the caller seeds it).
