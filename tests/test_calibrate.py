@@ -53,3 +53,15 @@ def test_end_to_end_flags_the_biased_estimator(tmp_path):
     assert summary.loc[oracle, "rate@0.05"] <= 4 / 12  # binomial(12, 0.05): P(≥ 5) < 0.001
     assert {p.name for p in (tmp_path / "cal").iterdir()} == {
         "calibration_pvalues.parquet", "calibration_summary.csv", "calibration_qq.png"}
+
+
+def test_cli_command(tmp_path):
+    """``gradbench calibrate SUITE --seeds 2`` prints the summary and writes the outputs (exit 0)."""
+    from click.testing import CliRunner
+
+    from gradbench.cli import cli
+
+    suite = write(tmp_path, SUITE)
+    res = CliRunner().invoke(cli, ["calibrate", str(suite), "--seeds", "2", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "rate@0.01" in res.output and (tmp_path / "o" / "calibration_qq.png").is_file()
