@@ -152,7 +152,12 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
        resample's own covariance, the reference's noise added as Gaussian; p = (1 + #{T²* ≥ T²})/(B + 1)
        with B = HOTELLING_N_BOOT,
        refined by the F p-value when no draw reaches T² (as in 3.). Above HOTELLING_BOOT_MAX_FLOPS
-       (B·n·r²) the F reference is used alone; ``method`` says which.
+       (B·n·r²) the F reference is used alone; ``method`` says which. T² spreads its power over r
+       directions; a bias concentrated in a few coordinates (IWAE's, mostly in σ) is found sooner by
+       max_j |t_j|: on the wide PPCA (r = 25, R = 300) IWAE K = 16 was detected in 67 % of targets by
+       T² alone against 92 % by max-|z|. So the branch reports the min-p combination of T² and
+       max-t, both from the same resamples and calibrated jointly (:func:`_hotelling_bootstrap`);
+       the two separate p-values are in ``method``.
     3. Otherwise (R small relative to r) a max-type test: T = max_j |d_j| / √V̂_jj calibrated by the
        empirical bootstrap-t of the maximum: rows resampled with replacement (multinomial counts),
        t*_j = (ḡ*_j − ḡ_j) / se*_j with each resample re-studentised, plus L_ref ξ (Gaussian ξ) for the
@@ -207,37 +212,66 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
         b_t2 = min(n_boot, HOTELLING_N_BOOT)
         if b_t2 * n * r * r > HOTELLING_BOOT_MAX_FLOPS:
             return BiasTest(p_f, zmax, f"hotelling(rank={r}, df={nu_txt}{two}, F)")
-        p = _hotelling_bootstrap(Xc, diff, dn, t2, rng, b_t2, p_f)
-        return BiasTest(p, zmax, f"hotelling(rank={r}, df={nu_txt}{two}, bootstrap B={b_t2})")
+        p, p_t, p_m = _hotelling_bootstrap(Xc, diff, dn, t2, live, rng, b_t2, p_f)
+        return BiasTest(p, zmax, f"hotelling+max-t(rank={r}, df={nu_txt}{two}, bootstrap B={b_t2}, "
+                                 f"p_T2={p_t:.3g}, p_max={p_m:.3g})")
     return _max_t_bootstrap(Xc[:, live], diff[live], noise, live, rng, n_boot, zmax, r, two)
 
 
-def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: float, rng: np.random.Generator,
-                         n_boot: int, p_f: float) -> float:
-    """Bootstrap-calibrated (prepivoted) T²: rows resampled, T²* = m*ᵀ (S*/n + V_ref)⁻¹ m* in the rank-r
-    basis, m* = the resample's mean deviation + Gaussian reference noise (see :func:`bias_test`)."""
+def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: float, live: np.ndarray,
+                         rng: np.random.Generator, n_boot: int, p_f: float) -> tuple[float, float, float]:
+    """(combined, T², max-t) bootstrap p-values from one set of resamples (see :func:`bias_test`).
+
+    Rows resampled (multinomial counts c): m* = c Xc / n + Σ_i ξ_i L_i (Gaussian reference noise);
+    T²* = m*ᵀ (S*/n + V_ref)⁻¹ m* in the rank-r basis with the resample's own covariance S*, and
+    M* = max_j |m*_j| / se*_j over the live coordinates. The combination is min-p: P = min(p_T², p_M)
+    with each p the rank of the statistic in its bootstrap law, calibrated by the law of P* over the
+    same resamples (Westfall & Young 1993, §2; the "power enhancement" of a quadratic test by a
+    max-type one, Fan, Liao & Yao, Econometrica 83, 2015)."""
     n = Xc.shape[0]
     Y = Xc @ dn.basis.T  # [n, r]
-    roots = [L @ dn.basis.T for L, _ in dn.parts[1:]]
+    Xl = Xc[:, live]
+    s2 = (Xl**2).sum(0)
+    L_parts = [L for L, _ in dn.parts[1:]]
+    roots = [L @ dn.basis.T for L in L_parts]
     V_ref = sum((R.T @ R for R in roots), np.zeros((Y.shape[1], Y.shape[1])))
+    ref_var = sum(((L[:, live] ** 2).sum(0) for L in L_parts), np.zeros(Xl.shape[1]))
+    m_obs = float(np.max(np.abs(diff[live]) / np.sqrt(s2 / (n * (n - 1)) + ref_var)))
     YY = Y[:, :, None] * Y[:, None, :]  # [n, r, r]
-    count, done = 0, 0
+    T, M = [], []
+    done = 0
     while done < n_boot:
-        b = min(n_boot - done, max(1, (1 << 24) // max(1, YY[0].size * 8)))
+        b = min(n_boot - done, max(1, (1 << 24) // max(1, (YY[0].size + Xl.shape[1]) * 8)))
         c = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)
         m = c @ Y / n
+        mc = c @ Xl / n
         S = (np.tensordot(c, YY, axes=1) / n - m[:, :, None] * m[:, None, :]) / (n - 1)  # S*/n
-        for R in roots:
-            m = m + rng.standard_normal((b, R.shape[0])) @ R
+        vc = (c @ Xl**2 / n - mc**2) / (n - 1)
+        for L, R in zip(L_parts, roots):
+            xi = rng.standard_normal((b, R.shape[0]))
+            m = m + xi @ R
+            mc = mc + xi @ L[:, live]
         try:
             sol = np.linalg.solve(S + V_ref, m[:, :, None])[:, :, 0]
-            tstar = np.einsum("bi,bi->b", m, sol)
+            T.append(np.einsum("bi,bi->b", m, sol))
         except np.linalg.LinAlgError:  # a singular resample: count it as exceeding (conservative)
-            tstar = np.full(b, np.inf)
-        count += int((tstar >= t2).sum())
+            T.append(np.full(b, np.inf))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            M.append(np.nan_to_num(np.abs(mc) / np.sqrt(np.maximum(vc, 0.0) + ref_var), nan=np.inf).max(1))
         done += b
-    p = (1 + count) / (n_boot + 1)
-    return min(p, p_f) if count == 0 else p
+    Tb, Mb = np.concatenate(T), np.concatenate(M)
+    B = Tb.size
+    p_t = (1 + int((Tb >= t2).sum())) / (B + 1)
+    p_m = (1 + int((Mb >= m_obs).sum())) / (B + 1)
+    # each draw's p-values within the bootstrap law (rank from the top, ties counted as exceeding)
+    pt_b = (B + 1 - np.searchsorted(np.sort(Tb), Tb, side="left")) / (B + 1)
+    pm_b = (B + 1 - np.searchsorted(np.sort(Mb), Mb, side="left")) / (B + 1)
+    p_min = min(p_t, p_m)
+    count = int((np.minimum(pt_b, pm_b) <= p_min).sum())
+    p = (1 + count) / (B + 1)
+    if count == 0:
+        p = min(p, 2 * p_f)
+    return p, p_t, p_m
 
 
 def _max_t_bootstrap(Xc: np.ndarray, diff: np.ndarray, noise: ReferenceNoise, live: np.ndarray,
