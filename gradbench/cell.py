@@ -29,6 +29,7 @@ import gradbench
 from gradbench import registry
 from gradbench.core import GradSample
 from gradbench.protocols import ProtocolContext
+from gradbench.protocols.meeting import censoring_warning
 from gradbench.seeding import derive_seed, make_generator
 from gradbench.suite import Cell
 
@@ -138,7 +139,7 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
         ctx = ProtocolContext(seed=derive_seed(cell.target.noise_seed(0), "protocol", name), eps=eps,
                               device=cell.device, rerun=rerun_cell(cell, target))
         rows += [{"protocol": name, **r} for r in registry.PROTOCOLS[name].fn(sample, reference, ctx)]
-    df = pd.DataFrame(rows, columns=["protocol", "param_group", "metric", "value", "stderr", "method"])
+    df = pd.DataFrame(rows, columns=["protocol", "param_group", "metric", "value", "stderr", "method", "warning"])
     meta: dict[str, Any] = {
         "cell_id": cell.cell_id,
         "target_id": cell.target.target_id,
@@ -155,7 +156,10 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
     }
     for col, value in reversed(meta.items()):
         df.insert(0, col, json.dumps(value) if isinstance(value, (list, tuple, dict)) else value)  # e.g. hidden: [200, 200]
-    df["warning"] = resolution_warning(sample, reference)
+    cell_warning = "; ".join(w for w in (resolution_warning(sample, reference), censoring_warning(sample)) if w)
+    df["warning"] = [
+        "; ".join(w for w in (str(r) if isinstance(r, str) else "", cell_warning) if w) for r in df.pop("warning")
+    ]
     df["gradbench_version"] = gradbench.__version__
     df["torch_version"] = torch.__version__
     df["started_at"] = started.isoformat(timespec="seconds")

@@ -60,6 +60,8 @@ LAZY_COMMANDS = {
     "report": ("gradbench.report.commands:report", "Render RUN_DIR's results as index.html, summary.md and figures."),
     "compare": ("gradbench.report.commands:compare",
                 "Compare RUN_B against the baseline RUN_A; exit 1 on a significant regression."),
+    "calibrate": ("gradbench.calibrate:calibrate_cmd",
+                  "False-alarm rates, KS test and QQ plot of the bias test on estimators unbiased for their reference."),
     "speed": ("gradbench.speed:speed", "Time a suite's estimators against floors (a)/(b), Pyro and a one-pair loop."),
 }
 

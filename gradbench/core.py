@@ -105,12 +105,19 @@ class Reference:
     """What the estimated gradient is compared against.
 
     ``stderr`` is ``None`` for exact references and a per-coordinate standard error for
-    estimated ones; protocols add its variance to the Monte Carlo variance.
+    estimated ones; protocols add its variance to the Monte Carlo variance. An estimated reference
+    that is the mean of ``n`` i.i.d. replicates may also carry their sample covariance ``cov``
+    [P, P] (its sufficient statistics): the bias test is then a two-sample test with the full
+    covariance. ``error`` is a per-coordinate error bound of a quadrature/enumerated reference,
+    treated like a standard error.
     """
 
     value: Tensor
     kind: Literal["exact", "enumerated", "quadrature", "estimated"] = "exact"
     stderr: Tensor | None = None
+    cov: Tensor | None = None
+    n: int | None = None
+    error: Tensor | None = None
 
 
 def log_joint_with_grad(target: LatentTarget, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:

@@ -116,10 +116,17 @@ def write_target(cell: Cell, out: Path, written: set[str]) -> None:
 
 
 def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str] | None = None) -> pd.DataFrame:
-    """Rebuild the tidy table from the cell files, in suite order (failed cells have no rows)."""
+    """Rebuild the tidy table from the cell files, in suite order (failed cells have no rows), plus the
+    run-wide ``bias_qvalue``/``bias_pvalue_holm`` rows (:func:`gradbench.protocols.bias.multiplicity_rows`)."""
     done = [c for c in cells if (out / "cells" / f"{c.cell_id}.parquet").exists()]
     frames = [pd.read_parquet(out / "cells" / f"{c.cell_id}.parquet") for c in done]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not table.empty:  # multiple-testing correction across the run's bias tests
+        from gradbench.protocols.bias import multiplicity_rows
+
+        table = pd.concat([table, multiplicity_rows(table)], ignore_index=True)
+        order = table["cell_id"].map({c: i for i, c in enumerate(dict.fromkeys(table["cell_id"]))})
+        table = table.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)  # rows by cell
     for col in table.columns[table.dtypes == object]:  # e.g. estimator.k holding both 5 and "auto"
         kinds = {type(v) for v in table[col].dropna()}
         if len(kinds) > 1:

@@ -116,3 +116,20 @@ def test_mixed_type_parameter_columns_are_collected(tmp_path):
     suite, cells = load_suite(write(tmp_path, text), {"replicates": 40})
     table = run_suite(suite, cells[:4], tmp_path / "out", progress=False).table
     assert set(table["estimator.k"].dropna()) == {"auto", "2"}
+
+
+def test_bias_qvalues_span_the_runs_group_all_tests(first_run):
+    """One bias_qvalue and one bias_pvalue_holm row per bias_pvalue row of group 'all', equal to BH/Holm of
+    those p-values, placed with their cell's rows."""
+    from gradbench.stats import bh_qvalues, holm_adjust
+
+    t = first_run[3].table
+    p = t[(t.metric == "bias_pvalue") & (t.param_group == "all")]
+    q = t[t.metric == "bias_qvalue"]
+    h = t[t.metric == "bias_pvalue_holm"]
+    assert len(q) == len(p) == len(h) and list(q.cell_id) == list(p.cell_id)
+    np.testing.assert_allclose(q.value.to_numpy(), bh_qvalues(p.value.to_numpy()), equal_nan=True)
+    np.testing.assert_allclose(h.value.to_numpy(), holm_adjust(p.value.to_numpy()), equal_nan=True)
+    assert q.method.str.contains(f"{len(p)} bias tests").all()
+    first = t.cell_id.iloc[0]
+    assert (t.cell_id == first).to_numpy()[: (t.cell_id == first).sum()].all()  # rows stay grouped by cell

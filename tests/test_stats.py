@@ -9,29 +9,66 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from gradbench.stats import bias_test, bootstrap_snr_medians, influence_se
+from gradbench.stats import (ReferenceNoise, bh_qvalues, bias_norm_interval, bias_test, bootstrap_snr_medians,
+                             hill_tail_index, holm_adjust, influence_se)
 
 EPS = float(np.finfo(np.float64).eps)
 
 
-@pytest.mark.parametrize("n,p", [(400, 5), (60, 30)])  # Hotelling path, max-z path
-def test_pvalues_uniform_under_null(n, p):
-    """300 null data sets: KS test of p-value uniformity not rejected at α = 0.001."""
+ALPHA = 0.001  # level of every meta-test below
+Z = sps.norm.isf(ALPHA / 2)
+
+
+def _rate_bound(a: float, n: int) -> float:
+    """Upper α-level bound of a false-alarm rate at nominal level a over n independent data sets."""
+    return a + Z * np.sqrt(a * (1 - a) / n)
+
+
+def _null_pvalues(gen, n_sets: int = 300, noise: ReferenceNoise | None = None) -> tuple[np.ndarray, list[str]]:
     rng = np.random.default_rng(0)
-    A = rng.normal(size=(p, p))
-    pvals = [bias_test(rng.normal(size=(n, p)) @ A, np.zeros(p), None, EPS).pvalue for _ in range(300)]
-    if n >= 10 * p:
-        assert sps.kstest(pvals, "uniform").pvalue > 0.001
-    else:  # Šidák max-z is conservative: P(p ≤ a) ≤ a (+ 3 binomial s.e. at a = 0.05)
-        assert np.mean(np.array(pvals) <= 0.05) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 300)
+    out = [bias_test(G := gen(rng), np.zeros(G.shape[1]), EPS, rng, noise, n_boot=499) for _ in range(n_sets)]
+    return np.array([t.pvalue for t in out]), [t.method for t in out]
 
 
-@pytest.mark.parametrize("n,p", [(400, 5), (60, 30)])
-def test_detects_a_shift_of_half_a_standard_deviation(n, p):
+SKEW_A = np.random.default_rng(10).normal(size=(60, 60))
+NULLS = {
+    "hotelling": lambda r: r.normal(size=(400, 5)) @ SKEW_A[:5, :5],
+    "max-t, skewed, n=30 < p=60": lambda r: (r.chisquare(1, size=(30, 60)) - 1) @ SKEW_A,
+    "max-t, equicorrelated p=200": lambda r: r.normal(size=(300, 200)) * np.sqrt(0.1) + r.normal(size=(300, 1)) * np.sqrt(0.9),
+}
+
+
+@pytest.mark.parametrize("name", NULLS)
+def test_pvalues_uniform_under_null(name):
+    """300 null data sets per branch: KS uniformity not rejected and false-alarm rates at α = .01, .05
+    within their binomial bound, at level ALPHA (skewed gradients at small R and strongly correlated
+    coordinates are the regimes where the old max-|z| + Šidák test was anti-conservative / conservative)."""
+    p, methods = _null_pvalues(NULLS[name])
+    assert methods[0].startswith(name.split(",")[0]), methods[0]
+    assert sps.kstest(p, "uniform").pvalue > ALPHA
+    for a in (0.01, 0.05):
+        assert np.mean(p <= a) <= _rate_bound(a, p.size)
+
+
+def test_negative_control_sidak_normal_tails_are_anticonservative_at_small_n():
+    """The old rule (Šidák on normal tails, n = 30 skewed) must fail the same check: the meta-test has power."""
+    rng = np.random.default_rng(0)
+    p = []
+    for _ in range(300):
+        G = NULLS["max-t, skewed, n=30 < p=60"](rng)
+        z = np.abs(G.mean(0)) / (G.std(0, ddof=1) / np.sqrt(G.shape[0]))
+        p.append(-np.expm1(G.shape[1] * np.log1p(-2 * sps.norm.sf(z.max()))))
+    assert np.mean(np.array(p) <= 0.01) > _rate_bound(0.01, 300)
+
+
+@pytest.mark.parametrize("name", ["hotelling", "max-t, skewed, n=30 < p=60"])
+def test_detects_a_shift(name):
+    """Negative control for the calibration test: a shifted mean (0.5 s.d. for n = 400, 1.5 s.d. for n = 30)."""
     rng = np.random.default_rng(1)
-    G = rng.normal(size=(n, p))
-    G[:, 0] += 0.5  # shift of 0.5 sd in one coordinate
-    assert bias_test(G, np.zeros(p), None, EPS).pvalue < 0.001
+    G = NULLS[name](rng)
+    shift = np.zeros(G.shape[1])
+    shift[0] = (0.5 if G.shape[0] > 100 else 1.5) * G[:, 0].std()
+    assert bias_test(G + shift, np.zeros(G.shape[1]), EPS, rng).pvalue < ALPHA
 
 
 def test_singular_covariance_uses_rank():
@@ -39,21 +76,98 @@ def test_singular_covariance_uses_rank():
     rng = np.random.default_rng(2)
     B = rng.normal(size=(2, 6))
     G = rng.normal(size=(500, 2)) @ B
-    res = bias_test(G, np.zeros(6), None, EPS)
-    assert res.method == "hotelling(rank=2)" and res.pvalue > 0.001
+    res = bias_test(G, np.zeros(6), EPS, rng)
+    assert res.method.startswith("hotelling+max-t(rank=2, df=499") and res.pvalue > ALPHA
     off_support = np.linalg.svd(B)[2][-1]  # a direction with zero variance
-    res = bias_test(G, -1e-3 * off_support, None, EPS)
+    res = bias_test(G, -1e-3 * off_support, EPS, rng)
     assert res.pvalue == 0.0 and res.method.startswith("deterministic")
 
 
-def test_estimated_reference_widens_the_test():
-    """A reference with s.e. forces the max-z test and accounts for the reference's noise."""
+def test_rank_threshold_does_not_scale_with_the_reference_norm():
+    """A huge ‖g*‖ must not hide a small bias in a low-variance direction (old tol: √eps ‖g*‖ ≈ 1.5e-2)."""
     rng = np.random.default_rng(3)
+    G = np.column_stack([1e6 + rng.normal(size=500), 1e-6 * rng.normal(size=500)])
+    ref = np.array([1e6, 0.0])
+    assert bias_test(G, ref, EPS, rng).pvalue > ALPHA
+    assert bias_test(G, ref - np.array([0.0, 1e-6]), EPS, rng).pvalue < ALPHA  # 22 s.e. in coordinate 2
+
+
+def test_estimated_reference_is_a_two_sample_problem():
+    """A reference with covariance: Hotelling with Nel–van der Merwe df; widening accounts for its noise."""
+    rng = np.random.default_rng(4)
     G = rng.normal(size=(1000, 3))
     ref = np.array([0.2, 0.0, 0.0])  # 6 MC s.e. away if the reference were exact ...
-    assert bias_test(G, ref, None, EPS).pvalue < 0.001
-    res = bias_test(G, ref, np.full(3, 0.2**2), EPS)  # ... but within 1 s.e. of a noisy reference
-    assert res.method.startswith("max-z") and res.pvalue > 0.05
+    assert bias_test(G, ref, EPS, rng).pvalue < ALPHA
+    noise = ReferenceNoise(cov=np.eye(3) * 40.0, n=1000)  # ... within 1 s.e. of a noisy reference
+    res = bias_test(G, ref, EPS, rng, noise)
+    assert res.method.startswith("hotelling") and "two-sample" in res.method and res.pvalue > 0.05
+
+
+def test_two_sample_pvalues_uniform_with_unequal_covariances():
+    """Two-sample null (reference = mean of 300 replicates with a different covariance), 300 sets."""
+    rng = np.random.default_rng(5)
+    A, B = rng.normal(size=(4, 4)), rng.normal(size=(4, 4)) * 3
+    p = []
+    for _ in range(300):
+        G, H = rng.normal(size=(200, 4)) @ A, rng.normal(size=(300, 4)) @ B
+        p.append(bias_test(G, H.mean(0), EPS, rng, ReferenceNoise(cov=np.cov(H.T), n=300)).pvalue)
+    p = np.array(p)
+    assert sps.kstest(p, "uniform").pvalue > ALPHA and np.mean(p <= 0.01) <= _rate_bound(0.01, 300)
+    # negative control: ignoring the reference's noise is anti-conservative
+    rng = np.random.default_rng(5)
+    A, B = rng.normal(size=(4, 4)), rng.normal(size=(4, 4)) * 3
+    bad = [bias_test(G, (rng.normal(size=(300, 4)) @ B).mean(0), EPS, rng).pvalue
+           for G in (rng.normal(size=(200, 4)) @ A for _ in range(300))]
+    assert np.mean(np.array(bad) <= 0.01) > _rate_bound(0.01, 300)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.1, 0.3])
+def test_bias_norm_interval_covers(shift):
+    """95 % interval of ‖b‖ covers the truth in ≥ 95 % − Z s.e. of 300 sets, at zero and small biases;
+    negative control: the plug-in "‖d‖ ± 1.96 s.e." misses ‖b‖ = 0 far more often."""
+    rng = np.random.default_rng(6)
+    A = rng.normal(size=(5, 5)) / np.sqrt(5)
+    b = np.zeros(5)
+    b[0] = shift
+    cover, plugin_cover = [], []
+    for _ in range(300):
+        G = rng.normal(size=(400, 5)) @ A + b
+        bn = bias_norm_interval(G, np.zeros(5), EPS, rng)
+        cover.append(bn.ci_low <= np.linalg.norm(b) <= bn.ci_high)
+        u = G.mean(0) / np.linalg.norm(G.mean(0))
+        se = (G @ u).std(ddof=1) / np.sqrt(400)
+        plugin_cover.append(abs(bn.plugin - np.linalg.norm(b)) <= 1.96 * se)
+    bound = 0.95 - Z * np.sqrt(0.95 * 0.05 / 300)
+    assert np.mean(cover) >= bound
+    if shift == 0.0:
+        assert np.mean(plugin_cover) < bound
+
+
+def test_bias_norm_squared_is_unbiased():
+    """Mean over 300 sets of ‖d‖² − tr Σ̂/n equals ‖b‖² within Z MC s.e.; the plug-in ‖d‖² does not."""
+    rng = np.random.default_rng(7)
+    b = np.array([0.05, 0.0, 0.0])
+    est = np.array([bias_norm_interval(rng.normal(size=(200, 3)) + b, np.zeros(3), EPS, rng).sq_unbiased
+                    for _ in range(300)])
+    se = est.std(ddof=1) / np.sqrt(est.size)
+    assert abs(est.mean() - b @ b) < Z * se
+    assert abs(est.mean() + 3 / 200 - b @ b) > Z * se  # plug-in: + tr Σ / n
+
+
+def test_hill_index_of_pareto():
+    """Pareto(α = 1.5) data: Hill's α̂ within Z s.e. of 1.5; Gaussian norms (negative control) far above 2."""
+    rng = np.random.default_rng(8)
+    a, se, k = hill_tail_index(rng.pareto(1.5, size=20_000) + 1)
+    assert abs(a - 1.5) < Z * se and k == int(np.ceil(np.sqrt(20_000)))
+    a, se, _ = hill_tail_index(np.linalg.norm(rng.normal(size=(20_000, 3)), axis=1))
+    assert a - Z * se > 2
+
+
+def test_bh_and_holm_match_definitions():
+    p = np.array([0.01, 0.04, 0.03, 0.5, np.nan])
+    np.testing.assert_allclose(bh_qvalues(p)[:4], [0.04, 0.16 / 3, 0.16 / 3, 0.5])
+    np.testing.assert_allclose(holm_adjust(p)[:4], [0.04, 0.09, 0.09, 0.5])
+    assert np.isnan(bh_qvalues(p)[4]) and np.isnan(holm_adjust(p)[4])
 
 
 def test_influence_se_matches_classical_formula():
@@ -75,6 +189,7 @@ def test_constant_rows_with_rounding_noise_are_unbiased():
     """Rows equal up to float64 rounding (a zero-variance estimator) must not look biased."""
     g = np.random.default_rng(6).normal(size=8) * 10
     G = np.tile(g, (600, 1)) * (1 + EPS * np.random.default_rng(7).integers(-2, 3, size=(600, 8)))
-    res = bias_test(G, g, None, EPS)
+    rng = np.random.default_rng(0)
+    res = bias_test(G, g, EPS, rng)
     assert res.pvalue == 1.0, res
-    assert bias_test(G, g + 1e-6, None, EPS).pvalue == 0.0
+    assert bias_test(G, g + 1e-6, EPS, rng).pvalue == 0.0

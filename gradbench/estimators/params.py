@@ -80,9 +80,10 @@ class CoupledPIMHParams(CoupledParams):
 class SUMOParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     K_min: int = Field(1, ge=1, description="K0: particles always drawn (the IWAE_{K0} base)")
-    truncation: Literal["geometric", "power"] = Field("geometric", description="law of the number of terms 𝒦")
+    truncation: Literal["geometric", "power"] = Field(
+        "power", description="law of the number of terms 𝒦 (geometric: infinite gradient variance)")
     rho: float = Field(0.8, gt=0, lt=1, description="geometric: S(j) = rho^(j-1)")
-    alpha: float = Field(2.0, gt=1, description="power: S(j) = j^(-alpha)")
+    alpha: float = Field(0.8, gt=0.5, description="power: S(j) = j^(-alpha); finite variance iff alpha < 1")
     max_terms: int = Field(100_000, ge=1, description="a draw 𝒦 > max_terms censors the replicate")
 
 

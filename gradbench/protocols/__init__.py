@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
@@ -21,10 +21,14 @@ class Row(TypedDict):
     value: float
     stderr: float
     method: str
+    warning: NotRequired[str]  # a caveat on this row only (the runner joins it with the cell's warnings)
 
 
-def row(group: str, metric: str, value: float, stderr: float, method: str = "") -> Row:
-    return Row(param_group=group, metric=metric, value=float(value), stderr=float(stderr), method=method)
+def row(group: str, metric: str, value: float, stderr: float, method: str = "", warning: str = "") -> Row:
+    out = Row(param_group=group, metric=metric, value=float(value), stderr=float(stderr), method=method)
+    if warning:
+        out["warning"] = warning
+    return out
 
 
 @dataclass(frozen=True)

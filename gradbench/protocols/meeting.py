@@ -3,6 +3,14 @@
 Rows (param_group ``all``), over all R replicates including non-finite ones — a censored
 replicate has a NaN gradient but a perfectly informative τ > max_iter:
 * ``n_censored``: replicates whose chains had not met at the cap (their τ is only a lower bound).
+* ``censored_frac``: n_censored / R with binomial s.e. √(c(1 − c)/R). Censored replicates are left out
+  of every gradient moment, so the cell estimates E[H | τ ≤ max_iter], whose bias
+  c (E[H | τ ≤ max_iter] − E[H | τ > max_iter]) is unknown. The runner puts a ``warning`` on every
+  row of a cell (:func:`censoring_warning`) when c √R > CENSORING_RESOLUTION, i.e. when a
+  difference of one standard deviation between censored and uncensored replicates would shift the
+  mean by more than a quarter of its standard error. Remedy: raise ``max_iter`` (a censored fraction
+  of 1/R or less is harmless), or use a coupling that meets faster (e.g. more particles K, the
+  maximal index coupling, a shorter lag); ``tail_rate`` tells how far ``max_iter`` must go.
 * ``tau_mean``: mean τ over the *uncensored* replicates, s.e. sd/√n; ``method`` says when
   censored replicates were left out (the mean is then biased low; see ``n_censored``).
 * ``tau_q50``, ``tau_q90``, ``tau_q99``: empirical quantiles (numpy "inverted_cdf", i.e. an observed
@@ -46,6 +54,24 @@ def geometric_tail_fit(tau: np.ndarray, censored: np.ndarray, t0: float) -> tupl
     return -math.log1p(-h), h / math.sqrt(n_e * (1.0 - h)), n_e, h
 
 
+CENSORING_RESOLUTION = 0.25
+
+
+def censoring_warning(sample: GradSample) -> str:
+    """Non-empty when censored replicates (diagnostic ``censored``) may bias the cell's gradient moments
+    by more than CENSORING_RESOLUTION of their standard error (see the module docstring)."""
+    cens = sample.diagnostics.get("censored")
+    n = sample.replicates
+    if cens is None or n == 0:
+        return ""
+    n_cens = int(cens.sum())
+    c = n_cens / n
+    if c * math.sqrt(n) <= CENSORING_RESOLUTION:
+        return ""
+    return (f"{n_cens} of {n} replicates censored (fraction {c:.2g}): the moments estimate E[H | not censored], "
+            f"whose bias may exceed {CENSORING_RESOLUTION:g} s.e.; raise max_iter/max_terms or use a faster coupling")
+
+
 def meeting(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) -> list[Row]:
     if "tau" not in sample.diagnostics:
         return []
@@ -57,6 +83,8 @@ def meeting(sample: GradSample, reference: Reference | None, ctx: ProtocolContex
     rows: list[Row] = [row("all", "n_censored", n_cens, math.nan, f"of {n} replicates")]
     if n == 0:
         return rows
+    c = n_cens / n
+    rows.append(row("all", "censored_frac", c, math.sqrt(c * (1 - c) / n), "binomial s.e.", censoring_warning(sample)))
     ok = tau[~censored]
     note = f"uncensored only ({n_cens} censored left out)" if n_cens else "all replicates"
     if ok.size:

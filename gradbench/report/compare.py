@@ -18,7 +18,12 @@ must stay fixed while the noise seed changes.
   (``snr_median``, ``snr_q50``), ``tau_mean`` (when raw τ are not in both runs),
   ``seconds_per_estimate``, ``evals_per_second``, ``work_norm_var_seconds``:
   z = log(v_B / v_A) / √((se_A/v_A)² + (se_B/v_B)²)
-  (delta method, se(log v) = se/v); with both s.e. zero any difference is deterministic (p = 0);
+  (delta method, se(log v) = se/v); with both s.e. zero any difference is deterministic (p = 0).
+  Assumptions, printed with the output: each value is approximately normal on the log scale with
+  the stated s.e. (large replicate counts; the s.e. itself is treated as exact), the two runs are
+  independent (runs sharing noise seeds are positively correlated, which makes the test
+  conservative), and the values are positive (otherwise a difference z-test). Heavy tails
+  (``tail_index`` ≤ 2) void the first assumption: such rows carry a warning in their run;
 * bias — ``rel_bias``: the *debiased* squared relative bias q = r² − tr Σ̂ / (n ‖g*‖²)
   (‖ḡ − g*‖² overshoots ‖b‖² by tr Σ / n, so runs with different replicate counts stay
   comparable), z = (q_B − q_A) / √(se_A² + se_B²), se(q)² = (2 r se_r)² + (se(tr Σ̂)/(n‖g*‖²))²;
@@ -27,7 +32,8 @@ must stay fixed while the noise seed changes.
   (a shift of the τ distribution; censored τ count at the cap);
 * non-finite replicates — Fisher's exact test on the non-finite fraction, when either run has any.
 Other metrics (``mean_var``, ``bias_norm``, p-values, quantiles, …) are shown, not tested: they
-repeat a tested quantity or are test outputs themselves.
+repeat a tested quantity or are test outputs themselves. A testable metric whose standard error
+is missing (NaN) on either side is *not tested* (never treated as exact) and listed as such.
 
 **Multiplicity.** Holm's step-down correction over every test of the comparison controls the
 family-wise error rate at α (default 0.01). A *regression* is a change significant after Holm,
@@ -48,6 +54,9 @@ from scipy import stats as sps
 from gradbench.report import DEFAULT_ALPHA
 from gradbench.report.data import RunData, RunError, load_run, param_columns
 
+NOT_TESTED_SE = "not tested: missing s.e."
+LOG_RATIO_ASSUMPTIONS = ("log-ratio z assumes: approximately normal values with the stated s.e., independent runs "
+                         "(shared noise seeds make it conservative), finite variance (see tail_index warnings)")
 KEY_COLUMNS = ["model", "estimator", "protocol", "param_group", "metric", "dtype", "device"]
 CELL_LEVEL = {"protocol", "param_group", "metric"}
 TARGET_PREFIXES = ("model.", "proposal.")  # with --allow-different-targets, not part of the key
@@ -190,8 +199,8 @@ def ratio_test(va: float, sa: float, vb: float, sb: float) -> tuple[float, float
     if va <= 0 or vb <= 0:
         p, d, method = diff_test(va, sa, vb, sb)
         return p, math.nan, method
-    sa = 0.0 if not np.isfinite(sa) else sa
-    sb = 0.0 if not np.isfinite(sb) else sb
+    if not (np.isfinite(sa) and np.isfinite(sb)):
+        return math.nan, vb / va, NOT_TESTED_SE
     lr = math.log(vb / va)
     se = math.hypot(sa / va, sb / vb)
     if se == 0:
@@ -202,10 +211,10 @@ def ratio_test(va: float, sa: float, vb: float, sb: float) -> tuple[float, float
 def diff_test(va: float, sa: float, vb: float, sb: float) -> tuple[float, float, str]:
     if not (np.isfinite(va) and np.isfinite(vb)):
         return math.nan, math.nan, "untestable: non-finite value"
-    sa = 0.0 if not np.isfinite(sa) else sa
-    sb = 0.0 if not np.isfinite(sb) else sb
-    se = math.hypot(sa, sb)
     d = vb - va
+    if not (np.isfinite(sa) and np.isfinite(sb)):
+        return math.nan, d, NOT_TESTED_SE
+    se = math.hypot(sa, sb)
     if se == 0:
         return (1.0 if d == 0 else 0.0), d, "exact (no s.e.)"
     return _p_from_z(d / se), d, "difference z"
@@ -214,12 +223,12 @@ def diff_test(va: float, sa: float, vb: float, sb: float) -> tuple[float, float,
 def _debiased_sq_bias(rel: float, rel_se: float, norm: float, trace: float, trace_se: float, n: float
                       ) -> tuple[float, float] | None:
     """q = r² − tr Σ̂/(n G²) with G = ‖g*‖ = bias_norm / rel_bias, and its delta-method s.e."""
-    vals = [rel, rel_se, norm, trace, n]
+    vals = [rel, rel_se, norm, trace, trace_se, n]
     if not all(np.isfinite(v) for v in vals) or rel <= 0 or norm <= 0 or n < 2:
         return None
     g2 = (norm / rel) ** 2
     q = rel**2 - trace / (n * g2)
-    se = math.hypot(2 * rel * rel_se, (trace_se if np.isfinite(trace_se) else 0.0) / (n * g2))
+    se = math.hypot(2 * rel * rel_se, trace_se / (n * g2))
     return q, se
 
 
@@ -416,6 +425,12 @@ def format_comparison(c: Comparison, *, show_all: bool = False) -> str:
         lines.append(out.to_string(index=False))
         lines.append("")
     lines += c.notes
+    untested = t[t["test"] == NOT_TESTED_SE]
+    if not untested.empty:
+        lines.append(f"not tested ({len(untested)} row(s) with a missing standard error): "
+                     + "; ".join(f"{r.cell} {r.param_group} {r.metric}" for r in untested.itertuples()))
+    if (t["test"] == "log-ratio z").any():
+        lines.append(LOG_RATIO_ASSUMPTIONS + ".")
     lines.append(f"{len(t)} aligned metric(s), {c.n_tests} tested; Holm-corrected at α = {c.alpha:g}"
                  + (f", regressions also need a relative change > {c.rtol:g}" if c.rtol else "") + ".")
     if c.only_a or c.only_b:

@@ -163,10 +163,12 @@ def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: 
 
 def summary_table(run: RunData) -> Table | None:
     """Bias, variance, SNR and MSE per estimator × budget (parameter group 'all')."""
-    flag = (f" ✱ biased: bias q-value < α = {run.alpha:g} (Benjamini–Hochberg over the run's bias tests)."
+    flag = (f" ✱ biased: bias q-value < α = {run.alpha:g} (Benjamini–Hochberg over the run's bias tests of parameter group 'all', one per cell)."
             if bias_decision(run) == "bias_qvalue" else
             f" ✱ biased: bias p-value < α = {run.alpha:g} (H0: unbiased; per row, no multiplicity correction).")
     note = "Parameter group 'all'. Values are ± 1 standard error." + (flag if run.has("bias_pvalue") else "")
+    if run.has("rel_bias_ci_high"):
+        note += " Relative bias: 95 % confidence interval of ‖b‖/‖g*‖ (the plug-in ‖ḡ − g*‖ is noise-inflated)."
     return _cell_table(run, "Accuracy per estimator × budget", ACCURACY_COLUMNS, note)
 
 
@@ -185,7 +187,8 @@ def group_table(run: RunData) -> Table | None:
     n_targets = run.cells["target_label"].nunique()
     header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates", "group"]
     header += [h for _, h in cols]
-    t = Table("Per parameter group", header, note="Values are ± 1 standard error; ✱ biased at α per row.",
+    t = Table("Per parameter group", header, note="Values are ± 1 standard error; ✱ biased: p < α per row, uncorrected "
+              "(the q-values cover parameter group 'all' only).",
               text_columns=header.index("group") + 1)
     frames = [_sorted_cells(run.wide([m for m, _ in cols], g), run).assign(group=g) for g in groups]
     order = {g: i for i, g in enumerate(groups)}

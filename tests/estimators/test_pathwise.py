@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ from gradbench.estimators import pathwise
 from gradbench.estimators.importance import iwae
 from gradbench.estimators.pathwise import batched_phi, draw_eps, log_normal_diag, per_replicate_grad, reparam
 from gradbench.seeding import make_generator
-from gradbench.stats import bias_test
+from gradbench.stats import ReferenceNoise, bias_test
 from tests.models.test_ppca_encoder import make_encoder_target, orthogonal_target
 
 ALPHA = 0.001
@@ -27,7 +28,8 @@ PHI_ESTIMATORS = [name for name, e in registry.ESTIMATORS.items() if e.wrt != "t
 
 def _pvalue(sample: GradSample, ref, ref_var=None) -> float:
     ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else ref
-    return bias_test(sample.grads.numpy(), ref, ref_var, EPS64).pvalue
+    return bias_test(sample.grads.numpy(), ref, EPS64, np.random.default_rng(0),
+                     None if ref_var is None else ReferenceNoise(var=np.asarray(ref_var))).pvalue
 
 
 def _gz(t, z):
@@ -167,9 +169,10 @@ def _iwae_stl(t, R, gen, K):
 
 
 def _two_sample_pvalue(a: GradSample, b: GradSample) -> float:
-    """H0: E a = E b from independent samples: max-|z| with Šidák, variance s²_a/n_a + s²_b/n_b."""
+    """H0: E a = E b from independent samples: the two-sample bias test with b's full covariance."""
     Gb = b.grads.numpy()
-    return bias_test(a.grads.numpy(), Gb.mean(0), Gb.var(0, ddof=1) / Gb.shape[0], EPS64).pvalue
+    return bias_test(a.grads.numpy(), Gb.mean(0), EPS64, np.random.default_rng(0),
+                     ReferenceNoise(cov=np.cov(Gb.T).reshape(Gb.shape[1], -1), n=Gb.shape[0])).pvalue
 
 
 def test_iwae_reparam_and_dreg_agree_on_the_iwae_gradient():

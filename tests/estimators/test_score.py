@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats as sps
 from pydantic import ValidationError
 
 from gradbench import registry
@@ -17,7 +18,7 @@ from gradbench.core import GradSample
 from gradbench.estimators import pathwise, score
 from gradbench.models.ppca import LOG_2PI
 from gradbench.seeding import make_generator
-from gradbench.stats import bias_test
+from gradbench.stats import ReferenceNoise, bias_test
 from tests.models.test_ppca_encoder import make_encoder_target
 
 ALPHA = 0.001
@@ -28,7 +29,8 @@ ALL_BASELINES = [("none", 0, 1), ("moving_average", 20, 2), ("learned_constant",
 
 
 def _pvalue(sample: GradSample, ref: torch.Tensor, ref_var=None) -> float:
-    return bias_test(sample.grads.numpy(), ref.numpy(), ref_var, EPS64).pvalue
+    return bias_test(sample.grads.numpy(), ref.numpy(), EPS64, np.random.default_rng(0),
+                     None if ref_var is None else ReferenceNoise(var=np.asarray(ref_var))).pvalue
 
 
 def _hand_score(t, z):
@@ -104,23 +106,37 @@ def test_warm_up_uses_fresh_latents_after_the_measured_draw():
 
 
 def test_stateful_baselines_fit_what_they_claim():
-    """MA after one step = batch mean; learned constant → E f; learned b(x; ω) → E[f | x_n] (MCSE-scaled)."""
+    """MA after one step = batch mean; learned constant → E f; learned b(x; ω) → E[f | x_n].
+
+    MCSE-scaled at α = 0.001 (Bonferroni over the N data points for b(x)). Stationary noise of the
+    fits: SGD b ← b − γ(b − m_t), γ = 2·rate, on batch means m_t of S·N signals has
+    Var b = γ/(2 − γ) Var m_t; discounted least squares with forgetting λ weights step t by (1 − λ)^{T−t},
+    so Var b(x_n) = λ/(2 − λ) Var(f_n)/S (with N < #features it interpolates the per-datum batch
+    means). The truth is a 2·10⁵-sample mean with its own s.e. Negative controls: the same tests
+    reject fits stopped after 5 steps (shrunk towards the initial 0)."""
     t = make_encoder_target(n=3)
     f = torch.randn(2, 4, 3, generator=make_generator(0), dtype=torch.float64)
     ma = score.moving_average(0.1, 3)
     torch.testing.assert_close(ma.value(ma.update(ma.init(2, f), f)), f.mean(dim=(1, 2)).unsqueeze(-1).expand(2, 3))
-    # long fits on one replicate, compared with large-sample means of the signal
     z, _ = t.sample_proposal((200_000,), make_generator(1))
     sig = t.log_lik(z)  # [M, N]
-    mean_n, se_n = sig.mean(0), sig.std(0) / math.sqrt(sig.shape[0])
-    lc = score.learned_constant(0.05, t.n_data)
-    b_const = score.warm_up(lc, lc.init(1, z), t, 64, "analytic", 400, make_generator(2)).b
-    assert abs(float(b_const[0] - mean_n.mean())) < 6 * float(sig.std()) * math.sqrt(0.05 / 64)  # SGD noise floor
-    li = score.learned_input(score.quadratic_features(t.x), 0.01)
-    b_x = li.value(score.warm_up(li, li.init(1, z), t, 64, "analytic", 600, make_generator(3)))[0]
-    # discounted LS with forgetting 0.01 averages ≈ 200 batches of 64: s.e. ≈ sd/√(200·64·... )
-    fit_se = sig.std(0) / math.sqrt(64 / 0.01 * 0.5)
-    assert bool(((b_x - mean_n).abs() < 4 * (fit_se + se_n)).all())
+    N, S = t.n_data, 64
+    mean_n, var_n = sig.mean(0), sig.var(0)
+    se_n2 = var_n / sig.shape[0]
+    zc = sps.norm.isf(ALPHA / 2)
+    gamma = 2 * 0.05
+    se_const = math.sqrt(gamma / (2 - gamma) * float(var_n.sum()) / (S * N**2) + float(se_n2.sum()) / N**2)
+    lc = score.learned_constant(0.05, N)
+    for steps, ok in [(400, True), (5, False)]:
+        b_const = score.warm_up(lc, lc.init(1, z), t, S, "analytic", steps, make_generator(2)).b
+        assert (abs(float(b_const[0] - mean_n.mean())) < zc * se_const) == ok, steps
+    lam = 0.01
+    li = score.learned_input(score.quadratic_features(t.x), lam)
+    se_x = (lam / (2 - lam) * var_n / S + se_n2).sqrt()
+    zb = sps.norm.isf(ALPHA / (2 * N))
+    for steps, ok in [(600, True), (5, False)]:
+        b_x = li.value(score.warm_up(li, li.init(1, z), t, S, "analytic", steps, make_generator(3)))[0]
+        assert bool(((b_x - mean_n).abs() < zb * se_x).all()) == ok, steps
 
 
 def test_vimco_leave_one_out_bound_equals_naive_and_is_stable():
@@ -200,7 +216,8 @@ def test_vimco_agrees_with_dreg_on_the_iwae_gradient():
     a = score.vimco(t, 4000, make_generator(31), K=4)
     b = pathwise.dreg(t, 4000, make_generator(32), K=4)
     Gb = b.grads.numpy()
-    assert bias_test(a.grads.numpy(), Gb.mean(0), Gb.var(0, ddof=1) / Gb.shape[0], EPS64).pvalue > ALPHA
+    noise = ReferenceNoise(cov=np.cov(Gb.T).reshape(Gb.shape[1], -1), n=Gb.shape[0])
+    assert bias_test(a.grads.numpy(), Gb.mean(0), EPS64, np.random.default_rng(0), noise).pvalue > ALPHA
     # negative control: VIMCO for K = 4 is not an estimator of ∇φ ELBO (a different objective)
     assert _pvalue(a, t.elbo_grad_phi()) < ALPHA
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats as sps
 
 from gradbench.estimators import sumo as S
 from gradbench.models.ppca import PPCA
-from gradbench.stats import bias_test
+from gradbench.stats import bias_test, hill_tail_index
 from tests.conftest import make_ppca
 
 ALPHA = 1e-3
@@ -73,7 +74,7 @@ def test_truncation_law():
 
 def test_cost_and_censoring():
     t = make_ppca(d=4, k=2, n=3, mean_shift=1.0, cov_scale=2.0)
-    s = S.sumo(t, 400, gen(0), K_min=2, rho=0.8, max_terms=6)
+    s = S.sumo(t, 400, gen(0), K_min=2, truncation="geometric", rho=0.8, max_terms=6)
     k = S.sample_terms((400, 3), gen(0), "geometric", 0.8, 2.0)
     torch.testing.assert_close(s.cost, (2 + k).sum(1))
     cens = (k > 6).any(1)
@@ -113,12 +114,30 @@ def test_gradient_is_unbiased(kw, monkeypatch):
     """gradbench.stats.bias_test (Hotelling T², R ≥ 10 P), α = 0.001; the broken version is rejected."""
     t = make_ppca(d=3, k=1, n=1, mean_shift=1.0, cov_scale=2.0)
     g = t.exact_grad().numpy()
-    assert bias_test(S.sumo(t, 8000, gen(0), **kw).grads.numpy(), g, None, EPS64).pvalue > ALPHA
-    assert bias_test(_broken_sumo(monkeypatch, t, 8000, **kw).grads.numpy(), g, None, EPS64).pvalue < ALPHA
+    assert bias_test(S.sumo(t, 8000, gen(0), **kw).grads.numpy(), g, EPS64, np.random.default_rng(0)).pvalue > ALPHA
+    assert bias_test(_broken_sumo(monkeypatch, t, 8000, **kw).grads.numpy(), g, EPS64, np.random.default_rng(0)).pvalue < ALPHA
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kw", CONFIGS + [dict(truncation="geometric", rho=0.9, K_min=4)])
 def test_gradient_is_unbiased_study(kw):
     t = make_ppca(d=5, k=2, n=2, mean_shift=1.0, cov_scale=2.0)
-    assert bias_test(S.sumo(t, 40000, gen(0), **kw).grads.numpy(), t.exact_grad().numpy(), None, EPS64).pvalue > ALPHA
+    assert bias_test(S.sumo(t, 40000, gen(0), **kw).grads.numpy(), t.exact_grad().numpy(), EPS64, np.random.default_rng(0)).pvalue > ALPHA
+
+
+def test_default_truncation_has_finite_variance():
+    """Hill tail index of ‖ĝ − median‖ (R = 2·10⁴, seed 0): the default's one-sided lower bound at
+    α = 0.001 is above 2 (finite variance; theory 2α/(2α−1) = 8/3); negative control: the old
+    default (geometric, ρ = 0.8) has an upper bound below 2 (infinite variance)."""
+    t = make_ppca(d=10, k=3, n=1, mean_shift=0.5, cov_scale=2.0, seed=0)
+    z = sps.norm.isf(ALPHA)
+
+    def hill(**kw):
+        s = S.sumo(t, 20_000, gen(0), **kw)
+        G = s.grads[~s.diagnostics["nonfinite"]].numpy()
+        return hill_tail_index(np.linalg.norm(G - np.median(G, 0), axis=1))[:2]
+
+    a, se = hill()
+    assert a - z * se > 2
+    a, se = hill(truncation="geometric", rho=0.8)
+    assert a + z * se < 2

@@ -134,9 +134,27 @@ def test_references():
     assert ref.kind == "estimated" and ref.stderr is not None and ref.value.shape == (t.phi_layout.size,)
     assert bool((ref.stderr > 0).all())
     assert t.reference("phi_iwae4") is ref  # computed once per target
+    assert ref.n == 2_000 and ref.cov is not None
     assert t.reference("theta_iwae4").value.shape == (t.layout.size,)
     with pytest.raises(ValueError, match="no reference"):
         t.reference("lambda")
+
+
+def test_reference_covariance_merges_blocks_exactly(monkeypatch):
+    """Blocks of 300 replicates (the last partial) merged by Chan et al.: equal to the covariance of the
+    same replicates computed at once (deterministic, same generator sequence)."""
+    from gradbench.estimators.pathwise import dreg
+    from gradbench.models import ppca_encoder as pe
+    from gradbench.seeding import derive_seed, make_generator
+
+    t = make_encoder_target(reference_replicates=2_000)
+    monkeypatch.setattr(pe, "REFERENCE_MAX_PARTICLES", 300 * 4 * t.n_data)
+    ref = t.reference("phi_iwae4")
+    gen = make_generator(derive_seed(t.seed, "iwae-reference", "phi", 4), t.W.device)
+    G = torch.cat([dreg(t, min(300, 2_000 - i), gen, K=4).grads for i in range(0, 2_000, 300)]).double()
+    torch.testing.assert_close(ref.value, G.mean(0).to(ref.value.dtype))
+    torch.testing.assert_close(ref.cov, torch.cov(G.T))
+    torch.testing.assert_close(ref.stderr**2 * 2_000, torch.diagonal(ref.cov).to(ref.stderr.dtype))
 
 
 def test_iwae_reference_moves_from_elbo_towards_log_likelihood():

@@ -24,7 +24,7 @@ from tests.test_suite import write
 ALPHA = 1e-3
 LAYOUT = ParamLayout((ParamGroup("a", (2,)),))
 CTX = ProtocolContext(seed=0, eps=2.2e-16)
-METRICS = {"n_censored", "tau_mean", "tau_q50", "tau_q90", "tau_q99", "tau_max", "tail_rate"}
+METRICS = {"n_censored", "censored_frac", "tau_mean", "tau_q50", "tau_q90", "tau_q99", "tau_max", "tail_rate"}
 
 
 def _sample(tau: np.ndarray, censored: np.ndarray | None = None) -> GradSample:
@@ -66,6 +66,12 @@ def test_censoring_is_reported_not_averaged():
     cens = np.array([False, False, False, False, True, True])
     rows = _rows(_sample(tau, cens))
     assert rows["n_censored"]["value"] == 2
+    assert rows["censored_frac"]["value"] == pytest.approx(2 / 6)
+    assert rows["censored_frac"]["stderr"] == pytest.approx(math.sqrt(2 / 6 * 4 / 6 / 6))
+    assert "censored" in rows["censored_frac"]["warning"]  # 1/3 × √6 > 0.25
+    many = np.zeros(10_000, bool)
+    many[:2] = True  # 2 of 10⁴: c √R = 0.02, negligible at this resolution
+    assert "warning" not in _rows(_sample(np.where(many, 50.0, 3.0), many))["censored_frac"]
     assert rows["tau_mean"]["value"] == 3.5 and "2 censored" in rows["tau_mean"]["method"]
     assert rows["tau_max"]["value"] == math.inf and rows["tau_q99"]["value"] == math.inf
     assert rows["tau_q50"]["value"] == 4
@@ -82,8 +88,9 @@ def test_every_replicate_meeting_at_once_has_infinite_rate():
 
 @pytest.mark.parametrize("p", [0.3, 0.75])
 def test_tail_rate_recovers_a_geometric_law(p):
-    """τ = 2 + Geometric(p): λ = −log(1 − p); z = (λ̂ − λ)/se(λ̂) two-sided, α = 0.001. Quantiles
-    against the exact geometric quantiles within 4 bootstrap s.e. (or exactly, when s.e. = 0)."""
+    """τ = 2 + Geometric(p): λ = −log(1 − p); z = (λ̂ − λ)/se(λ̂) two-sided, α = 0.001. A reported
+    quantile v is consistent with the exact law when q lies in the exact CDF's jump at v,
+    [F(v − 1), F(v)], widened by z_α binomial s.e. √(q(1 − q)/n) of the empirical CDF."""
     tau = _geometric(p, 5000, offset=2)
     rows = _rows(_sample(tau))
     lam = -math.log1p(-p)
@@ -92,8 +99,13 @@ def test_tail_rate_recovers_a_geometric_law(p):
     zm = (rows["tau_mean"]["value"] - (2 + 1 / p)) / rows["tau_mean"]["stderr"]
     assert 2 * sps.norm.sf(abs(zm)) > ALPHA
     for name, q in [("tau_q50", 0.5), ("tau_q90", 0.9)]:
-        exact = 2 + sps.geom.ppf(q, p)
-        assert abs(rows[name]["value"] - exact) <= max(4 * rows[name]["stderr"], 1.0)
+        assert _quantile_consistent(rows[name]["value"], q, p, tau.size)
+        assert not _quantile_consistent(rows[name]["value"], q, p / 2, tau.size)  # negative control: wrong law
+
+
+def _quantile_consistent(v: float, q: float, p: float, n: int) -> bool:
+    z = sps.norm.isf(ALPHA / 2) * math.sqrt(q * (1 - q) / n)
+    return sps.geom.cdf(v - 3, p) - z <= q <= sps.geom.cdf(v - 2, p) + z
 
 
 def test_tail_rate_test_rejects_the_wrong_law():

@@ -37,7 +37,8 @@ def test_metric_names_and_groups():
             assert (group, metric) in rows
     assert ("all", "evals_mean") in rows
     for (group, metric), r in rows.items():
-        if metric not in ("bias_pvalue", "bias_zmax", "rel_bias"):
+        if metric not in ("bias_pvalue", "bias_zmax", "rel_bias", "rel_bias_debiased", "rel_bias_ci_low",
+                          "rel_bias_ci_high", "tail_index"):
             assert math.isfinite(r["stderr"]), (group, metric)
 
 
@@ -78,3 +79,27 @@ def test_bias_norm_and_nonfinite_rows_excluded():
 
 def test_no_reference_means_no_bias_rows():
     assert bias(_sample(np.zeros((10, 3))), None, CTX) == []
+
+
+def test_tail_index_warns_on_infinite_variance_only():
+    """Student-t(1.5) rows (infinite variance) put a warning on the variance-type rows; Gaussian rows
+    (negative control) do not. Seed 0, n = 4000 (k = 64): the Hill s.e. is ~α/8."""
+    rng = np.random.default_rng(0)
+    heavy = _metrics(variance(_sample(rng.standard_t(1.5, size=(4000, 3))), None, CTX))
+    light = _metrics(variance(_sample(rng.normal(size=(4000, 3))), None, CTX))
+    assert heavy[("all", "tail_index")]["value"] < 2 and "infinite" in heavy[("all", "trace_cov")]["warning"]
+    assert "warning" in heavy[("a", "mean_var")] and "warning" not in heavy[("all", "snr_median")]
+    assert light[("all", "tail_index")]["value"] > 2 and not any("warning" in r for r in light.values())
+
+
+def test_reference_covariance_enters_the_bias_test():
+    """An estimated reference with covariance: two-sample Hotelling; its interval is wider than with an exact one."""
+    rng = np.random.default_rng(1)
+    G = rng.normal(size=(500, 3))
+    exact = _metrics(bias(_sample(G), Reference(torch.zeros(3, dtype=torch.float64) + 0.1), CTX))
+    noisy_ref = Reference(torch.zeros(3, dtype=torch.float64) + 0.1, "estimated", torch.full((3,), 0.1, dtype=torch.float64),
+                          cov=torch.eye(3, dtype=torch.float64) * 5.0, n=500)
+    noisy = _metrics(bias(_sample(G), noisy_ref, CTX))
+    assert "two-sample" in noisy[("all", "bias_pvalue")]["method"]
+    assert noisy[("all", "bias_pvalue")]["value"] > exact[("all", "bias_pvalue")]["value"]
+    assert noisy[("all", "rel_bias_ci_high")]["value"] > exact[("all", "rel_bias_ci_high")]["value"]

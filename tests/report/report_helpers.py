@@ -14,12 +14,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
 
 from gradbench.runner import run_suite
-from gradbench.seeding import derive_seed
-from gradbench.suite import TargetConfig, load_suite
+from gradbench.suite import load_suite
 
 TARGET = {"model": "ppca", "params": {"data_dim": 6, "latent_dim": 2, "n_data": 1},
           "proposal": {"mean_shift": 0.5, "cov_scale": 2.0}}

@@ -175,3 +175,15 @@ def test_changed_proposal_or_dtype_compares_with_allow_different_targets(suite: 
         compare_runs(baseline, other)
     c = compare_runs(baseline, other, allow_different_targets=True)
     assert len(c.table) > 0 and c.only_a == 0 and c.only_b == 0
+
+
+def test_missing_standard_error_is_not_tested() -> None:
+    """A NaN s.e. on either side is never read as 0 (the old code called such differences exact, p = 0)."""
+    from gradbench.report.compare import NOT_TESTED_SE, diff_test
+
+    for test in (ratio_test, diff_test):
+        for sa, sb in [(float("nan"), 0.1), (0.1, float("nan")), (float("nan"), float("nan"))]:
+            p, _, method = test(1.0, sa, 2.0, sb)
+            assert np.isnan(p) and method == NOT_TESTED_SE
+    # control: with both s.e. exactly zero the difference is deterministic
+    assert diff_test(1.0, 0.0, 2.0, 0.0)[0] == 0.0
