@@ -35,7 +35,7 @@ exact posterior when M is diagonal). Two controlled perturbations move it away:
 * ``theta_iwae<K>``, ``phi_iwae<K>`` — gradients of the IWAE_K bound
   E log (1/K Σ_k p(x, z_k)/q(z_k|x)). For K = 1 they are the ELBO gradients (exact). For K ≥ 2 there
   is no closed form: the reference is *estimated* (kind ``estimated`` with a per-coordinate standard
-  error, and its sample covariance ``cov`` and count ``n`` up to REFERENCE_MAX_COV_DIM coordinates) from ``reference_replicates`` replicates of an unbiased estimator with a seed derived from
+  error, and its sample covariance ``cov`` and count ``n`` up to ``references.estimated.MAX_COV_DIM`` coordinates) from ``reference_replicates`` replicates of an unbiased estimator with a seed derived from
   the data seed — DReG for φ (Tucker et al. 2019), the self-normalised IWAE θ-gradient for θ. A bias
   test of another unbiased φ-estimator (reparameterised IWAE, VIMCO) against it is therefore a
   two-sample agreement test between two estimators, both unbiased for ∇φ IWAE_K, and the bias
@@ -63,8 +63,6 @@ from gradbench.models.ppca import LOG_2PI, PPCA, ProposalParams
 from gradbench.seeding import derive_seed, make_generator
 
 _IWAE_WRT = re.compile(r"^(theta|phi)_iwae(\d+)$")
-REFERENCE_MAX_PARTICLES = 1 << 18  # particles × data points per block of the reference run
-REFERENCE_MAX_COV_DIM = 2048  # keep the reference's full covariance (float64 [P, P]) up to this P
 
 
 @dataclass
@@ -252,41 +250,12 @@ class PPCAEncoder(PPCA):
         return self._reference_cache[wrt]
 
     def _estimate_iwae_reference(self, base: str, K: int) -> Reference:
-        """Mean, s.e. and (for P ≤ REFERENCE_MAX_COV_DIM) the sample covariance of
-        ``reference_replicates`` replicates of DReG (φ) or the IWAE θ-gradient (θ).
+        """Mean, s.e. and covariance of ``reference_replicates`` replicates of DReG (φ) or the IWAE θ-gradient
+        (θ): the references layer's :func:`gradbench.references.estimated.iwae_bound_reference`."""
+        from gradbench.contracts import Objective
+        from gradbench.references.estimated import iwae_bound_reference
 
-        Blocks are merged with the pairwise update of Chan, Golub & LeVeque (1983), so the
-        covariance is accurate even when the mean dominates.
-        """
-        from gradbench.estimators.pathwise import dreg, iwae_reparam
-
-        gen = make_generator(derive_seed(self.seed, "iwae-reference", base, K), self.W.device)
-        block = max(1, REFERENCE_MAX_PARTICLES // (K * self.n_data))
-        total = self.reference_replicates
-        mean = m2 = None
-        done = 0
-        while done < total:
-            R = min(block, total - done)
-            g = dreg(self, R, gen, K=K).grads if base == "phi" else iwae_reparam(self, R, gen, K=K, wrt="theta").grads
-            g = g.detach().double()
-            bm = g.mean(0)
-            gc = g - bm
-            full = g.shape[1] <= REFERENCE_MAX_COV_DIM
-            bm2 = gc.T @ gc if full else (gc**2).sum(0)
-            if mean is None:
-                mean, m2 = bm, bm2
-            else:
-                delta = bm - mean
-                outer = torch.outer(delta, delta) if full else delta**2
-                m2 = m2 + bm2 + outer * (done * R / (done + R))
-                mean = mean + delta * (R / (done + R))
-            done += R
-        assert mean is not None and m2 is not None
-        cov = m2 / (total - 1)
-        var = torch.diagonal(cov) if cov.ndim == 2 else cov
-        dtype = self.W.dtype
-        return Reference(mean.to(dtype), kind="estimated", stderr=(var / total).sqrt().to(dtype),
-                         cov=cov if cov.ndim == 2 else None, n=total)
+        return iwae_bound_reference(self, Objective(base, "iwae", K), self.reference_replicates, self.seed)  # type: ignore[arg-type]
 
     def arrays(self) -> dict[str, np.ndarray]:
         """PPCA arrays plus the encoder (``A``, ``b``, ``c``) and ∇φ ELBO (``grad_elbo_<name>``)."""

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from gradbench.contracts import ComposedTarget, Family, Model, Objective, Params, per_replicate_grad
 from gradbench.core import Reference
+from gradbench.references.estimated import streaming_reference
 from gradbench.seeding import derive_seed, make_generator
 
 from gradbench.models.params import MAX_ENUMERATED_LATENTS  # noqa: E402,F401  (2^k states per data point)
@@ -205,30 +206,19 @@ def estimated_iwae_gradient(target: ComposedTarget, objective: Objective, replic
     gen = make_generator(seed, target.x.device)
     block = max(1, REFERENCE_BLOCK_ELEMENTS // (K * N))
     family, x = target.family, target.x
-    s1: Tensor | None = None
-    s2: Tensor | None = None
-    done = 0
-    while done < replicates:
-        B = min(block, replicates - done)
+    def draw(B: int) -> Tensor:
         z, log_q = target.sample_proposal((B, K), gen)  # [B, K, N, k]
         log_w = target.log_joint(z) - log_q
         if objective.wrt == "theta":
-            g = target.weighted_grad_log_joint(z, torch.softmax(log_w, 1))
-        else:
-            coeff = vimco_coefficients(log_w)
+            return target.weighted_grad_log_joint(z, torch.softmax(log_w, 1))
+        coeff = vimco_coefficients(log_w)
 
-            def surrogate(ph: Params, z1: Tensor, c1: Tensor) -> Tensor:
-                return (c1 * family.log_prob(ph, x, z1)).sum()
+        def surrogate(ph: Params, z1: Tensor, c1: Tensor) -> Tensor:
+            return (c1 * family.log_prob(ph, x, z1)).sum()
 
-            g = target.phi_layout.flatten(per_replicate_grad(surrogate, target.phi, z, coeff), batch=(B,))
-        g = g.double()
-        s1 = g.sum(0) if s1 is None else s1 + g.sum(0)
-        s2 = (g**2).sum(0) if s2 is None else s2 + (g**2).sum(0)
-        done += B
-    assert s1 is not None and s2 is not None
-    mean = s1 / replicates
-    var = (s2 - replicates * mean**2).clamp_min(0) / (replicates - 1)
-    return Reference(mean, kind="estimated", stderr=torch.sqrt(var / replicates))
+        return target.phi_layout.flatten(per_replicate_grad(surrogate, target.phi, z, coeff), batch=(B,))
+
+    return streaming_reference(draw, replicates, block)  # mean, s.e. and covariance (two-sample bias tests)
 
 
 # -- references as (target, objective) -> Reference -------------------------------------------

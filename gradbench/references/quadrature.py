@@ -16,8 +16,8 @@ and ∇θ ELBO, ∇φ ELBO are its gradients (torch.func). The integrands are an
 geometrically in n; the **error estimate** is the change when the nodes per axis double,
 |g_{2n} − g_n| per coordinate, and the reported value is g_{2n} (the estimate is then conservative as long
 as the 2n-rule is at least as accurate as the n-rule — tested against brute force). It is carried in
-``Reference.stderr`` and documented as a *quadrature error bound, not a Monte Carlo standard error*; the
-bias protocol treats it like one. A ``QuadratureWarning`` is raised when the relative error estimate
+``Reference.error`` (a *quadrature error bound, not a Monte Carlo standard error*); the bias protocol
+treats it like a standard error. A ``QuadratureWarning`` is raised when the relative error estimate
 exceeds ``WARN_RELATIVE_ERROR`` (e.g. a multimodal posterior that the Laplace-centred rule misses).
 
 Default nodes per axis n (the reported rule has 2n): 100 for k = 1, 64 for k = 2, 24 for k = 3. Gauss–Hermite
@@ -30,7 +30,7 @@ Laplace's. 2n = 128 nodes per axis for k = 2 reaches round-off there; (2n)^k ≤
 The ELBO rule converges more slowly when q is wider than the posterior (the decoder's poles come closer in u
 = (z − m_φ)/s_φ): 1.5e-6 relative at n = 64 against brute force 1e-8 at 2n = 128 on the test decoder, so its
 defaults are 200 / 128 / 24. For k = 3 the defaults may leave a warning (error estimates ~1e-6 relative); the
-estimate is still reported in ``stderr``.
+estimate is still reported in ``error``.
 
 **Estimated references** (:func:`estimated_iwae`, :func:`estimated_log_marginal`): IWAE_K gradients (K ≥ 2)
 and every gradient for k > 3 come from a high-budget run of the reparameterised gradient
@@ -58,6 +58,7 @@ from torch import Tensor
 
 from gradbench.contracts import ComposedTarget, Objective, Params, per_replicate_grad
 from gradbench.core import Reference
+from gradbench.references.estimated import from_replicates
 from gradbench.seeding import make_generator
 
 LOG_2PI = math.log(2 * math.pi)
@@ -289,9 +290,7 @@ def estimated_iwae(target: ComposedTarget, objective: Objective, replicates: int
     objective = objective.canonical()
     K = objective.K if objective.kind == "iwae" else 1
     gt, gp = reparam_iwae_grads(target, K, replicates, make_generator(seed))
-    mean, se = _mean_se(gt if objective.wrt == "theta" else gp)
-    dev = target.x.device
-    return Reference(mean.to(dev), kind="estimated", stderr=se.to(dev))
+    return from_replicates(gt if objective.wrt == "theta" else gp, device=target.x.device)
 
 
 def estimated_log_marginal(target: ComposedTarget, objective: Objective, replicates: int = 20_000, seed: int = 0,
@@ -322,26 +321,24 @@ def estimated_log_marginal(target: ComposedTarget, objective: Objective, replica
 
         g = per_replicate_grad(snis, theta, z, log_q)
         grads.append(model.layout.flatten(g, batch=(B,)))
-    mean, se = _mean_se(torch.cat(grads))
-    dev = target.x.device
-    return Reference(mean.to(dev), kind="estimated", stderr=se.to(dev))
+    return from_replicates(torch.cat(grads), device=target.x.device)
 
 
 # -- reference builders (target, objective) -> Reference -------------------------------------------
 def quadrature_reference(target: ComposedTarget, objective: Objective, nodes: int | None = None) -> Reference:
-    """``quadrature`` reference for ∇θ log p(x), ∇θ ELBO or ∇φ ELBO; ``stderr`` is the doubling error
+    """``quadrature`` reference for ∇θ log p(x), ∇θ ELBO or ∇φ ELBO; ``error`` is the doubling error
     estimate |g_{2n} − g_n| (a quadrature error bound, not a Monte Carlo standard error)."""
     objective = objective.canonical()
     dev = target.x.device
     if objective.kind == "log_marginal":
         res = quadrature_log_marginal(target.model, target.theta, target.x, nodes)
-        return Reference(res.grad.to(dev), kind="quadrature", stderr=res.grad_error.to(dev))  # type: ignore[arg-type]
+        return Reference(res.grad.to(dev), kind="quadrature", error=res.grad_error.to(dev))  # type: ignore[arg-type]
     if objective.kind != "elbo":
         raise ValueError(f"no quadrature reference for {objective.key}")
     res = quadrature_elbo(target.model, target.family, target.theta, target.phi, target.x, nodes)
     P = target.model.layout.size
     sl = slice(0, P) if objective.wrt == "theta" else slice(P, None)
-    return Reference(res.grad[sl].to(dev), kind="quadrature", stderr=res.grad_error[sl].to(dev))  # type: ignore[arg-type]
+    return Reference(res.grad[sl].to(dev), kind="quadrature", error=res.grad_error[sl].to(dev))  # type: ignore[arg-type]
 
 
 def reference_builders(latent_dim: int, nodes: int | None = None, replicates: int = 20_000,

@@ -41,7 +41,7 @@ def main() -> None:
         rejected, methods = 0, Counter()
         for i in range(args.runs):
             s = exact_sampling(t, suite.replicates, make_generator(derive_seed("calibration", i, tid)))
-            res = bias_test(s.grads.numpy(), g, None, eps)
+            res = bias_test(s.grads.numpy(), g, eps, np.random.default_rng(0))
             rejected += res.pvalue < args.alpha
             methods[res.method.split("(")[0].split(":")[0]] += 1
         lo = sps.beta.ppf(0.025, rejected, args.runs - rejected + 1) if rejected else 0.0

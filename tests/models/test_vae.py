@@ -20,7 +20,7 @@ from gradbench.estimators import coupled, importance, sumo, variational
 from gradbench.families.gaussian import GaussianEncoder, GaussianMeanField, GaussianProposal, laplace_targets
 from gradbench.models.vae import PARAMS, PROPOSAL, VAE, VAEParams, build
 from gradbench.references.quadrature import gauss_hermite, laplace
-from gradbench.stats import bias_test
+from gradbench.stats import ReferenceNoise, bias_test
 
 ALPHA = 0.001
 F64 = torch.float64
@@ -252,7 +252,7 @@ def digits_bias_table(R: int = DIGITS_R) -> dict[str, tuple[float, float, float,
         diff = G.mean(0) - g
         u = diff / np.linalg.norm(diff)
         se = float(((G - G.mean(0)) @ u).std(ddof=1) / math.sqrt(len(G)))
-        test = bias_test(G, g, ref.stderr.numpy() ** 2, float(np.finfo(np.float64).eps))
+        test = bias_test(G, g, float(np.finfo(np.float64).eps), np.random.default_rng(0), ReferenceNoise(var=ref.error.numpy() ** 2))
         out[name] = (float(np.linalg.norm(diff) / np.linalg.norm(g)), se / float(np.linalg.norm(g)), test.pvalue, test.zmax)
     return out
 

@@ -232,8 +232,8 @@ def test_target_references_kinds_and_error_fields():
     t = _target(mean_shift=0.5)
     for key in ("theta", "theta_elbo", "phi_elbo"):
         ref = t.reference(key)
-        assert ref.kind == "quadrature" and ref.stderr is not None
-        assert float(ref.stderr.max()) < 1e-6 * float(ref.value.norm())
+        assert ref.kind == "quadrature" and ref.error is not None
+        assert float(ref.error.max()) < 1e-6 * float(ref.value.norm())
     assert t.reference("theta_iwae2").kind == "estimated"
     assert t.reference("phi_iwae2").value.shape == (t.phi_layout.size,)
 
