@@ -144,11 +144,11 @@ def test_reference_covariance_merges_blocks_exactly(monkeypatch):
     """Blocks of 300 replicates (the last partial) merged by Chan et al.: equal to the covariance of the
     same replicates computed at once (deterministic, same generator sequence)."""
     from gradbench.estimators.pathwise import dreg
-    from gradbench.models import ppca_encoder as pe
+    from gradbench.references import estimated
     from gradbench.seeding import derive_seed, make_generator
 
     t = make_encoder_target(reference_replicates=2_000)
-    monkeypatch.setattr(pe, "REFERENCE_MAX_PARTICLES", 300 * 4 * t.n_data)
+    monkeypatch.setattr(estimated, "MAX_PARTICLES", 300 * 4 * t.n_data)
     ref = t.reference("phi_iwae4")
     gen = make_generator(derive_seed(t.seed, "iwae-reference", "phi", 4), t.W.device)
     G = torch.cat([dreg(t, min(300, 2_000 - i), gen, K=4).grads for i in range(0, 2_000, 300)]).double()
