@@ -137,7 +137,7 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
     rows = []
     for name in cell.protocols:
         ctx = ProtocolContext(seed=derive_seed(cell.target.noise_seed(0), "protocol", name), eps=eps,
-                              device=cell.device, rerun=rerun_cell(cell, target))
+                              device=cell.device, rerun=rerun_cell(cell, target), atoms=has_atoms(target))
         rows += [{"protocol": name, **r} for r in registry.PROTOCOLS[name].fn(sample, reference, ctx)]
     df = pd.DataFrame(rows, columns=["protocol", "param_group", "metric", "value", "stderr", "method", "warning"])
     meta: dict[str, Any] = {
@@ -165,6 +165,14 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
     df["started_at"] = started.isoformat(timespec="seconds")
     df["seconds"] = time.perf_counter() - t0
     return df, _meeting_frame(cell, sample)
+
+
+DISCRETE = frozenset({"binary_latent", "categorical_latent", "energy_based", "enumerate"})
+
+
+def has_atoms(target: Any) -> bool:
+    """Whether the target's latent (or visible) states are discrete, so replicate gradients may have rare atoms."""
+    return bool(DISCRETE & set(getattr(target, "capabilities", ())))
 
 
 def resolution_warning(sample: GradSample, reference: Any) -> str:

@@ -42,6 +42,7 @@ class ProtocolContext:
     eps: float
     device: str = "cpu"
     rerun: Callable[[int], GradSample] | None = None
+    atoms: bool = False  # the target's latents (or states) are discrete: replicate gradients may have rare atoms
 
 
 @dataclass(frozen=True)

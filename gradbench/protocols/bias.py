@@ -75,7 +75,7 @@ def bias(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) 
             se = math.sqrt(G.var(0, ddof=1).sum() / n) if n > 1 else math.nan
         ref_norm = float(np.linalg.norm(g_star))
         rel = (lambda v: v / ref_norm if ref_norm > 0 else math.nan)
-        test = bias_test(G, g_star, ctx.eps, np.random.default_rng([ctx.seed, i, 0]), nz)
+        test = bias_test(G, g_star, ctx.eps, np.random.default_rng([ctx.seed, i, 0]), nz, atoms=ctx.atoms)
         ci_method = f"{CI_LEVEL:.0%} Neyman interval of ||b||/||g*|| (generalised chi-square inversion)"
         rows += [
             row(name, "bias_norm", norm, se),

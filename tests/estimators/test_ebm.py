@@ -42,7 +42,7 @@ def estimate(name: str, target, R: int, **params) -> GradSample:
 
 def pvalue(sample: GradSample, target) -> float:
     ok = ~sample.diagnostics["nonfinite"]
-    return bias_test(sample.grads[ok].numpy(), target.exact_grad().numpy(), EPS64, np.random.default_rng(0)).pvalue
+    return bias_test(sample.grads[ok].numpy(), target.exact_grad().numpy(), EPS64, np.random.default_rng(0), atoms=True).pvalue
 
 
 # -- tier 1: contract and exactness ------------------------------------------------------------
