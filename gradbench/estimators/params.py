@@ -179,3 +179,31 @@ class CoupledGibbsParams(_StrictEBM):
         if m > self.max_iter:
             raise ValueError(f"m must be ≤ max_iter (got m={m}, max_iter={self.max_iter})")
         return self
+
+
+# -- issue 14: semi-implicit and MCMC-enriched families (gradbench.estimators.semi_implicit) -------------------
+class SIVIParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    S: int = Field(1, gt=0, description="samples z per data point")
+    K: int = Field(10, ge=0, description="extra mixing draws ε^ℓ in the SIVI bound (0: q(z|ε⁰) taken as q(z))")
+
+
+class UIVIParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    S: int = Field(1, gt=0, description="samples z per data point")
+    reverse: Literal["hmc", "exact", "generating", "prior"] = Field(
+        "hmc", description="ε′ ~ q(ε|z): HMC from ε⁰, exact (linear family), ε⁰ itself or q(ε) (the last two: controls)")
+    samples: int = Field(1, gt=0, description="J reverse draws averaged into ∇_z log q(z)")
+    burn_in: int = Field(5, ge=0, description="HMC iterations before the first kept draw")
+    leapfrog: int = Field(5, gt=0, description="leapfrog steps per HMC iteration")
+    step_size: float = Field(0.2, gt=0, description="leapfrog step size")
+
+
+class VCDParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    S: int = Field(2, gt=0, description="samples z⁰ per data point (≥ 2 for the leave-one-out control variate)")
+    t: int = Field(5, ge=0, description="HMC iterations on p(z|x) from z⁰")
+    leapfrog: int = Field(5, gt=0, description="leapfrog steps per HMC iteration")
+    step_size: float = Field(0.2, gt=0, description="leapfrog step size")
+    control_variate: bool = Field(True, description="per-datapoint leave-one-out baseline in the score term")
+    score_term: bool = Field(True, description="False drops E[(f(zᵗ) − b) ∇φ log q(z⁰)] (a negative control)")
