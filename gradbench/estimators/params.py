@@ -191,8 +191,9 @@ class SIVIParams(BaseModel):
 class UIVIParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     S: int = Field(1, gt=0, description="samples z per data point")
-    reverse: Literal["hmc", "exact", "generating", "prior"] = Field(
-        "hmc", description="ε′ ~ q(ε|z): HMC from ε⁰, exact (linear family), ε⁰ itself or q(ε) (the last two: controls)")
+    reverse: Literal["hmc", "exact", "marginal", "generating", "prior"] = Field(
+        "hmc", description="ε′ ~ q(ε|z): HMC from ε⁰, exact (linear family), marginal (exact ∇_z log q: J = ∞), "
+                           "ε⁰ itself or q(ε) (the last two: negative controls)")
     samples: int = Field(1, gt=0, description="J reverse draws averaged into ∇_z log q(z)")
     burn_in: int = Field(5, ge=0, description="HMC iterations before the first kept draw")
     leapfrog: int = Field(5, gt=0, description="leapfrog steps per HMC iteration")

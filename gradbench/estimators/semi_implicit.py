@@ -14,7 +14,8 @@ where ∇_z log q_φ(z) is intractable for an implicit q.
       ĝ = ∇φ (1/S) Σ_s Σ_n [log p(x_n, z_sn(φ)) − stop(ĝ_z,sn) · z_sn(φ)].
   ``reverse``: ``hmc`` (ε′ from HMC targeting q(ε′ | z) ∝ q(ε′) q(z | ε′), started at the ε⁰ that generated z,
   ``burn_in`` HMC iterations then J = ``samples`` more, each kept), ``exact`` (ε′ ~ q(ε | z) exactly: linear
-  family; unbiased, isolates estimator variance from HMC error), and two negative controls: ``generating``
+  family; unbiased, isolates estimator variance from HMC error), ``marginal`` (ĝ_z = ∇_z log q_φ(z) in closed
+  form, J = ∞: then ĝ is exactly the sticking-the-landing gradient, tested), and two negative controls: ``generating``
   (ε′ = ε⁰: zero HMC steps; biased, because ε⁰ is correlated with ∂z/∂φ beyond z) and ``prior`` (ε′ ~ q(ε):
   the wrong reverse conditional).
 * ``vcd`` (Ruiz & Titsias 2019): ascent direction −∇φ L_VCD, L_VCD = −E_{q⁰}[f_φ(z)] + E_{q⁽ᵗ⁾}[f_φ(z)],
@@ -46,7 +47,7 @@ from gradbench.core import GradSample
 from gradbench.estimators.params import SIVIParams, UIVIParams, VCDParams  # noqa: F401  (torch-free schemas)
 from gradbench.estimators.pathwise import objective_wrt, require
 
-Reverse = Literal["hmc", "exact", "generating", "prior"]
+Reverse = Literal["hmc", "exact", "marginal", "generating", "prior"]
 
 
 # -- HMC (blackjax-style: a pure kernel over an explicit state) -----------------------------------
@@ -163,15 +164,18 @@ def uivi(target: object, R: int, gen: torch.Generator, *, S: int = 1, reverse: R
          burn_in: int = 5, leapfrog: int = 5, step_size: float = 0.2) -> GradSample:
     """UIVI ∇φ ELBO with ∇_z log q(z) from reverse-conditional draws (module docstring)."""
     _require_semi_implicit(target, "uivi")
-    if reverse == "exact":
-        require(target, {"log_prob"}, "uivi (reverse: exact)")
+    if reverse in ("exact", "marginal"):
+        require(target, {"log_prob"}, f"uivi (reverse: {reverse})")
     fam, x, phi = target.family, target.x, target.encoder_params()  # type: ignore[attr-defined]
     noise = target.draw_noise((R, S), gen)  # type: ignore[attr-defined]
     with torch.no_grad():
         z = fam.sample(phi, x, noise)
-        eps_rev, acceptance = reverse_draws(target, z, fam.split(noise)[0], gen, reverse=reverse, samples=samples,
-                                            burn_in=burn_in, leapfrog=leapfrog, step_size=step_size)
-        grad_z_log_q = ((fam.transform(phi, eps_rev) - z) * torch.exp(-2 * phi["log_d"])).mean(0)
+        if reverse == "marginal":
+            grad_z_log_q, acceptance = fam.grad_log_prob_z(phi, z), torch.full((R,), math.nan, dtype=z.dtype)
+        else:
+            eps_rev, acceptance = reverse_draws(target, z, fam.split(noise)[0], gen, reverse=reverse, samples=samples,
+                                                burn_in=burn_in, leapfrog=leapfrog, step_size=step_size)
+            grad_z_log_q = ((fam.transform(phi, eps_rev) - z) * torch.exp(-2 * phi["log_d"])).mean(0)
 
     def surrogate(phi1: dict[str, Tensor], noise1: Tensor, gz1: Tensor) -> Tensor:
         z1 = fam.sample(phi1, x, noise1)
@@ -179,7 +183,7 @@ def uivi(target: object, R: int, gen: torch.Generator, *, S: int = 1, reverse: R
 
     g = per_replicate_grad(surrogate, phi, noise, grad_z_log_q)
     grads = target.phi_layout.flatten(g, batch=(R,)).detach()  # type: ignore[attr-defined]
-    steps = (burn_in + samples) * leapfrog if reverse == "hmc" else (samples if reverse != "generating" else 0)
+    steps = {"hmc": (burn_in + samples) * leapfrog, "exact": samples, "prior": samples}.get(reverse, 0)
     return GradSample(grads, target.phi_layout, _cost(target, R, S * (1 + steps), grads),  # type: ignore[attr-defined]
                       {"acceptance": acceptance}, wrt=objective_wrt("phi", "elbo"))
 
