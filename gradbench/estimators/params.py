@@ -197,7 +197,8 @@ class UIVIParams(BaseModel):
     samples: int = Field(1, gt=0, description="J reverse draws averaged into ∇_z log q(z)")
     burn_in: int = Field(5, ge=0, description="HMC iterations before the first kept draw")
     leapfrog: int = Field(5, gt=0, description="leapfrog steps per HMC iteration")
-    step_size: float = Field(0.2, gt=0, description="leapfrog step size")
+    step_size: float = Field(0.3, gt=0, description="leapfrog step size h₀")
+    step_jitter: float = Field(0.5, ge=0, lt=1, description="j: step size ~ U[h₀(1−j), h₀(1+j)] per chain and iteration")
 
 
 class VCDParams(BaseModel):
@@ -205,6 +206,7 @@ class VCDParams(BaseModel):
     S: int = Field(2, gt=0, description="samples z⁰ per data point (≥ 2 for the leave-one-out control variate)")
     t: int = Field(5, ge=0, description="HMC iterations on p(z|x) from z⁰")
     leapfrog: int = Field(5, gt=0, description="leapfrog steps per HMC iteration")
-    step_size: float = Field(0.2, gt=0, description="leapfrog step size")
+    step_size: float = Field(0.2, gt=0, description="leapfrog step size h₀")
+    step_jitter: float = Field(0.5, ge=0, lt=1, description="j: step size ~ U[h₀(1−j), h₀(1+j)] per chain and iteration")
     control_variate: bool = Field(True, description="per-datapoint leave-one-out baseline in the score term")
     score_term: bool = Field(True, description="False drops E[(f(zᵗ) − b) ∇φ log q(z⁰)] (a negative control)")

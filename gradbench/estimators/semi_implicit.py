@@ -76,12 +76,15 @@ def hmc_init(log_density: Callable[[Tensor], Tensor], position: Tensor) -> HMCSt
 
 
 def hmc_step(log_density: Callable[[Tensor], Tensor], state: HMCState, gen: torch.Generator, *,
-             step_size: float, leapfrog: int) -> tuple[HMCState, HMCInfo]:
-    """One HMC iteration per chain: p ~ N(0, I), ``leapfrog`` leapfrog steps of size h, Metropolis accept with
-    probability min(1, exp(H(x, p) − H(x′, p′))), H = −log π(x) + ½‖p‖² (Neal 2011, "MCMC using Hamiltonian
-    dynamics")."""
+             step_size: float, leapfrog: int, jitter: float = 0.0) -> tuple[HMCState, HMCInfo]:
+    """One HMC iteration per chain: p ~ N(0, I), ``leapfrog`` leapfrog steps of size h ~ U[h₀(1 − j), h₀(1 + j)]
+    (drawn per chain and iteration, independent of the state: the kernel stays reversible; the jitter breaks the
+    near-periodic trajectories of a fixed h·L on Gaussian-like targets), Metropolis accept with probability
+    min(1, exp(H(x, p) − H(x′, p′))), H = −log π(x) + ½‖p‖² (Neal 2011, "MCMC using Hamiltonian dynamics")."""
     x0 = state.position
     p0 = torch.randn(x0.shape, generator=gen, dtype=x0.dtype, device=x0.device)
+    u_h = torch.rand((*x0.shape[:-1], 1), generator=gen, dtype=x0.dtype, device=x0.device)
+    step_size = step_size * (1 + jitter * (2 * u_h - 1))
     x, g = x0, state.grad
     p = p0 + 0.5 * step_size * g
     for i in range(leapfrog):
@@ -134,7 +137,8 @@ def sivi(target: object, R: int, gen: torch.Generator, *, S: int = 1, K: int = 1
 
 # -- UIVI ----------------------------------------------------------------------------------------
 def reverse_draws(target: object, z: Tensor, eps0: Tensor, gen: torch.Generator, *, reverse: Reverse,
-                  samples: int, burn_in: int, leapfrog: int, step_size: float) -> tuple[Tensor, Tensor]:
+                  samples: int, burn_in: int, leapfrog: int, step_size: float,
+                  step_jitter: float = 0.0) -> tuple[Tensor, Tensor]:
     """ε′ [J, ..., N, m] given z [..., N, k] and its generating ε⁰, and the mean acceptance rate per leading
     replicate index (NaN when no HMC ran)."""
     fam, phi = target.family, target.encoder_params()  # type: ignore[attr-defined]
@@ -152,7 +156,7 @@ def reverse_draws(target: object, z: Tensor, eps0: Tensor, gen: torch.Generator,
     state = hmc_init(log_density, eps0)
     kept, acc = [], []
     for i in range(burn_in + samples):
-        state, info = hmc_step(log_density, state, gen, step_size=step_size, leapfrog=leapfrog)
+        state, info = hmc_step(log_density, state, gen, step_size=step_size, leapfrog=leapfrog, jitter=step_jitter)
         acc.append(info.acceptance)
         if i >= burn_in:
             kept.append(state.position)
@@ -161,7 +165,7 @@ def reverse_draws(target: object, z: Tensor, eps0: Tensor, gen: torch.Generator,
 
 
 def uivi(target: object, R: int, gen: torch.Generator, *, S: int = 1, reverse: Reverse = "hmc", samples: int = 1,
-         burn_in: int = 5, leapfrog: int = 5, step_size: float = 0.2) -> GradSample:
+         burn_in: int = 5, leapfrog: int = 5, step_size: float = 0.3, step_jitter: float = 0.5) -> GradSample:
     """UIVI ∇φ ELBO with ∇_z log q(z) from reverse-conditional draws (module docstring)."""
     _require_semi_implicit(target, "uivi")
     if reverse in ("exact", "marginal"):
@@ -174,7 +178,8 @@ def uivi(target: object, R: int, gen: torch.Generator, *, S: int = 1, reverse: R
             grad_z_log_q, acceptance = fam.grad_log_prob_z(phi, z), torch.full((R,), math.nan, dtype=z.dtype)
         else:
             eps_rev, acceptance = reverse_draws(target, z, fam.split(noise)[0], gen, reverse=reverse, samples=samples,
-                                                burn_in=burn_in, leapfrog=leapfrog, step_size=step_size)
+                                                burn_in=burn_in, leapfrog=leapfrog, step_size=step_size,
+                                                step_jitter=step_jitter)
             grad_z_log_q = ((fam.transform(phi, eps_rev) - z) * torch.exp(-2 * phi["log_d"])).mean(0)
 
     def surrogate(phi1: dict[str, Tensor], noise1: Tensor, gz1: Tensor) -> Tensor:
@@ -190,7 +195,8 @@ def uivi(target: object, R: int, gen: torch.Generator, *, S: int = 1, reverse: R
 
 # -- VCD -----------------------------------------------------------------------------------------
 def vcd(target: object, R: int, gen: torch.Generator, *, S: int = 2, t: int = 5, leapfrog: int = 5,
-        step_size: float = 0.2, control_variate: bool = True, score_term: bool = True) -> GradSample:
+        step_size: float = 0.2, step_jitter: float = 0.5, control_variate: bool = True,
+        score_term: bool = True) -> GradSample:
     """−∇φ L_VCD with t HMC iterations on p(z | x) from z⁰ ~ q⁰ (module docstring). ``score_term = False`` drops
     the E[(f(zᵗ) − b) ∇φ log q(z⁰)] term (a negative control)."""
     require(target, {"reparam", "log_prob"}, "vcd")
@@ -203,7 +209,8 @@ def vcd(target: object, R: int, gen: torch.Generator, *, S: int = 2, t: int = 5,
         state = hmc_init(target.log_joint, z0)  # type: ignore[attr-defined]
         acc = []
         for _ in range(t):
-            state, info = hmc_step(target.log_joint, state, gen, step_size=step_size, leapfrog=leapfrog)  # type: ignore[attr-defined]
+            state, info = hmc_step(target.log_joint, state, gen, step_size=step_size, leapfrog=leapfrog,  # type: ignore[attr-defined]
+                                   jitter=step_jitter)
             acc.append(info.acceptance)
         zt = state.position
         f_t = state.log_density - target.log_q(phi, zt)  # type: ignore[attr-defined]  [R, S, N]
