@@ -210,3 +210,10 @@ class VCDParams(BaseModel):
     step_jitter: float = Field(0.5, ge=0, lt=1, description="j: step size ~ U[h₀(1−j), h₀(1+j)] per chain and iteration")
     control_variate: bool = Field(True, description="per-datapoint leave-one-out baseline in the score term")
     score_term: bool = Field(True, description="False drops E[(f(zᵗ) − b) ∇φ log q(z⁰)] (a negative control)")
+
+
+class DensityRatioParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    S: int = Field(1, gt=0, description="samples z per data point")
+    steps: int = Field(20, ge=0, description="damped Newton steps training each classifier (0: T = 0, q taken as the prior)")
+    batch: int = Field(256, gt=0, description="fresh q- and prior-samples per class per training step")
