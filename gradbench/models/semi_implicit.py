@@ -1,7 +1,7 @@
 """Targets with a semi-implicit q (``gradbench.families.semi_implicit``) and exact ∇φ ELBO references (DESIGN §9).
 
 * ``ppca_semi_implicit``: PPCA's p_θ(x, z) (``PPCAModel``, θ and synthetic data drawn as for ``ppca``) with the
-  family started from the exact posterior N(m_n, S). With the exact (linear) family, q_n = N(b_n, Σ_n) and
+  family started from the exact posterior N(m_n, S); ∇θ log p(x) is PPCA's closed form. With the exact (linear) family, q_n = N(b_n, Σ_n) and
       ELBO(φ) = Σ_n [ −(‖x_n − W b_n − μ‖² + tr(WᵀW Σ_n))/(2σ²) − d log σ − (‖b_n‖² + tr Σ_n)/2
                       + ½ log det Σ_n + k/2 − (d/2) log 2π ],
   so ∇φ ELBO is exact (``torch.func.grad`` of this closed form; tested against finite differences). Also
@@ -104,7 +104,14 @@ def build_ppca(params: PPCAParams, proposal: SemiImplicitProposal, seed: int, dt
     family = _family(k, N, proposal)
     chol = torch.linalg.cholesky(S).expand(N, k, k)
     phi = family.init_params(mean, chol, proposal, make_generator(derive_seed(seed, "semi-implicit-family")))
-    builders = {"phi_elbo": ppca_elbo_reference} if family.exact else {}
+    theta_ref = base.reference("theta")  # exact ∇θ log p(x) (closed form, float64; PPCA's DESIGN §2)
+
+    def log_marginal(t: ComposedTarget, o: Objective) -> Reference:
+        return Reference(theta_ref.value.to(t.x.device), kind="exact")
+
+    builders: dict[str, Any] = {"theta": log_marginal}
+    if family.exact:
+        builders["phi_elbo"] = ppca_elbo_reference
     cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
     return ComposedTarget(PPCAModel(*base.W.shape), family, cast(x), {k_: cast(v) for k_, v in theta.items()},
                           {k_: cast(v) for k_, v in phi.items()}, reference_builders=builders, seed=seed)
