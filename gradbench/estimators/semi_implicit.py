@@ -209,7 +209,7 @@ def vcd(target: object, R: int, gen: torch.Generator, *, S: int = 2, t: int = 5,
     require(target, {"reparam", "log_prob"}, "vcd")
     if control_variate and S < 2:
         raise ValueError("vcd: the leave-one-out control variate needs S ≥ 2")
-    x, phi = target.x, target.encoder_params()  # type: ignore[attr-defined]
+    phi = target.encoder_params()  # type: ignore[attr-defined]
     noise = target.draw_noise((R, S), gen)  # type: ignore[attr-defined]
     with torch.no_grad():
         z0 = target.rsample(phi, noise)  # type: ignore[attr-defined]

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from gradbench.contracts import LatentSpace, Params
 from gradbench.core import ParamGroup, ParamLayout
-from gradbench.models.params import SemiImplicitProposal  # noqa: F401  (torch-free schema)
+from gradbench.models.params import SemiImplicitProposal
 
 LOG_2PI = math.log(2 * math.pi)
 

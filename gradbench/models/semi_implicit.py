@@ -26,7 +26,7 @@ from torch import Tensor
 from gradbench.contracts import ComposedTarget, Objective, Params
 from gradbench.core import Reference
 from gradbench.families.semi_implicit import SemiImplicitGaussian
-from gradbench.models.params import PPCAParams, SemiImplicitProposal, VAEParams  # noqa: F401
+from gradbench.models.params import PPCAParams, SemiImplicitProposal, VAEParams
 from gradbench.models.ppca import PPCAModel
 from gradbench.seeding import derive_seed, make_generator
 
@@ -93,8 +93,8 @@ def _family(k: int, N: int, proposal: SemiImplicitProposal) -> SemiImplicitGauss
 def build_ppca(params: PPCAParams, proposal: SemiImplicitProposal, seed: int, dtype: torch.dtype = F64,
                device: str | torch.device = "cpu", data: np.ndarray | None = None) -> ComposedTarget:
     """``ppca_semi_implicit``: θ and data as ``ppca`` (same seed, same draws); q started at the exact posterior."""
-    from gradbench.models.ppca import PPCA
     from gradbench.models.params import ProposalParams
+    from gradbench.models.ppca import PPCA
 
     base = PPCA.synthetic(params, ProposalParams(), seed, F64, "cpu", data)
     theta = {"W": base.W, "mu": base.mu, "sigma": base.sigma.reshape(1)}
@@ -112,7 +112,7 @@ def build_ppca(params: PPCAParams, proposal: SemiImplicitProposal, seed: int, dt
     builders: dict[str, Any] = {"theta": log_marginal}
     if family.exact:
         builders["phi_elbo"] = ppca_elbo_reference
-    cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
+    cast = lambda t: t.to(dtype=dtype, device=device)
     return ComposedTarget(PPCAModel(*base.W.shape), family, cast(x), {k_: cast(v) for k_, v in theta.items()},
                           {k_: cast(v) for k_, v in phi.items()}, reference_builders=builders, seed=seed)
 
@@ -148,6 +148,6 @@ def build_vae(params: VAEParams, proposal: SemiImplicitProposal, seed: int, dtyp
         return Reference(res.grad[sl].to(t.x.device), kind="quadrature", stderr=res.grad_error[sl].to(t.x.device))
 
     builders = {"phi_elbo": quad, "theta_elbo": quad} if family.exact and k <= quadrature.MAX_QUADRATURE_DIM else {}
-    cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
+    cast = lambda t: t.to(dtype=dtype, device=device)
     return ComposedTarget(model, family, cast(x), {k_: cast(v) for k_, v in theta.items()},
                           {k_: cast(v) for k_, v in phi.items()}, reference_builders=builders, seed=seed)

@@ -12,7 +12,6 @@ import warnings
 
 import numpy as np
 import torch
-from scipy import stats as sps
 
 from gradbench.data import DataSpec, load
 from gradbench.estimators.pathwise import reparam_elbo

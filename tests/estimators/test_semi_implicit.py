@@ -129,8 +129,8 @@ def test_vcd_needs_two_samples_for_the_loo_control_variate(ppca) -> None:
 
 
 def test_estimators_refuse_an_explicit_family() -> None:
-    from gradbench.models.vae import build
     from gradbench.models.params import GaussianProposal
+    from gradbench.models.vae import build
 
     target = build(VAEParams(latent_dim=2, data_dim=4, n_data=2), GaussianProposal(), 0)
     with pytest.raises(TypeError):

@@ -46,7 +46,7 @@ def test_marginal_view_pushes_standard_normal_to_the_marginal() -> None:
     view = fam.marginal_view()
     u = torch.randn(6, 4, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
     z = view.sample(phi, None, u)
-    b, cov = fam.marginal(phi)
+    _, cov = fam.marginal(phi)
     log_det = torch.log(torch.diagonal(torch.linalg.cholesky(cov), dim1=-2, dim2=-1)).sum(-1)
     expected = -0.5 * (u * u).sum(-1) - log_det - math.log(2 * math.pi)
     torch.testing.assert_close(view.log_prob(phi, None, z), expected, rtol=0, atol=1e-12)
