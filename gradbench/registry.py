@@ -132,6 +132,12 @@ def _build_ppca(
 
 
 _PPCA = frozenset({"exact_posterior", "real_latent", "log_prob"})
+
+
+def _semi_implicit_q(proposal: dict[str, Any]) -> Capabilities:
+    """Issue 14: a semi-implicit q has log q only when T is linear (``hidden`` = 0)."""
+    exact = not proposal.get("hidden", 0)
+    return frozenset({"real_latent", "reparam", "implicit"} | ({"log_prob"} if exact else set()))
 _GAUSSIAN_Q = frozenset({"reparam", "score", "log_prob"})
 _BERNOULLI_Q = frozenset({"score", "log_prob", "enumerate"})
 _EBM = frozenset({"energy_based"})  # p_θ(x) ∝ exp(−F_θ(x)), no per-datum latents: exact sampling / Gibbs kernels
@@ -159,6 +165,14 @@ MODELS: dict[str, Model] = {m.name: m for m in [
     Model("ising", "gradbench.models.ebm:Ising.build", mp.IsingParams, mp.NoProposal,
           "fully visible ±1 Boltzmann machine, ≤ 20 spins: exact log Z, ∇θ log p(x) by enumerating 2^n states",
           _EBM, ("gradbench.models.ebm",)),
+    # issue 14: semi-implicit q
+    Model("ppca_semi_implicit", "gradbench.models.semi_implicit:build_ppca", mp.PPCAParams, mp.SemiImplicitProposal,
+          "PPCA with a semi-implicit q (ε ~ N(0, I_m), z|ε ~ N(Aε + b [+ MLP], diag d²)): exact ∇φ ELBO (linear T)",
+          lambda p: _semi_implicit_q(p), ("gradbench.models.ppca", "gradbench.families.semi_implicit")),
+    Model("vae_semi_implicit", "gradbench.models.semi_implicit:build_vae", mp.VAEParams, mp.SemiImplicitProposal,
+          "VAE decoder with a semi-implicit q started at the Laplace approximation: quadrature ∇φ ELBO (linear T, k ≤ 3)",
+          lambda p: _semi_implicit_q(p), ("gradbench.models.vae", "gradbench.families.semi_implicit",
+                                          "gradbench.references.quadrature")),
 ]}
 
 _PHI_ELBO = Objective("phi", "elbo")
@@ -209,6 +223,19 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
               "EBM: persistent CD, S chains of a given age (explicit state; biased at finite age)", requires=_EBM),
     Estimator("coupled_gibbs", _E + "ebm:coupled_gibbs", ep.CoupledGibbsParams,
               "EBM: unbiased lag-L H_{k:m} from coupled Gibbs chains (maximal couplings of the Bernoulli conditionals)", requires=_EBM),
+    # issue 14: semi-implicit and MCMC-enriched families
+    Estimator("sivi", _E + "semi_implicit:sivi", ep.SIVIParams,
+              "gradient of the SIVI bound with K extra mixing draws (Yin & Zhou 2018; biased for ∇φ ELBO, → 0 as K grows)",
+              _PHI_ELBO, frozenset({"reparam", "implicit"})),
+    Estimator("uivi", _E + "semi_implicit:uivi", ep.UIVIParams,
+              "UIVI ∇φ ELBO, ∇_z log q from HMC on q(ε|z) started at ε⁰ (Titsias & Ruiz 2019); reverse: exact is unbiased",
+              _PHI_ELBO, lambda p: frozenset({"reparam", "implicit"} | ({"log_prob"} if p.get("reverse") in ("exact", "marginal") else set()))),
+    Estimator("density_ratio", _E + "semi_implicit:density_ratio", ep.DensityRatioParams,
+              "∇φ ELBO with log q/p(z) from a quadratic logistic classifier (q vs N(0, I) prior) trained `steps` Newton steps",
+              _PHI_ELBO, frozenset({"reparam", "implicit"})),
+    Estimator("vcd", _E + "semi_implicit:vcd", ep.VCDParams,
+              "−∇φ L_VCD with t HMC steps on p(z|x) and a leave-one-out control variate (Ruiz & Titsias 2019)",
+              _PHI_ELBO, _REPARAM),
 ]}
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [

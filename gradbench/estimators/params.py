@@ -180,3 +180,41 @@ class CoupledGibbsParams(_StrictEBM):
         if m > self.max_iter:
             raise ValueError(f"m must be ≤ max_iter (got m={m}, max_iter={self.max_iter})")
         return self
+
+
+# -- issue 14: semi-implicit and MCMC-enriched families (gradbench.estimators.semi_implicit) -------------------
+class SIVIParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    S: int = Field(1, gt=0, description="samples z per data point")
+    K: int = Field(10, ge=0, description="extra mixing draws ε^ℓ in the SIVI bound (0: q(z|ε⁰) taken as q(z))")
+
+
+class UIVIParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    S: int = Field(1, gt=0, description="samples z per data point")
+    reverse: Literal["hmc", "exact", "marginal", "generating", "prior"] = Field(
+        "hmc", description="ε′ ~ q(ε|z): HMC from ε⁰, exact (linear family), marginal (exact ∇_z log q: J = ∞), "
+                           "ε⁰ itself or q(ε) (the last two: negative controls)")
+    samples: int = Field(1, gt=0, description="J reverse draws averaged into ∇_z log q(z)")
+    burn_in: int = Field(5, ge=0, description="HMC iterations before the first kept draw")
+    leapfrog: int = Field(5, gt=0, description="leapfrog steps per HMC iteration")
+    step_size: float = Field(0.3, gt=0, description="leapfrog step size h₀")
+    step_jitter: float = Field(0.5, ge=0, lt=1, description="j: step size ~ U[h₀(1−j), h₀(1+j)] per chain and iteration")
+
+
+class VCDParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    S: int = Field(2, gt=0, description="samples z⁰ per data point (≥ 2 for the leave-one-out control variate)")
+    t: int = Field(5, ge=0, description="HMC iterations on p(z|x) from z⁰")
+    leapfrog: int = Field(5, gt=0, description="leapfrog steps per HMC iteration")
+    step_size: float = Field(0.2, gt=0, description="leapfrog step size h₀")
+    step_jitter: float = Field(0.5, ge=0, lt=1, description="j: step size ~ U[h₀(1−j), h₀(1+j)] per chain and iteration")
+    control_variate: bool = Field(True, description="per-datapoint leave-one-out baseline in the score term")
+    score_term: bool = Field(True, description="False drops E[(f(zᵗ) − b) ∇φ log q(z⁰)] (a negative control)")
+
+
+class DensityRatioParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    S: int = Field(1, gt=0, description="samples z per data point")
+    steps: int = Field(20, ge=0, description="damped Newton steps training each classifier (0: T = 0, q taken as the prior)")
+    batch: int = Field(256, gt=0, description="fresh q- and prior-samples per class per training step")

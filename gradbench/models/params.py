@@ -141,3 +141,18 @@ class IsingParams(_StrictEBM):
     weight_scale: float = Field(1.0, gt=0, description="β: J_ij ~ N(0, β²/n), h_i ~ N(0, (β·field_scale)²)")
     field_scale: float = Field(0.3, ge=0, description="field standard deviation at β = 1")
     theta_seed: int | None = Field(None, ge=0, description=THETA_SEED_HELP)
+
+
+# -- issue 14: semi-implicit variational families (gradbench.families.semi_implicit) ---------------------------
+class SemiImplicitProposal(BaseModel):
+    """The semi-implicit q's shape and its starting point relative to a Gaussian posterior approximation
+    N(m*_n, S_n) (PPCA: exact; VAE: Laplace): b = m* + δ L 1/√k, A = √s L[:, :m] + a_noise·G/√m, d = d0·√diag S."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    mixing_dim: int | None = Field(None, gt=0, description="m, dimension of the mixing noise ε (None: latent_dim)")
+    hidden: int = Field(0, ge=0, description="shared tanh MLP width added to T(ε) (0: linear T, exact marginal)")
+    mean_shift: float = Field(0.0, ge=0, description="δ, Mahalanobis length of the shift of b")
+    cov_scale: float = Field(0.5, gt=0, description="s: A's columns are √s times the posterior's Cholesky factor")
+    diag_scale: float = Field(0.7, gt=0, description="d0: conditional standard deviations d0·√diag S")
+    a_noise: float = Field(0.3, ge=0, description="s.d. of the seeded Gaussian perturbation of A (times 1/√m)")
+    mlp_scale: float = Field(0.5, ge=0, description="hidden > 0: scale of the MLP's output weights V")

@@ -83,6 +83,8 @@ SMALL_TARGETS = {
     "ppca_encoder": ({"data_dim": 4, "latent_dim": 2, "n_data": 2, "reference_replicates": 50}, {"mean_noise": 0.3}),
     "sbn": ({"layers": [3], "data_dim": 5, "n_data": 2}, {"family": "bernoulli_encoder"}),
     "vae": ({"latent_dim": 2, "data_dim": 5, "n_data": 2, "hidden": [4]}, {"family": "gaussian_encoder"}),
+    # issue 14: semi-implicit q (linear T: exact log q)
+    "ppca_semi_implicit": ({"data_dim": 4, "latent_dim": 2, "n_data": 2}, {"mixing_dim": 3}),
 }
 VARIANTS = [(name, e.params().model_dump()) for name, e in registry.ESTIMATORS.items()] + [
     ("reinforce", registry.ESTIMATORS["reinforce"].params(kl="mc", S=3, baseline="rloo").model_dump()),
