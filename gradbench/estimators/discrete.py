@@ -14,7 +14,7 @@ Biased (measured): ``gumbel_softmax``, ``straight_through``, ``wake_sleep``, ``r
 * DisARM (Dong, Mnih & Tucker 2020):  ĝ_ℓj = ½ (f(b¹) − f(b²)) (−1)^{b²_j} 1[b¹_j ≠ b²_j] σ(|ℓ_j|).
 * RLOO (Kool, van Hoof & Welling 2019), S samples: (1/S) Σ_s (f(b_s) − mean_{t≠s} f(b_t)) (b_s − σ(ℓ)).
 * NVIL (Mnih & Gregor 2014): (f(b) − c − b_ψ(x)) (b − σ(ℓ)) [/ max(1, √v)], c and v running mean and
-  variance of the signal, b_ψ(x) = ψᵀ[1, x̃] fitted to f − c by discounted least squares; explicit state
+  variance of f − c, b_ψ(x) = ψᵀ[1, x̃] fitted to f − c by discounted least squares; explicit state
   trained for ``warmup`` steps on fresh samples after the measured draw (so independent of it: unbiased).
 * Concrete / Gumbel-softmax (Maddison, Mnih & Teh 2017; Jang, Gu & Poole 2017): pathwise ∂ℓ f(σ(z/τ)).
   Straight-through (Bengio et al. 2013; Jang et al. 2017): forward f(H(z)), backward through σ(z/τ).
@@ -175,9 +175,8 @@ def nvil(target: Any, R: int, gen: torch.Generator, *, warmup: int = 50, rate: f
         f_w = signal(target, (target.draw_noise((R, 1), gen) < p).to(p.dtype))  # [R, 1, N]
         mean_state = mean_bl.update(state.mean, f_w)
         c = mean_bl.value(mean_state).unsqueeze(1)
-        fit_state = fit_bl.update(state.fit, f_w - c)
-        resid = centre(NVILState(mean_state, fit_state, state.var), f_w)
-        state = NVILState(mean_state, fit_state, (1 - rate) * state.var + rate * (resid**2).mean(dim=(1, 2)))
+        var = (1 - rate) * state.var + rate * ((f_w - c) ** 2).mean(dim=(1, 2))  # of f − c (no solve per step)
+        state = NVILState(mean_state, fit_bl.update(state.fit, f_w - c), var)
     learning = centre(state, signal(target, b).unsqueeze(1))[:, 0]  # [R, N]
     scale = state.var.sqrt().clamp_min(1.0) if normalise and warmup else torch.ones_like(state.var)
     g = learning.unsqueeze(-1) * (b - p) / scale[:, None, None]
