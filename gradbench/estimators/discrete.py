@@ -336,3 +336,13 @@ def reweighted_wake_sleep(target: Any, R: int, gen: torch.Generator, *, K: int =
     b = (target.draw_noise((R, K), gen) < p).to(p.dtype)  # [R, K, N, k]
     w = torch.softmax(target.log_joint(b) - target.log_q(target.phi, b), dim=1)  # [R, K, N]
     return _sample(target, (w.unsqueeze(-1) * (b - p)).sum(1), K * target.n_data)
+
+
+def wake_phi_reference(target: Any) -> Tensor:
+    """∇φ Σ_n E_{p_θ(z|x_n)} log q_φ(z | x_n) = −∇φ Σ_n KL(p_θ(·|x_n) ‖ q_φ(·|x_n)), by enumeration: at the logits
+    the gradient is P(z_j = 1 | x_n) − σ(ℓ_nj) (exact posterior marginals), chained to φ. The objective the
+    reweighted wake-sleep wake-φ update follows (it is self-normalised, so biased O(1/K) for it)."""
+    from gradbench.references import enumeration
+
+    marginals = enumeration.posterior_marginals(target.model, target.theta, target.x)  # [N, k]
+    return to_phi(target, (marginals - torch.sigmoid(logits(target))).unsqueeze(0))[0]
