@@ -46,8 +46,8 @@ from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas)
     DisARMParams,
     NVILParams,
     REBARParams,
-    RELAXParams,
     RelaxedParams,
+    RELAXParams,
     RLOOParams,
     RWSParams,
     WakeSleepParams,
@@ -279,7 +279,7 @@ def rebar(target: Any, R: int, gen: torch.Generator, *, eta: float = 1.0, tau: f
     u, v = target.draw_noise((R,), gen), target.draw_noise((R,), gen)  # the measured draw first
     like = ell0.new_ones(R)
     state = adam_init((eta * like, torch.log(tau * like)))
-    make = lambda ps: (lambda z: _relaxed_signal(target, z, ps[0], ps[1]))  # noqa: E731
+    make = lambda ps: (lambda z: _relaxed_signal(target, z, ps[0], ps[1]))
     state = train_control(target, ell0, state, make, warmup, lr, gen)
     g = control_variate_grad(target, ell0, u, v, make(state.params))
     diag = {"eta": state.params[0], "temperature": state.params[1].exp(), "backward_passes": torch.ones_like(like),

@@ -23,7 +23,7 @@ from torch import Tensor
 from gradbench.contracts import LatentSpace, Objective, Params
 from gradbench.core import ParamGroup, ParamLayout, Reference
 from gradbench.families.bernoulli import BernoulliMeanField
-from gradbench.models.params import BernoulliToyParams, BernoulliToyProposal  # noqa: F401  (torch-free schemas)
+from gradbench.models.params import BernoulliToyParams, BernoulliToyProposal
 from gradbench.target import ComposedTarget
 
 DESCRIPTION = "REBAR/RELAX toy: min_φ E_{b~Bern(σ(φ))} Σ_j (b_j − t)², exact ∇φ = (1 − 2t)σ(φ)(1 − σ(φ))"
@@ -78,7 +78,7 @@ def build(params: BernoulliToyParams, proposal: BernoulliToyProposal | None = No
     offsets = torch.linspace(-0.5, 0.5, D, dtype=torch.float64) if D > 1 else torch.zeros(1, dtype=torch.float64)
     logits = (params.logit + params.logit_spread * offsets).reshape(1, D)
     t = torch.full((D,), params.t, dtype=torch.float64)
-    cast = lambda v: v.to(dtype=dtype, device=device)  # noqa: E731
+    cast = lambda v: v.to(dtype=dtype, device=device)
     return BernoulliToyTarget(ToyLoss(D), BernoulliMeanField(D, 1), cast(torch.zeros(1, 1)), {"t": cast(t)},
                               {"logits": cast(logits)}, reference_builders={"phi_elbo": _toy_reference}, seed=seed)
 

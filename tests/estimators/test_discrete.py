@@ -124,8 +124,8 @@ def test_rebar_with_eta_zero_is_reinforce_and_equals_hand_formula():
     h = 1e-6
     dzt = (z_tilde(logit + h) - z_tilde(logit - h)) / (2 * h)
     zt = z_tilde(logit)
-    c = lambda zz: eta * (torch.sigmoid(zz / lam) - T) ** 2  # noqa: E731
-    dc = lambda zz: eta * 2 * (torch.sigmoid(zz / lam) - T) * torch.sigmoid(zz / lam) * (1 - torch.sigmoid(zz / lam)) / lam  # noqa: E731
+    c = lambda zz: eta * (torch.sigmoid(zz / lam) - T) ** 2
+    dc = lambda zz: eta * 2 * (torch.sigmoid(zz / lam) - T) * torch.sigmoid(zz / lam) * (1 - torch.sigmoid(zz / lam)) / lam
     hand = ((b - T) ** 2 - c(zt)) * (b - p) + dc(z) - dc(zt) * dzt
     got = discrete.rebar(t, R_SMALL, make_generator(4), eta=eta, tau=lam).grads[:, 0]
     torch.testing.assert_close(got, hand, rtol=1e-6, atol=1e-9)
@@ -186,20 +186,20 @@ def _pair_signals(t, R, gen):
 
 def _broken_arm(t, R, gen):
     """ARM without the (u − ½) factor."""
-    ell, u, b1, b2, f1, f2 = _pair_signals(t, R, gen)
+    _ell, u, _b1, _b2, f1, f2 = _pair_signals(t, R, gen)
     return discrete.to_phi(t, (f1 - f2).unsqueeze(-1).expand_as(u))
 
 
 def _disarm_without_indicator(t, R, gen):
     """DisARM without the indicator 1[b¹ ≠ b²]: NOT broken — u ↦ 1 − u swaps b¹ and b², so the dropped terms
     (b¹_j = b²_j) are odd under it and have mean 0; only the variance grows."""
-    ell, u, b1, b2, f1, f2 = _pair_signals(t, R, gen)
+    ell, _u, _b1, b2, f1, f2 = _pair_signals(t, R, gen)
     return discrete.to_phi(t, 0.5 * (f1 - f2).unsqueeze(-1) * (1 - 2 * b2) * torch.sigmoid(ell.abs()))
 
 
 def _broken_disarm(t, R, gen):
     """DisARM with σ(ℓ) in place of σ(|ℓ|) (wrong wherever ℓ < 0)."""
-    ell, u, b1, b2, f1, f2 = _pair_signals(t, R, gen)
+    ell, _u, b1, b2, f1, f2 = _pair_signals(t, R, gen)
     return discrete.to_phi(t, 0.5 * (f1 - f2).unsqueeze(-1) * (1 - 2 * b2) * (b1 != b2).double() * torch.sigmoid(ell))
 
 
@@ -228,7 +228,7 @@ def _broken_control(t, R, gen, relax=False):
     z = ell - torch.logit(u)
     b = (z > 0).double()
     w = 0.3 if relax else 0.0  # RELAX: a surrogate with a free term Σ_j w σ(z_j/λ)
-    c = lambda zz: discrete._relaxed_signal(t, zz, eta, log_lam) + (w * torch.sigmoid(zz / 0.5)).sum(-1)  # noqa: E731
+    c = lambda zz: discrete._relaxed_signal(t, zz, eta, log_lam) + (w * torch.sigmoid(zz / 0.5)).sum(-1)
     zt = discrete.conditional_relaxation(ell, b, v).detach()
     (dc,) = torch.autograd.grad(c(z).sum(), ell)
     return discrete.to_phi(t, (discrete.signal(t, b) - c(zt)).unsqueeze(-1) * (b - torch.sigmoid(ell0)) + dc)
