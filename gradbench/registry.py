@@ -173,12 +173,18 @@ MODELS: dict[str, Model] = {m.name: m for m in [
           "VAE decoder with a semi-implicit q started at the Laplace approximation: quadrature ∇φ ELBO (linear T, k ≤ 3)",
           lambda p: _semi_implicit_q(p), ("gradbench.models.vae", "gradbench.families.semi_implicit",
                                           "gradbench.references.quadrature")),
+    # issue 13: discrete latent variables
+    Model("bernoulli_toy", "gradbench.models.bernoulli_toy:build", mp.BernoulliToyParams,
+          mp.BernoulliToyProposal,
+          "REBAR/RELAX toy: min_φ E_{b~Bern(σ(φ))} Σ_j (b_j − t)² (t = 0.499); exact ∇φ = (1 − 2t)σ(φ)(1 − σ(φ)) as phi_elbo",
+          _BERNOULLI_Q | {"binary_latent"}, ("gradbench.models.bernoulli_toy", "gradbench.families.bernoulli")),
 ]}
 
 _PHI_ELBO = Objective("phi", "elbo")
 _SAMPLE = frozenset({"log_prob"})  # draws from q and evaluates log q (importance weights)
 _REPARAM = frozenset({"reparam", "log_prob"})
 _SCORE = frozenset({"score", "log_prob"})
+_BINARY_SCORE = frozenset({"score", "log_prob", "binary_latent"})  # issue 13: factorised Bernoulli q
 
 
 def _iwae_objective(p: dict[str, Any]) -> Objective:
@@ -236,6 +242,27 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator("vcd", _E + "semi_implicit:vcd", ep.VCDParams,
               "−∇φ L_VCD with t HMC steps on p(z|x) and a leave-one-out control variate (Ruiz & Titsias 2019)",
               _PHI_ELBO, _REPARAM),
+    # issue 13: discrete-latent ∇φ estimators (factorised Bernoulli q; gradbench.estimators.discrete)
+    Estimator("arm", _E + "discrete:arm", ep.ARMParams, "ARM ∇φ ELBO (Yin & Zhou 2019): antithetic pair, (f(b¹) − f(b²))(u − ½)",
+              _PHI_ELBO, _BINARY_SCORE),
+    Estimator("disarm", _E + "discrete:disarm", ep.DisARMParams, "DisARM ∇φ ELBO (Dong et al. 2020): ARM Rao–Blackwellised over the pair",
+              _PHI_ELBO, _BINARY_SCORE),
+    Estimator("rloo", _E + "discrete:rloo", ep.RLOOParams, "REINFORCE leave-one-out ∇φ ELBO on binary latents (Kool et al. 2019), S samples",
+              _PHI_ELBO, _BINARY_SCORE),
+    Estimator("nvil", _E + "discrete:nvil", ep.NVILParams, "NVIL ∇φ ELBO (Mnih & Gregor 2014): running mean + input-dependent baseline, warm-up steps",
+              _PHI_ELBO, _BINARY_SCORE),
+    Estimator("gumbel_softmax", _E + "discrete:gumbel_softmax", ep.RelaxedParams, "binary Concrete pathwise ∇φ, temperature τ (biased)",
+              _PHI_ELBO, _BINARY_SCORE),
+    Estimator("straight_through", _E + "discrete:straight_through", ep.RelaxedParams, "straight-through Gumbel ∇φ: hard forward, relaxed backward (biased)",
+              _PHI_ELBO, _BINARY_SCORE),
+    Estimator("rebar", _E + "discrete:rebar", ep.REBARParams, "REBAR ∇φ ELBO (Tucker et al. 2017): η, λ fixed or learned in warm-up",
+              _PHI_ELBO, _BINARY_SCORE),
+    Estimator("relax", _E + "discrete:relax", ep.RELAXParams, "RELAX ∇φ ELBO (Grathwohl et al. 2018): surrogate c_ψ trained in warm-up to minimise variance",
+              _PHI_ELBO, _BINARY_SCORE),
+    Estimator("wake_sleep", _E + "discrete:wake_sleep", ep.WakeSleepParams, "sleep-phase φ-update (Hinton et al. 1995), measured against ∇φ ELBO (biased)",
+              _PHI_ELBO, _BINARY_SCORE),
+    Estimator("reweighted_wake_sleep", _E + "discrete:reweighted_wake_sleep", ep.RWSParams,
+              "RWS wake-φ update (Bornschein & Bengio 2015), K samples, measured against ∇φ ELBO (biased)", _PHI_ELBO, _BINARY_SCORE),
 ]}
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [

@@ -218,3 +218,45 @@ class DensityRatioParams(BaseModel):
     S: int = Field(1, gt=0, description="samples z per data point")
     steps: int = Field(20, ge=0, description="damped Newton steps training each classifier (0: T = 0, q taken as the prior)")
     batch: int = Field(256, gt=0, description="fresh q- and prior-samples per class per training step")
+# -- issue 13: discrete-latent estimators (gradbench.estimators.discrete) -----------------------
+class ARMParams(_Strict):
+    pass
+
+
+class DisARMParams(_Strict):
+    pass
+
+
+class RLOOParams(_Strict):
+    S: int = Field(2, ge=2, description="samples per data point (leave-one-out baseline needs S ≥ 2)")
+
+
+class NVILParams(_Strict):
+    warmup: int = Field(50, ge=0, description="baseline training steps before the measured estimate")
+    rate: float = Field(0.05, gt=0, le=1, description="EMA rate of the running mean/variance and forgetting rate of the baseline fit")
+    normalise: bool = Field(False, description="divide by max(1, running sd): a rescaled (biased) gradient, as in NVIL training")
+
+
+class RelaxedParams(_Strict):
+    tau: float = Field(0.5, gt=0, description="relaxation temperature τ of σ((ℓ − logit u)/τ)")
+
+
+class REBARParams(_Strict):
+    eta: float = Field(1.0, description="control-variate scale η (initial value when learned)")
+    tau: float = Field(0.5, gt=0, description="temperature λ of the relaxation (initial value when learned)")
+    warmup: int = Field(0, ge=0, description="Adam steps on (η, log λ) minimising the single-sample E‖ĝ_ℓ‖² (0: fixed)")
+    lr: float = Field(0.01, gt=0, description="Adam step size of the warm-up")
+
+
+class RELAXParams(_Strict):
+    tau: float = Field(0.5, gt=0, description="initial temperature λ of the surrogate's relaxation")
+    warmup: int = Field(50, ge=0, description="Adam steps on ψ = (η, log λ, w) minimising E‖ĝ_ℓ‖²")
+    lr: float = Field(0.01, gt=0, description="Adam step size of the warm-up")
+
+
+class WakeSleepParams(_Strict):
+    S: int = Field(1, gt=0, description="(x̃, z) draws from p_θ per data point (sleep phase)")
+
+
+class RWSParams(_Strict):
+    K: int = Field(8, ge=1, description="importance samples per data point (wake-φ update)")

@@ -156,3 +156,18 @@ class SemiImplicitProposal(BaseModel):
     diag_scale: float = Field(0.7, gt=0, description="d0: conditional standard deviations d0·√diag S")
     a_noise: float = Field(0.3, ge=0, description="s.d. of the seeded Gaussian perturbation of A (times 1/√m)")
     mlp_scale: float = Field(0.5, ge=0, description="hidden > 0: scale of the MLP's output weights V")
+# -- issue 13: discrete latent variables (bernoulli_toy) ---------------------------------------
+class BernoulliToyParams(BaseModel):
+    """Suite parameters of the ``bernoulli_toy`` target: min_φ E_{b ~ Bern(σ(φ))} Σ_j (b_j − t)²."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    dim: int = Field(1, gt=0, le=16, description="D independent coordinates b_j ~ Bern(σ(φ_j))")
+    t: float = Field(0.499, description="the target t of the loss (b − t)² (REBAR/RELAX: 0.499)")
+    logit: float = Field(0.0, description="φ_j, the same for every coordinate (θ = 0: σ = ½)")
+    logit_spread: float = Field(0.0, ge=0, description="φ_j = logit + logit_spread·(j/(D−1) − ½): distinct coordinates")
+
+
+class BernoulliToyProposal(BaseModel):
+    """The toy has no separate proposal: q is Bern(σ(φ)) itself (an empty ``proposal:`` block)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
