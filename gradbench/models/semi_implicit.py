@@ -9,7 +9,7 @@
       KL(N(m, S) ‖ N(b, Σ)) = ½ [tr(Σ⁻¹S) + (b − m)ᵀΣ⁻¹(b − m) − k + log det Σ − log det S].
 * ``vae_semi_implicit``: the ``vae`` decoder (θ, data as ``vae``) with the family started from the Laplace
   approximation; ∇φ ELBO by adaptive Gauss–Hermite over the exact marginal (latent_dim ≤ 3), error bound in
-  ``Reference.stderr``.
+  ``Reference.error``.
 
 With ``hidden > 0`` (no exact marginal) no ∇φ ELBO reference is attached.
 """
@@ -145,7 +145,7 @@ def build_vae(params: VAEParams, proposal: SemiImplicitProposal, seed: int, dtyp
         res = quadrature.quadrature_elbo(t.model, t.family.marginal_view(), t.theta, t.phi, t.x, params.quadrature_nodes)
         P = t.model.layout.size
         sl = slice(0, P) if o.wrt == "theta" else slice(P, None)
-        return Reference(res.grad[sl].to(t.x.device), kind="quadrature", stderr=res.grad_error[sl].to(t.x.device))
+        return Reference(res.grad[sl].to(t.x.device), kind="quadrature", error=res.grad_error[sl].to(t.x.device))
 
     builders = {"phi_elbo": quad, "theta_elbo": quad} if family.exact and k <= quadrature.MAX_QUADRATURE_DIM else {}
     cast = lambda t: t.to(dtype=dtype, device=device)

@@ -20,7 +20,7 @@ from gradbench.models import vae
 from gradbench.models.params import GaussianProposal, PPCAParams, SemiImplicitProposal, VAEParams
 from gradbench.models.semi_implicit import build_ppca, build_vae, ppca_elbo, ppca_vcd_limit_reference
 from gradbench.references import quadrature
-from gradbench.stats import bias_test
+from gradbench.stats import ReferenceNoise, bias_test
 
 warnings.simplefilter("ignore")
 EPS = float(np.finfo(np.float64).eps)
@@ -68,7 +68,7 @@ def main() -> None:
     g = gen()  # one generator: ten independent batches of 10^5
     G = torch.cat([reparam_elbo(ppca, 100_000, g).grads for _ in range(10)]).numpy()
     z = np.abs(G.mean(0) - ref.numpy()) / (G.std(0, ddof=1) / math.sqrt(G.shape[0]))
-    bt = bias_test(G, ref.numpy(), None, EPS)
+    bt = bias_test(G, ref.numpy(), EPS, np.random.default_rng(0))
     print(f"PPCA closed form vs 10^6 reparam samples: max|z| = {z.max():.2f} over {z.size} coords, p = {bt.pvalue:.3f} ({bt.method})")
     P = small_vae.model.layout.size
     q = quadrature.quadrature_elbo(small_vae.model, small_vae.family.marginal_view(), small_vae.theta, small_vae.phi,
@@ -105,7 +105,7 @@ def main() -> None:
             G = gs.grads
             d = G.mean(0) - limit.value
             rb = float(d.norm() / limit.value.norm())
-            p = bias_test(G.numpy(), limit.value.numpy(), None, EPS).pvalue
+            p = bias_test(G.numpy(), limit.value.numpy(), EPS, np.random.default_rng(0)).pvalue
             tr = float(G.var(0).sum())
             print(f"t={t_:2d} score_term={score!s:5}: rel bias {rb:.3f} (noise floor ≈ {math.sqrt(tr / 2000) / float(limit.value.norm()):.3f}), "
                   f"p = {p:.2g}, acceptance {float(gs.diagnostics['acceptance'].nanmean()):.3f}, evals {float(gs.cost[0]):.0f}")
@@ -119,7 +119,7 @@ def main() -> None:
         # s.e. of tr Σ̂ from the per-replicate squared deviations
         dev2 = ((G - G.mean(0)) ** 2).sum(1)
         print(f"mean-field reparam_elbo kl={kl}: tr Σ = {tr:.4g} ± {float(dev2.std() / math.sqrt(1000)):.2g}, evals {float(gs.cost[0]):.0f}, "
-              f"work_norm_var = {tr * float(gs.cost[0]):.4g}; p vs quadrature = {bias_test(G.numpy(), mf.reference('phi_elbo').value.numpy(), mf.reference('phi_elbo').stderr.numpy() ** 2, EPS).pvalue:.2f}")
+              f"work_norm_var = {tr * float(gs.cost[0]):.4g}; p vs quadrature = {bias_test(G.numpy(), mf.reference('phi_elbo').value.numpy(), EPS, np.random.default_rng(0), ReferenceNoise(var=mf.reference('phi_elbo').error.numpy() ** 2)).pvalue:.2f}")
 
 
 if __name__ == "__main__":
