@@ -78,7 +78,7 @@ def test_point_baseline_is_the_signal_at_the_mode():
     t = make_encoder_target()
     R, S = 2, 3
     z, _ = t.sample_proposal((R, S), make_generator(5))
-    f, c = _hand_log_lik(t, z), _hand_score(t, z)
+    _, c = _hand_log_lik(t, z), _hand_score(t, z)
     b = _hand_log_lik(t, t.x @ t.A.T + t.b)  # [N]
     none = score.reinforce(t, R, make_generator(5), S=S)
     point = score.reinforce(t, R, make_generator(5), S=S, baseline="point")
