@@ -107,21 +107,22 @@ def test_single_estimator_run_renders(tmp_path: Path) -> None:
 
 def test_bias_flag_follows_alpha_from_run_json(base_run: Path, tmp_path: Path) -> None:
     """elbo with a shifted, widened proposal is biased (flagged at any α); oracle is unbiased, so its
-    p-value is roughly uniform: flagged at α = 0.999 unless p ≥ 0.999, never at a tiny α."""
+    q-value (Benjamini–Hochberg over the run, the flag's decision) is flagged at α = 0.999 only if
+    q < 0.999, never at a tiny α."""
     d = tmp_path / "run"
     shutil.copytree(base_run, d)
     run = load_run(d)
-    p = run.wide(["bias_pvalue"]).set_index("estimator")["bias_pvalue"]
-    assert p["elbo"] < 1e-6
+    q = run.wide(["bias_qvalue"]).set_index("estimator")["bias_qvalue"]
+    assert q["elbo"] < 1e-6
 
     def flagged(alpha: float) -> dict[str, bool]:
         set_alpha(d, alpha)
         table = summary_table(load_run(d))
-        col, est = table.header.index("bias p"), table.header.index("estimator")
+        col, est = table.header.index("bias q"), table.header.index("estimator")
         return {r[est].text: r[col].flag == "bad" for r in table.rows if r[est].text in ("oracle", "elbo")}
 
-    assert flagged(1e-300) == {"oracle": False, "elbo": p["elbo"] < 1e-300}
-    assert flagged(0.999) == {"oracle": bool(p["oracle"] < 0.999), "elbo": True}
+    assert flagged(1e-300) == {"oracle": False, "elbo": q["elbo"] < 1e-300}
+    assert flagged(0.999) == {"oracle": bool(q["oracle"] < 0.999), "elbo": True}
     assert load_run(d).alpha == 0.999 and load_run(d, alpha=0.05).alpha == 0.05
 
 
