@@ -106,12 +106,22 @@ def write_reference(path: Path, reference: Any) -> None:
 
 
 def write_target(cell: Cell, out: Path, written: set[str]) -> None:
-    """``targets/<target_id>.npz`` once per run (the target comes from this process's cache)."""
+    """``targets/<target_id>.npz`` once per run (the target comes from this process's cache), and
+    ``targets/<target_id>.json``: the model, its parameters, the proposal and the data's provenance (named
+    set, split, rows, binarisation seed, sha256 of the rows — the fixed split is recorded with the run)."""
     tid = cell.target.target_id
     if tid not in written:
         npz = io.BytesIO()
         np.savez(npz, **target_for(cell).arrays())
         atomic_write_bytes(out / "targets" / f"{tid}.npz", npz.getvalue())
+        t = cell.target
+        info: dict[str, Any] = {"model": t.model, "params": t.params, "proposal": t.proposal, "target_seed": t.target_seed,
+                                "data": {"file": t.data, "sha256": t.data_sha256} if t.data else None}
+        if t.data_spec is not None:
+            from gradbench import data as datasets
+
+            info["data"] = {"spec": t.data_spec, **datasets.load(datasets.DataSpec(**t.data_spec))[1]}
+        atomic_write_bytes(out / "targets" / f"{tid}.json", json.dumps(info, indent=1, default=str).encode())
         written.add(tid)
 
 

@@ -133,3 +133,32 @@ def test_bias_qvalues_span_the_runs_group_all_tests(first_run):
     assert q.method.str.contains(f"{len(p)} bias tests").all()
     first = t.cell_id.iloc[0]
     assert (t.cell_id == first).to_numpy()[: (t.cell_id == first).sum()].all()  # rows stay grouped by cell
+
+
+def test_named_data_provenance_is_recorded_with_the_run(tmp_path):
+    """A target on a named data set records the set, split, rows, binarisation seed and the rows' sha256."""
+    import json
+
+    from gradbench.runner import run_suite
+    from gradbench.suite import load_suite
+    from tests.test_suite import write
+
+    text = """\
+name: prov
+seed: 0
+target_seed: 0
+replicates: 20
+targets:
+  - model: sbn
+    params: {layers: [3]}
+    data: {name: digits, n: 4, binarize: dynamic, seed: 7}
+estimators:
+  - name: iwae
+    params: {K: 2}
+protocols: [bias]
+"""
+    suite, cells = load_suite(write(tmp_path, text))
+    run_suite(suite, cells, tmp_path / "out", progress=False)
+    info = json.loads(next((tmp_path / "out" / "targets").glob("*.json")).read_text())
+    assert info["data"]["source"] == "digits" and info["data"]["split"] == "train" and info["data"]["rows"] == 4
+    assert info["data"]["binarize_seed"] == 7 and len(info["data"]["sha256"]) == 64
