@@ -179,8 +179,9 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         with torch.no_grad():
-            for name, v in itertools.chain(theta.items(), phi.items()):
-                v.copy_(state["params"][name])
+            for part, params in (("theta", theta), ("phi", phi)):
+                for name, v in params.items():
+                    v.copy_(state[part][name])
         opt.load_state_dict(state["adam"])
         step, evals, seconds, nonfinite, curves = (state[k] for k in ("step", "evals", "seconds", "nonfinite", "curves"))
     N, B = full.n_data, min(p.batch_size, full.n_data)
@@ -262,8 +263,8 @@ def write_checkpoint(path: Path, theta: Params, phi: Params, opt: torch.optim.Op
     from gradbench.store import atomic_write_bytes
 
     buf = io.BytesIO()
-    torch.save({"params": {k: v.detach().clone() for k, v in itertools.chain(theta.items(), phi.items())},
-                "adam": opt.state_dict(), "step": step, "evals": evals, "seconds": seconds, "nonfinite": nonfinite,
+    torch.save({"theta": {k: v.detach().clone() for k, v in theta.items()},
+                "phi": {k: v.detach().clone() for k, v in phi.items()}, "adam": opt.state_dict(), "step": step, "evals": evals, "seconds": seconds, "nonfinite": nonfinite,
                 "curves": curves}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
