@@ -109,8 +109,10 @@ def quadrature_log_px(model: Any, theta: Params, x: Tensor, nodes: int | None = 
 
 
 @torch.no_grad()
-def iwae_log_px(target: ComposedTarget, K: int, gen: torch.Generator, chunk: int = 500) -> Tensor:
-    """log (1/K) Σ_k p(x_n, z_k)/q_φ(z_k|x_n), z_k ~ q_φ(·|x_n), per point [N] (K particles drawn in chunks)."""
+def iwae_log_px(target: ComposedTarget, K: int, gen: torch.Generator, chunk: int | None = None) -> Tensor:
+    """log (1/K) Σ_k p(x_n, z_k)/q_φ(z_k|x_n), z_k ~ q_φ(·|x_n), per point [N] (K particles drawn in chunks of
+    ``chunk``, default NODE_BUDGET / N, accumulated by logaddexp)."""
+    chunk = chunk or max(1, NODE_BUDGET // target.n_data)
     acc = None
     for s in range(0, K, chunk):
         z, log_q = target.sample_proposal((min(chunk, K - s),), gen)
