@@ -33,7 +33,7 @@ Held-out evaluation (final rows, nats per data point; s.e. over the evaluated po
   (``references.quadrature``), with the 2n-node rule and the doubling error max_n |ℓ_2n − ℓ_n| as a bound;
 * otherwise IWAE with K = ``eval_K`` under the trained encoder, log (1/K) Σ_k w_k (biased low, O(1/K)).
 Rows: ``test_loglik``, ``train_loglik`` (on the first ``train_eval_n`` training points), ``steps``, ``evals``,
-``seconds``, ``seconds_per_step``, ``nonfinite_steps`` and, for coupled θ-estimators, ``tau_mean`` (s.e. over
+``seconds``, ``seconds_per_step``, ``nonfinite_steps`` and, for coupled θ-estimators, ``train_tau_mean`` (s.e. over
 steps). The s.e. over training seeds and the paired test between estimators that share seeds are
 :func:`summarize` and :func:`paired_test` over the collected table.
 
@@ -252,7 +252,7 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
         rows += [row("model", "test_loglik_quadrature_error", err, 0.0, "max_n |ℓ_2n − ℓ_n|"),
                  row("model", "train_loglik_quadrature_error", train_err, 0.0, "max_n |ℓ_2n − ℓ_n|")]
     if bool(torch.isfinite(taus).any()):
-        rows.append(row("model", "tau_mean", *_mean_se(taus[torch.isfinite(taus)]), "over training steps"))
+        rows.append(row("model", "train_tau_mean", *_mean_se(taus[torch.isfinite(taus)]), "over training steps"))
     df = pd.DataFrame(curves)
     for col in CURVE_COLUMNS:
         if col not in df:
@@ -306,7 +306,7 @@ def _short(params: Any) -> str:
 
 
 def summarize(table: pd.DataFrame, metrics: tuple[str, ...] = ("test_loglik", "train_loglik", "steps", "evals",
-                                                                "seconds", "seconds_per_step", "tau_mean")) -> pd.DataFrame:
+                                                                "seconds", "seconds_per_step", "train_tau_mean")) -> pd.DataFrame:
     """Mean ± s.e. over training seeds (replicates) of each metric, per estimator pair: s.e. = sd / √n_seeds."""
     t = table[table["metric"].isin(metrics)].copy()
     t["pair"] = t.apply(pair_label, axis=1)
