@@ -1,6 +1,10 @@
 """Summary over seeds, paired tests and τ over training of a train-digits run: python reports/train-digits/analyse.py RUN_DIR"""
-import sys, pandas as pd
-from gradbench.protocols.train import summarize, paired_test
+import sys
+
+import pandas as pd
+
+from gradbench.protocols.train import paired_test, summarize
+
 out = sys.argv[1]
 t = pd.read_parquet(f"{out}/results.parquet")
 s = summarize(t)

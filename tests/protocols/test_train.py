@@ -18,13 +18,13 @@ import pytest
 import torch
 
 from gradbench.cell import run_train_cell, target_for
+from gradbench.families.gaussian import GaussianEncoder, GaussianMeanField
 from gradbench.models.vae import VAE
 from gradbench.protocols import train
 from gradbench.runner import PROVENANCE
 from gradbench.seeding import make_generator
 from gradbench.suite import SuiteError, load_suite
 from gradbench.target import ComposedTarget
-from gradbench.families.gaussian import GaussianEncoder, GaussianMeanField
 
 ALPHA = 0.001
 Z = 3.2905  # two-sided standard-normal quantile at ALPHA
@@ -103,7 +103,7 @@ def test_iwae_log_px_is_unbiased_for_p_x_and_rejects_a_shifted_encoder():
 
 
 def test_at_rebuilds_the_target_on_a_minibatch():
-    model, theta, x, _, post_mean, post_cov = linear_gaussian()
+    model, theta, x, _, _, _ = linear_gaussian()
     enc = GaussianEncoder(2, 5, (4,))
     phi = enc.init_params(x, make_generator(1), torch.float64)
     target = ComposedTarget(model, enc, x, theta, phi)
