@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ class Outcome:
     cell: Cell
     rows: pd.DataFrame | None = None
     meeting: pd.DataFrame | None = None
+    curves: pd.DataFrame | None = None  # ``train`` cells: learning curves (gradbench.protocols.train)
     error: str | None = None  # one line; set when the cell failed
 
 
@@ -140,12 +142,22 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
                               device=cell.device, rerun=rerun_cell(cell, target), atoms=has_atoms(target))
         rows += [{"protocol": name, **r} for r in registry.PROTOCOLS[name].fn(sample, reference, ctx)]
     df = pd.DataFrame(rows, columns=["protocol", "param_group", "metric", "value", "stderr", "method", "warning"])
+    df = with_meta(df, cell, sample.replicates - n_nonfinite, n_nonfinite)
+    cell_warning = "; ".join(w for w in (resolution_warning(sample, reference), censoring_warning(sample)) if w)
+    df["warning"] = [
+        "; ".join(w for w in (str(r) if isinstance(r, str) else "", cell_warning) if w) for r in df.pop("warning")
+    ]
+    return _provenance(df, started, t0), _meeting_frame(cell, sample)
+
+
+def with_meta(df: pd.DataFrame, cell: Cell, n_replicates: int, n_nonfinite: int) -> pd.DataFrame:
+    """The DESIGN §5 identifying columns in front of a cell's protocol rows."""
     meta: dict[str, Any] = {
         "cell_id": cell.cell_id,
         "target_id": cell.target.target_id,
         "model": cell.target.model,
         "estimator": cell.estimator,
-        "n_replicates": sample.replicates - n_nonfinite,
+        "n_replicates": n_replicates,
         "n_nonfinite": n_nonfinite,
         "seed": cell.target.suite_seed,
         "device": cell.device,
@@ -156,15 +168,34 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
     }
     for col, value in reversed(meta.items()):
         df.insert(0, col, json.dumps(value) if isinstance(value, (list, tuple, dict)) else value)  # e.g. hidden: [200, 200]
-    cell_warning = "; ".join(w for w in (resolution_warning(sample, reference), censoring_warning(sample)) if w)
-    df["warning"] = [
-        "; ".join(w for w in (str(r) if isinstance(r, str) else "", cell_warning) if w) for r in df.pop("warning")
-    ]
+    return df
+
+
+def _provenance(df: pd.DataFrame, started: dt.datetime, t0: float) -> pd.DataFrame:
     df["gradbench_version"] = gradbench.__version__
     df["torch_version"] = torch.__version__
     df["started_at"] = started.isoformat(timespec="seconds")
     df["seconds"] = time.perf_counter() - t0
-    return df, _meeting_frame(cell, sample)
+    return df
+
+
+def run_train_cell(cell: Cell, target: Any, checkpoint_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A ``train`` cell (gradbench.protocols.train): the training loop is its computation; (rows, curves).
+    With ``checkpoint_dir`` it checkpoints to, and resumes from, ``<checkpoint_dir>/<cell_id>.pt``."""
+    from gradbench.protocols import train
+
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{cell.cell_id}.pt"
+    rows, curves = train.train_cell(cell, target, ckpt)
+    df = pd.DataFrame([{"protocol": train.TRAIN, **r} for r in rows],
+                      columns=["protocol", "param_group", "metric", "value", "stderr", "method"])
+    nonfinite = int(df.loc[df["metric"] == "nonfinite_steps", "value"].iloc[0])
+    df = with_meta(df, cell, 1, nonfinite)
+    df["warning"] = ""
+    curves.insert(0, "estimator", cell.estimator)
+    curves.insert(0, "cell_id", cell.cell_id)
+    return _provenance(df, started, t0), curves
 
 
 DISCRETE = frozenset({"binary_latent", "categorical_latent", "energy_based", "enumerate"})
@@ -207,9 +238,18 @@ def _meeting_frame(cell: Cell, sample: GradSample) -> pd.DataFrame | None:
                          "tau": tau, "censored": censored})
 
 
-def compute_cell(cell: Cell, reference: Any = None) -> Outcome:
+def compute_cell(cell: Cell, reference: Any = None, checkpoint_dir: str | Path | None = None) -> Outcome:
     """Run one cell (with its reference when the runner computed it); an exception from its target or
-    estimator becomes a failed outcome."""
+    estimator becomes a failed outcome. ``checkpoint_dir``: where long (``train``) cells checkpoint."""
+    if cell.estimator == "train":
+        try:
+            registry.load_entry_points()
+            registry.load_plugin_modules(cell.plugins)
+            with cell_thread_limits(cell_threads()):
+                rows, curves = run_train_cell(cell, target_for(cell), None if checkpoint_dir is None else Path(checkpoint_dir))
+        except Exception as exc:  # noqa: BLE001 — recorded per cell; the suite goes on
+            return Outcome(cell, error=one_line(exc))
+        return Outcome(cell, rows, curves=curves)
     try:
         registry.load_entry_points()
         registry.load_plugin_modules(cell.plugins)  # a Dask worker imports the suite's plugins itself

@@ -34,11 +34,12 @@ def is_timed(cell: Cell) -> bool:
 class LocalExecutor:
     name = "local"
 
-    def run(self, cells: list[Cell], stop: threading.Event, references: dict[str, Any] | None = None) -> Iterator[Outcome]:
+    def run(self, cells: list[Cell], stop: threading.Event, references: dict[str, Any] | None = None,
+            checkpoint_dir: str | None = None) -> Iterator[Outcome]:
         for cell in cells:
             if stop.is_set():
                 return
-            yield compute_cell(cell, (references or {}).get(cell.cell_id))
+            yield compute_cell(cell, (references or {}).get(cell.cell_id), checkpoint_dir)
 
 
 class DaskExecutor:
@@ -57,7 +58,8 @@ class DaskExecutor:
         self.n_workers = n_workers or os.cpu_count() or 1
         self.retries = retries
 
-    def run(self, cells: list[Cell], stop: threading.Event, references: dict[str, Any] | None = None) -> Iterator[Outcome]:
+    def run(self, cells: list[Cell], stop: threading.Event, references: dict[str, Any] | None = None,
+            checkpoint_dir: str | None = None) -> Iterator[Outcome]:
         import dask
         from distributed import Client, LocalCluster
 
@@ -70,11 +72,11 @@ class DaskExecutor:
             try:
                 self._check_resources(client, cells)
                 refs = references or {}
-                yield from self._gather(client, [c for c in cells if not is_timed(c)], stop, refs)
+                yield from self._gather(client, [c for c in cells if not is_timed(c)], stop, refs, checkpoint_dir)
                 for cell in (c for c in cells if is_timed(c)):  # alone on the cluster, one at a time
                     if stop.is_set():
                         return
-                    yield from self._gather(client, [cell], stop, refs)
+                    yield from self._gather(client, [cell], stop, refs, checkpoint_dir)
             finally:
                 client.close()
                 if cluster is not None:
@@ -89,11 +91,12 @@ class DaskExecutor:
             raise RuntimeError("cuda cells need Dask workers started with --resources GPU=1; none has it")
 
     @staticmethod
-    def _gather(client: Any, cells: list[Cell], stop: threading.Event, refs: dict[str, Any]) -> Iterator[Outcome]:
+    def _gather(client: Any, cells: list[Cell], stop: threading.Event, refs: dict[str, Any],
+                checkpoint_dir: str | None = None) -> Iterator[Outcome]:
         from distributed import wait
 
         pending = {
-            client.submit(compute_cell, cell, refs.get(cell.cell_id), key=f"cell-{cell.cell_id}", pure=False,
+            client.submit(compute_cell, cell, refs.get(cell.cell_id), checkpoint_dir, key=f"cell-{cell.cell_id}", pure=False,
                           resources={"GPU": 1} if cell.device.startswith("cuda") else None): cell
             for cell in cells
         }

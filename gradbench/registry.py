@@ -221,6 +221,9 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator("reinforce", _E + "score:reinforce", ep.ReinforceParams, "score-function ∇φ ELBO with a baseline (none, moving average, learned, point, optimal LOO, RLOO)",
               _PHI_ELBO, _with_kl(_SCORE)),
     Estimator("vimco", _E + "score:vimco", ep.VIMCOParams, "score-function ∇φ IWAE_K with leave-one-out baselines (Mnih & Rezende 2016)", _phi_iwae, _SCORE),
+    Estimator("train", "gradbench.protocols.train:protocol", ep.TrainParams,
+              "issue 15: not an estimator — a training run (θ-estimator, φ-estimator, seed) for the protocol 'train'",
+              requires=lambda p: _train_requires(p)),
     Estimator("exact_sampling", _E + "ebm:exact_sampling", ep.ExactSamplingParams,
               "EBM: model term from S exact samples of p_θ by enumeration (the oracle; unbiased; cost in sweeps)", requires=_EBM),
     Estimator("cd", _E + "ebm:cd", ep.CDParams,
@@ -265,11 +268,19 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
               "RWS wake-φ update (Bornschein & Bengio 2015), K samples, measured against ∇φ ELBO (biased)", _PHI_ELBO, _BINARY_SCORE),
 ]}
 
+def _train_requires(p: dict[str, Any]) -> Capabilities:
+    """What the ``train`` pseudo-estimator's two estimators require (the trained encoder is reparameterised)."""
+    theta, phi = ESTIMATORS[p.get("theta_estimator", "elbo")], ESTIMATORS[p.get("phi_estimator", "reparam_elbo")]
+    return theta.required(p.get("theta_params", {})) | phi.required(p.get("phi_params", {})) | _REPARAM
+
+
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     Protocol("bias", "gradbench.protocols.bias:bias", "bias_norm, rel_bias, bias_pvalue, bias_zmax against the reference gradient"),
     Protocol("variance", "gradbench.protocols.variance:variance", "trace_cov, mean_var, snr_median, mse, evals_mean, work_norm_var"),
     Protocol("wallclock", "gradbench.protocols.wallclock:wallclock", "seconds_per_estimate, evals_per_second (median, IQR), work_norm_var_seconds; device, torch/CUDA, threads", False),
     Protocol("meeting", "gradbench.protocols.meeting:meeting", "tau_mean, tau_q50/q90/q99, tau_max, n_censored, tail_rate (geometric fit of P(τ > t)) of coupled chains", False),
+    Protocol("train", "gradbench.protocols.train:protocol",
+             "issue 15: train θ and φ with estimator 'train' → test_loglik, train_loglik, steps, evals, seconds; curves.parquet", False),
     Protocol("snr", "gradbench.protocols.snr:snr", "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False),
 ]}
 

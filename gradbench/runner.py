@@ -86,7 +86,8 @@ def run_suite(
         for f in cell_dir.glob(".*.tmp"):  # left by a killed run; safe to drop while we hold the lock
             f.unlink(missing_ok=True)
         if fresh:
-            for f in [*cell_dir.iterdir(), out / "results.parquet", out / "meeting_times.parquet"]:
+            for f in [*cell_dir.iterdir(), *(out / "checkpoints").glob("*.pt"), out / "results.parquet",
+                      out / "meeting_times.parquet", out / "curves.parquet"]:
                 f.unlink(missing_ok=True)
         # claims the folder for this suite and records the cell count (report on an interrupted run)
         write_manifest(out, suite.name, cells, {}, complete=False)
@@ -96,7 +97,8 @@ def run_suite(
         failed: dict[str, str] = {}
         written: set[str] = set()
         with tqdm(total=len(todo), desc=suite.name, unit="cell", disable=not progress) as bar:
-            for outcome in executor.run(todo, stop, references):
+            # long (``train``) cells checkpoint here; a shared folder for remote Dask workers
+            for outcome in executor.run(todo, stop, references, str(out / "checkpoints")):
                 cell = outcome.cell
                 bar.update()
                 if outcome.error is not None:
@@ -108,8 +110,11 @@ def run_suite(
                 write_target(cell, out, written)
                 if outcome.meeting is not None:  # written first: the cell file's existence means it is complete
                     atomic_write_parquet(outcome.meeting, cell_dir / f"{cell.cell_id}.meeting.parquet")
+                if outcome.curves is not None:
+                    atomic_write_parquet(outcome.curves, cell_dir / f"{cell.cell_id}.curves.parquet")
                 atomic_write_parquet(outcome.rows, cell_dir / f"{cell.cell_id}.parquet")
                 (cell_dir / f"{cell.cell_id}.failed.json").unlink(missing_ok=True)
+                (out / "checkpoints" / f"{cell.cell_id}.pt").unlink(missing_ok=True)
                 ran += 1
                 if on_cell is not None:
                     on_cell(cell)

@@ -3,6 +3,9 @@
 Output folder layout (DESIGN §1):
     cells/<cell_id>.parquet      one per finished cell (rows without the suite name)
     cells/<cell_id>.failed.json  a cell whose estimator raised (message); re-tried by the next run
+    cells/<cell_id>.curves.parquet  ``train`` cells: learning curves (written before the cell file)
+    checkpoints/<cell_id>.pt     ``train`` cells: the last checkpoint (deleted once the cell file exists)
+    curves.parquet               all learning curves of the suite
     meeting_times.parquet        raw τ per replicate for estimators that report ``tau`` diagnostics
     references/<target>.<dtype>.<objective>.pt  each reference, computed once (estimated ones are costly)
     targets/<target_id>.npz      model parameters by name, data ``x``, exact gradient ``grad_<name>``
@@ -147,6 +150,10 @@ def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str
     meeting = [pd.read_parquet(p) for p in meeting if p.exists()]
     if meeting:
         atomic_write_parquet(pd.concat(meeting, ignore_index=True), out / "meeting_times.parquet")
+    curves = [out / "cells" / f"{c.cell_id}.curves.parquet" for c in done]  # ``train`` cells (issue 15)
+    curves = [pd.read_parquet(p) for p in curves if p.exists()]
+    if curves:
+        atomic_write_parquet(pd.concat(curves, ignore_index=True), out / "curves.parquet")
     write_manifest(out, suite_name, cells, failed or {}, complete=True)
     return table
 

@@ -209,6 +209,10 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         estimators += [(e.name, p) for p in grid]
         estimator_locs += [i] * len(grid)
     _check_capabilities(src, targets, target_locs, estimators, estimator_locs)
+    for (name, _), ei in zip(estimators, estimator_locs):  # issue 15: a training run is its own kind of cell
+        if (name == "train") != (suite.protocols == ["train"]):
+            raise SuiteError(src.at(("estimators", ei, "name") if name == "train" else ("protocols",),
+                                    "the estimator 'train' goes with protocols: [train] and nothing else"))
 
     n_cells = len(targets) * len(estimators)
     if n_cells > suite.max_cells:

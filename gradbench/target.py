@@ -8,6 +8,7 @@ loop over replicates). A model or target may override any of them with a fast pa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,12 @@ class ComposedTarget:
         if hasattr(self.model, "log_lik") and hasattr(self.family, "kl_standard_normal"):
             caps.add("analytic_kl")
         self.capabilities = frozenset(caps)
+
+    def at(self, *, theta: Params | None = None, phi: Params | None = None, x: Tensor | None = None) -> ComposedTarget:
+        """The same model and family at new (θ, φ) and/or data x (e.g. a training minibatch); references are not
+        carried over (they depend on all three)."""
+        return dataclasses.replace(self, theta=self.theta if theta is None else theta,
+                                   phi=self.phi if phi is None else phi, x=self.x if x is None else x)
 
     # -- shapes -------------------------------------------------------------------------------
     @property

@@ -260,3 +260,32 @@ class WakeSleepParams(_Strict):
 
 class RWSParams(_Strict):
     K: int = Field(8, ge=1, description="importance samples per data point (wake-φ update)")
+# -- issue 15: training protocol (the ``train`` pseudo-estimator; gradbench/protocols/train.py) -------
+class TrainParams(BaseModel):
+    """One training run: θ (decoder) with ``theta_estimator`` and φ (encoder) with ``phi_estimator``, each run with
+    R = 1 on the minibatch target; Adam with the learning-rate schedule below; replicates are ``train_seed``s."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    theta_estimator: Literal["elbo", "iwae", "coupled_isir", "coupled_pimh", "sumo", "isir", "pimh", "iwae_reparam"] = Field(
+        "elbo", description="registered ∇θ estimator run with R = 1 on each minibatch")
+    theta_params: dict[str, int | float | str | bool | None] = Field(default_factory=dict, description="its parameters")
+    phi_estimator: Literal["reparam_elbo", "iwae_reparam", "dreg", "stl"] = Field(
+        "reparam_elbo", description="registered ∇φ estimator run with R = 1 on each minibatch")
+    phi_params: dict[str, int | float | str | bool | None] = Field(default_factory=dict, description="its parameters")
+    train_seed: int = Field(0, ge=0, description="initialisation, minibatch order and noise (shared by every estimator pair)")
+    budget: Literal["steps", "evals", "seconds"] = Field("steps", description="what stops training")
+    budget_value: float = Field(1000, gt=0, description="optimiser steps, log-joint evaluations, or seconds")
+    max_steps: int = Field(1_000_000, gt=0, description="hard cap on optimiser steps (evals/seconds budgets)")
+    batch_size: int = Field(32, gt=0, description="minibatch size (without replacement, reshuffled every epoch)")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate at step 0")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: lr · (f + (1 − f)(1 + cos πt/T)/2)")
+    lr_final_factor: float = Field(0.1, gt=0, le=1, description="f, the cosine schedule's final lr / lr (steps budget)")
+    encoder_hidden: list[int] = Field(default_factory=lambda: [32], description="encoder MLP widths (φ is re-initialised)")
+    test_n: int | None = Field(None, gt=0, description="held-out test points (first n of the test split; None: all)")
+    train_eval_n: int = Field(300, gt=0, description="fixed subset of training points for train_loglik (the first n)")
+    quadrature_nodes: int = Field(16, ge=2, description="latent_dim ≤ 2: n Gauss–Hermite nodes per axis (value: 2n; error: |ℓ_2n − ℓ_n|)")
+    eval_K: int = Field(5000, gt=1, description="IWAE K of the held-out estimate when quadrature is not possible")
+    curve_every: int = Field(50, gt=0, description="steps between curve evaluations")
+    curve_n: int = Field(100, gt=0, description="test / train points of each curve evaluation")
+    curve_K: int = Field(100, gt=1, description="IWAE K of the curve estimates")
+    checkpoint_every: int = Field(100, gt=0, description="steps between atomic checkpoints")

@@ -14,7 +14,7 @@ from gradbench.estimators.pathwise import stl
 from gradbench.estimators.semi_implicit import density_ratio, hmc_init, hmc_step, sivi, uivi, vcd
 from gradbench.models.params import PPCAParams, SemiImplicitProposal, VAEParams
 from gradbench.models.semi_implicit import build_ppca, build_vae, ppca_vcd_limit_reference
-from gradbench.stats import bias_test
+from gradbench.stats import ReferenceNoise, bias_test
 
 ALPHA = 1e-3
 EPS = float(np.finfo(np.float64).eps)

@@ -1,0 +1,347 @@
+"""Training protocol (issue 15): does an estimator's bias or variance change the model you end up with?
+
+A ``train`` cell is (target, θ-estimator, φ-estimator, training seed). The suite names it as the pseudo-estimator
+``train`` (schema :class:`gradbench.estimators.params.TrainParams`) with the protocol ``train``::
+
+    estimators:
+      - name: train
+        params: {theta_estimator: coupled_isir, theta_params: {K: 8}, phi_estimator: iwae_reparam,
+                 phi_params: {K: 8}, train_seed: [0, 1, 2, 3, 4], budget: steps, budget_value: 2000}
+    protocols: [train]
+
+The target supplies the model p_θ(x, z) (``vae``), the training data x (its ``data:``) and the architecture; θ
+is re-initialised (``model.init_params``) and φ is a fresh amortised ``gaussian_encoder`` (tanh MLP
+``encoder_hidden``; ``GaussianEncoder.init_params``), both from the seed
+    base = derive_seed(noise_seed(target), "train", train_seed),
+which does not depend on the estimators: every estimator pair of a (target, train_seed) group starts from the
+same (θ₀, φ₀), sees the same minibatches (epoch e is ``randperm(N)`` from derive_seed(base, "epoch", e), cut
+into ⌊N/B⌋ batches of B) and the same generator seed at step t (derive_seed(base, "step", t); the θ-estimator
+draws first, then the φ-estimator) — common random numbers.
+
+Step t: the minibatch target ``target.at(θ, φ, x_batch)``; ĝ_θ = theta_estimator(target_b, R=1) and
+ĝ_φ = phi_estimator(target_b, R=1) (estimates of ∇ Σ_{n∈batch} of log p(x_n), the ELBO or IWAE_K); Adam
+(Kingma & Ba 2015, β = (0.9, 0.999), ε = 1e-8) descends −ĝ/B with learning rate
+    lr_t = lr                                                  (constant), or
+    lr_t = lr (f + (1 − f)(1 + cos(π t / T)) / 2)               (cosine; T = budget_value for a steps budget,
+                                                                  else max_steps; f = lr_final_factor).
+A step whose θ-gradient is not finite (a censored coupled replicate) leaves θ unchanged and is counted.
+Training stops when the budget — optimiser steps, log-joint evaluations (Σ of both estimators' ``cost``),
+or seconds — is spent; all three are recorded.
+
+Held-out evaluation (final rows, nats per data point; s.e. over the evaluated points):
+* latent_dim ≤ 2: log p_θ(x_n) by adaptive Gauss–Hermite quadrature at each point's Laplace approximation
+  (``references.quadrature``), with the 2n-node rule and the doubling error max_n |ℓ_2n − ℓ_n| as a bound;
+* otherwise IWAE with K = ``eval_K`` under the trained encoder, log (1/K) Σ_k w_k (biased low, O(1/K)).
+Rows: ``test_loglik``, ``train_loglik`` (on the first ``train_eval_n`` training points), ``steps``, ``evals``,
+``seconds``, ``seconds_per_step``, ``nonfinite_steps`` and, for coupled θ-estimators, ``train_tau_mean`` (s.e. over
+steps). The s.e. over training seeds and the paired test between estimators that share seeds are
+:func:`summarize` and :func:`paired_test` over the collected table.
+
+Curves (``curves.parquet``): one row per step (step, evals, seconds, lr, gradient norms, τ of the coupled
+estimator) and, every ``curve_every`` steps, IWAE_{curve_K} estimates on ``curve_n`` test and train points.
+
+Crash safety: every ``checkpoint_every`` steps the state (θ, φ, Adam's state, counters, curve rows) is written
+atomically to ``<out>/checkpoints/<cell_id>.pt``; a restarted cell resumes from it. The generators are derived
+from (base, step), not carried, so a resumed run computes the same numbers as an uninterrupted one (seconds apart).
+
+References: Burda, Grosse & Salakhutdinov (2016), ICLR (IWAE training and its K = 5000 evaluation);
+Kingma & Welling (2014), ICLR; Jacob, O'Leary & Atchadé (2020), JRSS B (coupled unbiased estimators).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from gradbench import registry
+from gradbench.contracts import Params
+from gradbench.estimators.params import TrainParams
+from gradbench.families.gaussian import GaussianEncoder
+from gradbench.protocols import Row, row
+from gradbench.references.quadrature import DEFAULT_NODES, NODE_BUDGET, gauss_hermite, laplace
+from gradbench.seeding import derive_seed, make_generator
+from gradbench.target import ComposedTarget
+
+TRAIN = "train"  # the pseudo-estimator and the protocol
+LOG_2PI = math.log(2 * math.pi)
+QUADRATURE_MAX_DIM = 2
+CURVE_COLUMNS = ["step", "evals", "seconds", "lr", "grad_norm_theta", "grad_norm_phi", "tau", "theta_finite",
+                 "test_estimate", "test_estimate_se", "train_estimate", "train_estimate_se"]
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+@torch.no_grad()
+def quadrature_log_px(model: Any, theta: Params, x: Tensor, nodes: int | None = None) -> tuple[Tensor, Tensor, int]:
+    """(log p_θ(x_n) [N] by the 2n-node adaptive Gauss–Hermite rule, |ℓ_2n − ℓ_n| [N], n), float64.
+
+    With the Laplace mode m_n and Cholesky factor L_n, z = m_n + L_n u and
+    log p(x_n) ≈ logsumexp_i [log ω_i − log N(u_i; 0, I) + log |L_n| + log p_θ(x_n, z_i)].
+    """
+    theta = {k: v.detach().to(device="cpu", dtype=torch.float64) for k, v in theta.items()}
+    x = x.detach().to(device="cpu", dtype=torch.float64)
+    k = model.latent.dim
+    n = nodes or DEFAULT_NODES[k]
+    lap = laplace(model, theta, x, max_iter=40, tol=1e-7)  # centres the rule; its accuracy is the doubling error
+    log_det = torch.log(torch.diagonal(lap.chol, dim1=-2, dim2=-1)).sum(-1)
+
+    def rule(m: int) -> Tensor:
+        u, log_omega = gauss_hermite(m, k)
+        log_ratio_u = log_omega + 0.5 * (u * u).sum(-1) + 0.5 * k * LOG_2PI
+        chunk = max(1, NODE_BUDGET // u.shape[0])
+        out = []
+        for s in range(0, x.shape[0], chunk):
+            sl = slice(s, min(x.shape[0], s + chunk))
+            z = lap.mode[sl] + torch.einsum("nkj,mj->mnk", lap.chol[sl], u)
+            out.append(torch.logsumexp(log_ratio_u.unsqueeze(-1) + log_det[sl] + model.log_joint(theta, x[sl], z), dim=0))
+        return torch.cat(out)
+
+    coarse, fine = rule(n), rule(2 * n)
+    return fine, (fine - coarse).abs(), n
+
+
+@torch.no_grad()
+def iwae_log_px(target: ComposedTarget, K: int, gen: torch.Generator, chunk: int | None = None) -> Tensor:
+    """log (1/K) Σ_k p(x_n, z_k)/q_φ(z_k|x_n), z_k ~ q_φ(·|x_n), per point [N] (K particles drawn in chunks of
+    ``chunk``, default NODE_BUDGET / N, accumulated by logaddexp)."""
+    chunk = chunk or max(1, NODE_BUDGET // target.n_data)
+    acc = None
+    for s in range(0, K, chunk):
+        z, log_q = target.sample_proposal((min(chunk, K - s),), gen)
+        part = torch.logsumexp(target.log_joint(z) - log_q, dim=0)
+        acc = part if acc is None else torch.logaddexp(acc, part)
+    assert acc is not None
+    return acc - math.log(K)
+
+
+def held_out(target: ComposedTarget, x: Tensor, K: int, gen: torch.Generator,
+             nodes: int | None = None) -> tuple[Tensor, str, float]:
+    """(per-point log p(x_n) estimates [N], method, quadrature error bound or NaN)."""
+    if target.latent_dim <= QUADRATURE_MAX_DIM:
+        values, err, n = quadrature_log_px(target.model, target.theta, x, nodes)
+        return values, f"quadrature (adaptive Gauss-Hermite, {2 * n}^{target.latent_dim} nodes)", float(err.max())
+    return iwae_log_px(target.at(x=x), K, gen), f"iwae (K = {K})", float("nan")
+
+
+def _mean_se(v: Tensor) -> tuple[float, float]:
+    v = v.double()
+    return float(v.mean()), float(v.std(unbiased=True) / math.sqrt(v.numel())) if v.numel() > 1 else float("nan")
+
+
+# -- the training loop ----------------------------------------------------------------------------
+def lr_at(p: TrainParams, step: int) -> float:
+    if p.lr_schedule == "constant":
+        return p.lr
+    T = p.budget_value if p.budget == "steps" else p.max_steps
+    f = p.lr_final_factor
+    return p.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(step / T, 1.0))))
+
+
+def minibatch(base: int, step: int, N: int, B: int, device: Any) -> Tensor:
+    """Indices of step ``step``'s minibatch: epoch e = randperm(N) from (base, e), cut into ⌊N/B⌋ batches."""
+    per_epoch = max(N // B, 1)
+    epoch, j = divmod(step, per_epoch)
+    perm = torch.randperm(N, generator=make_generator(derive_seed(base, "epoch", epoch)))
+    return perm[j * B: (j + 1) * B].to(device)
+
+
+def initial_state(target: ComposedTarget, p: TrainParams, base: int) -> ComposedTarget:
+    """The full-data training target at (θ₀, φ₀) from ``base``: the target's model, a fresh encoder."""
+    gen = make_generator(derive_seed(base, "init"))
+    model, x = target.model, target.x
+    family = GaussianEncoder(model.latent.dim, x.shape[1], tuple(p.encoder_hidden))
+    theta = {k: v.to(dtype=x.dtype, device=x.device) for k, v in model.init_params(gen, torch.float64).items()}
+    phi = family.init_params(x, gen, x.dtype)
+    return ComposedTarget(model, family, x, theta, phi, seed=target.seed)
+
+
+def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None,
+               test_x: Tensor | None = None) -> tuple[list[Row], pd.DataFrame]:
+    """Train one cell (resuming from ``checkpoint`` when it exists) → (protocol rows, curve rows)."""
+    p = TrainParams(**cell.estimator_params)
+    theta_est, phi_est = registry.ESTIMATORS[p.theta_estimator], registry.ESTIMATORS[p.phi_estimator]
+    theta_kw = theta_est.params(**p.theta_params).model_dump()
+    phi_kw = phi_est.params(**p.phi_params).model_dump()
+    if test_x is None:
+        test_x = held_out_data(cell, target)
+    base = derive_seed(cell.target.noise_seed(0), TRAIN, p.train_seed)
+    full = initial_state(target, p, base)
+    theta = {k: v.clone().requires_grad_(True) for k, v in full.theta.items()}
+    phi = {k: v.clone().requires_grad_(True) for k, v in full.phi.items()}
+    opt = torch.optim.Adam([*theta.values(), *phi.values()], lr=p.lr)
+    step, evals, seconds, nonfinite, curves = 0, 0.0, 0.0, 0, []
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        with torch.no_grad():
+            for part, params in (("theta", theta), ("phi", phi)):
+                for name, v in params.items():
+                    v.copy_(state[part][name])
+        opt.load_state_dict(state["adam"])
+        step, evals, seconds, nonfinite, curves = (state[k] for k in ("step", "evals", "seconds", "nonfinite", "curves"))
+    N, B = full.n_data, min(p.batch_size, full.n_data)
+    eval_train_x = full.x[: p.train_eval_n]
+
+    def spent() -> bool:
+        used = {"steps": step, "evals": evals, "seconds": seconds}[p.budget]
+        return used >= p.budget_value or step >= p.max_steps
+
+    def curve_point(th: Params, ph: Params) -> dict[str, float]:
+        gen = make_generator(derive_seed(base, "curve", step))
+        at = full.at(theta={k: v.detach() for k, v in th.items()}, phi={k: v.detach() for k, v in ph.items()})
+        te = _mean_se(iwae_log_px(at.at(x=test_x[: p.curve_n]), p.curve_K, gen))
+        tr = _mean_se(iwae_log_px(at.at(x=eval_train_x[: p.curve_n]), p.curve_K, gen))
+        return {"test_estimate": te[0], "test_estimate_se": te[1], "train_estimate": tr[0], "train_estimate_se": tr[1]}
+
+    t_last = time.perf_counter()
+    while not spent():
+        idx = minibatch(base, step, N, B, full.x.device)
+        batch = full.at(theta={k: v.detach() for k, v in theta.items()}, phi={k: v.detach() for k, v in phi.items()},
+                        x=full.x[idx])
+        gen = make_generator(derive_seed(base, "step", step), cell.device)
+        g_theta = theta_est.fn(batch, 1, gen, **theta_kw)
+        g_phi = phi_est.fn(batch, 1, gen, **phi_kw)
+        gt, gp = g_theta.grads[0], g_phi.grads[0]
+        finite = bool(torch.isfinite(gt).all())
+        lr = lr_at(p, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        for name, g in full.layout.unflatten(-gt / B).items():
+            theta[name].grad = g.clone() if finite else None
+        for name, g in full.phi_layout.unflatten(-gp / B).items():
+            phi[name].grad = g.clone()
+        opt.step()
+        nonfinite += not finite
+        evals += float(g_theta.cost[0]) + float(g_phi.cost[0])
+        tau = float(g_theta.diagnostics["tau"][0]) if "tau" in g_theta.diagnostics else float("nan")
+        now = time.perf_counter()
+        seconds += now - t_last
+        t_last = now
+        rec = {"step": step + 1, "evals": evals, "seconds": seconds, "lr": lr,
+               "grad_norm_theta": float(torch.linalg.vector_norm(gt)) / B, "grad_norm_phi": float(torch.linalg.vector_norm(gp)) / B,
+               "tau": tau, "theta_finite": finite}
+        step += 1
+        if step % p.curve_every == 0:
+            rec.update(curve_point(theta, phi))
+            t_last = time.perf_counter()  # evaluation time is not training time
+        curves.append(rec)
+        if checkpoint is not None and step % p.checkpoint_every == 0 and not spent():
+            write_checkpoint(checkpoint, theta, phi, opt, step, evals, seconds, nonfinite, curves)
+            t_last = time.perf_counter()
+    final = full.at(theta={k: v.detach() for k, v in theta.items()}, phi={k: v.detach() for k, v in phi.items()})
+    gen = make_generator(derive_seed(base, "held-out"), cell.device)
+    test_v, method, err = held_out(final, test_x, p.eval_K, gen, p.quadrature_nodes)
+    train_v, train_method, train_err = held_out(final, eval_train_x, p.eval_K, gen, p.quadrature_nodes)
+    taus = torch.tensor([c["tau"] for c in curves], dtype=torch.float64)
+    rows = [row("model", "test_loglik", *_mean_se(test_v), method),
+            row("model", "train_loglik", *_mean_se(train_v), train_method),
+            row("model", "steps", float(step), 0.0, p.budget),
+            row("model", "evals", evals, 0.0, "log-joint evaluations of single points, both estimators"),
+            row("model", "seconds", seconds, 0.0, "training only (evaluations excluded)"),
+            row("model", "seconds_per_step", seconds / max(step, 1), 0.0, "training only"),
+            row("model", "nonfinite_steps", float(nonfinite), 0.0, "θ not updated")]
+    if not math.isnan(err):
+        rows += [row("model", "test_loglik_quadrature_error", err, 0.0, "max_n |ℓ_2n − ℓ_n|"),
+                 row("model", "train_loglik_quadrature_error", train_err, 0.0, "max_n |ℓ_2n − ℓ_n|")]
+    if bool(torch.isfinite(taus).any()):
+        rows.append(row("model", "train_tau_mean", *_mean_se(taus[torch.isfinite(taus)]), "over training steps"))
+    df = pd.DataFrame(curves)
+    for col in CURVE_COLUMNS:
+        if col not in df:
+            df[col] = float("nan")
+    return rows, df[CURVE_COLUMNS]
+
+
+def write_checkpoint(path: Path, theta: Params, phi: Params, opt: torch.optim.Optimizer, step: int, evals: float,
+                     seconds: float, nonfinite: int, curves: list[dict[str, Any]]) -> None:
+    from gradbench.store import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save({"theta": {k: v.detach().clone() for k, v in theta.items()},
+                "phi": {k: v.detach().clone() for k, v in phi.items()}, "adam": opt.state_dict(), "step": step, "evals": evals, "seconds": seconds, "nonfinite": nonfinite,
+                "curves": curves}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def held_out_data(cell: Any, target: ComposedTarget) -> Tensor:
+    """The held-out rows: the test split of the target's named data set (same binarisation), first ``test_n``."""
+    from gradbench import data as datasets
+
+    spec = cell.target.data_spec
+    if spec is None:
+        raise ValueError("train: the target needs a named data set (data: {name: digits, ...}) for its test split")
+    p = TrainParams(**cell.estimator_params)
+    x, _ = datasets.load(datasets.DataSpec(**{**spec, "split": "test", "n": p.test_n}))
+    return torch.as_tensor(np.asarray(x), dtype=target.x.dtype, device=target.x.device)
+
+
+def protocol(sample: Any, reference: Any, ctx: Any) -> list[Row]:
+    """The ``train`` protocol has no per-sample form: the runner computes ``train`` cells with :func:`train_cell`."""
+    raise TypeError("protocol 'train' runs only with the pseudo-estimator 'train' (and 'train' needs it)")
+
+
+# -- across seeds ---------------------------------------------------------------------------------
+PAIR_COLUMNS = ["target_id", "estimator.theta_estimator", "estimator.theta_params", "estimator.phi_estimator",
+                "estimator.phi_params", "estimator.budget", "estimator.budget_value"]
+
+
+def pair_label(r: Any) -> str:
+    return (f"{r['estimator.theta_estimator']}{_short(r['estimator.theta_params'])} / "
+            f"{r['estimator.phi_estimator']}{_short(r['estimator.phi_params'])}")
+
+
+def _short(params: Any) -> str:
+    import json
+
+    d = json.loads(params) if isinstance(params, str) else dict(params)
+    return "(" + ", ".join(f"{k}={v}" for k, v in d.items()) + ")" if d else ""
+
+
+def summarize(table: pd.DataFrame, metrics: tuple[str, ...] = ("test_loglik", "train_loglik", "steps", "evals",
+                                                                "seconds", "seconds_per_step", "train_tau_mean")) -> pd.DataFrame:
+    """Mean ± s.e. over training seeds (replicates) of each metric, per estimator pair: s.e. = sd / √n_seeds."""
+    t = table[table["metric"].isin(metrics)].copy()
+    t["pair"] = t.apply(pair_label, axis=1)
+    g = t.groupby(["target_id", "pair", "estimator.budget", "estimator.budget_value", "metric"], sort=False)["value"]
+    out = g.agg(mean="mean", sd="std", n_seeds="count").reset_index()
+    out["stderr"] = out["sd"] / np.sqrt(out["n_seeds"])
+    return out.drop(columns="sd")
+
+
+def paired_test(table: pd.DataFrame, pair_a: str, pair_b: str, metric: str = "test_loglik") -> dict[str, float]:
+    """Paired comparison of two estimator pairs over the training seeds they share (common random numbers):
+    d_s = metric_b(s) − metric_a(s); mean d̄ ± s.e., Student t (n − 1 d.f.) two-sided p, and the exact
+    sign-flip permutation p-value (all 2^n sign patterns of d_s, two-sided on |Σ d_s|; n ≤ 16)."""
+    t = table[table["metric"] == metric].copy()
+    t["pair"] = t.apply(pair_label, axis=1)
+    a = t[t["pair"] == pair_a].set_index(["target_id", "estimator.train_seed"])["value"]
+    b = t[t["pair"] == pair_b].set_index(["target_id", "estimator.train_seed"])["value"]
+    common = a.index.intersection(b.index)
+    d = (b.loc[common] - a.loc[common]).to_numpy(dtype=np.float64)
+    if len(d) < 2:
+        raise ValueError(f"paired_test: {pair_a!r} and {pair_b!r} share {len(d)} training seeds; need ≥ 2")
+    return paired_differences(d)
+
+
+def paired_differences(d: np.ndarray) -> dict[str, float]:
+    """The statistics of :func:`paired_test` from the paired differences d_s themselves."""
+    from scipy import stats
+
+    n = len(d)
+    mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
+    p_t = float(2 * stats.t.sf(abs(mean / se), n - 1)) if se > 0 else (0.0 if mean != 0 else 1.0)
+    if n > 16:
+        raise ValueError("paired_test: the exact permutation test enumerates 2^n sign patterns; n ≤ 16")
+    signs = np.array(list(itertools.product([-1.0, 1.0], repeat=n)))
+    null = np.abs(signs @ np.abs(d))
+    p_perm = float(np.mean(null >= abs(d.sum()) - 1e-12 * max(1.0, abs(d.sum()))))
+    return {"n_seeds": n, "mean_diff": mean, "stderr": se, "t": mean / se if se > 0 else float("inf"),
+            "p_t": p_t, "p_perm": p_perm}

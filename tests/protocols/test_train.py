@@ -1,0 +1,236 @@
+"""Issue 15, the training protocol: held-out log-likelihood against closed forms, common random numbers,
+deterministic resume from a checkpoint (in process and after a real SIGKILL), the paired test's calibration,
+and the suite rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gradbench.cell import run_train_cell, target_for
+from gradbench.families.gaussian import GaussianEncoder, GaussianMeanField
+from gradbench.models.vae import VAE
+from gradbench.protocols import train
+from gradbench.runner import PROVENANCE
+from gradbench.seeding import make_generator
+from gradbench.suite import SuiteError, load_suite
+from gradbench.target import ComposedTarget
+
+ALPHA = 0.001
+Z = 3.2905  # two-sided standard-normal quantile at ALPHA
+
+TINY = """\
+name: tiny-train
+seed: 0
+target_seed: 0
+replicates: 1
+targets:
+  - model: vae
+    params: {{latent_dim: 2, hidden: [8], activation: tanh, likelihood: bernoulli}}
+    data: {{name: digits, n: 64, binarize: dynamic, seed: 0}}
+    proposal: {{family: gaussian_mean_field}}
+estimators:
+  - name: train
+    params: {{theta_estimator: iwae, theta_params: {{K: 4}}, phi_estimator: iwae_reparam, phi_params: {{K: 4}},
+             train_seed: 0, budget: steps, budget_value: {steps}, batch_size: 16, lr: 0.02, lr_schedule: cosine,
+             encoder_hidden: [8], test_n: 40, train_eval_n: 40, quadrature_nodes: 8, curve_every: 10, curve_n: 20,
+             curve_K: 10, checkpoint_every: 10}}
+  - name: train
+    params: {{theta_estimator: coupled_isir, theta_params: {{K: 4}}, phi_estimator: iwae_reparam, phi_params: {{K: 4}},
+             train_seed: 0, budget: steps, budget_value: {steps}, batch_size: 16, lr: 0.02, lr_schedule: cosine,
+             encoder_hidden: [8], test_n: 40, train_eval_n: 40, quadrature_nodes: 8, curve_every: 10, curve_n: 20,
+             curve_K: 10, checkpoint_every: 10}}
+protocols: [train]
+"""
+
+
+def tiny_suite(tmp_path: Path, steps: int = 40) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.format(steps=steps))
+    return path
+
+
+def linear_gaussian(seed: int = 0, d: int = 5, k: int = 2, n: int = 7, sigma: float = 0.7):
+    """A VAE with no hidden layer and a Gaussian likelihood is PPCA: p(x) = N(b, W Wᵀ + σ² I), exactly."""
+    model = VAE(k, d, (), "tanh", "gaussian", sigma)
+    gen = make_generator(seed)
+    theta = model.init_params(gen)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    W, b = theta["W0"], theta["b0"]
+    cov = W @ W.T + sigma**2 * torch.eye(d, dtype=torch.float64)
+    exact = torch.distributions.MultivariateNormal(b, cov).log_prob(x)
+    # the exact posterior: N(M⁻¹ Wᵀ (x − b)/σ², M⁻¹), M = I + WᵀW/σ² (isotropic only if WᵀW is; mean-field q is then exact
+    # only approximately, so the IWAE test below uses its own mismatch control)
+    M = torch.eye(k, dtype=torch.float64) + W.T @ W / sigma**2
+    post_mean = torch.linalg.solve(M, W.T @ (x - b).T / sigma**2).T
+    post_cov = torch.linalg.inv(M)
+    return model, theta, x, exact, post_mean, post_cov
+
+
+def test_quadrature_log_px_equals_the_closed_form():
+    model, theta, x, exact, _, _ = linear_gaussian()
+    values, err, n = train.quadrature_log_px(model, theta, x, nodes=8)
+    assert n == 8
+    torch.testing.assert_close(values, exact, rtol=0, atol=1e-9)
+    assert float(err.max()) < 1e-8  # a Gaussian integrand at its own Laplace point: exact for every n
+
+
+def test_iwae_log_px_is_unbiased_for_p_x_and_rejects_a_shifted_encoder():
+    """E[(1/K) Σ w_k] = p(x) for any q: with K = 1 and R replicates, the mean of exp(log ŵ − log p(x)) is 1 ± its
+    s.e. (tested at α = 0.001); a negative control — log ŵ shifted by −0.05 — must be rejected."""
+    model, theta, x, exact, post_mean, post_cov = linear_gaussian(n=3)
+    std = torch.sqrt(torch.diagonal(post_cov)) * 1.3  # a mean-field q wider than the posterior: bounded weights
+    family = GaussianMeanField(2, 3)
+    phi = {"m": post_mean + 0.3, "log_s": torch.log(std).expand(3, 2).clone()}
+    target = ComposedTarget(model, family, x, theta, phi)
+    gen = make_generator(0)
+    R = 4000
+    ratios = torch.stack([torch.exp(train.iwae_log_px(target, 1, gen) - exact) for _ in range(R)])  # [R, N]
+    for shift, should_pass in [(0.0, True), (-0.05, False)]:
+        r = ratios * math.exp(shift)
+        z = (r.mean(0) - 1) / (r.std(0) / math.sqrt(R))
+        assert bool((z.abs() < Z).all()) == should_pass, (shift, z)
+
+
+def test_at_rebuilds_the_target_on_a_minibatch():
+    model, theta, x, _, _, _ = linear_gaussian()
+    enc = GaussianEncoder(2, 5, (4,))
+    phi = enc.init_params(x, make_generator(1), torch.float64)
+    target = ComposedTarget(model, enc, x, theta, phi)
+    theta2 = {k: v + 1 for k, v in theta.items()}
+    sub = target.at(theta=theta2, x=x[:3])
+    assert sub.n_data == 3 and sub.theta["b0"][0] == theta["b0"][0] + 1 and sub.phi is not None
+    z = torch.zeros(3, 2, dtype=torch.float64)
+    torch.testing.assert_close(sub.log_joint(z), model.log_joint(theta2, x[:3], z))
+    assert target.n_data == 7 and target.theta["b0"][0] == theta["b0"][0]  # the original is untouched
+
+
+def test_common_random_numbers_across_estimator_pairs(tmp_path):
+    """Cells that differ only in their estimators start from the same (θ₀, φ₀) and see the same minibatches;
+    another training seed does not (the negative control)."""
+    _, cells = load_suite(tiny_suite(tmp_path))
+    a, b = cells
+    assert a.estimator_params["theta_estimator"] != b.estimator_params["theta_estimator"]
+    target = target_for(a)
+
+    def start(cell):
+        p = train.TrainParams(**cell.estimator_params)
+        base = train.derive_seed(cell.target.noise_seed(0), train.TRAIN, p.train_seed)
+        return train.initial_state(target, p, base), base
+
+    (ta, base_a), (tb, base_b) = start(a), start(b)
+    assert base_a == base_b
+    for name in ta.theta:
+        assert torch.equal(ta.theta[name], tb.theta[name])
+    assert torch.equal(train.minibatch(base_a, 17, 64, 16, "cpu"), train.minibatch(base_b, 17, 64, 16, "cpu"))
+    other = dataclasses.replace(a, estimator_params={**a.estimator_params, "train_seed": 1})
+    (tc, base_c) = start(other)
+    assert base_c != base_a and not torch.equal(tc.theta["W0"], ta.theta["W0"])
+    assert not torch.equal(train.minibatch(base_c, 17, 64, 16, "cpu"), train.minibatch(base_a, 17, 64, 16, "cpu"))
+
+
+def test_training_improves_the_held_out_likelihood_and_resumes_exactly(tmp_path):
+    """40 IWAE steps raise the exact test log-likelihood above the initial model's by more than 3 s.e. of the
+    paired difference; a cell resumed from its step-30 checkpoint gives bit-identical rows and curves."""
+    _, cells = load_suite(tiny_suite(tmp_path))
+    cell = cells[0]
+    target = target_for(cell)
+    rows, curves = run_train_cell(cell, target, tmp_path)
+    assert (tmp_path / f"{cell.cell_id}.pt").exists()
+    state = torch.load(tmp_path / f"{cell.cell_id}.pt", weights_only=False)
+    assert state["step"] == 30
+    resumed, resumed_curves = run_train_cell(cell, target, tmp_path)  # starts at step 30
+    keep = [c for c in rows.columns if c not in PROVENANCE]
+    sel = ~rows["metric"].isin(["seconds", "seconds_per_step"])
+    pd.testing.assert_frame_equal(rows.loc[sel, keep], resumed.loc[sel, keep])
+    cols = [c for c in curves.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(curves[cols], resumed_curves[cols])
+    assert list(curves["step"]) == list(range(1, 41))
+    # the initial model's exact test log-likelihood, point by point (paired with the trained one)
+    p = train.TrainParams(**cell.estimator_params)
+    base = train.derive_seed(cell.target.noise_seed(0), train.TRAIN, p.train_seed)
+    test_x = train.held_out_data(cell, target)
+    init = train.initial_state(target, p, base)
+    v0, _, _ = train.quadrature_log_px(init.model, init.theta, test_x, 8)
+    final = rows.set_index("metric").loc["test_loglik"]
+    assert final["method"].startswith("quadrature")
+    gain = final["value"] - float(v0.mean())
+    assert gain > 3 * float(v0.std() / math.sqrt(len(v0))), gain
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_table(tmp_path):
+    """SIGKILL `gradbench run` once a training cell has checkpointed; the restarted run resumes from the
+    checkpoint and its results.parquet and curves.parquet equal an uninterrupted run's (times excepted)."""
+    suite = tiny_suite(tmp_path, steps=60)
+    cmd = [sys.executable, "-m", "gradbench", "run", str(suite), "--out"]
+    subprocess.run([*cmd, str(tmp_path / "ref")], check=True, capture_output=True, timeout=600)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not list((out / "checkpoints").glob("*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpts = list((out / "checkpoints").glob("*.pt"))
+    assert ckpts, "no checkpoint was written before the kill"
+    assert torch.load(ckpts[0], weights_only=False)["step"] >= 10
+    subprocess.run([*cmd, str(out)], check=True, capture_output=True, timeout=600)
+    assert not list((out / "checkpoints").glob("*.pt"))  # deleted once each cell file exists
+    ref, got = pd.read_parquet(tmp_path / "ref" / "results.parquet"), pd.read_parquet(out / "results.parquet")
+    keep = [c for c in ref.columns if c not in PROVENANCE]
+    sel = ~ref["metric"].isin(["seconds", "seconds_per_step"])
+    pd.testing.assert_frame_equal(ref.loc[sel, keep].reset_index(drop=True), got.loc[sel, keep].reset_index(drop=True))
+    rc, gc = pd.read_parquet(tmp_path / "ref" / "curves.parquet"), pd.read_parquet(out / "curves.parquet")
+    cols = [c for c in rc.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(rc[cols], gc[cols])
+    assert set(rc["tau"].dropna()) and rc["tau"].notna().sum() == 60  # τ over training: the coupled cell's steps
+
+
+def _table(d: np.ndarray, base: float = -30.0) -> pd.DataFrame:
+    rows = []
+    for s, ds in enumerate(d):
+        for label, v in [("elbo", base), ("iwae", base + ds)]:
+            rows.append({"target_id": "t", "estimator.theta_estimator": label, "estimator.theta_params": "{}",
+                         "estimator.phi_estimator": "reparam_elbo", "estimator.phi_params": "{}",
+                         "estimator.budget": "steps", "estimator.budget_value": 10.0, "estimator.train_seed": s,
+                         "metric": "test_loglik", "value": v})
+    return pd.DataFrame(rows)
+
+
+def test_paired_test_is_calibrated_and_detects_a_shift():
+    """Under H0 (paired differences symmetric about 0, n = 6 seeds) the exact sign-flip p-value is ≤ 0.05 with
+    probability ≤ 0.05 (checked over 2000 tables, binomial s.e., α = 0.001); a shift of 3 sd is detected."""
+    rng = np.random.default_rng(0)
+    a, b = "elbo / reparam_elbo", "iwae / reparam_elbo"
+    n_sim = 2000
+    p_perm = np.array([train.paired_differences(rng.standard_normal(6))["p_perm"] for _ in range(n_sim)])
+    rate = float((p_perm <= 0.05).mean())
+    assert rate <= 0.05 + Z * math.sqrt(0.05 * 0.95 / n_sim), rate  # exact test: size ≤ level (2/64 · 2 = 0.031 here)
+    shifted = train.paired_test(_table(3 + rng.standard_normal(6)), a, b)
+    assert shifted["p_perm"] == pytest.approx(2 / 64) and shifted["p_t"] < 0.01 and shifted["mean_diff"] > 0
+    summary = train.summarize(_table(np.arange(6.0)))
+    iw = summary[summary["pair"] == b].iloc[0]
+    assert iw["mean"] == pytest.approx(-30 + 2.5) and iw["n_seeds"] == 6
+    assert iw["stderr"] == pytest.approx(np.arange(6.0).std(ddof=1) / math.sqrt(6))
+
+
+def test_train_goes_only_with_the_train_protocol(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.format(steps=10).replace("protocols: [train]", "protocols: [train, bias]"))
+    with pytest.raises(SuiteError, match="'train' goes with protocols: \\[train\\]"):
+        load_suite(bad)
+    bad.write_text("name: x\nseed: 0\nreplicates: 10\ntargets:\n  - model: ppca\n"
+                   "    params: {data_dim: 3, latent_dim: 1, n_data: 1}\n"
+                   "estimators:\n  - name: iwae\n    params: {K: 4}\nprotocols: [train]\n")
+    with pytest.raises(SuiteError, match="'train' goes with protocols: \\[train\\]"):
+        load_suite(bad)
