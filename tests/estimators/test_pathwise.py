@@ -23,7 +23,8 @@ from tests.models.test_ppca_encoder import make_encoder_target, orthogonal_targe
 
 ALPHA = 0.001
 EPS64 = float(torch.finfo(torch.float64).eps)
-PHI_ESTIMATORS = [name for name, e in registry.ESTIMATORS.items() if e.wrt != "theta"]
+PHI_ESTIMATORS = [name for name, e in registry.ESTIMATORS.items()  # those the PPCA encoder target can serve
+                  if e.wrt != "theta" and e.required(e.params().model_dump()) <= registry.MODELS["ppca_encoder"].capabilities({})]
 
 
 def _pvalue(sample: GradSample, ref, ref_var=None) -> float:
