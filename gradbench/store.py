@@ -22,7 +22,6 @@ import fcntl
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,30 +30,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gradbench.atomic import atomic_write_bytes  # noqa: F401  (re-exported: the run folder's writes)
 from gradbench.cell import cell_objective, target_for
 from gradbench.suite import Cell
 
 PROVENANCE = ["gradbench_version", "torch_version", "started_at", "seconds"]
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:

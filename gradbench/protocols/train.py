@@ -262,7 +262,7 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
 
 def write_checkpoint(path: Path, theta: Params, phi: Params, opt: torch.optim.Optimizer, step: int, evals: float,
                      seconds: float, nonfinite: int, curves: list[dict[str, Any]]) -> None:
-    from gradbench.store import atomic_write_bytes
+    from gradbench.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save({"theta": {k: v.detach().clone() for k, v in theta.items()},
