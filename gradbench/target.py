@@ -21,13 +21,16 @@ from gradbench.contracts import LOG_MARGINAL, Family, Model, Objective, Params
 from gradbench.core import Reference
 
 
-def per_replicate_grad(fn: Callable[..., Tensor], params: Params, *batched: Tensor) -> Params:
+def per_replicate_grad(fn: Callable[..., Any], params: Params, *batched: Tensor, has_aux: bool = False) -> Any:
     """``{name: [B, *shape]}``: the gradient of ``fn(params, *batched[b])`` w.r.t. ``params`` for every b.
 
     ``torch.func.vmap(torch.func.grad(fn))`` over the leading dimension of ``batched``: one batched
     backward pass, no Python loop over replicates (the parameters are shared, not copied R times).
+    With ``has_aux``, ``fn`` returns ``(value, aux)`` and the result is ``(grads, aux batched over b)``:
+    diagnostics of the same forward pass, not a second one.
     """
-    return torch.func.vmap(torch.func.grad(fn), in_dims=(None, *([0] * len(batched))))(params, *batched)
+    grad = torch.func.grad(fn, has_aux=has_aux)
+    return torch.func.vmap(grad, in_dims=(None, *([0] * len(batched))))(params, *batched)
 
 
 @dataclass

@@ -104,6 +104,14 @@ def phi_grads(target: EncoderTarget, objective: Callable[[dict[str, Tensor], Ten
     return target.phi_layout.flatten(g, batch=(noise.shape[0],)).detach()
 
 
+def phi_grads_with_weights(target: EncoderTarget, objective: Callable[[dict[str, Tensor], Tensor], tuple[Tensor, Tensor]],
+                           noise: Tensor) -> tuple[Tensor, Tensor]:
+    """As :func:`phi_grads` for an objective returning ``(value, w̃)``: also the normalised importance weights
+    [R, K, N] of the same forward pass (for the ESS diagnostic)."""
+    g, w_tilde = per_replicate_grad_func(objective, target.encoder_params(), noise, has_aux=True)
+    return target.phi_layout.flatten(g, batch=(noise.shape[0],)).detach(), w_tilde.detach()
+
+
 # -- helpers (expanded-φ form, used by tests of the PPCA encoder) -------------------------------
 def batched_phi(target: EncoderTarget, R: int) -> dict[str, Tensor]:
     """φ expanded to [R, ...] leaf tensors that require grad: one copy per replicate."""
@@ -181,21 +189,18 @@ def iwae_reparam(target: EncoderTarget, R: int, gen: torch.Generator, *, K: int 
     if wrt == "theta":
         with torch.no_grad():
             z = target.rsample(target.encoder_params(), noise)
-            log_w = target.log_joint(z) - target.log_proposal(z)
-            grads = target.weighted_grad_log_joint(z, torch.softmax(log_w, dim=1))
+            w_tilde = torch.softmax(target.log_joint(z) - target.log_proposal(z), dim=1)
+            grads = target.weighted_grad_log_joint(z, w_tilde)
         layout = target.layout
     else:
-        def iwae_bound(phi: dict[str, Tensor], eps: Tensor) -> Tensor:
+        def iwae_bound(phi: dict[str, Tensor], eps: Tensor) -> tuple[Tensor, Tensor]:
             z = target.rsample(phi, eps)
             log_w = target.log_joint(z) - target.log_q(phi, z)  # [K, N]
-            return (torch.logsumexp(log_w, dim=0) - math.log(K)).sum(-1)
+            return (torch.logsumexp(log_w, dim=0) - math.log(K)).sum(-1), torch.softmax(log_w.detach(), dim=0)
 
-        grads = phi_grads(target, iwae_bound, noise)
-        with torch.no_grad():
-            z = target.rsample(target.encoder_params(), noise)
-            log_w = target.log_joint(z) - target.log_proposal(z)
+        grads, w_tilde = phi_grads_with_weights(target, iwae_bound, noise)
         layout = target.phi_layout
-    ess = 1.0 / (torch.softmax(log_w.detach(), dim=1) ** 2).sum(1)
+    ess = 1.0 / (w_tilde**2).sum(1)
     return GradSample(grads, layout, _cost(target, R, K, grads), {"ess_mean": ess.mean(-1)},
                       wrt=objective_wrt(wrt, "iwae", K))
 
@@ -205,16 +210,13 @@ def dreg(target: EncoderTarget, R: int, gen: torch.Generator, *, K: int = 8) -> 
     require(target, {"reparam", "log_prob"}, "dreg")
     noise = target.draw_noise((R, K), gen)
 
-    def surrogate(phi: dict[str, Tensor], eps: Tensor) -> Tensor:
+    def surrogate(phi: dict[str, Tensor], eps: Tensor) -> tuple[Tensor, Tensor]:
         z = target.rsample(phi, eps)
         log_w = target.log_joint(z) - target.log_q(_stop(phi), z)  # [K, N]
         w_tilde = torch.softmax(log_w.detach(), dim=0)
-        return (w_tilde**2 * log_w).sum()
+        return (w_tilde**2 * log_w).sum(), w_tilde
 
-    grads = phi_grads(target, surrogate, noise)
-    with torch.no_grad():
-        z = target.rsample(target.encoder_params(), noise)
-        w_tilde = torch.softmax(target.log_joint(z) - target.log_proposal(z), dim=1)
+    grads, w_tilde = phi_grads_with_weights(target, surrogate, noise)
     ess = 1.0 / (w_tilde**2).sum(1)
     return GradSample(grads, target.phi_layout, _cost(target, R, K, grads), {"ess_mean": ess.mean(-1)},
                       wrt=objective_wrt("phi", "iwae", K))
