@@ -10,11 +10,9 @@ description of the noise of d = ḡ − g*: :class:`DiffNoise`, a root matrix L 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
-from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -106,25 +104,6 @@ def diff_noise(Xc: np.ndarray, ref: ReferenceNoise, eps: float, magnitude: float
     where m is the number of stacked rows and max|g| = ``magnitude``, the largest replicate entry (the
     estimator's own rounding, on the scale of a mean: / √n). Neither scales with ‖g*‖, so a small bias in a low-variance direction stays visible.
     """
-    key = _fingerprint(Xc, ref, eps, magnitude)
-    if _DIFF_NOISE_CACHE.get("key") == key:  # bias_test and bias_norm_interval of one group share it
-        return _DIFF_NOISE_CACHE["value"]
-    value = _diff_noise(Xc, ref, eps, magnitude)
-    _DIFF_NOISE_CACHE.update(key=key, value=value)
-    return value
-
-
-_DIFF_NOISE_CACHE: dict[str, Any] = {}
-
-
-def _fingerprint(Xc: np.ndarray, ref: ReferenceNoise, eps: float, magnitude: float) -> tuple[Any, ...]:
-    def digest(a: np.ndarray | None) -> tuple[Any, ...] | None:
-        return None if a is None else (a.shape, hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest())
-
-    return digest(Xc), digest(ref.cov), ref.n, digest(ref.var), eps, magnitude
-
-
-def _diff_noise(Xc: np.ndarray, ref: ReferenceNoise, eps: float, magnitude: float) -> DiffNoise:
     n, P = Xc.shape
     parts: list[tuple[np.ndarray, float]] = [(Xc / math.sqrt(n * (n - 1)), float(n - 1))]
     mc_var = (Xc * Xc).sum(0) / (n * (n - 1))
@@ -147,6 +126,12 @@ def _diff_noise(Xc: np.ndarray, ref: ReferenceNoise, eps: float, magnitude: floa
     return DiffNoise(tuple(parts), Vt[:r], s[:r], floor)
 
 
+def sample_noise(G: np.ndarray, noise: ReferenceNoise | None, eps: float) -> DiffNoise:
+    """:func:`diff_noise` of the replicates G [n, P]: what :func:`bias_test` and :func:`bias_norm_interval`
+    both need; a caller running both on the same sample computes it once and passes it as ``dn``."""
+    return diff_noise(G - accurate_mean(G), noise or ReferenceNoise(), eps, float(np.abs(G).max(initial=0.0)))
+
+
 @dataclass(frozen=True)
 class BiasTest:
     pvalue: float
@@ -155,7 +140,8 @@ class BiasTest:
 
 
 def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generator,
-              noise: ReferenceNoise | None = None, n_boot: int = N_BOOT, atoms: bool = False) -> BiasTest:
+              noise: ReferenceNoise | None = None, n_boot: int = N_BOOT, atoms: bool = False,
+              dn: DiffNoise | None = None) -> BiasTest:
     """Test H0: E[G_r] = ref from n i.i.d. rows of G [n, p]; the reference may be noisy (``noise``).
 
     d = ḡ − g* has covariance V = Σ/n (+ the reference's: C/n_ref for an estimated reference with
@@ -215,7 +201,7 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
     diff = mean - ref
     Xc = G - mean
     magnitude = float(np.abs(G).max(initial=0.0))
-    dn = diff_noise(Xc, noise, eps, magnitude)
+    dn = dn or diff_noise(Xc, noise, eps, magnitude)
     var = sum((L**2).sum(0) for L, _ in dn.parts)  # diag V̂
     live = np.sqrt(var) > dn.floor
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -363,7 +349,8 @@ N_CI_DRAWS = 4000
 
 
 def bias_norm_interval(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generator,
-                       noise: ReferenceNoise | None = None, level: float = 0.95) -> BiasNorm:
+                       noise: ReferenceNoise | None = None, level: float = 0.95,
+                       dn: DiffNoise | None = None) -> BiasNorm:
     """Unbiased ‖b‖² and a ``level`` confidence interval for ‖b‖ (b = E[g_r] − g*).
 
     With d = ḡ − g* ≈ N(b, V): E‖d‖² = ‖b‖² + tr V, so ‖d‖² − tr V̂ is unbiased for ‖b‖² (tr V̂ =
@@ -386,7 +373,7 @@ def bias_norm_interval(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.rando
     mean = accurate_mean(G)
     diff = mean - ref
     Xc = G - mean
-    dn = diff_noise(Xc, noise, eps, float(np.abs(G).max(initial=0.0)))
+    dn = dn or diff_noise(Xc, noise, eps, float(np.abs(G).max(initial=0.0)))
     lam = dn.sv**2
     d2 = float(diff @ diff)
     sq = d2 - float(lam.sum())

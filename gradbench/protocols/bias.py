@@ -31,7 +31,8 @@ import pandas as pd
 
 from gradbench.core import GradSample, Reference
 from gradbench.protocols import FiniteSample, ProtocolContext, Row, group_slices, row
-from gradbench.stats import ReferenceNoise, bh_qvalues, bias_norm_interval, bias_test, holm_adjust, influence_se
+from gradbench.stats import (ReferenceNoise, bh_qvalues, bias_norm_interval, bias_test, holm_adjust, influence_se,
+                             sample_noise)
 
 CI_LEVEL = 0.95
 
@@ -75,14 +76,15 @@ def bias(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) 
             se = math.sqrt(G.var(0, ddof=1).sum() / n) if n > 1 else math.nan
         ref_norm = float(np.linalg.norm(g_star))
         rel = (lambda v: v / ref_norm if ref_norm > 0 else math.nan)
-        test = bias_test(G, g_star, ctx.eps, np.random.default_rng([ctx.seed, i, 0]), nz, atoms=ctx.atoms)
+        dn = sample_noise(G, nz, ctx.eps)  # one decomposition for the test and the interval
+        test = bias_test(G, g_star, ctx.eps, np.random.default_rng([ctx.seed, i, 0]), nz, atoms=ctx.atoms, dn=dn)
         ci_method = f"{CI_LEVEL:.0%} Neyman interval of ||b||/||g*|| (generalised chi-square inversion)"
         rows += [
             row(name, "bias_norm", norm, se),
             row(name, "rel_bias", rel(norm), rel(se), "plug-in ||mean - g*|| / ||g*||: noise-inflated"),
         ]
         if n > 1:
-            bn = bias_norm_interval(G, g_star, ctx.eps, np.random.default_rng([ctx.seed, i, 1]), nz, CI_LEVEL)
+            bn = bias_norm_interval(G, g_star, ctx.eps, np.random.default_rng([ctx.seed, i, 1]), nz, CI_LEVEL, dn=dn)
             rows += [
                 row(name, "rel_bias_debiased", rel(bn.signed_sqrt), math.nan, "signed sqrt of the unbiased ||b||^2"),
                 row(name, "rel_bias_ci_low", rel(bn.ci_low), math.nan, ci_method),
