@@ -198,7 +198,7 @@ def run_train_cell(cell: Cell, target: Any, checkpoint_dir: Path | None = None) 
     return _provenance(df, started, t0), curves
 
 
-DISCRETE = frozenset({"binary_latent", "categorical_latent", "energy_based", "enumerate"})
+DISCRETE = frozenset({"binary_latent", "energy_based", "enumerate"})  # capabilities of discrete state spaces
 
 
 def has_atoms(target: Any) -> bool:
