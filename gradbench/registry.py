@@ -136,7 +136,7 @@ _PPCA = frozenset({"exact_posterior", "real_latent", "log_prob"})
 
 def _semi_implicit_q(proposal: dict[str, Any]) -> Capabilities:
     """Issue 14: a semi-implicit q has log q only when T is linear (``hidden`` = 0)."""
-    exact = not proposal.get("hidden", 0)
+    exact = not proposal.get("hidden", 0) or bool(proposal.get("n_atoms", 0))  # atoms: an exact Gaussian mixture
     return frozenset({"real_latent", "reparam", "implicit"} | ({"log_prob"} if exact else set()))
 _GAUSSIAN_Q = frozenset({"reparam", "score", "log_prob"})
 _BERNOULLI_Q = frozenset({"score", "log_prob", "enumerate"})
@@ -173,6 +173,10 @@ MODELS: dict[str, Model] = {m.name: m for m in [
           "VAE decoder with a semi-implicit q started at the Laplace approximation: quadrature ∇φ ELBO (linear T, k ≤ 3)",
           lambda p: _semi_implicit_q(p), ("gradbench.models.vae", "gradbench.families.semi_implicit",
                                           "gradbench.references.quadrature")),
+    Model("toy2d_semi_implicit", "gradbench.models.toy2d:build", mp.Toy2DParams, mp.SemiImplicitProposal,
+          "2-D banana / X-shaped density of the SIVI/UIVI papers (no data) with a semi-implicit q: quadrature ∇φ ELBO",
+          lambda p: _semi_implicit_q(p), ("gradbench.models.toy2d", "gradbench.models.semi_implicit",
+                                          "gradbench.families.semi_implicit", "gradbench.references.quadrature")),
     # issue 13: discrete latent variables
     Model("bernoulli_toy", "gradbench.models.bernoulli_toy:build", mp.BernoulliToyParams,
           mp.BernoulliToyProposal,

@@ -22,6 +22,15 @@ posterior (exact for PPCA, Laplace for the VAE),
     d_n = d0 · (S_n)_jj^{1/2},
 with G_n ~ N(0, I) seeded: δ = 0, s = 1 − d0², m ≥ k and a_noise = 0 is close to exact (Σ_n = (1−d0²) S_n + D_n).
 
+**Atoms** (``n_atoms = M > 0``): ε is uniform over M fixed atoms ε_1..ε_M ~ N(0, I_m) (drawn once from
+``atom_seed``; not parameters). Then q is an exact Gaussian mixture, with a linear or an MLP T,
+    q_φ(z | x_n) = (1/M) Σ_j N(z; T_φn(ε_j), D_n),
+    log q_φ(z) = logsumexp_j log N(z; T_φn(ε_j), D_n) − log M,
+and the reverse conditional is the discrete posterior over atoms q(j | z) = softmax_j log N(z; T_φn(ε_j), D_n),
+so ``log_prob``, ``grad_log_prob_z`` (= Σ_j q(j|z) (T(ε_j) − z)/d²) and ``exact_reverse_sample`` are exact.
+The noise is still (ε, u) with ε the chosen atom, so every estimator sees the same draw. There is no density
+on ℝᵐ for ε (``log_mixing`` raises): HMC on q(ε | z) is not defined, use the exact discrete reverse.
+
 References: Yin & Zhou (2018), "Semi-implicit variational inference", ICML; Titsias & Ruiz (2019),
 "Unbiased implicit variational inference", AISTATS.
 """
@@ -44,12 +53,14 @@ LOG_2PI = math.log(2 * math.pi)
 
 @dataclass
 class SemiImplicitGaussian:
-    """ε ~ N(0, I_m), z | ε ~ N(A_n ε + b_n [+ MLP(ε)], diag d_n²) per data point n."""
+    """ε ~ N(0, I_m) (or uniform over ``n_atoms`` atoms), z | ε ~ N(A_n ε + b_n [+ MLP(ε)], diag d_n²) per n."""
 
     latent_dim: int
     mixing_dim: int
     n_data: int
     hidden: int = 0
+    n_atoms: int = 0
+    atom_seed: int = 0
     latent: LatentSpace = field(init=False)
     layout: ParamLayout = field(init=False)
     capabilities: frozenset[str] = field(init=False)
@@ -61,24 +72,43 @@ class SemiImplicitGaussian:
         if h > 0:
             groups += [ParamGroup("U", (h, m)), ParamGroup("c", (h,)), ParamGroup("V", (k, h))]
         self.layout = ParamLayout(tuple(groups))
+        self.atoms: Tensor | None = None  # [M, m] float64, fixed
+        if self.n_atoms > 0:
+            gen = torch.Generator().manual_seed(self.atom_seed)
+            self.atoms = torch.randn(self.n_atoms, m, generator=gen, dtype=torch.float64)
         self.capabilities = frozenset({"reparam", "implicit"} | ({"log_prob"} if self.exact else set()))
 
     @property
     def exact(self) -> bool:
-        """Linear T with Gaussian mixing: closed-form marginal and reverse conditional."""
-        return self.hidden == 0
+        """log q exact: linear T with Gaussian mixing (Gaussian marginal) or atoms (Gaussian mixture)."""
+        return self.gaussian_marginal or self.n_atoms > 0
+
+    @property
+    def gaussian_marginal(self) -> bool:
+        """Linear T with Gaussian mixing: closed-form Gaussian marginal and Gaussian reverse conditional."""
+        return self.hidden == 0 and self.n_atoms == 0
+
+    def _atoms(self, like: Tensor) -> Tensor:
+        assert self.atoms is not None
+        return self.atoms.to(dtype=like.dtype, device=like.device)
 
     # -- the one random draw and the conditional -----------------------------------------------------
     def noise(self, shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, device: Any) -> Tensor:
-        """(ε, u) concatenated: [*shape, m + k] standard normal."""
-        return torch.randn(*shape, self.mixing_dim + self.latent_dim, generator=gen, dtype=dtype, device=device)
+        """(ε, u) concatenated: [*shape, m + k]; u standard normal, ε standard normal or a uniformly chosen atom."""
+        if self.n_atoms == 0:
+            return torch.randn(*shape, self.mixing_dim + self.latent_dim, generator=gen, dtype=dtype, device=device)
+        eps = self.mixing_noise(shape, gen, dtype, device)
+        return torch.cat([eps, torch.randn(*shape, self.latent_dim, generator=gen, dtype=dtype, device=device)], -1)
 
     def split(self, noise: Tensor) -> tuple[Tensor, Tensor]:
         return noise[..., : self.mixing_dim], noise[..., self.mixing_dim:]
 
     def mixing_noise(self, shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, device: Any) -> Tensor:
-        """ε ~ q(ε) = N(0, I_m), [*shape, m]."""
-        return torch.randn(*shape, self.mixing_dim, generator=gen, dtype=dtype, device=device)
+        """ε ~ q(ε) = N(0, I_m) or uniform over the atoms, [*shape, m]."""
+        if self.n_atoms == 0:
+            return torch.randn(*shape, self.mixing_dim, generator=gen, dtype=dtype, device=device)
+        index = torch.randint(self.n_atoms, shape, generator=gen, device=device)
+        return self._atoms(torch.empty(0, dtype=dtype, device=device))[index]
 
     def transform(self, phi: Params, eps: Tensor) -> Tensor:
         """T_φn(ε) [..., N, k] for ε [..., N, m]."""
@@ -97,13 +127,27 @@ class SemiImplicitGaussian:
         return -0.5 * (r * r).sum(-1) - phi["log_d"].sum(-1) - 0.5 * self.latent_dim * LOG_2PI
 
     def log_mixing(self, eps: Tensor) -> Tensor:
-        """log q(ε) = log N(ε; 0, I_m), [...]."""
+        """log q(ε) = log N(ε; 0, I_m), [...] (Gaussian mixing only: atoms have no density on ℝᵐ)."""
+        if self.n_atoms > 0:
+            raise TypeError("semi_implicit: ε uniform over atoms has no density on ℝᵐ (no HMC on q(ε | z); "
+                            "use the exact discrete reverse conditional)")
         return -0.5 * (eps * eps).sum(-1) - 0.5 * self.mixing_dim * LOG_2PI
 
     # -- the exact case ---------------------------------------------------------------------------------
     def _require_exact(self, what: str) -> None:
+        if not self.gaussian_marginal:
+            raise TypeError(f"semi_implicit: {what} is only available for the Gaussian-marginal family "
+                            "(linear T, hidden = 0, Gaussian ε)")
+
+    def _require_log_prob(self, what: str) -> None:
         if not self.exact:
-            raise TypeError(f"semi_implicit: {what} is only available for the exact (linear, hidden = 0) family")
+            raise TypeError(f"semi_implicit: {what} needs an exact family (linear T with Gaussian ε, or atoms)")
+
+    def atom_log_conditionals(self, phi: Params, z: Tensor) -> Tensor:
+        """log q_φ(z | ε_j) for every atom j, [..., N, M] (atoms)."""
+        eps = self._atoms(z).view(self.n_atoms, *([1] * (z.dim() - 1)), self.mixing_dim)
+        eps = eps.expand(self.n_atoms, *z.shape[:-1], self.mixing_dim)
+        return self.log_conditional(phi, z.unsqueeze(0), eps).movedim(0, -1)
 
     def marginal(self, phi: Params) -> tuple[Tensor, Tensor]:
         """(b [N, k], Σ = A Aᵀ + D [N, k, k]) of the exact Gaussian marginal."""
@@ -112,7 +156,10 @@ class SemiImplicitGaussian:
         return phi["b"], A @ A.transpose(-1, -2) + torch.diag_embed(torch.exp(2 * phi["log_d"]))
 
     def log_prob(self, phi: Params, x: Tensor, z: Tensor) -> Tensor:
-        """log N(z; b_n, Σ_n) [..., N] (exact case)."""
+        """log N(z; b_n, Σ_n) [..., N] (Gaussian marginal), or the mixture's logsumexp_j log q(z | ε_j) − log M."""
+        self._require_log_prob("log q")
+        if self.n_atoms > 0:
+            return torch.logsumexp(self.atom_log_conditionals(phi, z), dim=-1) - math.log(self.n_atoms)
         b, cov = self.marginal(phi)
         L = torch.linalg.cholesky(cov)
         r = torch.linalg.solve_triangular(L, (z - b).unsqueeze(-1), upper=False).squeeze(-1)
@@ -120,7 +167,12 @@ class SemiImplicitGaussian:
         return -0.5 * (r * r).sum(-1) - logdet - 0.5 * self.latent_dim * LOG_2PI
 
     def grad_log_prob_z(self, phi: Params, z: Tensor) -> Tensor:
-        """∇_z log q_φ(z) = −Σ⁻¹ (z − b) [..., N, k] (exact case)."""
+        """∇_z log q_φ(z) = −Σ⁻¹ (z − b) [..., N, k], or Σ_j q(j | z) (T(ε_j) − z)/d² with atoms."""
+        self._require_log_prob("∇_z log q")
+        if self.n_atoms > 0:
+            resp = torch.softmax(self.atom_log_conditionals(phi, z), dim=-1)  # [..., N, M]
+            means = self.transform(phi, self._atoms(z)[:, None, :].expand(self.n_atoms, self.n_data, -1))  # [M, N, k]
+            return (torch.einsum("...nj,jnk->...nk", resp, means) - z) * torch.exp(-2 * phi["log_d"])
         b, cov = self.marginal(phi)
         return -torch.linalg.solve(cov, (z - b).unsqueeze(-1)).squeeze(-1)
 
@@ -135,7 +187,13 @@ class SemiImplicitGaussian:
         return mean, torch.linalg.cholesky(cov)
 
     def exact_reverse_sample(self, phi: Params, z: Tensor, gen: torch.Generator) -> Tensor:
-        """ε′ ~ q(ε | z) exactly, [..., N, m]."""
+        """ε′ ~ q(ε | z) exactly, [..., N, m]: Gaussian, or an atom j ~ q(j | z) (inverse CDF of the softmax)."""
+        self._require_log_prob("the exact reverse conditional")
+        if self.n_atoms > 0:
+            cdf = torch.softmax(self.atom_log_conditionals(phi, z), dim=-1).cumsum(-1)
+            u = torch.rand(cdf.shape[:-1], generator=gen, dtype=cdf.dtype, device=cdf.device).unsqueeze(-1)
+            index = (cdf < u).sum(-1).clamp(max=self.n_atoms - 1)
+            return self._atoms(z)[index]
         mean, C = self.reverse_conditional(phi, z)
         w = torch.randn(mean.shape, generator=gen, dtype=mean.dtype, device=mean.device)
         return mean + torch.einsum("nij,...nj->...ni", C, w)

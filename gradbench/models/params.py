@@ -156,6 +156,20 @@ class SemiImplicitProposal(BaseModel):
     diag_scale: float = Field(0.7, gt=0, description="d0: conditional standard deviations d0·√diag S")
     a_noise: float = Field(0.3, ge=0, description="s.d. of the seeded Gaussian perturbation of A (times 1/√m)")
     mlp_scale: float = Field(0.5, ge=0, description="hidden > 0: scale of the MLP's output weights V")
+    n_atoms: int = Field(0, ge=0, description="M > 0: ε uniform over M fixed atoms (q an exact Gaussian mixture)")
+    atom_seed: int = Field(0, ge=0, description="seed of the atoms ε_j ~ N(0, I_m)")
+
+
+class Toy2DParams(BaseModel):
+    """Issue 14: the 2-D banana / X-shaped densities of the SIVI and UIVI papers (``gradbench.models.toy2d``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    density: Literal["banana", "x_shaped"] = Field("banana", description="banana: z₂|z₁ ~ N(c z₁², s₂²); x_shaped: ½/½ mixture")
+    banana_scales: list[float] = Field([2.0, 1.0], min_length=2, max_length=2, description="(s₁, s₂)")
+    banana_curvature: float = Field(0.25, description="c")
+    x_var: float = Field(2.0, gt=0, description="v: the components' variances")
+    x_cov: float = Field(1.8, description="r: ± the components' covariance (|r| < v)")
+    quadrature_nodes: int | None = Field(None, ge=2, description="Gauss–Hermite nodes per axis (None: defaults)")
 # -- issue 13: discrete latent variables (bernoulli_toy) ---------------------------------------
 class BernoulliToyParams(BaseModel):
     """Suite parameters of the ``bernoulli_toy`` target: min_φ E_{b ~ Bern(σ(φ))} Σ_j (b_j − t)²."""

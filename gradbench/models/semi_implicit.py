@@ -11,7 +11,9 @@
   approximation; ∇φ ELBO by adaptive Gauss–Hermite over the exact marginal (latent_dim ≤ 3), error bound in
   ``Reference.error``.
 
-With ``hidden > 0`` (no exact marginal) no ∇φ ELBO reference is attached.
+With ``n_atoms = M > 0`` q is an exact Gaussian mixture (linear or MLP T) and ∇φ ELBO comes from Gauss–Hermite on
+every component (``quadrature.quadrature_mixture_elbo``, doubling error in ``Reference.error``) on both targets.
+With ``hidden > 0`` and Gaussian ε (no exact marginal) no ∇φ ELBO reference is attached.
 """
 
 from __future__ import annotations
@@ -87,7 +89,29 @@ def ppca_vcd_limit_reference(target: ComposedTarget) -> Reference:
 
 
 def _family(k: int, N: int, proposal: SemiImplicitProposal) -> SemiImplicitGaussian:
-    return SemiImplicitGaussian(k, proposal.mixing_dim or k, N, proposal.hidden)
+    return SemiImplicitGaussian(k, proposal.mixing_dim or k, N, proposal.hidden, proposal.n_atoms, proposal.atom_seed)
+
+
+def quadrature_phi_elbo(nodes: int | None = None) -> Any:
+    """Builder of the quadrature ∇θ/∇φ ELBO reference of a semi-implicit target: Gauss–Hermite over the Gaussian
+    marginal (linear T, Gaussian ε) or over every component of the mixture (atoms); ``error`` = doubling change."""
+    from gradbench.references import quadrature
+
+    def quad(t: ComposedTarget, o: Objective) -> Reference:
+        if t.family.gaussian_marginal:  # type: ignore[attr-defined]
+            res = quadrature.quadrature_elbo(t.model, t.family.marginal_view(), t.theta, t.phi, t.x, nodes)  # type: ignore[attr-defined]
+        else:
+            res = quadrature.quadrature_mixture_elbo(t.model, t.family, t.theta, t.phi, t.x, nodes)
+        P = t.model.layout.size
+        sl = slice(0, P) if o.wrt == "theta" else slice(P, None)
+        return Reference(res.grad[sl].to(t.x.device), kind="quadrature", error=res.grad_error[sl].to(t.x.device))
+
+    return quad
+
+
+def proposal_nodes(k: int) -> int:
+    """Gauss–Hermite nodes per axis (coarse rule; the reference uses twice as many) for a mixture q: 32 for k ≤ 2."""
+    return {1: 48, 2: 32, 3: 16}.get(k, 16)
 
 
 def build_ppca(params: PPCAParams, proposal: SemiImplicitProposal, seed: int, dtype: torch.dtype = F64,
@@ -110,8 +134,10 @@ def build_ppca(params: PPCAParams, proposal: SemiImplicitProposal, seed: int, dt
         return Reference(theta_ref.value.to(t.x.device), kind="exact")
 
     builders: dict[str, Any] = {"theta": log_marginal}
-    if family.exact:
+    if family.gaussian_marginal:
         builders["phi_elbo"] = ppca_elbo_reference
+    elif family.exact:  # atoms: Gaussian mixture, quadrature per component (log p quadratic: exact in it)
+        builders["phi_elbo"] = quadrature_phi_elbo(proposal_nodes(k))
     cast = lambda t: t.to(dtype=dtype, device=device)
     return ComposedTarget(PPCAModel(*base.W.shape), family, cast(x), {k_: cast(v) for k_, v in theta.items()},
                           {k_: cast(v) for k_, v in phi.items()}, reference_builders=builders, seed=seed)
@@ -141,12 +167,7 @@ def build_vae(params: VAEParams, proposal: SemiImplicitProposal, seed: int, dtyp
     family = _family(k, N, proposal)
     phi = family.init_params(lap.mode, lap.chol, proposal, make_generator(derive_seed(seed, "semi-implicit-family")))
 
-    def quad(t: ComposedTarget, o: Objective) -> Reference:
-        res = quadrature.quadrature_elbo(t.model, t.family.marginal_view(), t.theta, t.phi, t.x, params.quadrature_nodes)
-        P = t.model.layout.size
-        sl = slice(0, P) if o.wrt == "theta" else slice(P, None)
-        return Reference(res.grad[sl].to(t.x.device), kind="quadrature", error=res.grad_error[sl].to(t.x.device))
-
+    quad = quadrature_phi_elbo(params.quadrature_nodes)
     builders = {"phi_elbo": quad, "theta_elbo": quad} if family.exact and k <= quadrature.MAX_QUADRATURE_DIM else {}
     cast = lambda t: t.to(dtype=dtype, device=device)
     return ComposedTarget(model, family, cast(x), {k_: cast(v) for k_, v in theta.items()},
