@@ -286,6 +286,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     Protocol("train", "gradbench.protocols.train:protocol",
              "issue 15: train θ and φ with estimator 'train' → test_loglik, train_loglik, steps, evals, seconds; curves.parquet", False),
     Protocol("snr", "gradbench.protocols.snr:snr", "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False),
+    Protocol("mcmc", "gradbench.protocols.mcmc:mcmc", "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size (issue 14)", False),
 ]}
 
 

@@ -29,7 +29,9 @@ where ∇_z log q_φ(z) is intractable for an implicit q.
 
 Cost (``GradSample.cost``): evaluations per data point of a log density with its gradient: S for log p,
 plus S·K conditionals (sivi), S·(burn_in + J − 1)·L leapfrog steps (uivi; the exact reverse counts J),
-S·t·L leapfrog steps on log p (vcd). Diagnostics: ``acceptance`` (mean HMC acceptance rate per replicate).
+S·t·L leapfrog steps on log p (vcd). Diagnostics: ``acceptance`` (mean HMC acceptance rate per replicate) and, for
+uivi with HMC, ``ess`` (effective sample size of the reverse chain per replicate, :func:`chain_ess`); the ``mcmc``
+protocol reports both (mean ± s.e. over replicates).
 
 Per-replicate gradients: ``torch.func.vmap(grad(...))`` over replicates (φ shared); HMC runs batched over all
 replicates, samples and data points at once (independent chains, one per (r, s, n)).
@@ -111,6 +113,29 @@ def hmc_step(log_density: Callable[[Tensor], Tensor], state: HMCState, gen: torc
     return new, HMCInfo(acceptance, accepted)
 
 
+def chain_ess(trajectory: Tensor) -> Tensor:
+    """Effective sample size of a chain of T states, per batch index: ``trajectory`` [T, B, C] holds C scalar series
+    (e.g. the coordinates of several independent chains) of replicate b, pooled into one autocorrelation:
+        γ_ℓ = mean_{c, t < T−ℓ} (x_t − x̄_c)(x_{t+ℓ} − x̄_c) · (T − ℓ)/T,   ρ_ℓ = γ_ℓ/γ₀,
+    Geyer's (1992) initial positive sequence Γ_i = ρ_{2i} + ρ_{2i+1}, summed while positive and made monotone,
+        τ = −1 + 2 Σ_i Γ_i,   ESS = T/τ  (capped at T·log₁₀T as in Stan).
+    For an AR(1) series with coefficient φ, τ = (1 + φ)/(1 − φ) (tested). Centring at each series' own mean biases
+    τ by O(τ/T) on short chains; the UIVI reverse chain is stationary from its start (ε⁰ is an exact draw of
+    q(ε | z)), so the whole trajectory, ε⁰ included, is used."""
+    T = trajectory.shape[0]
+    x = trajectory - trajectory.mean(0, keepdim=True)
+    gamma0 = (x * x).mean((0, 2))
+    lags = 2 * (T // 2)
+    f = torch.fft.rfft(x, n=2 * T, dim=0)  # autocovariances of every series at once (zero-padded: no wrap-around)
+    acov = torch.fft.irfft(f * f.conj(), n=2 * T, dim=0)[:lags].mean(-1) / T  # [lags, B]
+    rho = acov / gamma0
+    pairs = rho[0::2] + rho[1::2]  # Γ_i [lags/2, B]
+    positive = torch.cumprod((pairs > 0).to(rho.dtype), 0)
+    monotone = torch.cummin(pairs, 0).values
+    tau = (-1 + 2 * (positive * monotone).sum(0)).clamp_min(1 / max(1.0, math.log10(T)))
+    return T / tau
+
+
 def _require_semi_implicit(target: object, estimator: str) -> None:
     require(target, {"reparam", "implicit"}, estimator)
     if not hasattr(target.family, "log_conditional"):  # type: ignore[attr-defined]
@@ -145,9 +170,11 @@ def sivi(target: object, R: int, gen: torch.Generator, *, S: int = 1, K: int = 1
 # -- UIVI ----------------------------------------------------------------------------------------
 def reverse_draws(target: object, z: Tensor, eps0: Tensor, gen: torch.Generator, *, reverse: Reverse,
                   samples: int, burn_in: int, leapfrog: int, step_size: float,
-                  step_jitter: float = 0.0) -> tuple[Tensor, Tensor]:
+                  step_jitter: float = 0.0, diagnostics: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """ε′ [J, ..., N, m] given z [..., N, k] and its generating ε⁰, and the mean acceptance rate per leading
-    replicate index (NaN when no HMC ran)."""
+    replicate index (NaN when no HMC ran). With HMC and a ``diagnostics`` dict, adds ``ess`` [R]: the effective
+    sample size (:func:`chain_ess`) of the burn_in + J + 1 states ε⁰, ε¹, … of the replicate's chains (all S·N
+    chains and m coordinates pooled)."""
     fam, phi = target.family, target.encoder_params()  # type: ignore[attr-defined]
     nan = torch.full(z.shape[:1], math.nan, dtype=z.dtype, device=z.device)
     if reverse == "generating":
@@ -161,13 +188,16 @@ def reverse_draws(target: object, z: Tensor, eps0: Tensor, gen: torch.Generator,
         return fam.log_mixing(eps) + fam.log_conditional(phi, z, eps)
 
     state = hmc_init(log_density, eps0)
-    kept, acc = [], []
+    kept, acc, path = [], [], [eps0]
     for i in range(burn_in + samples):
         state, info = hmc_step(log_density, state, gen, step_size=step_size, leapfrog=leapfrog, jitter=step_jitter)
         acc.append(info.acceptance)
+        path.append(state.position)
         if i >= burn_in:
             kept.append(state.position)
     rate = torch.stack(acc).mean(0).reshape(z.shape[0], -1).mean(-1)
+    if diagnostics is not None:
+        diagnostics["ess"] = chain_ess(torch.stack(path).reshape(len(path), z.shape[0], -1))
     return torch.stack(kept), rate
 
 
@@ -178,6 +208,9 @@ def uivi(target: object, R: int, gen: torch.Generator, *, S: int = 1, reverse: R
     if reverse in ("exact", "marginal"):
         require(target, {"log_prob"}, f"uivi (reverse: {reverse})")
     fam, x, phi = target.family, target.x, target.encoder_params()  # type: ignore[attr-defined]
+    if reverse == "hmc" and getattr(fam, "n_atoms", 0) > 0:
+        raise ValueError("uivi: reverse: hmc needs a continuous ε (ε over atoms: use reverse: exact, the discrete posterior)")
+    diagnostics: dict[str, Tensor] = {"ess": torch.full((R,), math.nan, dtype=x.dtype, device=x.device)}
     noise = target.draw_noise((R, S), gen)  # type: ignore[attr-defined]
     with torch.no_grad():
         z = fam.sample(phi, x, noise)
@@ -186,7 +219,7 @@ def uivi(target: object, R: int, gen: torch.Generator, *, S: int = 1, reverse: R
         else:
             eps_rev, acceptance = reverse_draws(target, z, fam.split(noise)[0], gen, reverse=reverse, samples=samples,
                                                 burn_in=burn_in, leapfrog=leapfrog, step_size=step_size,
-                                                step_jitter=step_jitter)
+                                                step_jitter=step_jitter, diagnostics=diagnostics)
             grad_z_log_q = ((fam.transform(phi, eps_rev) - z) * torch.exp(-2 * phi["log_d"])).mean(0)
 
     def surrogate(phi1: dict[str, Tensor], noise1: Tensor, gz1: Tensor) -> Tensor:
@@ -197,7 +230,7 @@ def uivi(target: object, R: int, gen: torch.Generator, *, S: int = 1, reverse: R
     grads = target.phi_layout.flatten(g, batch=(R,)).detach()  # type: ignore[attr-defined]
     steps = {"hmc": (burn_in + samples) * leapfrog, "exact": samples, "prior": samples}.get(reverse, 0)
     return GradSample(grads, target.phi_layout, _cost(target, R, S * (1 + steps), grads),  # type: ignore[attr-defined]
-                      {"acceptance": acceptance}, wrt=objective_wrt("phi", "elbo"))
+                      {"acceptance": acceptance, **diagnostics}, wrt=objective_wrt("phi", "elbo"))
 
 
 # -- VCD -----------------------------------------------------------------------------------------
