@@ -1,6 +1,7 @@
-"""Issue 14 must-show numbers not produced by suites/semi-implicit.yaml (about 1 minute on one thread):
-exact-reference agreement, the SIVI bias-vs-K slope, VCD bias vs t against its exact t → ∞ limit, and the mean-field
-baseline's work-normalised variance on the digits VAE.
+"""Issue 14 must-show numbers not produced by suites/semi-implicit.yaml (a few minutes on one thread):
+exact-reference agreement, the SIVI bias-vs-K slope, VCD bias vs t against its exact t → ∞ limit, the mean-field
+baseline's work-normalised variance on the digits VAE, the atom (Gaussian-mixture) and banana / X-shaped references
+against finite differences and 10⁶ samples, and uivi's bias (with 95 % CI) and reverse-chain ESS vs HMC steps.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python reports/semi-implicit/study.py
 """
@@ -120,6 +121,77 @@ def main() -> None:
         dev2 = ((G - G.mean(0)) ** 2).sum(1)
         print(f"mean-field reparam_elbo kl={kl}: tr Σ = {tr:.4g} ± {float(dev2.std() / math.sqrt(1000)):.2g}, evals {float(gs.cost[0]):.0f}, "
               f"work_norm_var = {tr * float(gs.cost[0]):.4g}; p vs quadrature = {bias_test(G.numpy(), mf.reference('phi_elbo').value.numpy(), EPS, np.random.default_rng(0), ReferenceNoise(var=mf.reference('phi_elbo').error.numpy() ** 2)).pvalue:.2f}")
+
+    section_5_atoms_and_toy_references()
+    section_6_uivi_hmc_steps()
+
+
+def million_sample_check(name: str, t, fd_value) -> None:
+    """Reference vs central differences of its own rule (float64) and vs 10⁶ reparameterised gradients (seed 0)."""
+    ref = t.reference("phi_elbo")
+    err = float(ref.error.norm() / ref.value.norm()) if ref.error is not None else 0.0
+    f = fd(fd_value, t)
+    g = gen()
+    G = torch.cat([reparam_elbo(t, 100_000, g).grads for _ in range(10)]).numpy()
+    noise = ReferenceNoise(var=ref.error.numpy() ** 2) if ref.error is not None else None
+    bt = bias_test(G, ref.value.numpy(), EPS, np.random.default_rng(0), noise)
+    z = np.abs(G.mean(0) - ref.value.numpy()) / (G.std(0, ddof=1) / math.sqrt(G.shape[0]))
+    print(f"{name}: vs central differences rel {rel(ref.value, f):.2e}; doubling error {err:.1e}; vs 10^6 samples "
+          f"max|z| = {z.max():.2f} over {z.size} coords, p = {bt.pvalue:.3f} ({bt.method})")
+
+
+def section_5_atoms_and_toy_references() -> None:
+    from gradbench.models.params import Toy2DParams
+    from gradbench.models.toy2d import box_half_width, build
+
+    print("== 5. atoms (exact Gaussian mixture) and banana / X-shaped references (10^6 samples, seed 0) ==")
+    for hidden in (0, 4):
+        prop = PROPOSAL.model_copy(update={"n_atoms": 5, "hidden": hidden})
+        t = build_ppca(PPCAParams(data_dim=5, latent_dim=2, n_data=3), prop, 0)
+        million_sample_check(f"PPCA, 5 atoms, hidden {hidden}", t, lambda p, t=t: quadrature.mixture_elbo_rule(
+            t.model, t.family, t.theta, p, t.x, 128)[0])
+    for density in ("banana", "x_shaped"):
+        for atoms in (0, 10):
+            t = build(Toy2DParams(density=density), PROPOSAL.model_copy(update={"n_atoms": atoms}), 0)
+            if density == "x_shaped":
+                W = box_half_width(t.family, t.phi)
+                value = lambda p, t=t, W=W: quadrature.box_elbo_rule(t.model, t.family, t.theta, p, t.x, 6,
+                                                                     half_width=W, panel=0.25)[0]
+            elif atoms:
+                value = lambda p, t=t: quadrature.mixture_elbo_rule(t.model, t.family, t.theta, p, t.x, 128)[0]
+            else:
+                value = lambda p, t=t: quadrature.elbo_rule(t.model, t.family.marginal_view(), t.theta, p, t.x, 256)[0]
+            million_sample_check(f"{density}, {f'{atoms} atoms' if atoms else 'Gaussian ε'}", t, value)
+
+
+def section_6_uivi_hmc_steps() -> None:
+    from gradbench.estimators.semi_implicit import uivi
+    from gradbench.models.params import Toy2DParams
+    from gradbench.models.toy2d import build
+    from gradbench.stats import bias_norm_interval
+
+    print("== 6. uivi: exact reverse vs HMC burn-in (R = 4000, seed 0): rel bias [95 % CI], p, acceptance, ESS ==")
+    targets = [("ppca", build_ppca(PPCAParams(data_dim=5, latent_dim=2, n_data=3), PROPOSAL, 0)),
+               ("banana", build(Toy2DParams(density="banana"), PROPOSAL, 0)),
+               ("banana, 5 atoms", build(Toy2DParams(density="banana"), PROPOSAL.model_copy(update={"n_atoms": 5}), 0))]
+    for name, t in targets:
+        ref = t.reference("phi_elbo")
+        noise = ReferenceNoise(var=ref.error.numpy() ** 2) if ref.error is not None else None
+        settings = [("exact", {"reverse": "exact"}), ("generating", {"reverse": "generating"})]
+        if "atoms" not in name:
+            settings += [(f"hmc burn_in={b}", {"reverse": "hmc", "burn_in": b}) for b in (0, 1, 2, 5, 10, 20)]
+        for label, kw in settings:
+            gs = uivi(t, 4000, gen(), **kw)
+            G = gs.grads.numpy()
+            norm = float(ref.value.norm())
+            bn = bias_norm_interval(G, ref.value.numpy(), EPS, np.random.default_rng(0), noise)
+            p = bias_test(G, ref.value.numpy(), EPS, np.random.default_rng(0), noise).pvalue
+            acc, ess = gs.diagnostics["acceptance"], gs.diagnostics["ess"]
+            extra = "" if not torch.isfinite(acc).any() else (
+                f", acceptance {float(acc.mean()):.3f}, ESS {float(ess.mean()):.2f} ± {float(ess.std() / math.sqrt(4000)):.2f}"
+                f" of {int(kw['burn_in']) + 2} states")
+            print(f"{name} {label}: rel bias {bn.plugin / norm:.3f} [{bn.ci_low / norm:.3f}, {bn.ci_high / norm:.3f}], "
+                  f"p = {p:.2g}, evals {float(gs.cost[0]):.0f}{extra}")
 
 
 if __name__ == "__main__":
