@@ -57,6 +57,7 @@ from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas)
 from gradbench.estimators.pathwise import objective_wrt, require
 
 Reverse = Literal["hmc", "exact", "marginal", "generating", "prior"]
+MIN_ESS_STATES = 10  # chain_ess: shorter chains report NaN
 
 
 # -- HMC (blackjax-style: a pure kernel over an explicit state) -----------------------------------
@@ -121,8 +122,11 @@ def chain_ess(trajectory: Tensor) -> Tensor:
         τ = −1 + 2 Σ_i Γ_i,   ESS = T/τ  (capped at T·log₁₀T as in Stan).
     For an AR(1) series with coefficient φ, τ = (1 + φ)/(1 − φ) (tested). Centring at each series' own mean biases
     τ by O(τ/T) on short chains; the UIVI reverse chain is stationary from its start (ε⁰ is an exact draw of
-    q(ε | z)), so the whole trajectory, ε⁰ included, is used."""
+    q(ε | z)), so the whole trajectory, ε⁰ included, is used. Chains shorter than ``MIN_ESS_STATES`` give NaN: with
+    per-chain centring the estimate is meaningless there (T = 2: ρ̂₁ = −½ whatever the chain)."""
     T = trajectory.shape[0]
+    if T < MIN_ESS_STATES:
+        return torch.full(trajectory.shape[1:2], math.nan, dtype=trajectory.dtype, device=trajectory.device)
     x = trajectory - trajectory.mean(0, keepdim=True)
     gamma0 = (x * x).mean((0, 2))
     lags = 2 * (T // 2)

@@ -205,7 +205,8 @@ def test_chain_ess_recovers_the_ar1_autocorrelation_time() -> None:
 
 def test_uivi_reports_ess_and_mcmc_protocol_rows(ppca) -> None:
     """uivi with HMC reports per-replicate ESS of its burn_in + 2 state chain (1 ≤ ESS ≤ T log₁₀ T) next to the
-    acceptance; the mcmc protocol turns both into mean ± s.e. rows; exact reverse reports no chain (NaN, no row)."""
+    acceptance; the mcmc protocol turns both into mean ± s.e. rows; chains shorter than 10 states and the exact reverse
+    (no chain) report NaN, hence no row."""
     from gradbench.protocols import ProtocolContext
     from gradbench.protocols.mcmc import mcmc
 
@@ -214,5 +215,6 @@ def test_uivi_reports_ess_and_mcmc_protocol_rows(ppca) -> None:
     assert ess.shape == (200,) and bool(((ess > 1) & (ess <= 12 * math.log10(12))).all())
     rows = {r["metric"]: r for r in mcmc(s, None, ProtocolContext(seed=0, eps=EPS))}
     assert set(rows) == {"acceptance", "ess"} and rows["ess"]["stderr"] > 0
+    assert bool(uivi(ppca, 20, gen(), burn_in=2).diagnostics["ess"].isnan().all())  # 4 states: too short for an ESS
     exact = uivi(ppca, 20, gen(), reverse="exact")
     assert [r["metric"] for r in mcmc(exact, None, ProtocolContext(seed=0, eps=EPS))] == []
