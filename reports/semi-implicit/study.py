@@ -78,7 +78,7 @@ def main() -> None:
                                           small_vae.x, 128)[0], small_vae)
     print(f"small VAE quadrature vs central differences: rel {rel(q.grad[P:], f):.2e} (doubling error {float(q.grad_error[P:].norm() / q.grad[P:].norm()):.1e})")
     r = vae_si.reference("phi_elbo")
-    print(f"digits VAE quadrature reference: doubling error / norm = {float(r.stderr.norm() / r.value.norm()):.1e}")
+    print(f"digits VAE quadrature reference: doubling error / norm = {float(r.error.norm() / r.value.norm()):.1e}")
 
     print("== 2. SIVI bias vs K (projection on the K = 1 bias direction, R = 4000 per K, seed 0) ==")
     for name, t in [("ppca", ppca), ("vae-digits", vae_si)]:
