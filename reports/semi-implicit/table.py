@@ -29,7 +29,8 @@ def label(row: pd.Series) -> str:
 
 def target(row: pd.Series) -> str:
     return row["model"] + (f" ({row['model.density']})" if pd.notna(row.get("model.density")) else "") + (
-        f" atoms={int(row['proposal.n_atoms'])}" if row.get("proposal.n_atoms", 0) else "")
+        f" atoms={int(row['proposal.n_atoms'])}" if row.get("proposal.n_atoms", 0) else "") + (
+        f" hidden={int(row['proposal.hidden'])}" if row.get("proposal.hidden", 0) else "")
 
 
 def main(run: str) -> None:
