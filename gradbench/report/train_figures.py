@@ -99,6 +99,15 @@ def _targets(table: pd.DataFrame, run: RunData) -> list[tuple[str, str]]:
     return [(t, str(labels.get(t, "")) or t) for t in dict.fromkeys(table["target_id"])]
 
 
+def fmt_mean_se(v: float, se: float) -> str:
+    """``-25.806 ± 0.070``: the value to the decimals of the s.e.'s second significant digit (log-likelihoods differ in
+    the second decimal; three significant digits would hide that); ``fmt_value`` when the s.e. is zero or missing."""
+    if not (np.isfinite(v) and np.isfinite(se)) or se <= 0:
+        return fmt_value(v, se)
+    d = max(0, 1 - math.floor(math.log10(se)))
+    return f"{v:.{d}f} ± {se:.{d}f}"
+
+
 def _mean_band(values: pd.Series) -> tuple[float, float]:
     v = values.dropna().to_numpy(float)
     se = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else math.nan
@@ -301,44 +310,46 @@ def final_table(run: RunData) -> Table | None:
                     row.append(Cell("—"))
                     continue
                 v, se = float(sp.loc[m, "mean"]), float(sp.loc[m, "stderr"])
-                row.append(Cell(fmt_value(v, se), "bad" if m == "nonfinite_steps" and v > 0 else None))
+                row.append(Cell(fmt_mean_se(v, se), "bad" if m == "nonfinite_steps" and v > 0 else None))
             t.rows.append(row)
     return t
 
 
 def paired_table(run: RunData) -> Table | None:
-    """Paired tests of test log p(x) of every pair against the baseline (the first pair) over shared seeds."""
+    """Paired tests of test log p(x) between every two pairs (later minus earlier in the suite's order; the first rows
+    are against the baseline) over their shared seeds."""
     table = train_table(run)
     if table is None or "test_loglik" not in set(table["metric"]):
         return None
     from gradbench.protocols.train import paired_differences
 
     targets = _targets(table, run)
-    header = (["target"] if len(targets) > 1 else []) + ["pair", "baseline", "shared seeds", "mean difference",
+    header = (["target"] if len(targets) > 1 else []) + ["pair", "minus", "shared seeds", "mean difference",
                                                          "95% t-CI", "p (paired t)", "p (sign-flip, exact)"]
-    t = Table("Training: paired differences in test log p(x) against the baseline", header,
-              text_columns=header.index("baseline") + 1,
-              note="d_s = pair(s) − baseline(s) over the training seeds both ran (common initialisation, minibatches "
+    t = Table("Training: paired differences in test log p(x)", header, text_columns=header.index("minus") + 1,
+              note="d_s = pair(s) − minus(s) over the training seeds both ran (common initialisation, minibatches "
                    "and step noise); mean ± s.e.; two-sided p-values: Student t with n − 1 d.f. and the exact "
-                   "sign-flip permutation test (its smallest attainable value is 2/2ⁿ).")
+                   "sign-flip permutation test (its smallest attainable value is 2/2ⁿ). The first pair is the baseline.")
     final = table[table["metric"] == "test_loglik"]
     for target, label in targets:
         ft = final[final["target_id"] == target]
         pairs = pairs_of(ft)
-        base = ft[ft["pair"] == pairs[0]].set_index("estimator.train_seed")["value"]
-        for pair in pairs[1:]:
-            v = ft[ft["pair"] == pair].set_index("estimator.train_seed")["value"]
-            common = v.index.intersection(base.index)
-            d = (v.loc[common] - base.loc[common]).to_numpy(float)
-            ident = ([Cell(label)] if len(targets) > 1 else []) + [Cell(pair), Cell(pairs[0]), Cell(str(len(d)))]
-            if len(d) < 2 or len(d) > 16:
-                t.rows.append(ident + [Cell(fmt_value(float(d.mean())) if len(d) else "—"), Cell("—"), Cell("—"), Cell("—")])
-                continue
-            r = paired_differences(d)
-            _, half = _t_interval(d)
-            t.rows.append(ident + [Cell(fmt_value(r["mean_diff"], r["stderr"])),
-                                   Cell(f"[{r['mean_diff'] - half:.3g}, {r['mean_diff'] + half:.3g}]"),
-                                   Cell(fmt_p(r["p_t"])), Cell(fmt_p(r["p_perm"]))])
+        by_pair = {p: ft[ft["pair"] == p].set_index("estimator.train_seed")["value"] for p in pairs}
+        for i, first in enumerate(pairs):
+            for pair in pairs[i + 1:]:
+                a, b = by_pair[first], by_pair[pair]
+                common = b.index.intersection(a.index)
+                d = (b.loc[common] - a.loc[common]).to_numpy(float)
+                ident = ([Cell(label)] if len(targets) > 1 else []) + [Cell(pair), Cell(first), Cell(str(len(d)))]
+                if len(d) < 2 or len(d) > 16:
+                    t.rows.append(ident + [Cell(fmt_value(float(d.mean())) if len(d) else "—"), Cell("—"), Cell("—"),
+                                           Cell("—")])
+                    continue
+                r = paired_differences(d)
+                _, half = _t_interval(d)
+                t.rows.append(ident + [Cell(fmt_mean_se(r["mean_diff"], r["stderr"])),
+                                       Cell(f"[{r['mean_diff'] - half:.3f}, {r['mean_diff'] + half:.3f}]"),
+                                       Cell(fmt_p(r["p_t"])), Cell(fmt_p(r["p_perm"]))])
     return t
 
 

@@ -14,8 +14,8 @@ import pytest
 from gradbench.protocols.train import pair_label, paired_test, summarize
 from gradbench.report.data import load_run
 from gradbench.report.render import render_report
-from gradbench.report.tables import fmt_p, fmt_value
-from gradbench.report.train_figures import TRAIN_FIGURES, train_tables
+from gradbench.report.tables import fmt_p
+from gradbench.report.train_figures import TRAIN_FIGURES, fmt_mean_se, train_tables
 from tests.report.report_helpers import run_to, write_suite
 
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
@@ -55,16 +55,16 @@ def test_a_train_run_gets_its_figures_and_tables_with_the_protocol_numbers(train
     for row in final.rows:
         pair = row[final.header.index("θ-estimator / φ-estimator")].text
         assert row[final.header.index("seeds")].text == "3"
-        assert row[col].text == fmt_value(s.loc[(pair, "test_loglik"), "mean"], s.loc[(pair, "test_loglik"), "stderr"])
+        assert row[col].text == fmt_mean_se(s.loc[(pair, "test_loglik"), "mean"], s.loc[(pair, "test_loglik"), "stderr"])
     assert [r[0].text for r in final.rows] == [pair_label(pd.Series({f"estimator.{k}": v for k, v in p.items()}))
                                                 for p in PAIRS]  # the suite's order; the first is the baseline
-    # the paired table: coupled vs the ELBO baseline over the 3 shared seeds
+    # the paired table: coupled minus the ELBO baseline over the 3 shared seeds (two pairs: one row)
     (row,) = paired.rows
     a, b = final.rows[0][0].text, final.rows[1][0].text
     r = paired_test(results, a, b)
     h = paired.header
-    assert row[h.index("baseline")].text == a and row[h.index("shared seeds")].text == "3"
-    assert row[h.index("mean difference")].text == fmt_value(r["mean_diff"], r["stderr"])
+    assert row[h.index("minus")].text == a and row[h.index("shared seeds")].text == "3"
+    assert row[h.index("mean difference")].text == fmt_mean_se(r["mean_diff"], r["stderr"])
     assert row[h.index("p (paired t)")].text == fmt_p(r["p_t"])
     assert row[h.index("p (sign-flip, exact)")].text == fmt_p(r["p_perm"]) and r["p_perm"] >= 2 / 2**3  # its floor
     md = (tmp_path / "rep" / "summary.md").read_text()
