@@ -15,7 +15,7 @@ has ``train`` rows:
   steps and seeds of each step bin, and the bin's maximum, against the step.
 
 Tables: mean ± s.e. over seeds of every final metric per pair (:func:`~gradbench.protocols.train.summarize`), and
-the paired tests against the baseline.
+the paired tests between every two pairs (the first rows against the baseline).
 """
 
 from __future__ import annotations

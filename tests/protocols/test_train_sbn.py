@@ -89,7 +89,6 @@ def test_sbn_training_improves_the_exact_held_out_likelihood(tmp_path):
         # the trained model's per-point values are not stored; the paired s.e. is bounded by the two s.e.s
         se = math.hypot(float(final["stderr"]), float(v0.std() / math.sqrt(len(v0))))
         gains[lr] = (final["value"] - float(v0.mean())) / se
-    print("gain in paired s.e.:", gains)
     assert gains[0.05] > Z and abs(gains[1e-9]) < Z, gains
 
 
