@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class ExactParams(BaseModel):
@@ -269,8 +269,9 @@ class TrainParams(BaseModel):
     theta_estimator: Literal["elbo", "iwae", "coupled_isir", "coupled_pimh", "sumo", "isir", "pimh", "iwae_reparam"] = Field(
         "elbo", description="registered ∇θ estimator run with R = 1 on each minibatch")
     theta_params: dict[str, int | float | str | bool | None] = Field(default_factory=dict, description="its parameters")
-    phi_estimator: Literal["reparam_elbo", "iwae_reparam", "dreg", "stl"] = Field(
-        "reparam_elbo", description="registered ∇φ estimator run with R = 1 on each minibatch")
+    phi_estimator: Literal["reparam_elbo", "iwae_reparam", "dreg", "stl", "vimco", "rloo", "disarm", "arm", "reinforce"] = Field(
+        "reparam_elbo", description="registered ∇φ estimator run with R = 1 on each minibatch (vimco … reinforce: "
+                                    "score-function estimators, for a discrete (Bernoulli) encoder)")
     phi_params: dict[str, int | float | str | bool | None] = Field(default_factory=dict, description="its parameters")
     train_seed: int = Field(0, ge=0, description="initialisation, minibatch order and noise (shared by every estimator pair)")
     budget: Literal["steps", "evals", "seconds"] = Field("steps", description="what stops training")
@@ -280,7 +281,8 @@ class TrainParams(BaseModel):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate at step 0")
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: lr · (f + (1 − f)(1 + cos πt/T)/2)")
     lr_final_factor: float = Field(0.1, gt=0, le=1, description="f, the cosine schedule's final lr / lr (steps budget)")
-    encoder_hidden: list[int] = Field(default_factory=lambda: [32], description="encoder MLP widths (φ is re-initialised)")
+    encoder_hidden: list[int] = Field(default_factory=lambda: [32], description="encoder MLP widths (φ is re-initialised; "
+                                                                              "a Bernoulli encoder has at most one)")
     test_n: int | None = Field(None, gt=0, description="held-out test points (first n of the test split; None: all)")
     train_eval_n: int = Field(300, gt=0, description="fixed subset of training points for train_loglik (the first n)")
     quadrature_nodes: int = Field(16, ge=2, description="latent_dim ≤ 2: n Gauss–Hermite nodes per axis (value: 2n; error: |ℓ_2n − ℓ_n|)")
@@ -289,3 +291,32 @@ class TrainParams(BaseModel):
     curve_n: int = Field(100, gt=0, description="test / train points of each curve evaluation")
     curve_K: int = Field(100, gt=1, description="IWAE K of the curve estimates")
     checkpoint_every: int = Field(100, gt=0, description="steps between atomic checkpoints")
+
+    @field_validator("theta_params", "phi_params")
+    @classmethod
+    def _sub_estimator_params(cls, value: dict[str, object], info: ValidationInfo) -> dict[str, object]:
+        """Check theta_params / phi_params against the named estimator's own schema (at ``gradbench validate``)."""
+        from pydantic import ValidationError
+
+        from gradbench import registry
+
+        role = str(info.field_name).removesuffix("_params")
+        name = info.data.get(f"{role}_estimator")
+        if name is None:  # the estimator name itself was invalid: that error is reported
+            return value
+        schema = registry.ESTIMATORS[name].params
+        unknown = [k for k in value if k not in schema.model_fields]
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], list(schema.model_fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown parameter {unknown[0]!r} of {role}_estimator {name!r}{hint} "
+                             f"(known: {', '.join(schema.model_fields) or 'none'})")
+        try:
+            schema.model_validate(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(map(str, err["loc"]))
+            raise ValueError(f"{role}_estimator {name!r}: {where + ': ' if where else ''}{err['msg']}") from None
+        return value

@@ -10,8 +10,8 @@ Initial parameters (drawn from the seed in float64): W_l ~ N(0, weight_scale² /
 
 ``log_joint(θ, x, z)`` is pure in θ and broadcasts over leading batch dimensions of z ([..., N, k] → [..., N]),
 so ``torch.func.vmap(torch.func.grad(...))`` gives per-replicate gradients. The build function composes the model
-with a Gaussian family (``gradbench.families.gaussian``) at its Laplace approximation (with controlled mismatch),
-and attaches the quadrature references (``gradbench.references.quadrature``): exact up to a reported quadrature
+with a Gaussian family (``gradbench.families.gaussian``) at its Laplace approximation (with controlled mismatch;
+fitted lazily, on first use of φ — ``train`` cells never use it), and attaches the quadrature references (``gradbench.references.quadrature``): exact up to a reported quadrature
 error for latent_dim ≤ 3, estimated beyond.
 
 Reference: Kingma & Welling (2014), "Auto-encoding variational Bayes", ICLR.
@@ -23,6 +23,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +33,9 @@ from torch import Tensor
 from gradbench.contracts import ComposedTarget, LatentSpace, Params
 from gradbench.core import ParamGroup, ParamLayout
 from gradbench.families import gaussian
+from gradbench.models.params import VAEParams
 from gradbench.references import quadrature
 from gradbench.seeding import derive_seed, make_generator
-from gradbench.models.params import VAEParams  # noqa: F401  (torch-free schema)
 
 LOG_2PI = math.log(2 * math.pi)
 DESCRIPTION = ("VAE decoder (MLP, Bernoulli or Gaussian likelihood) with a Gaussian mean-field or amortised encoder; "
@@ -165,10 +166,50 @@ PARAMS = VAEParams
 PROPOSAL = gaussian.GaussianProposal
 
 
+class LazyPhiTarget(ComposedTarget):
+    """A :class:`ComposedTarget` whose φ is fitted on first access of ``target.phi``.
+
+    The family's structure (latent space, layout, capabilities) is known without the fit, so the target is
+    usable at once; the Laplace fit to every data point (seconds to minutes on real data) runs only when a cell
+    reads φ. ``train`` cells never do (they train a fresh encoder), so they skip it. ``at(phi=…)`` and
+    ``dataclasses.replace`` give an ordinary, eager target.
+    """
+
+    @classmethod
+    def pending(cls, fit_phi: Callable[[], Params], model: VAE, family: gaussian._DiagonalGaussian, x: Tensor,
+                theta: Params, **kwargs: Any) -> LazyPhiTarget:
+        target = cls(model, family, x, theta, {}, **kwargs)
+        del target.__dict__["phi"]  # so that reading ``phi`` falls through to __getattr__ until the fit
+        target.__dict__["_fit_phi"] = fit_phi
+        return target
+
+    @property
+    def phi_fitted(self) -> bool:
+        return "phi" in self.__dict__
+
+    def __getattr__(self, name: str) -> Any:  # only called for attributes not found the normal way
+        fit = self.__dict__.get("_fit_phi")
+        if name != "phi" or fit is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        phi = {k: v.detach() for k, v in fit().items()}
+        self.__dict__["phi"] = phi
+        del self.__dict__["_fit_phi"]
+        return phi
+
+
+def family_of(model: VAE, x: Tensor, proposal: gaussian.GaussianProposal) -> gaussian._DiagonalGaussian:
+    """The family named by ``proposal`` (its structure only; φ comes from :func:`gaussian.build_family`)."""
+    k, (N, d) = model.latent_dim, x.shape
+    if proposal.family == "gaussian_mean_field":
+        return gaussian.GaussianMeanField(k, N)
+    return gaussian.GaussianEncoder(k, d, tuple(proposal.encoder_hidden))
+
+
 def build(params: VAEParams, proposal: gaussian.GaussianProposal, seed: int, dtype: torch.dtype = torch.float64,
           device: str | torch.device = "cpu", data: np.ndarray | None = None) -> ComposedTarget:
     """The ``vae`` target: θ (and synthetic data unless ``data`` is given) from ``seed``; the family at its
-    Laplace-based starting point with the proposal's mismatch; quadrature references for latent_dim ≤ 3.
+    Laplace-based starting point with the proposal's mismatch, fitted lazily on first use of φ
+    (:class:`LazyPhiTarget`); quadrature references for latent_dim ≤ 3.
 
     Everything is computed in float64 on the CPU and then cast to ``dtype``/``device``.
     """
@@ -189,10 +230,13 @@ def build(params: VAEParams, proposal: gaussian.GaussianProposal, seed: int, dty
     theta = model.init_params(gen, f64, params.weight_scale, params.bias_scale)
     if data is None:
         x, _ = model.sample_joint(theta, params.n_data, gen)
-    family, phi = gaussian.build_family(model, theta, x, proposal, make_generator(derive_seed(seed, "vae-family")))
     builders = quadrature.reference_builders(params.latent_dim, nodes=params.quadrature_nodes,
                                              replicates=params.reference_replicates, seed=derive_seed(seed, "vae-reference"))
     cast = lambda t: t.to(dtype=dtype, device=device)
-    return ComposedTarget(model, family, cast(x), {k: cast(v) for k, v in theta.items()},
-                          {k: cast(v) for k, v in phi.items()}, reference_builders=builders, seed=seed)
 
+    def fit_phi() -> Params:
+        _, phi = gaussian.build_family(model, theta, x, proposal, make_generator(derive_seed(seed, "vae-family")))
+        return {k: cast(v) for k, v in phi.items()}
+
+    return LazyPhiTarget.pending(fit_phi, model, family_of(model, x, proposal), cast(x), {k: cast(v) for k, v in theta.items()},
+                                 reference_builders=builders, seed=seed)

@@ -9,9 +9,11 @@ A ``train`` cell is (target, θ-estimator, φ-estimator, training seed). The sui
                  phi_params: {K: 8}, train_seed: [0, 1, 2, 3, 4], budget: steps, budget_value: 2000}
     protocols: [train]
 
-The target supplies the model p_θ(x, z) (``vae``), the training data x (its ``data:``) and the architecture; θ
-is re-initialised (``model.init_params``) and φ is a fresh amortised ``gaussian_encoder`` (tanh MLP
-``encoder_hidden``; ``GaussianEncoder.init_params``), both from the seed
+The target supplies the model p_θ(x, z) (``vae``, ``sbn``), the training data x (its ``data:``) and the architecture;
+θ is re-initialised (``model.init_params``) and φ is a fresh amortised encoder of the model's latent space
+(:func:`fresh_encoder`): real z → ``gaussian_encoder`` (tanh MLP ``encoder_hidden``; ``GaussianEncoder.init_params``),
+binary z → ``bernoulli_encoder`` (linear, or one tanh layer ``encoder_hidden = [h]``; trained with a score-function
+φ-estimator such as vimco, rloo or disarm); the target's own ``proposal`` is not used. Both from the seed
     base = derive_seed(noise_seed(target), "train", train_seed),
 which does not depend on the estimators: every estimator pair of a (target, train_seed) group starts from the
 same (θ₀, φ₀), sees the same minibatches (epoch e is ``randperm(N)`` from derive_seed(base, "epoch", e), cut
@@ -29,7 +31,8 @@ Training stops when the budget — optimiser steps, log-joint evaluations (Σ of
 or seconds — is spent; all three are recorded.
 
 Held-out evaluation (final rows, nats per data point; s.e. over the evaluated points):
-* latent_dim ≤ 2: log p_θ(x_n) by adaptive Gauss–Hermite quadrature at each point's Laplace approximation
+* binary z (k ≤ 16): log p_θ(x_n) = logsumexp over the 2ᵏ states, exact (``references.enumeration``);
+* real z, latent_dim ≤ 2: log p_θ(x_n) by adaptive Gauss–Hermite quadrature at each point's Laplace approximation
   (``references.quadrature``), with the 2n-node rule and the doubling error max_n |ℓ_2n − ℓ_n| as a bound;
 * otherwise IWAE with K = ``eval_K`` under the trained encoder, log (1/K) Σ_k w_k (biased low, O(1/K)).
 Rows: ``test_loglik``, ``train_loglik`` (on the first ``train_eval_n`` training points), ``steps``, ``evals``,
@@ -65,8 +68,10 @@ from torch import Tensor
 from gradbench import registry
 from gradbench.contracts import Params
 from gradbench.estimators.params import TrainParams
+from gradbench.families.bernoulli import BernoulliEncoder
 from gradbench.families.gaussian import GaussianEncoder
 from gradbench.protocols import Row, row
+from gradbench.references import enumeration
 from gradbench.references.quadrature import DEFAULT_NODES, NODE_BUDGET, gauss_hermite, laplace
 from gradbench.seeding import derive_seed, make_generator
 from gradbench.target import ComposedTarget
@@ -122,10 +127,21 @@ def iwae_log_px(target: ComposedTarget, K: int, gen: torch.Generator, chunk: int
     return acc - math.log(K)
 
 
+@torch.no_grad()
+def enumerated_log_px(model: Any, theta: Params, x: Tensor) -> Tensor:
+    """log p_θ(x_n) = logsumexp_z log p_θ(x_n, z) over the 2ᵏ binary states, per point [N], float64 (exact)."""
+    theta = {k: v.detach().to(device="cpu", dtype=torch.float64) for k, v in theta.items()}
+    x = x.detach().to(device="cpu", dtype=torch.float64)
+    return torch.logsumexp(enumeration.log_joint_table(model, theta, x), dim=0)
+
+
 def held_out(target: ComposedTarget, x: Tensor, K: int, gen: torch.Generator,
              nodes: int | None = None) -> tuple[Tensor, str, float]:
-    """(per-point log p(x_n) estimates [N], method, quadrature error bound or NaN)."""
-    if target.latent_dim <= QUADRATURE_MAX_DIM:
+    """(per-point log p(x_n) estimates [N], method, quadrature error bound or NaN): exact by enumeration for binary
+    latents, by quadrature for ≤ 2 real ones, else the IWAE_K estimate."""
+    if target.model.latent.kind == "binary" and target.latent_dim <= enumeration.MAX_ENUMERATED_LATENTS:
+        return enumerated_log_px(target.model, target.theta, x), f"exact (enumeration of 2^{target.latent_dim} states)", float("nan")
+    if target.model.latent.kind == "real" and target.latent_dim <= QUADRATURE_MAX_DIM:
         values, err, n = quadrature_log_px(target.model, target.theta, x, nodes)
         return values, f"quadrature (adaptive Gauss-Hermite, {2 * n}^{target.latent_dim} nodes)", float(err.max())
     return iwae_log_px(target.at(x=x), K, gen), f"iwae (K = {K})", float("nan")
@@ -153,11 +169,23 @@ def minibatch(base: int, step: int, N: int, B: int, device: Any) -> Tensor:
     return perm[j * B: (j + 1) * B].to(device)
 
 
+def fresh_encoder(model: Any, data_dim: int, p: TrainParams) -> GaussianEncoder | BernoulliEncoder:
+    """The amortised family trained for ``model``'s latent space: Gaussian for real z, Bernoulli for binary z."""
+    kind, k = model.latent.kind, model.latent.dim
+    if kind == "real":
+        return GaussianEncoder(k, data_dim, tuple(p.encoder_hidden))
+    if kind == "binary":
+        if len(p.encoder_hidden) > 1:
+            raise ValueError(f"train: a Bernoulli encoder has at most one hidden layer, got encoder_hidden = {p.encoder_hidden}")
+        return BernoulliEncoder(k, data_dim, p.encoder_hidden[0] if p.encoder_hidden else None)
+    raise ValueError(f"train: no amortised encoder for a {kind!r} latent space (models with real or binary z)")
+
+
 def initial_state(target: ComposedTarget, p: TrainParams, base: int) -> ComposedTarget:
     """The full-data training target at (θ₀, φ₀) from ``base``: the target's model, a fresh encoder."""
     gen = make_generator(derive_seed(base, "init"))
     model, x = target.model, target.x
-    family = GaussianEncoder(model.latent.dim, x.shape[1], tuple(p.encoder_hidden))
+    family = fresh_encoder(model, x.shape[1], p)
     theta = {k: v.to(dtype=x.dtype, device=x.device) for k, v in model.init_params(gen, torch.float64).items()}
     phi = family.init_params(x, gen, x.dtype)
     return ComposedTarget(model, family, x, theta, phi, seed=target.seed)

@@ -55,14 +55,15 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, *, alpha: 
     import matplotlib.pyplot as plt
 
     from gradbench.report.figures import FIGURES, draw
+    from gradbench.report.train_figures import TRAIN_FIGURES, train_tables  # issue 15: training runs
 
     run = load_run(run_dir, alpha, partial=partial)
     out = Path(out) if out is not None else run.path / "report"
     (out / "figures").mkdir(parents=True, exist_ok=True)
     figures: list[RenderedFigure] = []
-    steps = tqdm(total=len(FIGURES) + 2, desc=f"report {run.suite}", unit="step", disable=not progress)
+    steps = tqdm(total=len(FIGURES) + len(TRAIN_FIGURES) + 2, desc=f"report {run.suite}", unit="step", disable=not progress)
     with steps:
-        for spec in FIGURES:
+        for spec in [*FIGURES, *TRAIN_FIGURES]:
             steps.set_postfix_str(spec.name)
             fig = draw(spec, run)
             if fig is not None:
@@ -77,7 +78,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, *, alpha: 
                 (out / "figures" / f"{spec.name}.png").unlink(missing_ok=True)  # stale from an earlier render
             steps.update()
         steps.set_postfix_str("tables")
-        tables = all_tables(run)
+        tables = all_tables(run) + train_tables(run)
         steps.update()
         steps.set_postfix_str("write")
         report = Report(out, run, figures, tables, embed)

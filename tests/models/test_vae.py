@@ -212,6 +212,29 @@ def test_build_is_deterministic_and_checks_data_width():
     assert t.x.shape == (2, 7) and PARAMS is VAEParams and PROPOSAL is GaussianProposal
 
 
+
+def test_build_fits_the_family_lazily_on_first_use_of_phi():
+    """Issue 15: building a target does not fit the Laplace approximation; the first read of φ does, and gives
+    exactly the eager fit (gaussian.build_family with the same generator); the family's structure is there before."""
+    from gradbench.families import gaussian
+    from gradbench.models.vae import LazyPhiTarget
+    from gradbench.seeding import derive_seed, make_generator
+
+    params = VAEParams(latent_dim=2, data_dim=6, n_data=5, hidden=[4])
+    proposal = GaussianProposal(mean_shift=0.5, log_std_shift=-0.3)  # mean field (the encoder fits: test above)
+    t = build(params, proposal, seed=3)
+    assert isinstance(t, LazyPhiTarget) and not t.phi_fitted
+    assert t.phi_layout.size == GaussianMeanField(2, 5).layout.size and "reparam" in t.capabilities
+    assert not t.phi_fitted  # structure, capabilities and θ-side use need no fit
+    _, eager = gaussian.build_family(t.model, t.theta, t.x, proposal, make_generator(derive_seed(3, "vae-family")))
+    for k in eager:
+        assert torch.equal(t.phi[k], eager[k])
+    assert t.phi_fitted
+    sub = build(params, proposal, seed=3).at(x=t.x[:2])  # at() without φ reads it: the fit happens then
+    assert torch.equal(sub.phi["m"], eager["m"]) and type(sub) is LazyPhiTarget and sub.phi_fitted
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        _ = t.nonsense
+
 # -- issue 11: the digits bias check -------------------------------------------------------------------
 DIGITS_R = 1000
 LOG_STD_SHIFT = 0.7

@@ -234,3 +234,68 @@ def test_train_goes_only_with_the_train_protocol(tmp_path):
                    "estimators:\n  - name: iwae\n    params: {K: 4}\nprotocols: [train]\n")
     with pytest.raises(SuiteError, match="'train' goes with protocols: \\[train\\]"):
         load_suite(bad)
+
+
+# -- wave 3: budgets in evaluations and seconds, sub-estimator params at validate time, the lazy target -----------
+def _one_cell(tmp_path: Path, budget: str, value: float, index: int = 1, every: int = 5):
+    """The tiny suite's cell ``index`` (0: iwae, 1: coupled_isir θ) with another budget and checkpoint interval."""
+    text = TINY.format(steps=40).replace("budget: steps, budget_value: 40", f"budget: {budget}, budget_value: {value}")
+    text = text.replace("checkpoint_every: 10", f"checkpoint_every: {every}")
+    path = tmp_path / "budget.yaml"
+    path.write_text(text)
+    return load_suite(path)[1][index]
+
+
+def test_an_evals_budget_stops_at_the_first_step_that_reaches_it_and_resumes_identically(tmp_path):
+    """Coupled i-SIR costs a random number of log-joint evaluations per step: training stops at the first step whose
+    cumulative evaluations reach the budget (the step before is below it); a run resumed from its last checkpoint
+    stops at the same step with the same table and curves. The target's Laplace fit is never needed."""
+    budget = 3000.0
+    cell = _one_cell(tmp_path, "evals", budget)
+    target = target_for(cell)
+    rows, curves = run_train_cell(cell, target, tmp_path)
+    evals = curves["evals"].to_numpy()
+    assert evals[-1] >= budget > evals[-2]
+    assert len(np.unique(np.diff(evals))) > 1  # the per-step cost varies: the stop is not a fixed step count
+    table = rows.set_index("metric")
+    assert table.loc["evals", "value"] == evals[-1] and table.loc["steps", "value"] == len(curves)
+    state = torch.load(tmp_path / f"{cell.cell_id}.pt", weights_only=False)
+    assert 0 < state["step"] < len(curves) and state["evals"] < budget
+    resumed, resumed_curves = run_train_cell(cell, target, tmp_path)
+    keep = [c for c in rows.columns if c not in PROVENANCE]
+    sel = ~rows["metric"].isin(["seconds", "seconds_per_step"])
+    pd.testing.assert_frame_equal(rows.loc[sel, keep], resumed.loc[sel, keep])
+    cols = [c for c in curves.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(curves[cols], resumed_curves[cols])
+    assert not target.phi_fitted  # vae.build's Laplace fit is lazy and a train cell never reads the target's φ
+
+
+def test_a_seconds_budget_records_at_least_the_budget(tmp_path):
+    """Training stops at the first step whose cumulative training time reaches the budget; all three counters are
+    recorded (negative control: a steps budget of 3 stops after 3 steps, well under that time)."""
+    cell = _one_cell(tmp_path, "seconds", 0.4, index=0, every=1000)
+    rows, curves = run_train_cell(cell, target_for(cell))
+    table = rows.set_index("metric")
+    seconds = curves["seconds"].to_numpy()
+    assert table.loc["seconds", "value"] >= 0.4 and seconds[-1] >= 0.4 > seconds[-2]
+    assert table.loc["steps", "value"] == len(curves) and table.loc["evals", "value"] == 128 * len(curves)
+    short = _one_cell(tmp_path, "steps", 3, index=0, every=1000)
+    rows3, curves3 = run_train_cell(short, target_for(short))
+    assert len(curves3) == 3 and rows3.set_index("metric").loc["seconds", "value"] < 0.4
+
+
+@pytest.mark.parametrize("role, typo, message", [
+    ("theta", "{KK: 4}", "theta_params: unknown parameter 'KK' of theta_estimator 'iwae'; did you mean 'K'"),
+    ("phi", "{K: 0}", "phi_params: phi_estimator 'iwae_reparam': K: Input should be greater than 0"),
+])
+def test_sub_estimator_params_are_validated_with_their_line(tmp_path, role, typo, message):
+    """theta_params / phi_params are checked against the named estimator's schema by `gradbench validate`
+    (load_suite), with the file and line of the estimator's params; the valid suite passes (the control)."""
+    good = TINY.format(steps=10)
+    lines = good.splitlines()
+    line = next(i for i, t in enumerate(lines, 1) if f"{role}_params: {{K: 4}}" in t)  # the first estimator's
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.replace(f"{role}_params: {{K: 4}}", f"{role}_params: {typo}", 1))
+    with pytest.raises(SuiteError, match=rf"bad\.yaml:{line}: estimators\[0\]\.params\.{message}"):
+        load_suite(bad)
+    assert len(load_suite(tiny_suite(tmp_path, 10))[1]) == 2

@@ -1,0 +1,90 @@
+"""`gradbench report` on a training run (issue 15): the training figures and tables are drawn from the run itself
+(results.parquet + curves.parquet), their numbers are those of summarize/paired_test, and a figure whose data a run
+lacks is left out (the negative controls: no coupled θ-estimator → no τ figure; no curves → no learning curves;
+a run without train rows → none of them)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gradbench.protocols.train import pair_label, paired_test, summarize
+from gradbench.report.data import load_run
+from gradbench.report.render import render_report
+from gradbench.report.tables import fmt_p
+from gradbench.report.train_figures import TRAIN_FIGURES, fmt_mean_se, train_tables
+from tests.report.report_helpers import run_to, write_suite
+
+pytestmark = pytest.mark.filterwarnings("error::UserWarning")
+
+TRAIN_NAMES = {spec.name for spec in TRAIN_FIGURES}
+TARGET = {"model": "vae", "params": {"latent_dim": 2, "hidden": [8], "activation": "tanh", "likelihood": "bernoulli"},
+          "data": {"name": "digits", "n": 64, "binarize": "dynamic", "seed": 0}, "proposal": {"family": "gaussian_mean_field"}}
+COMMON = {"train_seed": [0, 1, 2], "budget": "steps", "budget_value": 12, "batch_size": 16, "lr": 0.02,
+          "encoder_hidden": [8], "test_n": 30, "train_eval_n": 30, "quadrature_nodes": 8, "curve_every": 4,
+          "curve_n": 20, "curve_K": 10, "checkpoint_every": 100}
+PAIRS = [{"theta_estimator": "elbo", "theta_params": {"S": 1}, "phi_estimator": "reparam_elbo", "phi_params": {"S": 1}},
+         {"theta_estimator": "coupled_isir", "theta_params": {"K": 4}, "phi_estimator": "iwae_reparam", "phi_params": {"K": 4}}]
+
+
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real tiny training run: 2 estimator pairs × 3 seeds × 12 steps on 64 digits (a few seconds)."""
+    folder = tmp_path_factory.mktemp("train")
+    estimators = [{"name": "train", "params": {**pair, **COMMON}} for pair in PAIRS]
+    return run_to(write_suite(folder, "tiny-train", ["train"], estimators=estimators, replicates=1, seed=0,
+                              targets=[TARGET]), folder / "run")
+
+
+def _figures(run: Path, out: Path) -> set[str]:
+    rep = render_report(run, out, dpi=50)
+    return {f.name for f in rep.figures}
+
+
+def test_a_train_run_gets_its_figures_and_tables_with_the_protocol_numbers(train_run, tmp_path):
+    assert _figures(train_run, tmp_path / "rep") == TRAIN_NAMES
+    assert {p.stem for p in (tmp_path / "rep" / "figures").glob("*.png")} == TRAIN_NAMES
+    results = pd.read_parquet(train_run / "results.parquet")
+    final, paired = train_tables(load_run(train_run))
+    # the final table: mean ± s.e. over the 3 seeds, as summarize computes it
+    s = summarize(results).set_index(["pair", "metric"])
+    col = final.header.index("test log p(x)")
+    for row in final.rows:
+        pair = row[final.header.index("θ-estimator / φ-estimator")].text
+        assert row[final.header.index("seeds")].text == "3"
+        assert row[col].text == fmt_mean_se(s.loc[(pair, "test_loglik"), "mean"], s.loc[(pair, "test_loglik"), "stderr"])
+    assert [r[0].text for r in final.rows] == [pair_label(pd.Series({f"estimator.{k}": v for k, v in p.items()}))
+                                                for p in PAIRS]  # the suite's order; the first is the baseline
+    # the paired table: coupled minus the ELBO baseline over the 3 shared seeds (two pairs: one row)
+    (row,) = paired.rows
+    a, b = final.rows[0][0].text, final.rows[1][0].text
+    r = paired_test(results, a, b)
+    h = paired.header
+    assert row[h.index("minus")].text == a and row[h.index("shared seeds")].text == "3"
+    assert row[h.index("mean difference")].text == fmt_mean_se(r["mean_diff"], r["stderr"])
+    assert row[h.index("p (paired t)")].text == fmt_p(r["p_t"])
+    assert row[h.index("p (sign-flip, exact)")].text == fmt_p(r["p_perm"]) and r["p_perm"] >= 2 / 2**3  # its floor
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "Training: final metrics" in md and "Training: paired differences" in md
+
+
+def test_figures_a_run_lacks_the_data_for_are_left_out(train_run, tmp_path):
+    """Negative controls: without the coupled pair there is no τ figure; without curve files (curves.parquet and the
+    cells' own) no learning curves; a run without train rows gets none of the training figures or tables."""
+    no_coupled = tmp_path / "no-coupled"
+    shutil.copytree(train_run, no_coupled)
+    t = pd.read_parquet(no_coupled / "results.parquet")
+    t[t["estimator.theta_estimator"] != "coupled_isir"].to_parquet(no_coupled / "results.parquet")
+    assert _figures(no_coupled, tmp_path / "r1") == TRAIN_NAMES - {"train_tau"}
+    no_curves = tmp_path / "no-curves"
+    shutil.copytree(train_run, no_curves)
+    for f in [no_curves / "curves.parquet", *(no_curves / "cells").glob("*.curves.parquet")]:
+        f.unlink()
+    assert _figures(no_curves, tmp_path / "r2") == TRAIN_NAMES - {"train_curves", "train_tau"}
+    other = tmp_path / "not-train"
+    shutil.copytree(train_run, other)
+    t.assign(protocol="bias").to_parquet(other / "results.parquet")
+    assert not _figures(other, tmp_path / "r3") & TRAIN_NAMES and train_tables(load_run(other)) == []
