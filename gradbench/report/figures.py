@@ -28,8 +28,14 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
-from gradbench.report.data import (CORRECTIONS, VARIANCE_WARNED_METRICS, RunData, bias_decision,  # noqa: E402
-                                   fmt_param, infinite_variance_cells)
+from gradbench.report.data import (  # noqa: E402
+    CORRECTIONS,
+    VARIANCE_WARNED_METRICS,
+    RunData,
+    bias_decision,
+    fmt_param,
+    infinite_variance_cells,
+)
 from gradbench.report.style import LINESTYLES, MARKERS, estimator_color, metric_label, theme  # noqa: E402
 
 PANEL_W, PANEL_H = 3.6, 3.1

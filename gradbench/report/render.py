@@ -20,8 +20,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import gradbench
-from gradbench.report.data import (CORRECTIONS, RunData, bias_decision, fmt_param, infinite_variance_cells, load_run,
-                                   param_columns)
+from gradbench.report.data import (
+    CORRECTIONS,
+    RunData,
+    bias_decision,
+    fmt_param,
+    infinite_variance_cells,
+    load_run,
+    param_columns,
+)
 from gradbench.report.tables import Table, all_tables
 
 DEFAULT_DPI = 200  # print quality; figures use ≥ 9 pt text at this size

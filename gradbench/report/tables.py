@@ -16,8 +16,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from gradbench.report.data import (ADJUSTED_BIAS_METRICS, VARIANCE_WARNED_METRICS, RunData, bias_decision, bias_flag_note,
-                                   fmt_param, infinite_variance_cells)
+from gradbench.report.data import (
+    ADJUSTED_BIAS_METRICS,
+    VARIANCE_WARNED_METRICS,
+    RunData,
+    bias_decision,
+    bias_flag_note,
+    fmt_param,
+    infinite_variance_cells,
+)
 
 # (metric, column header) in display order; columns appear only when the run has the metric.
 ACCURACY_COLUMNS = [

@@ -5,16 +5,22 @@ usage: encoder_size.py SEEDS [R] [N_REF]
 variants: two-sample (the shipped test), ref-as-exact (reference noise ignored: must be anti-conservative
 if that noise matters), and p-values of T² / max-t separately; plus the Hill tail index of the estimator.
 """
-import sys, time, math
-import numpy as np, torch
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
 sys.path.insert(0, '.')
 from scipy import stats as sps
-from gradbench.models.ppca_encoder import PPCAEncoder
-from gradbench.models.params import PPCAEncoderParams, EncoderParams
+
 from gradbench.contracts import Objective
-from gradbench.references.estimated import iwae_bound_reference
 from gradbench.estimators.pathwise import iwae_reparam
+from gradbench.models.params import EncoderParams, PPCAEncoderParams
+from gradbench.models.ppca_encoder import PPCAEncoder
 from gradbench.protocols.bias import reference_noise
+from gradbench.references.estimated import iwae_bound_reference
 from gradbench.stats import bias_test, hill_tail_index
 
 seeds = int(sys.argv[1]); R = int(sys.argv[2]) if len(sys.argv) > 2 else 300

@@ -3,14 +3,20 @@
 usage: sumo_size.py ALPHA R SEEDS [TEST]   (ALPHA: power-tail exponent of the truncation; TEST: default | ...)
 Each seed s: target_seed derived from s, SUMO noise from s; p-value of bias_test on group 'all'.
 """
-import sys, time, math
-import numpy as np, torch
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
 sys.path.insert(0, '.')
 from scipy import stats as sps
-from gradbench.models.ppca import PPCA
-from gradbench.models.params import PPCAParams, ProposalParams
+
 from gradbench.estimators.sumo import sumo
-from gradbench.stats import bias_test, hill_tail_index
+from gradbench.models.params import PPCAParams, ProposalParams
+from gradbench.models.ppca import PPCA
+from gradbench.stats import bias_test
 
 alpha, R, seeds = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 max_terms = int(sys.argv[4]) if len(sys.argv) > 4 else 100_000
