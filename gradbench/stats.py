@@ -185,10 +185,12 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
        R = 30 on oracle PPCA gradients (chi-square-like, skewed), 300 targets: false alarms 0.3 % /
        4.7 % at α = 1 % / 5 % (KS p = 0.54), where Rademacher or Mammen multiplier weights gave 8 % /
        11 % at α = 1 % and Šidák on normal tails 3–4 %. Known limit (both bootstrap branches):
-       heavy-tailed replicates (tail index < 4, e.g. SUMO's default, 8/3) make the row bootstrap
-       over-disperse — the test is then conservative (SUMO, 300 targets: 0–1.3 % at α = 5 %), never
+       heavy-tailed replicates (a heavy scale mixture, e.g. SUMO with truncation α = 0.8, tail index 8/3)
+       make the row bootstrap over-disperse (resamples that miss the largest replicate) — the test is then
+       conservative (300 targets: 0.0 % / 0.3 % at α = 1 % / 5 % at R = 30, 0.3 % / 2.3 % at R = 500), never
        anti-conservative; sign-flip (Rademacher) weights would fix that but are anti-conservative
-       for skewed gradients at small R. p = (1 + #{T* ≥ T}) /
+       for skewed gradients at small R. SUMO's default (α = ½, Gaussian-type tail) is calibrated
+       (gradbench.estimators.sumo; suites/calibration-sumo.yaml). p = (1 + #{T* ≥ T}) /
        (B + 1); when no draw reaches T the p-value is refined to min(1/(B+1), Bonferroni on t_{n−1}
        tails) so that multiple-testing corrections can rank very small p-values (decisions at any
        α ≥ 1/(B+1) are unchanged). ``rng`` drives the bootstrap (the caller seeds it).
