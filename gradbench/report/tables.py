@@ -120,7 +120,7 @@ def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float, decis
     for metric, _ in columns:
         v = r.get(metric)
         if heavy and metric in VARIANCE_WARNED_METRICS:
-            out.append(Cell(fmt_value(v) + " †", "bad"))
+            out.append(Cell(fmt_value(v) + " †"))  # † marks it (a red flag is reserved for bias)
         elif metric in ("bias_pvalue",) + ADJUSTED_BIAS_METRICS:
             biased = metric == decision and v is not None and np.isfinite(v) and v < alpha
             out.append(Cell(fmt_p(v) + (" ✱ biased" if biased else ""), "bad" if biased else None))
