@@ -21,19 +21,22 @@ The geometric tail (index ≈ 1) and power tails with α ≥ 1 (e.g. α = 2: ind
 variance. Measured Hill indices of ‖ĝ − median‖ on the demo PPCA (d = 10, k = 3, R = 2·10⁴, seed 0;
 k = ⌈√n⌉, so light tails give finite values that grow with n): geometric ρ = 0.8: 1.31 ± 0.11; power
 α = 2: 1.46 ± 0.12; α = 0.9: 2.25 ± 0.19; α = 0.8: 2.85 ± 0.24; α = ½: 7.0 ± 0.6.
-The default is ``power`` with α = ½. A finite variance is not enough for the bias test
-(:func:`gradbench.stats.bias_test`): with α = 0.8 the replicates are a heavy scale mixture and the
-row bootstrap of the studentised statistics over-disperses (resamples that miss the largest replicate), so
-the test is conservative at every R measured (300 PPCA targets: 0.0 % / 0.3 % false alarms at
-α = 1 % / 5 % at R = 30, KS p = 5·10⁻⁵; 0.3 % / 2.3 % at R = 500, KS p = 2·10⁻⁷), and so is α = 0.6
-(index 6; R = 30: 0.3 % / 0.7 %, KS p = 0.006). α = ½ is calibrated (R = 30: 0.7 % / 1.7 %, KS p = 0.21;
-R = 100: 0.3 % / 4.3 %, KS p = 0.12; studies/issue12/sumo_size.py). Its price is cost: E𝒦 is infinite
-for α ≤ 1 and ``max_terms`` = M bounds it, E min(𝒦, M) ≈ 2√M (≈ 630 at M = 10⁵, against ≈ 50 for
-α = 0.8), censoring a fraction M^{−½} (0.3 % per data point) of replicates, reported by the
-meeting/censoring diagnostics. Finite variance and finite expected cost cannot both hold with this
-Δ_j decay. The infinite-variance settings (``geometric``, or ``power`` with α ≥ 1, Luo et al.'s
-cheaper choices) and the heavy-tailed α ∈ (½, 1) stay available when asked for explicitly; their
-variance metrics then carry the ``tail_index`` warning of the variance protocol.
+The default is ``power`` with α = 0.8 (finite variance, index 8/3). A finite variance is not enough for
+the bias test (:func:`gradbench.stats.bias_test`): with α = 0.8 the replicates are a heavy scale mixture
+and the row bootstrap of the studentised statistics over-disperses (resamples that miss the largest
+replicate), so the test is conservative at every R measured — fewer false alarms than α, never more —
+(300 PPCA targets: 0.0 % / 0.3 % false alarms at α = 1 % / 5 % at R = 30, KS p = 5·10⁻⁵; 0.3 % / 2.3 %
+at R = 500, KS p = 2·10⁻⁷), and so is α = 0.6 (index 6; R = 30: 0.3 % / 0.7 %, KS p = 0.006). α = ½ is
+calibrated (R = 30: 0.7 % / 1.7 %, KS p = 0.21; R = 100: 0.3 % / 4.3 %, KS p = 0.12;
+studies/issue12/sumo_size.py; suites/calibration-sumo.yaml) and is the choice when the bias test must be
+calibrated. It is not the default because of its cost: E𝒦 is infinite for α ≤ 1 and ``max_terms`` = M
+bounds it, E min(𝒦, M) ≈ 2√M (≈ 340 evaluations per data point measured at M = 10⁵, against ≈ 35 for
+α = 0.8), and a replicate runs all its data points to the largest 𝒦_n: with N = 10 data points
+E min(max_n 𝒦_n, M) ≈ 20√M, and memory grows with it. Censoring is a fraction ≈ N M^{−α} of replicates
+(M^{−½} = 0.3 % per data point for α = ½), reported by the meeting/censoring diagnostics. Finite variance
+and finite expected cost cannot both hold with this Δ_j decay. The infinite-variance settings
+(``geometric``, or ``power`` with α ≥ 1, Luo et al.'s cheaper choices) stay available when asked for
+explicitly; their variance metrics then carry the ``tail_index`` warning of the variance protocol.
 Truncations: ``geometric`` S(j) = ρ^{j−1} (E𝒦 = 1/(1−ρ)); ``power`` S(j) = j^{−α}, α > 0
 (E𝒦 = ζ(α) for α > 1, infinite otherwise). ω is computed in log space (log-cumulative sums) so huge or tiny weights cannot
 overflow. A draw with 𝒦 > ``max_terms`` censors its replicate (NaN row, ``censored`` flag), as
@@ -112,7 +115,7 @@ def sumo_weights(log_w: Tensor, n_terms: Tensor, K_min: int, truncation: str, rh
 
 
 def sumo(target: LatentTarget, R: int, gen: torch.Generator, *, K_min: int = 1, truncation: str = "power",
-         rho: float = 0.8, alpha: float = 0.5, max_terms: int = 100_000) -> GradSample:
+         rho: float = 0.8, alpha: float = 0.8, max_terms: int = 100_000) -> GradSample:
     """θ-gradient of the SUMO log-likelihood estimate (see the module docstring)."""
     N = target.n_data
     n_terms = sample_terms((R, N), gen, truncation, rho, alpha)  # float64 [R, N]
