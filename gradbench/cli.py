@@ -196,8 +196,11 @@ def meeting_note(protocols: list[str] | tuple[str, ...], estimators: list[str]) 
 @click.option("--executor", type=click.Choice(["local", "dask"]),
               help="Where cells run [default: the suite's, else local].")
 @click.option("--scheduler", help="Dask scheduler address (tcp://HOST:8786); without it, a LocalCluster.")
+@click.option("--correction", type=click.Choice(["bh", "holm"]), default="bh", show_default=True,
+              help="Multiple-testing correction that flags biases in the printed table (bh: Benjamini–Hochberg "
+                   "q-values; holm: Holm-adjusted p-values; over the run's bias tests, one per cell).")
 def run(suite: Path, out: Path | None, device: str | None, replicates: int | None, seed: int | None,
-        target_seed: int | None, fresh: bool, executor: str | None, scheduler: str | None) -> None:
+        target_seed: int | None, fresh: bool, executor: str | None, scheduler: str | None, correction: str) -> None:
     """Run a suite (resuming finished cells) and write results.parquet."""
     from gradbench.suite import load_suite
 
@@ -225,7 +228,7 @@ def run(suite: Path, out: Path | None, device: str | None, replicates: int | Non
         click.echo(f"gradbench: interrupted: {done} of {summary.total} cells are finished and saved in {out}; "
                    "run the same command again to resume", err=True)
         sys.exit(130)
-    click.echo(format_run(summary.table, spec.protocols, spec))
+    click.echo(format_run(summary.table, spec.protocols, spec, correction))
     note = meeting_note(spec.protocols, [c.estimator for c in cells])
     if note:
         click.echo(f"\nnote: {note}")

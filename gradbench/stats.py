@@ -185,10 +185,12 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
        R = 30 on oracle PPCA gradients (chi-square-like, skewed), 300 targets: false alarms 0.3 % /
        4.7 % at α = 1 % / 5 % (KS p = 0.54), where Rademacher or Mammen multiplier weights gave 8 % /
        11 % at α = 1 % and Šidák on normal tails 3–4 %. Known limit (both bootstrap branches):
-       heavy-tailed replicates (tail index < 4, e.g. SUMO's default, 8/3) make the row bootstrap
-       over-disperse — the test is then conservative (SUMO, 300 targets: 0–1.3 % at α = 5 %), never
+       heavy-tailed replicates (a heavy scale mixture, e.g. SUMO with truncation α = 0.8, tail index 8/3)
+       make the row bootstrap over-disperse (resamples that miss the largest replicate) — the test is then
+       conservative (300 targets: 0.0 % / 0.3 % at α = 1 % / 5 % at R = 30, 0.3 % / 2.3 % at R = 500), never
        anti-conservative; sign-flip (Rademacher) weights would fix that but are anti-conservative
-       for skewed gradients at small R. p = (1 + #{T* ≥ T}) /
+       for skewed gradients at small R. SUMO with α = ½ (Gaussian-type tail) is calibrated
+       (gradbench.estimators.sumo; suites/calibration-sumo.yaml). p = (1 + #{T* ≥ T}) /
        (B + 1); when no draw reaches T the p-value is refined to min(1/(B+1), Bonferroni on t_{n−1}
        tails) so that multiple-testing corrections can rank very small p-values (decisions at any
        α ≥ 1/(B+1) are unchanged). ``rng`` drives the bootstrap (the caller seeds it).
@@ -243,8 +245,10 @@ def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: fl
     """(combined, T², max-t) bootstrap p-values from one set of resamples (see :func:`bias_test`).
 
     Rows resampled (multinomial counts c): m* = c Xc / n + Σ_i ξ_i L_i (Gaussian reference noise);
-    T²* = m*ᵀ (S*/n + V_ref)⁻¹ m* in the rank-r basis with the resample's own covariance S*, and
-    M* = max_j |m*_j| / se*_j over the live coordinates. The combination is min-p: P = min(p_T², p_M)
+    T²* = m*ᵀ (S*/n + V_ref*)⁻¹ m* in the rank-r basis with the resample's own covariance S* and, for an
+    estimated reference (sample covariance C on n_ref − 1 df), V_ref* = C*/n_ref with C* a Wishart draw around C
+    (:func:`_wishart_draws`): the observed T² is studentised by an estimated C, so each draw is too; and
+    M* = max_j |m*_j| / se*_j over the live coordinates (se*_j with the same C*). The combination is min-p: P = min(p_T², p_M)
     with each p the rank of the statistic in its bootstrap law, calibrated by the law of P* over the
     same resamples (Westfall & Young 1993, §2; the "power enhancement" of a quadratic test by a
     max-type one, Fan, Liao & Yao, Econometrica 83, 2015)."""
@@ -253,9 +257,16 @@ def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: fl
     Xl = Xc[:, live]
     s2 = (Xl**2).sum(0)
     L_parts = [L for L, _ in dn.parts[1:]]
+    dfs = [df for _, df in dn.parts[1:]]
     roots = [L @ dn.basis.T for L in L_parts]
-    V_ref = sum((R.T @ R for R in roots), np.zeros((Y.shape[1], Y.shape[1])))
+    r = Y.shape[1]
+    # estimated parts (finite df): their covariance is itself an estimate; each draw re-estimates it
+    V_known = sum((R.T @ R for R, df in zip(roots, dfs) if not math.isfinite(df)), np.zeros((r, r)))
+    wishart = [(_sym_root(R.T @ R), df) for R, df in zip(roots, dfs) if math.isfinite(df)]
     ref_var = sum(((L[:, live] ** 2).sum(0) for L in L_parts), np.zeros(Xl.shape[1]))
+    known_var = sum(((L[:, live] ** 2).sum(0) for L, df in zip(L_parts, dfs) if not math.isfinite(df)),
+                    np.zeros(Xl.shape[1]))
+    B_live = dn.basis[:, live]  # [r, m]: the live coordinates in the rank-r basis
     m_obs = float(np.max(np.abs(diff[live]) / np.sqrt(s2 / (n * (n - 1)) + ref_var)))
     YY = Y[:, :, None] * Y[:, None, :]  # [n, r, r]
     T, M = [], []
@@ -271,13 +282,18 @@ def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: fl
             xi = rng.standard_normal((b, R.shape[0]))
             m = m + xi @ R
             mc = mc + xi @ L[:, live]
+        if wishart:
+            W = sum((_wishart_draws(A, df, b, rng) for A, df in wishart), np.zeros((b, r, r)))
+            ref_var_b = known_var + np.einsum("ri,brs,si->bi", B_live, W, B_live)
+        else:
+            W, ref_var_b = np.zeros((1, r, r)), ref_var
         try:
-            sol = np.linalg.solve(S + V_ref, m[:, :, None])[:, :, 0]
+            sol = np.linalg.solve(S + V_known + W, m[:, :, None])[:, :, 0]
             T.append(np.einsum("bi,bi->b", m, sol))
         except np.linalg.LinAlgError:  # a singular resample: count it as exceeding (conservative)
             T.append(np.full(b, np.inf))
         with np.errstate(divide="ignore", invalid="ignore"):
-            M.append(np.nan_to_num(np.abs(mc) / np.sqrt(np.maximum(vc, 0.0) + ref_var), nan=np.inf).max(1))
+            M.append(np.nan_to_num(np.abs(mc) / np.sqrt(np.maximum(vc, 0.0) + ref_var_b), nan=np.inf).max(1))
         done += b
     Tb, Mb = np.concatenate(T), np.concatenate(M)
     B = Tb.size
@@ -292,6 +308,25 @@ def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: fl
     if count == 0:
         p = min(p, 2 * p_f)
     return p, p_t, p_m
+
+
+def _sym_root(V: np.ndarray) -> np.ndarray:
+    """A with A Aᵀ = V for a symmetric positive semi-definite V (eigen-root; negative rounding clipped)."""
+    w, U = np.linalg.eigh(V)
+    return U * np.sqrt(np.clip(w, 0.0, None))
+
+
+def _wishart_draws(A: np.ndarray, df: float, b: int, rng: np.random.Generator) -> np.ndarray:
+    """b draws of V* = A W Aᵀ / df with W ~ Wishart(df, I_r) by Bartlett's decomposition W = T Tᵀ (T lower
+    triangular, T_ii² ~ χ²(df − i), T_ij ~ N(0, 1) below the diagonal): the sampling law of a covariance
+    estimated on df degrees of freedom whose truth is A Aᵀ (Bartlett 1933; e.g. Anderson, An Introduction to
+    Multivariate Statistical Analysis, 3rd ed., §7.2)."""
+    r = A.shape[0]
+    T = np.tril(rng.standard_normal((b, r, r)), -1)
+    idx = np.arange(r)
+    T[:, idx, idx] = np.sqrt(rng.chisquare(df - idx, size=(b, r)))
+    AT = A @ T  # [b, r, r]
+    return AT @ AT.transpose(0, 2, 1) / df
 
 
 def _max_t_bootstrap(Xc: np.ndarray, diff: np.ndarray, noise: ReferenceNoise, live: np.ndarray,

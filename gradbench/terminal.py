@@ -8,8 +8,9 @@ Rows are cells. A cell is named by
 
 Numbers: ``value ± s.e.``; p- and q-values as ``0.034``, ``3.1e-07`` or ``<1e-300`` (a p-value that
 underflowed to 0 is a bound, not a zero). The bias column shows the 95 % interval of ‖b‖/‖g*‖ and
-the Benjamini–Hochberg q-value when the run has them (metrics ``rel_bias_ci_low``,
-``rel_bias_ci_high``, ``bias_qvalue`` of the statistics issue), else ``rel_bias ± s.e.`` and ``p``.
+the Benjamini–Hochberg q-value (or, with ``correction="holm"``, the Holm-adjusted p-value
+``bias_pvalue_holm``) when the run has them (metrics ``rel_bias_ci_low``, ``rel_bias_ci_high``,
+``bias_qvalue`` of the statistics issue), else ``rel_bias ± s.e.`` and ``p``; ``✱`` marks a value below α.
 """
 
 from __future__ import annotations
@@ -126,8 +127,22 @@ def _pm(metric: str) -> Callable[[dict[str, tuple[float, float]]], str | None]:
     return lambda m: fmt_pm(*m[metric]) if metric in m else None
 
 
-def _p(metric: str) -> Callable[[dict[str, tuple[float, float]]], str | None]:
-    return lambda m: fmt_p(m[metric][0]) if metric in m else None
+def _p(metric: str, alpha: float | None = None) -> Callable[[dict[str, tuple[float, float]]], str | None]:
+    """The p-/q-value of ``metric``; with ``alpha``, ``✱`` marks a value below it (a flagged bias)."""
+    def cell(m: dict[str, tuple[float, float]]) -> str | None:
+        if metric not in m:
+            return None
+        v = m[metric][0]
+        return fmt_p(v) + (" ✱" if alpha is not None and math.isfinite(v) and v < alpha else "")
+    return cell
+
+
+# correction -> (adjusted bias metric, column header, what the note says)
+CORRECTIONS = {
+    "bh": ("bias_qvalue", "q", "q: Benjamini–Hochberg q-value (false discovery rate)"),
+    "holm": ("bias_pvalue_holm", "p_Holm", "p_Holm: Holm-adjusted p-value (family-wise error rate)"),
+}
+DEFAULT_ALPHA = 0.01  # as gradbench.report.DEFAULT_ALPHA
 
 
 def _bias_interval(m: dict[str, tuple[float, float]]) -> str | None:
@@ -151,15 +166,20 @@ def _snr_band(m: dict[str, tuple[float, float]]) -> str | None:
     return f"[{fmt_num(m['snr_q25'][0])}, {fmt_num(m['snr_q75'][0])}]"
 
 
-def protocol_columns(protocol: str, metrics: set[str]) -> tuple[list[Column], str]:
-    """The columns of one protocol's table for the metrics the run has, and the table's note."""
+def protocol_columns(protocol: str, metrics: set[str], correction: str = "bh",
+                     alpha: float = DEFAULT_ALPHA) -> tuple[list[Column], str]:
+    """The columns of one protocol's table for the metrics the run has, and the table's note. Bias is
+    flagged (``✱``) by the adjusted p-value of ``correction`` (``bh`` or ``holm``) below ``alpha``."""
     if protocol == "bias":
         if {"rel_bias_ci_low", "rel_bias_ci_high"} <= metrics:
-            q = "bias_qvalue" if "bias_qvalue" in metrics else "bias_pvalue"
+            adjusted, header, what = CORRECTIONS[correction]
+            q = adjusted if adjusted in metrics else "bias_pvalue"
             name = "rel. bias (debiased)" if "rel_bias_debiased" in metrics else "rel. bias"
             note = ("‖ḡ − g*‖/‖g*‖ with its 95 % interval; "
-                    + ("q: Benjamini–Hochberg q-value within the run" if q == "bias_qvalue" else "p: H0 unbiased"))
-            cols: list[Column] = [(f"{name} [95% CI]", _bias_interval), ("q" if q == "bias_qvalue" else "p", _p(q))]
+                    + (f"{what} over the run's bias tests of parameter group 'all', one per cell"
+                       if q == adjusted else "p: H0 unbiased, per row, no multiplicity correction")
+                    + f"; ✱: below α = {alpha:g}")
+            cols: list[Column] = [(f"{name} [95% CI]", _bias_interval), (header if q == adjusted else "p", _p(q, alpha))]
         else:
             note = "‖ḡ − g*‖/‖g*‖ ± 1 s.e.; p: test of H0 unbiased (per row, no multiplicity correction)"
             cols = [("rel. bias ± s.e.", _pm("rel_bias")), ("p", _p("bias_pvalue"))]
@@ -187,8 +207,10 @@ def protocol_columns(protocol: str, metrics: set[str]) -> tuple[list[Column], st
     return [], ""
 
 
-def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None) -> str:
-    """One table per protocol in ``protocols`` that has rows (parameter group ``all``; SNR per group)."""
+def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, correction: str = "bh",
+               alpha: float = DEFAULT_ALPHA) -> str:
+    """One table per protocol in ``protocols`` that has rows (parameter group ``all``; SNR per group); bias
+    flagged by ``correction``'s adjusted p-value below ``alpha`` (:func:`protocol_columns`)."""
     import pandas as pd
 
     if table is None or table.empty:
@@ -210,7 +232,7 @@ def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None) ->
         if sub.empty:
             continue
         metrics = set(sub["metric"])
-        columns, note = protocol_columns(protocol, metrics)
+        columns, note = protocol_columns(protocol, metrics, correction, alpha)
         if not columns:
             continue
         groups = ["all"] if protocol != "snr" else list(dict.fromkeys(sub["param_group"]))

@@ -103,3 +103,16 @@ def test_progress_prints_one_line_per_finished_cell(tmp_path):
     progress = CellProgress(cells, tmp_path, lines.append)
     progress(cells[1])
     assert len(lines) == 1 and lines[0].startswith("gradbench: [1/1] iwae(K=8) — ")
+
+
+def test_bias_flags_by_the_chosen_correction():
+    """bh shows and flags by q (✱ below α); holm by the Holm-adjusted p-value; without Holm rows holm falls
+    back to the uncorrected p (the control: the same table, another statistic)."""
+    table = _table(True)
+    holm = table[table["metric"] == "bias_qvalue"].assign(metric="bias_pvalue_holm", value=1.0)
+    table = pd.concat([table, holm], ignore_index=True)
+    bh = format_run(table, ["bias"], correction="bh", alpha=0.5)
+    assert " q" in bh.splitlines()[1] and "0.400 ✱" in bh and "Benjamini–Hochberg" in bh
+    ho = format_run(table, ["bias"], correction="holm", alpha=0.5)
+    assert "p_Holm" in ho.splitlines()[1] and "✱" not in ho.split("\n\n")[0].split("─")[-1] and "Holm" in ho
+    assert "p_Holm" not in format_run(_table(True), ["bias"], correction="holm")

@@ -27,7 +27,11 @@ class ReportInputError(click.ClickException):
               help="Link figures/*.png from index.html instead of embedding them "
                    "(half the size; keep the folder together).")
 @click.option("--partial", is_flag=True, help="Report the finished cells of an incomplete (interrupted) run.")
-def report(run_dir: Path, out: Path | None, alpha: float | None, dpi: int, link_figures: bool, partial: bool) -> None:
+@click.option("--correction", type=click.Choice(["bh", "holm"]), default="bh", show_default=True,
+              help="Multiple-testing correction of the bias flags over the run's bias tests (one per cell): "
+                   "bh = Benjamini–Hochberg q-values (false discovery rate), holm = Holm (family-wise error).")
+def report(run_dir: Path, out: Path | None, alpha: float | None, dpi: int, link_figures: bool, partial: bool,
+           correction: str) -> None:
     """Render RUN_DIR's results as index.html (self-contained), summary.md and figures/*.png."""
     from gradbench.report.data import RunError
     from gradbench.report.render import render_report
@@ -36,7 +40,7 @@ def report(run_dir: Path, out: Path | None, alpha: float | None, dpi: int, link_
         raise ReportInputError(f"-o {out}: is a file, not a folder; give a folder (it is created if missing)")
     try:
         rep = render_report(run_dir, out, alpha=alpha, dpi=dpi, embed=not link_figures, progress=sys.stderr.isatty(),
-                            partial=partial)
+                            partial=partial, correction=correction)
     except RunError as exc:
         raise ReportInputError(str(exc)) from None
     done = rep.run.manifest.get("partial")

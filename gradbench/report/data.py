@@ -71,6 +71,7 @@ class RunData:
     manifest: dict[str, Any]
     alpha: float
     cells: pd.DataFrame = field(repr=False)
+    correction: str = "bh"  # multiple-testing correction of the bias flags: "bh" or "holm" (see bias_decision)
 
     @property
     def suite(self) -> str:
@@ -112,12 +113,12 @@ class RunData:
             sub = sub.drop_duplicates("cell_id").set_index("cell_id")
             out[m] = out["cell_id"].map(sub["value"])
             out[m + "__se"] = out["cell_id"].map(sub["stderr"])
-            if m in ("bias_pvalue", "bias_qvalue"):
+            if m in ("bias_pvalue",) + ADJUSTED_BIAS_METRICS:
                 out[m + "__method"] = out["cell_id"].map(sub["method"])
         return out
 
 
-def load_run(path: str | Path, alpha: float | None = None, *, partial: bool = False) -> RunData:
+def load_run(path: str | Path, alpha: float | None = None, *, partial: bool = False, correction: str = "bh") -> RunData:
     """Read a run folder (or its ``results.parquet``) written by ``gradbench run``.
 
     An unfinished run (interrupted, or still running: ``run.json`` says ``"complete": false``, or
@@ -167,7 +168,9 @@ def load_run(path: str | Path, alpha: float | None = None, *, partial: bool = Fa
         alpha = float(manifest.get("alpha", DEFAULT_ALPHA))
     if not 0 < alpha < 1:
         raise RunError(f"alpha must be in (0, 1), got {alpha}")
-    return RunData(path, results, meeting, manifest, alpha, describe_cells(results))
+    if correction not in CORRECTIONS:
+        raise RunError(f"correction must be one of {sorted(CORRECTIONS)}, got {correction!r}")
+    return RunData(path, results, meeting, manifest, alpha, describe_cells(results), correction)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -252,10 +255,46 @@ def gradient_of(estimator: str, wrt: Any = None) -> str:
     return {"theta": "∇θ", "phi": "∇φ"}.get(wrt, wrt)
 
 
+# correction -> (adjusted metric, short label, long name, what it controls)
+CORRECTIONS = {
+    "bh": ("bias_qvalue", "q", "Benjamini–Hochberg q-value", "false discovery rate"),
+    "holm": ("bias_pvalue_holm", "p_Holm", "Holm-adjusted p-value", "family-wise error rate"),
+}
+ADJUSTED_BIAS_METRICS = tuple(c[0] for c in CORRECTIONS.values())
+
+
 def bias_decision(run: RunData) -> str:
-    """The metric that flags a bias: the Benjamini–Hochberg ``bias_qvalue`` of the statistics issue
-    when the run has it (multiple testing controlled within the run), else the per-row ``bias_pvalue``."""
-    return "bias_qvalue" if run.has("bias_qvalue") else "bias_pvalue"
+    """The metric that flags a bias: the adjusted p-value of the run's correction (``bias_qvalue``,
+    Benjamini–Hochberg, by default; ``bias_pvalue_holm`` with ``--correction holm``) when the run has it
+    (multiple testing controlled within the run), else the per-row ``bias_pvalue``."""
+    metric = CORRECTIONS[run.correction][0]
+    return metric if run.has(metric) else "bias_pvalue"
+
+
+def bias_flag_note(run: RunData) -> str:
+    """What ``✱ biased`` means in this report: the statistic, α and the family the correction spans."""
+    decision = bias_decision(run)
+    if decision == "bias_pvalue":
+        return f"✱ biased: bias p-value < α = {run.alpha:g} (H0: unbiased; per row, no multiplicity correction)."
+    _, _, name, controls = CORRECTIONS[run.correction]
+    sub = run.results[(run.results["metric"] == decision) & (run.results["param_group"] == "all")]
+    m = int(np.isfinite(sub["value"].to_numpy(float)).sum())
+    return (f"✱ biased: {name} < α = {run.alpha:g}; the correction controls the {controls} over the family of the "
+            f"run's {m} bias tests of parameter group 'all' (one per cell; per-group p-values are not corrected).")
+
+
+VARIANCE_WARNED_METRICS = ("trace_cov", "mean_var", "mse", "work_norm_var")
+INFINITE_VARIANCE_TEXT = "variance may be infinite"  # gradbench.protocols.variance's tail_index warning
+
+
+def infinite_variance_cells(run: RunData) -> set[str]:
+    """Cells whose ``tail_index`` row warns that the variance may be infinite (Hill index ≤ 2 within its
+    one-sided 95 % uncertainty): their variance-type values must not be shown with an error bar."""
+    if "warning" not in run.results:
+        return set()
+    r = run.results
+    hit = r[(r["metric"] == "tail_index") & r["warning"].astype(str).str.contains(INFINITE_VARIANCE_TEXT, regex=False)]
+    return set(hit["cell_id"])
 
 
 def _short(col: str) -> str:

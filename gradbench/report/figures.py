@@ -28,7 +28,14 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
-from gradbench.report.data import RunData, bias_decision, fmt_param  # noqa: E402
+from gradbench.report.data import (  # noqa: E402
+    CORRECTIONS,
+    VARIANCE_WARNED_METRICS,
+    RunData,
+    bias_decision,
+    fmt_param,
+    infinite_variance_cells,
+)
 from gradbench.report.style import LINESTYLES, MARKERS, estimator_color, metric_label, theme  # noqa: E402
 
 PANEL_W, PANEL_H = 3.6, 3.1
@@ -119,14 +126,16 @@ def _facets(run: RunData, df: pd.DataFrame, n: int, *, legend_space: bool = True
 
 
 def _draw_series(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, styles: dict[str, tuple[str, str, str]],
-                 *, yerr: str | None = "stderr", filled: pd.Series | None = None) -> None:
-    """One line per series, ±1 s.e. error bars; markers hollow where ``filled`` is False."""
+                 *, yerr: str | None = "stderr", filled: pd.Series | None = None, bare: pd.Series | None = None) -> None:
+    """One line per series, ±1 s.e. error bars; markers hollow where ``filled`` is False. Where ``bare`` is
+    True (variance may be infinite) no error bar is drawn and the marker is hollow with a dashed edge."""
     for series, grp in df.groupby("series", sort=False):
         grp = grp.sort_values(x)
         color, marker, ls = styles[series]
         err = grp[yerr].to_numpy(dtype=float) if yerr else None
+        no_bar = np.zeros(len(grp), bool) if bare is None else bare.loc[grp.index].to_numpy(bool)
         if err is not None:
-            err = np.where(np.isfinite(err), err, 0.0)
+            err = np.where(np.isfinite(err) & ~no_bar, err, 0.0)
             # on a log axis a bar reaching zero would run off the plot: the lower bar stops at a tenth of
             # the value (one decade; the caption says so) and _clip_log_bottom keeps that end in view
             lower = np.minimum(err, np.abs(grp[y].to_numpy(dtype=float)) * LOWER_BAR_FLOOR)
@@ -134,8 +143,13 @@ def _draw_series(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, styles: dict[st
         ax.errorbar(grp[x], grp[y], yerr=err, color=color, linestyle=ls, linewidth=1.4, marker="none",
                     capsize=2.5, elinewidth=1.0, alpha=0.9)
         fill = np.ones(len(grp), bool) if filled is None else filled.loc[grp.index].to_numpy(bool)
+        fill = fill & ~no_bar
+        if no_bar.any():
+            ax.scatter(grp[x][no_bar], grp[y][no_bar], facecolor="white", marker=marker, s=46, zorder=4,
+                       edgecolor=color, linewidth=1.3, linestyle="--")
         ax.scatter(grp[x][fill], grp[y][fill], color=color, marker=marker, s=30, zorder=3, edgecolor=color)
-        ax.scatter(grp[x][~fill], grp[y][~fill], facecolor="white", marker=marker, s=30, zorder=3,
+        hollow = ~fill & ~no_bar
+        ax.scatter(grp[x][hollow], grp[y][hollow], facecolor="white", marker=marker, s=30, zorder=3,
                    edgecolor=color, linewidth=1.3)
 
 
@@ -243,12 +257,11 @@ def bias_vs_budget(run: RunData) -> Figure | None:
             ax.yaxis.set_major_formatter(FuncFormatter(lambda t, _: "≤1e-12" if t <= P_FLOOR else _num(t)))
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(_budget_axis_label(sub))
-            ax.set_ylabel("bias q-value (Benjamini–Hochberg)" if decision == "bias_qvalue"
-                          else "bias p-value (H0: unbiased)")
+            ax.set_ylabel(_decision_label(decision))
             _set_log(ax, "x", sub["budget"], force=True, budget=True)
             _title(ax, target, None, len(targets))
     series = list(dict.fromkeys(df["series"]))
-    letter = "q" if decision == "bias_qvalue" else "p"
+    letter = {"bias_qvalue": "q", "bias_pvalue_holm": "Holm p"}.get(decision, "p")
     extra = [Line2D([], [], color="grey", marker="o", linestyle="none",
                     label=f"bias significant ({letter} < {run.alpha:g})"),
              Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="none",
@@ -260,6 +273,19 @@ def bias_vs_budget(run: RunData) -> Figure | None:
     return fig
 
 
+def _decision_label(decision: str) -> str:
+    names = {c[0]: c[2] for c in CORRECTIONS.values()}
+    return f"bias {names[decision]}" if decision in names else "bias p-value (H0: unbiased)"
+
+
+HEAVY_LEGEND = "variance may be infinite (tail index ≤ 2): no error bar"
+
+
+def _heavy_marker() -> Line2D:
+    return Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="none", markersize=7,
+                  label=HEAVY_LEGEND)
+
+
 # -- variance / SNR -----------------------------------------------------------------------------
 def _per_group(run: RunData, metric: str, ylabel: str, band: tuple[str, str] | None = None) -> Figure | None:
     if not run.has(metric):
@@ -268,6 +294,8 @@ def _per_group(run: RunData, metric: str, ylabel: str, band: tuple[str, str] | N
     if df.empty:
         return None
     groups = [g for g in run.param_groups if g in set(df["param_group"])]
+    heavy = infinite_variance_cells(run) if metric in VARIANCE_WARNED_METRICS else set()
+    df = df.assign(bare=df["cell_id"].isin(heavy))
     styles = _style_of(run)
     fig, axes, targets = _facets(run, df, len(groups))
     if band:
@@ -287,7 +315,7 @@ def _per_group(run: RunData, metric: str, ylabel: str, band: tuple[str, str] | N
                     grp = grp.sort_values("budget")
                     ax.fill_between(grp["budget"], grp["lo"], grp["hi"], color=styles[series][0], alpha=0.15,
                                     linewidth=0)
-            _draw_series(ax, sub, "budget", "value", styles)
+            _draw_series(ax, sub, "budget", "value", styles, bare=sub["bare"])
             _set_log(ax, "x", sub["budget"], force=True, budget=True)
             vals = pd.concat([_positive(sub["value"])] + ([sub["lo"], sub["hi"]] if band else []))
             _set_log(ax, "y", vals.dropna(), force=True)
@@ -296,7 +324,7 @@ def _per_group(run: RunData, metric: str, ylabel: str, band: tuple[str, str] | N
             ax.set_ylabel(ylabel)
             _title(ax, target, group, len(targets))
     iqr = Line2D([], [], color="grey", linewidth=6, alpha=0.15, label="interquartile range over coordinates")
-    extra = [iqr] if band else []
+    extra = ([iqr] if band else []) + ([_heavy_marker()] if df["bare"].any() else [])
     _legend(fig, run, list(dict.fromkeys(df["series"])), extra)
     return fig
 
@@ -325,13 +353,18 @@ def pareto_front(cost: np.ndarray, value: np.ndarray) -> np.ndarray:
 
 
 def _frontier_panel(ax: plt.Axes, sub: pd.DataFrame, x: str, y: str, styles: dict[str, tuple[str, str, str]],
-                    xscale: float = 1.0) -> None:
+                    xscale: float = 1.0, heavy: set[str] | None = None) -> None:
     sub = sub.assign(_x=sub[x] * xscale, _xse=sub[x + "__se"] * xscale, order=sub["budget"].fillna(0))
     for series, grp in sub.groupby("series", sort=False):
         grp = grp.sort_values(["_x", "order"])
         color, marker, ls = styles[series]
-        ax.errorbar(grp["_x"], grp[y], yerr=grp[y + "__se"].fillna(0), xerr=grp["_xse"].fillna(0), color=color,
+        bare = grp["cell_id"].isin(heavy or set()).to_numpy()  # variance may be infinite: no error bar, hollow
+        yerr = np.where(bare, 0.0, grp[y + "__se"].fillna(0).to_numpy(float))
+        ax.errorbar(grp["_x"], grp[y], yerr=yerr, xerr=grp["_xse"].fillna(0), color=color,
                     marker=marker, linestyle=ls, markersize=5, capsize=2.5, linewidth=1.4, elinewidth=1.0)
+        if bare.any():
+            ax.scatter(grp["_x"][bare], grp[y][bare], facecolor="white", marker=marker, s=46, zorder=4,
+                       edgecolor=color, linewidth=1.3, linestyle="--")
         # budget labels at the two ends of each series only: labels at every point overlap
         ends = grp.dropna(subset=["budget"])
         ends = ends.iloc[[0, -1]].drop_duplicates("cell_id") if len(ends) else ends
@@ -373,6 +406,7 @@ def efficiency_frontier(run: RunData) -> Figure | None:
     gradients = list(dict.fromkeys(df["gradient"]))
     layout = [(g, x, y) for g in gradients for x, y in panels]
     styles = _style_of(run)
+    heavy = infinite_variance_cells(run)
     fig, axes, targets = _facets(run, df, len(layout))
     for i, target in enumerate(targets):
         for j, (gradient, x, y) in enumerate(layout):
@@ -383,22 +417,29 @@ def efficiency_frontier(run: RunData) -> Figure | None:
                 ax.set_visible(False)
                 continue
             if x == "evals_mean":
-                _frontier_panel(ax, sub, x, y, styles)
+                _frontier_panel(ax, sub, x, y, styles, heavy=heavy)
                 ax.set_xlabel(metric_label("evals_mean"))
                 ax.set_ylabel("tr Σ̂ × cost (gradient units² × evals)")
             else:
                 scale, unit = _time_unit(sub[x].to_numpy(float))
-                _frontier_panel(ax, sub, x, y, styles, xscale=scale)
+                _frontier_panel(ax, sub, x, y, styles, xscale=scale, heavy=heavy)
                 ax.set_xlabel(f"wall-clock per estimate ({unit})")
                 ax.set_ylabel("tr Σ̂ × seconds (gradient units² × s)")
             _title(ax, target, None, len(targets))
             ax.set_title(f"{gradient} estimators" + (f"\n{target}" if target and len(targets) > 1 else ""),
                          fontsize=10)
     extra = [Line2D([], [], color="black", linestyle="--", alpha=0.6, label="frontier (not dominated)")]
+    if df["cell_id"].isin(heavy).any():
+        extra.append(_heavy_marker())
     _legend(fig, run, list(dict.fromkeys(df["series"])), extra)
     if len(layout) == 1:
         fig.set_size_inches(PANEL_W * 1.6 + 2.2, PANEL_H * 1.2 * len(targets))
     return fig
+
+
+HEAVY_CAPTION = (" Hollow markers with a dashed edge and no error bar: cells whose tail index (Hill) is ≤ 2 within "
+                 "its uncertainty — the variance may be infinite, so the value is not a reliable estimate and its "
+                 "standard error is meaningless.")
 
 
 def frontier_caption(run: RunData) -> str:
@@ -406,7 +447,7 @@ def frontier_caption(run: RunData) -> str:
     text = ("Work-normalised variance tr Σ̂ × cost against cost (log-joint evaluations per estimate); lower is "
             "better at a given cost. The dashed step line joins the estimates no other estimate of the same gradient "
             "beats in both; estimators of different gradients (∇θ, ∇φ) are on separate panels, never on one "
-            "frontier. Budget labels mark the two ends of each series.")
+            "frontier. Budget labels mark the two ends of each series." + HEAVY_CAPTION)
     if ("seconds_per_estimate", "work_norm_var_seconds") in _frontier_panels(run):
         text += " Right of each: the same with wall-clock seconds per estimate as the cost."
     return text
@@ -562,14 +603,17 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("bias_vs_budget", "Bias vs budget",
                "Relative bias ‖ḡ − g*‖/‖g*‖ (±1 s.e.) against each estimator's budget, log-log. "
                "Filled markers: "
-               "bias significant at α (bias_pvalue < α, or bias_qvalue < α when the run has q-values); hollow: "
+               "bias significant at α (bias_pvalue < α, or the adjusted p-value of the report's correction < α "
+               "when the run has it: bias_qvalue, Benjamini–Hochberg, by default; bias_pvalue_holm with "
+               "--correction holm); hollow: "
                "not significant, i.e. the value is at the Monte "
                "Carlo noise floor. Dotted lines: weighted log-log fit over the significant points, slope ± s.e. in "
                "the legend, one per target (O(1/K) bias gives slope −1). Right: the test's p-value (or the "
-               "Benjamini–Hochberg q-value when the run has it) with α marked. Lower error bars stop at a tenth of "
+               "adjusted p-value of the correction when the run has it) with α marked. Lower error bars stop at a tenth of "
                "the value on log axes.", bias_vs_budget),
     FigureSpec("variance_vs_budget", "Variance vs budget",
-               "Trace of the covariance of one estimate, tr Σ̂ (±1 s.e.), per parameter group, log-log.",
+               "Trace of the covariance of one estimate, tr Σ̂ (±1 s.e.), per parameter group, log-log."
+               + HEAVY_CAPTION,
                variance_vs_budget),
     FigureSpec("snr_vs_budget", "Signal-to-noise ratio vs budget",
                "Per-coordinate SNR |E ĝⱼ|/sd(ĝⱼ), median over the coordinates of each parameter group "

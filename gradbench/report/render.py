@@ -20,7 +20,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import gradbench
-from gradbench.report.data import RunData, fmt_param, load_run, param_columns
+from gradbench.report.data import (
+    CORRECTIONS,
+    RunData,
+    bias_decision,
+    fmt_param,
+    infinite_variance_cells,
+    load_run,
+    param_columns,
+)
 from gradbench.report.tables import Table, all_tables
 
 DEFAULT_DPI = 200  # print quality; figures use ≥ 9 pt text at this size
@@ -48,16 +56,18 @@ class Report:
 
 
 def render_report(run_dir: str | Path, out: str | Path | None = None, *, alpha: float | None = None,
-                  dpi: int = DEFAULT_DPI, embed: bool = True, progress: bool = False, partial: bool = False) -> Report:
+                  dpi: int = DEFAULT_DPI, embed: bool = True, progress: bool = False, partial: bool = False,
+                  correction: str = "bh") -> Report:
     """Render the report of the run in ``run_dir`` into ``out`` (default ``<run_dir>/report``: inside
     the run folder, never over the published examples in the tracked ``reports/``). ``partial``:
-    report the finished cells of an incomplete run."""
+    report the finished cells of an incomplete run. ``correction``: the multiple-testing correction of the
+    bias flags, ``bh`` (Benjamini–Hochberg q-values) or ``holm`` (Holm-adjusted p-values)."""
     import matplotlib.pyplot as plt
 
     from gradbench.report.figures import FIGURES, draw
     from gradbench.report.train_figures import TRAIN_FIGURES, train_tables  # issue 15: training runs
 
-    run = load_run(run_dir, alpha, partial=partial)
+    run = load_run(run_dir, alpha, partial=partial, correction=correction)
     out = Path(out) if out is not None else run.path / "report"
     (out / "figures").mkdir(parents=True, exist_ok=True)
     figures: list[RenderedFigure] = []
@@ -120,6 +130,11 @@ def run_facts(run: RunData) -> list[tuple[str, str]]:
     if "started_at" in r and r["started_at"].notna().any():
         facts.append(("run started", f"{r['started_at'].min()} … {r['started_at'].max()}"))
     facts.append(("significance level α", f"{run.alpha:g}" + ("" if "alpha" in run.manifest else " (default)")))
+    if run.has("bias_pvalue"):
+        decision = bias_decision(run)
+        names = {c[0]: f"{c[2]} ({c[3]})" for c in CORRECTIONS.values()}
+        facts.append(("bias flags", names.get(decision, "per-row p-value, no multiplicity correction")
+                      + (" over the run's bias tests of parameter group 'all', one per cell" if decision in names else "")))
     return facts
 
 
@@ -137,6 +152,14 @@ def run_notes(run: RunData) -> list[str]:
         for text, grp in w.groupby("warning", sort=False):
             cells = ", ".join(str(labels.get(c, c)) for c in grp["cell_id"])
             notes.append(f"warning ({cells}): {text}")
+    heavy = infinite_variance_cells(run)
+    if heavy:
+        labels = run.cells.set_index("cell_id")["label"]
+        notes.append("variance may be infinite (tail index ≤ 2 within its uncertainty) for "
+                     + ", ".join(str(labels.get(c, c)) for c in sorted(heavy))
+                     + ": their variance-type values (tr Σ̂, mean var, MSE, tr Σ̂ × cost) are drawn as hollow markers "
+                     "without error bars and shown with † and no standard error in the tables; they are not "
+                     "reliable estimates.")
     return notes
 
 

@@ -2,7 +2,7 @@
 
 A :class:`Table` is plain data (header, rows of :class:`Cell`) rendered to Markdown or HTML.
 The bias flag is ``bias_qvalue < α`` (Benjamini–Hochberg within the run, the statistics issue's
-multiple-testing control) when the run has q-values, else per row ``bias_pvalue < α`` (the test
+multiple-testing control; ``bias_pvalue_holm < α`` with ``--correction holm``) when the run has them, else per row ``bias_pvalue < α`` (the test
 itself, Hotelling or Šidák max-|z|, is corrected across coordinates, not across rows). With the
 statistics issue's ``rel_bias_ci_low``/``rel_bias_ci_high`` the bias column is the 95 % interval.
 """
@@ -16,13 +16,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from gradbench.report.data import RunData, bias_decision, fmt_param
+from gradbench.report.data import (
+    ADJUSTED_BIAS_METRICS,
+    VARIANCE_WARNED_METRICS,
+    RunData,
+    bias_decision,
+    bias_flag_note,
+    fmt_param,
+    infinite_variance_cells,
+)
 
 # (metric, column header) in display order; columns appear only when the run has the metric.
 ACCURACY_COLUMNS = [
     ("rel_bias", "rel. bias"),
     ("bias_pvalue", "bias p"),
     ("bias_qvalue", "bias q"),
+    ("bias_pvalue_holm", "bias p (Holm)"),  # shown instead of bias q with --correction holm
     ("tail_index", "tail index"),
     ("trace_cov", "tr Σ̂"),
     ("snr_median", "SNR (median)"),
@@ -104,12 +113,15 @@ def fmt_p(p: float) -> str:
     return "<1e-300" if p < 1e-300 else (f"{p:.2g}" if p < 0.01 else f"{p:.3f}")
 
 
-def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float, decision: str = "bias_pvalue"
-               ) -> list[Cell]:
+def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float, decision: str = "bias_pvalue",
+               heavy: bool = False) -> list[Cell]:
+    """``heavy``: the cell's variance may be infinite; its variance-type values get ``†`` and no s.e."""
     out = []
     for metric, _ in columns:
         v = r.get(metric)
-        if metric in ("bias_pvalue", "bias_qvalue"):
+        if heavy and metric in VARIANCE_WARNED_METRICS:
+            out.append(Cell(fmt_value(v) + " †"))  # † marks it (a red flag is reserved for bias)
+        elif metric in ("bias_pvalue",) + ADJUSTED_BIAS_METRICS:
             biased = metric == decision and v is not None and np.isfinite(v) and v < alpha
             out.append(Cell(fmt_p(v) + (" ✱ biased" if biased else ""), "bad" if biased else None))
         elif metric == "rel_bias" and np.isfinite(r.get("rel_bias_ci_low", np.nan)):
@@ -144,7 +156,7 @@ def _present(run: RunData, columns: list[tuple[str, str]]) -> list[tuple[str, st
 
 
 def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: str) -> Table | None:
-    cols = _present(run, columns)
+    cols = [(m, h) for m, h in _present(run, columns) if m not in ADJUSTED_BIAS_METRICS or m == bias_decision(run)]
     if not cols:
         return None
     has_interval = run.has("rel_bias_ci_low") and run.has("rel_bias_ci_high")
@@ -156,16 +168,21 @@ def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: 
     n_targets = wide["target_label"].nunique()
     header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates"] + [h for _, h in cols]
     t = Table(title, header, note=note, text_columns=header.index("budget") + 1)
+    heavy = infinite_variance_cells(run)
+    if heavy and any(m in VARIANCE_WARNED_METRICS for m, _ in cols):
+        t.note += HEAVY_NOTE
     for _, r in wide.iterrows():
-        t.rows.append(_ident(r, n_targets) + _row_cells(r, cols, run.alpha, bias_decision(run)))
+        t.rows.append(_ident(r, n_targets) + _row_cells(r, cols, run.alpha, bias_decision(run), r["cell_id"] in heavy))
     return t
+
+
+HEAVY_NOTE = (" † the cell's tail index (Hill) is ≤ 2 within its uncertainty: the variance may be infinite, so this "
+              "value is not a reliable estimate and has no standard error.")
 
 
 def summary_table(run: RunData) -> Table | None:
     """Bias, variance, SNR and MSE per estimator × budget (parameter group 'all')."""
-    flag = (f" ✱ biased: bias q-value < α = {run.alpha:g} (Benjamini–Hochberg over the run's bias tests of parameter group 'all', one per cell)."
-            if bias_decision(run) == "bias_qvalue" else
-            f" ✱ biased: bias p-value < α = {run.alpha:g} (H0: unbiased; per row, no multiplicity correction).")
+    flag = " " + bias_flag_note(run)
     note = "Parameter group 'all'. Values are ± 1 standard error." + (flag if run.has("bias_pvalue") else "")
     if run.has("rel_bias_ci_high"):
         note += " Relative bias: 95 % confidence interval of ‖b‖/‖g*‖ (the plug-in ‖ḡ − g*‖ is noise-inflated)."
@@ -193,10 +210,14 @@ def group_table(run: RunData) -> Table | None:
     frames = [_sorted_cells(run.wide([m for m, _ in cols], g), run).assign(group=g) for g in groups]
     order = {g: i for i, g in enumerate(groups)}
     rows = pd.concat(frames).assign(_g=lambda d: d["group"].map(order))
+    heavy = infinite_variance_cells(run)
+    if heavy and any(m in VARIANCE_WARNED_METRICS for m, _ in cols):
+        t.note += HEAVY_NOTE
     for _, r in rows.sort_values(["_t", "_s", "budget", "_g"], na_position="first").iterrows():
         if all(not np.isfinite(r.get(m, np.nan)) for m, _ in cols):
             continue
-        t.rows.append(_ident(r, n_targets) + [Cell(r["group"])] + _row_cells(r, cols, run.alpha, bias_decision(run)))
+        t.rows.append(_ident(r, n_targets) + [Cell(r["group"])] + _row_cells(r, cols, run.alpha, bias_decision(run),
+                                                                            r["cell_id"] in heavy))
     return t
 
 
