@@ -289,3 +289,11 @@ class TrainParams(BaseModel):
     curve_n: int = Field(100, gt=0, description="test / train points of each curve evaluation")
     curve_K: int = Field(100, gt=1, description="IWAE K of the curve estimates")
     checkpoint_every: int = Field(100, gt=0, description="steps between atomic checkpoints")
+
+
+class SumAndSampleParams(_Strict):
+    """Issue 13: the Rao–Blackwellised sum-and-sample estimator (Liu et al. 2019)."""
+
+    m: int = Field(3, ge=1, description="states of largest q_φ(z | x_n) summed exactly (the rest is sampled once)")
+    baseline: Literal["none", "summed"] = Field(
+        "summed", description="summed: subtract β_n = Σ_{s∈C} q f / Σ_{s∈C} q, the q-mean of f over the summed states")
