@@ -60,8 +60,8 @@ from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas)
     WakeSleepParams,
 )
 from gradbench.estimators.pathwise import objective_wrt, require
-from gradbench.families.categorical import blocks, gumbel, one_hot_argmax
 from gradbench.estimators.score import learned_input, moving_average
+from gradbench.families.categorical import blocks, gumbel, one_hot_argmax
 from gradbench.target import per_replicate_grad
 
 PHI_ELBO = objective_wrt("phi", "elbo")
