@@ -22,7 +22,7 @@ from gradbench.seeding import make_generator
 ALPHA = 0.001
 
 
-def tiny(decoder: str = "linear", k: int = 2, C: int = 3, d: int = 5, n: int = 3, **proposal) -> ComposedTarget:
+def tiny(decoder: str = "linear", k: int = 2, C: int = 3, d: int = 4, n: int = 3, **proposal) -> ComposedTarget:
     params = CategoricalVAEParams(latents=k, classes=C, decoder=decoder, hidden=3, data_dim=d, n_data=n)
     return build(params, CategoricalProposal(logit_noise=0.5, **proposal), 1)
 
