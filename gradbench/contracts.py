@@ -71,13 +71,15 @@ Capability = Literal[
     "energy_based",  # (of a target) p_θ(x) ∝ exp(−F_θ(x)) with enumerable normaliser and Gibbs kernels (no q)
     "real_latent",  # (of a target) z ∈ ℝᵏ
     "binary_latent",  # (of a target) z ∈ {0,1}ᵏ
+    "categorical_latent",  # (of a target) z ∈ {0..C−1}ᵏ, stored one-hot flattened [..., N, k·C]
 ]
 CAPABILITIES: frozenset[str] = frozenset(Capability.__args__)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
 class LatentSpace:
-    """ℝᵏ (``real``), {0,1}ᵏ (``binary``), {0..C−1}ᵏ (``categorical``, one-hot [.., k, C]) or none."""
+    """ℝᵏ (``real``), {0,1}ᵏ (``binary``), {0..C−1}ᵏ (``categorical``, stored one-hot and flattened: z [..., N, k·C],
+    latent j in columns j·C .. j·C + C − 1) or none."""
 
     kind: Literal["real", "binary", "categorical", "none"]
     dim: int = 0
@@ -85,7 +87,7 @@ class LatentSpace:
 
     @property
     def capability(self) -> str | None:
-        return {"real": "real_latent", "binary": "binary_latent"}.get(self.kind)
+        return {"real": "real_latent", "binary": "binary_latent", "categorical": "categorical_latent"}.get(self.kind)
 
     def n_states(self) -> int | None:
         """Number of latent states of one data point (None for ℝᵏ)."""

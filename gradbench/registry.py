@@ -139,7 +139,7 @@ def _semi_implicit_q(proposal: dict[str, Any]) -> Capabilities:
     exact = not proposal.get("hidden", 0) or bool(proposal.get("n_atoms", 0))  # atoms: an exact Gaussian mixture
     return frozenset({"real_latent", "reparam", "implicit"} | ({"log_prob"} if exact else set()))
 _GAUSSIAN_Q = frozenset({"reparam", "score", "log_prob"})
-_BERNOULLI_Q = frozenset({"score", "log_prob", "enumerate"})
+_BERNOULLI_Q = frozenset({"score", "log_prob", "enumerate", "relaxed"})
 _EBM = frozenset({"energy_based"})  # p_θ(x) ∝ exp(−F_θ(x)), no per-datum latents: exact sampling / Gibbs kernels
 
 MODELS: dict[str, Model] = {m.name: m for m in [
@@ -182,6 +182,11 @@ MODELS: dict[str, Model] = {m.name: m for m in [
           mp.BernoulliToyProposal,
           "REBAR/RELAX toy: min_φ E_{b~Bern(σ(φ))} Σ_j (b_j − t)² (t = 0.499); exact ∇φ = (1 − 2t)σ(φ)(1 − σ(φ)) as phi_elbo",
           _BERNOULLI_Q | {"binary_latent"}, ("gradbench.models.bernoulli_toy", "gradbench.families.bernoulli")),
+    Model("categorical_vae", "gradbench.models.categorical:build", mp.CategoricalVAEParams, mp.CategoricalProposal,
+          "categorical VAE (k latents × C classes; Kool et al. 2020: 2 × 10), linear or MLP decoder to Bernoulli pixels, "
+          "amortised softmax encoder: exact references by enumerating the C^k states",
+          frozenset({"score", "log_prob", "enumerate", "relaxed", "categorical_latent", "exact_posterior"}),
+          ("gradbench.models.categorical", "gradbench.families.categorical", "gradbench.references.enumeration")),
 ]}
 
 _PHI_ELBO = Objective("phi", "elbo")
@@ -189,6 +194,8 @@ _SAMPLE = frozenset({"log_prob"})  # draws from q and evaluates log q (importanc
 _REPARAM = frozenset({"reparam", "log_prob"})
 _SCORE = frozenset({"score", "log_prob"})
 _BINARY_SCORE = frozenset({"score", "log_prob", "binary_latent"})  # issue 13: factorised Bernoulli q
+_DISCRETE_SCORE = frozenset({"score", "log_prob", "enumerate"})  # issue 13: a finite q with logits (binary or categorical)
+_RELAXED = _DISCRETE_SCORE | {"relaxed"}  # issue 13: and its Concrete / Gumbel-softmax relaxation
 
 
 def _iwae_objective(p: dict[str, Any]) -> Objective:
@@ -255,13 +262,13 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator("disarm", _E + "discrete:disarm", ep.DisARMParams, "DisARM ∇φ ELBO (Dong et al. 2020): ARM Rao–Blackwellised over the pair",
               _PHI_ELBO, _BINARY_SCORE),
     Estimator("rloo", _E + "discrete:rloo", ep.RLOOParams, "REINFORCE leave-one-out ∇φ ELBO on binary latents (Kool et al. 2019), S samples",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _DISCRETE_SCORE),
     Estimator("nvil", _E + "discrete:nvil", ep.NVILParams, "NVIL ∇φ ELBO (Mnih & Gregor 2014): running mean + input-dependent baseline, warm-up steps",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _DISCRETE_SCORE),
     Estimator("gumbel_softmax", _E + "discrete:gumbel_softmax", ep.RelaxedParams, "binary Concrete pathwise ∇φ, temperature τ (biased)",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _RELAXED),
     Estimator("straight_through", _E + "discrete:straight_through", ep.RelaxedParams, "straight-through Gumbel ∇φ: hard forward, relaxed backward (biased)",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _RELAXED),
     Estimator("rebar", _E + "discrete:rebar", ep.REBARParams, "REBAR ∇φ ELBO (Tucker et al. 2017): η, λ fixed or learned in warm-up",
               _PHI_ELBO, _BINARY_SCORE),
     Estimator("relax", _E + "discrete:relax", ep.RELAXParams, "RELAX ∇φ ELBO (Grathwohl et al. 2018): surrogate c_ψ trained in warm-up to minimise variance",
@@ -270,6 +277,9 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
               _PHI_ELBO, _BINARY_SCORE),
     Estimator("reweighted_wake_sleep", _E + "discrete:reweighted_wake_sleep", ep.RWSParams,
               "RWS wake-φ update (Bornschein & Bengio 2015), K samples, measured against ∇φ ELBO (biased)", _PHI_ELBO, _BINARY_SCORE),
+    Estimator("sum_and_sample", _E + "sum_and_sample:sum_and_sample", ep.SumAndSampleParams,
+              "sum-and-sample ∇φ ELBO (Liu et al. 2019): m most probable states summed, one sampled from the rest (unbiased)",
+              _PHI_ELBO, _DISCRETE_SCORE),
 ]}
 
 def _train_requires(p: dict[str, Any]) -> Capabilities:

@@ -28,6 +28,13 @@ Biased (measured): ``gumbel_softmax``, ``straight_through``, ``wake_sleep``, ``r
 * Wake-sleep φ-update (Hinton et al. 1995): N·mean_s ∇φ log q_φ(z_s | x̃_s), (x̃_s, z_s) ~ p_θ (sleep).
 * Reweighted wake-sleep wake-φ (Bornschein & Bengio 2015): Σ_n Σ_k w̃_kn ∇φ log q_φ(b_kn | x_n).
 
+**Categorical latents** (``categorical_vae``, z one-hot [..., N, k·C], logits ℓ [N, k·C]): ``rloo``, ``nvil``,
+``gumbel_softmax``, ``straight_through`` and ``sum_and_sample`` run unchanged with the categorical score
+∂ℓ log q(b) = b − softmax(ℓ) (blockwise), Gumbel-max draws b = onehot(argmax(ℓ + g)), g = −log(−log u), and the
+categorical Concrete relaxation softmax((ℓ + g)/τ) (straight-through: forward onehot(argmax), backward
+through the softmax). ARM, DisARM, REBAR, RELAX and the wake-sleep updates are binary-only (they refuse
+categorical targets, and ``validate`` refuses them: they require ``binary_latent``).
+
 Cost = signal (log-joint) evaluations per replicate, warm-up excluded (``warmup_evals``); relaxed
 evaluations count like discrete ones (REBAR/RELAX: 3 per data point); ``backward_passes`` in diagnostics.
 """
@@ -54,6 +61,7 @@ from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas)
 )
 from gradbench.estimators.pathwise import objective_wrt, require
 from gradbench.estimators.score import learned_input, moving_average
+from gradbench.families.categorical import blocks, gumbel, one_hot_argmax
 from gradbench.target import per_replicate_grad
 
 PHI_ELBO = objective_wrt("phi", "elbo")
@@ -95,10 +103,30 @@ def _sample(target: Any, grads_l: Tensor, evals: float, diagnostics: dict[str, T
     return GradSample(g, target.phi_layout, cost, diagnostics or {}, wrt=PHI_ELBO)
 
 
-def _check(target: Any, name: str) -> None:
+def _check(target: Any, name: str, categorical: bool = False) -> None:
+    """``score``, ``log_prob`` and binary latents (or, with ``categorical``, binary or categorical latents)."""
     require(target, {"score", "log_prob"}, name)
-    if target.latent_dim and getattr(target.model.latent, "kind", "binary") != "binary":
-        raise TypeError(f"{name} needs binary latents")
+    kinds = ("binary", "categorical") if categorical else ("binary",)
+    if target.latent_dim and getattr(target.model.latent, "kind", "binary") not in kinds:
+        raise TypeError(f"{name} needs {' or '.join(kinds)} latents")
+
+
+def _classes(target: Any) -> int | None:
+    """C for categorical latents, None for binary ones."""
+    space = getattr(target.model, "latent", None)
+    return space.classes if space is not None and space.kind == "categorical" else None
+
+
+def probs(target: Any, ell: Tensor) -> Tensor:
+    """E_q[b] at logits ℓ: σ(ℓ) (binary) or the blockwise softmax(ℓ_j) (categorical), shape of ℓ."""
+    C = _classes(target)
+    return torch.sigmoid(ell) if C is None else torch.softmax(blocks(ell, C), -1).reshape(ell.shape)
+
+
+def draw(target: Any, ell: Tensor, u: Tensor) -> Tensor:
+    """b from the family's uniforms u: 1[u < σ(ℓ)] (binary) or onehot(argmax(ℓ − log(−log u))) (categorical)."""
+    C = _classes(target)
+    return (u < torch.sigmoid(ell)).to(u.dtype) if C is None else one_hot_argmax(ell + gumbel(u), C)
 
 
 def antithetic_pair(ell: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -136,9 +164,10 @@ def disarm(target: Any, R: int, gen: torch.Generator) -> GradSample:
 def rloo(target: Any, R: int, gen: torch.Generator, *, S: int = 2) -> GradSample:
     """REINFORCE leave-one-out (Kool et al. 2019): (1/S) Σ_s (f_s − mean_{t≠s} f_t)(b_s − σ(ℓ)); S evaluations."""
     RLOOParams(S=S)
-    _check(target, "rloo")
-    p = torch.sigmoid(logits(target))
-    b = (target.draw_noise((R, S), gen) < p).to(p.dtype)  # [R, S, N, k]
+    _check(target, "rloo", categorical=True)
+    ell = logits(target)
+    p = probs(target, ell)
+    b = draw(target, ell, target.draw_noise((R, S), gen))  # [R, S, N, k]
     f = signal(target, b)  # [R, S, N]
     centred = f - (f.sum(1, keepdim=True) - f) / (S - 1)
     return _sample(target, (centred.unsqueeze(-1) * (b - p)).mean(1), S * target.n_data)
@@ -160,9 +189,10 @@ def nvil(target: Any, R: int, gen: torch.Generator, *, warmup: int = 50, rate: f
          normalise: bool = False) -> GradSample:
     """NVIL (Mnih & Gregor 2014): (f − c − b_ψ(x))(b − σ(ℓ)) [/ max(1, √v)] after ``warmup`` training steps."""
     NVILParams(warmup=warmup, rate=rate, normalise=normalise)
-    _check(target, "nvil")
-    p = torch.sigmoid(logits(target))
-    b = (target.draw_noise((R,), gen) < p).to(p.dtype)  # the measured draw first (common random numbers)
+    _check(target, "nvil", categorical=True)
+    ell = logits(target)
+    p = probs(target, ell)
+    b = draw(target, ell, target.draw_noise((R,), gen))  # the measured draw first (common random numbers)
     mean_bl, fit_bl = moving_average(rate, target.n_data), learned_input(linear_features(target.x), rate)
     state = NVILState(mean_bl.init(R, p), fit_bl.init(R, p), torch.zeros(R, dtype=p.dtype, device=p.device))
 
@@ -172,7 +202,7 @@ def nvil(target: Any, R: int, gen: torch.Generator, *, warmup: int = 50, rate: f
         return f - (c + b_psi).unsqueeze(1)
 
     for _ in range(warmup):
-        f_w = signal(target, (target.draw_noise((R, 1), gen) < p).to(p.dtype))  # [R, 1, N]
+        f_w = signal(target, draw(target, ell, target.draw_noise((R, 1), gen)))  # [R, 1, N]
         mean_state = mean_bl.update(state.mean, f_w)
         c = mean_bl.value(mean_state).unsqueeze(1)
         var = (1 - rate) * state.var + rate * ((f_w - c) ** 2).mean(dim=(1, 2))  # of f − c (no solve per step)
@@ -188,24 +218,30 @@ def nvil(target: Any, R: int, gen: torch.Generator, *, warmup: int = 50, rate: f
 def _relaxed(target: Any, R: int, gen: torch.Generator, tau: float, straight_through: bool) -> GradSample:
     ell = logits(target).expand(R, -1, -1).clone().requires_grad_(True)
     u = target.draw_noise((R,), gen)
-    z = ell - torch.logit(u)
-    soft = torch.sigmoid(z / tau)
-    b = soft + ((z > 0).to(soft.dtype) - soft).detach() if straight_through else soft
+    C = _classes(target)
+    if C is None:
+        z = ell - torch.logit(u)
+        soft, hard = torch.sigmoid(z / tau), (z > 0).to(u.dtype)
+    else:  # categorical Concrete: softmax((ℓ_j + g_j)/τ), hard = onehot(argmax)
+        z = ell + gumbel(u)
+        soft, hard = torch.softmax(blocks(z / tau, C), -1).reshape(z.shape), one_hot_argmax(z.detach(), C)
+    b = soft + (hard - soft).detach() if straight_through else soft
     (g,) = torch.autograd.grad(signal(target, b).sum(), ell)
     return _sample(target, g, target.n_data, {"backward_passes": torch.ones(R, dtype=g.dtype)})
 
 
 def gumbel_softmax(target: Any, R: int, gen: torch.Generator, *, tau: float = 0.5) -> GradSample:
-    """Binary Concrete pathwise gradient ∂ℓ f(σ((ℓ − logit u)/τ)) — biased for ∇ E f(b)."""
+    """Binary Concrete pathwise gradient ∂ℓ f(σ((ℓ − logit u)/τ)) (categorical: ∂ℓ f(softmax((ℓ + g)/τ))) — biased."""
     RelaxedParams(tau=tau)
-    _check(target, "gumbel_softmax")
+    _check(target, "gumbel_softmax", categorical=True)
     return _relaxed(target, R, gen, tau, straight_through=False)
 
 
 def straight_through(target: Any, R: int, gen: torch.Generator, *, tau: float = 0.5) -> GradSample:
-    """Straight-through Gumbel: f evaluated at b = H(z), gradient through σ(z/τ) — biased."""
+    """Straight-through Gumbel: f evaluated at b = H(z) (categorical: onehot(argmax z)), gradient through σ(z/τ)
+    (softmax(z/τ)) — biased."""
     RelaxedParams(tau=tau)
-    _check(target, "straight_through")
+    _check(target, "straight_through", categorical=True)
     return _relaxed(target, R, gen, tau, straight_through=True)
 
 

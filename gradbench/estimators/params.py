@@ -320,3 +320,10 @@ class TrainParams(BaseModel):
             where = ".".join(map(str, err["loc"]))
             raise ValueError(f"{role}_estimator {name!r}: {where + ': ' if where else ''}{err['msg']}") from None
         return value
+
+class SumAndSampleParams(_Strict):
+    """Issue 13: the Rao–Blackwellised sum-and-sample estimator (Liu et al. 2019)."""
+
+    m: int = Field(3, ge=1, description="states of largest q_φ(z | x_n) summed exactly (the rest is sampled once)")
+    baseline: Literal["none", "summed"] = Field(
+        "summed", description="summed: subtract β_n = Σ_{s∈C} q f / Σ_{s∈C} q, the q-mean of f over the summed states")

@@ -7,7 +7,8 @@ with logits ℓ(x) from
   one-hidden-layer tanh MLP ℓ = W2 tanh(W1 x + b1) + b2;
 * ``bernoulli_mean_field``: free logits per data point, φ = ``logits`` [N, k].
 
-Capabilities {score, log_prob, enumerate}: not reparameterisable. The one random draw is a uniform
+Capabilities {score, log_prob, enumerate, relaxed}: not reparameterisable (``relaxed``: the binary Concrete
+relaxation σ((ℓ − logit u)/τ) of the same u, used by the Gumbel-softmax estimators). The one random draw is a uniform
 u ~ U(0,1)^{[..., N, k]} and z = 1[u < σ(ℓ)] — the same u that ARM, DisARM and REBAR use (Yin & Zhou
 2019; Dong et al. 2020; Tucker et al. 2017), so they share common random numbers with every other
 estimator. ``mode`` is 1[ℓ > 0], the most probable state of q.
@@ -44,7 +45,7 @@ from gradbench.models.params import BernoulliProposal  # noqa: F401  (torch-free
 
 MAX_LOGIT = 8.0  # fitted logits are clipped to ±8 (probabilities 3.4e-4 .. 1 − 3.4e-4)
 RIDGE = 1e-6
-CAPABILITIES = frozenset({"score", "log_prob", "enumerate"})
+CAPABILITIES = frozenset({"score", "log_prob", "enumerate", "relaxed"})
 
 
 def bernoulli_log_pmf(z: Tensor, logits: Tensor) -> Tensor:

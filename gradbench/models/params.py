@@ -185,3 +185,34 @@ class BernoulliToyProposal(BaseModel):
     """The toy has no separate proposal: q is Bern(σ(φ)) itself (an empty ``proposal:`` block)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CategoricalVAEParams(BaseModel):
+    """Suite parameters of a ``categorical_vae`` target (issue 13): k categorical latents with C classes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    latents: int = Field(2, gt=0, description="k categorical latents (Kool et al. 2020: 2)")
+    classes: int = Field(10, ge=2, description="C classes per latent (Kool et al. 2020: 10); C^k ≤ 2^16 states")
+    decoder: Literal["linear", "mlp"] = Field("linear", description="pixel logits linear in the one-hot z, or a tanh MLP")
+    hidden: int = Field(32, gt=0, description="hidden width of the MLP decoder")
+    data_dim: int | None = Field(None, gt=0, description="d for synthetic data (with given data: None or equal to its width)")
+    n_data: int = Field(10, gt=0, description="N synthetic rows (ignored when data is given)")
+    weight_scale: float = Field(2.0, gt=0, description="decoder weights ~ N(0, weight_scale²/fan_in)")
+    bias_scale: float = Field(1.0, ge=0, description="biases and prior logits ~ N(0, bias_scale²)")
+    reference_replicates: int = Field(20_000, gt=1, description="replicates of the estimated IWAE_K references (K ≥ 2)")
+
+    @model_validator(mode="after")
+    def _enumerable(self) -> CategoricalVAEParams:
+        if self.classes**self.latents > 2**MAX_ENUMERATED_LATENTS:
+            raise ValueError(f"C^k = {self.classes}^{self.latents} states exceed 2^{MAX_ENUMERATED_LATENTS} (enumeration)")
+        return self
+
+
+class CategoricalProposal(BaseModel):
+    """The ``proposal:`` block of a categorical-latent model: the amortised softmax encoder and its mismatch."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    family: Literal["categorical_encoder"] = Field("categorical_encoder", description="amortised softmax logits (linear or MLP)")
+    hidden: int | None = Field(None, gt=0, description="encoder hidden width (tanh MLP); None: linear encoder")
+    temperature: float = Field(1.0, gt=0, description="τ: fitted logits divided by τ (τ > 1 flattens q)")
+    logit_noise: float = Field(0.0, ge=0, description="ε: s.d. of the Gaussian perturbation of the logits (average over data)")

@@ -1,6 +1,7 @@
-"""Enumerated references for models with binary latents z ∈ {0,1}ᵏ (k ≤ 16; DESIGN §7).
+"""Enumerated references for models with binary latents z ∈ {0,1}ᵏ (k ≤ 16; DESIGN §7) or categorical
+latents z ∈ {0..C−1}ᵏ (Cᵏ ≤ 2¹⁶ states, stored one-hot flattened [..., k·C]; issue 13).
 
-Every quantity is a finite sum over the S = 2ᵏ latent states of one data point, evaluated for all
+Every quantity is a finite sum over the S = 2ᵏ (or Cᵏ) latent states of one data point, evaluated for all
 N data points at once (the state axis is vectorised and split into chunks only to bound memory):
 
 * log p(x) = Σ_n logsumexp_z log p_θ(x_n, z).
@@ -22,7 +23,8 @@ N data points at once (the state axis is vectorised and split into chunks only t
   (:func:`sample_table`), which makes the ``oracle`` estimator run on any enumerable model.
 
 States are ordered as in :meth:`gradbench.contracts.LatentSpace.states`: state i is the binary
-expansion of i, bit 0 first.
+expansion of i, bit 0 first; categorical: the base-C expansion of i, digit 0 (latent 0) first, one-hot
+(:func:`latent_states`).
 
 References are built by :func:`reference_builders` as ``(target, objective) -> Reference`` and are
 always computed in float64 on the target's device (the exact gradient of the target's rounded
@@ -38,12 +40,12 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from gradbench.contracts import ComposedTarget, Family, Model, Objective, Params, per_replicate_grad
+from gradbench.contracts import ComposedTarget, Family, LatentSpace, Model, Objective, Params, per_replicate_grad
 from gradbench.core import Reference
+from gradbench.models.params import MAX_ENUMERATED_LATENTS
 from gradbench.references.estimated import streaming_reference
 from gradbench.seeding import derive_seed, make_generator
 
-from gradbench.models.params import MAX_ENUMERATED_LATENTS  # noqa: E402,F401  (2^k states per data point)
 CHUNK_ELEMENTS = 1 << 22  # states × data points × widest layer per chunk (32 MiB of float64)
 IWAE_ENUMERATION_LIMIT = 1 << 18  # enumerate IWAE_K over the S^K tuples when S^K · N ≤ this
 REFERENCE_BLOCK_ELEMENTS = 1 << 21  # replicates × K × N per block of an estimated reference
@@ -60,16 +62,51 @@ def binary_states(k: int, start: int = 0, stop: int | None = None, dtype: torch.
     return ((idx.unsqueeze(-1) >> torch.arange(k, device=device)) & 1).to(dtype)
 
 
-def state_chunks(k: int, n_data: int, width: int, chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[tuple[int, int]]:
-    """(start, stop) ranges covering the 2ᵏ states, each with ≤ chunk_elements / (N · width) states."""
-    S = 2**k
+def categorical_states(k: int, C: int, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.float64,
+                       device: str | torch.device = "cpu") -> Tensor:
+    """States start..stop−1 of {0..C−1}ᵏ one-hot and flattened, [stop − start, k·C]: state i has class
+    (i // Cʲ) mod C for latent j (digit 0 first)."""
+    if k < 1 or C < 2 or C**k > 2**MAX_ENUMERATED_LATENTS:
+        raise ValueError(f"enumeration needs C^k ≤ 2^{MAX_ENUMERATED_LATENTS} categorical states, got C = {C}, k = {k}")
+    stop = C**k if stop is None else stop
+    idx = torch.arange(start, stop, device=device)
+    digits = (idx.unsqueeze(-1) // C ** torch.arange(k, device=device)) % C  # [S, k]
+    return torch.nn.functional.one_hot(digits, C).reshape(len(idx), k * C).to(dtype)
+
+
+def n_states(space: LatentSpace) -> int:
+    """Latent states of one data point: 2ᵏ (binary) or Cᵏ (categorical)."""
+    S = space.n_states()
+    if S is None:
+        raise ValueError(f"cannot enumerate a {space.kind} latent space")
+    return S
+
+
+def latent_states(space: LatentSpace, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.float64,
+                  device: str | torch.device = "cpu") -> Tensor:
+    """States start..stop−1 of a binary ([·, k] 0/1) or categorical ([·, k·C] one-hot) latent space."""
+    if space.kind == "categorical":
+        return categorical_states(space.dim, int(space.classes or 0), start, stop, dtype, device)
+    if space.kind != "binary":
+        raise ValueError(f"cannot enumerate a {space.kind} latent space")
+    return binary_states(space.dim, start, stop, dtype, device)
+
+
+def state_chunks(k: int, n_data: int, width: int, chunk_elements: int = CHUNK_ELEMENTS,
+                 S: int | None = None) -> Iterator[tuple[int, int]]:
+    """(start, stop) ranges covering the S states (default 2ᵏ), each with ≤ chunk_elements / (N · width) states."""
+    S = 2**k if S is None else S
     step = max(1, min(S, chunk_elements // max(1, n_data * width)))
     for start in range(0, S, step):
         yield start, min(S, start + step)
 
 
 def _width(model: Model, x: Tensor) -> int:
-    return max(x.shape[-1], model.latent.dim, int(getattr(model, "hidden", 0) or 0))
+    return max(x.shape[-1], model.latent.dim * (model.latent.classes or 1), int(getattr(model, "hidden", 0) or 0))
+
+
+def _chunks(model: Model, x: Tensor) -> Iterator[tuple[int, int]]:
+    return state_chunks(model.latent.dim, x.shape[0], _width(model, x), S=n_states(model.latent))
 
 
 def _expand(states: Tensor, n: int) -> Tensor:
@@ -80,10 +117,10 @@ def _expand(states: Tensor, n: int) -> Tensor:
 # -- tables and marginals --------------------------------------------------------------------
 @torch.no_grad()
 def log_joint_table(model: Model, theta: Params, x: Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
-    """log p_θ(x_n, z_s) for every state s and data point n: [2ᵏ, N]."""
-    k, N = model.latent.dim, x.shape[0]
-    parts = [model.log_joint(theta, x, _expand(binary_states(k, a, b, x.dtype, x.device), N))
-             for a, b in state_chunks(k, N, _width(model, x), chunk_elements)]
+    """log p_θ(x_n, z_s) for every state s and data point n: [S, N]."""
+    space, N = model.latent, x.shape[0]
+    chunks = state_chunks(space.dim, N, _width(model, x), chunk_elements, S=n_states(space))
+    parts = [model.log_joint(theta, x, _expand(latent_states(space, a, b, x.dtype, x.device), N)) for a, b in chunks]
     return torch.cat(parts, 0)
 
 
@@ -98,25 +135,29 @@ def posterior_table(model: Model, theta: Params, x: Tensor) -> Tensor:
 
 
 def posterior_marginals(model: Model, theta: Params, x: Tensor) -> Tensor:
-    """P(z_j = 1 | x_n) = Σ_s p(z_s | x_n) z_sj: [N, k]."""
+    """P(z_j = 1 | x_n) = Σ_s p(z_s | x_n) z_sj: [N, k] (categorical: P(z_j = c | x_n) [N, k·C])."""
     post = posterior_table(model, theta, x)
-    return post.T @ binary_states(model.latent.dim, dtype=post.dtype, device=post.device)
+    return post.T @ latent_states(model.latent, dtype=post.dtype, device=post.device)
 
 
-def sample_table(log_table: Tensor, k: int, batch: tuple[int, ...], gen: torch.Generator) -> Tensor:
-    """z [*batch, N, k] with z_n ~ softmax(log_table[:, n]) over the 2ᵏ states (inverse CDF, one uniform per draw)."""
+def sample_table(log_table: Tensor, k: int | LatentSpace, batch: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    """z [*batch, N, k] with z_n ~ softmax(log_table[:, n]) over the 2ᵏ states (inverse CDF, one uniform per draw);
+    ``k`` a LatentSpace: its states ([*batch, N, k·C] one-hot for categorical latents)."""
     S, N = log_table.shape
     cdf = torch.softmax(log_table, 0).T.cumsum(-1).contiguous()  # [N, S]
     B = math.prod(batch)
     u = torch.rand(N, B, generator=gen, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
     idx = torch.searchsorted(cdf, u, right=True).clamp_max(S - 1)  # [N, B]: first s with cdf_s > u
+    if isinstance(k, LatentSpace):
+        states = latent_states(k, dtype=log_table.dtype, device=log_table.device)
+        return states[idx.T].reshape(*batch, N, states.shape[-1])
     bits = (idx.T.unsqueeze(-1) >> torch.arange(k, device=idx.device)) & 1  # [B, N, k]
     return bits.to(log_table.dtype).reshape(*batch, N, k)
 
 
 def sample_posterior(model: Model, theta: Params, x: Tensor, batch: tuple[int, ...], gen: torch.Generator) -> Tensor:
     """Exact draws z ~ p_θ(z | x_n) [*batch, N, k] from the enumerated posterior."""
-    return sample_table(log_joint_table(model, theta, x), model.latent.dim, batch, gen)
+    return sample_table(log_joint_table(model, theta, x), model.latent, batch, gen)
 
 
 # -- gradients -------------------------------------------------------------------------------
@@ -126,7 +167,7 @@ def _accumulate(total: Params | None, part: Params) -> Params:
 
 def log_marginal_and_grad(model: Model, theta: Params, x: Tensor) -> tuple[Tensor, Params]:
     """(log p(x), ∇θ log p(x)) by enumeration; ∇θ = Σ_{n,s} p(z_s | x_n) ∇θ log p(x_n, z_s)."""
-    k, N = model.latent.dim, x.shape[0]
+    N = x.shape[0]
     log_px = torch.logsumexp(log_joint_table(model, theta, x), 0)  # [N]
 
     def weighted(th: Params, states: Tensor) -> Tensor:
@@ -134,15 +175,15 @@ def log_marginal_and_grad(model: Model, theta: Params, x: Tensor) -> tuple[Tenso
         return (torch.exp(lj - log_px).detach() * lj).sum()
 
     grad: Params | None = None
-    for a, b in state_chunks(k, N, _width(model, x)):
-        grad = _accumulate(grad, torch.func.grad(weighted)(theta, binary_states(k, a, b, x.dtype, x.device)))
+    for a, b in _chunks(model, x):
+        grad = _accumulate(grad, torch.func.grad(weighted)(theta, latent_states(model.latent, a, b, x.dtype, x.device)))
     assert grad is not None
     return log_px.sum(), grad
 
 
 def elbo_and_grads(model: Model, family: Family, theta: Params, phi: Params, x: Tensor) -> tuple[Tensor, Params, Params]:
     """(ELBO, ∇θ ELBO, ∇φ ELBO) by autograd of Σ_{n,s} q_φ(z_s | x_n) [log p_θ(x_n, z_s) − log q_φ(z_s | x_n)]."""
-    k, N = model.latent.dim, x.shape[0]
+    N = x.shape[0]
 
     def elbo_chunk(th: Params, ph: Params, states: Tensor) -> Tensor:
         z = _expand(states, N)
@@ -152,25 +193,27 @@ def elbo_and_grads(model: Model, family: Family, theta: Params, phi: Params, x: 
     value = torch.zeros((), dtype=x.dtype, device=x.device)
     g_theta: Params | None = None
     g_phi: Params | None = None
-    for a, b in state_chunks(k, N, _width(model, x)):
-        (gt, gp), v = torch.func.grad_and_value(elbo_chunk, argnums=(0, 1))(theta, phi, binary_states(k, a, b, x.dtype, x.device))
+    for a, b in _chunks(model, x):
+        states = latent_states(model.latent, a, b, x.dtype, x.device)
+        (gt, gp), v = torch.func.grad_and_value(elbo_chunk, argnums=(0, 1))(theta, phi, states)
         value, g_theta, g_phi = value + v, _accumulate(g_theta, gt), _accumulate(g_phi, gp)
     assert g_theta is not None and g_phi is not None
     return value, g_theta, g_phi
 
 
-def iwae_enumerable(k: int, K: int, n_data: int) -> bool:
-    """Whether the S^K tuples of IWAE_K fit :data:`IWAE_ENUMERATION_LIMIT`."""
-    return K * k * math.log(2) + math.log(n_data) <= math.log(IWAE_ENUMERATION_LIMIT)
+def iwae_enumerable(k: int, K: int, n_data: int, S: int | None = None) -> bool:
+    """Whether the S^K tuples of IWAE_K (S = 2ᵏ unless given) fit :data:`IWAE_ENUMERATION_LIMIT`."""
+    log_S = k * math.log(2) if S is None else math.log(S)
+    return K * log_S + math.log(n_data) <= math.log(IWAE_ENUMERATION_LIMIT)
 
 
 def iwae_and_grads(model: Model, family: Family, theta: Params, phi: Params, x: Tensor, K: int) -> tuple[Tensor, Params, Params]:
     """(IWAE_K, ∇θ IWAE_K, ∇φ IWAE_K) by enumerating the S^K tuples (z_1..z_K) of every data point:
     IWAE_K = Σ_n Σ_{s_1..s_K} Π_k q(z_{s_k} | x_n) · log (1/K Σ_k w_{s_k, n}); autograd in θ and φ."""
-    k, N = model.latent.dim, x.shape[0]
-    if not iwae_enumerable(k, K, N):
-        raise ValueError(f"IWAE_{K} over 2^{k} states per point is too large to enumerate ({2 ** (k * K)} tuples)")
-    states = _expand(binary_states(k, dtype=x.dtype, device=x.device), N)
+    N, S_all = x.shape[0], n_states(model.latent)
+    if not iwae_enumerable(model.latent.dim, K, N, S_all):
+        raise ValueError(f"IWAE_{K} over {S_all} states per point is too large to enumerate ({S_all ** K} tuples)")
+    states = _expand(latent_states(model.latent, dtype=x.dtype, device=x.device), N)
     S = states.shape[0]
     grids = torch.meshgrid(*([torch.arange(S, device=x.device)] * K), indexing="ij")
     tuples = torch.stack([g.reshape(-1) for g in grids], -1)  # [S^K, K]
@@ -250,7 +293,7 @@ def iwae_reference(replicates: int) -> Callable[[ComposedTarget, Objective], Ref
     def build(target: ComposedTarget, objective: Objective) -> Reference:
         if objective.kind != "iwae" or objective.K < 2:
             return elbo_reference(target, Objective(objective.wrt, "elbo"))
-        if iwae_enumerable(target.latent_dim, objective.K, target.n_data):
+        if iwae_enumerable(target.latent_dim, objective.K, target.n_data, n_states(target.model.latent)):
             theta, phi, x = _float64(target)
             _, gt, gp = iwae_and_grads(target.model, target.family, theta, phi, x, objective.K)
             flat = target.layout.flatten(gt) if objective.wrt == "theta" else target.phi_layout.flatten(gp)

@@ -1,5 +1,5 @@
 """Print the issue-13 tables from a run folder: estimator × (rel. bias ± s.e., p, tr Σ ± s.e., SNR, work-normalised
-variance, evaluations, cell seconds). Usage: python reports/discrete-estimators/summarise.py RUN_DIR/results.parquet
+variance, evaluations, seconds per estimate and tr Σ × seconds from the wallclock protocol, cell seconds). Usage: python reports/discrete-estimators/summarise.py RUN_DIR/results.parquet
 With --toy, also the exact (Gauss–Legendre) expectation of the relaxed toy gradients and their relative bias."""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def table(path: str) -> pd.DataFrame:
     keys = ["target_id", "est"]
     m = d.pivot_table(index=keys, columns="metric", values=["value", "stderr"], aggfunc="first")
     out = pd.DataFrame(index=m.index)
-    for c in ["rel_bias", "bias_pvalue", "trace_cov", "snr_median", "work_norm_var", "evals_mean"]:
+    for c in ["rel_bias", "bias_pvalue", "trace_cov", "snr_median", "work_norm_var", "evals_mean", "seconds_per_estimate",
+              "work_norm_var_seconds"]:
         if ("value", c) in m.columns:
             out[c] = m[("value", c)]
         if ("stderr", c) in m.columns and m[("stderr", c)].notna().any():

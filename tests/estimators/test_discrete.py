@@ -142,11 +142,15 @@ def test_chain_rule_to_encoder_parameters():
 
 
 def test_every_discrete_estimator_is_registered():
-    for name in ["arm", "disarm", "rloo", "nvil", "gumbel_softmax", "straight_through", "rebar", "relax",
-                 "wake_sleep", "reweighted_wake_sleep"]:
+    for name in ["arm", "disarm", "rebar", "relax", "wake_sleep", "reweighted_wake_sleep"]:  # binary only
         est = registry.ESTIMATORS[name]
         assert est.objective({}).key == "phi_elbo" and "binary_latent" in est.required({})
-    assert "bernoulli_toy" in registry.MODELS
+    for name in ["rloo", "nvil", "gumbel_softmax", "straight_through", "sum_and_sample"]:  # binary or categorical
+        est = registry.ESTIMATORS[name]
+        assert est.objective({}).key == "phi_elbo" and "enumerate" in est.required({})
+        assert "binary_latent" not in est.required({})
+    assert "relaxed" in registry.ESTIMATORS["gumbel_softmax"].required({})
+    assert "bernoulli_toy" in registry.MODELS and "categorical_vae" in registry.MODELS
 
 
 def test_relaxed_toy_expectation_matches_quadrature():

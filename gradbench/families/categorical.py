@@ -1,0 +1,111 @@
+"""Factorised categorical variational family for k categorical latents with C classes each (issue 13).
+
+    q_φ(z | x_n) = Π_j Cat(z_j; softmax(ℓ_j(x_n))),   log q = Σ_j Σ_c z_jc log softmax(ℓ_j(x_n))_c,
+
+with z stored one-hot and flattened, [..., N, k·C] (latent j in columns j·C .. j·C + C − 1), and logits
+ℓ(x) [N, k·C] from the amortised ``categorical_encoder``: linear ℓ = A x + b (φ = A [k·C, d], b [k·C]), or
+with ``hidden`` = h a one-hidden-layer tanh MLP ℓ = W2 tanh(W1 x + b1) + b2 (the layout of
+:class:`gradbench.families.bernoulli.BernoulliEncoder` with k·C outputs, so it is fitted by the same
+:func:`~gradbench.families.bernoulli.fit_logits`).
+
+Capabilities {score, log_prob, enumerate, relaxed}: not reparameterisable. The one random draw is a
+uniform u ~ U(0,1)^{[..., N, k·C]}; with Gumbel noise g = −log(−log u), z_j = onehot(argmax_c ℓ_jc + g_jc)
+(the Gumbel-max trick), and the same g gives the Concrete / Gumbel-softmax relaxation softmax((ℓ_j + g_j)/τ)
+(Maddison, Mnih & Teh 2017; Jang, Gu & Poole 2017), so relaxed and discrete estimators share common
+random numbers. ``mode`` is onehot(argmax_c ℓ_jc), the most probable state of q.
+
+Reference: Kool, van Hoof & Welling (2020), "Estimating gradients for discrete random variables by
+sampling without replacement" (ICLR), the categorical VAE with k = 2 latents of C = 10 classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradbench.contracts import LatentSpace, Params
+from gradbench.core import ParamGroup, ParamLayout
+
+CAPABILITIES = frozenset({"score", "log_prob", "enumerate", "relaxed"})
+
+
+def blocks(t: Tensor, classes: int) -> Tensor:
+    """[..., k·C] → [..., k, C]."""
+    return t.reshape(*t.shape[:-1], t.shape[-1] // classes, classes)
+
+
+def categorical_log_pmf(z: Tensor, logits: Tensor, classes: int) -> Tensor:
+    """Σ_j Σ_c z_jc log softmax(ℓ_j)_c for one-hot (or relaxed, on the simplex) z [..., k·C] → [...]."""
+    return (blocks(z, classes) * torch.log_softmax(blocks(logits, classes), -1)).sum((-2, -1))
+
+
+def gumbel(u: Tensor) -> Tensor:
+    """g = −log(−log u), standard Gumbel noise from uniforms."""
+    return -torch.log(-torch.log(u))
+
+
+def one_hot_argmax(scores: Tensor, classes: int) -> Tensor:
+    """onehot(argmax_c scores_jc), flattened [..., k·C]."""
+    s = blocks(scores, classes)
+    return torch.nn.functional.one_hot(s.argmax(-1), classes).to(scores.dtype).reshape(scores.shape)
+
+
+class CategoricalEncoder:
+    """Amortised q_φ(z|x) = Π_j Cat(softmax(ℓ_j(x))), ℓ linear (A, b) or a tanh MLP (W1, b1, W2, b2)."""
+
+    capabilities: frozenset[str] = CAPABILITIES
+
+    def __init__(self, latents: int, classes: int, data_dim: int, hidden: int | None = None) -> None:
+        self.latent = LatentSpace("categorical", latents, classes)
+        self.classes, self.data_dim, self.hidden = classes, data_dim, hidden
+        out, d = latents * classes, data_dim
+        if hidden is None:
+            groups = (ParamGroup("A", (out, d)), ParamGroup("b", (out,)))
+        else:
+            groups = (ParamGroup("W1", (hidden, d)), ParamGroup("b1", (hidden,)), ParamGroup("W2", (out, hidden)),
+                      ParamGroup("b2", (out,)))
+        self.layout = ParamLayout(groups)
+
+    def features(self, phi: Params, x: Tensor) -> Tensor:
+        """The output layer's inputs h(x): x itself (linear) or tanh(W1 x + b1)."""
+        return x if self.hidden is None else torch.tanh(x @ phi["W1"].T + phi["b1"])
+
+    def logits(self, phi: Params, x: Tensor) -> Tensor:
+        """ℓ_φ(x) [N, k·C]."""
+        if self.hidden is None:
+            return x @ phi["A"].T + phi["b"]
+        return self.features(phi, x) @ phi["W2"].T + phi["b2"]
+
+    def init_params(self, x: Tensor, gen: torch.Generator, dtype: torch.dtype) -> Params:
+        """Random φ (output weights N(0, 1/fan_in), zero output bias); ``fit_logits`` fits it instead."""
+        d, h, out = self.data_dim, self.hidden, self.latent.dim * self.classes
+        params = {}
+        if h is not None:
+            params["W1"] = torch.randn(h, d, generator=gen, dtype=torch.float64) / d**0.5
+            params["b1"] = torch.randn(h, generator=gen, dtype=torch.float64)
+        fan_in = d if h is None else h
+        params["A" if h is None else "W2"] = torch.randn(out, fan_in, generator=gen, dtype=torch.float64) / fan_in**0.5
+        params["b" if h is None else "b2"] = torch.zeros(out, dtype=torch.float64)
+        return {n: t.to(dtype=dtype, device=x.device) for n, t in params.items()}
+
+    def noise(self, shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, device: Any) -> Tensor:
+        """u ~ U(0,1)^{[*shape, k·C]} (``shape`` ends with N), kept away from 0 so that −log(−log u) is finite."""
+        u = torch.rand(*shape, self.latent.dim * self.classes, generator=gen, dtype=dtype, device=device)
+        return u.clamp_min(torch.finfo(dtype).tiny)
+
+    def sample(self, phi: Params, x: Tensor, noise: Tensor) -> Tensor:
+        """z = onehot(argmax_c ℓ_jc − log(−log u_jc)) (Gumbel-max), [..., N, k·C]."""
+        return one_hot_argmax(self.logits(phi, x) + gumbel(noise), self.classes)
+
+    def log_prob(self, phi: Params, x: Tensor, z: Tensor) -> Tensor:
+        return categorical_log_pmf(z, self.logits(phi, x), self.classes)
+
+    def mode(self, phi: Params, x: Tensor) -> Tensor:
+        """The most probable state onehot(argmax ℓ_j), [N, k·C]."""
+        return one_hot_argmax(self.logits(phi, x), self.classes)
+
+    def probs(self, phi: Params, x: Tensor) -> Tensor:
+        """softmax(ℓ_j) per latent, flattened [N, k·C]."""
+        return torch.softmax(blocks(self.logits(phi, x), self.classes), -1).reshape(x.shape[0], -1)
