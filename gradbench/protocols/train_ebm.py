@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -76,9 +76,21 @@ def held_out_ebm(cell: Any, target: Any, p: TrainParams) -> Tensor:
     return target.double().sample_exact((p.test_n or DEFAULT_TEST_N,), gen).to(target.x.dtype)
 
 
+class Trained(NamedTuple):
+    theta: Tensor  # final flat θ
+    rows: list[Row]
+    curves: pd.DataFrame
+
+
 def train_cell(cell: Any, target: Any, checkpoint: Path | None = None,
                test_x: Tensor | None = None) -> tuple[list[Row], pd.DataFrame]:
     """Train one θ-only EBM cell (resuming from ``checkpoint`` when it exists) → (protocol rows, curve rows)."""
+    out = fit(cell, target, checkpoint, test_x)
+    return out.rows, out.curves
+
+
+def fit(cell: Any, target: Any, checkpoint: Path | None = None, test_x: Tensor | None = None) -> Trained:
+    """The training loop of :func:`train_cell`; also returns the final θ."""
     p = TrainParams(**cell.estimator_params)
     if p.phi_estimator is not None:
         raise ValueError("an energy-based model has no encoder: set phi_estimator: null")
@@ -167,7 +179,7 @@ def train_cell(cell: Any, target: Any, checkpoint: Path | None = None,
     for col in CURVE_COLUMNS:
         if col not in df:
             df[col] = float("nan")
-    return rows, df[CURVE_COLUMNS]
+    return Trained(theta.detach(), rows, df[CURVE_COLUMNS])
 
 
 def _enumerated(model: Any) -> str:
