@@ -137,3 +137,17 @@ def test_validate_refuses_a_phi_estimator_on_an_ebm_and_null_phi_elsewhere(tmp_p
     path.write_text(vae.replace("theta_estimator: pcd, theta_params: {S: 8, k: 1}", "theta_estimator: iwae, theta_params: {K: 4}"))
     with pytest.raises(SuiteError, match="energy_based"):
         load_suite(path)
+
+
+def test_ising_training_reports_the_normalised_log_lik(tmp_path):
+    """θ-only training runs on the Ising model too (PCD, 10 steps); its test log-lik equals −F(s) minus the log of
+    Σ e^{−F} over all 2^6 states, recomputed here."""
+    cell = tiny(tmp_path, 10, model="ising", params="{n_spins: 6, n_data: 64}")[0]
+    target = target_for(cell)
+    out = train_ebm.fit(cell, target)
+    at = target.with_theta(out.theta)
+    test_x = train_ebm.held_out_ebm(cell, target, train.TrainParams(**cell.estimator_params))
+    log_z = torch.logsumexp(-at.free_energy(at.states(torch.arange(64))), 0)
+    expected = float((-at.free_energy(test_x) - log_z).mean())
+    assert next(r["value"] for r in out.rows if r["metric"] == "test_loglik") == pytest.approx(expected, abs=1e-12)
+    assert len(out.curves) == 10 and out.curves["theta_finite"].all()
