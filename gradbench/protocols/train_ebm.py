@@ -72,7 +72,7 @@ def held_out_ebm(cell: Any, target: Any, p: TrainParams) -> Tensor:
     """The target's test split, or ``test_n`` exact draws from the generating θ (data drawn from the model)."""
     if cell.target.data_spec is not None:
         return held_out_data(cell, target)
-    gen = make_generator(derive_seed(cell.target.data_seed, "test"))
+    gen = make_generator(derive_seed(cell.target.data_seed, "test"), cell.device)
     return target.double().sample_exact((p.test_n or DEFAULT_TEST_N,), gen).to(target.x.dtype)
 
 
