@@ -187,7 +187,9 @@ def run_train_cell(cell: Cell, target: Any, checkpoint_dir: Path | None = None) 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{cell.cell_id}.pt"
-    rows, curves = train.train_cell(cell, target, ckpt)
+    from gradbench.protocols import train_ebm  # issue 16: θ-only training of energy-based models
+
+    rows, curves = (train_ebm.train_cell if train_ebm.is_ebm(target) else train.train_cell)(cell, target, ckpt)
     df = pd.DataFrame([{"protocol": train.TRAIN, **r} for r in rows],
                       columns=["protocol", "param_group", "metric", "value", "stderr", "method"])
     nonfinite = int(df.loc[df["metric"] == "nonfinite_steps", "value"].iloc[0])

@@ -285,6 +285,8 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
 def _train_requires(p: dict[str, Any]) -> Capabilities:
     """What the ``train`` pseudo-estimator's two estimators require (of the target's family kind: a fresh encoder of the
     same kind is trained — Gaussian, reparameterised, for real z; Bernoulli, score only, for binary z)."""
+    if p.get("phi_estimator", "reparam_elbo") is None:  # issue 16: θ-only training, energy-based models only
+        return ESTIMATORS[p.get("theta_estimator", "elbo")].required(p.get("theta_params", {})) | _EBM
     theta, phi = ESTIMATORS[p.get("theta_estimator", "elbo")], ESTIMATORS[p.get("phi_estimator", "reparam_elbo")]
     return theta.required(p.get("theta_params", {})) | phi.required(p.get("phi_params", {}))
 

@@ -53,8 +53,8 @@ import torch
 from torch import Tensor
 
 from gradbench.core import GradSample
-from gradbench.models.ebm import RBM, EBMTarget
 from gradbench.estimators.params import CDParams, CoupledGibbsParams, ExactSamplingParams, PCDParams  # noqa: F401
+from gradbench.models.ebm import RBM, EBMTarget
 
 Coupling = Literal["maximal", "block_maximal"]
 

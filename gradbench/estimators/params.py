@@ -266,12 +266,15 @@ class TrainParams(BaseModel):
     R = 1 on the minibatch target; Adam with the learning-rate schedule below; replicates are ``train_seed``s."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    theta_estimator: Literal["elbo", "iwae", "coupled_isir", "coupled_pimh", "sumo", "isir", "pimh", "iwae_reparam"] = Field(
+    theta_estimator: Literal["elbo", "iwae", "coupled_isir", "coupled_pimh", "sumo", "isir", "pimh", "iwae_reparam",
+                             "exact_sampling", "cd", "pcd", "coupled_gibbs"] = Field(
         "elbo", description="registered ∇θ estimator run with R = 1 on each minibatch")
     theta_params: dict[str, int | float | str | bool | None] = Field(default_factory=dict, description="its parameters")
-    phi_estimator: Literal["reparam_elbo", "iwae_reparam", "dreg", "stl", "vimco", "rloo", "disarm", "arm", "reinforce"] = Field(
+    phi_estimator: Literal["reparam_elbo", "iwae_reparam", "dreg", "stl", "vimco", "rloo", "disarm", "arm",
+                           "reinforce"] | None = Field(
         "reparam_elbo", description="registered ∇φ estimator run with R = 1 on each minibatch (vimco … reinforce: "
-                                    "score-function estimators, for a discrete (Bernoulli) encoder)")
+                                    "score-function estimators, for a discrete (Bernoulli) encoder); "
+                                    "null: θ-only model (rbm, ising)")
     phi_params: dict[str, int | float | str | bool | None] = Field(default_factory=dict, description="its parameters")
     train_seed: int = Field(0, ge=0, description="initialisation, minibatch order and noise (shared by every estimator pair)")
     budget: Literal["steps", "evals", "seconds"] = Field("steps", description="what stops training")

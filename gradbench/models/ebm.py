@@ -54,8 +54,8 @@ from torch import Tensor
 from torch.nn.functional import softplus
 
 from gradbench.core import ParamGroup, ParamLayout, Reference
+from gradbench.models.params import MAX_HIDDEN, MAX_SPINS, IsingParams, NoProposal, RBMParams
 from gradbench.seeding import make_generator
-from gradbench.models.params import MAX_HIDDEN, MAX_SPINS, IsingParams, NoProposal, RBMParams  # noqa: F401  (torch-free schemas)
 
 ENUM_CHUNK = 1 << 16  # Ising states per enumeration chunk
 
@@ -113,8 +113,8 @@ class RBM:
         gen = make_generator(seed)
         f64 = torch.float64
         n_v, n_h, beta = params.n_visible, params.n_hidden, params.weight_scale
-        if params.data == "digits" and data is None:
-            x = digits(params.n_data, params.binarize, gen)
+        if params.data == "digits":  # the built-in permutation, or the rows of a suite's ``data:`` (train split)
+            x = digits(params.n_data, params.binarize, gen) if data is None else torch.as_tensor(np.asarray(data, dtype=np.float64))
             p = x.mean(0).clamp(0.01, 0.99)
             W = beta * torch.randn(n_v, n_h, generator=_theta_generator(params.theta_seed, gen), dtype=f64)
             b, c = torch.log(p / (1 - p)), torch.zeros(n_h, dtype=f64)
@@ -157,9 +157,18 @@ class RBM:
     def flat_theta(self) -> Tensor:
         return self.layout.flatten(self.parameters())
 
-    def with_theta(self, theta: Tensor) -> RBM:
+    def with_theta(self, theta: Tensor, x: Tensor | None = None) -> RBM:
+        """The RBM at flat θ, on data ``x`` (default: this target's)."""
         p = self.layout.unflatten(theta)
-        return RBM(p["W"], p["b"], p["c"], self.x.to(theta.dtype))
+        return RBM(p["W"], p["b"], p["c"], (self.x if x is None else x).to(theta.dtype))
+
+    def initial_theta(self, gen: torch.Generator) -> Tensor:
+        """Training start (Hinton 2010, "A practical guide to training RBMs", §8): W ~ N(0, 0.01²),
+        b = logit of the data means clipped to [0.01, 0.99], c = 0; flat, float64."""
+        f64 = torch.float64
+        p = self.x.double().mean(0).clamp(0.01, 0.99).cpu()
+        W = 0.01 * torch.randn(self.n_visible, self.n_hidden, generator=gen, dtype=f64)
+        return self.layout.flatten({"W": W, "b": torch.log(p / (1 - p)), "c": torch.zeros(self.n_hidden, dtype=f64)})
 
     def double(self) -> RBM:
         return self if self.W.dtype == torch.float64 else RBM(self.W.double(), self.b.double(), self.c.double(), self.x.double())
@@ -183,6 +192,10 @@ class RBM:
     def log_likelihood(self) -> Tensor:
         """log p(x) = −Σ_n F(x_n) − N log Z, in this target's dtype."""
         return -self.free_energy(self.x).sum() - self.n_data * self.log_z()
+
+    def log_prob(self, v: Tensor) -> Tensor:
+        """log p_θ(v) = −F(v) − log Z per row of v [..., n_v], exact (log Z by enumeration over h)."""
+        return -self.free_energy(v) - self.log_z()
 
     def weighted_grad_free_energy(self, v: Tensor, weights: Tensor) -> Tensor:
         """Σ_s weights[..., s] ∇θ F(v[..., s, :]) for v [B, S, n_v], weights [B, S] → [B, P]."""
@@ -318,12 +331,20 @@ class Ising:
     def flat_theta(self) -> Tensor:
         return self.layout.flatten(self.parameters())
 
-    def with_theta(self, theta: Tensor) -> Ising:
+    def with_theta(self, theta: Tensor, x: Tensor | None = None) -> Ising:
+        """The Ising model at flat θ, on data ``x`` (default: this target's)."""
         p = self.layout.unflatten(theta)
         n = self.n_spins
         J = torch.zeros(n, n, dtype=theta.dtype, device=theta.device)
         J[self.pairs[0], self.pairs[1]] = p["J"]
-        return Ising(J + J.T, p["h"], self.x.to(theta.dtype))
+        return Ising(J + J.T, p["h"], (self.x if x is None else x).to(theta.dtype))
+
+    def initial_theta(self, gen: torch.Generator) -> Tensor:
+        """Training start: J_{i<j} ~ N(0, 0.01²), h = atanh of the data means clipped to [−0.98, 0.98] (the
+        independent-spin fit); flat, float64."""
+        f64 = torch.float64
+        m = self.x.double().mean(0).clamp(-0.98, 0.98).cpu()
+        return self.layout.flatten({"J": 0.01 * torch.randn(self.pairs.shape[1], generator=gen, dtype=f64), "h": torch.atanh(m)})
 
     def double(self) -> Ising:
         return self if self.h.dtype == torch.float64 else Ising(self.J.double(), self.h.double(), self.x.double())
@@ -350,6 +371,10 @@ class Ising:
 
     def log_likelihood(self) -> Tensor:
         return -self.free_energy(self.x).sum() - self.n_data * self.log_z()
+
+    def log_prob(self, s: Tensor) -> Tensor:
+        """log p_θ(s) = −F(s) − log Z per row of s [..., n], exact (log Z by enumeration)."""
+        return -self.free_energy(s) - self.log_z()
 
     def weighted_grad_free_energy(self, s: Tensor, weights: Tensor) -> Tensor:
         """Σ_s weights[..., s] ∇θ F(s) for s [B, S, n], weights [B, S] → [B, P]."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from gradbench.models.ebm import Ising, IsingParams, NoProposal, RBM, RBMParams, rbm_brute_force_log_z
+from gradbench.models.ebm import RBM, Ising, IsingParams, NoProposal, RBMParams, rbm_brute_force_log_z
 
 
 def central_differences(target, step: float = 1e-5) -> torch.Tensor:

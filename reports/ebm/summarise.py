@@ -37,6 +37,8 @@ def main(run: Path) -> None:
     if "rel_bias" in val:
         cols["rel_bias"] = [_fmt(v, s) for v, s in zip(val.rel_bias, se.rel_bias)]
         cols["bias_pvalue"] = [_fmt(v, None, ".2g") for v in val.bias_pvalue]
+        if "rel_bias_ci_low" in val:  # statistics v2: 95 % interval of ‖b‖/‖g*‖
+            cols["rel_bias_95ci"] = [f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(val.rel_bias_ci_low, val.rel_bias_ci_high)]
     if "trace_cov" in val:
         cols["sweeps"] = [_fmt(v, None, ".1f") for v in val.evals_mean]
         cols["trace_cov"] = [_fmt(v, s) for v, s in zip(val.trace_cov, se.trace_cov)]
