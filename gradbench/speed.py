@@ -37,6 +37,8 @@ first target and fits log-log slopes of seconds and peak memory.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -497,6 +499,201 @@ def _loop_ratio(plan: SpeedPlan, settings: SpeedSettings, target: Any, name: str
                   loop_seconds=loop, vectorised_seconds=vec)
 
 
+# -- scaling laws ----------------------------------------------------------------------------------
+# Each axis is swept with the others at the base point; values are multiples of the base (R, K) or absolute.
+SCALING_FACTORS = (0.25, 0.5, 1.0, 2.0)
+SCALING_AXES = ("R", "K", "data_dim", "hidden", "N")
+
+
+def _malloc_returns_freed_memory() -> None:
+    """glibc: serve every allocation ≥ 128 KiB by mmap and unmap it on free (no dynamic threshold, no cache), so
+    the resident set follows the live tensors and a peak-RSS delta measures one call's peak."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: str) -> float:
+    """Peak memory one call of ``fn`` adds: CUDA ``max_memory_allocated`` − allocated before (exact, the caching
+    allocator's own count); CPU: peak resident set (VmHWM, reset through /proc/self/clear_refs) − resident set
+    before, with glibc returning freed blocks (:func:`_malloc_returns_freed_memory`). NaN where /proc is missing."""
+    if torch.device(device).type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - before)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
+        before = _rss_kib("VmRSS")
+        fn()
+        return 1024.0 * (_rss_kib("VmHWM") - before)
+    except OSError:
+        return float("nan")
+
+
+def loglog_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """OLS slope of log y on log x and its standard error (NaN with fewer than 3 points or y ≤ 0)."""
+    ok = (x > 0) & (y > 0)
+    lx, ly = np.log(x[ok]), np.log(y[ok])
+    if len(lx) < 3 or np.ptp(lx) == 0:
+        return float("nan"), float("nan")
+    X = np.column_stack([np.ones_like(lx), lx])
+    coef, *_ = np.linalg.lstsq(X, ly, rcond=None)
+    resid = ly - X @ coef
+    sigma2 = float(resid @ resid) / (len(lx) - 2)
+    se = math.sqrt(sigma2 * np.linalg.inv(X.T @ X)[1, 1])
+    return float(coef[1]), se
+
+
+def _scaled_target(cfg: TargetConfig, base: dict[str, int], axis: str, value: int) -> TargetConfig:
+    """The target of the scaling base with one of data_dim / hidden / N changed (synthetic data of the model)."""
+    point = {**base, axis: value} if axis in ("data_dim", "hidden", "N") else dict(base)
+    params = {**cfg.params, "data_dim": point["data_dim"], "n_data": point["N"]}
+    if cfg.model == "vae":
+        params["hidden"] = [point["hidden"]] * max(1, len(cfg.params.get("hidden", [1])))
+    elif cfg.model == "sbn":
+        params["hidden"] = point["hidden"]
+    return dataclasses.replace(cfg, params=params, data=None, data_sha256=None, data_spec=None)
+
+
+def _seeded_call(fn: Callable[..., GradSample], target: Any, R: int, seed: int, device: str,
+                 params: dict[str, Any]) -> GradSample:
+    return fn(target, R, make_generator(seed, device), **params)
+
+
+def run_scaling(plan: SpeedPlan, settings: SpeedSettings = SpeedSettings(), *, factors: tuple[float, ...] = SCALING_FACTORS,
+                axes: tuple[str, ...] = SCALING_AXES, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Seconds and peak memory of each estimator of ``plan`` along each axis (the others at the base point: the
+    suite's R, iwae's K, the target's data_dim, first hidden width and N), and log-log slopes with standard errors.
+
+    Every call re-seeds its generator (same work each repeat: coupled chains meet at the same times), so
+    repeats differ only by the machine. ``slope_RK`` fits seconds (memory) against R·K on the R and K sweeps
+    together: 1 when cost is linear in R·K with the same constant along both axes."""
+    t_start, load_before = time.perf_counter(), os.getloadavg()[0]
+    suite, cfg, device = plan.suite, plan.target, plan.suite.device
+    _malloc_returns_freed_memory()
+    base_target = cfg.build(suite.dtype, device)
+    hidden0 = cfg.params.get("hidden", 0)
+    base = {"R": plan.R, "K": plan.K, "data_dim": int(base_target.x.shape[1]), "N": int(base_target.n_data),
+            "hidden": int(hidden0[0] if isinstance(hidden0, list) and hidden0 else hidden0 or 0)}
+    if cfg.model not in ("vae", "sbn"):
+        axes = tuple(a for a in axes if a != "hidden")
+    rows: list[dict[str, Any]] = []
+    with cell_thread_limits(settings.threads), torch.no_grad():
+        for axis in axes:
+            values = sorted({max(1, round(base[axis] * f)) for f in factors})
+            for value in values:
+                target = base_target if axis in ("R", "K") else _scaled_target(cfg, base, axis, value).build(
+                    suite.dtype, device)
+                R = value if axis == "R" else base["R"]
+                for name, params in plan.estimators:
+                    fn = registry.ESTIMATORS[name].fn
+                    p = dict(params)
+                    key = "K" if "K" in p else ("S" if "S" in p else None)
+                    if axis == "K" and key:
+                        p[key] = value
+                    seed = derive_seed(cfg.noise_seed(0), "scaling", name)
+                    call = functools.partial(_seeded_call, fn, target, R, seed, device, p)
+                    progress(f"scaling: {name} {axis}={value}")
+                    sample = call()
+                    secs = time_interleaved({"f": call}, device=device, warmup=max(0, settings.warmup - 1),
+                                            repeats=settings.repeats)["f"]
+                    mem = [peak_memory_bytes(call, device) for _ in range(2)]
+                    rows.append({"estimator": name, "axis": axis, "value": value, "R": R, "K": p.get(key, 0),
+                                 "evals": float(sample.cost.sum()), "seconds": [float(x) for x in secs],
+                                 "peak_bytes": mem, "P": target.layout.size})
+    fits: list[dict[str, Any]] = []
+    for name, _ in plan.estimators:
+        for what in ("seconds", "peak_bytes"):
+            for axis in axes:
+                pts = [(r["value"], y) for r in rows if r["estimator"] == name and r["axis"] == axis for y in r[what]]
+                b, se = loglog_slope(*map(np.asarray, zip(*pts)))
+                fits.append({"estimator": name, "measure": what, "axis": axis, "slope": b, "se": se})
+            pts = [(r["R"] * r["K"], y) for r in rows if r["estimator"] == name and r["axis"] in ("R", "K")
+                   for y in r[what]]
+            if pts:
+                b, se = loglog_slope(*map(np.asarray, zip(*pts)))
+                fits.append({"estimator": name, "measure": what, "axis": "R·K", "slope": b, "se": se})
+    info = {**device_info(device), "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()[0],
+            "seconds": time.perf_counter() - t_start, "target": f"{cfg.model}({_kv(cfg.params)})",
+            "memory": "CUDA max_memory_allocated" if torch.device(device).type == "cuda" else
+                      "peak RSS delta (VmHWM after /proc/self/clear_refs, glibc mmap threshold 128 KiB)"}
+    return {"suite": suite.name, "dtype": suite.dtype, "device": device, "base": base, "factors": list(factors),
+            "info": info, "rows": rows, "fits": fits}
+
+
+def scaling_markdown(result: dict[str, Any]) -> str:
+    i, b = result["info"], result["base"]
+    lines = [f"Scaling `{result['suite']}` — {i['device_name']}, {i['threads']} thread(s), {result['dtype']}, "
+             f"{result['device']}; {i['target']}; base " + ", ".join(f"{k}={v}" for k, v in b.items()) +
+             f"; memory: {i['memory']}; load average {i['load_before']:.2f} → {i['load_after']:.2f} on {i['cpus']} "
+             f"CPU(s); {i['seconds']:.0f} s.", "",
+             "Log-log slopes (± s.e., OLS over all repeats) of seconds and peak memory along each axis:", "",
+             "| estimator | measure | " + " | ".join(sorted({f["axis"] for f in result["fits"]}, key=_axis_order)) + " |",
+             "| --- | --- |" + " ---: |" * len({f["axis"] for f in result["fits"]})]
+    axes = sorted({f["axis"] for f in result["fits"]}, key=_axis_order)
+    for name in dict.fromkeys(f["estimator"] for f in result["fits"]):
+        for what in ("seconds", "peak_bytes"):
+            cell = {f["axis"]: f for f in result["fits"] if f["estimator"] == name and f["measure"] == what}
+            lines.append(f"| {name} | {what} | " + " | ".join(
+                f"{cell[a]['slope']:.2f} ± {cell[a]['se']:.2f}" if a in cell else "" for a in axes) + " |")
+    lines += ["", "| estimator | axis | value | R | K | evals | median s | peak MiB | P |", "| --- | --- |" + " ---: |" * 7]
+    for r in result["rows"]:
+        lines.append(f"| {r['estimator']} | {r['axis']} | {r['value']} | {r['R']} | {r['K']} | {r['evals']:.4g} | "
+                     f"{np.median(r['seconds']):.3g} | {np.median(r['peak_bytes']) / 2**20:.3g} | {r['P']} |")
+    return "\n".join(lines)
+
+
+def _axis_order(axis: str) -> int:
+    order = ["R·K", *SCALING_AXES]
+    return order.index(axis) if axis in order else len(order)
+
+
+def scaling_figure(result: dict[str, Any]) -> Any:
+    """Seconds (top) and peak memory (bottom) against each swept axis, log-log, one line per estimator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes = [a for a in SCALING_AXES if any(r["axis"] == a for r in result["rows"])]
+    fig, grid = plt.subplots(2, len(axes), figsize=(3.2 * len(axes), 5.6), squeeze=False)
+    names = list(dict.fromkeys(r["estimator"] for r in result["rows"]))
+    for j, axis in enumerate(axes):
+        for i, (what, label) in enumerate((("seconds", "seconds"), ("peak_bytes", "peak MiB"))):
+            ax = grid[i][j]
+            for name in names:
+                rs = [r for r in result["rows"] if r["estimator"] == name and r["axis"] == axis]
+                x = np.array([r["value"] for r in rs], dtype=float)
+                y = np.array([np.median(r[what]) for r in rs]) / (2**20 if what == "peak_bytes" else 1.0)
+                fit = next(f for f in result["fits"] if f["estimator"] == name and f["measure"] == what and f["axis"] == axis)
+                ax.plot(x, y, "o-", label=f"{name}: {fit['slope']:.2f} ± {fit['se']:.2f}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(axis)
+            if j == 0:
+                ax.set_ylabel(label)
+            ax.legend(fontsize=7, title="slope", title_fontsize=7)
+    fig.suptitle(f"scaling of {result['info']['target']}"[:120], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 # -- command ---------------------------------------------------------------------------------------
 @click.command("speed")
 @click.argument("suite", type=click.Path(path_type=Path))
@@ -511,8 +708,11 @@ def _loop_ratio(plan: SpeedPlan, settings: SpeedSettings, target: Any, name: str
 @click.option("--loop-repeats", type=int, default=SpeedSettings.loop_repeats, show_default=True)
 @click.option("--no-peers", is_flag=True, help="Skip the Pyro comparison.")
 @click.option("--no-loop", is_flag=True, help="Skip the one-pair-at-a-time loops.")
+@click.option("--scaling", is_flag=True, help="Instead: sweep R, K, data_dim, hidden, N around the first target; fit "
+              "log-log slopes of seconds and peak memory; write scaling.{md,json,png}.")
 def speed(suite: Path, out: Path | None, device: str | None, replicates: int | None, threads: int | None,
-          repeats: int, warmup: int, loop: tuple[str, ...], loop_repeats: int, no_peers: bool, no_loop: bool) -> None:
+          repeats: int, warmup: int, loop: tuple[str, ...], loop_repeats: int, no_peers: bool, no_loop: bool,
+          scaling: bool) -> None:
     """Time a suite's estimators against floors (a)/(b), Pyro and a one-pair loop; print the ratios.
 
     SUITE is an ordinary run suite with an iwae estimator (e.g. suites/speed.yaml, which `gradbench run` also
@@ -524,12 +724,22 @@ def speed(suite: Path, out: Path | None, device: str | None, replicates: int | N
         raise SuiteError(f"{suite}: device {spec.device!r} requested but no CUDA device is available; use --device cpu")
     settings = SpeedSettings(threads=threads, warmup=warmup, repeats=repeats, pyro=not no_peers,
                              loop=() if no_loop else tuple(loop), loop_repeats=loop_repeats)
+    out = out or Path("runs") / f"{spec.name}-{'scaling' if scaling else 'speed'}"
+    if scaling:
+        result = run_scaling(plans(spec, cells, suite)[0], settings, progress=lambda s: click.echo(f"… {s}", err=True))
+        md = scaling_markdown(result)
+        click.echo(md)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scaling.json").write_text(json.dumps(result, indent=1, default=str))
+        (out / "scaling.md").write_text(md + "\n")
+        scaling_figure(result).savefig(out / "scaling.png", dpi=120)
+        click.echo(f"\nwritten: {out / 'scaling.json'}, {out / 'scaling.md'}, {out / 'scaling.png'}")
+        return
     reports = []
     for p in plans(spec, cells, suite):
         reports.append(run_speed(p, settings, progress=lambda s: click.echo(f"… {s}", err=True)))
     md = "\n\n".join(r.markdown() for r in reports)
     click.echo(md)
-    out = out or Path("runs") / f"{spec.name}-speed"
     out.mkdir(parents=True, exist_ok=True)
     data = reports[0].to_json() if len(reports) == 1 else {"suite": spec.name, "reports": [r.to_json() for r in reports]}
     (out / "speed.json").write_text(json.dumps(data, indent=1, default=str))
