@@ -736,10 +736,10 @@ def speed(suite: Path, out: Path | None, device: str | None, replicates: int | N
         click.echo(f"\nwritten: {out / 'scaling.json'}, {out / 'scaling.md'}, {out / 'scaling.png'}")
         return
     reports = []
-    for p in plans(spec, cells, suite):
+    for p in plans(spec, cells, suite):  # each target's table is printed as soon as it is measured
         reports.append(run_speed(p, settings, progress=lambda s: click.echo(f"… {s}", err=True)))
+        click.echo(reports[-1].markdown() + "\n")
     md = "\n\n".join(r.markdown() for r in reports)
-    click.echo(md)
     out.mkdir(parents=True, exist_ok=True)
     data = reports[0].to_json() if len(reports) == 1 else {"suite": spec.name, "reports": [r.to_json() for r in reports]}
     (out / "speed.json").write_text(json.dumps(data, indent=1, default=str))
