@@ -24,7 +24,9 @@ torch.set_num_threads(1)
 R = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 K = int(sys.argv[2]) if len(sys.argv) > 2 else 16
 suite, cells = load_suite("suites/speed-vae.yaml")
-for p in plans(suite, cells):
+
+
+def measure(p) -> None:  # one target: the closures below are used before the next target is built
     t = p.target.build(suite.dtype, suite.device)
     g = make_generator(0)
     X, Y = init_state(t, R, K, g), init_state(t, R, K, g)
@@ -54,3 +56,7 @@ for p in plans(suite, cells):
           + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in med.items())
           + f"; coupled ÷ isir step {med['coupled'] / med['isir']:.2f}, (coupled + grad) ÷ isir step "
           f"{med['coupled+grad'] / med['isir']:.2f}")
+
+
+for p in plans(suite, cells):
+    measure(p)
