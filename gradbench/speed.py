@@ -684,7 +684,8 @@ def scaling_figure(result: dict[str, Any]) -> Any:
                 fit = next(f for f in result["fits"] if f["estimator"] == name and f["measure"] == what and f["axis"] == axis)
                 ax.plot(x, y, "o-", label=f"{name}: {fit['slope']:.2f} ± {fit['se']:.2f}")
             ax.set_xscale("log")
-            ax.set_yscale("log")
+            if any(np.median(r[what]) > 0 for r in result["rows"] if r["axis"] == axis):
+                ax.set_yscale("log")  # (a tiny target's peak memory can be below a page: nothing to log-scale)
             ax.set_xlabel(axis)
             if j == 0:
                 ax.set_ylabel(label)
