@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import FAMILIES, SEED, estimator_call, ppca_target, require_device
+from benchmarks.common import FAMILIES, SEED, estimator_call, neural_call, neural_target, ppca_target, require_device
 from gradbench.seeding import make_generator
 
 
@@ -63,3 +63,41 @@ class TimeDevices:
 
     def time_estimate(self, estimator: str, device: str, dtype: str) -> None:
         self.call()
+
+
+class TimeNeural:
+    """Seconds for R = 200 replicates at K = 16 on the digits-sized VAE and SBN (d = 64, N = 10, hidden 200)."""
+
+    params = (["vae", "sbn"], ["iwae", "isir", "coupled_isir", "dreg", "vimco"])
+    param_names = ["target", "estimator"]
+    number = 1
+    repeat = (1, 5, 20.0)
+    timeout = 300
+
+    def setup(self, target: str, estimator: str) -> None:
+        if (target, estimator) in {("sbn", "dreg"), ("vae", "vimco")}:
+            raise NotImplementedError("not defined on this target")  # dreg: reparameterised; vimco: the discrete one
+        self.call = neural_call(estimator, neural_target(target), 200)
+        self.call()
+
+    def time_estimate(self, target: str, estimator: str) -> None:
+        self.call()
+
+
+class TimeNeuralFloor:
+    """Floor (a) on the neural targets: sample R × K = 200 × 16 particles, one batched log-joint, one backward to θ."""
+
+    params = (["vae", "sbn"],)
+    param_names = ["target"]
+    number = 1
+    repeat = (1, 10, 10.0)
+
+    def setup(self, target: str) -> None:
+        self.target = neural_target(target)
+
+    def time_forward_backward(self, target: str) -> None:
+        t = self.target
+        z, _ = t.sample_proposal((200, 16), make_generator(SEED))
+        theta = {k: v.detach().requires_grad_() for k, v in t.theta.items()}
+        with torch.enable_grad():
+            torch.autograd.grad(t.model.log_joint(theta, t.x, z).sum(), list(theta.values()))

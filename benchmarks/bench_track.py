@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import FAMILIES, SEED, ppca_target, require_estimator
+from benchmarks.common import FAMILIES, SEED, neural_call, neural_target, ppca_target, require_estimator
 from gradbench.seeding import make_generator
 
 R = 2000
@@ -96,3 +96,51 @@ class TrackMeeting:
         return _get(cache, estimator, "evals_mean")
 
     track_evals_mean.unit = "log-joint evaluations"
+
+
+# -- the VAE (issue 18) ------------------------------------------------------------------------------
+NEURAL_R = 500
+VAE_SIZE = {"hidden": [50], "n_data": 4}  # a small VAE: the figures take seconds, not minutes
+
+
+def _vae_figures() -> dict[str, dict[str, float]]:
+    """tr Σ̂, tr Σ̂ × mean evaluations and (coupled) mean meeting time of each estimator on one VAE, fixed seed."""
+    target = neural_target("vae", **VAE_SIZE)
+    out: dict[str, dict[str, float]] = {}
+    for name in ("iwae", "isir", "coupled_isir", "dreg"):
+        try:
+            sample = neural_call(name, target, NEURAL_R)()
+        except NotImplementedError:
+            continue
+        G = sample.grads[torch.isfinite(sample.grads).all(1)].double()
+        trace = float(G.var(dim=0, unbiased=True).sum())
+        evals = float(sample.cost.double().mean())
+        out[name] = {"trace_cov": trace, "evals_mean": evals, "work_norm_var": trace * evals}
+        if "tau" in sample.diagnostics:
+            out[name]["tau_mean"] = float(sample.diagnostics["tau"].double().mean())
+    return out
+
+
+class TrackVAEVariance:
+    """On a VAE (latent 2, d = 64, hidden 50, N = 4; R = 500, K = 16, fixed seed): tr Σ̂ of one estimate and
+    tr Σ̂ × evaluations, so that an estimator that got noisier on a neural target shows up like a slowdown."""
+
+    params = (["iwae", "isir", "coupled_isir", "dreg"],)
+    param_names = ["estimator"]
+    timeout = 600
+
+    def setup_cache(self) -> dict[str, dict[str, float]]:
+        return _vae_figures()
+
+    def setup(self, cache: dict[str, dict[str, float]], estimator: str) -> None:
+        _get(cache, estimator, "trace_cov")
+
+    def track_trace_cov(self, cache: dict[str, dict[str, float]], estimator: str) -> float:
+        return _get(cache, estimator, "trace_cov")
+
+    track_trace_cov.unit = "trace of covariance"
+
+    def track_work_norm_var(self, cache: dict[str, dict[str, float]], estimator: str) -> float:
+        return _get(cache, estimator, "work_norm_var")
+
+    track_work_norm_var.unit = "trace of covariance x evaluations"

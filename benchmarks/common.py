@@ -66,3 +66,50 @@ def estimator_call(name: str, target: PPCA, R: int, particles: int, seed: int = 
         return out
 
     return call
+
+
+# Neural targets (issue 18): a digits-sized VAE and SBN on synthetic data drawn from the model (d = 64, N = 10,
+# hidden 200), built through the registry (the same builders as the suites). Estimators by target: name →
+# (module, function, {parameters}); ``require_neural`` skips (NotImplementedError) what a commit lacks.
+NEURAL_ESTIMATORS = {
+    "iwae": ("gradbench.estimators.importance", "iwae", {"K": 16}),
+    "isir": ("gradbench.estimators.coupled", "isir", {"K": 16, "t": 1}),
+    "coupled_isir": ("gradbench.estimators.coupled", "coupled_isir", {"K": 16}),
+    "sumo": ("gradbench.estimators.sumo", "sumo", {}),
+    "dreg": ("gradbench.estimators.pathwise", "dreg", {"K": 16}),
+    "vimco": ("gradbench.estimators.score", "vimco", {"K": 16}),
+}
+NEURAL_TARGETS = {
+    "vae": ({"latent_dim": 2, "data_dim": 64, "n_data": 10, "hidden": [200]}, {"mean_shift": 0.5, "log_std_shift": 0.7}),
+    "sbn": ({"layers": [10], "conditionals": "mlp", "hidden": 200, "data_dim": 64, "n_data": 10}, {"logit_noise": 0.5}),
+}
+
+
+def neural_target(model: str, dtype: torch.dtype = torch.float64, device: str = "cpu", **overrides: Any) -> Any:
+    """The ``vae`` or ``sbn`` benchmark target (NotImplementedError where this commit has no such model)."""
+    try:
+        from gradbench.registry import MODELS
+
+        entry = MODELS[model]
+    except (ImportError, KeyError):
+        raise NotImplementedError(f"model {model!r} is not in this commit") from None
+    params, proposal = NEURAL_TARGETS[model]
+    return entry.build(entry.params(**{**params, **overrides}), entry.proposal(**proposal), SEED, dtype, device, None)
+
+
+def neural_call(name: str, target: Any, R: int, seed: int = SEED, device: str = "cpu", **params: Any):
+    """A zero-argument function running NEURAL_ESTIMATORS[name] for R replicates (fresh generator each call)."""
+    module, attr, defaults = NEURAL_ESTIMATORS[name]
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        raise NotImplementedError(f"estimator {name!r} is not in this commit") from None
+    kwargs = {**defaults, **params}
+
+    def call():
+        out = fn(target, R, make_generator(seed, device), **kwargs)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
+
+    return call

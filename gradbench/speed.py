@@ -8,26 +8,37 @@ The speed suite is an ordinary run suite (``gradbench run`` accepts it too) with
 an ``iwae`` estimator whose K is the K of the floors and of the Pyro comparison; its replicates are
 the R of every vectorised call. How to time (threads, rounds, peers, loops) are command options.
 
-Measurements (E = total single-point log-joint evaluations of the compared call):
-* **floor (a)**: ``sample_proposal`` + one batched ``log_joint`` on E particles — the least any
-  estimator that evaluates E particles must do.
+Measurements (E = R·K·N single-point log-joint evaluations of the compared call):
+* **forward floor**: ``sample_proposal`` + one batched ``log_joint`` on E particles, no gradient.
+* **floor (a)**: the forward floor + one backward pass to θ of the summed log-joint (targets with a pure model,
+  ``model.log_joint(θ, x, z)``: PPCA, ``vae`` — one batched decoder forward + backward —, ``sbn``): the least
+  a θ-gradient estimator that evaluates E particles must do. Targets without a pure model use the forward floor.
 * **floor (b)**: the batched ``iwae`` gradient at the same K and the same E (evals/s).
-* **iwae vs Pyro**: ``iwae`` for R replicates at once vs Pyro's
-  ``RenyiELBO(alpha=0, vectorize_particles=True)`` on the same PPCA (one replicate per call),
-  after checking that both give the same gradient for the same noise
-  (:mod:`gradbench.peers.pyro_ppca`).
+* **per-replicate gradients**: the R weighted gradients [R, P] by the model's batched weighted surrogate
+  (hand-written backpropagation, e.g. :meth:`gradbench.models.vae.VAE.weighted_grad_log_joint`) vs
+  ``torch.func.vmap(grad(·))`` (:func:`vmap_weighted_grad`), on the same particles and weights.
+* **iwae vs Pyro**: ``iwae`` for R replicates at once vs Pyro's ``RenyiELBO(alpha=0, vectorize_particles=True)``
+  on the same PPCA or Bernoulli VAE (one replicate per call, one data point: RenyiELBO weighs whole particles),
+  after checking that both give the same gradient for the same noise (:mod:`gradbench.peers.pyro_ppca`,
+  :mod:`gradbench.peers.pyro_vae`).
 * **one pair at a time**: a coupled estimator vectorised over R replicates vs the same function
   called R times with R = 1 (how public reference implementations run coupled chains).
 * **per estimator**: evals/s and its fraction of floors (a) and (b) at the estimator's own E and K.
 
-Goals (issue 8) are printed beside each ratio: Pyro ÷ iwae ≥ 50 per replicate, loop ÷ vectorised
-≥ 30, coupled evals/s ≥ 0.5 × floor (b), iwae time ≤ 3 × floor (a). Timings depend on the machine
-and its load (the 1-minute load average is recorded before and after), so they are reported,
-never asserted.
+Goals are printed beside each ratio: issue 8 (PPCA) Pyro ÷ iwae ≥ 50 per replicate, loop ÷ vectorised ≥ 30,
+coupled evals/s ≥ 0.5 × floor (b), iwae time ≤ 3 × the forward floor; issue 18 (neural targets) iwae time ≤ 2 ×
+floor (a), Pyro ÷ iwae ≥ 20 on the VAE. A suite with several targets is compared target by target in one
+process. Timings depend on the machine and its load (the 1-minute load average is recorded before and after),
+so they are reported, never asserted.
+
+``--scaling`` (:func:`run_scaling`) instead sweeps R, K, data dimension, hidden width and N around the suite's
+first target and fits log-log slopes of seconds and peak memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -48,8 +59,11 @@ from gradbench.executors import cell_thread_limits
 from gradbench.protocols.wallclock import device_info, synchronize
 from gradbench.seeding import derive_seed, make_generator
 from gradbench.suite import Cell, Suite, SuiteError, TargetConfig, load_suite
+from gradbench.target import per_replicate_grad
 
-GOALS = {"pyro": 50.0, "loop": 30.0, "floor_b": 0.5, "floor_a": 3.0, "floor_c": 2.0}
+# issue 8 (PPCA): Pyro ÷ iwae ≥ 50, loop ÷ vectorised ≥ 30, coupled ≥ 0.5 × floor (b), iwae ≤ 3 × the forward floor;
+# issue 18 (neural targets): iwae ≤ 2 × floor (a) (forward + backward), Pyro ÷ iwae ≥ 20 on the VAE.
+GOALS = {"pyro": 50.0, "pyro_vae": 20.0, "loop": 30.0, "floor_b": 0.5, "floor_fwd": 3.0, "floor_a": 2.0}
 
 
 # -- settings ----------------------------------------------------------------------------------------
@@ -79,17 +93,27 @@ class SpeedPlan:
     estimators: list[tuple[str, dict[str, Any]]]
 
 
+def plans(suite: Suite, cells: list[Cell], path: str | Path = "suite") -> list[SpeedPlan]:
+    """One speed plan per target of a (validated, expanded) run suite, in suite order; each needs an iwae estimator."""
+    by_target: dict[str, list[Cell]] = {}
+    for c in cells:
+        by_target.setdefault(c.target.target_id, []).append(c)
+    out = []
+    for group in by_target.values():
+        iwae_cells = [c for c in group if c.estimator == "iwae"]
+        if not iwae_cells:
+            raise SuiteError(f"{path}: a speed suite needs an iwae estimator: its K is the K of the floors and of Pyro")
+        out.append(SpeedPlan(suite, group[0].target, int(iwae_cells[0].estimator_params["K"]), suite.replicates,
+                             [(c.estimator, c.estimator_params) for c in group]))
+    return out
+
+
 def plan(suite: Suite, cells: list[Cell], path: str | Path = "suite") -> SpeedPlan:
-    """Check that a (validated, expanded) run suite can be a speed suite: one target, an iwae estimator."""
-    targets = {c.target.target_id: c.target for c in cells}
+    """The speed plan of a suite with exactly one target (after grid expansion) and an iwae estimator."""
+    targets = {c.target.target_id for c in cells}
     if len(targets) != 1:
         raise SuiteError(f"{path}: a speed suite needs exactly one target (after grid expansion), got {len(targets)}")
-    iwae_cells = [c for c in cells if c.estimator == "iwae"]
-    if not iwae_cells:
-        raise SuiteError(f"{path}: a speed suite needs an iwae estimator: its K is the K of the floors and of Pyro")
-    estimators = [(c.estimator, c.estimator_params) for c in cells]
-    return SpeedPlan(suite, next(iter(targets.values())), int(iwae_cells[0].estimator_params["K"]),
-                     suite.replicates, estimators)
+    return plans(suite, cells, path)[0]
 
 
 # -- timing --------------------------------------------------------------------------------------
@@ -132,17 +156,43 @@ def _measured(seconds: np.ndarray, evals: float) -> Measured:
 
 # -- the floors ------------------------------------------------------------------------------------
 def floor_sample_log_joint(target: Any, R: int, K: int, gen: torch.Generator) -> torch.Tensor:
-    """Floor (a): draw R × K particles per data point and evaluate the log-joint once, batched."""
+    """Forward floor: draw R × K particles per data point and evaluate the log-joint once, batched (no gradient)."""
     z, _ = target.sample_proposal((R, K), gen)
     return target.log_joint(z)
 
 
-def floor_log_joint_backward(target: Any, R: int, K: int, gen: torch.Generator) -> Any:
-    """Floor (c), for contract-v2 targets: draw R × K particles per data point, one batched ``log_joint`` and one
-    backward pass to θ — the least a θ-gradient estimator that evaluates E particles must do."""
+def has_backward_floor(target: Any) -> bool:
+    """Targets built from a pure model (contract v2: ``model.log_joint(θ, x, z)``) have floor (a) with a backward."""
+    return hasattr(target, "model") and hasattr(target, "theta") and hasattr(target.model, "log_joint")
+
+
+def floor_log_joint_backward(target: Any, R: int, K: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Floor (a): draw R × K particles per data point, one batched ``log_joint`` (for the VAE: one batched decoder
+    forward) and one backward pass to θ of its sum — the least a θ-gradient estimator that evaluates E = R·K·N
+    particles must do. It returns one summed gradient, not R of them (an [R, P] result costs more)."""
     z, _ = target.sample_proposal((R, K), gen)
+    theta = {k: v.detach().requires_grad_() for k, v in target.theta.items()}
+    with torch.enable_grad():
+        total = target.model.log_joint(theta, target.x, z).sum()
+        return torch.autograd.grad(total, list(theta.values()))
+
+
+def floor_a(target: Any) -> Callable[[Any, int, int, torch.Generator], Any]:
+    """Floor (a) of a target: forward + backward where the target has a pure model, else the forward floor."""
+    return floor_log_joint_backward if has_backward_floor(target) else floor_sample_log_joint
+
+
+def vmap_weighted_grad(target: Any, z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_{k,n} weights[r, k, n] ∇θ log p(x_n, z[r, k, n]) for every replicate r → [R, P], by
+    ``torch.func.vmap(grad(·))`` of the weighted surrogate: the generic path of
+    :meth:`gradbench.target.ComposedTarget.weighted_grad_log_joint`, bypassing a model's hand-written one."""
     model, x = target.model, target.x
-    return torch.func.grad(lambda theta: model.log_joint(theta, x, z).sum())(target.theta)
+
+    def surrogate(theta: Any, z1: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+        return (w1 * model.log_joint(theta, x, z1)).sum()
+
+    grads = per_replicate_grad(surrogate, target.theta, z, weights)
+    return target.layout.flatten(grads, batch=(z.shape[0],))
 
 
 def _matched_R(evals: float, K: int, n_data: int) -> int:
@@ -238,46 +288,49 @@ def run_speed(plan: SpeedPlan, settings: SpeedSettings = SpeedSettings(), *,
         info = {**device_info(suite.device), "cpus": os.cpu_count(),
                 "target": f"{plan.target.model}({_kv(plan.target.params)}; {_kv(plan.target.proposal)})"}
 
-        # 1. iwae vs floor (a) at the same total evaluations (floor (b) is iwae itself here)
-        progress(f"iwae (K={K}, R={R}) vs floor (a)")
-        g_i, g_a = gen("iwae"), gen("floor-a")
-        t = time_interleaved({"iwae": lambda: iwae(target, R, g_i, K=K),
-                              "floor_a": lambda: floor_sample_log_joint(target, R, K, g_a)}, **timing)
-        m_iwae, m_a = _measured(t["iwae"], R * K * N), _measured(t["floor_a"], R * K * N)
-        floors["floor_a"] = {"K": K, "R": R, **_as_dict(m_a)}
+        # 1. iwae vs the floors at the same total evaluations (floor (b) is iwae itself here)
+        fns: dict[str, Callable[[], Any]] = {}
+        g_i, g_f, g_a = gen("iwae"), gen("floor-a"), gen("floor-ab")
+        fns["iwae"] = lambda: iwae(target, R, g_i, K=K)
+        fns["floor_fwd"] = lambda: floor_sample_log_joint(target, R, K, g_f)
+        backward = has_backward_floor(target)
+        if backward:
+            fns["floor_a"] = lambda: floor_log_joint_backward(target, R, K, g_a)
+        progress(f"iwae (K={K}, R={R}) vs the forward floor" + (" and floor (a) (forward + backward)" if backward else ""))
+        t = time_interleaved(fns, **timing)
+        E = R * K * N
+        m_iwae, m_fwd = _measured(t["iwae"], E), _measured(t["floor_fwd"], E)
+        m_a = _measured(t["floor_a"], E) if backward else m_fwd
+        floors["floor_fwd"] = {"K": K, "R": R, **_as_dict(m_fwd)}
+        floors["floor_a"] = {"K": K, "R": R, "backward": backward, **_as_dict(m_a)}
         floors["floor_b"] = {"K": K, "R": R, **_as_dict(m_iwae)}
-        ratios.append(_ratio(f"iwae ÷ floor (a), seconds at the same evaluations (K={K}, R={R})",
-                             m_iwae.seconds / m_a.seconds, "floor_a", "≤"))
-        m_c = None
-        if hasattr(target, "model") and hasattr(target, "theta"):  # neural targets: forward + backward floor
-            progress(f"iwae (K={K}, R={R}) vs floor (c): log_joint + backward")
-            g_i, g_c = gen("iwae"), gen("floor-c")
-            t = time_interleaved({"iwae": lambda: iwae(target, R, g_i, K=K),
-                                  "floor_c": lambda: floor_log_joint_backward(target, R, K, g_c)}, **timing)
-            m_c = _measured(t["floor_c"], R * K * N)
-            floors["floor_c"] = {"K": K, "R": R, **_as_dict(m_c)}
-            ratios.append(_ratio(f"iwae ÷ floor (c) (one batched log_joint + backward), seconds at the same evaluations "
-                                 f"(K={K}, R={R})", float(np.median(t["iwae"])) / m_c.seconds, "floor_c", "≤"))
+        ratios.append(_ratio(f"iwae ÷ forward floor (sample + one batched log_joint, no backward), seconds at the same "
+                             f"evaluations (K={K}, R={R}, N={N})", m_iwae.seconds / m_fwd.seconds, "floor_fwd", "≤"))
+        if backward:
+            ratios.append(_ratio(f"iwae ÷ floor (a) (sample + one batched log_joint + one backward to θ), seconds at the "
+                                 f"same evaluations (K={K}, R={R}, N={N})", m_iwae.seconds / m_a.seconds, "floor_a", "≤"))
+        else:
+            notes.append("floor (a) is the forward floor: this target has no pure model to differentiate")
 
-        # 2. Pyro RenyiELBO(alpha=0) per replicate vs iwae per replicate
+        # 2. per-replicate gradients [R, P]: the model's batched weighted surrogate vs torch.func vmap(grad)
+        if backward and hasattr(target.model, "weighted_grad_log_joint"):
+            ratios.append(_per_replicate_ratio(target, R, K, gen("per-replicate"), timing, progress))
+
+        # 3. Pyro RenyiELBO(alpha=0) per replicate vs iwae per replicate
         if settings.pyro:
             ratios += _pyro_ratio(plan, settings, target, notes, progress)
 
-        # 3. each estimator: evals/s, fractions of floors (a) and (b) at its own E and K
+        # 4. each estimator: evals/s, fractions of floors (a) and (b) at its own E and K
         est_rows = []
         for name, params in plan.estimators:
             progress(f"{name}({_kv(_shown(name, params))})")
             row = _estimator_row(plan, settings, target, name, params, gen)
             est_rows.append(row)
-            if m_c is not None and name != "iwae" and row["evals_per_estimate"] > 0:
-                per_eval = row["seconds_per_estimate"] / row["evals_per_estimate"]
-                ratios.append(_ratio(f"{name}: seconds per evaluation ÷ floor (c)'s", per_eval / (m_c.seconds / m_c.evals),
-                                     None))
             if name.startswith("coupled_") and not math.isnan(row["frac_floor_b"]):
                 ratios.append(_ratio(f"{name} evals/s ÷ floor (b) (iwae, K={row['floor_K']}, same evaluations)",
                                      row["frac_floor_b"], "floor_b"))
 
-        # 4. one coupled pair at a time vs vectorised
+        # 5. one coupled pair at a time vs vectorised
         looped = [(n, p) for n, p in plan.estimators if n in settings.loop]
         for name in settings.loop:
             if name not in {n for n, _ in looped}:
@@ -312,21 +365,57 @@ def _as_dict(m: Measured) -> dict[str, Any]:
             "rounds": m.rounds}
 
 
-def _pyro_ratio(plan: SpeedPlan, settings: SpeedSettings, target: Any, notes: list[str],
-                progress: Callable[[str], None]) -> list[dict[str, Any]]:
+def _per_replicate_ratio(target: Any, R: int, K: int, gen: torch.Generator, timing: dict[str, Any],
+                         progress: Callable[[str], None]) -> dict[str, Any]:
+    """Seconds of R per-replicate weighted gradients [R, P] by vmap(grad) ÷ by the model's batched surrogate."""
+    progress(f"per-replicate gradients (R={R}, K={K}): model's batched surrogate vs vmap(grad)")
+    z, log_q = target.sample_proposal((R, K), gen)
+    w = torch.softmax(target.log_joint(z) - log_q, dim=1)
+    fast, generic = target.weighted_grad_log_joint(z, w), vmap_weighted_grad(target, z, w)
+    diff = float((fast - generic).abs().max() / fast.abs().max())
+    t = time_interleaved({"surrogate": lambda: target.weighted_grad_log_joint(z, w),
+                          "vmap": lambda: vmap_weighted_grad(target, z, w)}, **timing)
+    sur, vm = float(np.median(t["surrogate"])), float(np.median(t["vmap"]))
+    return _ratio(f"per-replicate θ-gradients [R, P] (R={R}, K={K}, P={target.layout.size}): torch.func vmap(grad) ÷ "
+                  f"the model's batched weighted surrogate (surrogate {sur * 1e3:.3g} ms, vmap(grad) {vm * 1e3:.3g} ms; "
+                  f"agree to {diff:.1g})", vm / sur, None, surrogate_seconds=sur, vmap_seconds=vm, max_rel_diff=diff)
+
+
+def _pyro_peer(plan: SpeedPlan, target: Any, K: int, validate: bool, notes: list[str]) -> tuple[Any, Any, str] | None:
+    """(peer, the one-data-point target it matches, goal key), or None with a note saying why not."""
     from gradbench.peers import pyro_ppca
 
     if not pyro_ppca.available():
         notes.append(f"Pyro comparison skipped: {pyro_ppca.INSTALL_HINT}")
-        return []
-    if plan.target.model != "ppca" or target.n_data != 1:
-        notes.append("Pyro comparison skipped: it needs model ppca with n_data = 1 (RenyiELBO weighs whole particles)")
-        return []
+        return None
+    if plan.target.model == "ppca":
+        if target.n_data != 1:
+            notes.append("Pyro comparison skipped: it needs model ppca with n_data = 1 (RenyiELBO weighs whole particles)")
+            return None
+        return pyro_ppca.PyroPPCA(target, K, validate=validate), target, "pyro"
+    if plan.target.model == "vae" and target.model.likelihood == "bernoulli":
+        from gradbench.peers import pyro_vae
+
+        one = pyro_vae.one_point_target(target, 0)
+        if target.n_data > 1:
+            notes.append(f"Pyro on the VAE: RenyiELBO weighs whole particles, so both sides run on data point 0 "
+                         f"alone (same θ, same q(z | x_0)); per replicate = K = {K} evaluations")
+        return pyro_vae.PyroVAE(one, K, validate=validate), one, "pyro_vae"
+    notes.append(f"Pyro comparison skipped: no Pyro model of {plan.target.model!r} (ppca, Bernoulli vae)")
+    return None
+
+
+def _pyro_ratio(plan: SpeedPlan, settings: SpeedSettings, target: Any, notes: list[str],
+                progress: Callable[[str], None]) -> list[dict[str, Any]]:
     K, R = plan.K, plan.R
+    found = _pyro_peer(plan, target, K, settings.pyro_validate, notes)
+    if found is None:
+        return []
+    peer, one, goal = found
     progress(f"Pyro RenyiELBO(alpha=0, K={K}) agreement check")
-    peer = pyro_ppca.PyroPPCA(target, K, validate=settings.pyro_validate)
-    diff = check_pyro_agrees(target, peer, K, seeds=range(settings.check_seeds))
-    tol = 1e-8 if target.W.dtype == torch.float64 else 1e-3
+    diff = check_pyro_agrees(one, peer, K, seeds=range(settings.check_seeds))
+    # float64: both sides sum ~K·P rounded products in different orders, relative error ≲ 1e-12; float32 ≲ 1e-3
+    tol = 1e-8 if one.x.dtype == torch.float64 else 1e-3
     if not diff <= tol:
         raise click.ClickException(f"Pyro and gradbench iwae disagree for the same noise (max relative difference "
                                    f"{diff:.3g} > {tol:g}): not timing them")
@@ -340,13 +429,13 @@ def _pyro_ratio(plan: SpeedPlan, settings: SpeedSettings, target: Any, notes: li
             peer.grad()
 
     with torch.enable_grad():
-        t = time_interleaved({"iwae": lambda: iwae(target, R, g, K=K), "pyro": pyro_block},
+        t = time_interleaved({"iwae": lambda: iwae(one, R, g, K=K), "pyro": pyro_block},
                              device=plan.suite.device, warmup=settings.warmup, repeats=settings.repeats)
     per_rep_ours = float(np.median(t["iwae"])) / R
     per_rep_pyro = float(np.median(t["pyro"])) / block
-    return [_ratio(f"Pyro RenyiELBO(α=0) ÷ iwae, seconds per replicate (K={K}, R={R}; Pyro "
+    return [_ratio(f"Pyro RenyiELBO(α=0) ÷ iwae, seconds per replicate ({plan.target.model}, N=1, K={K}, R={R}; Pyro "
                    f"{per_rep_pyro * 1e3:.3g} ms, iwae {per_rep_ours * 1e6:.3g} µs; agree to {diff:.1g})",
-                   per_rep_pyro / per_rep_ours, "pyro", pyro_seconds=per_rep_pyro, iwae_seconds=per_rep_ours,
+                   per_rep_pyro / per_rep_ours, goal, pyro_seconds=per_rep_pyro, iwae_seconds=per_rep_ours,
                    max_rel_diff=diff)]
 
 
@@ -357,7 +446,7 @@ def check_pyro_agrees(target: Any, peer: Any, K: int, seeds: Any) -> float:
     for s in seeds:
         with torch.enable_grad():
             theirs = peer.grad(seed=int(s))
-        ours = iwae(target, 1, make_generator(int(s), target.W.device), K=K).grads[0]
+        ours = iwae(target, 1, make_generator(int(s), target.x.device), K=K).grads[0]
         worst = max(worst, float((theirs - ours).abs().max() / ours.abs().max()))
     return worst
 
@@ -375,7 +464,8 @@ def _estimator_row(plan: SpeedPlan, settings: SpeedSettings, target: Any, name: 
     if evals > 0:
         g_a, g_b = gen(f"fa-{name}"), gen(f"fb-{name}")
         iwae = registry.ESTIMATORS["iwae"].fn
-        fns["floor_a"] = lambda: floor_sample_log_joint(target, Rm, K, g_a)
+        floor = floor_a(target)
+        fns["floor_a"] = lambda: floor(target, Rm, K, g_a)
         fns["floor_b"] = lambda: iwae(target, Rm, g_b, K=K)
     t = time_interleaved(fns, device=plan.suite.device, warmup=settings.warmup, repeats=settings.repeats)
     m = _measured(t["est"], evals)
@@ -409,6 +499,202 @@ def _loop_ratio(plan: SpeedPlan, settings: SpeedSettings, target: Any, name: str
                   loop_seconds=loop, vectorised_seconds=vec)
 
 
+# -- scaling laws ----------------------------------------------------------------------------------
+# Each axis is swept with the others at the base point; values are multiples of the base (R, K) or absolute.
+SCALING_FACTORS = (0.25, 0.5, 1.0, 2.0)
+SCALING_AXES = ("R", "K", "data_dim", "hidden", "N")
+
+
+def _malloc_returns_freed_memory() -> None:
+    """glibc: serve every allocation ≥ 128 KiB by mmap and unmap it on free (no dynamic threshold, no cache), so
+    the resident set follows the live tensors and a peak-RSS delta measures one call's peak."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: str) -> float:
+    """Peak memory one call of ``fn`` adds: CUDA ``max_memory_allocated`` − allocated before (exact, the caching
+    allocator's own count); CPU: peak resident set (VmHWM, reset through /proc/self/clear_refs) − resident set
+    before, with glibc returning freed blocks (:func:`_malloc_returns_freed_memory`). NaN where /proc is missing."""
+    if torch.device(device).type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - before)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
+        before = _rss_kib("VmRSS")
+        fn()
+        return 1024.0 * (_rss_kib("VmHWM") - before)
+    except OSError:
+        return float("nan")
+
+
+def loglog_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """OLS slope of log y on log x and its standard error (NaN with fewer than 3 points or y ≤ 0)."""
+    ok = (x > 0) & (y > 0)
+    lx, ly = np.log(x[ok]), np.log(y[ok])
+    if len(lx) < 3 or np.ptp(lx) == 0:
+        return float("nan"), float("nan")
+    X = np.column_stack([np.ones_like(lx), lx])
+    coef, *_ = np.linalg.lstsq(X, ly, rcond=None)
+    resid = ly - X @ coef
+    sigma2 = float(resid @ resid) / (len(lx) - 2)
+    se = math.sqrt(sigma2 * np.linalg.inv(X.T @ X)[1, 1])
+    return float(coef[1]), se
+
+
+def _scaled_target(cfg: TargetConfig, base: dict[str, int], axis: str, value: int) -> TargetConfig:
+    """The target of the scaling base with one of data_dim / hidden / N changed (synthetic data of the model)."""
+    point = {**base, axis: value} if axis in ("data_dim", "hidden", "N") else dict(base)
+    params = {**cfg.params, "data_dim": point["data_dim"], "n_data": point["N"]}
+    if cfg.model == "vae":
+        params["hidden"] = [point["hidden"]] * max(1, len(cfg.params.get("hidden", [1])))
+    elif cfg.model == "sbn":
+        params["hidden"] = point["hidden"]
+    return dataclasses.replace(cfg, params=params, data=None, data_sha256=None, data_spec=None)
+
+
+def _seeded_call(fn: Callable[..., GradSample], target: Any, R: int, seed: int, device: str,
+                 params: dict[str, Any]) -> GradSample:
+    return fn(target, R, make_generator(seed, device), **params)
+
+
+def run_scaling(plan: SpeedPlan, settings: SpeedSettings = SpeedSettings(), *, factors: tuple[float, ...] = SCALING_FACTORS,
+                axes: tuple[str, ...] = SCALING_AXES, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Seconds and peak memory of each estimator of ``plan`` along each axis (the others at the base point: the
+    suite's R, iwae's K, the target's data_dim, first hidden width and N), and log-log slopes with standard errors.
+
+    Every call re-seeds its generator (same work each repeat: coupled chains meet at the same times), so
+    repeats differ only by the machine. ``slope_RK`` fits seconds (memory) against R·K on the R and K sweeps
+    together: 1 when cost is linear in R·K with the same constant along both axes."""
+    t_start, load_before = time.perf_counter(), os.getloadavg()[0]
+    suite, cfg, device = plan.suite, plan.target, plan.suite.device
+    _malloc_returns_freed_memory()
+    base_target = cfg.build(suite.dtype, device)
+    hidden0 = cfg.params.get("hidden", 0)
+    base = {"R": plan.R, "K": plan.K, "data_dim": int(base_target.x.shape[1]), "N": int(base_target.n_data),
+            "hidden": int(hidden0[0] if isinstance(hidden0, list) and hidden0 else hidden0 or 0)}
+    if cfg.model not in ("vae", "sbn"):
+        axes = tuple(a for a in axes if a != "hidden")
+    rows: list[dict[str, Any]] = []
+    with cell_thread_limits(settings.threads), torch.no_grad():
+        for axis in axes:
+            values = sorted({max(1, round(base[axis] * f)) for f in factors})
+            for value in values:
+                target = base_target if axis in ("R", "K") else _scaled_target(cfg, base, axis, value).build(
+                    suite.dtype, device)
+                R = value if axis == "R" else base["R"]
+                for name, params in plan.estimators:
+                    fn = registry.ESTIMATORS[name].fn
+                    p = dict(params)
+                    key = "K" if "K" in p else ("S" if "S" in p else None)
+                    if axis == "K" and key:
+                        p[key] = value
+                    seed = derive_seed(cfg.noise_seed(0), "scaling", name)
+                    call = functools.partial(_seeded_call, fn, target, R, seed, device, p)
+                    progress(f"scaling: {name} {axis}={value}")
+                    sample = call()
+                    secs = time_interleaved({"f": call}, device=device, warmup=max(0, settings.warmup - 1),
+                                            repeats=settings.repeats)["f"]
+                    mem = [peak_memory_bytes(call, device) for _ in range(2)]
+                    rows.append({"estimator": name, "axis": axis, "value": value, "R": R, "K": p.get(key, 0),
+                                 "evals": float(sample.cost.sum()), "seconds": [float(x) for x in secs],
+                                 "peak_bytes": mem, "P": target.layout.size})
+    fits: list[dict[str, Any]] = []
+    for name, _ in plan.estimators:
+        for what in ("seconds", "peak_bytes"):
+            for axis in axes:
+                pts = [(r["value"], y) for r in rows if r["estimator"] == name and r["axis"] == axis for y in r[what]]
+                b, se = loglog_slope(*map(np.asarray, zip(*pts)))
+                fits.append({"estimator": name, "measure": what, "axis": axis, "slope": b, "se": se})
+            pts = [(r["R"] * r["K"], y) for r in rows if r["estimator"] == name and r["axis"] in ("R", "K")
+                   for y in r[what]]
+            if pts:
+                b, se = loglog_slope(*map(np.asarray, zip(*pts)))
+                fits.append({"estimator": name, "measure": what, "axis": "R·K", "slope": b, "se": se})
+    info = {**device_info(device), "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()[0],
+            "seconds": time.perf_counter() - t_start, "target": f"{cfg.model}({_kv(cfg.params)})",
+            "memory": "CUDA max_memory_allocated" if torch.device(device).type == "cuda" else
+                      "peak RSS delta (VmHWM after /proc/self/clear_refs, glibc mmap threshold 128 KiB)"}
+    return {"suite": suite.name, "dtype": suite.dtype, "device": device, "base": base, "factors": list(factors),
+            "info": info, "rows": rows, "fits": fits}
+
+
+def scaling_markdown(result: dict[str, Any]) -> str:
+    i, b = result["info"], result["base"]
+    lines = [f"Scaling `{result['suite']}` — {i['device_name']}, {i['threads']} thread(s), {result['dtype']}, "
+             f"{result['device']}; {i['target']}; base " + ", ".join(f"{k}={v}" for k, v in b.items()) +
+             f"; memory: {i['memory']}; load average {i['load_before']:.2f} → {i['load_after']:.2f} on {i['cpus']} "
+             f"CPU(s); {i['seconds']:.0f} s.", "",
+             "Log-log slopes (± s.e., OLS over all repeats) of seconds and peak memory along each axis:", "",
+             "| estimator | measure | " + " | ".join(sorted({f["axis"] for f in result["fits"]}, key=_axis_order)) + " |",
+             "| --- | --- |" + " ---: |" * len({f["axis"] for f in result["fits"]})]
+    axes = sorted({f["axis"] for f in result["fits"]}, key=_axis_order)
+    for name in dict.fromkeys(f["estimator"] for f in result["fits"]):
+        for what in ("seconds", "peak_bytes"):
+            cell = {f["axis"]: f for f in result["fits"] if f["estimator"] == name and f["measure"] == what}
+            lines.append(f"| {name} | {what} | " + " | ".join(
+                f"{cell[a]['slope']:.2f} ± {cell[a]['se']:.2f}" if a in cell else "" for a in axes) + " |")
+    lines += ["", "| estimator | axis | value | R | K | evals | median s | peak MiB | P |", "| --- | --- |" + " ---: |" * 7]
+    for r in result["rows"]:
+        lines.append(f"| {r['estimator']} | {r['axis']} | {r['value']} | {r['R']} | {r['K']} | {r['evals']:.4g} | "
+                     f"{np.median(r['seconds']):.3g} | {np.median(r['peak_bytes']) / 2**20:.3g} | {r['P']} |")
+    return "\n".join(lines)
+
+
+def _axis_order(axis: str) -> int:
+    order = ["R·K", *SCALING_AXES]
+    return order.index(axis) if axis in order else len(order)
+
+
+def scaling_figure(result: dict[str, Any]) -> Any:
+    """Seconds (top) and peak memory (bottom) against each swept axis, log-log, one line per estimator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes = [a for a in SCALING_AXES if any(r["axis"] == a for r in result["rows"])]
+    fig, grid = plt.subplots(2, len(axes), figsize=(3.2 * len(axes), 5.6), squeeze=False)
+    names = list(dict.fromkeys(r["estimator"] for r in result["rows"]))
+    for j, axis in enumerate(axes):
+        for i, (what, label) in enumerate((("seconds", "seconds"), ("peak_bytes", "peak MiB"))):
+            ax = grid[i][j]
+            for name in names:
+                rs = [r for r in result["rows"] if r["estimator"] == name and r["axis"] == axis]
+                x = np.array([r["value"] for r in rs], dtype=float)
+                y = np.array([np.median(r[what]) for r in rs]) / (2**20 if what == "peak_bytes" else 1.0)
+                fit = next(f for f in result["fits"] if f["estimator"] == name and f["measure"] == what and f["axis"] == axis)
+                ax.plot(x, y, "o-", label=f"{name}: {fit['slope']:.2f} ± {fit['se']:.2f}")
+            ax.set_xscale("log")
+            if any(np.median(r[what]) > 0 for r in result["rows"] if r["axis"] == axis):
+                ax.set_yscale("log")  # (a tiny target's peak memory can be below a page: nothing to log-scale)
+            ax.set_xlabel(axis)
+            if j == 0:
+                ax.set_ylabel(label)
+            ax.legend(fontsize=7, title="slope", title_fontsize=7)
+    fig.suptitle(f"scaling of {result['info']['target']}"[:120], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 # -- command ---------------------------------------------------------------------------------------
 @click.command("speed")
 @click.argument("suite", type=click.Path(path_type=Path))
@@ -423,12 +709,15 @@ def _loop_ratio(plan: SpeedPlan, settings: SpeedSettings, target: Any, name: str
 @click.option("--loop-repeats", type=int, default=SpeedSettings.loop_repeats, show_default=True)
 @click.option("--no-peers", is_flag=True, help="Skip the Pyro comparison.")
 @click.option("--no-loop", is_flag=True, help="Skip the one-pair-at-a-time loops.")
+@click.option("--scaling", is_flag=True, help="Instead: sweep R, K, data_dim, hidden, N around the first target; fit "
+              "log-log slopes of seconds and peak memory; write scaling.{md,json,png}.")
 def speed(suite: Path, out: Path | None, device: str | None, replicates: int | None, threads: int | None,
-          repeats: int, warmup: int, loop: tuple[str, ...], loop_repeats: int, no_peers: bool, no_loop: bool) -> None:
+          repeats: int, warmup: int, loop: tuple[str, ...], loop_repeats: int, no_peers: bool, no_loop: bool,
+          scaling: bool) -> None:
     """Time a suite's estimators against floors (a)/(b), Pyro and a one-pair loop; print the ratios.
 
-    SUITE is an ordinary run suite with one target and an iwae estimator (e.g. suites/speed.yaml,
-    which `gradbench run` also accepts); its replicates are the R of every vectorised call.
+    SUITE is an ordinary run suite with an iwae estimator (e.g. suites/speed.yaml, which `gradbench run` also
+    accepts); every target is compared in turn in this one process; replicates are the R of every vectorised call.
     """
     overrides: dict[str, Any] = {k: v for k, v in {"device": device, "replicates": replicates}.items() if v is not None}
     spec, cells = load_suite(suite, overrides)
@@ -436,11 +725,24 @@ def speed(suite: Path, out: Path | None, device: str | None, replicates: int | N
         raise SuiteError(f"{suite}: device {spec.device!r} requested but no CUDA device is available; use --device cpu")
     settings = SpeedSettings(threads=threads, warmup=warmup, repeats=repeats, pyro=not no_peers,
                              loop=() if no_loop else tuple(loop), loop_repeats=loop_repeats)
-    report = run_speed(plan(spec, cells, suite), settings, progress=lambda s: click.echo(f"… {s}", err=True))
-    md = report.markdown()
-    click.echo(md)
-    out = out or Path("runs") / f"{spec.name}-speed"
+    out = out or Path("runs") / f"{spec.name}-{'scaling' if scaling else 'speed'}"
+    if scaling:
+        result = run_scaling(plans(spec, cells, suite)[0], settings, progress=lambda s: click.echo(f"… {s}", err=True))
+        md = scaling_markdown(result)
+        click.echo(md)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scaling.json").write_text(json.dumps(result, indent=1, default=str))
+        (out / "scaling.md").write_text(md + "\n")
+        scaling_figure(result).savefig(out / "scaling.png", dpi=120)
+        click.echo(f"\nwritten: {out / 'scaling.json'}, {out / 'scaling.md'}, {out / 'scaling.png'}")
+        return
+    reports = []
+    for p in plans(spec, cells, suite):  # each target's table is printed as soon as it is measured
+        reports.append(run_speed(p, settings, progress=lambda s: click.echo(f"… {s}", err=True)))
+        click.echo(reports[-1].markdown() + "\n")
+    md = "\n\n".join(r.markdown() for r in reports)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(report.to_json(), indent=1, default=str))
+    data = reports[0].to_json() if len(reports) == 1 else {"suite": spec.name, "reports": [r.to_json() for r in reports]}
+    (out / "speed.json").write_text(json.dumps(data, indent=1, default=str))
     (out / "speed.md").write_text(md + "\n")
     click.echo(f"\nwritten: {out / 'speed.json'}, {out / 'speed.md'}")

@@ -18,7 +18,7 @@ from gradbench.cli import cli
 from gradbench.estimators.importance import iwae
 from gradbench.peers import pyro_ppca
 from gradbench.seeding import make_generator
-from gradbench.speed import SpeedSettings, floor_sample_log_joint, plan, run_speed, time_interleaved
+from gradbench.speed import SpeedSettings, floor_sample_log_joint, plan, plans, run_speed, time_interleaved
 from gradbench.suite import SuiteError, load_suite
 from tests.conftest import make_ppca
 
@@ -97,10 +97,13 @@ def test_shipped_speed_suites_are_run_suites_with_a_speed_plan():
     assert paths
     for path in paths:
         suite, cells = load_suite(path)
-        p = plan(suite, cells, path)
-        if p.target.model == "ppca":
-            assert p.target.params["n_data"] == 1  # the Pyro comparison needs one data point
-        assert "wallclock" in suite.protocols and any(name.startswith("coupled_") for name, _ in p.estimators)
+        for p in plans(suite, cells, path):
+            if p.target.model == "ppca":
+                assert p.target.params["n_data"] == 1  # the Pyro comparison needs one data point
+            assert "wallclock" in suite.protocols and any(name.startswith("coupled_") for name, _ in p.estimators)
+    vae = plans(*load_suite(ROOT / "suites" / "speed-vae.yaml"))  # issue 18: vae at latent 2 and 20, and sbn
+    assert sorted((p.target.model, p.target.params.get("latent_dim")) for p in vae) == [
+        ("sbn", None), ("vae", 2), ("vae", 20)]
 
 
 SUITE = """\
@@ -132,11 +135,13 @@ def test_run_speed_report_without_peers_or_loop(tmp_path):
     path.write_text(SUITE.format(n=2, estimators="  - {name: iwae, params: {K: 4}}\n  - {name: elbo, params: {S: 4}}\n"
                                                  "  - {name: exact}"))
     report = run_speed(plan(*load_suite(path), path), SpeedSettings(warmup=0, repeats=2, pyro=True, loop=()))
-    # n_data = 2: no Pyro comparison; floor (c) (log_joint + backward, PPCA's pure model) for iwae and elbo
-    assert [r["label"].split(" ")[0] for r in report.ratios] == ["iwae", "iwae", "elbo:"]
-    assert "floor (c)" in report.ratios[1]["label"] and report.ratios[1]["value"] > 0
+    # n_data = 2: no Pyro comparison; PPCA has a pure model, so floor (a) is forward + backward
+    labels = [r["label"] for r in report.ratios]
+    assert labels[0].startswith("iwae ÷ forward floor") and labels[1].startswith("iwae ÷ floor (a)")
+    assert report.ratios[0]["goal"] == 3.0 and report.ratios[1]["goal"] == 2.0
+    assert all(r["value"] > 0 for r in report.ratios)
+    assert report.floors["floor_a"]["backward"] is True
     assert any("Pyro comparison skipped" in n for n in report.notes)
-    assert report.ratios[0]["value"] > 0 and report.ratios[0]["goal"] == 3.0
     iw, elbo, exact = report.estimators
     assert iw["params"] == {"K": 4} and elbo["evals_per_estimate"] == 8
     assert elbo["frac_floor_a"] > 0 and elbo["frac_floor_b"] > 0

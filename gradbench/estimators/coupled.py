@@ -347,9 +347,10 @@ def run_coupled(
         live_met = met_all if rows is None else met_all[rows]
         if t >= m:
             done = live_met.all(1)
-            if bool(done.all()):
+            n_done = int(done.sum())  # one host sync per step for both tests (was two: .all() and .any())
+            if n_done == done.shape[0]:
                 break
-            if bool(done.any()):  # compaction: drop finished replicates
+            if n_done:  # compaction: drop finished replicates
                 keep = (~done).nonzero().squeeze(1)
                 rows = keep if rows is None else rows[keep]
                 X, Y, live_met = _take(X, keep), _take(Y, keep), live_met[keep]

@@ -135,11 +135,14 @@ class VAE:
             delta = w * (x - torch.sigmoid(ff)) if self.likelihood == "bernoulli" else w * (x - ff) / self.noise_std**2
             parts: dict[str, Tensor] = {}
             for l in range(self.n_layers - 1, -1, -1):
-                parts[f"W{l}"] = torch.einsum("bsno,bsni->boi", delta, flat(hs[l]))
-                parts[f"b{l}"] = delta.sum(dim=(1, 2))
+                # Σ_{s,n} δ hᵀ per replicate as one bmm on [B, S·N, ·] views (no permuted copies, unlike einsum)
+                d2, h2 = delta.reshape(B, -1, delta.shape[-1]), flat(hs[l]).reshape(B, -1, hs[l].shape[-1])
+                parts[f"W{l}"] = d2.transpose(1, 2) @ h2
+                parts[f"b{l}"] = d2.sum(1)
                 if l > 0:
-                    deriv = 1 - flat(hs[l]) ** 2 if self.activation == "tanh" else torch.sigmoid(flat(pres[l - 1]))
-                    delta = (delta @ theta[f"W{l}"]) * deriv
+                    back = delta @ theta[f"W{l}"]
+                    delta = (torch.ops.aten.tanh_backward(back, flat(hs[l])) if self.activation == "tanh"  # δ (1 − h²)
+                             else back * torch.sigmoid(flat(pres[l - 1])))
             return self.layout.flatten(parts, batch=(B,)).reshape(*batch, self.layout.size)
 
         return log_p, weighted_grad
