@@ -84,39 +84,52 @@ class _Factorised:
         return torch.sigmoid(self.logits(phi, x))
 
 
-class BernoulliEncoder(_Factorised):
-    """Amortised q_φ(z|x) = Π_j Bern(σ(ℓ_j(x))), ℓ linear (A, b) or a tanh MLP (W1, b1, W2, b2)."""
+def amortised_logits_layout(n_logits: int, data_dim: int, hidden: int | None) -> ParamLayout:
+    """φ of an amortised logit network: linear ℓ = A x + b, or with ``hidden`` = h ℓ = W2 tanh(W1 x + b1) + b2."""
+    if hidden is None:
+        return ParamLayout((ParamGroup("A", (n_logits, data_dim)), ParamGroup("b", (n_logits,))))
+    return ParamLayout((ParamGroup("W1", (hidden, data_dim)), ParamGroup("b1", (hidden,)),
+                        ParamGroup("W2", (n_logits, hidden)), ParamGroup("b2", (n_logits,))))
 
-    def __init__(self, latent_dim: int, data_dim: int, hidden: int | None = None) -> None:
-        self.latent = LatentSpace("binary", latent_dim)
-        self.data_dim, self.hidden = data_dim, hidden
-        k, d = latent_dim, data_dim
-        if hidden is None:
-            groups = (ParamGroup("A", (k, d)), ParamGroup("b", (k,)))
-        else:
-            groups = (ParamGroup("W1", (hidden, d)), ParamGroup("b1", (hidden,)), ParamGroup("W2", (k, hidden)), ParamGroup("b2", (k,)))
-        self.layout = ParamLayout(groups)
+
+class AmortisedLogits:
+    """The logit network ℓ_φ(x) [N, n_logits] shared by the Bernoulli and categorical encoders (layout
+    :func:`amortised_logits_layout`)."""
+
+    n_logits: int
+    data_dim: int
+    hidden: int | None
 
     def features(self, phi: Params, x: Tensor) -> Tensor:
         """The output layer's inputs h(x): x itself (linear) or tanh(W1 x + b1)."""
         return x if self.hidden is None else torch.tanh(x @ phi["W1"].T + phi["b1"])
 
     def logits(self, phi: Params, x: Tensor) -> Tensor:
+        """ℓ_φ(x) [N, n_logits]."""
         if self.hidden is None:
             return x @ phi["A"].T + phi["b"]
         return self.features(phi, x) @ phi["W2"].T + phi["b2"]
 
     def init_params(self, x: Tensor, gen: torch.Generator, dtype: torch.dtype) -> Params:
         """Random φ (output weights N(0, 1/fan_in), zero output bias); :func:`fit_logits` fits it instead."""
-        d, k, h = self.data_dim, self.latent.dim, self.hidden
-        out = {}
+        d, h, out = self.data_dim, self.hidden, self.n_logits
+        params = {}
         if h is not None:
-            out["W1"] = torch.randn(h, d, generator=gen, dtype=torch.float64) / d**0.5
-            out["b1"] = torch.randn(h, generator=gen, dtype=torch.float64)
+            params["W1"] = torch.randn(h, d, generator=gen, dtype=torch.float64) / d**0.5
+            params["b1"] = torch.randn(h, generator=gen, dtype=torch.float64)
         fan_in = d if h is None else h
-        out["A" if h is None else "W2"] = torch.randn(k, fan_in, generator=gen, dtype=torch.float64) / fan_in**0.5
-        out["b" if h is None else "b2"] = torch.zeros(k, dtype=torch.float64)
-        return {n: t.to(dtype=dtype, device=x.device) for n, t in out.items()}
+        params["A" if h is None else "W2"] = torch.randn(out, fan_in, generator=gen, dtype=torch.float64) / fan_in**0.5
+        params["b" if h is None else "b2"] = torch.zeros(out, dtype=torch.float64)
+        return {n: t.to(dtype=dtype, device=x.device) for n, t in params.items()}
+
+
+class BernoulliEncoder(AmortisedLogits, _Factorised):
+    """Amortised q_φ(z|x) = Π_j Bern(σ(ℓ_j(x))), ℓ linear (A, b) or a tanh MLP (W1, b1, W2, b2)."""
+
+    def __init__(self, latent_dim: int, data_dim: int, hidden: int | None = None) -> None:
+        self.latent = LatentSpace("binary", latent_dim)
+        self.layout = amortised_logits_layout(latent_dim, data_dim, hidden)
+        self.n_logits, self.data_dim, self.hidden = latent_dim, data_dim, hidden
 
 
 class BernoulliMeanField(_Factorised):

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from gradbench.contracts import LatentSpace, Params
-from gradbench.core import ParamGroup, ParamLayout
+from gradbench.families.bernoulli import AmortisedLogits, amortised_logits_layout
 
 CAPABILITIES = frozenset({"score", "log_prob", "enumerate", "relaxed"})
 
@@ -52,43 +52,15 @@ def one_hot_argmax(scores: Tensor, classes: int) -> Tensor:
     return torch.nn.functional.one_hot(s.argmax(-1), classes).to(scores.dtype).reshape(scores.shape)
 
 
-class CategoricalEncoder:
+class CategoricalEncoder(AmortisedLogits):
     """Amortised q_φ(z|x) = Π_j Cat(softmax(ℓ_j(x))), ℓ linear (A, b) or a tanh MLP (W1, b1, W2, b2)."""
 
     capabilities: frozenset[str] = CAPABILITIES
 
     def __init__(self, latents: int, classes: int, data_dim: int, hidden: int | None = None) -> None:
         self.latent = LatentSpace("categorical", latents, classes)
-        self.classes, self.data_dim, self.hidden = classes, data_dim, hidden
-        out, d = latents * classes, data_dim
-        if hidden is None:
-            groups = (ParamGroup("A", (out, d)), ParamGroup("b", (out,)))
-        else:
-            groups = (ParamGroup("W1", (hidden, d)), ParamGroup("b1", (hidden,)), ParamGroup("W2", (out, hidden)),
-                      ParamGroup("b2", (out,)))
-        self.layout = ParamLayout(groups)
-
-    def features(self, phi: Params, x: Tensor) -> Tensor:
-        """The output layer's inputs h(x): x itself (linear) or tanh(W1 x + b1)."""
-        return x if self.hidden is None else torch.tanh(x @ phi["W1"].T + phi["b1"])
-
-    def logits(self, phi: Params, x: Tensor) -> Tensor:
-        """ℓ_φ(x) [N, k·C]."""
-        if self.hidden is None:
-            return x @ phi["A"].T + phi["b"]
-        return self.features(phi, x) @ phi["W2"].T + phi["b2"]
-
-    def init_params(self, x: Tensor, gen: torch.Generator, dtype: torch.dtype) -> Params:
-        """Random φ (output weights N(0, 1/fan_in), zero output bias); ``fit_logits`` fits it instead."""
-        d, h, out = self.data_dim, self.hidden, self.latent.dim * self.classes
-        params = {}
-        if h is not None:
-            params["W1"] = torch.randn(h, d, generator=gen, dtype=torch.float64) / d**0.5
-            params["b1"] = torch.randn(h, generator=gen, dtype=torch.float64)
-        fan_in = d if h is None else h
-        params["A" if h is None else "W2"] = torch.randn(out, fan_in, generator=gen, dtype=torch.float64) / fan_in**0.5
-        params["b" if h is None else "b2"] = torch.zeros(out, dtype=torch.float64)
-        return {n: t.to(dtype=dtype, device=x.device) for n, t in params.items()}
+        self.layout = amortised_logits_layout(latents * classes, data_dim, hidden)
+        self.classes, self.n_logits, self.data_dim, self.hidden = classes, latents * classes, data_dim, hidden
 
     def noise(self, shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, device: Any) -> Tensor:
         """u ~ U(0,1)^{[*shape, k·C]} (``shape`` ends with N), kept away from 0 so that −log(−log u) is finite."""

@@ -182,30 +182,44 @@ def log_marginal_rule(model: Any, theta: Params, x: Tensor, lap: Laplace, n: int
     return value, grad
 
 
-def elbo_rule(model: Any, family: Any, theta: Params, phi: Params, x: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(ELBO, ∇θ ELBO, ∇φ ELBO) by q's own n-point Gauss–Hermite rule, z_i(φ) = sample(φ, x, u_i) (float64)."""
-    theta = {k: v.detach().to(device="cpu", dtype=F64) for k, v in theta.items()}
-    phi = {k: v.detach().to(device="cpu", dtype=F64) for k, v in phi.items()}
-    x = x.detach().to(device="cpu", dtype=F64)
-    u, log_omega = gauss_hermite(n, model.latent.dim)
-    M, N = u.shape[0], x.shape[0]
-    chunk = max(1, NODE_BUDGET // N)
+def _float64_cpu(params: Params) -> Params:
+    return {k: v.detach().to(device="cpu", dtype=F64) for k, v in params.items()}
+
+
+def _reparam_integrand(model: Any, family: Any, x: Tensor) -> Callable[[Params, Params, Tensor, Tensor], Tensor]:
+    """Σ_i w_i Σ_n [log p(x_n, z_in) − log q_φ(z_in | x_n)] at z_in = sample(φ, x_n, u_i): q's own
+    reparameterisation at deterministic noise nodes u_i, so its φ-gradient is the rule for ∇φ ELBO."""
+    def integrand(th: Params, ph: Params, noise: Tensor, wc: Tensor) -> Tensor:
+        z = family.sample(ph, x, noise)
+        return (wc.unsqueeze(-1) * (model.log_joint(th, x, z) - family.log_prob(ph, x, z))).sum()
+    return integrand
+
+
+def _node_sum(model: Any, family: Any, theta: Params, phi: Params, x: Tensor, nodes: Tensor, weights: Tensor,
+              integrand: Callable[[Params, Params, Tensor, Tensor], Tensor],
+              chunk: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(Σ, ∇θ Σ, ∇φ Σ) of ``integrand(θ, φ, nodes [G, N, ·], weights [G])`` over the rule's nodes [G, ·] (each node
+    broadcast to the N points). The sum is linear in the node weights, so it is taken in chunks of nodes
+    (NODE_BUDGET // N nodes by default) with torch.func.grad_and_value on each."""
+    N = x.shape[0]
+    chunk = chunk or max(1, NODE_BUDGET // N)
     value = torch.zeros((), dtype=F64)
     g_theta = torch.zeros(model.layout.size, dtype=F64)
     g_phi = torch.zeros(family.layout.size, dtype=F64)
-    for s in range(0, M, chunk):  # the ELBO is linear in the node weights: chunk over nodes
-        uc, wc = u[s:s + chunk], torch.exp(log_omega[s:s + chunk])
-        noise = uc.unsqueeze(1).expand(-1, N, -1)
-
-        def elbo(th: Params, ph: Params, noise=noise, wc=wc) -> Tensor:
-            z = family.sample(ph, x, noise)
-            return (wc.unsqueeze(-1) * (model.log_joint(th, x, z) - family.log_prob(ph, x, z))).sum()
-
-        (gt, gp), v = torch.func.grad_and_value(elbo, argnums=(0, 1))(theta, phi)
+    for s in range(0, nodes.shape[0], chunk):
+        nc, wc = nodes[s:s + chunk].unsqueeze(1).expand(-1, N, -1), weights[s:s + chunk]
+        (gt, gp), v = torch.func.grad_and_value(integrand, argnums=(0, 1))(theta, phi, nc, wc)
         value = value + v
         g_theta = g_theta + model.layout.flatten(gt)
         g_phi = g_phi + family.layout.flatten(gp)
     return value, g_theta, g_phi
+
+
+def elbo_rule(model: Any, family: Any, theta: Params, phi: Params, x: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(ELBO, ∇θ ELBO, ∇φ ELBO) by q's own n-point Gauss–Hermite rule, z_i(φ) = sample(φ, x, u_i) (float64)."""
+    theta, phi, x = _float64_cpu(theta), _float64_cpu(phi), x.detach().to(device="cpu", dtype=F64)
+    u, log_omega = gauss_hermite(n, model.latent.dim)
+    return _node_sum(model, family, theta, phi, x, u, torch.exp(log_omega), _reparam_integrand(model, family, x))
 
 
 def _with_doubling(rule: Callable[[int], tuple[Tensor, Tensor]], n: int, what: str,
@@ -368,32 +382,14 @@ def mixture_elbo_rule(model: Any, family: Any, theta: Params, phi: Params, x: Te
     i.e. q's own reparameterisation z = sample(φ, x, (ε_j, u_i)) at deterministic nodes, so the φ-gradient of the
     rule is the rule for ∇φ ELBO (each component is a location–scale family in u). log q is the exact mixture
     density (``family.log_prob``); the integrand is analytic, so the rule converges geometrically in n."""
-    theta = {k: v.detach().to(device="cpu", dtype=F64) for k, v in theta.items()}
-    phi = {k: v.detach().to(device="cpu", dtype=F64) for k, v in phi.items()}
-    x = x.detach().to(device="cpu", dtype=F64)
+    theta, phi, x = _float64_cpu(theta), _float64_cpu(phi), x.detach().to(device="cpu", dtype=F64)
     atoms = family.atoms.to(F64)  # [M, m]
     M = atoms.shape[0]
     u, log_omega = gauss_hermite(n, model.latent.dim)
     noise_nodes = torch.cat([atoms.repeat_interleave(u.shape[0], 0), u.repeat(M, 1)], dim=-1)  # [M·G, m + k]
     weights = torch.exp(log_omega.repeat(M) - math.log(M))
-    N = x.shape[0]
-    chunk = max(1, NODE_BUDGET // (N * M))
-    value = torch.zeros((), dtype=F64)
-    g_theta = torch.zeros(model.layout.size, dtype=F64)
-    g_phi = torch.zeros(family.layout.size, dtype=F64)
-    for s in range(0, noise_nodes.shape[0], chunk):
-        nc, wc = noise_nodes[s:s + chunk], weights[s:s + chunk]
-        noise = nc.unsqueeze(1).expand(-1, N, -1)
-
-        def elbo(th: Params, ph: Params, noise=noise, wc=wc) -> Tensor:
-            z = family.sample(ph, x, noise)
-            return (wc.unsqueeze(-1) * (model.log_joint(th, x, z) - family.log_prob(ph, x, z))).sum()
-
-        (gt, gp), v = torch.func.grad_and_value(elbo, argnums=(0, 1))(theta, phi)
-        value = value + v
-        g_theta = g_theta + model.layout.flatten(gt)
-        g_phi = g_phi + family.layout.flatten(gp)
-    return value, g_theta, g_phi
+    return _node_sum(model, family, theta, phi, x, noise_nodes, weights, _reparam_integrand(model, family, x),
+                     chunk=max(1, NODE_BUDGET // (x.shape[0] * M)))
 
 
 def quadrature_mixture_elbo(model: Any, family: Any, theta: Params, phi: Params, x: Tensor,
@@ -425,9 +421,7 @@ def box_elbo_rule(model: Any, family: Any, theta: Params, phi: Params, x: Tensor
     truncation error is the q-mass outside the box times the integrand there (W chosen many s.d. out)."""
     from numpy.polynomial.legendre import leggauss
 
-    theta = {k: v.detach().to(device="cpu", dtype=F64) for k, v in theta.items()}
-    phi = {k: v.detach().to(device="cpu", dtype=F64) for k, v in phi.items()}
-    x = x.detach().to(device="cpu", dtype=F64)
+    theta, phi, x = _float64_cpu(theta), _float64_cpu(phi), x.detach().to(device="cpu", dtype=F64)
     if model.latent.dim != 2:
         raise ValueError("box_elbo_rule is a 2-D rule")
     panels = round(2 * half_width / panel)
@@ -439,24 +433,11 @@ def box_elbo_rule(model: Any, family: Any, theta: Params, phi: Params, x: Tensor
     w = torch.as_tensor(weights1, dtype=F64)
     z_all = torch.cartesian_prod(z1, z1)  # [G, 2]
     w_all = torch.outer(w, w).reshape(-1)
-    N = x.shape[0]
-    chunk = max(1, NODE_BUDGET // N)
-    value = torch.zeros((), dtype=F64)
-    g_theta = torch.zeros(model.layout.size, dtype=F64)
-    g_phi = torch.zeros(family.layout.size, dtype=F64)
-    for s in range(0, z_all.shape[0], chunk):
-        zc = z_all[s:s + chunk].unsqueeze(1).expand(-1, N, -1)
-        wc = w_all[s:s + chunk].unsqueeze(-1)
+    def score_form(th: Params, ph: Params, zc: Tensor, wc: Tensor) -> Tensor:
+        log_q = family.log_prob(ph, x, zc)
+        return (wc.unsqueeze(-1) * torch.exp(log_q) * (model.log_joint(th, x, zc) - log_q)).sum()
 
-        def elbo(th: Params, ph: Params, zc=zc, wc=wc) -> Tensor:
-            log_q = family.log_prob(ph, x, zc)
-            return (wc * torch.exp(log_q) * (model.log_joint(th, x, zc) - log_q)).sum()
-
-        (gt, gp), v = torch.func.grad_and_value(elbo, argnums=(0, 1))(theta, phi)
-        value = value + v
-        g_theta = g_theta + model.layout.flatten(gt)
-        g_phi = g_phi + family.layout.flatten(gp)
-    return value, g_theta, g_phi
+    return _node_sum(model, family, theta, phi, x, z_all, w_all, score_form)
 
 
 def quadrature_box_elbo(model: Any, family: Any, theta: Params, phi: Params, x: Tensor, nodes: int = 12, *,
