@@ -66,6 +66,7 @@ Capability = Literal[
     "enumerate",  # finite latent space whose states can be listed (enumerated references)
     "relaxed",  # a continuous relaxation of a discrete q (Concrete / Gumbel-softmax)
     "implicit",  # log q is not used by the estimators (semi-implicit families)
+    "mixing_density",  # a semi-implicit q whose mixing ε has a continuous, evaluable density log q(ε) (HMC over ε)
     "analytic_kl",  # KL(q_φ(·|x) ‖ p(z)) in closed form and log p(x | z) (analytic-KL REINFORCE / reparam)
     "exact_posterior",  # (of a target) exact samples from p_θ(z | x)
     "energy_based",  # (of a target) p_θ(x) ∝ exp(−F_θ(x)) with enumerable normaliser and Gibbs kernels (no q)

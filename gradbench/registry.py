@@ -134,10 +134,19 @@ def _build_ppca(
 _PPCA = frozenset({"exact_posterior", "real_latent", "log_prob"})
 
 
+def _uivi_requires(p: dict[str, Any]) -> Capabilities:
+    """uivi: reverse exact/marginal need log q; the default reverse HMC runs over ε, so it needs a continuous ε."""
+    reverse = p.get("reverse", "hmc")
+    return frozenset({"reparam", "implicit"} | ({"log_prob"} if reverse in ("exact", "marginal") else set())
+                     | ({"mixing_density"} if reverse == "hmc" else set()))
+
+
 def _semi_implicit_q(proposal: dict[str, Any]) -> Capabilities:
     """Issue 14: a semi-implicit q has log q only when T is linear (``hidden`` = 0)."""
     exact = not proposal.get("hidden", 0) or bool(proposal.get("n_atoms", 0))  # atoms: an exact Gaussian mixture
-    return frozenset({"real_latent", "reparam", "implicit"} | ({"log_prob"} if exact else set()))
+    continuous = not proposal.get("n_atoms", 0)  # ε ~ N(0, I): HMC over ε is possible (uivi reverse: hmc)
+    return frozenset({"real_latent", "reparam", "implicit"} | ({"log_prob"} if exact else set())
+                     | ({"mixing_density"} if continuous else set()))
 _GAUSSIAN_Q = frozenset({"reparam", "score", "log_prob"})
 _BERNOULLI_Q = frozenset({"score", "log_prob", "enumerate", "relaxed"})
 _EBM = frozenset({"energy_based"})  # p_θ(x) ∝ exp(−F_θ(x)), no per-datum latents: exact sampling / Gibbs kernels
@@ -249,7 +258,7 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
               _PHI_ELBO, frozenset({"reparam", "implicit"})),
     Estimator("uivi", _E + "semi_implicit:uivi", ep.UIVIParams,
               "UIVI ∇φ ELBO, ∇_z log q from HMC on q(ε|z) started at ε⁰ (Titsias & Ruiz 2019); reverse: exact is unbiased",
-              _PHI_ELBO, lambda p: frozenset({"reparam", "implicit"} | ({"log_prob"} if p.get("reverse") in ("exact", "marginal") else set()))),
+              _PHI_ELBO, _uivi_requires),
     Estimator("density_ratio", _E + "semi_implicit:density_ratio", ep.DensityRatioParams,
               "∇φ ELBO with log q/p(z) from a quadratic logistic classifier (q vs N(0, I) prior) trained `steps` Newton steps",
               _PHI_ELBO, frozenset({"reparam", "implicit"})),

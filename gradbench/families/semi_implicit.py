@@ -76,7 +76,8 @@ class SemiImplicitGaussian:
         if self.n_atoms > 0:
             gen = torch.Generator().manual_seed(self.atom_seed)
             self.atoms = torch.randn(self.n_atoms, m, generator=gen, dtype=torch.float64)
-        self.capabilities = frozenset({"reparam", "implicit"} | ({"log_prob"} if self.exact else set()))
+        self.capabilities = frozenset({"reparam", "implicit"} | ({"log_prob"} if self.exact else set())
+                                      | ({"mixing_density"} if self.n_atoms == 0 else set()))
 
     @property
     def exact(self) -> bool:

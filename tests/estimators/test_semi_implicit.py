@@ -218,3 +218,31 @@ def test_uivi_reports_ess_and_mcmc_protocol_rows(ppca) -> None:
     assert bool(uivi(ppca, 20, gen(), burn_in=2).diagnostics["ess"].isnan().all())  # 4 states: too short for an ESS
     exact = uivi(ppca, 20, gen(), reverse="exact")
     assert [r["metric"] for r in mcmc(exact, None, ProtocolContext(seed=0, eps=EPS))] == []
+
+
+def test_validate_refuses_hmc_reverse_on_atoms_and_accepts_it_on_a_continuous_mixing(tmp_path) -> None:
+    """HMC over ε needs a continuous mixing density: uivi reverse: hmc on an atoms target is refused at validate
+    time with the missing capability named; the same suite with continuous ε (control) and reverse: exact on
+    atoms (control) load."""
+    from gradbench.suite import SuiteError, load_suite
+
+    suite = """name: t
+seed: 0
+target_seed: 0
+replicates: 10
+targets:
+  - model: toy2d_semi_implicit
+    params: {{density: banana}}
+    proposal: {{mixing_dim: 3, {atoms}}}
+estimators:
+  - {{name: uivi, params: {{reverse: {reverse}}}}}
+protocols: [bias]
+"""
+    path = tmp_path / "s.yaml"
+    path.write_text(suite.format(atoms="n_atoms: 10", reverse="hmc"))
+    with pytest.raises(SuiteError, match="mixing_density"):
+        load_suite(path)
+    path.write_text(suite.format(atoms="n_atoms: 0", reverse="hmc"))
+    load_suite(path)
+    path.write_text(suite.format(atoms="n_atoms: 10", reverse="exact"))
+    load_suite(path)

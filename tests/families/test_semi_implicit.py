@@ -59,7 +59,7 @@ def test_marginal_view_pushes_standard_normal_to_the_marginal() -> None:
 def test_capabilities_log_prob_only_when_exact() -> None:
     assert "log_prob" in SemiImplicitGaussian(2, 2, 1).capabilities
     mlp = SemiImplicitGaussian(2, 2, 1, hidden=4)
-    assert mlp.capabilities == frozenset({"reparam", "implicit"})
+    assert mlp.capabilities == frozenset({"reparam", "implicit", "mixing_density"})
     fam, phi = _family(hidden=4)
     noise = fam.noise((7, 4), torch.Generator().manual_seed(0), F64, "cpu")
     assert fam.sample(phi, None, noise).shape == (7, 4, 2)
