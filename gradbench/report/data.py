@@ -118,6 +118,33 @@ class RunData:
         return out
 
 
+def with_data_provenance(path: Path, results: pd.DataFrame) -> pd.DataFrame:
+    """Targets built on a named data set (``data:`` in the suite) get a ``target.data`` column from their provenance
+    (``targets/<id>.json``: source, split, rows × dim, binarisation), and their ``model.n_data``/``model.data_dim``,
+    which the data override, are blanked so that a report does not show the model's defaults as the problem."""
+    if "target_id" not in results.columns:
+        return results
+    labels: dict[str, str] = {}
+    for tid in results["target_id"].dropna().unique():
+        f = path / "targets" / f"{tid}.json"
+        try:
+            data = json.loads(f.read_text()).get("data") if f.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            data = None
+        if isinstance(data, dict) and "rows" in data:
+            binar = f", {data['binarize']} binarisation" if data.get("binarize") else ""
+            labels[str(tid)] = f"{data.get('source', '?')} ({data.get('split', '?')}, {data['rows']}×{data.get('dim', '?')}{binar})"
+    if not labels:
+        return results
+    out = results.copy()
+    named = out["target_id"].astype(str).isin(labels)
+    out["target.data"] = out["target_id"].astype(str).map(labels)
+    for c in ("model.n_data", "model.data_dim"):
+        if c in out.columns:
+            out[c] = out[c].astype(object).where(~named, None)
+    return out
+
+
 def load_run(path: str | Path, alpha: float | None = None, *, partial: bool = False, correction: str = "bh") -> RunData:
     """Read a run folder (or its ``results.parquet``) written by ``gradbench run``.
 
@@ -156,6 +183,7 @@ def load_run(path: str | Path, alpha: float | None = None, *, partial: bool = Fa
     missing = required - set(results.columns)
     if missing:
         raise RunError(f"{results_path}: missing column(s) {', '.join(sorted(missing))}")
+    results = with_data_provenance(path, results)
     meeting = None
     mpath = path / "meeting_times.parquet"
     if "partial" in manifest:

@@ -88,3 +88,19 @@ def test_figures_a_run_lacks_the_data_for_are_left_out(train_run, tmp_path):
     shutil.copytree(train_run, other)
     t.assign(protocol="bias").to_parquet(other / "results.parquet")
     assert not _figures(other, tmp_path / "r3") & TRAIN_NAMES and train_tables(load_run(other)) == []
+
+
+def test_the_problem_names_the_data_set_not_the_models_default_size(train_run, tmp_path):
+    """A target on a named data set shows the set from its provenance (source, split, rows × dim, binarisation) and
+    not the model's default N; control: with the provenance file gone, the default N = 1 is what the report shows."""
+    import shutil
+
+    from gradbench.report.render import problem_line
+
+    run = load_run(train_run)
+    line = problem_line(run)
+    assert "data=digits (train, 64×64, dynamic binarisation)" in line and "N=" not in line
+    bare = tmp_path / "bare"
+    shutil.copytree(train_run, bare)
+    shutil.rmtree(bare / "targets")
+    assert "data=" not in problem_line(load_run(bare)) and "N=1" in problem_line(load_run(bare))
