@@ -287,11 +287,7 @@ def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: fl
             ref_var_b = known_var + np.einsum("ri,brs,si->bi", B_live, W, B_live)
         else:
             W, ref_var_b = np.zeros((1, r, r)), ref_var
-        try:
-            sol = np.linalg.solve(S + V_known + W, m[:, :, None])[:, :, 0]
-            T.append(np.einsum("bi,bi->b", m, sol))
-        except np.linalg.LinAlgError:  # a singular resample: count it as exceeding (conservative)
-            T.append(np.full(b, np.inf))
+        T.append(_quadratic_forms(np.broadcast_to(S + V_known + W, (b, r, r)), m))
         with np.errstate(divide="ignore", invalid="ignore"):
             M.append(np.nan_to_num(np.abs(mc) / np.sqrt(np.maximum(vc, 0.0) + ref_var_b), nan=np.inf).max(1))
         done += b
@@ -308,6 +304,26 @@ def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: fl
     if count == 0:
         p = min(p, 2 * p_f)
     return p, p_t, p_m
+
+
+def _quadratic_forms(A: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """mᵢᵀ Aᵢ⁻¹ mᵢ for a batch A [b, r, r], m [b, r]; a singular Aᵢ (a resample that misses every row carrying some
+    direction, e.g. a rare atom) gives +inf — that resample counts as exceeding (conservative) — without
+    affecting the others."""
+    out = np.full(A.shape[0], np.inf)
+    sign, _ = np.linalg.slogdet(A)
+    ok = sign != 0
+    if ok.any():
+        try:
+            sol = np.linalg.solve(A[ok], m[ok][:, :, None])[:, :, 0]
+            out[ok] = np.einsum("bi,bi->b", m[ok], sol)
+        except np.linalg.LinAlgError:  # slogdet and solve's LU disagree (a rounding tie): one at a time, inf if singular
+            for i in np.flatnonzero(ok):
+                try:
+                    out[i] = float(m[i] @ np.linalg.solve(A[i], m[i]))
+                except np.linalg.LinAlgError:
+                    pass
+    return out
 
 
 def _sym_root(V: np.ndarray) -> np.ndarray:
