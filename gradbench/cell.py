@@ -143,7 +143,8 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
         rows += [{"protocol": name, **r} for r in registry.PROTOCOLS[name].fn(sample, reference, ctx)]
     df = pd.DataFrame(rows, columns=["protocol", "param_group", "metric", "value", "stderr", "method", "warning"])
     df = with_meta(df, cell, sample.replicates - n_nonfinite, n_nonfinite)
-    cell_warning = "; ".join(w for w in (resolution_warning(sample, reference), censoring_warning(sample)) if w)
+    cell_warning = "; ".join(w for w in (resolution_warning(sample, reference), censoring_warning(sample),
+                                         rare_state_warning(target, sample)) if w)
     df["warning"] = [
         "; ".join(w for w in (str(r) if isinstance(r, str) else "", cell_warning) if w) for r in df.pop("warning")
     ]
@@ -206,6 +207,34 @@ DISCRETE = frozenset({"binary_latent", "energy_based", "enumerate"})  # capabili
 def has_atoms(target: Any) -> bool:
     """Whether the target's latent (or visible) states are discrete, so replicate gradients may have rare atoms."""
     return bool(DISCRETE & set(getattr(target, "capabilities", ())))
+
+
+RARE_STATE_COUNT = math.log(1e3)  # R·q below this: P(a latent value of probability q is absent from R draws) > 1e-3
+
+
+def rare_state_warning(target: Any, sample: GradSample) -> str:
+    """Non-empty when q has a latent value so rare that the R replicates probably never draw it.
+
+    For a factorised discrete q (Bernoulli or categorical, ``family.probs``), q_min is the smallest probability of
+    any value of any latent at any data point. A value of probability q is absent from R draws with probability
+    (1 − q)^R ≈ e^{−Rq}, above 1e-3 when R·q < log(10³). If that value carries a large gradient (a score-function
+    term ∝ 1/q, or a rare state of an energy-based model), the sample mean misses its contribution while the sample
+    variance does not show it, and the bias test can reject an unbiased estimator (measured on the shipped
+    discrete-sbn and discrete-categorical suites, issue 12): the verdict then needs more replicates, not a fix.
+    """
+    family = getattr(target, "family", None)
+    if family is None or not hasattr(family, "probs") or not hasattr(target, "encoder_params"):
+        return ""
+    with torch.no_grad():
+        q = family.probs(target.encoder_params(), target.x).double()
+    if getattr(family.latent, "kind", "") == "binary":
+        q = torch.cat([q, 1 - q])
+    q_min, R = float(q.min()), sample.replicates
+    if R * q_min >= RARE_STATE_COUNT:
+        return ""
+    return (f"rare latent values: q_min = {q_min:.2g}, R·q_min = {R * q_min:.2g} < log(10³): such a value is likely "
+            "absent from the sample; if it carries a large gradient the bias test can reject an unbiased estimator "
+            "(use more replicates)")
 
 
 def resolution_warning(sample: GradSample, reference: Any) -> str:

@@ -42,6 +42,7 @@ import functools
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -528,7 +529,7 @@ def _rss_kib(field: str) -> int:
 
 def peak_memory_bytes(fn: Callable[[], Any], device: str) -> float:
     """Peak memory one call of ``fn`` adds: CUDA ``max_memory_allocated`` − allocated before (exact, the caching
-    allocator's own count); CPU: peak resident set (VmHWM, reset through /proc/self/clear_refs) − resident set
+    allocator's own count); CPU: peak resident set (VmHWM, reset through /proc/self/clear_refs, and VmRSS sampled every 0.5 ms) − resident set
     before, with glibc returning freed blocks (:func:`_malloc_returns_freed_memory`). NaN where /proc is missing."""
     if torch.device(device).type == "cuda":
         synchronize(device)
@@ -540,10 +541,24 @@ def peak_memory_bytes(fn: Callable[[], Any], device: str) -> float:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
         before = _rss_kib("VmRSS")
-        fn()
-        return 1024.0 * (_rss_kib("VmHWM") - before)
     except OSError:
         return float("nan")
+    # The kernel updates VmHWM lazily (e.g. when memory is unmapped, not when it is released by madvise), so a
+    # thread also samples VmRSS every 0.5 ms while fn runs; the peak is the larger of the two.
+    sampled, stop = [before], threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.0005):
+            sampled[0] = max(sampled[0], _rss_kib("VmRSS"))
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        fn()
+    finally:
+        stop.set()
+        poller.join()
+    return 1024.0 * (max(_rss_kib("VmHWM"), sampled[0]) - before)
 
 
 def loglog_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -241,3 +241,26 @@ def test_shipped_suite_table(capsys):
                     assert p < ALPHA, lines[-1]
     with capsys.disabled():
         print("\nlayers   estimator     params     rel_bias ± s.e.    p (H0: unbiased)  tau_mean ± s.e.\n" + "\n".join(lines))
+
+
+def test_rare_latent_values_are_flagged_when_R_cannot_see_them():
+    """``rare_state_warning``: q with a latent value of probability q_min is flagged when R·q_min < log(10³)
+    (the value is then absent from the sample with probability > 1e-3); control: the same target with R large
+    enough that R·q_min ≥ log(10³) is not flagged, and a shift that makes the logits extreme lowers q_min."""
+    from gradbench.cell import RARE_STATE_COUNT, rare_state_warning
+    from gradbench.core import GradSample
+
+    t = tiny([3], "linear", logit_shift=6.0)
+    q = t.family.probs(t.encoder_params(), t.x).double()
+    q_min = float(torch.cat([q, 1 - q]).min())
+    assert q_min < 1e-2  # logits shifted by 6: P(z_j = 0) ≈ e⁻⁶ at most
+
+    def sample(R: int) -> GradSample:
+        return GradSample(torch.zeros(R, t.layout.size, dtype=torch.float64), t.layout, torch.ones(R, dtype=torch.float64))
+
+    small = int(RARE_STATE_COUNT / q_min) - 1
+    assert "rare latent values" in rare_state_warning(t, sample(small))
+    assert rare_state_warning(t, sample(int(RARE_STATE_COUNT / q_min) + 1)) == ""
+    t0 = tiny([3], "linear")
+    q0 = t0.family.probs(t0.encoder_params(), t0.x).double()
+    assert float(torch.cat([q0, 1 - q0]).min()) > q_min
