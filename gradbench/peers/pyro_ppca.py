@@ -100,15 +100,21 @@ class PyroPPCA:
         With ``seed``, Pyro's noise is torch's global generator seeded with it (inside
         ``fork_rng``); gradbench's ``iwae`` with ``make_generator(seed)`` then sees the same noise.
         """
-        pyro = self._pyro
-        for p in self._params():
-            p.grad = None
-        with pyro.settings.context(module_local_params=True), pyro.validation_enabled(self.validate):
-            if seed is None:
-                self.elbo.loss_and_grads(self.model, self.guide, self.x)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    self.elbo.loss_and_grads(self.model, self.guide, self.x)
-        W, mu, sigma = (-p.grad for p in self._params())  # Pyro minimises −bound
+        W, mu, sigma = bound_grads(self, seed)
         return self.target.layout.flatten({"W": W, "mu": mu, "sigma": sigma.reshape(1)})
+
+
+def bound_grads(peer: Any, seed: int | None) -> list[Tensor]:
+    """∇ of the IWAE bound w.r.t. ``peer._params()`` from one ``peer.elbo.loss_and_grads`` call (Pyro minimises the
+    negative bound, so the gradients are negated), with Pyro's validation as ``peer.validate`` and, with ``seed``,
+    torch's global generator seeded inside ``fork_rng`` (the caller's global stream is left as it was)."""
+    pyro = peer._pyro
+    params = peer._params()
+    for p in params:
+        p.grad = None
+    with (pyro.settings.context(module_local_params=True), pyro.validation_enabled(peer.validate),
+          torch.random.fork_rng(devices=[], enabled=seed is not None)):
+        if seed is not None:
+            torch.manual_seed(seed)
+        peer.elbo.loss_and_grads(peer.model, peer.guide, peer.x)
+    return [-p.grad for p in params]

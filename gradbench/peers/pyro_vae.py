@@ -30,7 +30,7 @@ from torch import Tensor
 from gradbench.contracts import ComposedTarget
 from gradbench.families.gaussian import GaussianMeanField
 from gradbench.models.vae import VAE
-from gradbench.peers.pyro_ppca import INSTALL_HINT, available, require_pyro
+from gradbench.peers.pyro_ppca import INSTALL_HINT, available, bound_grads, require_pyro
 
 __all__ = ["INSTALL_HINT", "PyroVAE", "available", "one_point_target"]
 
@@ -101,14 +101,4 @@ class PyroVAE:
         With ``seed``, Pyro's noise is torch's global generator seeded with it (inside ``fork_rng``);
         gradbench's ``iwae`` with ``make_generator(seed)`` then draws the same ε for z = m + s ε.
         """
-        pyro = self._pyro
-        for p in self._params():
-            p.grad = None
-        with pyro.settings.context(module_local_params=True), pyro.validation_enabled(self.validate):
-            if seed is None:
-                self.elbo.loss_and_grads(self.model, self.guide, self.x)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    self.elbo.loss_and_grads(self.model, self.guide, self.x)
-        return self.target.layout.flatten({name: -p.grad for name, p in zip(self.names, self._params())})
+        return self.target.layout.flatten(dict(zip(self.names, bound_grads(self, seed))))
