@@ -258,14 +258,19 @@ def quadrature_elbo(model: Any, family: Any, theta: Params, phi: Params, x: Tens
     k = model.latent.dim
     if k > MAX_QUADRATURE_DIM:
         raise ValueError(f"quadrature references need latent_dim ≤ {MAX_QUADRATURE_DIM}, got {k}")
-    n = nodes or DEFAULT_ELBO_NODES[k]
+    return _elbo_with_doubling(model, lambda m: elbo_rule(model, family, theta, phi, x, m),
+                               nodes or DEFAULT_ELBO_NODES[k], "ELBO quadrature")
 
+
+def _elbo_with_doubling(model: Any, elbo_rule_at: Callable[[int], tuple[Tensor, Tensor, Tensor]], n: int,
+                        what: str) -> QuadratureResult:
+    """:func:`_with_doubling` of an (ELBO, ∇θ ELBO, ∇φ ELBO) rule, the gradient concatenated as [∇θ, ∇φ]."""
     def rule(m: int) -> tuple[Tensor, Tensor]:
-        v, gt, gp = elbo_rule(model, family, theta, phi, x, m)
+        v, gt, gp = elbo_rule_at(m)
         return v, torch.cat([gt, gp])
 
     P = model.layout.size
-    return _with_doubling(rule, n, "ELBO quadrature", {"θ-gradient": slice(0, P), "φ-gradient": slice(P, None)})
+    return _with_doubling(rule, n, what, {"θ-gradient": slice(0, P), "φ-gradient": slice(P, None)})
 
 
 # -- estimated references -------------------------------------------------------------------------
@@ -399,14 +404,8 @@ def quadrature_mixture_elbo(model: Any, family: Any, theta: Params, phi: Params,
     k = model.latent.dim
     if k > MAX_QUADRATURE_DIM:
         raise ValueError(f"quadrature references need latent_dim ≤ {MAX_QUADRATURE_DIM}, got {k}")
-    n = nodes or DEFAULT_NODES[k]
-
-    def rule(m: int) -> tuple[Tensor, Tensor]:
-        v, gt, gp = mixture_elbo_rule(model, family, theta, phi, x, m)
-        return v, torch.cat([gt, gp])
-
-    P = model.layout.size
-    return _with_doubling(rule, n, "mixture ELBO quadrature", {"θ-gradient": slice(0, P), "φ-gradient": slice(P, None)})
+    return _elbo_with_doubling(model, lambda m: mixture_elbo_rule(model, family, theta, phi, x, m),
+                               nodes or DEFAULT_NODES[k], "mixture ELBO quadrature")
 
 
 def box_elbo_rule(model: Any, family: Any, theta: Params, phi: Params, x: Tensor, n: int, *, half_width: float,
@@ -443,10 +442,5 @@ def box_elbo_rule(model: Any, family: Any, theta: Params, phi: Params, x: Tensor
 def quadrature_box_elbo(model: Any, family: Any, theta: Params, phi: Params, x: Tensor, nodes: int = 12, *,
                         half_width: float = 16.0, panel: float = 0.25) -> QuadratureResult:
     """:func:`box_elbo_rule` with n and 2n Legendre nodes per panel (value: 2n; error: the doubling change)."""
-
-    def rule(m: int) -> tuple[Tensor, Tensor]:
-        v, gt, gp = box_elbo_rule(model, family, theta, phi, x, m, half_width=half_width, panel=panel)
-        return v, torch.cat([gt, gp])
-
-    P = model.layout.size
-    return _with_doubling(rule, nodes, "box ELBO quadrature", {"θ-gradient": slice(0, P), "φ-gradient": slice(P, None)})
+    return _elbo_with_doubling(model, lambda m: box_elbo_rule(model, family, theta, phi, x, m, half_width=half_width,
+                                                              panel=panel), nodes, "box ELBO quadrature")
