@@ -36,6 +36,7 @@ from gradbench.core import ParamGroup, ParamLayout
 from gradbench.families.bernoulli import bernoulli_log_pmf, fit_logits
 from gradbench.families.categorical import CategoricalEncoder, categorical_log_pmf
 from gradbench.models.params import BernoulliProposal, CategoricalProposal, CategoricalVAEParams
+from gradbench.models.sbn import binary_data
 from gradbench.references import enumeration
 from gradbench.seeding import derive_seed, make_generator
 
@@ -122,17 +123,7 @@ def build(params: CategoricalVAEParams, proposal: CategoricalProposal, seed: int
     """The ``categorical_vae`` target: θ (and synthetic data) from ``make_generator(seed)``, the encoder fitted to
     the exact posterior marginals and perturbed with a generator derived from the seed; float64 on the CPU, then cast."""
     gen = make_generator(seed)
-    if data is None:
-        if params.data_dim is None:
-            raise ValueError("categorical_vae: synthetic data needs data_dim")
-        d = params.data_dim
-    else:
-        x_np = np.asarray(data, dtype=np.float64)
-        if x_np.ndim != 2 or not np.isin(x_np, (0.0, 1.0)).all():
-            raise ValueError("categorical_vae: data must be binary rows [N, d] (data: {..., binarize: dynamic})")
-        d = x_np.shape[1]
-        if params.data_dim is not None and params.data_dim != d:
-            raise ValueError(f"categorical_vae: data_dim = {params.data_dim} but the data has {d} columns")
+    d, x_np = binary_data("categorical_vae", data, params.data_dim)
     model = CategoricalVAE(d, params.latents, params.classes, params.decoder, params.hidden)
     theta = model.init_params(gen, torch.float64, params.weight_scale, params.bias_scale)
     x = model.sample_joint(theta, params.n_data, gen)[0] if data is None else torch.as_tensor(x_np)

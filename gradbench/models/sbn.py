@@ -162,23 +162,29 @@ class SBN:
         return enumeration.sample_posterior(self, theta, x, batch, gen)
 
 
+def binary_data(model: str, data: np.ndarray | None, data_dim: int | None) -> tuple[int, np.ndarray | None]:
+    """(d, the data as float64 [N, d] or None) for a model of binary observations: synthetic data (None) needs
+    ``data_dim``; given data must be 0/1 rows and agree with ``data_dim`` where it is set. Errors name the model."""
+    if data is None:
+        if data_dim is None:
+            raise ValueError(f"{model}: synthetic data needs data_dim")
+        return data_dim, None
+    x_np = np.asarray(data, dtype=np.float64)
+    if x_np.ndim != 2 or not np.isin(x_np, (0.0, 1.0)).all():
+        raise ValueError(f"{model}: data must be binary rows [N, d] (binarize it: data: {{..., binarize: dynamic}})")
+    d = x_np.shape[1]
+    if data_dim is not None and data_dim != d:
+        raise ValueError(f"{model}: data_dim = {data_dim} but the data has {d} columns")
+    return d, x_np
+
+
 def build(params: SBNParams, proposal: BernoulliProposal, seed: int, dtype: torch.dtype = torch.float64,
           device: str | torch.device = "cpu", data: np.ndarray | None = None) -> ComposedTarget:
     """The ``sbn`` target: θ (and synthetic data) from ``make_generator(seed)``, q fitted to the exact
     posterior marginals and perturbed with a generator derived from the seed; all in float64 on the CPU,
     then cast to ``dtype``/``device``."""
     gen = make_generator(seed)
-    if data is None:
-        if params.data_dim is None:
-            raise ValueError("sbn: synthetic data needs data_dim")
-        d = params.data_dim
-    else:
-        x_np = np.asarray(data, dtype=np.float64)
-        if x_np.ndim != 2 or not np.isin(x_np, (0.0, 1.0)).all():
-            raise ValueError("sbn: data must be binary rows [N, d] (binarize it: data: {..., binarize: dynamic})")
-        d = x_np.shape[1]
-        if params.data_dim is not None and params.data_dim != d:
-            raise ValueError(f"sbn: data_dim = {params.data_dim} but the data has {d} columns")
+    d, x_np = binary_data("sbn", data, params.data_dim)
     model = SBN(d, tuple(params.layers), params.conditionals, params.hidden)
     theta = model.init_params(gen, torch.float64, params.weight_scale, params.bias_scale)
     x = model.sample_joint(theta, params.n_data, gen)[0] if data is None else torch.as_tensor(x_np)
