@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import FAMILIES, SEED, estimator_call, neural_call, neural_target, ppca_target, require_device
+from benchmarks.common import (
+    FAMILIES,
+    FAMILY_CASES,
+    SEED,
+    estimator_call,
+    family_call,
+    neural_call,
+    neural_target,
+    ppca_target,
+    require_device,
+)
 from gradbench.seeding import make_generator
 
 
@@ -101,3 +111,21 @@ class TimeNeuralFloor:
         theta = {k: v.detach().requires_grad_() for k, v in t.theta.items()}
         with torch.enable_grad():
             torch.autograd.grad(t.model.log_joint(theta, t.x, z).sum(), list(theta.values()))
+
+
+class TimeFamilies:
+    """Seconds for R = 200 replicates of the discrete, semi-implicit and energy-based estimators on one small target
+    each (``FAMILY_CASES``: SBN and categorical VAE on d = 64, N = 10; semi-implicit PPCA; RBM 16 × 8)."""
+
+    params = (list(FAMILY_CASES),)
+    param_names = ["case"]
+    number = 1
+    repeat = (1, 5, 20.0)
+    timeout = 300
+
+    def setup(self, case: str) -> None:
+        self.call = family_call(case, 200)
+        self.call()
+
+    def time_estimate(self, case: str) -> None:
+        self.call()

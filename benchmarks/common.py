@@ -113,3 +113,35 @@ def neural_call(name: str, target: Any, R: int, seed: int = SEED, device: str = 
         return out
 
     return call
+
+
+# Wave-2/3 families (issues 13, 14, 16): one small target each, built through the registry, and the estimators
+# that serve it with their default parameters. case → (model, model params, proposal, estimator, estimator params).
+FAMILY_CASES = {
+    "sbn/disarm": ("sbn", {"layers": [10], "data_dim": 64, "n_data": 10}, {"logit_noise": 0.5}, "disarm", {}),
+    "sbn/rloo": ("sbn", {"layers": [10], "data_dim": 64, "n_data": 10}, {"logit_noise": 0.5}, "rloo", {}),
+    "sbn/sum_and_sample": ("sbn", {"layers": [10], "data_dim": 64, "n_data": 10}, {"logit_noise": 0.5},
+                           "sum_and_sample", {}),
+    "categorical_vae/rloo": ("categorical_vae", {"data_dim": 64, "n_data": 10}, {}, "rloo", {}),
+    "categorical_vae/sum_and_sample": ("categorical_vae", {"data_dim": 64, "n_data": 10}, {}, "sum_and_sample", {}),
+    "ppca_semi_implicit/sivi": ("ppca_semi_implicit", {"data_dim": 5, "latent_dim": 2, "n_data": 3},
+                                {"mixing_dim": 3, "mean_shift": 0.5}, "sivi", {"K": 16}),
+    "ppca_semi_implicit/uivi": ("ppca_semi_implicit", {"data_dim": 5, "latent_dim": 2, "n_data": 3},
+                                {"mixing_dim": 3, "mean_shift": 0.5}, "uivi", {}),
+    "rbm/cd": ("rbm", {"n_visible": 16, "n_hidden": 8}, {}, "cd", {}),
+    "rbm/coupled_gibbs": ("rbm", {"n_visible": 16, "n_hidden": 8}, {}, "coupled_gibbs", {}),
+}
+
+
+def family_call(case: str, R: int, seed: int = SEED):
+    """A zero-argument function running FAMILY_CASES[case] for R replicates (NotImplementedError where this commit
+    lacks the model or the estimator)."""
+    model, params, proposal, name, est_params = FAMILY_CASES[case]
+    try:
+        from gradbench.registry import ESTIMATORS, MODELS
+
+        entry, fn = MODELS[model], ESTIMATORS[name].fn
+    except (ImportError, KeyError):
+        raise NotImplementedError(f"{case} is not in this commit") from None
+    target = entry.build(entry.params(**params), entry.proposal(**proposal), SEED, torch.float64, "cpu", None)
+    return lambda: fn(target, R, make_generator(seed), **est_params)

@@ -92,3 +92,19 @@ def test_neural_benchmarks_run_at_a_small_size(monkeypatch):
     for name, fig in cache.items():
         assert 0 < track.track_trace_cov(cache, name) < float("inf") and fig["work_norm_var"] > 0, name
     assert cache["coupled_isir"]["tau_mean"] >= 1
+
+
+def test_family_benchmarks_set_up_and_run(monkeypatch):
+    """Every TimeFamilies case (discrete, semi-implicit, energy-based estimators) builds its target through the
+    registry and returns R finite-or-censored gradient rows of the target's size; an unknown estimator is asv's skip."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import bench_time, common
+
+    b = bench_time.TimeFamilies()
+    for case in common.FAMILY_CASES:
+        b.setup(case)
+        b.time_estimate(case)
+        assert b.call().grads.shape[0] == 200, case
+    monkeypatch.setitem(common.FAMILY_CASES, "rbm/none", ("rbm", {}, {}, "no_such_estimator", {}))
+    with pytest.raises(NotImplementedError):
+        b.setup("rbm/none")
