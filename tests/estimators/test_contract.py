@@ -87,6 +87,9 @@ SMALL_TARGETS = {
     # issue 14: semi-implicit q (linear T: exact log q)
     "ppca_semi_implicit": ({"data_dim": 4, "latent_dim": 2, "n_data": 2}, {"mixing_dim": 3}),
     "toy2d_semi_implicit": ({"density": "x_shaped"}, {"mixing_dim": 3}),  # a density of z without data (N = 1)
+    # issue 13: categorical latents (k = 2 latents × C = 3 classes, 9 states)
+    "categorical_vae": ({"latents": 2, "classes": 3, "data_dim": 5, "n_data": 2, "reference_replicates": 50},
+                        {"logit_noise": 0.3}),
 }
 VARIANTS = [(name, e.params().model_dump()) for name, e in registry.ESTIMATORS.items() if name not in PSEUDO] + [
     ("reinforce", registry.ESTIMATORS["reinforce"].params(kl="mc", S=3, baseline="rloo").model_dump()),
