@@ -37,12 +37,12 @@ first target and fits log-log slopes of seconds and peak memory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -506,31 +506,27 @@ SCALING_FACTORS = (0.25, 0.5, 1.0, 2.0)
 SCALING_AXES = ("R", "K", "data_dim", "hidden", "N")
 
 
-def _malloc_returns_freed_memory() -> None:
-    """glibc: serve every allocation ≥ 128 KiB by mmap and unmap it on free (no dynamic threshold, no cache), so
-    the resident set follows the live tensors and a peak-RSS delta measures one call's peak."""
-    import ctypes
-    import ctypes.util
-
+@contextlib.contextmanager
+def _quiet_stderr_fd() -> Any:
+    """Silence file descriptor 2 (kineto prints a line to it at every profiler start and stop)."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
-
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"no {field} in /proc/self/status")
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def peak_memory_bytes(fn: Callable[[], Any], device: str) -> float:
-    """Peak memory one call of ``fn`` adds: CUDA ``max_memory_allocated`` − allocated before (exact, the caching
-    allocator's own count); CPU: peak resident set (VmHWM, reset through /proc/self/clear_refs, and VmRSS sampled every 0.5 ms) − resident set
-    before, with glibc returning freed blocks (:func:`_malloc_returns_freed_memory`). NaN where /proc is missing."""
+    """Peak tensor memory one call of ``fn`` adds, counted by torch's own allocator.
+
+    CUDA: ``max_memory_allocated`` − allocated before (the caching allocator's count). CPU: the largest running
+    sum of the allocation (+bytes) and free (−bytes) events that ``torch.profiler`` records with
+    ``profile_memory=True``, in time order — the same quantity for the CPU allocator. (The resident set is no
+    substitute: on Linux ≥ 6.2 VmRSS/VmHWM are per-CPU approximations and missed a 64 MiB tensor in CI.)
+    Memory outside torch tensors (Python objects, NumPy arrays) is not counted."""
     if torch.device(device).type == "cuda":
         synchronize(device)
         before = torch.cuda.memory_allocated(device)
@@ -538,27 +534,18 @@ def peak_memory_bytes(fn: Callable[[], Any], device: str) -> float:
         fn()
         synchronize(device)
         return float(torch.cuda.max_memory_allocated(device) - before)
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
-        before = _rss_kib("VmRSS")
-    except OSError:
-        return float("nan")
-    # The kernel updates VmHWM lazily (e.g. when memory is unmapped, not when it is released by madvise), so a
-    # thread also samples VmRSS every 0.5 ms while fn runs; the peak is the larger of the two.
-    sampled, stop = [before], threading.Event()
+    from torch.profiler import ProfilerActivity, profile
 
-    def poll() -> None:
-        while not stop.wait(0.0005):
-            sampled[0] = max(sampled[0], _rss_kib("VmRSS"))
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr_fd():
+        prof.__enter__()
     try:
         fn()
     finally:
-        stop.set()
-        poller.join()
-    return 1024.0 * (max(_rss_kib("VmHWM"), sampled[0]) - before)
+        with _quiet_stderr_fd():
+            prof.__exit__(None, None, None)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    return float(max(0, np.cumsum([b for _, b in events]).max(initial=0))) if events else 0.0
 
 
 def loglog_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -601,7 +588,6 @@ def run_scaling(plan: SpeedPlan, settings: SpeedSettings = SpeedSettings(), *, f
     together: 1 when cost is linear in R·K with the same constant along both axes."""
     t_start, load_before = time.perf_counter(), os.getloadavg()[0]
     suite, cfg, device = plan.suite, plan.target, plan.suite.device
-    _malloc_returns_freed_memory()
     base_target = cfg.build(suite.dtype, device)
     hidden0 = cfg.params.get("hidden", 0)
     base = {"R": plan.R, "K": plan.K, "data_dim": int(base_target.x.shape[1]), "N": int(base_target.n_data),
@@ -647,7 +633,7 @@ def run_scaling(plan: SpeedPlan, settings: SpeedSettings = SpeedSettings(), *, f
     info = {**device_info(device), "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()[0],
             "seconds": time.perf_counter() - t_start, "target": f"{cfg.model}({_kv(cfg.params)})",
             "memory": "CUDA max_memory_allocated" if torch.device(device).type == "cuda" else
-                      "peak RSS delta (VmHWM after /proc/self/clear_refs, glibc mmap threshold 128 KiB)"}
+                      "peak torch-allocated bytes (torch.profiler memory events)"}
     return {"suite": suite.name, "dtype": suite.dtype, "device": device, "base": base, "factors": list(factors),
             "info": info, "rows": rows, "fits": fits}
 
