@@ -414,7 +414,11 @@ def bias_norm_interval(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.rando
     (common to all β, from ``rng``), β by bisection. At b = 0 the lower end is 0 exactly when the
     ‖d‖² test does not reject at (1 − level)/2 — coverage holds at and near zero, unlike
     "‖d‖ ± s.e.". V̂ is plugged in (its own error is ignored: valid when R ≫ rank, the Hotelling
-    regime; conservative-leaning otherwise because of the union). A component of d outside V's
+    regime; conservative-leaning otherwise because of the union). The upper end is computed at
+    max(‖d‖², median of ‖d‖²'s law at b = 0): an observation smaller than is typical at b = 0 would
+    otherwise give [0, 0] (the Neyman interval's known defect at a physical boundary; Feldman & Cousins,
+    Phys. Rev. D 57 (1998), report the "sensitivity" instead); the upper end only grows, so coverage is
+    kept. A component of d outside V's
     support is deterministic and enters as a fixed offset (unless n − 1 replicates saturate the
     rank, when the support is unknown and all of d is treated as noise). Reference: Neyman (1937); the
     generalised χ² of a Gaussian quadratic form, e.g. Imhof, Biometrika 48 (1961).
@@ -441,17 +445,18 @@ def bias_norm_interval(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.rando
     Z = rng.standard_normal((N_CI_DRAWS, lam.size))
     Q = (Z**2) @ lam
     obs = d2 - off2  # the random part; the deterministic offset adds off2 to ‖b‖²
+    obs_hi = max(obs, float(np.median(Q)))  # upper end never below the sensitivity (see docstring)
     lows, highs = [], []
     for k in {int(lam.argmax()), int(lam.argmin())}:
         rest = Q - lam[k] * Z[:, k] ** 2
         root = math.sqrt(lam[k]) * Z[:, k]
 
-        def cdf(beta: float) -> float:
-            return float(np.mean(rest + (root + beta) ** 2 <= obs))
+        def cdf(beta: float, o: float, rest: np.ndarray = rest, root: np.ndarray = root) -> float:
+            return float(np.mean(rest + (root + beta) ** 2 <= o))
 
-        hi_bracket = math.sqrt(obs) + 10 * math.sqrt(float(lam.sum())) + 1e-300
-        lows.append(0.0 if cdf(0.0) <= 1 - a else _bisect(lambda b: cdf(b) <= 1 - a, 0.0, hi_bracket))
-        highs.append(0.0 if cdf(0.0) < a else _bisect(lambda b: cdf(b) < a, 0.0, hi_bracket))
+        hi_bracket = math.sqrt(obs_hi) + 10 * math.sqrt(float(lam.sum())) + 1e-300
+        lows.append(0.0 if cdf(0.0, obs) <= 1 - a else _bisect(lambda b: cdf(b, obs) <= 1 - a, 0.0, hi_bracket))
+        highs.append(_bisect(lambda b: cdf(b, obs_hi) < a, 0.0, hi_bracket))
     lo, hi = min(lows), max(highs)
     return BiasNorm(math.sqrt(d2), sq, math.sqrt(lo**2 + off2), math.sqrt(hi**2 + off2))
 

@@ -145,6 +145,16 @@ def test_bias_norm_interval_covers(shift):
         assert np.mean(plugin_cover) < bound
 
 
+def test_bias_norm_interval_is_never_zero_width_at_a_small_observation():
+    """‖d‖² far below its null law (an ultra-close mean) used to give [0, 0]: the upper end now stays at
+    the sensitivity, the upper end at the null law's median (deterministic: no draw is tested)."""
+    rng = np.random.default_rng(0)
+    G = rng.normal(size=(400, 5))
+    G_tiny = G - G.mean(0)  # ḡ = g* exactly: ‖d‖² = 0
+    tiny = bias_norm_interval(G_tiny, np.zeros(5), EPS, np.random.default_rng(1))
+    assert tiny.ci_low == 0.0 and tiny.ci_high > 0.0  # coverage: test_bias_norm_interval_covers
+
+
 def test_bias_norm_squared_is_unbiased():
     """Mean over 300 sets of ‖d‖² − tr Σ̂/n equals ‖b‖² within Z MC s.e.; the plug-in ‖d‖² does not."""
     rng = np.random.default_rng(7)
