@@ -19,22 +19,25 @@ whose variance given 𝒦 is Σ_{j≤𝒦} j^{2α−2}:
   moment finite (a scale mixture of near-Gaussians with scale √log 𝒦).
 The geometric tail (index ≈ 1) and power tails with α ≥ 1 (e.g. α = 2: index 4/3) have *infinite*
 variance. Measured Hill indices of ‖ĝ − median‖ on the demo PPCA (d = 10, k = 3, R = 2·10⁴, seed 0;
-k = ⌈√n⌉, so light tails give finite values that grow with n): geometric ρ = 0.8: 1.31 ± 0.11; power
-α = 2: 1.46 ± 0.12; α = 0.9: 2.25 ± 0.19; α = 0.8: 2.85 ± 0.24; α = ½: 7.0 ± 0.6.
+k = ⌈√n⌉, so light tails give finite values that grow with n; studies/issue12/tails.py): geometric ρ = 0.8
+(the original default): 1.26 ± 0.11; power α = 0.8: 2.75 ± 0.23; α = ½ (the default): 6.60 ± 0.55 (oracle:
+6.74 ± 0.57); earlier, α = 2: 1.46 ± 0.12, α = 0.9: 2.25 ± 0.19.
 Default: ``power`` with α = ½, one 𝒦 per replicate (``roulette: per_replicate``), ``max_terms`` M = 10⁵.
 α = ½ is the cheapest power tail whose gradient has a Gaussian-type tail, and the one on which the bias
-test (:func:`gradbench.stats.bias_test`) is calibrated: α = 0.8 (the default before) has finite variance but
-index 8/3, a heavy scale mixture on which every t-type test is conservative, at every R measured
-(300 PPCA targets, ``gradbench calibrate``: 0.000 / 0.003 false alarms at α = 1 % / 5 % at R = 30, KS
-p = 5·10⁻⁵; R = 1000 (Hotelling branch, the R of the shipped suites) see studies/issue12/README.md), so its
-problem is SUMO's tail, not the small-R branch. With α = ½: R = 30: 0.000 / 0.020, KS p = 0.15; R = 100:
-0.003 / 0.043, KS p = 0.99 (studies/issue12/README.md, wave 4, for R = 1000 and the commands).
+test (:func:`gradbench.stats.bias_test`) is calibrated. ``gradbench calibrate``, 300 demo targets, false
+alarms at α = 1 % / 5 % and KS p: α = ½: R = 30 (max-t bootstrap) 0.000 / 0.020, KS 0.15; R = 100 0.003 /
+0.043, KS 0.99; R = 1000 (Hotelling, the R of the shipped suites) 0.010 / 0.030, KS 0.11. α = 0.8 (the
+default before: finite variance but index 8/3, a heavy scale mixture) is conservative in both branches:
+R = 30 0.000 / 0.010, KS 2·10⁻⁷; R = 1000 0.010 / 0.030, KS 9·10⁻⁶ — SUMO's tail, not the small-R branch.
+Known limit: with several data points the shared 𝒦 scales all of a replicate's coordinates together (an
+elliptical scale mixture) and the test leans conservative (N = 3, R = 300: see studies/issue12/README.md).
 Cost: E𝒦 is infinite for α ≤ 1 and M bounds it: E min(𝒦, M) = Σ_{j≤M} j^{−½} ≈ 2√M ≈ 630 charged
 evaluations per data point (≈ 410 actually evaluated: a censored replicate runs one term), against ≈ 25–40
-for α = 0.8; the censored fraction is M^{−½} ≈ 0.3 % of replicates. Finite variance and finite expected
-cost cannot both hold with this Δ_j decay. The infinite-variance settings (``geometric``, or ``power`` with
-α ≥ 1, Luo et al.'s cheaper choices) and the heavy α ∈ (½, 1) stay available when asked for explicitly;
-their variance metrics then carry the ``tail_index`` warning of the variance protocol.
+for α = 0.8 and ≈ 230 for α = 0.6 (studies/issue12/sumo_cost.py); the censored fraction is M^{−½} ≈ 0.3 % of
+replicates. Finite variance and finite expected cost cannot both hold with this Δ_j decay. The
+infinite-variance settings (``geometric``, or ``power`` with α ≥ 1, Luo et al.'s cheaper choices) and the
+heavy-tailed α ∈ (½, 1) stay available when asked for explicitly; infinite-variance settings' variance
+metrics then carry the ``tail_index`` warning of the variance protocol.
 
 Roulette. ``per_replicate``: the N data points of a replicate share one 𝒦, log p̂ = Σ_n log p̂_n with every
 log p̂_n built from the same 𝒦 (unbiased term by term: E log p̂_n = log p(x_n) for any law of 𝒦 with
@@ -94,7 +97,7 @@ def sample_terms(shape: tuple[int, ...], gen: torch.Generator, truncation: str, 
 
 def sumo_weights(log_w: Tensor, n_terms: Tensor, K_min: int, truncation: str, rho: float,
                  alpha: float) -> tuple[Tensor, Tensor]:
-    """Particle weights ω [B, J, N] and log p̂ [B, N] from log-weights [B, J, N] and 𝒦 [B, N].
+    """Particle weights ω [B, J, N] and log p̂ [B, N] from log-weights [B, J, N] and 𝒦 [B, N] (or [B, 1]: shared).
 
     Particles beyond K_min + 𝒦 get weight 0 (J ≥ max(K_min + 𝒦) is required).
     """
