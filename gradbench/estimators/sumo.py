@@ -29,8 +29,9 @@ alarms at α = 1 % / 5 % and KS p: α = ½: R = 30 (max-t bootstrap) 0.000 / 0.0
 0.043, KS 0.99; R = 1000 (Hotelling, the R of the shipped suites) 0.010 / 0.030, KS 0.11. α = 0.8 (the
 default before: finite variance but index 8/3, a heavy scale mixture) is conservative in both branches:
 R = 30 0.000 / 0.010, KS 2·10⁻⁷; R = 1000 0.010 / 0.030, KS 9·10⁻⁶ — SUMO's tail, not the small-R branch.
-Known limit: with several data points the shared 𝒦 scales all of a replicate's coordinates together (an
-elliptical scale mixture) and the test leans conservative (N = 3, R = 300: see studies/issue12/README.md).
+Known limit: on a PPCA with N = 3 data points at R = 300 (Hotelling, R ≈ 11 × rank 27) the test is
+conservative for both roulettes (KS p < 10⁻⁶; the oracle there is calibrated); at R = 1000 it is calibrated
+(1.0 % / 5.3 %, KS p = 0.48; studies/issue12/README.md).
 Cost: E𝒦 is infinite for α ≤ 1 and M bounds it: E min(𝒦, M) = Σ_{j≤M} j^{−½} ≈ 2√M ≈ 630 charged
 evaluations per data point (≈ 410 actually evaluated: a censored replicate runs one term), against ≈ 25–40
 for α = 0.8 and ≈ 230 for α = 0.6 (studies/issue12/sumo_cost.py); the censored fraction is M^{−½} ≈ 0.3 % of
