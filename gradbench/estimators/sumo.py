@@ -106,7 +106,7 @@ def sumo_weights(log_w: Tensor, n_terms: Tensor, K_min: int, truncation: str, rh
     dtype = log_w.dtype
     j = torch.arange(1, J + 1, dtype=dtype, device=log_w.device).view(1, J, 1)  # 1-based particle count
     i = j - K_min  # term index of IWAE_j (0 = base)
-    n = n_terms.to(dtype).unsqueeze(1)  # [B, 1, N]
+    n = n_terms.to(dtype).unsqueeze(1)  # [B, 1, N or 1]
     if bool((K_min + n > J).any()):
         raise ValueError("not enough particles for the drawn number of terms")
     S_i = tail(i.clamp_min(1), truncation, rho, alpha)
@@ -167,6 +167,8 @@ def sumo(target: LatentTarget, R: int, gen: torch.Generator, *, K_min: int = 1, 
          rho: float = 0.8, alpha: float = 0.5, max_terms: int = 100_000,
          roulette: str = "per_replicate") -> GradSample:
     """θ-gradient of the SUMO log-likelihood estimate (see the module docstring)."""
+    if roulette not in ("per_replicate", "per_point"):
+        raise ValueError(f"sumo: roulette must be 'per_replicate' or 'per_point', got {roulette!r}")
     N = target.n_data
     n_terms = sample_terms((R, 1 if roulette == "per_replicate" else N), gen, truncation, rho, alpha)  # [R, 1 or N]
     censored = (n_terms > max_terms).any(1)
