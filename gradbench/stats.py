@@ -189,7 +189,7 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
        make the row bootstrap over-disperse (resamples that miss the largest replicate) — the test is then
        conservative (300 targets: 0.0 % / 0.3 % at α = 1 % / 5 % at R = 30, 0.3 % / 2.3 % at R = 500), never
        anti-conservative; sign-flip (Rademacher) weights would fix that but are anti-conservative
-       for skewed gradients at small R. SUMO with α = ½ (Gaussian-type tail) is calibrated
+       for skewed gradients at small R. SUMO with α = ½ (its default; Gaussian-type tail) is calibrated
        (gradbench.estimators.sumo; suites/calibration-sumo.yaml). p = (1 + #{T* ≥ T}) /
        (B + 1); when no draw reaches T the p-value is refined to min(1/(B+1), Bonferroni on t_{n−1}
        tails) so that multiple-testing corrections can rank very small p-values (decisions at any

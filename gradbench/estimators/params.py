@@ -83,8 +83,10 @@ class SUMOParams(BaseModel):
     truncation: Literal["geometric", "power"] = Field(
         "power", description="law of the number of terms 𝒦 (geometric: infinite gradient variance)")
     rho: float = Field(0.8, gt=0, lt=1, description="geometric: S(j) = rho^(j-1)")
-    alpha: float = Field(0.8, gt=0, description="power: S(j) = j^(-alpha); finite variance iff alpha < 1, light tail iff alpha <= 1/2 (calibrated bias test, higher cost)")
+    alpha: float = Field(0.5, gt=0, description="power: S(j) = j^(-alpha); finite variance iff alpha < 1, Gaussian-type tail (calibrated bias test) iff alpha <= 1/2")
     max_terms: int = Field(100_000, ge=1, description="a draw 𝒦 > max_terms censors the replicate")
+    roulette: Literal["per_replicate", "per_point"] = Field(
+        "per_replicate", description="one 𝒦 per replicate shared by its N data points (cost N·𝒦), or one per data point")
 
 
 class ReparamELBOParams(BaseModel):

@@ -5,7 +5,7 @@ from tests.conftest import make_ppca
 from gradbench import registry
 from gradbench.stats import hill_tail_index
 t = make_ppca(d=10, k=3, n=1, mean_shift=0.5, cov_scale=2.0, seed=0)
-for name, kw in [("sumo", dict(truncation="geometric", rho=0.8)), ("sumo", {}), ("sumo", dict(alpha=0.5)),
+for name, kw in [("sumo", dict(truncation="geometric", rho=0.8)), ("sumo", dict(alpha=0.8)), ("sumo", {}),
                  ("iwae", dict(K=8)),
                  ("coupled_isir", dict(K=4)), ("oracle", dict(S=1))]:
     s = registry.ESTIMATORS[name].fn(t, 20_000, torch.Generator().manual_seed(0), **kw)

@@ -72,14 +72,50 @@ def test_truncation_law():
         assert min(ps) * 3 > ALPHA
 
 
-def test_cost_and_censoring():
+@pytest.mark.parametrize("roulette", ["per_replicate", "per_point"])
+def test_cost_and_censoring(roulette):
+    """Cost = Σ_n (K0 + min(𝒦_n, M)) with 𝒦 the first draws of the stream (one per replicate, or per data point);
+    a censored draw censors its replicate (NaN row) and is charged the work up to the cap."""
     t = make_ppca(d=4, k=2, n=3, mean_shift=1.0, cov_scale=2.0)
-    s = S.sumo(t, 400, gen(0), K_min=2, truncation="geometric", rho=0.8, max_terms=6)
-    k = S.sample_terms((400, 3), gen(0), "geometric", 0.8, 2.0)
-    torch.testing.assert_close(s.cost, (2 + k.clamp(max=6)).sum(1))  # censored: work up to the cap
+    s = S.sumo(t, 400, gen(0), K_min=2, truncation="geometric", rho=0.8, max_terms=6, roulette=roulette)
+    k = S.sample_terms((400, 1 if roulette == "per_replicate" else 3), gen(0), "geometric", 0.8, 2.0)
+    torch.testing.assert_close(s.cost, (2 + k.clamp(max=6)).expand(400, 3).sum(1))
+    torch.testing.assert_close(s.diagnostics["n_terms"], k.mean(1))
     cens = (k > 6).any(1)
     assert cens.any() and torch.equal(s.diagnostics["censored"], cens)
     assert bool(torch.isnan(s.grads[cens]).all()) and bool(torch.isfinite(s.grads[~cens]).all())
+
+
+def test_blocks_bound_padding_and_memory(monkeypatch):
+    """Shared roulette: every target call holds ≤ BLOCK particle-points (a row longer than BLOCK/N is evaluated in
+    particle chunks), and the particles evaluated are ≤ 2^{1/4} × Σ_r N (K0 + 𝒦_r) (the padding of a level);
+    per-point roulette pads each replicate to its largest 𝒦_n (control: it evaluates more)."""
+    t = make_ppca(d=4, k=2, n=3, mean_shift=1.0, cov_scale=2.0)
+    monkeypatch.setattr(S, "BLOCK", 96)
+    sampled, evaluated = [], []
+    real_sample, real_log_joint, real_grad = t.sample_proposal, t.log_joint, t.weighted_grad_log_joint
+    monkeypatch.setattr(t, "sample_proposal", lambda b, g: (sampled.append(math.prod(b) * 3), real_sample(b, g))[1])
+    monkeypatch.setattr(t, "log_joint", lambda z: (evaluated.append(z[..., 0].numel()), real_log_joint(z))[1])
+    monkeypatch.setattr(t, "weighted_grad_log_joint", lambda z, w: (evaluated.append(z[..., 0].numel()), real_grad(z, w))[1])
+    S.sumo(t, 300, gen(0), K_min=2, alpha=0.5, max_terms=200)
+    assert max(evaluated) <= 96 and max(sampled) > 96  # the long rows were chunked
+    k = S.sample_terms((300, 1), gen(0), "power", 0.8, 0.5)[:, 0]
+    work = float((2 + torch.where(k > 200, torch.ones_like(k), k)).sum() * 3)
+    assert work <= sum(sampled) <= 2 ** 0.25 * work
+    sampled.clear()
+    S.sumo(t, 300, gen(0), K_min=2, alpha=0.5, max_terms=200, roulette="per_point")
+    assert sum(sampled) > 2 * work
+
+
+def test_chunked_evaluation_equals_fused():
+    """_log_w_and_grad in particle chunks = one fused call on the same particles (tier 1, float64 rounding)."""
+    t = make_ppca(d=4, k=2, n=3, mean_shift=1.0, cov_scale=2.0)
+    z, log_q = t.sample_proposal((2, 50), gen(0))
+    omega = torch.rand(2, 50, 3, generator=gen(1), dtype=torch.float64)
+    lw, g = S._log_w_and_grad(t, z, log_q, block=10 ** 6)
+    lw_c, g_c = S._log_w_and_grad(t, z, log_q, block=60)  # 10 particles per chunk
+    torch.testing.assert_close(lw_c, lw, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_c(omega), g(omega), rtol=1e-12, atol=1e-12)
 
 
 def _broken_sumo(monkeypatch, target, R, **kw):
@@ -125,22 +161,50 @@ def test_gradient_is_unbiased_study(kw):
     assert bias_test(S.sumo(t, 40000, gen(0), **kw).grads.numpy(), t.exact_grad().numpy(), EPS64, np.random.default_rng(0)).pvalue > ALPHA
 
 
-def test_default_truncation_has_finite_variance():
-    """Hill tail index of ‖ĝ − median‖ (seed 0), one-sided bounds at α = 0.001: the default (α = 0.8, theory
-    8/3; R = 2·10⁴) is above 2 (finite variance) and below 4 (heavy: infinite fourth moment); α = ½ (Gaussian-type
-    tail, R = 4000) is above 4. Negative control: the old default (geometric, ρ = 0.8) has an upper bound
-    below 2 (infinite variance)."""
+@pytest.mark.parametrize("roulette,R", [("per_replicate", 2000),
+                                       pytest.param("per_point", 6000, marks=pytest.mark.slow)])
+def test_default_is_unbiased_on_several_points(roulette, R, monkeypatch):
+    """The default (power α = ½, max_terms 10⁵) on N = 3 data points, both roulettes: log p̂ (z-test against the
+    exact Σ_n log p(x_n)) and ĝ (Hotelling T² against the exact ∇θ log p(x), R ≥ 10 P), α = 0.001 each; the
+    broken version (no reweighting) is rejected by both. Censored replicates (≈ 0.3 % / 1 %) are left out: the
+    censoring bias, O(M^{−½}) of IWAE_1's, is far below the resolution of R ≤ 6000."""
+    t = make_ppca(d=3, k=1, n=3, mean_shift=1.0, cov_scale=2.0)
+    exact_lp, g = float(t.log_marginal()), t.exact_grad().numpy()
+
+    def pvalues(sample):
+        ok = ~sample.diagnostics["censored"]
+        lp = sample.diagnostics["log_px_hat"][ok].numpy()
+        p_lp = 2 * sps.norm.sf(abs(lp.mean() - exact_lp) / (lp.std(ddof=1) / math.sqrt(lp.size)))
+        return p_lp, bias_test(sample.grads[ok].numpy(), g, EPS64, np.random.default_rng(0)).pvalue
+
+    assert min(pvalues(S.sumo(t, R, gen(0), roulette=roulette))) > ALPHA
+    assert max(pvalues(_broken_sumo(monkeypatch, t, R, roulette=roulette))) < ALPHA
+
+
+def _hill(R: int, **kw) -> tuple[float, float]:
     t = make_ppca(d=10, k=3, n=1, mean_shift=0.5, cov_scale=2.0, seed=0)
+    s = S.sumo(t, R, gen(0), **kw)
+    G = s.grads[~s.diagnostics["nonfinite"]].numpy()
+    return hill_tail_index(np.linalg.norm(G - np.median(G, 0), axis=1))[:2]
+
+
+def test_default_truncation_has_finite_variance():
+    """Hill tail index of ‖ĝ − median‖ (seed 0, k = ⌈√R⌉), one-sided bounds at α = 0.001: the default (α = ½:
+    Gaussian-type tail; R = 4000) is above 2 (finite variance); α = 0.8 (theory 8/3; R = 2·10⁴) is above 2 and
+    below 4 (heavy: infinite fourth moment). Negative control: the original default (geometric, ρ = 0.8;
+    R = 2·10⁴) has an upper bound below 2 (infinite variance). The default's light tail: the slow test below."""
     z = sps.norm.isf(ALPHA)
-
-    def hill(R, **kw):
-        s = S.sumo(t, R, gen(0), **kw)
-        G = s.grads[~s.diagnostics["nonfinite"]].numpy()
-        return hill_tail_index(np.linalg.norm(G - np.median(G, 0), axis=1))[:2]
-
-    a, se = hill(20_000)
+    a, se = _hill(4000)
+    assert a - z * se > 2
+    a, se = _hill(20_000, alpha=0.8)
     assert 2 < a - z * se and a + z * se < 4
-    a, se = hill(4000, alpha=0.5)
-    assert a - z * se > 4
-    a, se = hill(20_000, truncation="geometric", rho=0.8)
+    a, se = _hill(20_000, truncation="geometric", rho=0.8)
     assert a + z * se < 2
+
+
+@pytest.mark.slow
+def test_default_truncation_is_light_tailed():
+    """The default's Hill index at R = 2·10⁴ (seed 0, k = 142) is above 4 at α = 0.001 (one-sided); the control
+    α = 0.8 is below 4 (test above)."""
+    a, se = _hill(20_000)
+    assert a - sps.norm.isf(ALPHA) * se > 4

@@ -252,10 +252,10 @@ def digits_target() -> ComposedTarget:
 DIGITS_ESTIMATORS = {
     "coupled_isir": (coupled.coupled_isir, {"K": 8}, True),
     "coupled_pimh": (coupled.coupled_pimh, {"K": 8}, True),
-    # SUMO's gradient is only conditionally trustworthy here: E‖∇Δ_j‖² decays like 1/j², so
-    # Σ_j E‖∇Δ_j‖²/S(j) (its variance) diverges for any tail with finite E𝒦 (geometric or power);
-    # its replicates are heavy-tailed and the max-|z| test is approximate for it. With the narrower
-    # q of log_std_shift 0.3 (relative ESS down to 0.02) the default was rejected (p = 2e-4).
+    # SUMO: E‖∇Δ_j‖² decays like 1/j², so its variance Σ_j E‖∇Δ_j‖²/S(j) diverges for any tail with
+    # finite E𝒦 (geometric or power); the default (power α = ½, infinite E𝒦 capped by max_terms) has a
+    # Gaussian-type tail. With the narrower q of log_std_shift 0.3 (relative ESS down to 0.02) the old
+    # default (α = 0.8) was rejected (p = 2e-4).
     "sumo": (sumo.sumo, {}, True),
     "iwae_K2": (importance.iwae, {"K": 2}, False),
     "elbo": (variational.elbo, {"S": 1}, False),
