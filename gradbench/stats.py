@@ -234,24 +234,30 @@ def bias_test(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.random.Generat
         b_t2 = min(n_boot, HOTELLING_N_BOOT)
         if b_t2 * n * r * r > HOTELLING_BOOT_MAX_FLOPS:
             return BiasTest(p_f, zmax, f"hotelling(rank={r}, df={nu_txt}{two}, F)")
-        p, p_t, p_m = _hotelling_bootstrap(Xc, diff, dn, t2, live, rng, b_t2, p_f)
+        p, p_t, p_m = _hotelling_bootstrap(Xc, diff, dn, t2, live, rng, b_t2, p_f, nu)
         return BiasTest(p, zmax, f"hotelling+max-t(rank={r}, df={nu_txt}{two}, bootstrap B={b_t2}, "
                                  f"p_T2={p_t:.3g}, p_max={p_m:.3g})")
     return _max_t_bootstrap(Xc[:, live], diff[live], noise, live, rng, n_boot, zmax, r, two)
 
 
 def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: float, live: np.ndarray,
-                         rng: np.random.Generator, n_boot: int, p_f: float) -> tuple[float, float, float]:
+                         rng: np.random.Generator, n_boot: int, p_f: float, nu: float) -> tuple[float, float, float]:
     """(combined, T², max-t) bootstrap p-values from one set of resamples (see :func:`bias_test`).
 
     Rows resampled (multinomial counts c): m* = c Xc / n + Σ_i ξ_i L_i (Gaussian reference noise);
     T²* = m*ᵀ (S*/n + V_ref*)⁻¹ m* in the rank-r basis with the resample's own covariance S* and, for an
     estimated reference (sample covariance C on n_ref − 1 df), V_ref* = C*/n_ref with C* a Wishart draw around C
     (:func:`_wishart_draws`): the observed T² is studentised by an estimated C, so each draw is too; and
-    M* = max_j |m*_j| / se*_j over the live coordinates (se*_j with the same C*). The combination is min-p: P = min(p_T², p_M)
-    with each p the rank of the statistic in its bootstrap law, calibrated by the law of P* over the
-    same resamples (Westfall & Young 1993, §2; the "power enhancement" of a quadratic test by a
-    max-type one, Fan, Liao & Yao, Econometrica 83, 2015)."""
+    M* = max_j |m*_j| / se*_j over the live coordinates (se*_j with the same C*). The combination is min-p
+    (Westfall & Young 1993, §2; the "power enhancement" of a quadratic test by a max-type one, Fan, Liao &
+    Yao, Econometrica 83, 2015): the statistic P = min(p_F(T²), p_t(M)) (:func:`_min_p_log`; the analytic
+    tails serve only as a common continuous scale) is computed for the observed sample and for every resample,
+    and calibrated by its bootstrap law, p = (1 + #{P* ≤ P}) / (B + 1). Each draw's P* depends on that draw
+    alone, so the observed sample and the B draws are exchangeable under the bootstrap and the level is
+    1/(B + 1)-exact. (Ranking each draw within the draws, the rule before wave 4, gave a draw's rank p-value
+    one step more than the observed's at the same value: P(p ≤ 1/(B + 1)) up to 2/(B + 1), and 1.07–1.18 %
+    false alarms at α = 1 % for exchangeable statistics, B = 499 — studies/issue12/encoder_prereg.md.) The marginal
+    bootstrap p-values of T² and M are returned too (reported in ``method``)."""
     n = Xc.shape[0]
     Y = Xc @ dn.basis.T  # [n, r]
     Xl = Xc[:, live]
@@ -295,15 +301,34 @@ def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: fl
     B = Tb.size
     p_t = (1 + int((Tb >= t2).sum())) / (B + 1)
     p_m = (1 + int((Mb >= m_obs).sum())) / (B + 1)
-    # each draw's p-values within the bootstrap law (rank from the top, ties counted as exceeding)
-    pt_b = (B + 1 - np.searchsorted(np.sort(Tb), Tb, side="left")) / (B + 1)
-    pm_b = (B + 1 - np.searchsorted(np.sort(Mb), Mb, side="left")) / (B + 1)
-    p_min = min(p_t, p_m)
-    count = int((np.minimum(pt_b, pm_b) <= p_min).sum())
+    count = _min_p_count(t2, m_obs, Tb, Mb, r, nu, n, int(live.sum()))
     p = (1 + count) / (B + 1)
     if count == 0:
         p = min(p, 2 * p_f)
     return p, p_t, p_m
+
+
+def _min_p_log(T: np.ndarray, M: np.ndarray, r: int, nu: float, n: int, m: int) -> np.ndarray:
+    """log min(p_F(T), p_t(M)): the min-p combination statistic of :func:`_hotelling_bootstrap` (smaller = more
+    extreme). p_F(T) = P(F(r, ν − r + 1) ≥ T (ν − r + 1)/(ν r)) (χ²_r for ν = ∞), p_t(M) = 2m P(t_{n−1} ≥ M)
+    (Bonferroni over the m live coordinates, not capped at 1 so that it stays strictly monotone). Both are
+    only a continuous scale here; the level comes from the bootstrap. Log tails keep extreme values ordered
+    until they underflow to −inf."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if math.isfinite(nu):
+            log_t = sps.f.logsf((nu - r + 1) * T / (nu * r), r, nu - r + 1)
+        else:
+            log_t = sps.chi2.logsf(T, r)
+        log_m = math.log(2 * max(m, 1)) + sps.t.logsf(M, n - 1)
+    return np.minimum(np.where(np.isnan(log_t), -np.inf, log_t), np.where(np.isnan(log_m), -np.inf, log_m))
+
+
+def _min_p_count(t2: float, m_obs: float, Tb: np.ndarray, Mb: np.ndarray, r: int, nu: float, n: int,
+                 m: int) -> int:
+    """Number of bootstrap draws (T²*, M*) whose min-p statistic (:func:`_min_p_log`) reaches the observed
+    (t2, m_obs)'s; ties (e.g. both −inf) count as reaching. p = (1 + count) / (B + 1)."""
+    obs = _min_p_log(np.array([t2]), np.array([m_obs]), r, nu, n, m)[0]
+    return int((_min_p_log(Tb, Mb, r, nu, n, m) <= obs).sum())
 
 
 def _quadratic_forms(A: np.ndarray, m: np.ndarray) -> np.ndarray:
