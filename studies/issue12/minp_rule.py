@@ -3,12 +3,14 @@ known: the observed (T, M) and B = 499 draws are i.i.d. bivariate normal with co
 P(p ≤ α) ≤ α (= α on the grid k/(B + 1) when continuous). Rules:
   old      — before wave 4: each draw's p-values ranked within the draws, p = (1 + #{min(p_T*, p_M*) ≤ min(p_T, p_M)})/(B+1)
   fullpool — Westfall & Young with ranks in the pool of all B + 1 (observed included; ties counted)
-  new      — the shipped fix: a continuous statistic min(tail(T), tail(M)) per member, p = (1 + #{S* ≤ S})/(B + 1)
+  new      — the shipped fix (gradbench.stats._min_p_count): full-pool ranks, members ordered by (min rank, max rank)
 200 000 replications per ρ, seed 0. usage: minp_rule.py"""
 import math
+import sys
 
 import numpy as np
-from scipy import stats as sps
+
+sys.path.insert(0, '.')
 
 rng = np.random.default_rng(0)
 B, nsim = 499, 200_000
@@ -30,8 +32,9 @@ def fullpool(T, M):
 
 
 def new(T, M):
-    S = np.minimum(sps.norm.logsf(T), sps.norm.logsf(M))
-    return (1 + (S[:, 1:] <= S[:, :1]).sum(1)) / (B + 1)
+    from gradbench.stats import _min_p_count
+
+    return np.array([(1 + _min_p_count(t[0], m[0], t[1:], m[1:])) / (B + 1) for t, m in zip(T, M)])
 
 
 for rho in (0.0, 0.5, 0.9):
