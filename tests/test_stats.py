@@ -268,3 +268,34 @@ def test_a_singular_resample_does_not_poison_the_hotelling_bootstrap():
 
     assert p_t2(7.0) < 0.05
     assert p_t2(0.0) > 0.05
+
+
+def test_min_p_combination_is_exact_for_exchangeable_draws():
+    """stats._min_p_count (the Hotelling branch's T² + max-t combination) on exchangeable statistics: the observed
+    (T, M) and B = 19 draws are i.i.d. (T = ‖z‖², M = max_j |w_j|, z, w ~ N(0, I_3) independent), so
+    p = (1 + count)/20 must be uniform on {1/20, …, 1} (up to the rare ties the rule counts conservatively): χ² test
+    of the 20 cell counts and a binomial test of P(p = 1/20) = 1/20, over 1000 replications, α = 0.001, seed 0.
+    Negative control: the rule before wave 4 (each draw ranked within the draws only) puts up to twice the mass at
+    p = 1/20 and fails the binomial test."""
+    from gradbench.stats import _min_p_count
+
+    rng = np.random.default_rng(0)
+    B, n_rep, r = 19, 1000, 3
+    z, w = rng.standard_normal((2, n_rep, B + 1, r))
+    T, M = (z**2).sum(2), np.abs(w).max(2)
+
+    def old_rule(T: np.ndarray, M: np.ndarray) -> int:
+        Tb, Mb = T[1:], M[1:]
+        p_min = min((1 + (Tb >= T[0]).sum()) / (B + 1), (1 + (Mb >= M[0]).sum()) / (B + 1))
+        pt_b = (B + 1 - np.searchsorted(np.sort(Tb), Tb, side="left")) / (B + 1)
+        pm_b = (B + 1 - np.searchsorted(np.sort(Mb), Mb, side="left")) / (B + 1)
+        return int((np.minimum(pt_b, pm_b) <= p_min).sum())
+
+    def smallest_p_pvalue(counts: np.ndarray) -> float:
+        return float(sps.binomtest(int((counts == 0).sum()), counts.size, 1 / (B + 1)).pvalue)
+
+    new = np.array([_min_p_count(T[i, 0], M[i, 0], T[i, 1:], M[i, 1:]) for i in range(n_rep)])
+    assert sps.chisquare(np.bincount(new, minlength=B + 1)).pvalue > ALPHA
+    assert smallest_p_pvalue(new) > ALPHA
+    old = np.array([old_rule(T[i], M[i]) for i in range(n_rep)])
+    assert smallest_p_pvalue(old) < ALPHA and np.mean(old == 0) > 1 / (B + 1)
