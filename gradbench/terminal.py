@@ -135,7 +135,8 @@ def _p(metric: str, alpha: float | None = None) -> Callable[[dict[str, tuple[flo
             return None
         v = m[metric][0]
         if alpha is not None and m.get("bias_rare_count", (math.inf,))[0] < RARE_STATE_COUNT:
-            return fmt_p(v) + " inconclusive (rare states)"  # gradbench.stats.rare_state_verdict: no verdict
+            raw = m.get("bias_pvalue", (v,))[0]  # an inconclusive test has no q-value: show its p
+            return f"p {fmt_p(raw)}, inconclusive (rare states)"  # gradbench.stats.rare_state_verdict: no verdict
         return fmt_p(v) + (" ✱" if alpha is not None and math.isfinite(v) and v < alpha else "")
     return cell
 
