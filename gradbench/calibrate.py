@@ -36,6 +36,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from gradbench.seeding import derive_seed
+from gradbench.stats import INCONCLUSIVE
 from gradbench.suite import Cell
 
 ALPHAS = (0.01, 0.05)
@@ -88,10 +89,17 @@ def collect_pvalues(cells: list[Cell], seeds: int, on_step: Callable[[], None] |
 
 def summarize(pvalues: pd.DataFrame, alphas: tuple[float, ...] = ALPHAS) -> pd.DataFrame:
     """Per cell and branch (and per cell over all branches, branch ``"all"``): false-alarm rates with
-    binomial s.e. under H0, KS uniformity p-value, verdict."""
+    binomial s.e. under H0, KS uniformity p-value, verdict.
+
+    Seeds whose test is inconclusive (branch ``inconclusive``: R·q_min < log(10³), a rare state probably
+    unsampled, :func:`gradbench.stats.rare_state_verdict`) are listed as their own row, whose rates are shown
+    but are not a verdict, and are left out of the cell's ``"all tested"`` row: the rule depends on the
+    target and R only, so the remaining seeds' p-values are uniform under H0 if the test is calibrated."""
     out = []
     groups = [(k, g) for k, g in pvalues.groupby(["cell", "branch"], sort=False)]
-    groups += [((cell, "all"), g) for cell, g in pvalues.groupby("cell", sort=False) if g["branch"].nunique() > 1]
+    tested = pvalues["branch"] != INCONCLUSIVE
+    groups += [((cell, "all tested" if (g["branch"] == INCONCLUSIVE).any() else "all"), g[tested[g.index]])
+               for cell, g in pvalues.groupby("cell", sort=False) if g["branch"].nunique() > 1]
     for (cell, branch), g in groups:
         p = g["pvalue"].to_numpy(float)
         p = p[np.isfinite(p)]
@@ -106,7 +114,8 @@ def summarize(pvalues: pd.DataFrame, alphas: tuple[float, ...] = ALPHAS) -> pd.D
             ok = ok and abs(rate - a) <= TOLERANCE_SE * se
         ks = float(sps.kstest(p, "uniform").pvalue) if n > 1 else math.nan
         rec["ks_pvalue"] = ks
-        rec["verdict"] = "ok" if ok and ks > 0.01 else "MISCALIBRATED"
+        rec["verdict"] = ("not a verdict (rare states)" if branch == INCONCLUSIVE
+                          else "ok" if ok and ks > 0.01 else "MISCALIBRATED")
         out.append(rec)
     return pd.DataFrame(out)
 

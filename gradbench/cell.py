@@ -32,6 +32,7 @@ from gradbench.core import GradSample
 from gradbench.protocols import ProtocolContext
 from gradbench.protocols.meeting import censoring_warning
 from gradbench.seeding import derive_seed, make_generator
+from gradbench.stats import RARE_STATE_COUNT, rare_state_verdict  # noqa: F401  (RARE_STATE_COUNT: re-exported)
 from gradbench.suite import Cell
 
 REPLICATE_BLOCK = 500  # replicates per estimator call; block b's noise seed is (suite seed, target, b)
@@ -136,15 +137,17 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
         reference = target.reference(sample.wrt)
     eps = float(torch.finfo(sample.grads.dtype).eps)
     n_nonfinite = int(sample.diagnostics["nonfinite"].sum())
+    q_min = rare_value_probability(target) if reference is not None else None
     rows = []
     for name in cell.protocols:
         ctx = ProtocolContext(seed=derive_seed(cell.target.noise_seed(0), "protocol", name), eps=eps,
-                              device=cell.device, rerun=rerun_cell(cell, target), atoms=has_atoms(target))
+                              device=cell.device, rerun=rerun_cell(cell, target), atoms=has_atoms(target),
+                              rare_q_min=q_min)
         rows += [{"protocol": name, **r} for r in registry.PROTOCOLS[name].fn(sample, reference, ctx)]
     df = pd.DataFrame(rows, columns=["protocol", "param_group", "metric", "value", "stderr", "method", "warning"])
     df = with_meta(df, cell, sample.replicates - n_nonfinite, n_nonfinite)
     cell_warning = "; ".join(w for w in (resolution_warning(sample, reference), censoring_warning(sample),
-                                         rare_state_warning(target, sample)) if w)
+                                         rare_state_warning(target, sample, q_min)) if w)
     df["warning"] = [
         "; ".join(w for w in (str(r) if isinstance(r, str) else "", cell_warning) if w) for r in df.pop("warning")
     ]
@@ -209,32 +212,39 @@ def has_atoms(target: Any) -> bool:
     return bool(DISCRETE & set(getattr(target, "capabilities", ())))
 
 
-RARE_STATE_COUNT = math.log(1e3)  # R·q below this: P(a latent value of probability q is absent from R draws) > 1e-3
+def rare_value_probability(target: Any) -> float | None:
+    """q_min: the smallest probability of a value that carries gradient coordinates, or ``None`` when the target
+    does not say (the rare-state rule of :func:`gradbench.stats.rare_state_verdict` then does not apply).
 
-
-def rare_state_warning(target: Any, sample: GradSample) -> str:
-    """Non-empty when q has a latent value so rare that the R replicates probably never draw it.
-
-    For a factorised discrete q (Bernoulli or categorical, ``family.probs``), q_min is the smallest probability of
-    any value of any latent at any data point. A value of probability q is absent from R draws with probability
-    (1 − q)^R ≈ e^{−Rq}, above 1e-3 when R·q < log(10³). If that value carries a large gradient (a score-function
-    term ∝ 1/q, or a rare state of an energy-based model), the sample mean misses its contribution while the sample
-    variance does not show it, and the bias test can reject an unbiased estimator (measured on the shipped
-    discrete-sbn and discrete-categorical suites, issue 12): the verdict then needs more replicates, not a fix.
-    """
+    For a factorised discrete q (Bernoulli or categorical, ``family.probs``): the smallest probability of any value
+    of any latent at any data point. Otherwise the target's own ``rare_value_probability()`` (the energy-based
+    models: the rarest value of a unit or sufficient statistic under p_θ, exact)."""
     family = getattr(target, "family", None)
-    if family is None or not hasattr(family, "probs") or not hasattr(target, "encoder_params"):
+    if family is not None and hasattr(family, "probs") and hasattr(target, "encoder_params"):
+        with torch.no_grad():
+            q = family.probs(target.encoder_params(), target.x).double()
+        if getattr(family.latent, "kind", "") == "binary":
+            q = torch.cat([q, 1 - q])
+        return float(q.min())
+    own = getattr(target, "rare_value_probability", None)
+    return float(own()) if callable(own) else None
+
+
+def rare_state_warning(target: Any, sample: GradSample, q_min: float | None = None) -> str:
+    """Non-empty when the target has a value so rare that the R replicates probably never draw it
+    (R·q_min < log(10³), :func:`gradbench.stats.rare_state_verdict`; q_min from :func:`rare_value_probability`
+    unless given). A value of probability q is absent from R draws with probability (1 − q)^R ≈ e^{−Rq}; if it
+    carries a large gradient (a score-function term ∝ 1/q, or a rare state of an energy-based model), the sample
+    mean misses its contribution while the sample variance does not show it (measured on the discrete suites,
+    issue 12): the cell's bias test is then inconclusive, not a verdict; it needs more replicates, not a fix.
+    """
+    q_min = rare_value_probability(target) if q_min is None else q_min
+    verdict = rare_state_verdict(q_min, sample.replicates)
+    if not verdict:
         return ""
-    with torch.no_grad():
-        q = family.probs(target.encoder_params(), target.x).double()
-    if getattr(family.latent, "kind", "") == "binary":
-        q = torch.cat([q, 1 - q])
-    q_min, R = float(q.min()), sample.replicates
-    if R * q_min >= RARE_STATE_COUNT:
-        return ""
-    return (f"rare latent values: q_min = {q_min:.2g}, R·q_min = {R * q_min:.2g} < log(10³): such a value is likely "
-            "absent from the sample; if it carries a large gradient the bias test can reject an unbiased estimator "
-            "(use more replicates)")
+    return (f"rare latent values: q_min = {q_min:.2g}, R·q_min = {sample.replicates * q_min:.2g} < log(10³): such a "
+            "value is likely absent from the sample; the bias test is inconclusive at this R (use more replicates: "
+            f"R ≥ {verdict.rsplit('R ≥ ', 1)[-1]})")
 
 
 def resolution_warning(sample: GradSample, reference: Any) -> str:

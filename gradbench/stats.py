@@ -405,6 +405,39 @@ def _max_t_bootstrap(Xc: np.ndarray, diff: np.ndarray, noise: ReferenceNoise, li
     return BiasTest(pval, zmax, f"max-t bootstrap(B={n_boot}, m={m}, rank={r}{two})")
 
 
+RARE_STATE_COUNT = math.log(1e3)  # n·q below this: a value of probability q is absent from n draws with probability > 1e-3
+INCONCLUSIVE = "inconclusive"  # prefix of a bias test's ``method`` when the rare-state rule applies
+
+
+def rare_state_verdict(q_min: float | None, n: int) -> str:
+    """``""`` when the bias test may give a verdict at n replicates, else why it may not ("inconclusive: …").
+
+    ``q_min``: the smallest probability of a value that carries gradient coordinates — a value of a latent
+    under q (score-function and relaxed estimators of discrete encoders) or of a sufficient statistic under
+    p_θ (energy-based models); ``None`` when the target does not say (the rule does not apply). A value of
+    probability q is absent from n i.i.d. draws with probability (1 − q)ⁿ ≈ e^{−nq}, above 10⁻³ when
+    n·q < RARE_STATE_COUNT = log(10³). If it carries a large gradient (a score term ∝ 1/q, a rare state
+    of an EBM), the sample mean misses its contribution while the sample variance does not show it, and
+    every test that sees only the sample rejects unbiased estimators (measured: issue 12, the discrete
+    suites). No test can be calibrated there without more knowledge: two laws that differ by an atom of
+    mass q give the same n draws with probability ≥ e^{−nq} (the impossibility of nonparametric tests of
+    a mean, Bahadur & Savage, Ann. Math. Statist. 27, 1956). A bounded-range test (Hoeffding; empirical
+    Bernstein, Maurer & Pontil, COLT 2009) would be valid where the target bounds its coordinates, but it
+    is conservative at every n (its p-values are not uniform, so ``gradbench calibrate`` could not check
+    it) and it powers down exactly the cells that are testable. Decision rule, therefore: when
+    n·q_min < log(10³) the test is *inconclusive* at this n — its p-value is kept as a number, its
+    ``method`` starts with ``inconclusive`` and says the n needed, ⌈log(10³)/q_min⌉, it is never
+    reported as a bias and it is left out of the run's multiple-testing family
+    (:func:`gradbench.protocols.bias.multiplicity_rows`). The condition depends on the target and n only,
+    not on the sample, so the tests that remain keep their level (calibrated conditionally on it).
+    """
+    if q_min is None or not math.isfinite(q_min) or n * q_min >= RARE_STATE_COUNT:
+        return ""
+    need = math.ceil(RARE_STATE_COUNT / q_min) if q_min > 0 else math.inf
+    return (f"{INCONCLUSIVE}: rare states, R·q_min = {n * q_min:.2g} < log(10³) (q_min = {q_min:.2g}), "
+            f"need R ≥ {need}")
+
+
 @dataclass(frozen=True)
 class BiasNorm:
     """‖b‖ for b = E[g_r] − g*: plug-in ‖d‖, unbiased ‖b‖² estimate and a confidence interval."""

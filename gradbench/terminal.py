@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+RARE_STATE_COUNT = math.log(1e3)  # as gradbench.stats.RARE_STATE_COUNT (this module imports no numpy/torch)
 COUPLED_PREFIX = "coupled_"  # estimators that run coupled chains (the meeting protocol's subjects)
 P_FLOOR = 1e-300
 
@@ -133,6 +134,9 @@ def _p(metric: str, alpha: float | None = None) -> Callable[[dict[str, tuple[flo
         if metric not in m:
             return None
         v = m[metric][0]
+        if alpha is not None and m.get("bias_rare_count", (math.inf,))[0] < RARE_STATE_COUNT:
+            raw = m.get("bias_pvalue", (v,))[0]  # an inconclusive test has no q-value: show its p
+            return f"p {fmt_p(raw)}, inconclusive (rare states)"  # gradbench.stats.rare_state_verdict: no verdict
         return fmt_p(v) + (" ✱" if alpha is not None and math.isfinite(v) and v < alpha else "")
     return cell
 

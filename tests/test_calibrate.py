@@ -35,6 +35,17 @@ def test_summary_of_uniform_and_of_small_pvalues():
     assert s.loc["u", "se@0.05"] == pytest.approx(np.sqrt(0.05 * 0.95 / 400))
 
 
+def test_inconclusive_seeds_are_listed_but_not_judged():
+    """Seeds whose test is inconclusive (rare states) get their own row without a verdict and are left out of the
+    cell's "all tested" row: uniform p-values (seed 0) stay "ok" next to 100 inconclusive p-values near 0."""
+    rng = np.random.default_rng(0)
+    tested = pd.DataFrame({"cell": "c", "branch": "hotelling", "pvalue": rng.uniform(size=400)})
+    rare = pd.DataFrame({"cell": "c", "branch": "inconclusive", "pvalue": rng.uniform(size=100) ** 8})
+    s = summarize(pd.concat([tested, rare], ignore_index=True)).set_index("branch")
+    assert s.loc["inconclusive", "verdict"].startswith("not a verdict") and s.loc["inconclusive", "n"] == 100
+    assert s.loc["all tested", "n"] == 400 and s.loc["all tested", "verdict"] == "ok"
+
+
 def test_reseeding_changes_target_and_noise_only(tmp_path):
     _, cells = load_suite(write(tmp_path, SUITE))
     a, b = reseeded(cells[0], 0), reseeded(cells[0], 1)

@@ -216,6 +216,17 @@ class RBM:
         wpv = p.unsqueeze(-1) * pv
         return -self.layout.flatten({"W": wpv.T @ H, "b": wpv.sum(0), "c": p @ H})
 
+    def rare_value_probability(self) -> float:
+        """q_min = min_i min(P(v_i = 1), P(v_i = 0)) under p_θ, exact (E[v] by enumeration over h).
+
+        The gradient's v-coordinates (v and v σ(c + vW)ᵀ) vanish unless v_i = 1, so a rare value of a visible
+        unit is a rare atom of those coordinates: the rare-state condition of the bias test
+        (:func:`gradbench.stats.rare_state_verdict`). The h-coordinates σ(c + vW) are bounded in (0, 1)."""
+        t = self.double()
+        H, lw = t.hidden_log_weights()
+        ev = torch.softmax(lw, 0) @ torch.sigmoid(H @ t.W.T + t.b)
+        return float(torch.minimum(ev, 1 - ev).min())
+
     def exact_grad(self) -> Tensor:
         """∇θ log p(x) = −Σ_n ∇F(x_n) + N E_p[∇F], in float64."""
         t = self.double()
@@ -399,6 +410,13 @@ class Ising:
             ss += ps.T @ S
             m += ps.sum(0)
         return -self.layout.flatten({"J": ss[self.pairs[0], self.pairs[1]], "h": m})
+
+    def rare_value_probability(self) -> float:
+        """q_min = min_j min(P(u_j = +1), P(u_j = −1)) = min_j (1 − |E u_j|)/2 over the ±1 sufficient statistics
+        u = ((s_i s_j)_{i<j}, s), exact: a rare value of one of them is a rare atom of that gradient coordinate
+        (the bias test's rare-state condition, :func:`gradbench.stats.rare_state_verdict`)."""
+        e = self.double().model_expectation()  # = −E[u]
+        return float(((1 - e.abs()) / 2).min())
 
     def exact_grad(self) -> Tensor:
         t = self.double()

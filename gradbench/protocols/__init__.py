@@ -43,6 +43,7 @@ class ProtocolContext:
     device: str = "cpu"
     rerun: Callable[[int], GradSample] | None = None
     atoms: bool = False  # the target's latents (or states) are discrete: replicate gradients may have rare atoms
+    rare_q_min: float | None = None  # smallest probability of a gradient-carrying value (gradbench.stats.rare_state_verdict)
 
 
 @dataclass(frozen=True)

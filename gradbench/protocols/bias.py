@@ -14,10 +14,16 @@ The reference's uncertainty enters as its full covariance (``Reference.cov``/``n
 problem), else its per-coordinate ``stderr``, plus any quadrature/enumeration ``error`` bound.
 Test statistics and interval ends carry no standard error (NaN).
 
+Rare states (discrete targets that report q_min, :func:`gradbench.cell.rare_value_probability`): when
+R·q_min < log(10³) the test is inconclusive (:func:`gradbench.stats.rare_state_verdict`): ``bias_pvalue``
+keeps its number, its ``method`` starts with "inconclusive: rare states, R·q_min = …, need R ≥ …", and
+reports show "inconclusive", never "biased". ``bias_rare_count`` = R·q_min is a row of every such cell.
+
 Multiple testing (:func:`multiplicity_rows`, added by ``runner.collect`` over the whole run):
 ``bias_qvalue`` (Benjamini–Hochberg q-value, false discovery rate) and ``bias_pvalue_holm`` (Holm
 step-down adjusted p-value, family-wise error). The family is every ``bias_pvalue`` row of the run
-with ``param_group == "all"`` (one test per cell); per-group p-values are not corrected. Reports flag
+with ``param_group == "all"`` (one test per cell) except the inconclusive ones (their q and Holm p are
+NaN, and ``method`` says how many were left out); per-group p-values are not corrected. Reports flag
 a cell as biased when q < α. For an estimated reference the
 relative values divide by the estimated ‖g*‖ (its error is neglected there).
 """
@@ -31,8 +37,8 @@ import pandas as pd
 
 from gradbench.core import GradSample, Reference
 from gradbench.protocols import FiniteSample, ProtocolContext, Row, group_slices, row
-from gradbench.stats import (ReferenceNoise, bh_qvalues, bias_norm_interval, bias_test, holm_adjust, influence_se,
-                             sample_noise)
+from gradbench.stats import (INCONCLUSIVE, RARE_STATE_COUNT, ReferenceNoise, bh_qvalues, bias_norm_interval, bias_test,
+                             holm_adjust, influence_se, rare_state_verdict, sample_noise)
 
 CI_LEVEL = 0.95
 
@@ -83,6 +89,9 @@ def bias(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) 
             row(name, "bias_norm", norm, se),
             row(name, "rel_bias", rel(norm), rel(se), "plug-in ||mean - g*|| / ||g*||: noise-inflated"),
         ]
+        inconclusive = rare_state_verdict(ctx.rare_q_min, n)  # the interval shares the test's blind spot
+        if inconclusive:
+            ci_method = f"{inconclusive}; {ci_method}"
         if n > 1:
             bn = bias_norm_interval(G, g_star, ctx.eps, np.random.default_rng([ctx.seed, i, 1]), nz, CI_LEVEL, dn=dn)
             rows += [
@@ -90,11 +99,21 @@ def bias(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) 
                 row(name, "rel_bias_ci_low", rel(bn.ci_low), math.nan, ci_method),
                 row(name, "rel_bias_ci_high", rel(bn.ci_high), math.nan, ci_method),
             ]
+        method = f"{inconclusive}; {test.method}" if inconclusive else test.method
         rows += [
-            row(name, "bias_pvalue", test.pvalue, math.nan, test.method),
-            row(name, "bias_zmax", test.zmax, math.nan, test.method),
+            row(name, "bias_pvalue", test.pvalue, math.nan, method),
+            row(name, "bias_zmax", test.zmax, math.nan, method),
         ]
+        if ctx.rare_q_min is not None:
+            rows.append(row(name, "bias_rare_count", n * ctx.rare_q_min, math.nan,
+                            f"R·q_min: expected draws of the rarest value; below log(10³) = {RARE_STATE_COUNT:.3g} "
+                            "the bias test is inconclusive"))
     return rows
+
+
+def is_inconclusive(method: object) -> bool:
+    """Whether a ``bias_pvalue`` row's ``method`` marks its test inconclusive (:func:`gradbench.stats.rare_state_verdict`)."""
+    return isinstance(method, str) and method.startswith(INCONCLUSIVE)
 
 
 MULTIPLICITY_FAMILY = "all"  # param_group whose bias_pvalue rows form the corrected family
@@ -108,9 +127,11 @@ def multiplicity_rows(table: pd.DataFrame) -> pd.DataFrame:
     fam = table[(table["metric"] == "bias_pvalue") & (table["param_group"] == MULTIPLICITY_FAMILY)]
     if fam.empty:
         return table.iloc[0:0]
-    p = fam["value"].to_numpy(float)
+    out = np.array([is_inconclusive(m) for m in fam["method"]]) if "method" in fam else np.zeros(len(fam), bool)
+    p = np.where(out, math.nan, fam["value"].to_numpy(float))  # inconclusive tests are not in the family
     m = int(np.isfinite(p).sum())
-    where = f"over the run's {m} bias tests (bias_pvalue rows of param_group '{MULTIPLICITY_FAMILY}')"
+    left_out = f"; {int(out.sum())} inconclusive (rare states) left out" if out.any() else ""
+    where = f"over the run's {m} bias tests (bias_pvalue rows of param_group '{MULTIPLICITY_FAMILY}'{left_out})"
     bh = fam.assign(metric="bias_qvalue", value=bh_qvalues(p), stderr=math.nan,
                     method=f"Benjamini-Hochberg q-value {where}")
     holm = fam.assign(metric="bias_pvalue_holm", value=holm_adjust(p), stderr=math.nan,

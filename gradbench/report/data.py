@@ -308,7 +308,18 @@ def bias_flag_note(run: RunData) -> str:
     sub = run.results[(run.results["metric"] == decision) & (run.results["param_group"] == "all")]
     m = int(np.isfinite(sub["value"].to_numpy(float)).sum())
     return (f"✱ biased: {name} < α = {run.alpha:g}; the correction controls the {controls} over the family of the "
-            f"run's {m} bias tests of parameter group 'all' (one per cell; per-group p-values are not corrected).")
+            f"run's {m} bias tests of parameter group 'all' (one per cell; per-group p-values are not corrected)."
+            + (" Inconclusive: R·q_min < log(10³), a rare state probably unsampled; no verdict, not in the family."
+               if _any_inconclusive(run) else ""))
+
+
+def _any_inconclusive(run: RunData) -> bool:
+    """Whether a cell's bias test is inconclusive (``bias_rare_count`` = R·q_min < log(10³), gradbench.stats)."""
+    from gradbench.stats import RARE_STATE_COUNT
+
+    if not run.has("bias_rare_count"):
+        return False
+    return bool((run.results.loc[run.results["metric"] == "bias_rare_count", "value"] < RARE_STATE_COUNT).any())
 
 
 VARIANCE_WARNED_METRICS = ("trace_cov", "mean_var", "mse", "work_norm_var")

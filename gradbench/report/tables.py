@@ -113,6 +113,14 @@ def fmt_p(p: float) -> str:
     return "<1e-300" if p < 1e-300 else (f"{p:.2g}" if p < 0.01 else f"{p:.3f}")
 
 
+def _inconclusive(r: pd.Series) -> bool:
+    """The cell's bias test is inconclusive: R·q_min (``bias_rare_count``) < log(10³) (gradbench.stats.rare_state_verdict)."""
+    from gradbench.stats import RARE_STATE_COUNT
+
+    v = r.get("bias_rare_count")
+    return v is not None and bool(np.isfinite(v)) and v < RARE_STATE_COUNT
+
+
 def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float, decision: str = "bias_pvalue",
                heavy: bool = False) -> list[Cell]:
     """``heavy``: the cell's variance may be infinite; its variance-type values get ``†`` and no s.e."""
@@ -121,6 +129,8 @@ def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float, decis
         v = r.get(metric)
         if heavy and metric in VARIANCE_WARNED_METRICS:
             out.append(Cell(fmt_value(v) + " †"))  # † marks it (a red flag is reserved for bias)
+        elif metric in ("bias_pvalue",) + ADJUSTED_BIAS_METRICS and _inconclusive(r):
+            out.append(Cell(fmt_p(v) + (" inconclusive (rare states)" if metric == decision else "")))
         elif metric in ("bias_pvalue",) + ADJUSTED_BIAS_METRICS:
             biased = metric == decision and v is not None and np.isfinite(v) and v < alpha
             out.append(Cell(fmt_p(v) + (" ✱ biased" if biased else ""), "bad" if biased else None))

@@ -1,4 +1,5 @@
-"""Print the issue-13 tables from a run folder: estimator × (rel. bias ± s.e., p, tr Σ ± s.e., SNR, work-normalised
+"""Print the issue-13 tables from a run folder: estimator × (rel. bias ± s.e. and its 95 % interval, p, q (BH over the
+run), R·q_min (bias_rare_count), tr Σ ± s.e., SNR, work-normalised
 variance, evaluations, seconds per estimate and tr Σ × seconds from the wallclock protocol, cell seconds). Usage: python reports/discrete-estimators/summarise.py RUN_DIR/results.parquet
 With --toy, also the exact (Gauss–Legendre) expectation of the relaxed toy gradients and their relative bias."""
 
@@ -23,7 +24,7 @@ def table(path: str) -> pd.DataFrame:
     keys = ["target_id", "est"]
     m = d.pivot_table(index=keys, columns="metric", values=["value", "stderr"], aggfunc="first")
     out = pd.DataFrame(index=m.index)
-    for c in ["rel_bias", "bias_pvalue", "trace_cov", "snr_median", "work_norm_var", "evals_mean", "seconds_per_estimate",
+    for c in ["rel_bias", "rel_bias_ci_low", "rel_bias_ci_high", "bias_pvalue", "bias_qvalue", "bias_rare_count", "trace_cov", "snr_median", "work_norm_var", "evals_mean", "seconds_per_estimate",
               "work_norm_var_seconds"]:
         if ("value", c) in m.columns:
             out[c] = m[("value", c)]

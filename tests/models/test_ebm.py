@@ -72,6 +72,24 @@ def test_rbm_model_expectation_equals_brute_force():
     torch.testing.assert_close(t.model_expectation(), brute, rtol=1e-12, atol=1e-12)
 
 
+def test_rare_value_probability_equals_brute_force():
+    """q_min of the rare-state rule (gradbench.stats.rare_state_verdict), by enumerating every state: the rbm's
+    rarest visible-unit value min_i min(P(v_i = 1), P(v_i = 0)); the ising model's rarest value of a ±1 sufficient
+    statistic (s_i s_j, s_i). Control: a colder model (β = 3) has rarer values than β = 0.5."""
+    t = rbm(4, 3, beta=1.5, seed=2)
+    V = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)), dtype=torch.float64)
+    ev = torch.softmax(-t.free_energy(V), 0) @ V
+    assert t.rare_value_probability() == pytest.approx(float(torch.minimum(ev, 1 - ev).min()), rel=1e-12)
+    m = ising(5, beta=1.5, seed=7)
+    S = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=5)), dtype=torch.float64)
+    p = torch.softmax(-m.free_energy(S), 0)
+    stats = torch.cat([(S[:, :, None] * S[:, None, :]).reshape(len(S), -1), S], 1)  # all products s_i s_j, then s
+    keep = [i * 5 + j for i in range(5) for j in range(i + 1, 5)] + list(range(25, 30))
+    pos = p @ (stats[:, keep] > 0).double()
+    assert m.rare_value_probability() == pytest.approx(float(torch.minimum(pos, 1 - pos).min()), rel=1e-12)
+    assert rbm(4, 3, beta=3.0, seed=2).rare_value_probability() < rbm(4, 3, beta=0.5, seed=2).rare_value_probability()
+
+
 def test_ising_log_z_equals_itertools_enumeration():
     t = ising(5, beta=1.5, seed=7)
     S = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=5)), dtype=torch.float64)
