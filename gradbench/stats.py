@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats as sps
 
 HOTELLING_N_BOOT = 499  # bootstrap draws of T² (each costs n r² flops; p resolution 1/500, refined by F below it)
-HOTELLING_BOOT_MAX_FLOPS = 4e9  # above this B·n·r², the Hotelling branch uses the F reference only
+HOTELLING_BOOT_MAX_FLOPS = 1e11  # above this B·n·r² (~10 s on one core), the Hotelling branch uses the F reference only
 HOTELLING_MIN_RATIO = 10  # Hotelling T² only when its degrees of freedom ν ≥ 10 r (r: numerical rank)
 N_BOOT = 1999  # multiplier-bootstrap draws of the max-type test (p-value resolution 1/2000)
 ROUNDING_ULPS = 4.0  # a direction with s.d. below 4 eps × max|g| is rounding, not variance
@@ -274,15 +274,19 @@ def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: fl
                     np.zeros(Xl.shape[1]))
     B_live = dn.basis[:, live]  # [r, m]: the live coordinates in the rank-r basis
     m_obs = float(np.max(np.abs(diff[live]) / np.sqrt(s2 / (n * (n - 1)) + ref_var)))
-    YY = Y[:, :, None] * Y[:, None, :]  # [n, r, r]
+    # Σ_i c_i y_i y_iᵀ: one GEMM over the [n, r²] outer products when they fit in 64 MiB, else batched [r, n] @ [n, r]
+    # products (same flops, memory b·n·r instead of n·r²)
+    YY = (Y[:, :, None] * Y[:, None, :]).reshape(n, r * r) if n * r * r <= 1 << 23 else None
     T, M = [], []
     done = 0
     while done < n_boot:
-        b = min(n_boot - done, max(1, (1 << 24) // max(1, (YY[0].size + Xl.shape[1]) * 8)))
+        width = r * r if YY is not None else n * r
+        b = min(n_boot - done, max(1, (1 << 24) // max(1, (width + Xl.shape[1]) * 8)))
         c = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)
         m = c @ Y / n
         mc = c @ Xl / n
-        S = (np.tensordot(c, YY, axes=1) / n - m[:, :, None] * m[:, None, :]) / (n - 1)  # S*/n
+        cyy = (c @ YY).reshape(b, r, r) if YY is not None else np.swapaxes(c[:, :, None] * Y, 1, 2) @ Y
+        S = (cyy / n - m[:, :, None] * m[:, None, :]) / (n - 1)  # S*/n
         vc = (c @ Xl**2 / n - mc**2) / (n - 1)
         for L, R in zip(L_parts, roots):
             xi = rng.standard_normal((b, R.shape[0]))
