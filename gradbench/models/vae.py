@@ -135,17 +135,19 @@ class VAE:
             w = weights.expand(shape).reshape(B, *shape[-2:]).unsqueeze(-1)
             ff = flat(f)
             delta = w * (x - torch.sigmoid(ff)) if self.likelihood == "bernoulli" else w * (x - ff) / self.noise_std**2
-            parts: dict[str, Tensor] = {}
+            # every group is written in place into its block of the [B, P] result (no concatenation copy)
+            out = delta.new_empty(B, self.layout.size)
+            where = self.layout.slices()
             for l in range(self.n_layers - 1, -1, -1):
                 # Σ_{s,n} δ hᵀ per replicate as one bmm on [B, S·N, ·] views (no permuted copies, unlike einsum)
                 d2, h2 = delta.reshape(B, -1, delta.shape[-1]), flat(hs[l]).reshape(B, -1, hs[l].shape[-1])
-                parts[f"W{l}"] = d2.transpose(1, 2) @ h2
-                parts[f"b{l}"] = d2.sum(1)
+                torch.bmm(d2.transpose(1, 2), h2, out=out[:, where[f"W{l}"]].view(B, d2.shape[-1], h2.shape[-1]))
+                torch.sum(d2, 1, out=out[:, where[f"b{l}"]])
                 if l > 0:
                     back = delta @ theta[f"W{l}"]
                     delta = (torch.ops.aten.tanh_backward(back, flat(hs[l])) if self.activation == "tanh"  # δ (1 − h²)
                              else back * torch.sigmoid(flat(pres[l - 1])))
-            return self.layout.flatten(parts, batch=(B,)).reshape(*batch, self.layout.size)
+            return out.reshape(*batch, self.layout.size)
 
         return log_p, weighted_grad
 
