@@ -59,7 +59,13 @@ of ``grads`` is NaN (so protocols exclude and count it as non-finite), ``censore
 ``tau`` is ``max_iter`` (a lower bound), and its cost is what it spent up to the cap.
 
 Vectorisation: all R × N chain pairs advance as batched tensors, one Python iteration per time
-step; once t ≥ m, replicates that are done are dropped from the batch (compaction).
+step; once t ≥ m, replicates that are done are dropped from the batch (compaction), and, on targets
+with ``log_joint_at`` (every :class:`~gradbench.target.ComposedTarget`), so are the met (replicate,
+point) chains of the others: the unmet pairs are packed into rows (:func:`_pack`) and only they are
+evaluated, so the batch evaluates what the estimator is charged up to the packing's padding. The random
+stream is unchanged (proposals and uniforms are still drawn for every chain of a live replicate), so the
+estimate equals the unpacked one up to rounding (tested). Under coupled i-SIR the step's forward pass also
+covers the two carried particles and is kept for the step's gradient term (one backward, no second forward).
 """
 
 from __future__ import annotations
