@@ -124,6 +124,8 @@ def _vae_figures() -> dict[str, dict[str, float]]:
         out[name] = {"trace_cov": trace, "evals_mean": evals, "work_norm_var": trace * evals}
         if "tau" in sample.diagnostics:
             out[name]["tau_mean"] = float(sample.diagnostics["tau"].double().mean())
+        if "lockstep_cost" in sample.diagnostics:
+            out[name]["lockstep_over_evals"] = float(sample.diagnostics["lockstep_cost"].double().mean()) / evals
     return out
 
 
@@ -135,3 +137,20 @@ class TrackVAEVariance(_TrackTrace):
 
     def setup_cache(self) -> dict[str, dict[str, float]]:
         return _vae_figures()
+
+
+class TrackVAELockstep:
+    """Log-joints the coupled driver evaluated ÷ those the estimator is charged, on the same VAE at the fixed seed:
+    1 is a perfectly compacted batch; a regression of the per-(replicate, point) compaction (issue 18) raises it."""
+
+    params = (["coupled_isir"],)
+    param_names = ["estimator"]
+    timeout = 600
+
+    def setup_cache(self) -> dict[str, dict[str, float]]:
+        return _vae_figures()
+
+    def track_lockstep_over_evals(self, cache: dict[str, dict[str, float]], estimator: str) -> float:
+        return _get(cache, estimator, "lockstep_over_evals")
+
+    track_lockstep_over_evals.unit = "evaluated ÷ charged"

@@ -148,6 +148,51 @@ class ComposedTarget:
         grads = per_replicate_grad(surrogate, self.theta, zb, wb)
         return self.layout.flatten(grads, batch=(B,)).reshape(*batch, self.layout.size)
 
+    def _x_at(self, points: Tensor, z: Tensor) -> tuple[Tensor, bool]:
+        """(x[points] shaped to broadcast against z [R', ..., W, k], whether the model takes batched data)."""
+        x = self.x[points]  # [R', W, d]
+        if getattr(self.model, "batched_data", False):
+            return x.reshape(x.shape[0], *([1] * (z.dim() - 3)), *x.shape[1:]), True
+        return x, False
+
+    def log_joint_at(self, z: Tensor, points: Tensor) -> Tensor:
+        """log p(x_{points[r, j]}, z[r, ..., j]) for z [R', ..., W, k] and data-point indices points [R', W] → [R', ..., W].
+
+        The log-joint on a per-row subset of the data points (the coupled driver's per-point compaction: only
+        chains that have not met are evaluated). Models with ``batched_data = True`` broadcast x [R', 1, W, d]
+        themselves; others go through ``torch.func.vmap`` over the rows.
+        """
+        x, batched = self._x_at(points, z)
+        if batched:
+            return self.model.log_joint(self.theta, x, z)
+        model, theta = self.model, self.theta
+        return torch.func.vmap(lambda x1, z1: model.log_joint(theta, x1, z1))(x, z)
+
+    def log_joint_with_grad_at(self, z: Tensor, points: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """(:meth:`log_joint_at`, weights ↦ :meth:`weighted_grad_log_joint_at`), sharing the model's forward pass when
+        it has a fused ``log_joint_with_grad`` and takes batched data."""
+        x, batched = self._x_at(points, z)
+        fused = getattr(self.model, "log_joint_with_grad", None)
+        if batched and fused is not None:
+            return fused(self.theta, x, z)
+        return self.log_joint_at(z, points), lambda weights: self.weighted_grad_log_joint_at(z, weights, points)
+
+    def weighted_grad_log_joint_at(self, z: Tensor, weights: Tensor, points: Tensor) -> Tensor:
+        """Σ_{s,j} weights[r, s, j] ∇θ log p(x_{points[r, j]}, z[r, s, j]) → [R', P] (see :meth:`log_joint_at`)."""
+        x, batched = self._x_at(points, z)
+        fast = getattr(self.model, "weighted_grad_log_joint", None)
+        if batched and fast is not None:
+            return fast(self.theta, x, z, weights)
+        model = self.model
+
+        def surrogate(theta: Params, z1: Tensor, w1: Tensor, x1: Tensor) -> Tensor:
+            return (w1 * model.log_joint(theta, x1, z1)).sum()
+
+        if batched:  # the vmapped rows see x [1, W, d] (broadcasting) instead of [W, d]
+            x = x.reshape(x.shape[0], *x.shape[-2:])
+        grads = per_replicate_grad(surrogate, self.theta, z, weights.expand(z.shape[:-1]), x)
+        return self.layout.flatten(grads, batch=(z.shape[0],))
+
     # -- family terms -------------------------------------------------------------------------
     def log_q_score(self, z: Tensor) -> Tensor:
         """Per-sample ∇φ log q_φ(z_n | x_n) at fixed z: [..., N, P_φ] (vmap of grad over samples and points)."""

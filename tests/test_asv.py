@@ -92,6 +92,8 @@ def test_neural_benchmarks_run_at_a_small_size(monkeypatch):
     for name, fig in cache.items():
         assert 0 < track.track_trace_cov(cache, name) < float("inf") and fig["work_norm_var"] > 0, name
     assert cache["coupled_isir"]["tau_mean"] >= 1
+    ratio = bench_track.TrackVAELockstep().track_lockstep_over_evals(cache, "coupled_isir")
+    assert 1 - 1e-9 <= ratio < 1.5  # compacted per (replicate, point): evaluated ≈ charged
 
 
 def test_family_benchmarks_set_up_and_run(monkeypatch):

@@ -60,6 +60,8 @@ PROPOSAL = BernoulliProposal
 class SBN:
     """p_θ(x, z) of a sigmoid belief net; implements :class:`gradbench.contracts.Model`."""
 
+    batched_data = True  # log_joint and weighted_grad_log_joint broadcast x [..., N, d] against z [..., N, k]
+
     def __init__(self, data_dim: int, layers: tuple[int, ...], conditionals: str = "linear", hidden: int = 16) -> None:
         self.data_dim, self.layers, self.conditionals = data_dim, tuple(layers), conditionals
         self.hidden = hidden if conditionals == "mlp" else 0
@@ -125,7 +127,8 @@ class SBN:
         B, M = math.prod(batch), shape[-2] * shape[-1]
         zb = z.expand(*shape, z.shape[-1]).reshape(B, M, z.shape[-1])
         w = weights.expand(shape).reshape(B, M, 1)
-        xb = x.expand(*shape[-2:], x.shape[-1]).reshape(1, M, x.shape[-1])
+        d = x.shape[-1]  # x [N, d], or batched [..., N, d] (``batched_data``: per-row data subsets)
+        xb = x.expand(*shape[-2:], d).reshape(1, M, d) if x.dim() == 2 else x.expand(*shape, d).reshape(B, M, d)
         z1, top = self.split(zb)
         grads = {"prior_logits": (w * (top - torch.sigmoid(theta["prior_logits"]))).sum(1)}
         if len(self.layers) == 2:

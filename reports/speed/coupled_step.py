@@ -5,7 +5,10 @@
 Interleaved, one thread, median of 15 rounds: (a) ``isir_step`` (K − 1 fresh particles + index draw);
 (b) ``coupled_isir_step`` + ``states_equal`` (shared K − 1 fresh particles, coupled index draw, meeting check);
 (c) (b) + the per-step gradient term the driver adds while the chains have not met (h(X_t) − h(Y_{t−1}) on the
-K + 1 distinct particles, one weighted_grad_log_joint call: [R, P]); (d) the same gradient term alone.
+K + 1 distinct particles, one weighted_grad_log_joint call: [R, P]); (d) the same gradient term alone; (e) what the
+driver now runs per step (issue 18, wave 4): the step through the packed target (all R × N chains unmet, so no
+padding) with the forward pass over [X slot 0, Y slot 0, fresh] kept, + ``states_equal`` + the gradient term as one
+backward pass through that forward (``step_grad``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,17 @@ import sys
 import numpy as np
 import torch
 
-from gradbench.estimators.coupled import coupled_isir_step, h_weights, init_state, isir_step, states_equal
+from gradbench.estimators.coupled import (
+    _gather_cells,
+    _pack,
+    _PackedTarget,
+    coupled_isir_step,
+    h_weights,
+    init_state,
+    isir_step,
+    selected,
+    states_equal,
+)
 from gradbench.seeding import make_generator
 from gradbench.speed import plans, time_interleaved
 from gradbench.suite import load_suite
@@ -49,13 +62,24 @@ def measure(p) -> None:  # one target: the closures below are used before the ne
         states_equal(x, y)
         grad_term(x, y)
 
-    s = time_interleaved({"isir": step, "coupled": coupled, "coupled+grad": coupled_with_grad, "grad": grad_term},
-                         device="cpu", warmup=2, repeats=15)
+    packing = _pack(np.ones((R, t.n_data), dtype=bool), 2 * R, X.z.device)
+
+    def fused() -> None:
+        packed = _PackedTarget(t, packing, R, t.n_data, torch.stack([selected(X)[0], selected(Y)[0]], 1))
+        x, y = coupled_isir_step(packed, X, Y, g)
+        states_equal(x, y)
+        hx, hy = h_weights(x, True), h_weights(y, True)
+        w = torch.cat([hx[:, :1], -hy[:, :1], hx[:, 1:] - hy[:, 1:]], 1)
+        packed.step_grad(_gather_cells(w, packing))
+
+    s = time_interleaved({"isir": step, "coupled": coupled, "coupled+grad": coupled_with_grad, "grad": grad_term,
+                          "fused": fused}, device="cpu", warmup=2, repeats=int(sys.argv[3]) if len(sys.argv) > 3 else 15)
     med = {k: float(np.median(v)) for k, v in s.items()}
     print(f"{p.target.model}({p.target.params.get('latent_dim', p.target.params.get('layers'))}) R={R} K={K}: "
           + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in med.items())
           + f"; coupled ÷ isir step {med['coupled'] / med['isir']:.2f}, (coupled + grad) ÷ isir step "
-          f"{med['coupled+grad'] / med['isir']:.2f}")
+          f"{med['coupled+grad'] / med['isir']:.2f}, fused (coupled + grad, one forward) ÷ isir step "
+          f"{med['fused'] / med['isir']:.2f}", flush=True)
 
 
 for p in plans(suite, cells):
