@@ -74,9 +74,7 @@ import torch
 from torch import Tensor
 
 from gradbench.core import GradSample, LatentTarget, log_joint_with_grad
-from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
-    SUMOParams,
-)
+from gradbench.estimators.params import SUMOParams
 
 
 def tail(j: Tensor, truncation: str, rho: float, alpha: float) -> Tensor:
@@ -167,8 +165,7 @@ def sumo(target: LatentTarget, R: int, gen: torch.Generator, *, K_min: int = 1, 
          rho: float = 0.8, alpha: float = 0.5, max_terms: int = 100_000,
          roulette: str = "per_replicate") -> GradSample:
     """θ-gradient of the SUMO log-likelihood estimate (see the module docstring)."""
-    if roulette not in ("per_replicate", "per_point"):
-        raise ValueError(f"sumo: roulette must be 'per_replicate' or 'per_point', got {roulette!r}")
+    SUMOParams(K_min=K_min, truncation=truncation, rho=rho, alpha=alpha, max_terms=max_terms, roulette=roulette)
     N = target.n_data
     n_terms = sample_terms((R, 1 if roulette == "per_replicate" else N), gen, truncation, rho, alpha)  # [R, 1 or N]
     censored = (n_terms > max_terms).any(1)
