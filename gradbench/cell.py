@@ -32,7 +32,7 @@ from gradbench.core import GradSample
 from gradbench.protocols import ProtocolContext
 from gradbench.protocols.meeting import censoring_warning
 from gradbench.seeding import derive_seed, make_generator
-from gradbench.stats import RARE_STATE_COUNT, rare_state_verdict  # noqa: F401  (RARE_STATE_COUNT: re-exported)
+from gradbench.stats import rare_state_verdict, replicates_needed
 from gradbench.suite import Cell
 
 REPLICATE_BLOCK = 500  # replicates per estimator call; block b's noise seed is (suite seed, target, b)
@@ -137,7 +137,7 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
         reference = target.reference(sample.wrt)
     eps = float(torch.finfo(sample.grads.dtype).eps)
     n_nonfinite = int(sample.diagnostics["nonfinite"].sum())
-    q_min = rare_value_probability(target) if reference is not None else None
+    q_min = rare_value_probability(target)
     rows = []
     for name in cell.protocols:
         ctx = ProtocolContext(seed=derive_seed(cell.target.noise_seed(0), "protocol", name), eps=eps,
@@ -239,12 +239,11 @@ def rare_state_warning(target: Any, sample: GradSample, q_min: float | None = No
     issue 12): the cell's bias test is then inconclusive, not a verdict; it needs more replicates, not a fix.
     """
     q_min = rare_value_probability(target) if q_min is None else q_min
-    verdict = rare_state_verdict(q_min, sample.replicates)
-    if not verdict:
+    if q_min is None or not rare_state_verdict(q_min, sample.replicates):
         return ""
     return (f"rare latent values: q_min = {q_min:.2g}, R·q_min = {sample.replicates * q_min:.2g} < log(10³): such a "
             "value is likely absent from the sample; the bias test is inconclusive at this R (use more replicates: "
-            f"R ≥ {verdict.rsplit('R ≥ ', 1)[-1]})")
+            f"R ≥ {replicates_needed(q_min)})")
 
 
 def resolution_warning(sample: GradSample, reference: Any) -> str:

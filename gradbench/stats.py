@@ -437,9 +437,13 @@ def rare_state_verdict(q_min: float | None, n: int) -> str:
     """
     if q_min is None or not math.isfinite(q_min) or n * q_min >= RARE_STATE_COUNT:
         return ""
-    need = math.ceil(RARE_STATE_COUNT / q_min) if q_min > 0 else math.inf
     return (f"{INCONCLUSIVE}: rare states, R·q_min = {n * q_min:.2g} < log(10³) (q_min = {q_min:.2g}), "
-            f"need R ≥ {need}")
+            f"need R ≥ {replicates_needed(q_min)}")
+
+
+def replicates_needed(q_min: float) -> float:
+    """The smallest R with R·q_min ≥ log(10³) (:func:`rare_state_verdict`); inf when q_min = 0."""
+    return math.ceil(RARE_STATE_COUNT / q_min) if q_min > 0 else math.inf
 
 
 @dataclass(frozen=True)
