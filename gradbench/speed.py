@@ -671,6 +671,7 @@ def scaling_figure(result: dict[str, Any]) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     axes = [a for a in SCALING_AXES if any(r["axis"] == a for r in result["rows"])]
     fig, grid = plt.subplots(2, len(axes), figsize=(3.2 * len(axes), 5.6), squeeze=False)
@@ -685,6 +686,9 @@ def scaling_figure(result: dict[str, Any]) -> Any:
                 fit = next(f for f in result["fits"] if f["estimator"] == name and f["measure"] == what and f["axis"] == axis)
                 ax.plot(x, y, "o-", label=f"{name}: {fit['slope']:.2f} ± {fit['se']:.2f}")
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(x))  # the swept values, plainly labelled
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             if any(np.median(r[what]) > 0 for r in result["rows"] if r["axis"] == axis):
                 ax.set_yscale("log")  # (a tiny target's peak memory can be below a page: nothing to log-scale)
             ax.set_xlabel(axis)
@@ -702,6 +706,8 @@ def scaling_figure(result: dict[str, Any]) -> Any:
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for speed.json and speed.md [default: runs/<suite name>-speed].")
 @click.option("--device", help="Override the suite's device (cpu, cuda, cuda:N).")
 @click.option("--replicates", type=int, help="Override the suite's replicates (R).")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), help="Override the suite's dtype (both sides of "
+              "every comparison, Pyro included, run in it).")
 @click.option("--threads", type=int, help="torch intra-op threads [default: torch's].")
 @click.option("--repeats", type=int, default=SpeedSettings.repeats, show_default=True, help="Timed rounds per comparison.")
 @click.option("--warmup", type=int, default=SpeedSettings.warmup, show_default=True, help="Untimed rounds first.")
@@ -712,7 +718,7 @@ def scaling_figure(result: dict[str, Any]) -> Any:
 @click.option("--no-loop", is_flag=True, help="Skip the one-pair-at-a-time loops.")
 @click.option("--scaling", is_flag=True, help="Instead: sweep R, K, data_dim, hidden, N around the first target; fit "
               "log-log slopes of seconds and peak memory; write scaling.{md,json,png}.")
-def speed(suite: Path, out: Path | None, device: str | None, replicates: int | None, threads: int | None,
+def speed(suite: Path, out: Path | None, device: str | None, replicates: int | None, dtype: str | None, threads: int | None,
           repeats: int, warmup: int, loop: tuple[str, ...], loop_repeats: int, no_peers: bool, no_loop: bool,
           scaling: bool) -> None:
     """Time a suite's estimators against floors (a)/(b), Pyro and a one-pair loop; print the ratios.
@@ -720,7 +726,8 @@ def speed(suite: Path, out: Path | None, device: str | None, replicates: int | N
     SUITE is an ordinary run suite with an iwae estimator (e.g. suites/speed.yaml, which `gradbench run` also
     accepts); every target is compared in turn in this one process; replicates are the R of every vectorised call.
     """
-    overrides: dict[str, Any] = {k: v for k, v in {"device": device, "replicates": replicates}.items() if v is not None}
+    flags = {"device": device, "replicates": replicates, "dtype": dtype}
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     spec, cells = load_suite(suite, overrides)
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
         raise SuiteError(f"{suite}: device {spec.device!r} requested but no CUDA device is available; use --device cpu")

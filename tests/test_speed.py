@@ -165,3 +165,13 @@ def test_speed_command_on_the_quick_suite(tmp_path):
         assert math.isfinite(r["value"]) and r["value"] > 0
     assert report["info"]["threads"] == 1 and report["dtype"] == "float64"
     assert (out / "speed.md").read_text().startswith("Speed suite `speed_quick`")
+
+
+def test_speed_command_dtype_override(tmp_path):
+    out = tmp_path / "speed32"
+    result = CliRunner().invoke(cli, ["speed", str(ROOT / "suites" / "speed_quick.yaml"), "--out", str(out), "--dtype",
+                                      "float32", "--threads", "1", "--repeats", "1", "--warmup", "0", "--no-loop"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "speed.json").read_text())["dtype"] == "float32"
+    bad = CliRunner().invoke(cli, ["speed", str(ROOT / "suites" / "speed_quick.yaml"), "--dtype", "float16"])
+    assert bad.exit_code == 2 and "float16" in bad.output

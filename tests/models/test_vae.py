@@ -63,7 +63,8 @@ def test_layout_names_and_protocols():
 
 
 @pytest.mark.parametrize("likelihood,activation,hidden", [("bernoulli", "tanh", ()), ("bernoulli", "softplus", (4, 3)),
-                                                          ("gaussian", "tanh", (4,)), ("gaussian", "softplus", (4,))])
+                                                          ("gaussian", "tanh", (4,)), ("gaussian", "softplus", (4,)),
+                                                          ("bernoulli", "tanh", (12,))])  # W0 [12, 2]: the ∇Wᵀ bmm
 def test_fast_weighted_grad_equals_vmap_of_grad(likelihood, activation, hidden):
     """The hand-written backpropagation equals torch.func.vmap(grad(Σ w log_joint)) on the same draws."""
     model = VAE(2, 5, hidden, activation, likelihood, 0.7)
