@@ -116,6 +116,7 @@ class Protocol(_CodeByPath):
     fn: Callable[[GradSample, Reference | None, ProtocolContext], list[Row]]  # or its "module:attr"
     description: str
     uses_reference: bool = True  # False: the runner need not compute (or estimate) a reference for it
+    modules: tuple[str, ...] = ()  # modules whose source computes its rows besides fn's own (for cell ids)
 
 
 def _build_ppca(
@@ -306,7 +307,8 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     Protocol("wallclock", "gradbench.protocols.wallclock:wallclock", "seconds_per_estimate, evals_per_second (median, IQR), work_norm_var_seconds; device, torch/CUDA, threads", False),
     Protocol("meeting", "gradbench.protocols.meeting:meeting", "tau_mean, tau_q50/q90/q99, tau_max, n_censored, tail_rate (geometric fit of P(τ > t)) of coupled chains", False),
     Protocol("train", "gradbench.protocols.train:protocol",
-             "issue 15: train θ and φ with estimator 'train' → test_loglik, train_loglik, steps, evals, seconds; curves.parquet", False),
+             "issue 15: train θ and φ with estimator 'train' → test_loglik, train_loglik, steps, evals, seconds; curves.parquet", False,
+             modules=("gradbench.protocols.train_ebm",)),
     Protocol("snr", "gradbench.protocols.snr:snr", "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False),
     Protocol("mcmc", "gradbench.protocols.mcmc:mcmc", "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size (issue 14)", False),
 ]}
@@ -424,4 +426,14 @@ def model_modules(name: str) -> tuple[str, ...]:
 
 
 def protocol_modules(name: str) -> tuple[str, ...]:
-    return (PROTOCOLS[name].module_of("fn"), "gradbench.stats")
+    entry = PROTOCOLS[name]
+    return tuple(dict.fromkeys([entry.module_of("fn"), *entry.modules, "gradbench.stats"]))
+
+
+def trained_estimators(name: str, params: dict[str, Any]) -> tuple[str, ...]:
+    """The registered estimators a cell of estimator ``name`` runs inside it: for ``train``, its θ- and φ-estimators
+    (defaults included); none otherwise. Their modules are part of the cell id."""
+    if name != "train":
+        return ()
+    p = ESTIMATORS[name].params.model_validate(params)
+    return tuple(n for n in (p.theta_estimator, p.phi_estimator) if n is not None)

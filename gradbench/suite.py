@@ -221,13 +221,14 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
     plugins = tuple(suite.plugins)
     protocol_code = [m for name in suite.protocols for m in registry.protocol_modules(name)]
 
-    def code(target: TargetConfig, estimator: str) -> tuple[tuple[str, str], ...]:
-        modules = dict.fromkeys([*registry.model_modules(target.model), *registry.estimator_modules(estimator),
-                                 *protocol_code])
+    def code(target: TargetConfig, estimator: str, params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        names = (estimator, *registry.trained_estimators(estimator, params))
+        modules = dict.fromkeys([*registry.model_modules(target.model),
+                                 *(m for name in names for m in registry.estimator_modules(name)), *protocol_code])
         return (("gradbench", _gradbench_version()), *((m, registry.code_version(m)) for m in modules))
 
     return [
-        Cell(t, name, params, tuple(suite.protocols), suite.replicates, suite.device, suite.dtype, plugins, code(t, name))
+        Cell(t, name, params, tuple(suite.protocols), suite.replicates, suite.device, suite.dtype, plugins, code(t, name, params))
         for t in targets
         for name, params in estimators
     ]

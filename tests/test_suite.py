@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gradbench import registry
 from gradbench.suite import SuiteError, load_suite
 
 VALID = """\
@@ -137,3 +138,18 @@ def test_data_file_is_loaded_and_hashed(tmp_path):
     target = cells[0].target.build("float64", "cpu")
     assert target.x.shape == (2, 4)
     assert "data file 'y.npy' not found" in error_of(write(tmp_path, text.replace("x.npy", "y.npy")))
+
+
+def test_a_training_cell_id_covers_the_code_it_trains_with():
+    """A train cell's id hashes train.py, train_ebm.py (the EBM branch) and the modules of its θ- and φ-estimators,
+    so editing any of them re-runs the cell instead of resuming a stale result."""
+    root = Path(__file__).resolve().parents[1]
+    _, cells = load_suite(root / "suites" / "train-ebm.yaml")
+    modules = {m for c in cells for m, _ in c.code}
+    assert {"gradbench.protocols.train", "gradbench.protocols.train_ebm", "gradbench.estimators.ebm"} <= modules
+    _, cells = load_suite(root / "suites" / "train-digits.yaml")
+    for c in cells:
+        code = {m for m, _ in c.code}
+        for key in ("theta_estimator", "phi_estimator"):
+            name = c.estimator_params[key]
+            assert registry.ESTIMATORS[name].module_of("fn") in code, (name, sorted(code))
