@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from benchmarks.common import estimator_call, neural_call, neural_target, ppca_target
 
 
@@ -9,7 +11,7 @@ class PeakMemLargest:
     """Peak RSS of one batch at K = 64, data_dim = 50, R = 1000 (the largest TimeEstimators cell)."""
 
     params = (["iwae", "coupled_isir"],)
-    param_names = ["estimator"]
+    param_names: ClassVar[list[str]] = ["estimator"]
     timeout = 300
 
     def setup(self, estimator: str) -> None:
@@ -24,7 +26,7 @@ class PeakMemNeural:
     a per-replicate gradient that copied θ per replicate or per particle would show here."""
 
     params = (["vae", "sbn"], ["iwae", "coupled_isir"])
-    param_names = ["target", "estimator"]
+    param_names: ClassVar[list[str]] = ["target", "estimator"]
     timeout = 300
 
     def setup(self, target: str, estimator: str) -> None:

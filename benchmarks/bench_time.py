@@ -4,6 +4,8 @@ initialised in a fresh process)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from benchmarks.common import (
@@ -24,7 +26,7 @@ class TimeEstimators:
     """Seconds for R replicates of each family at K particles on PPCA(data_dim, k=5, N=1), float64."""
 
     params = (list(FAMILIES), [8, 64], [5, 50], [100, 1000])
-    param_names = ["estimator", "K", "data_dim", "R"]
+    param_names: ClassVar[list[str]] = ["estimator", "K", "data_dim", "R"]
     number = 1
     repeat = (1, 5, 10.0)
     warmup_time = 0.0
@@ -42,7 +44,7 @@ class TimeFloors:
     """Floor (a): sampling R × K particles and one batched log-joint evaluation of them."""
 
     params = ([8, 64], [5, 50], [100, 1000])
-    param_names = ["K", "data_dim", "R"]
+    param_names: ClassVar[list[str]] = ["K", "data_dim", "R"]
     number = 1
     repeat = (1, 10, 5.0)
 
@@ -60,7 +62,7 @@ class TimeDevices:
     """iwae and coupled_isir at K = 64, R = 1000, data_dim = 20 on each device (CUDA skipped without a GPU)."""
 
     params = (["iwae", "coupled_isir"], ["cpu", "cuda"], ["float64", "float32"])
-    param_names = ["estimator", "device", "dtype"]
+    param_names: ClassVar[list[str]] = ["estimator", "device", "dtype"]
     number = 1
     repeat = (1, 5, 10.0)
     timeout = 300
@@ -79,7 +81,7 @@ class TimeNeural:
     """Seconds for R = 200 replicates at K = 16 on the digits-sized VAE and SBN (d = 64, N = 10, hidden 200)."""
 
     params = (["vae", "sbn"], ["iwae", "isir", "coupled_isir", "dreg", "vimco"])
-    param_names = ["target", "estimator"]
+    param_names: ClassVar[list[str]] = ["target", "estimator"]
     number = 1
     repeat = (1, 5, 20.0)
     timeout = 300
@@ -98,7 +100,7 @@ class TimeNeuralFloor:
     """Floor (a) on the neural targets: sample R × K = 200 × 16 particles, one batched log-joint, one backward to θ."""
 
     params = (["vae", "sbn"],)
-    param_names = ["target"]
+    param_names: ClassVar[list[str]] = ["target"]
     number = 1
     repeat = (1, 10, 10.0)
 
@@ -118,7 +120,7 @@ class TimeFamilies:
     each (``FAMILY_CASES``: SBN and categorical VAE on d = 64, N = 10; semi-implicit PPCA; RBM 16 × 8)."""
 
     params = (list(FAMILY_CASES),)
-    param_names = ["case"]
+    param_names: ClassVar[list[str]] = ["case"]
     number = 1
     repeat = (1, 5, 20.0)
     timeout = 300

@@ -9,6 +9,8 @@ computed once per run (``setup_cache``) and looked up by each ``track_``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from benchmarks.common import FAMILIES, SEED, neural_call, neural_target, ppca_target, require_estimator
@@ -49,7 +51,7 @@ class _TrackTrace:
     """tr Σ̂ of one estimate and tr Σ̂ × evaluations, per estimator, from the subclass's ``setup_cache`` figures
     (underscored, so asv collects these only through the subclasses, under their names)."""
 
-    param_names = ["estimator"]
+    param_names: ClassVar[list[str]] = ["estimator"]
     timeout = 600
 
     def setup(self, cache: dict[str, dict[str, float]], estimator: str) -> None:
@@ -84,7 +86,7 @@ class TrackMeeting:
     """Mean meeting time and mean cost of the coupled chains at a fixed seed."""
 
     params = (["coupled_isir", "coupled_pimh"],)
-    param_names = ["estimator"]
+    param_names: ClassVar[list[str]] = ["estimator"]
     timeout = 600
 
     def setup_cache(self) -> dict[str, dict[str, float]]:
@@ -144,7 +146,7 @@ class TrackVAELockstep:
     1 is a perfectly compacted batch; a regression of the per-(replicate, point) compaction (issue 18) raises it."""
 
     params = (["coupled_isir"],)
-    param_names = ["estimator"]
+    param_names: ClassVar[list[str]] = ["estimator"]
     timeout = 600
 
     def setup_cache(self) -> dict[str, dict[str, float]]:

@@ -121,7 +121,7 @@ def build(params: FactorParams, proposal: ShiftedPriorParams, seed: int, dtype: 
     family = ShiftedPrior(x.shape[0], params.latent_dim)
     mean, cov = model.posterior(theta, x)
     phi = {"m": mean + proposal.mean_shift, "log_std": 0.5 * torch.log(torch.diagonal(cov))}
-    cast = lambda p: {k: v.to(dtype=dtype, device=device) for k, v in p.items()}  # noqa: E731
+    cast = lambda p: {k: v.to(dtype=dtype, device=device) for k, v in p.items()}
     return ComposedTarget(model, family, x.to(dtype=dtype, device=device), cast(theta), cast(phi),
                           reference_builders={LOG_MARGINAL.key: exact_log_marginal_grad}, seed=seed)
 

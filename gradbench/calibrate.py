@@ -22,15 +22,14 @@ seed), ``calibration_summary.csv`` and ``calibration_qq.png``.
 
 from __future__ import annotations
 
-import click
-import sys
-
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import numpy as np
 import pandas as pd
 from scipy import stats as sps

@@ -128,7 +128,7 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
 
     ``reference``: the cell's reference when the runner has it (computed once per target and objective
     and cached in the run folder); otherwise the target computes it."""
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     sample = sample_cell(cell, target)
     if not uses_reference(cell):
@@ -188,7 +188,7 @@ def run_train_cell(cell: Cell, target: Any, checkpoint_dir: Path | None = None) 
     With ``checkpoint_dir`` it checkpoints to, and resumes from, ``<checkpoint_dir>/<cell_id>.pt``."""
     from gradbench.protocols import train
 
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{cell.cell_id}.pt"
     from gradbench.protocols import train_ebm  # issue 16: θ-only training of energy-based models

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # the contract itself imports no torch: `gradbench list`/`val
     from gradbench.core import GradSample, ParamGroup, ParamLayout, Reference
     from gradbench.target import ComposedTarget, per_replicate_grad
 
-__all__ = [  # noqa: F822 — some names are provided lazily by __getattr__
+__all__ = [  # some names are provided lazily by __getattr__
     "CAPABILITIES", "Capability", "ComposedTarget", "Family", "GradSample", "LatentSpace", "Model", "Objective",
     "ParamGroup", "ParamLayout", "Params", "Reference", "missing_capabilities", "per_replicate_grad",
 ]

@@ -28,10 +28,11 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -377,7 +378,7 @@ def code_version(module: str) -> str:
     return _code_version(module)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _code_version(module: str) -> str:
     top = module.split(".")[0]
     if top != "gradbench":

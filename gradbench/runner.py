@@ -23,12 +23,33 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from gradbench.cell import (REPLICATE_BLOCK, cell_objective, cell_thread_limits, cell_threads, resolution_warning,  # noqa: F401
-                            run_cell, sample_cell, target_for, uses_reference)
+from gradbench.cell import (  # noqa: F401
+    REPLICATE_BLOCK,
+    cell_objective,
+    cell_thread_limits,
+    cell_threads,
+    resolution_warning,
+    run_cell,
+    sample_cell,
+    target_for,
+    uses_reference,
+)
 from gradbench.executors import DaskExecutor, LocalExecutor
-from gradbench.store import (PROVENANCE, RunBusy, atomic_write_bytes, atomic_write_parquet, collect, output_lock,  # noqa: F401
-                             read_reference, reference_path, write_manifest, write_reference, write_target)
+from gradbench.store import (  # noqa: F401
+    PROVENANCE,
+    RunBusy,
+    atomic_write_bytes,
+    atomic_write_parquet,
+    collect,
+    output_lock,
+    read_reference,
+    reference_path,
+    write_manifest,
+    write_reference,
+    write_target,
+)
 from gradbench.suite import Cell, Suite
+
 
 @dataclass(frozen=True)
 class RunSummary:

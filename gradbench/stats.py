@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-
 import numpy as np
 from scipy import stats as sps
 
@@ -546,7 +545,7 @@ def hill_tail_index(x: np.ndarray) -> tuple[float, float, int]:
     """
     x = np.sort(x[np.isfinite(x) & (x > 0)])[::-1]
     n = x.size
-    k = int(math.ceil(math.sqrt(n)))
+    k = math.ceil(math.sqrt(n))
     if n < 10 or k >= n:
         return math.nan, math.nan, k
     logs = np.log(x[:k]) - math.log(x[k])

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gradbench.atomic import atomic_write_bytes  # noqa: F401  (re-exported: the run folder's writes)
+from gradbench.atomic import atomic_write_bytes  # re-exported: the run folder's writes
 from gradbench.cell import cell_objective, target_for
 from gradbench.suite import Cell
 
@@ -54,8 +54,7 @@ def output_lock(out: Path) -> Iterator[None]:
     The kernel drops the lock when its process dies (even by SIGKILL), so no stale lock survives.
     """
     out.mkdir(parents=True, exist_ok=True)
-    fh = open(out / ".lock", "a+")
-    try:
+    with open(out / ".lock", "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -68,8 +67,6 @@ def output_lock(out: Path) -> Iterator[None]:
         fh.write(str(os.getpid()))
         fh.flush()
         yield
-    finally:
-        fh.close()
 
 
 def reference_path(out: Path, cell: Cell) -> Path:

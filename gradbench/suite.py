@@ -308,7 +308,7 @@ def _grid(src: _SourceMap, loc: Loc, params: dict[str, Any], model: type[BaseMod
 
 def _is_single_list_value(annotation: Any, value: list[Any]) -> bool:
     """A list-typed parameter (e.g. ``hidden: [200, 200]``) given a flat list is one value; a list of lists is a grid."""
-    types = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")) \
+    types = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, __import__("types").UnionType) \
         else (annotation,)
     takes_list = any(typing.get_origin(t) in (list, tuple) or t in (list, tuple) for t in types)
     return takes_list and not any(isinstance(v, list) for v in value)

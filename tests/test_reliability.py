@@ -62,7 +62,7 @@ def test_sigkill_at_several_moments_loses_nothing(tmp_path):
     unfinished cells, and the final table equals an uninterrupted run's (bitwise, provenance aside)."""
     suite = write(tmp_path, SLOW_SUITE)
     reference = subprocess.run([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(tmp_path / "ref")],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, check=False)
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed"
     for kill_after in (0, 2, 4):
@@ -72,12 +72,12 @@ def test_sigkill_at_several_moments_loses_nothing(tmp_path):
             wait_until(lambda: (out / ".lock").exists())
             time.sleep(0.3)
         else:
-            wait_until(lambda: finished(out) >= kill_after or proc.poll() is not None)
+            wait_until(lambda kill_after=kill_after, proc=proc: finished(out) >= kill_after or proc.poll() is not None)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert finished(out) >= before, "finished cells are never lost"
     res = subprocess.run([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(out)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     reused = int(res.stdout.rsplit(" reused", 1)[0].rsplit(",", 1)[1])
     assert reused >= 4
@@ -89,14 +89,13 @@ def test_sigkill_at_several_moments_loses_nothing(tmp_path):
 
 def test_second_run_on_the_same_folder_is_refused(tmp_path):
     out = tmp_path / "out"
-    with output_lock(out):
-        with pytest.raises(RunBusy, match=f"another gradbench run \\(pid {os.getpid()}\\)"):
-            with output_lock(out):
-                pass
+    busy = pytest.raises(RunBusy, match=f"another gradbench run \\(pid {os.getpid()}\\)")
+    with output_lock(out), busy, output_lock(out):  # the second lock is refused while the first is held
+        pass
     res = None
     with output_lock(out):  # the CLI says so in one line, exit code 3
         res = subprocess.run([sys.executable, "-m", "gradbench", "run", str(write(tmp_path, VALID)), "--out", str(out)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
     assert res.returncode == 3 and res.stderr.count("\n") == 1 and "another gradbench run" in res.stderr
     with output_lock(out):  # released: can be taken again
         pass
@@ -113,7 +112,8 @@ def test_ctrl_c_stops_after_the_current_cell(tmp_path):
     assert "run the same command again to resume" in err and "Traceback" not in err
     done = finished(out)
     assert 1 <= done < 6 and not (out / "results.parquet").exists()
-    res = subprocess.run([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(out)], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(out)], capture_output=True, text=True,
+                         check=False)
     assert res.returncode == 0 and f"{6 - done} cell(s) run, {done} reused" in res.stdout
 
 
@@ -256,7 +256,7 @@ def test_fuzzed_suites_give_a_plan_or_one_clean_error(data):
         path = Path(tmp) / "fuzz.yaml"
         path.write_text(yaml.safe_dump(doc) if data.draw(st.booleans()) else yaml.safe_dump(doc)[: data.draw(st.integers(0, 400))])
         try:
-            suite, cells = load_suite(path)
+            _suite, cells = load_suite(path)
         except SuiteError as exc:
             msg = str(exc)
             assert "\n" not in msg and msg.startswith(str(path)), msg

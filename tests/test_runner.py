@@ -67,7 +67,7 @@ def test_changed_seed_changes_values(first_run, tmp_path):
     tmp, _, _, summary = first_run
     suite, cells = load_suite(tmp / "suite.yaml", {"seed": 8})
     other = run_suite(suite, cells, tmp_path / "seed8", progress=False)
-    v = lambda t: t[(t.metric == "trace_cov") & (t.estimator == "iwae")].value.to_numpy()  # noqa: E731
+    v = lambda t: t[(t.metric == "trace_cov") & (t.estimator == "iwae")].value.to_numpy()
     assert not np.array_equal(v(other.table), v(summary.table))
 
 

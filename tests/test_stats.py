@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from gradbench.stats import (ReferenceNoise, bh_qvalues, bias_norm_interval, bias_test, bootstrap_snr_medians,
-                             hill_tail_index, holm_adjust, influence_se)
+from gradbench.stats import (
+    ReferenceNoise,
+    bh_qvalues,
+    bias_norm_interval,
+    bias_test,
+    bootstrap_snr_medians,
+    hill_tail_index,
+    holm_adjust,
+    influence_se,
+)
 
 EPS = float(np.finfo(np.float64).eps)
 

@@ -141,7 +141,7 @@ def load(spec: DataSpec, base: Path | None = None) -> tuple[np.ndarray, dict[str
             raise DataError(f"data: n = {spec.n} but the {spec.split} split has {len(x)} rows")
         x = x[: spec.n]
     x = binarize(x, spec.binarize, spec.seed)
-    prov = {"source": spec.name or str(spec.path), "split": spec.split, "rows": int(len(x)), "dim": int(x.shape[1]),
+    prov = {"source": spec.name or str(spec.path), "split": spec.split, "rows": len(x), "dim": int(x.shape[1]),
             "binarize": spec.binarize, "binarize_seed": spec.seed,
             "sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()}
     return x, prov

@@ -551,7 +551,7 @@ def resolve_k_m(target: LatentTarget, gen: torch.Generator, kind: _Kind, p: Coup
                           max_iter=p.max_iter, with_estimate=False)
         pilot_evals = run.lockstep_evals
         tau_rep = run.tau_point.max(1).values.double().cpu()
-        k = int(math.ceil(float(torch.quantile(tau_rep, p.k_quantile))))
+        k = math.ceil(float(torch.quantile(tau_rep, p.k_quantile)))
     if p.m is None:
         m = k if p.k != "auto" else p.m_factor * k
     elif p.m == "auto":

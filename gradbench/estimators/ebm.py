@@ -189,10 +189,10 @@ def _coupled_sweep(target: EBMTarget, X: Tensor, Y: Tensor, gen: torch.Generator
     if coupling == "maximal":
         u = _uniforms(target, X.shape[:2], gen)
         return target.sweep(X, u), target.sweep(Y, u)
-    if not isinstance(target, RBM):
-        raise ValueError("block_maximal coupling is defined for the rbm (bipartite block Gibbs) only")
-    hx, hy = block_maximal_bernoulli(X @ target.W + target.c, Y @ target.W + target.c, gen)
-    return block_maximal_bernoulli(hx @ target.W.T + target.b, hy @ target.W.T + target.b, gen)
+    if isinstance(target, RBM):
+        hx, hy = block_maximal_bernoulli(X @ target.W + target.c, Y @ target.W + target.c, gen)
+        return block_maximal_bernoulli(hx @ target.W.T + target.b, hy @ target.W.T + target.b, gen)
+    raise ValueError("block_maximal coupling is defined for the rbm (bipartite block Gibbs) only")
 
 
 def _v_weight(t: int, k: int, m: int, lag: int) -> float:

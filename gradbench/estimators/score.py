@@ -214,7 +214,7 @@ def reinforce(target: EncoderTarget, R: int, gen: torch.Generator, *, S: int = 1
     extra_cost = 0
     diagnostics: dict[str, Tensor] = {}
     if baseline == "none":
-        fn: Callable[[Tensor, Tensor], Tensor] = lambda f, score: torch.zeros_like(f)  # noqa: E731
+        fn: Callable[[Tensor, Tensor], Tensor] = lambda f, score: torch.zeros_like(f)
     elif baseline == "rloo":
         fn = rloo_baseline
     elif baseline == "optimal":
@@ -222,13 +222,13 @@ def reinforce(target: EncoderTarget, R: int, gen: torch.Generator, *, S: int = 1
     elif baseline == "point":
         mode = target.mode()  # z* = the mode of q(·|x_n), [N, k]
         f_star = learning_signal(target, mode, target.log_proposal(mode), kl)  # [N]
-        fn = lambda f, score: f_star.expand_as(f)  # noqa: E731
+        fn = lambda f, score: f_star.expand_as(f)
         extra_cost = 1
     else:
         bl = make_baseline(baseline, target, rate)
         state = warm_up(bl, bl.init(R, z), target, S, kl, warmup, gen)
         b_fitted = bl.value(state).unsqueeze(1)  # [R, 1, N]
-        fn = lambda f, score: b_fitted.expand_as(f)  # noqa: E731
+        fn = lambda f, score: b_fitted.expand_as(f)
         diagnostics["warmup_evals"] = torch.full((R,), float(warmup * S * target.n_data), dtype=z.dtype, device=z.device)
     sample = reinforce_with_baseline(target, z, log_q, fn, kl)
     cost = sample.cost + extra_cost * target.n_data

@@ -100,7 +100,7 @@ def sumo_weights(log_w: Tensor, n_terms: Tensor, K_min: int, truncation: str, rh
 
     Particles beyond K_min + 𝒦 get weight 0 (J ≥ max(K_min + 𝒦) is required).
     """
-    B, J, N = log_w.shape
+    _B, J, _N = log_w.shape
     dtype = log_w.dtype
     j = torch.arange(1, J + 1, dtype=dtype, device=log_w.device).view(1, J, 1)  # 1-based particle count
     i = j - K_min  # term index of IWAE_j (0 = base)

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from gradbench.contracts import LatentSpace, Params
 from gradbench.core import ParamGroup, ParamLayout
-from gradbench.models.params import BernoulliProposal  # noqa: F401  (torch-free schema)
+from gradbench.models.params import BernoulliProposal  # torch-free schema
 
 MAX_LOGIT = 8.0  # fitted logits are clipped to ±8 (probabilities 3.4e-4 .. 1 − 3.4e-4)
 RIDGE = 1e-6

@@ -33,8 +33,8 @@ from torch import Tensor
 
 from gradbench.contracts import LatentSpace, Params
 from gradbench.core import ParamGroup, ParamLayout
+from gradbench.models.params import GaussianProposal  # torch-free schema
 from gradbench.references.quadrature import laplace
-from gradbench.models.params import GaussianProposal  # noqa: F401  (torch-free schema)
 
 LOG_2PI = math.log(2 * math.pi)
 GAUSSIAN_CAPABILITIES = frozenset({"reparam", "score", "log_prob"})

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from gradbench.core import ParamGroup, ParamLayout, Reference
-from gradbench.models.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
+from gradbench.models.params import (  # torch-free schemas, for `gradbench validate`
     PPCAParams,
     ProposalParams,
 )
@@ -129,7 +129,7 @@ class PPCA:
             x = z @ W.T + mu + sigma * torch.randn(n, d, generator=gen, dtype=f64)
         else:
             x = torch.as_tensor(np.asarray(data, dtype=np.float64))
-        cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
+        cast = lambda t: t.to(dtype=dtype, device=device)
         return cls(cast(W), cast(mu), cast(sigma), cast(x), proposal.mean_shift, proposal.cov_scale)
 
     # -- shapes -------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from gradbench.core import ParamGroup, ParamLayout, Reference
-from gradbench.models.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
+from gradbench.models.params import (  # torch-free schemas, for `gradbench validate`
     EncoderParams,
     PPCAEncoderParams,
 )
@@ -114,7 +114,7 @@ class PPCAEncoder(PPCA):
         A = A + dA
         b = b + encoder.mean_noise * s * xi_b - dA @ base.mu
         c = c + encoder.log_std_shift
-        cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
+        cast = lambda t: t.to(dtype=dtype, device=device)
         return cls(cast(base.W), cast(base.mu), cast(base.sigma), cast(base.x), A=cast(A), b=cast(b), c=cast(c),
                    seed=seed, reference_replicates=params.reference_replicates)
 

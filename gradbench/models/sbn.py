@@ -45,9 +45,9 @@ from gradbench.families.bernoulli import (
     fit_logits,
     marginal_logits,
 )
+from gradbench.models.params import SBNParams  # torch-free schema
 from gradbench.references import enumeration
 from gradbench.seeding import derive_seed, make_generator
-from gradbench.models.params import SBNParams  # noqa: F401  (torch-free schema)
 
 DESCRIPTION = ("sigmoid belief net (binary latents, 1–2 layers, linear or MLP conditionals): ∇θ log p(x), ∇θ/∇φ ELBO "
                "enumerated over 2^k states; exact posterior sampling; IWAE_K references enumerated or estimated")

@@ -37,8 +37,18 @@ import pandas as pd
 
 from gradbench.core import GradSample, Reference
 from gradbench.protocols import FiniteSample, ProtocolContext, Row, group_slices, row
-from gradbench.stats import (INCONCLUSIVE, RARE_STATE_COUNT, ReferenceNoise, bh_qvalues, bias_norm_interval, bias_test,
-                             holm_adjust, influence_se, rare_state_verdict, sample_noise)
+from gradbench.stats import (
+    INCONCLUSIVE,
+    RARE_STATE_COUNT,
+    ReferenceNoise,
+    bh_qvalues,
+    bias_norm_interval,
+    bias_test,
+    holm_adjust,
+    influence_se,
+    rare_state_verdict,
+    sample_noise,
+)
 
 CI_LEVEL = 0.95
 
@@ -81,7 +91,7 @@ def bias(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) 
         else:
             se = math.sqrt(G.var(0, ddof=1).sum() / n) if n > 1 else math.nan
         ref_norm = float(np.linalg.norm(g_star))
-        rel = (lambda v: v / ref_norm if ref_norm > 0 else math.nan)
+        rel = (lambda v, ref_norm=ref_norm: v / ref_norm if ref_norm > 0 else math.nan)
         dn = sample_noise(G, nz, ctx.eps)  # one decomposition for the test and the interval
         test = bias_test(G, g_star, ctx.eps, np.random.default_rng([ctx.seed, i, 0]), nz, atoms=ctx.atoms, dn=dn)
         ci_method = f"{CI_LEVEL:.0%} Neyman interval of ||b||/||g*|| (generalised chi-square inversion)"

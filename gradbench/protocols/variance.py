@@ -16,14 +16,13 @@ evaluations) over *all* replicates, including non-finite/censored ones, with its
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gradbench.core import GradSample, Reference
 from gradbench.protocols import FiniteSample, ProtocolContext, Row, group_slices, row
-import math
-
 from gradbench.stats import bootstrap_snr_medians, hill_tail_index, influence_se
-
 
 TAIL_Z = 1.645  # one-sided 95 %
 

@@ -197,7 +197,7 @@ def ratio_test(va: float, sa: float, vb: float, sb: float) -> tuple[float, float
     if not (np.isfinite(va) and np.isfinite(vb)):
         return math.nan, math.nan, "untestable: non-finite value"
     if va <= 0 or vb <= 0:
-        p, d, method = diff_test(va, sa, vb, sb)
+        p, _d, method = diff_test(va, sa, vb, sb)
         return p, math.nan, method
     if not (np.isfinite(sa) and np.isfinite(sb)):
         return math.nan, vb / va, NOT_TESTED_SE

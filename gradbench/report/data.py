@@ -177,7 +177,7 @@ def load_run(path: str | Path, alpha: float | None = None, *, partial: bool = Fa
     else:
         try:
             results = pd.read_parquet(results_path)
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
+        except Exception as exc:  # noqa: BLE001 — pyarrow raises several types for a corrupt file
             raise RunError(f"{results_path}: cannot read parquet ({type(exc).__name__}: {exc})") from None
     required = {"cell_id", "estimator", "protocol", "param_group", "metric", "value", "stderr"}
     missing = required - set(results.columns)

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 
 import matplotlib
 
-matplotlib.use("Agg")  # noqa: E402  (headless; before pyplot)
+matplotlib.use("Agg")  # headless; before pyplot
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from gradbench.report.data import (  # noqa: E402
+from gradbench.report.data import (
     CORRECTIONS,
     VARIANCE_WARNED_METRICS,
     RunData,
@@ -36,7 +36,7 @@ from gradbench.report.data import (  # noqa: E402
     fmt_param,
     infinite_variance_cells,
 )
-from gradbench.report.style import LINESTYLES, MARKERS, estimator_color, metric_label, theme  # noqa: E402
+from gradbench.report.style import LINESTYLES, MARKERS, estimator_color, metric_label, theme
 
 PANEL_W, PANEL_H = 3.6, 3.1
 P_FLOOR = 1e-12  # p-values below are drawn at this floor
@@ -473,7 +473,7 @@ def meeting_times(run: RunData) -> Figure | None:
     for i, panel in enumerate(panels):
         sub = m[m["panel"] == panel]
         est = str(sub["estimator"].iloc[0])
-        hue_key = sub["budget"].map(lambda b: f"{sub['budget_param'].iloc[0]}={fmt_param(b)}" if pd.notna(b) else "—")
+        hue_key = sub["budget"].map(lambda b, sub=sub: f"{sub['budget_param'].iloc[0]}={fmt_param(b)}" if pd.notna(b) else "—")
         sub = sub.assign(budget_label=hue_key)
         order = list(dict.fromkeys(sub.sort_values("budget")["budget_label"]))
         # a budget sweep in perceptually ordered, well separated colours (viridis without its pale end)

@@ -121,7 +121,7 @@ def run_facts(run: RunData) -> list[tuple[str, str]]:
              ("protocols", ", ".join(run.protocols)),
              ("parameter groups", ", ".join(run.param_groups))]
     if "n_replicates" in r:
-        reps = sorted(set(int(x) for x in r["n_replicates"].dropna()))
+        reps = sorted({int(x) for x in r["n_replicates"].dropna()})
         facts.append(("replicates per cell (finite)", ", ".join(map(str, reps))))
     for col, name in (("seed", "seed"), ("device", "device"), ("dtype", "dtype"),
                       ("gradbench_version", "gradbench (run)"), ("torch_version", "torch (run)")):
@@ -302,4 +302,4 @@ No network access is needed to view this page.</footer>
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

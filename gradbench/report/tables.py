@@ -147,7 +147,7 @@ def _ident(r: pd.Series, n_targets: int) -> list[Cell]:
     budget = f"{r['budget_param']}={fmt_param(r['budget'])}" if r["budget_param"] else "—"
     cells = [Cell(r["target_label"])] if n_targets > 1 else []
     n = fmt_param(r["n_replicates"]) if "n_replicates" in r else "—"
-    if "n_nonfinite" in r and r["n_nonfinite"]:
+    if r.get("n_nonfinite"):
         bad = Cell(f"{n} (+{fmt_param(r['n_nonfinite'])} non-finite)", "bad")
         return cells + [Cell(r["series"]), Cell(budget), bad]
     return cells + [Cell(r["series"]), Cell(budget), Cell(n)]

@@ -1,10 +1,16 @@
 """Coverage of the 95 % interval of ||b||/||g*|| over N seeds (demo target, R replicates). Usage: coverage.py N R"""
-import sys, time, numpy as np, torch
+import sys
+import time
+
+import numpy as np
+import torch
+
 sys.path.insert(0, '.')
-from tests.conftest import make_ppca
 from gradbench.estimators.importance import iwae
 from gradbench.estimators.posterior import oracle
 from gradbench.stats import bias_norm_interval
+from tests.conftest import make_ppca
+
 EPS = float(np.finfo(float).eps)
 n_seeds, R = int(sys.argv[1]), int(sys.argv[2])
 t = make_ppca(d=10, k=3, n=1, mean_shift=0.5, cov_scale=2.0, seed=0)

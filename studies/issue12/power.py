@@ -1,10 +1,17 @@
 """Power at α = 0.01 of the old (47b7c16) and new bias tests, same samples. Usage: power.py CASE N_SEEDS"""
-import sys, time, importlib.util, numpy as np, torch
+import importlib.util
+import sys
+import time
+
+import numpy as np
+import torch
+
 sys.path.insert(0, '.')
 spec = importlib.util.spec_from_file_location("old_stats", "studies/issue12/old_stats.py"); old = importlib.util.module_from_spec(spec); sys.modules["old_stats"] = old; spec.loader.exec_module(old)
-from tests.conftest import make_ppca
 from gradbench.estimators.importance import iwae
 from gradbench.stats import bias_test
+from tests.conftest import make_ppca
+
 EPS = float(np.finfo(float).eps)
 case, n_seeds = sys.argv[1], int(sys.argv[2])
 K, R, wide = {"wide4": (4, 300, True), "wide16": (16, 300, True), "demo32": (32, 1000, False)}[case]

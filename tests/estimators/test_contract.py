@@ -72,7 +72,7 @@ def test_iwae_weights_hand_checked():
     """iwae = Σ_k w̃_k ∇ log p(x,z_k) with w̃ recomputed from the densities of the same draws."""
     t = make_ppca(d=4, k=2, n=1, mean_shift=0.5, cov_scale=2.0)
     K = 6
-    z, log_q = t.sample_proposal((1, K), torch.Generator().manual_seed(9))
+    z, _log_q = t.sample_proposal((1, K), torch.Generator().manual_seed(9))
     w = torch.softmax(t.log_joint(z) - t.log_proposal(z), dim=1)
     expected = (w.unsqueeze(-1) * t.grad_log_joint(z)).sum(dim=(1, 2))
     got = registry.ESTIMATORS["iwae"].fn(t, 1, torch.Generator().manual_seed(9), K=K).grads

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from scipy import stats as sps
 
 from gradbench import registry
@@ -124,7 +125,7 @@ def _brute_force_H(target, xs, ys, k: int, m: int, lag: int, rb: bool) -> torch.
     eq = torch.stack([C.states_equal(xs[t], ys[t - lag]) for t in range(lag, T + 1)])  # [T−L+1, R, N]
     tau = lag + eq.long().argmax(0)  # first meeting (all pairs meet within the horizon: checked by caller)
     out = 0.0
-    for t in range(0, T + 1):
+    for t in range(T + 1):
         cx = torch.full(tau.shape, 1.0 if k <= t <= m else 0.0, dtype=torch.float64)
         cy = torch.zeros(tau.shape, dtype=torch.float64)
         if t >= k + lag:
@@ -182,11 +183,11 @@ def test_k_auto_uses_pilot_quantile():
 
 
 def test_params_are_strict():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         C.CoupledISIRParams(k=3, m=2)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         C.CoupledISIRParams(k="3")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         C.CoupledISIRParams(coupling="greedy")
     assert C.CoupledISIRParams(k="auto").k == "auto"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import itertools
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from gradbench import registry

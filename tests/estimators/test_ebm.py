@@ -18,7 +18,7 @@ import torch
 from gradbench import registry
 from gradbench.core import GradSample
 from gradbench.estimators import ebm as E
-from gradbench.models.ebm import Ising, IsingParams, NoProposal, RBM, RBMParams
+from gradbench.models.ebm import RBM, Ising, IsingParams, NoProposal, RBMParams
 from gradbench.seeding import make_generator
 from gradbench.stats import bias_test
 
@@ -141,7 +141,7 @@ def test_driver_equals_h_km_written_out(k, m, lag, seed):
     t, S = rbm(n_v=5, n_h=3, n=6, beta=1.5), 3
     got = E.coupled_gibbs(t, 1, make_generator(seed), S=S, k=k, m=m, lag=lag)
     xs, ys = _simulate(t, S, make_generator(seed), lag, T=400)
-    grad_f = lambda v: t.weighted_grad_free_energy(v, torch.ones(1, 1, dtype=torch.float64))[0]  # noqa: E731
+    grad_f = lambda v: t.weighted_grad_free_energy(v, torch.ones(1, 1, dtype=torch.float64))[0]
     total = torch.zeros(t.layout.size, dtype=torch.float64)
     for s in range(S):
         xs_s = [x[:, s:s + 1] for x in xs]

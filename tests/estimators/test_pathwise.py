@@ -84,7 +84,7 @@ def test_iwae_and_dreg_equal_hand_derived_gradients():
 def test_common_random_numbers_identities():
     """IWAE_1 = ELBO, DReG_1 = STL, and the IWAE θ-gradient is the ``iwae`` estimator, draw for draw."""
     t = make_encoder_target()
-    gen = lambda: make_generator(11)  # noqa: E731
+    gen = lambda: make_generator(11)
     torch.testing.assert_close(pathwise.iwae_reparam(t, 6, gen(), K=1).grads, pathwise.reparam_elbo(t, 6, gen()).grads,
                                rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(pathwise.dreg(t, 6, gen(), K=1).grads, pathwise.stl(t, 6, gen()).grads,

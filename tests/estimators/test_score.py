@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats as sps
 from pydantic import ValidationError
+from scipy import stats as sps
 
 from gradbench import registry
 from gradbench.core import GradSample
@@ -91,7 +91,7 @@ def test_warm_up_uses_fresh_latents_after_the_measured_draw():
     t = make_encoder_target()
     R, S, steps = 4, 2, 7
     gen = make_generator(6)
-    z, log_q = t.sample_proposal((R, S), gen)
+    z, _log_q = t.sample_proposal((R, S), gen)
     bl = score.moving_average(0.2, t.n_data)
     state = score.warm_up(bl, bl.init(R, z), t, S, "analytic", steps, gen)
     assert isinstance(state, score.MovingAverageState) and state.steps == steps

@@ -128,7 +128,7 @@ def _broken_sumo(monkeypatch, target, R, **kw):
         monkeypatch.setattr(S, "tail", real_tail)
 
 
-CONFIGS = [dict(truncation="geometric", rho=0.6), dict(truncation="power", alpha=2.0, K_min=2)]
+CONFIGS = [{"truncation": "geometric", "rho": 0.6}, {"truncation": "power", "alpha": 2.0, "K_min": 2}]
 
 
 @pytest.mark.parametrize("kw", CONFIGS)
@@ -155,7 +155,7 @@ def test_gradient_is_unbiased(kw, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kw", CONFIGS + [dict(truncation="geometric", rho=0.9, K_min=4)])
+@pytest.mark.parametrize("kw", CONFIGS + [{"truncation": "geometric", "rho": 0.9, "K_min": 4}])
 def test_gradient_is_unbiased_study(kw):
     t = make_ppca(d=5, k=2, n=2, mean_shift=1.0, cov_scale=2.0)
     assert bias_test(S.sumo(t, 40000, gen(0), **kw).grads.numpy(), t.exact_grad().numpy(), EPS64, np.random.default_rng(0)).pvalue > ALPHA

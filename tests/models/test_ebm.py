@@ -17,7 +17,7 @@ import torch
 from scipy import stats as sps
 
 from gradbench import registry
-from gradbench.models.ebm import Ising, IsingParams, NoProposal, RBM, RBMParams, rbm_brute_force_log_z
+from gradbench.models.ebm import RBM, Ising, IsingParams, NoProposal, RBMParams, rbm_brute_force_log_z
 from gradbench.seeding import make_generator
 
 ALPHA = 1e-3
@@ -100,7 +100,7 @@ def test_ising_log_z_equals_itertools_enumeration():
 
 
 def test_ising_chunked_enumeration_matches_one_chunk(monkeypatch):
-    import gradbench.models.ebm as ebm
+    from gradbench.models import ebm
 
     t = ising(9, beta=1.2, seed=5)
     whole = (t.log_z(), t.model_expectation())

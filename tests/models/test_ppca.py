@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from scipy.stats import norm
 
 from gradbench.models.ppca import PPCA

@@ -42,7 +42,7 @@ def _finite_difference(target: PPCAEncoder, which: str, h: float = 1e-6) -> torc
             plus, minus = flat.clone(), flat.clone()
             plus[i] += h
             minus[i] -= h
-            f = lambda v: target.elbo(**{which: {name: v.reshape(value.shape)}})  # noqa: E731
+            f = lambda v, name=name, value=value: target.elbo(**{which: {name: v.reshape(value.shape)}})
             out.append((f(plus) - f(minus)) / (2 * h))
     return torch.stack(out)
 

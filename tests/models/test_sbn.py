@@ -249,8 +249,8 @@ def test_rare_latent_values_are_flagged_when_R_cannot_see_them():
     (the value is then absent from the sample with probability > 1e-3); control: the same target with R large
     enough that R·q_min ≥ log(10³) is not flagged, and a shift that makes the logits extreme lowers q_min."""
     from gradbench.cell import rare_state_warning
-    from gradbench.stats import RARE_STATE_COUNT
     from gradbench.core import GradSample
+    from gradbench.stats import RARE_STATE_COUNT
 
     t = tiny([3], "linear", logit_shift=6.0)
     q = t.family.probs(t.encoder_params(), t.x).double()

@@ -1,10 +1,17 @@
 # Run: PYTHONPATH=$PWD OMP_NUM_THREADS=1 python tests/models/vae_speed_check.py  (not a pytest test)
 """iwae K=8 R=500 vs the floor (one batched log_joint + backward of the same size) on the vae digits target.
 Same process, one thread, the three timed round-robin (so load changes hit all alike), 25 rounds, median."""
-import sys, time, statistics, torch
+import statistics
+import sys
+import time
+
+import torch
+
 sys.path.insert(0, 'tests/models')
 from test_vae import digits_target
+
 from gradbench.estimators import importance
+
 torch.set_num_threads(1)
 t = digits_target()
 R, K = 500, 8
@@ -12,6 +19,8 @@ gen = torch.Generator().manual_seed(0)
 z, _ = t.sample_proposal((R, K), gen)
 w = torch.full(z.shape[:-1], 1.0 / K, dtype=z.dtype)
 from gradbench.contracts import ComposedTarget
+
+
 class Plain:  # the model without its fast paths: ComposedTarget falls back to torch.func vmap(grad)
     def __init__(self, m): self.m, self.latent, self.layout = m, m.latent, m.layout
     def log_joint(self, *a): return self.m.log_joint(*a)

@@ -76,7 +76,7 @@ def test_censoring_is_reported_not_averaged():
     assert rows["tau_max"]["value"] == math.inf and rows["tau_q99"]["value"] == math.inf
     assert rows["tau_q50"]["value"] == 4
     # exposure: t0 = median − 1 = 3; τ > 3: 4, 5 met (exposure 1 + 2), two censored (47 each, no event)
-    lam, se, n_e, h = geometric_tail_fit(tau, cens, 3.0)
+    _lam, _se, n_e, h = geometric_tail_fit(tau, cens, 3.0)
     assert n_e == 2 and h == pytest.approx(2 / 97)
     assert rows["tail_rate"]["value"] == pytest.approx(-math.log1p(-2 / 97))
 

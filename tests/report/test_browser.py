@@ -22,7 +22,7 @@ WIDTH, HEIGHT = 1280, 3000
 def _screenshot(html: Path, png: Path, profile: Path) -> None:
     cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
            f"--window-size={WIDTH},{HEIGHT}", f"--screenshot={png}", html.resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0 and png.is_file(), proc.stderr[-2000:]
 
 

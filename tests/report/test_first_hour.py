@@ -69,7 +69,7 @@ def test_efficiency_frontier_never_mixes_gradients(tmp_path: Path) -> None:
     # the frontier of each panel is drawn from that gradient's cells only: its x values are theirs
     for ax, grad in ((theta_ax, "∇θ"), (phi_ax, "∇φ")):
         own = set(np.round(run.wide(["evals_mean"]).query("gradient == @grad")["evals_mean"], 9))
-        front = [line for line in ax.get_lines() if line.get_linestyle() == "--"][0]
+        front = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
         assert set(np.round(np.asarray(front.get_xdata(), float), 9)) <= own
 
 
@@ -88,7 +88,7 @@ def test_report_defaults_to_the_run_folder_and_refuses_a_file(two_targets: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     shutil.copytree(two_targets, run)
-    code, out, _ = cli(capsys, "report", str(run), "--dpi", "50")
+    code, _out, _ = cli(capsys, "report", str(run), "--dpi", "50")
     assert code == 0 and (run / "report" / "index.html").is_file()
     a_file = tmp_path / "report.html"
     a_file.write_text("")

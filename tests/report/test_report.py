@@ -17,8 +17,15 @@ from gradbench.report.data import load_run
 from gradbench.report.render import render_report
 from gradbench.report.style import FIXED_COLORS, estimator_color
 from gradbench.report.tables import summary_table
-from tests.report.report_helpers import (add_meeting, add_snr, add_wallclock, keep_protocols, run_to, set_alpha,
-                                         write_suite)
+from tests.report.report_helpers import (
+    add_meeting,
+    add_snr,
+    add_wallclock,
+    keep_protocols,
+    run_to,
+    set_alpha,
+    write_suite,
+)
 
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")  # e.g. a collapsed layout is a bug
 
