@@ -98,6 +98,7 @@ class Estimator(_CodeByPath):
     description: str
     estimates: Callable[[dict[str, Any]], Objective] | Objective = LOG_MARGINAL  # what its bias is measured against
     requires: Callable[[dict[str, Any]], Capabilities] | Capabilities = frozenset({"log_prob"})
+    runs: Callable[[dict[str, Any]], tuple[str, ...]] = lambda p: ()  # registered estimators it runs inside (cell ids)
 
     def objective(self, params: dict[str, Any]) -> Objective:
         return self.estimates(params) if callable(self.estimates) else self.estimates
@@ -245,7 +246,7 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator("vimco", _E + "score:vimco", ep.VIMCOParams, "score-function ∇φ IWAE_K with leave-one-out baselines (Mnih & Rezende 2016)", _phi_iwae, _SCORE),
     Estimator("train", "gradbench.protocols.train:protocol", ep.TrainParams,
               "issue 15: not an estimator — a training run (θ-estimator, φ-estimator, seed) for the protocol 'train'",
-              requires=lambda p: _train_requires(p)),
+              requires=lambda p: _train_requires(p), runs=lambda p: _train_runs(p)),
     Estimator("exact_sampling", _E + "ebm:exact_sampling", ep.ExactSamplingParams,
               "EBM: model term from S exact samples of p_θ by enumeration (the oracle; unbiased; cost in sweeps)", requires=_EBM),
     Estimator("cd", _E + "ebm:cd", ep.CDParams,
@@ -300,6 +301,11 @@ def _train_requires(p: dict[str, Any]) -> Capabilities:
         return ESTIMATORS[p.get("theta_estimator", "elbo")].required(p.get("theta_params", {})) | _EBM
     theta, phi = ESTIMATORS[p.get("theta_estimator", "elbo")], ESTIMATORS[p.get("phi_estimator", "reparam_elbo")]
     return theta.required(p.get("theta_params", {})) | phi.required(p.get("phi_params", {}))
+
+
+def _train_runs(p: dict[str, Any]) -> tuple[str, ...]:
+    """The ``train`` pseudo-estimator's θ- and φ-estimators (defaults included; φ is None for θ-only training)."""
+    return tuple(n for n in (p.get("theta_estimator", "elbo"), p.get("phi_estimator", "reparam_elbo")) if n is not None)
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
@@ -416,9 +422,12 @@ def _source_path(module: str) -> str | None:
     return None
 
 
-def estimator_modules(name: str) -> tuple[str, ...]:
-    """Modules whose source determines an estimator's output: its own module and the contract it runs on."""
-    return tuple(dict.fromkeys([ESTIMATORS[name].module_of("fn"), "gradbench.contracts", "gradbench.target", "gradbench.core"]))
+def estimator_modules(name: str, params: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """Modules whose source determines an estimator's output: its own module, the contract it runs on, and those of
+    the registered estimators it runs inside (``Estimator.runs``, e.g. a train cell's θ- and φ-estimators)."""
+    entry = ESTIMATORS[name]
+    inner = [m for n in entry.runs(params or {}) for m in estimator_modules(n)]
+    return tuple(dict.fromkeys([entry.module_of("fn"), "gradbench.contracts", "gradbench.target", "gradbench.core", *inner]))
 
 
 def model_modules(name: str) -> tuple[str, ...]:
@@ -430,11 +439,3 @@ def protocol_modules(name: str) -> tuple[str, ...]:
     entry = PROTOCOLS[name]
     return tuple(dict.fromkeys([entry.module_of("fn"), *entry.modules, "gradbench.stats"]))
 
-
-def trained_estimators(name: str, params: dict[str, Any]) -> tuple[str, ...]:
-    """The registered estimators a cell of estimator ``name`` runs inside it: for ``train``, its θ- and φ-estimators
-    (defaults included); none otherwise. Their modules are part of the cell id."""
-    if name != "train":
-        return ()
-    p = ESTIMATORS[name].params.model_validate(params)
-    return tuple(n for n in (p.theta_estimator, p.phi_estimator) if n is not None)

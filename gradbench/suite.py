@@ -222,9 +222,8 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
     protocol_code = [m for name in suite.protocols for m in registry.protocol_modules(name)]
 
     def code(target: TargetConfig, estimator: str, params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-        names = (estimator, *registry.trained_estimators(estimator, params))
-        modules = dict.fromkeys([*registry.model_modules(target.model),
-                                 *(m for name in names for m in registry.estimator_modules(name)), *protocol_code])
+        modules = dict.fromkeys([*registry.model_modules(target.model), *registry.estimator_modules(estimator, params),
+                                 *protocol_code])
         return (("gradbench", _gradbench_version()), *((m, registry.code_version(m)) for m in modules))
 
     return [
