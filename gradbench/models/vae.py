@@ -42,8 +42,9 @@ DESCRIPTION = ("VAE decoder (MLP, Bernoulli or Gaussian likelihood) with a Gauss
                "adaptive Gauss–Hermite references (latent_dim ≤ 3)")
 
 # per-replicate ∇W = Σ δ hᵀ [fan_out, fan_in] by bmm: with fan_in ≤ 8 the batched GEMM has a narrow output and is
-# slower than computing ∇Wᵀ [fan_in, fan_out] and copying it (MKL, B = 200, S = 16, fan_out 200: 2.2–4.8× at
-# fan_in 2, 1.1–2× at 8, but 0.7–0.9× at 20; float64 and float32; reports/speed/README.md, "Fused VAE gradient")
+# slower than computing ∇Wᵀ [fan_in, fan_out] and copying it (MKL, B = 200, S = 16, fan_out 200, float64 / float32:
+# 3.0 / 5.1× at fan_in 2, 1.5 / 2.4× at 8, but 0.83 / 0.80× at 20; reports/speed/fused_vae_kernels.py and
+# reports/speed/README.md, "Wave 5")
 _NARROW_FAN_IN = 8
 _CPU_TANH_VIA_SIGMOID = True  # see _tanh_from_doubled; reports/speed/fused_vae_before_after.py flips both switches
 
@@ -51,7 +52,7 @@ _CPU_TANH_VIA_SIGMOID = True  # see _tanh_from_doubled; reports/speed/fused_vae_
 def _tanh_from_doubled(u2: Tensor) -> Tensor:
     """tanh(u) = 2σ(2u) − 1, given 2u, computed in place over ``u2``.
 
-    On the CPU torch's tanh is 5–7× slower than its sigmoid (float64 and float32; AMD EPYC, AVX-512), and the decoder's
+    On the CPU torch's tanh is 4–7× slower than its sigmoid (float64 and float32; AMD EPYC, AVX-512), and the decoder's
     first hidden layer is the largest elementwise pass of the fused gradient; the factor 2 is folded into the
     layer's (small) weights. Largest absolute error against float64 tanh on a grid of 2·10⁶ points in [−30, 30]:
     1.5 ε in float64 and in float32 (ε = machine epsilon). Only the hand-written gradient uses it, never autograd.
