@@ -106,7 +106,7 @@ class TrackMeeting:
     track_evals_mean.unit = "log-joint evaluations"
 
 
-# -- the VAE (issue 18) ------------------------------------------------------------------------------
+# -- the VAE -----------------------------------------------------------------------------------------
 NEURAL_R = 500
 VAE_SIZE = {"hidden": [50], "n_data": 4}  # a small VAE: the figures take seconds, not minutes
 
@@ -143,7 +143,7 @@ class TrackVAEVariance(_TrackTrace):
 
 class TrackVAELockstep:
     """Log-joints the coupled driver evaluated ÷ those the estimator is charged, on the same VAE at the fixed seed:
-    1 is a perfectly compacted batch; a regression of the per-(replicate, point) compaction (issue 18) raises it."""
+    1 is a perfectly compacted batch; a regression of the per-(replicate, point) compaction raises it."""
 
     params = (["coupled_isir"],)
     param_names: ClassVar[list[str]] = ["estimator"]

@@ -68,7 +68,7 @@ def estimator_call(name: str, target: PPCA, R: int, particles: int, seed: int = 
     return call
 
 
-# Neural targets (issue 18): a digits-sized VAE and SBN on synthetic data drawn from the model (d = 64, N = 10,
+# Neural targets: a digits-sized VAE and SBN on synthetic data drawn from the model (d = 64, N = 10,
 # hidden 200), built through the registry (the same builders as the suites). Estimators by target: name →
 # (module, function, {parameters}); ``require_neural`` skips (NotImplementedError) what a commit lacks.
 NEURAL_ESTIMATORS = {
@@ -115,7 +115,7 @@ def neural_call(name: str, target: Any, R: int, seed: int = SEED, device: str = 
     return call
 
 
-# Wave-2/3 families (issues 13, 14, 16): one small target each, built through the registry, and the estimators
+# Discrete-latent (SBN, categorical VAE), semi-implicit and energy-based (RBM) families: one small target each, built through the registry, and the estimators
 # that serve it with their default parameters. case → (model, model params, proposal, estimator, estimator params).
 FAMILY_CASES = {
     "sbn/disarm": ("sbn", {"layers": [10], "data_dim": 64, "n_data": 10}, {"logit_noise": 0.5}, "disarm", {}),

@@ -62,7 +62,7 @@ LAZY_COMMANDS = {
                 "Compare RUN_B against the baseline RUN_A; exit 1 on a significant regression."),
     "calibrate": ("gradbench.calibrate:calibrate_cmd",
                   "False-alarm rates, KS test and QQ plot of the bias test on estimators unbiased for their reference."),
-    "speed": ("gradbench.speed:speed", "Time a suite's estimators against floors (a)/(b), Pyro and a one-pair loop."),
+    "speed": ("gradbench.speed.command:speed", "Time a suite's estimators against floors (a)/(b), Pyro and a one-pair loop."),
 }
 
 

@@ -101,7 +101,7 @@ def test_shipped_speed_suites_are_run_suites_with_a_speed_plan():
             if p.target.model == "ppca":
                 assert p.target.params["n_data"] == 1  # the Pyro comparison needs one data point
             assert "wallclock" in suite.protocols and any(name.startswith("coupled_") for name, _ in p.estimators)
-    vae = plans(*load_suite(ROOT / "suites" / "speed-vae.yaml"))  # issue 18: vae at latent 2 and 20, and sbn
+    vae = plans(*load_suite(ROOT / "suites" / "speed-vae.yaml"))  # the neural targets: vae at latent 2 and 20, and sbn
     assert sorted((p.target.model, p.target.params.get("latent_dim")) for p in vae) == [
         ("sbn", None), ("vae", 2), ("vae", 20)]
 
@@ -175,3 +175,24 @@ def test_speed_command_dtype_override(tmp_path):
     assert json.loads((out / "speed.json").read_text())["dtype"] == "float32"
     bad = CliRunner().invoke(cli, ["speed", str(ROOT / "suites" / "speed_quick.yaml"), "--dtype", "float16"])
     assert bad.exit_code == 2 and "float16" in bad.output
+
+
+@needs_pyro
+def test_speed_library_raises_a_plain_error_and_the_command_prints_one_located_line(tmp_path, monkeypatch, capsys):
+    """A Pyro peer that disagrees with iwae (simulated: the agreement check reports a relative difference of 1) is a
+    :class:`SpeedError` from the library (no click), and ``gradbench speed`` prints it as one line naming the suite,
+    exit code 2, nothing timed and nothing written."""
+    from gradbench.cli import main
+    from gradbench.speed import SpeedError, peers
+
+    monkeypatch.setattr(peers, "check_pyro_agrees", lambda *a, **k: 1.0)
+    suite = ROOT / "suites" / "speed_quick.yaml"
+    with pytest.raises(SpeedError, match="disagree"):
+        run_speed(plan(*load_suite(suite), suite), SpeedSettings(warmup=0, repeats=1, loop=()))
+    out = tmp_path / "speed"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["speed", str(suite), "--out", str(out), "--repeats", "1", "--warmup", "0", "--no-loop"])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("…")]
+    assert len(err) == 1 and err[0].startswith(f"gradbench: error: {suite}: Pyro and gradbench iwae disagree")
+    assert not out.exists()

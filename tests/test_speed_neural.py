@@ -1,4 +1,4 @@
-"""Issue 18, speed at neural scale: the Pyro VAE peer agrees with ``iwae`` on shared noise, the per-replicate
+"""Speed at neural scale: the Pyro VAE peer agrees with ``iwae`` on shared noise, the per-replicate
 gradient paths agree, floor (a) is a forward + backward, and the scaling machinery (peak memory, log-log slopes,
 ``gradbench speed --scaling``) measures what it says. Speeds are never asserted (they belong to the machine).
 """
