@@ -2,17 +2,22 @@
 false-alarm rates (binomial s.e. under H0), KS uniformity, deciles, the lower tail, for the combined p-value and
 for its two components p_T2 and p_max (parsed from ``method``). Usage: encoder_prereg_analysis.py RUN_DIR [FIRST N]
 (FIRST N: only seeds FIRST .. FIRST+N−1, e.g. to look at 300-seed sub-batches)."""
+import argparse
 import math
 import re
-import sys
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-d = pd.read_parquet(f"{sys.argv[1]}/calibration_pvalues.parquet")
-if len(sys.argv) > 3:
-    first, n = int(sys.argv[2]), int(sys.argv[3])
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("RUN_DIR", help="a `gradbench calibrate` output folder")
+parser.add_argument("FIRST", type=int, nargs="?")
+parser.add_argument("N", type=int, nargs="?")
+args = parser.parse_args()
+d = pd.read_parquet(f"{args.RUN_DIR}/calibration_pvalues.parquet")
+if args.N is not None:
+    first, n = args.FIRST, args.N
     d = d[(d["seed"] >= first) & (d["seed"] < first + n)]
 
 
@@ -20,7 +25,7 @@ def part(name: str) -> np.ndarray:
     return np.array([float(m.group(1)) if (m := re.search(rf"{name}=([0-9.e-]+)", s)) else math.nan for s in d["method"]])
 
 
-print(f"{sys.argv[1]}: n = {len(d)}; branches {d['branch'].value_counts().to_dict()}")
+print(f"{args.RUN_DIR}: n = {len(d)}; branches {d['branch'].value_counts().to_dict()}")
 for label, p in (("combined", d["pvalue"].to_numpy(float)), ("p_T2", part("p_T2")), ("p_max", part("p_max"))):
     p = p[np.isfinite(p)]
     if p.size == 0:

@@ -1,20 +1,32 @@
 """Coverage of the 95 % interval of ||b||/||g*|| over N seeds (demo target, R replicates). Usage: coverage.py N R"""
-import sys
+import argparse
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, '.')
-from gradbench.estimators.importance import iwae
-from gradbench.estimators.posterior import oracle
+from gradbench import registry
 from gradbench.stats import bias_norm_interval
-from tests.conftest import make_ppca
+
+
+def ppca(seed: int, d: int = 10, k: int = 3, n: int = 1, mean_shift: float = 0.5, cov_scale: float = 2.0) -> Any:
+    """A PPCA target built through the registry (as a suite builds it), float64 on the CPU."""
+    entry = registry.MODELS["ppca"]
+    return entry.build(entry.params(data_dim=d, latent_dim=k, n_data=n),
+                       entry.proposal(mean_shift=mean_shift, cov_scale=cov_scale), seed, torch.float64, "cpu", None)
+
+
+iwae, oracle = registry.ESTIMATORS["iwae"].fn, registry.ESTIMATORS["oracle"].fn
 
 EPS = float(np.finfo(float).eps)
-n_seeds, R = int(sys.argv[1]), int(sys.argv[2])
-t = make_ppca(d=10, k=3, n=1, mean_shift=0.5, cov_scale=2.0, seed=0)
-g = t.exact_grad().numpy(); gn = np.linalg.norm(g)
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("N", type=int, help="seeds (independent samples)")
+parser.add_argument("R", type=int, help="replicates per sample")
+args = parser.parse_args()
+n_seeds, R = args.N, args.R
+t = ppca(seed=0)
+g = t.reference("theta").value.numpy(); gn = np.linalg.norm(g)
 t0 = time.time()
 # truth for iwae K=2: 10^6 replicates (in blocks), with the s.e. of ||b|| by the delta method
 gen = torch.Generator().manual_seed(123_456)

@@ -5,15 +5,15 @@ P(p ≤ α) ≤ α (= α on the grid k/(B + 1) when continuous). Rules:
   fullpool — Westfall & Young with ranks in the pool of all B + 1 (observed included; ties counted)
   new      — the shipped fix (gradbench.stats._min_p_count): full-pool ranks, members ordered by (min rank, max rank)
 200 000 replications per ρ, seed 0. usage: minp_rule.py"""
+import argparse
 import math
-import sys
 
 import numpy as np
 
-sys.path.insert(0, '.')
-
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--replications", type=int, default=200_000, help="per ρ (a multiple of 5000)")
 rng = np.random.default_rng(0)
-B, nsim = 499, 200_000
+B, nsim = 499, parser.parse_args().replications
 
 
 def old(T, M):

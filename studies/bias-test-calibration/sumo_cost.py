@@ -4,21 +4,33 @@ and roulette, on a PPCA with N data points (d = 10, k = 3, mean_shift 0.5, cov_s
 
 usage: sumo_cost.py N R [ALPHA ...]     (seed 0; mean ± s.e. over replicates; roulette per_replicate and per_point)
 """
+import argparse
 import math
-import sys
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, '.')
-from gradbench.estimators import sumo as S
+from gradbench import registry
 from gradbench.stats import hill_tail_index
-from tests.conftest import make_ppca
 
-N, R = int(sys.argv[1]), int(sys.argv[2])
-alphas = [float(a) for a in sys.argv[3:]] or [0.5, 0.6, 0.8]
-t = make_ppca(d=10, k=3, n=N, mean_shift=0.5, cov_scale=2.0, seed=0)
+
+def ppca(seed: int, d: int = 10, k: int = 3, n: int = 1, mean_shift: float = 0.5, cov_scale: float = 2.0) -> Any:
+    """A PPCA target built through the registry (as a suite builds it), float64 on the CPU."""
+    entry = registry.MODELS["ppca"]
+    return entry.build(entry.params(data_dim=d, latent_dim=k, n_data=n),
+                       entry.proposal(mean_shift=mean_shift, cov_scale=cov_scale), seed, torch.float64, "cpu", None)
+
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("N", type=int, help="data points")
+parser.add_argument("R", type=int, help="replicates")
+parser.add_argument("ALPHA", type=float, nargs="*", default=[0.5, 0.6, 0.8], help="power-tail exponents")
+args = parser.parse_args()
+N, R, alphas = args.N, args.R, args.ALPHA
+sumo = registry.ESTIMATORS["sumo"].fn
+t = ppca(seed=0, n=N)
 evaluated = [0]
 real_sample = t.sample_proposal
 
@@ -34,7 +46,7 @@ for alpha in alphas:
     for roulette in ("per_replicate", "per_point"):
         evaluated[0] = 0
         t0 = time.time()
-        s = S.sumo(t, R, torch.Generator().manual_seed(0), alpha=alpha, roulette=roulette)
+        s = sumo(t, R, torch.Generator().manual_seed(0), alpha=alpha, roulette=roulette)
         dt = time.time() - t0
         c = s.cost.double().numpy() / N
         cens = s.diagnostics["censored"].double().numpy()
