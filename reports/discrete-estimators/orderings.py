@@ -4,8 +4,8 @@ python reports/discrete-estimators/orderings.py RUN_DIR/results.parquet"""
 
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 
 import pandas as pd
 
@@ -23,7 +23,9 @@ def label(r: pd.Series) -> str:
 
 
 if __name__ == "__main__":
-    d = pd.read_parquet(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("RESULTS", help="RUN_DIR/results.parquet of a discrete-sbn run")
+    d = pd.read_parquet(parser.parse_args().RESULTS)
     d = d[(d.metric == "trace_cov") & (d.param_group == "all")].copy()
     d["est"] = d.apply(label, axis=1)
     for layers, g in d.groupby("model.layers"):

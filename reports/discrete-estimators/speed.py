@@ -2,30 +2,40 @@
 (target.log_joint on z [R, N, k]), R = 1000, on the discrete-sbn targets and the discrete-categorical target
 (binary-only estimators skipped there). Median of 3 timed calls after one untimed
 call (warm-up estimators: their warm-up included, as in the suite). Timings depend on the (shared) machine.
-Usage: OMP_NUM_THREADS=1 python reports/discrete-estimators/speed.py"""
+Usage: OMP_NUM_THREADS=1 python reports/discrete-estimators/speed.py [R]"""
 
+import argparse
 import time
+from typing import Any
 
 import torch
 
+from gradbench import registry
 from gradbench.data import DataSpec, load
-from gradbench.estimators import discrete, score
-from gradbench.estimators.sum_and_sample import sum_and_sample
-from gradbench.models import categorical
-from gradbench.models.params import BernoulliProposal, CategoricalProposal, CategoricalVAEParams, SBNParams
-from gradbench.models.sbn import build
 from gradbench.seeding import make_generator
 
-R = 1000
-ESTIMATORS = [("reinforce(none)", lambda t, g: score.reinforce(t, R, g, kl="mc")),
-              ("reinforce(ma,50)", lambda t, g: score.reinforce(t, R, g, baseline="moving_average", warmup=50, kl="mc")),
-              ("rloo(S=2)", lambda t, g: discrete.rloo(t, R, g, S=2)), ("nvil(50)", lambda t, g: discrete.nvil(t, R, g, warmup=50)),
-              ("arm", lambda t, g: discrete.arm(t, R, g)), ("disarm", lambda t, g: discrete.disarm(t, R, g)),
-              ("rebar(fixed)", lambda t, g: discrete.rebar(t, R, g)), ("rebar(30)", lambda t, g: discrete.rebar(t, R, g, warmup=30, lr=0.05)),
-              ("relax(30)", lambda t, g: discrete.relax(t, R, g, warmup=30, lr=0.05)),
-              ("gumbel_softmax", lambda t, g: discrete.gumbel_softmax(t, R, g)), ("straight_through", lambda t, g: discrete.straight_through(t, R, g)),
-              ("wake_sleep", lambda t, g: discrete.wake_sleep(t, R, g)), ("rws(K=8)", lambda t, g: discrete.reweighted_wake_sleep(t, R, g, K=8)),
-              ("vimco(K=2)", lambda t, g: score.vimco(t, R, g, K=2)), ("sum_and_sample(m=3)", lambda t, g: sum_and_sample(t, R, g, m=3))]
+
+def build(model: str, data: Any, **params: Any) -> Any:
+    """A target of ``model`` on ``data`` through the registry (as a suite builds it): proposal logit_noise 0.5, seed 0."""
+    entry = registry.MODELS[model]
+    return entry.build(entry.params(**params), entry.proposal(logit_noise=0.5), 0, torch.float64, "cpu", data)
+
+
+def est(name: str) -> Any:
+    return registry.ESTIMATORS[name].fn
+
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("R", type=int, nargs="?", default=1000, help="replicates per call")
+R = parser.parse_args().R
+ESTIMATORS = [("reinforce(none)", "reinforce", {"kl": "mc"}),
+              ("reinforce(ma,50)", "reinforce", {"baseline": "moving_average", "warmup": 50, "kl": "mc"}),
+              ("rloo(S=2)", "rloo", {"S": 2}), ("nvil(50)", "nvil", {"warmup": 50}), ("arm", "arm", {}),
+              ("disarm", "disarm", {}), ("rebar(fixed)", "rebar", {}), ("rebar(30)", "rebar", {"warmup": 30, "lr": 0.05}),
+              ("relax(30)", "relax", {"warmup": 30, "lr": 0.05}), ("gumbel_softmax", "gumbel_softmax", {}),
+              ("straight_through", "straight_through", {}), ("wake_sleep", "wake_sleep", {}),
+              ("rws(K=8)", "reweighted_wake_sleep", {"K": 8}), ("vimco(K=2)", "vimco", {"K": 2}),
+              ("sum_and_sample(m=3)", "sum_and_sample", {"m": 3})]  # label, registry name, parameters
 
 
 def median_seconds(fn, repeats=3):
@@ -39,18 +49,19 @@ def median_seconds(fn, repeats=3):
 
 
 x, _ = load(DataSpec(name="digits", n=10, binarize="dynamic", seed=0))
-targets = [(f"sbn {p.layers} {p.conditionals}", build(p, BernoulliProposal(logit_noise=0.5), 0, data=x))
-           for p in [SBNParams(layers=[10], conditionals="linear"), SBNParams(layers=[6, 4], conditionals="mlp", hidden=16)]]
-targets.append(("categorical_vae 2x10 linear", categorical.build(CategoricalVAEParams(), CategoricalProposal(logit_noise=0.5), 0, data=x)))
+targets = [("sbn [10] linear", build("sbn", x, layers=[10], conditionals="linear")),
+           ("sbn [6, 4] mlp", build("sbn", x, layers=[6, 4], conditionals="mlp", hidden=16)),
+           ("categorical_vae 2x10 linear", build("categorical_vae", x))]
 for label, t in targets:
     z, _ = t.sample_proposal((R,), make_generator(1))
     with torch.no_grad():
         decoder = median_seconds(lambda t=t, z=z: t.log_joint(z), 7)
     print(f"{label}: one batched log_joint [R={R}, N=10, {z.shape[-1]}] = {decoder * 1e3:.2f} ms")
-    for name, fn in ESTIMATORS:
+    for name, key, kw in ESTIMATORS:
+        fn = est(key)
         try:
-            fn(t, make_generator(0))
+            fn(t, R, make_generator(0), **kw)
         except TypeError:  # binary-only on the categorical target
             continue
-        s = median_seconds(lambda fn=fn, t=t: fn(t, make_generator(0)))
+        s = median_seconds(lambda fn=fn, t=t, kw=kw: fn(t, R, make_generator(0), **kw))
         print(f"  {name:18s} {s * 1e3:9.1f} ms  = {s / decoder:8.1f} × decoder   ({s / R * 1e6:.1f} µs per replicate)")

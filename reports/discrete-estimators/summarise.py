@@ -1,11 +1,11 @@
-"""Print the issue-13 tables from a run folder: estimator × (rel. bias ± s.e. and its 95 % interval, p, q (BH over the
+"""Print the discrete-estimator tables from a run folder: estimator × (rel. bias ± s.e. and its 95 % interval, p, q (BH over the
 run), R·q_min (bias_rare_count), tr Σ ± s.e., SNR, work-normalised
 variance, evaluations, seconds per estimate and tr Σ × seconds from the wallclock protocol, cell seconds). Usage: python reports/discrete-estimators/summarise.py RUN_DIR/results.parquet
 With --toy, also the exact (Gauss–Legendre) expectation of the relaxed toy gradients and their relative bias."""
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import pandas as pd
 
@@ -37,8 +37,12 @@ def table(path: str) -> pd.DataFrame:
 if __name__ == "__main__":
     pd.set_option("display.width", 250)
     pd.set_option("display.max_rows", 300)
-    print(table(sys.argv[1]).to_string(float_format=lambda v: f"{v:.4g}"))
-    if "--toy" in sys.argv:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("RESULTS", help="RUN_DIR/results.parquet")
+    parser.add_argument("--toy", action="store_true", help="also the exact expectation of the relaxed toy gradients")
+    args = parser.parse_args()
+    print(table(args.RESULTS).to_string(float_format=lambda v: f"{v:.4g}"))
+    if args.toy:
         from gradbench.models.bernoulli_toy import relaxed_expected_gradient
 
         exact = (1 - 2 * 0.499) * 0.25

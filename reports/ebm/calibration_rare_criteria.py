@@ -5,6 +5,7 @@ least probable states of total mass < log(10³)/R. Prints false-alarm rates over
 Usage (repository root): python reports/ebm/calibration_rare_criteria.py > reports/ebm/calibration-ebm-wave4/rare_criteria.txt
 """
 
+import argparse
 import itertools
 import math
 
@@ -16,8 +17,13 @@ from scipy import stats as sps
 from gradbench.calibrate import cell_label, reseeded
 from gradbench.suite import load_suite
 
-_, cells = load_suite("suites/calibration-ebm.yaml")
-pv = pd.read_parquet("reports/ebm/calibration-ebm-wave4/calibration_pvalues.parquet")
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--suite", default="suites/calibration-ebm.yaml")
+parser.add_argument("--pvalues", default="reports/ebm/calibration-ebm-wave4/calibration_pvalues.parquet",
+                    help="calibration_pvalues.parquet of `gradbench calibrate SUITE`")
+args = parser.parse_args()
+_, cells = load_suite(args.suite)
+pv = pd.read_parquet(args.pvalues)
 c = next(x for x in cells if x.target.model == "rbm" and x.target.params["weight_scale"] == 2.0 and x.estimator == "exact_sampling")
 lab = cell_label(c)
 g = pv[pv.cell == lab].sort_values("seed")

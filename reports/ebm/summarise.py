@@ -1,4 +1,4 @@
-"""Print the must-show tables of issue 16 from a finished run (parameter group ``all``).
+"""Print the energy-based-model tables from a finished run (parameter group ``all``).
 
     python reports/ebm/summarise.py runs/ebm-bias      # bias / variance / work-normalised variance
     python reports/ebm/summarise.py runs/ebm-meeting   # meeting-time distribution vs size and β
@@ -8,7 +8,7 @@ Values are ``value ± s.e.`` as written by the protocols (DESIGN §5); cost in G
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -59,4 +59,6 @@ def main(run: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("RUN_DIR", type=Path, help="a finished run of suites/ebm-*.yaml")
+    main(parser.parse_args().RUN_DIR)

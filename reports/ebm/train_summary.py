@@ -10,8 +10,8 @@ Curves: exact held-out log p(x) against steps and against Gibbs sweeps, mean ove
 
 from __future__ import annotations
 
+import argparse
 import functools
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,4 +109,8 @@ def figure(run: Path, df: pd.DataFrame, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).parent)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("RUN_DIR", type=Path, help="a finished run of suites/train-ebm.yaml")
+    parser.add_argument("OUT", type=Path, nargs="?", default=Path(__file__).parent, help="report folder")
+    args = parser.parse_args()
+    main(args.RUN_DIR, args.OUT)

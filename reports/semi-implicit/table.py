@@ -6,7 +6,7 @@ work_norm_var ± s.e., and the mcmc diagnostics (HMC acceptance, reverse-chain E
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -55,4 +55,6 @@ def main(run: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("RUN_DIR", help="a finished run of a semi-implicit suite")
+    main(parser.parse_args().RUN_DIR)

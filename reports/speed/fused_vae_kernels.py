@@ -11,7 +11,7 @@ Prints medians in ms.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from collections.abc import Callable
 
 import numpy as np
@@ -50,4 +50,6 @@ def main(repeats: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 40)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("REPEATS", type=int, nargs="?", default=40, help="timed rounds")
+    main(parser.parse_args().REPEATS)

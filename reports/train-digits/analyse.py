@@ -1,11 +1,13 @@
 """Summary over seeds, paired tests and τ over training of a train-digits run: python reports/train-digits/analyse.py RUN_DIR"""
-import sys
+import argparse
 
 import pandas as pd
 
 from gradbench.protocols.train import paired_test, summarize
 
-out = sys.argv[1]
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("RUN_DIR", help="a finished run of suites/train-digits.yaml")
+out = parser.parse_args().RUN_DIR
 t = pd.read_parquet(f"{out}/results.parquet")
 s = summarize(t)
 pd.set_option("display.width", 200)
