@@ -10,12 +10,16 @@ from typing import Any
 import click
 import torch
 
-from gradbench.cli import UserError
 from gradbench.speed.comparisons import run_speed
 from gradbench.speed.scaling import run_scaling, scaling_figure, scaling_markdown
 from gradbench.speed.settings import SpeedError, SpeedSettings, plans
 from gradbench.suite import SuiteError, load_suite
 
+
+class SpeedCommandError(click.ClickException):
+    """A library :class:`SpeedError`, located at the suite: one line ``gradbench: error: SUITE: …``, exit code 2."""
+
+    exit_code = 2
 
 @click.command("speed")
 @click.argument("suite", type=click.Path(path_type=Path))
@@ -46,7 +50,7 @@ def speed(suite: Path, out: Path | None, device: str | None, replicates: int | N
         _speed(suite, out, device, replicates, dtype, threads, repeats, warmup, loop, loop_repeats, no_peers, no_loop,
                scaling)
     except SpeedError as exc:
-        raise UserError(f"{suite}: {exc}") from None
+        raise SpeedCommandError(f"{suite}: {exc}") from None
 
 
 def _speed(suite: Path, out: Path | None, device: str | None, replicates: int | None, dtype: str | None,
