@@ -3,7 +3,7 @@
     python reports/ebm/summarise.py runs/ebm-bias      # bias / variance / work-normalised variance
     python reports/ebm/summarise.py runs/ebm-meeting   # meeting-time distribution vs size and β
 
-Values are ``value ± s.e.`` as written by the protocols (DESIGN §5); cost in Gibbs sweeps.
+Values are ``value ± s.e.`` as written by the protocols (docs/design.md §9); cost in Gibbs sweeps.
 """
 
 from __future__ import annotations
