@@ -116,7 +116,8 @@ def neural_call(name: str, target: Any, R: int, seed: int = SEED, device: str = 
 
 
 # Discrete-latent (SBN, categorical VAE), semi-implicit and energy-based (RBM) families: one small target each,
-# built through the registry, and the estimators that serve it with their default parameters. case → (model, model params, proposal, estimator, estimator params).
+# built through the registry, and the estimators that serve it with their default parameters.
+# case → (model, model params, proposal, estimator, estimator params).
 FAMILY_CASES = {
     "sbn/disarm": ("sbn", {"layers": [10], "data_dim": 64, "n_data": 10}, {"logit_noise": 0.5}, "disarm", {}),
     "sbn/rloo": ("sbn", {"layers": [10], "data_dim": 64, "n_data": 10}, {"logit_noise": 0.5}, "rloo", {}),
