@@ -118,6 +118,9 @@ class Protocol(_CodeByPath):
     fn: Callable[[GradSample, Reference | None, ProtocolContext], list[Row]]  # or its "module:attr"
     description: str
     uses_reference: bool = True  # False: the runner need not compute (or estimate) a reference for it
+    # fewest replicates whose rows mean anything: a standard error from R draws has R − 1 degrees of freedom,
+    # and below 10 the normal-theory intervals and tests understate their width by > 15 % (t₉,₀.₉₇₅ = 2.26 vs 1.96)
+    min_replicates: int = 1
     modules: tuple[str, ...] = ()  # modules whose source computes its rows besides fn's own (for cell ids)
 
 
@@ -308,16 +311,17 @@ def _train_runs(p: dict[str, Any]) -> tuple[str, ...]:
     return tuple(n for n in (p.get("theta_estimator", "elbo"), p.get("phi_estimator", "reparam_elbo")) if n is not None)
 
 
+MIN_REPLICATES = 10  # see Protocol.min_replicates
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
-    Protocol("bias", "gradbench.protocols.bias:bias", "bias_norm, rel_bias, bias_pvalue, bias_zmax against the reference gradient"),
-    Protocol("variance", "gradbench.protocols.variance:variance", "trace_cov, mean_var, snr_median, mse, evals_mean, work_norm_var"),
+    Protocol("bias", "gradbench.protocols.bias:bias", "bias_norm, rel_bias, bias_pvalue, bias_zmax against the reference gradient", min_replicates=MIN_REPLICATES),
+    Protocol("variance", "gradbench.protocols.variance:variance", "trace_cov, mean_var, snr_median, mse, evals_mean, work_norm_var", min_replicates=MIN_REPLICATES),
     Protocol("wallclock", "gradbench.protocols.wallclock:wallclock", "seconds_per_estimate, evals_per_second (median, IQR), work_norm_var_seconds; device, torch/CUDA, threads", False),
-    Protocol("meeting", "gradbench.protocols.meeting:meeting", "tau_mean, tau_q50/q90/q99, tau_max, n_censored, tail_rate (geometric fit of P(τ > t)) of coupled chains", False),
+    Protocol("meeting", "gradbench.protocols.meeting:meeting", "tau_mean, tau_q50/q90/q99, tau_max, n_censored, tail_rate (geometric fit of P(τ > t)) of coupled chains", False, min_replicates=MIN_REPLICATES),
     Protocol("train", "gradbench.protocols.train:protocol",
              "issue 15: train θ and φ with estimator 'train' → test_loglik, train_loglik, steps, evals, seconds; curves.parquet", False,
              modules=("gradbench.protocols.train_ebm",)),
-    Protocol("snr", "gradbench.protocols.snr:snr", "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False),
-    Protocol("mcmc", "gradbench.protocols.mcmc:mcmc", "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size (issue 14)", False),
+    Protocol("snr", "gradbench.protocols.snr:snr", "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False, min_replicates=MIN_REPLICATES),
+    Protocol("mcmc", "gradbench.protocols.mcmc:mcmc", "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size (issue 14)", False, min_replicates=MIN_REPLICATES),
 ]}
 
 

@@ -15,6 +15,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from gradbench import registry
 from gradbench.cell import (  # noqa: F401
     REPLICATE_BLOCK,
     cell_objective,
@@ -144,10 +146,19 @@ def run_suite(
     return RunSummary(out, table, ran, skipped, failed, interrupted, len(cells))
 
 
-def prepare_references(cells: list[Cell], out: Path, stop: threading.Event | None = None) -> dict[str, Any]:
+ANNOUNCE_AFTER_S = 2.0  # a reference still computing after this long is announced on stderr
+
+
+def prepare_references(cells: list[Cell], out: Path, stop: threading.Event | None = None,
+                       say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Each cell's reference, computed once per (target, dtype, objective) in this process and cached in
     ``references/`` (atomically, so a resumed run or a Dask worker never recomputes it; estimated references
-    such as IWAE_K's high-budget runs are the expensive ones). Returns cell_id → Reference."""
+    such as IWAE_K's high-budget runs are the expensive ones). Returns cell_id → Reference.
+
+    Time is charged to what spent it: each computed reference's seconds go to ``references/<key>.json`` (not
+    into any cell's ``seconds``), and one that takes longer than ``ANNOUNCE_AFTER_S`` is announced through
+    ``say`` (default: stderr) while it runs and when it ends."""
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
     by_key: dict[Path, Any] = {}
     out_refs: dict[str, Any] = {}
     for cell in cells:
@@ -158,13 +169,28 @@ def prepare_references(cells: list[Cell], out: Path, stop: threading.Event | Non
             if path.exists():
                 by_key[path] = read_reference(path)
             else:
+                what = (f"the reference gradient of target {cell.target.target_id} for {cell_objective(cell)} "
+                        f"(needed by protocol(s) {', '.join(p for p in cell.protocols if registry.PROTOCOLS[p].uses_reference)})")
+                announce = threading.Timer(ANNOUNCE_AFTER_S, say, [(f"gradbench: computing {what}; an estimated "
+                                                                  "reference runs many replicates and can take minutes")])
+                announce.daemon = True
+                t0 = time.perf_counter()
+                announce.start()
                 try:
                     with cell_thread_limits(cell_threads()):  # as in a cell: the same bits on every executor
                         ref = target_for(cell).reference(cell_objective(cell))
                 except Exception:  # noqa: BLE001 — the cell itself will fail with this error, recorded per cell
                     by_key[path] = None
                     continue
+                finally:
+                    announce.cancel()
+                seconds = time.perf_counter() - t0
+                if seconds > ANNOUNCE_AFTER_S:
+                    say(f"gradbench: computed {what} in {seconds:.1f} s")
                 write_reference(path, ref)
+                atomic_write_bytes(path.with_suffix(".json"), json.dumps(
+                    {"target_id": cell.target.target_id, "dtype": cell.dtype, "objective": cell_objective(cell),
+                     "kind": ref.kind, "seconds": seconds}, indent=1).encode())
                 by_key[path] = ref
         if by_key[path] is not None:
             out_refs[cell.cell_id] = by_key[path]

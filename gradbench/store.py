@@ -51,22 +51,39 @@ class RunBusy(Exception):
 def output_lock(out: Path) -> Iterator[None]:
     """An exclusive, non-blocking lock on ``out/.lock``; a second run on the same folder is refused.
 
-    The kernel drops the lock when its process dies (even by SIGKILL), so no stale lock survives.
+    The kernel drops the lock when its process dies (even by SIGKILL), so no stale lock survives; a run that ends
+    removes the file while it still holds the lock. A process that opened the file just before that removal
+    would lock a file no longer in the folder, so after locking it checks that the path still names the file it
+    locked, and starts again if not.
     """
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a+") as fh:
+    path = out / ".lock"
+    while True:
+        fh = open(path, "a+")  # noqa: SIM115 — closed below, after the lock is released
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             owner = fh.read().strip() or "unknown"
+            fh.close()
             raise RunBusy(f"{out}: another gradbench run (pid {owner}) is writing this folder; "
                           "wait for it to finish or choose another --out") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    try:
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
         yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: no other run can hold it
+        fh.close()
 
 
 def reference_path(out: Path, cell: Cell) -> Path:

@@ -145,7 +145,7 @@ def load_suite(
     With ``check_device``, a CUDA device that this machine does not have is an error too.
     """
     path = Path(path)
-    src = _SourceMap(path)
+    src = _SourceMap(path, overrides)
     raw = src.load()
     if not isinstance(raw, dict):
         raise SuiteError(f"{path}:1: top level must be a mapping of keys (name, seed, replicates, ...), got {type(raw).__name__}")
@@ -174,6 +174,12 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         _check_name(src, ("protocols", i), name, registry.PROTOCOLS, "protocol")
     if len(set(suite.protocols)) != len(suite.protocols):
         raise SuiteError(src.at(("protocols",), "a protocol is listed twice"))
+    needed = {name: registry.PROTOCOLS[name].min_replicates for name in suite.protocols}
+    short = {name: n for name, n in needed.items() if suite.replicates < n}
+    if short:
+        raise SuiteError(src.at(("replicates",), f"{suite.replicates} is too few for protocol(s) "
+                                f"{', '.join(f'{k} (needs ≥ {v})' for k, v in short.items())}: a standard error "
+                                f"from R replicates has R − 1 degrees of freedom"))
     targets: list[TargetConfig] = []
     target_locs: list[int] = []
     for i, t in enumerate(suite.targets):
@@ -352,9 +358,10 @@ def _format_loc(loc: Loc) -> str:
 class _SourceMap:
     """The suite file's text, parsed once into data and once into nodes that remember lines."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, flags: dict[str, Any] | None = None) -> None:
         self.path = path
         self.lines: dict[Loc, int] = {}
+        self.flags = flags or {}  # top-level keys set by command-line flags: errors there blame the flag
 
     def load(self) -> Any:
         if not self.path.is_file():
@@ -396,6 +403,9 @@ class _SourceMap:
         return self.lines.get(loc, 1)
 
     def at(self, loc: Loc, message: str) -> str:
+        if loc and loc[0] in self.flags:  # the value came from the command line, not from the file
+            flag = "--" + str(loc[0]).replace("_", "-")
+            return f"{flag} {self.flags[loc[0]]}: {message}"
         return f"{self.path}:{self.line(loc)}: {_format_loc(loc)}: {message}"
 
     def format_pydantic(self, exc: ValidationError, model: type[BaseModel]) -> str:
