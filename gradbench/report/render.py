@@ -132,7 +132,7 @@ def run_facts(run: RunData) -> list[tuple[str, str]]:
     facts.append(("significance level α", f"{run.alpha:g}" + ("" if "alpha" in run.manifest else " (default)")))
     if run.has("bias_pvalue"):
         decision = bias_decision(run)
-        names = {c[0]: f"{c[2]} ({c[3]})" for c in CORRECTIONS.values()}
+        names = {c.metric: f"{c.name} ({c.controls})" for c in CORRECTIONS.values()}
         facts.append(("bias flags", names.get(decision, "per-row p-value, no multiplicity correction")
                       + (" over the run's bias tests of parameter group 'all', one per cell" if decision in names else "")))
     return facts
