@@ -227,6 +227,8 @@ def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, co
         if not columns:
             continue
         groups = ["all"] if protocol != "snr" else list(dict.fromkeys(sub["param_group"]))
+        if len(groups) == 2 and "all" in groups:
+            groups = ["all"]  # one group besides 'all' holds every coordinate: the same numbers twice
         header = (["target"] if multi_target else []) + ["estimator"] + (["group"] if len(groups) > 1 else [])
         header += [name for name, _ in columns]
         rows = []

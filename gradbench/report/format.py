@@ -92,7 +92,7 @@ def fmt_num(v: Any, digits: int = 3) -> str:
     if math.isnan(x):
         return MISSING
     if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
+        return "∞" if x > 0 else "−∞"  # e.g. the SNR of a noiseless estimator
     if x != 0 and not 1e-3 <= abs(x) < 1e5:
         return f"{x:.{digits - 1}e}"
     return f"{x:.{digits}g}"
@@ -235,11 +235,11 @@ def bias_verdict(m: Mapping[str, Any], decision: str, alpha: float, replicates: 
     if v < alpha:
         return Verdict("biased")
     lo, hi = as_float(m.get("rel_bias_ci_low")), as_float(m.get("rel_bias_ci_high"))
+    if lo == hi:  # a noiseless estimator: the interval is a point (0, or a rounding-level offset the test tolerates)
+        return Verdict("not shown biased", "", f"no Monte Carlo noise (interval {fmt_interval(lo, hi)})")
     if lo > 0:
         return Verdict("inconclusive", "interval vs test",
                        f"the per-row interval excludes 0, {decision_symbol(decision)} ≥ α")
-    if hi == 0:
-        return Verdict("not shown biased", "", "no Monte Carlo noise (interval [0, 0])")
     if math.isfinite(hi):
         return Verdict("not shown biased", "", f"< {fmt_num(hi)} unresolvable at {fmt_replicates(replicates)}")
     return Verdict("not shown biased")
@@ -269,7 +269,8 @@ def nothing_flagged_line(rows: list[tuple[str, Mapping[str, Any], Any]], alpha: 
     """When no row is flagged: one sentence giving the bias each cell's R can resolve (the smallest and
     largest interval upper ends). ``rows``: (label, metrics, replicates). Empty when there is no interval."""
     ends = [(as_float(m.get("rel_bias_ci_high")), label, r) for label, m, r in rows
-            if math.isfinite(as_float(m.get("rel_bias_ci_high")))]
+            if math.isfinite(as_float(m.get("rel_bias_ci_high")))
+            and as_float(m.get("rel_bias_ci_high")) > as_float(m.get("rel_bias_ci_low"))]  # noiseless rows: no R
     if not ends:
         return ""
     ends.sort(key=lambda e: e[0])
