@@ -114,8 +114,7 @@ def text_table(header: list[str], rows: list[list[str]], left: int, text_last: b
 
 
 HEAVY = "_heavy"  # pseudo-metric: the cell's tail_index row warns that the variance may be infinite
-HEAVY_NOTE = ("†: the one-sided 95 % lower bound of the tail index is ≤ 2 (the variance protocol's rule): the "
-              "variance may be infinite and tr Σ̂ is not a reliable estimate")
+HEAVY_NOTE = "†: its one-sided 95 % lower bound is ≤ 2, the variance may be infinite (tr Σ̂ is not reliable)"
 Metrics = dict[str, tuple[float, float]]  # metric -> (value, s.e.) of one row
 Column = tuple[str, Callable[[Metrics], str | None]]
 
@@ -168,7 +167,7 @@ def protocol_columns(protocol: str, metrics: set[str], correction: str = "bh",
         decision = decision_metric(correction, metrics)
         interval = {"rel_bias_ci_low", "rel_bias_ci_high"} <= metrics
         head = "rel. bias [per-row 95% CI]" if interval else "rel. bias ± s.e."
-        what = ("‖b‖/‖g*‖: debiased estimate, ≥ 0, inside its per-row 95 % interval" if interval
+        what = ("‖b‖/‖g*‖ (debiased, ≥ 0) and its per-row 95 % interval" if interval
                 else "plug-in ‖ḡ − g*‖/‖g*‖ ± 1 s.e. (noise-inflated)")
         note = f"{what}. {verdict_note(decision, alpha, correction)}"
         cols: list[Column] = [(head, _bias), (decision_symbol(decision), _decision(decision)),

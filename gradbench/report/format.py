@@ -156,8 +156,8 @@ def fmt_tail_index(v: Any, se: Any = None) -> str:
     return fmt_value(x, se)
 
 
-TAIL_INDEX_NOTE = (f"tail index > {TAIL_INDEX_MAX:g}: a light tail (every moment that matters is finite; Hill's "
-                   "estimate then grows with R, so no number is shown)")
+TAIL_INDEX_NOTE = (f"tail index > {TAIL_INDEX_MAX:g}: a light tail (Hill's estimate then grows with R: no number to "
+                   "read)")
 
 
 def fmt_band(lo: Any, hi: Any) -> str:
@@ -256,13 +256,13 @@ def verdict_note(decision: str, alpha: float, correction: str = "bh") -> str:
     """What the decision value and the verdict column mean, for table notes."""
     if decision in ADJUSTED_BIAS_METRICS:
         c = next(c for c in CORRECTIONS.values() if c.metric == decision)
-        rule = (f"{c.short}: {c.name} over the run's bias tests of parameter group 'all', one per cell "
-                f"({c.controls}); verdict ✱ biased when {c.short} < α = {alpha:g}")
+        rule = (f"{c.short}: {c.name} over the run's bias tests, one per cell ({c.controls}); the verdict is the "
+                f"decision, {c.short} < α = {alpha:g} (the interval is per row, not corrected)")
     else:
-        rule = f"p: test of H0 unbiased, per row, no multiplicity correction; verdict ✱ biased when p < α = {alpha:g}"
-    return (f"{rule}. The verdict is the decision; the interval is per row (95 %, not corrected for the run's "
-            "many tests). 'not shown biased: < x unresolvable at R': x is the interval's upper end, a smaller bias "
-            "cannot be told from 0 with R replicates. 'inconclusive': the reason follows")
+        rule = (f"p: test of H0 unbiased, per row, no multiplicity correction; the verdict is the decision, "
+                f"p < α = {alpha:g}")
+    return (f"{rule}. 'not shown biased: < x unresolvable at R': x, the interval's upper end, is the smallest bias "
+            "R replicates resolve")
 
 
 def nothing_flagged_line(rows: list[tuple[str, Mapping[str, Any], Any]], alpha: float, decision: str) -> str:
