@@ -286,9 +286,15 @@ def run_warnings(table: Any, spec: Any | None = None) -> list[str]:
     entries = [(str(r["estimator"]), {c.split(".", 1)[1]: _py(r[c]) for c in est_cols if not _missing(_py(r[c]))})
                for _, r in cells.iterrows()]
     e_labels = dict(zip(cells["cell_id"], estimator_labels(entries, suite_keys(spec) if spec is not None else {})))
+    from gradbench.protocols.variance import TAIL_Z
+
+    tail = table[table["metric"] == "tail_index"].drop_duplicates("cell_id").set_index("cell_id")
     lines = []
     for (cell_id, text), g in w.groupby(["cell_id", "warning"], sort=False):
         tl = t_labels.get(g["target_id"].iloc[0], "") if len(targets) > 1 else ""
+        if "tail index" in text and cell_id in tail.index:  # the rule, so that an index above 2 does not puzzle
+            v, se = float(tail.at[cell_id, "value"]), float(tail.at[cell_id, "stderr"])
+            text += f" (its one-sided 95 % lower bound {fmt_num(v - TAIL_Z * (se if math.isfinite(se) else 0.0))} ≤ 2)"
         lines.append(f"{e_labels.get(cell_id, cell_id)}{f' · {tl}' if tl else ''}: {text}")
     return lines
 

@@ -144,10 +144,15 @@ def test_tail_index_and_quartiles_print_no_absurd_numbers():
 def test_end_of_run_warnings_name_their_cell():
     table = _table(False)
     table["warning"] = ""
-    sel = (table["cell_id"] == "c1") & (table["metric"] == "trace_cov")
-    table.loc[sel, "warning"] = "tail index 1.9 ± 0.3 (Hill): the variance may be infinite"
-    lines = run_warnings(table)
-    assert lines == ["iwae · mean_shift=1.5: tail index 1.9 ± 0.3 (Hill): the variance may be infinite"]
+    sel = (table["cell_id"] == "c1") & table["metric"].isin(["trace_cov", "work_norm_var"])  # two rows, one cell
+    table.loc[sel, "warning"] = "rows of one cell: one line"
+    tail = table[table["metric"] == "trace_cov"].assign(metric="tail_index", value=2.7, stderr=0.45, warning="")
+    lines = run_warnings(pd.concat([table, tail], ignore_index=True))
+    assert lines == ["iwae · mean_shift=1.5: rows of one cell: one line"]
+    table.loc[sel, "warning"] = "tail index 2.7 ± 0.45 (Hill): the variance may be infinite"
+    lines = run_warnings(pd.concat([table, tail], ignore_index=True))
+    assert lines == [("iwae · mean_shift=1.5: tail index 2.7 ± 0.45 (Hill): the variance may be infinite "
+                     "(its one-sided 95 % lower bound 1.96 ≤ 2)")]  # 2.7 − 1.645 × 0.45, the header's rule
 
 
 def test_progress_prints_one_line_per_finished_cell(tmp_path):
