@@ -14,7 +14,7 @@ Per cell this module derives:
   (empty when the run has one target): one facet row per target in figures.
 
 Significance level α: ``--alpha`` on the command line, else ``run.json["alpha"]``, else
-:data:`gradbench.report.DEFAULT_ALPHA` (0.01).
+:data:`gradbench.report.format.DEFAULT_ALPHA` (0.01).
 """
 
 from __future__ import annotations

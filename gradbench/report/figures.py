@@ -325,7 +325,7 @@ def _decision_label(decision: str) -> str:
     return f"bias {names[decision]}" if decision in names else "bias p-value (H0: unbiased)"
 
 
-HEAVY_LEGEND = "variance may be infinite (tail index ≤ 2): no error bar"
+HEAVY_LEGEND = "variance may be infinite (tail index bound ≤ 2): no error bar"
 
 
 def _heavy_marker() -> Line2D:
@@ -484,8 +484,8 @@ def efficiency_frontier(run: RunData) -> Figure | None:
     return fig
 
 
-HEAVY_CAPTION = (" Hollow markers with a dashed edge and no error bar: cells whose tail index (Hill) is ≤ 2 within "
-                 "its uncertainty — the variance may be infinite, so the value is not a reliable estimate and its "
+HEAVY_CAPTION = (" Hollow markers with a dashed edge and no error bar: cells whose tail index (Hill) has a one-sided "
+                 "95 % lower bound ≤ 2 — the variance may be infinite, so the value is not a reliable estimate and its "
                  "standard error is meaningless.")
 
 

@@ -155,7 +155,7 @@ def run_notes(run: RunData) -> list[str]:
     heavy = infinite_variance_cells(run)
     if heavy:
         labels = run.cells.set_index("cell_id")["label"]
-        notes.append("variance may be infinite (tail index ≤ 2 within its uncertainty) for "
+        notes.append("variance may be infinite (the one-sided 95 % lower bound of the tail index is ≤ 2) for "
                      + ", ".join(str(labels.get(c, c)) for c in sorted(heavy))
                      + ": their variance-type values (tr Σ̂, mean var, MSE, tr Σ̂ × cost) are drawn as hollow markers "
                      "without error bars and shown with † and no standard error in the tables; they are not "

@@ -127,7 +127,7 @@ def _snr(r: pd.Series) -> tuple[float, float]:
     """The SNR median of a row: ``snr_q50`` where present, else ``snr_median`` (with its s.e.)."""
     for m in SNR_METRICS:
         v = r.get(m)
-        if v is not None and np.isfinite(v):
+        if v is not None and not np.isnan(v):  # ∞ (a noiseless estimator) is a value, printed as the terminal does
             return float(v), r.get(m + "__se")
     return math.nan, math.nan
 

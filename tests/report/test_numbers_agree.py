@@ -104,3 +104,27 @@ def test_the_figure_draws_the_headline_values(run: Path) -> None:
     assert ys == pytest.approx(want, rel=1e-12)
     plug_in = float(points.loc[points["estimator"] == "oracle", "rel_bias"].iloc[0])
     assert all(abs(y - plug_in) > 1e-12 * plug_in for y in ys)
+
+
+def test_report_snr_and_tail_index_columns(base_run: Path, tmp_path: Path) -> None:
+    """The SNR column reads snr_q50 where the snr protocol computed it (a cell without snr_median is not "—");
+    a tail index that is infinite or absurdly large prints as "> 10" with a note, a plain one as value ± s.e.
+    (the control)."""
+    from gradbench.report.tables import summary_table
+
+    d = tmp_path / "run"
+    shutil.copytree(base_run, d)
+    r = pd.read_parquet(d / "results.parquet")
+    allg = r["param_group"] == "all"
+    elbo, oracle = r["estimator"] == "elbo", r["estimator"] == "oracle"
+    q50 = r[elbo & allg & (r["metric"] == "snr_median")].assign(metric="snr_q50", protocol="snr", value=0.4321)
+    r = r[~(elbo & (r["metric"] == "snr_median"))]
+    r.loc[elbo & allg & (r["metric"] == "tail_index"), ["value", "stderr"]] = [4100.0, 410.0]
+    r.loc[oracle & allg & (r["metric"] == "tail_index"), ["value", "stderr"]] = [float("inf"), float("nan")]
+    pd.concat([r, q50], ignore_index=True).to_parquet(d / "results.parquet", index=False)
+    table = summary_table(load_run(d))
+    est, snr, tail = (table.header.index(h) for h in ("estimator", "SNR (median)", "tail index"))
+    rows = {row[est].text: row for row in table.rows if row[table.header.index("budget")].text in ("S=1", "K=2")}
+    assert rows["elbo"][snr].text.startswith("0.432 ± ") and rows["oracle"][snr].text not in ("—", "0.432")
+    assert rows["elbo"][tail].text == "> 10" and rows["oracle"][tail].text == "> 10"
+    assert re.fullmatch(r"\S+ ± \S+", rows["iwae"][tail].text) and "light tail" in table.note
