@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import matplotlib
 
@@ -209,7 +210,7 @@ def fit_loglog_slope(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[floa
     return float(beta[1]), float(math.sqrt(cov[1, 1]))
 
 
-Z95 = 1.959963984540054  # the 95 % normal quantile: an interval's half-width / Z95 stands in for a s.e. in the fit
+Z95 = NormalDist().inv_cdf(0.975)  # the 95 % two-sided normal quantile: an interval's half-width / Z95 stands in for a s.e. in the fit
 
 
 def bias_points(run: RunData) -> pd.DataFrame | None:
