@@ -212,7 +212,7 @@ def run(suite: Path, out: Path | None, device: str | None, replicates: int | Non
     check_out_folder(out, spec.name)
 
     from gradbench.runner import RunBusy, run_suite
-    from gradbench.terminal import CellProgress, format_run
+    from gradbench.terminal import CellProgress, format_run, run_warnings
 
     interactive = sys.stderr.isatty()
     lines = CellProgress(cells, out, lambda s: click.echo(s, err=True), spec, fresh) if not interactive else None
@@ -234,9 +234,8 @@ def run(suite: Path, out: Path | None, device: str | None, replicates: int | Non
         click.echo(f"\nnote: {note}")
     click.echo(f"\n{summary.ran} cell(s) run, {summary.skipped} reused, {len(summary.failed)} failed, "
                f"{time.perf_counter() - t0:.1f} s; results: {out / 'results.parquet'}")
-    if "warning" in summary.table.columns:
-        for text in sorted(set(summary.table.warning) - {""}):
-            click.echo(f"gradbench: warning: {text}", err=True)
+    for line in run_warnings(summary.table, spec):  # one per cell, named as in the tables
+        click.echo(f"gradbench: warning: {line}", err=True)
     if summary.failed:
         for cell_id, message in summary.failed.items():
             click.echo(f"gradbench: cell {cell_id} failed: {message}", err=True)

@@ -6,11 +6,11 @@ Rows are cells. A cell is named by
 * its **estimator**: the name and the parameters the suite set or that vary between the
   estimator's cells (``coupled_isir(K=16)``), not every default.
 
-Numbers: ``value ± s.e.``; p- and q-values as ``0.034``, ``3.1e-07`` or ``<1e-300`` (a p-value that
-underflowed to 0 is a bound, not a zero). The bias column shows the 95 % interval of ‖b‖/‖g*‖ and
-the Benjamini–Hochberg q-value (or, with ``correction="holm"``, the Holm-adjusted p-value
-``bias_pvalue_holm``) when the run has them (metrics ``rel_bias_ci_low``, ``rel_bias_ci_high``,
-``bias_qvalue`` of the statistics issue), else ``rel_bias ± s.e.`` and ``p``; ``✱`` marks a value below α.
+Every number is formatted by :mod:`gradbench.report.format`, as in the report: the bias column is
+the headline ‖b‖/‖g*‖ with its per-row 95 % interval (:func:`~gradbench.report.format.bias_point`),
+then the multiplicity-corrected decision value (Benjamini–Hochberg ``q``, or Holm's ``p_Holm`` with
+``correction="holm"``; the per-row ``p`` for a run without them) and the row's verdict
+(:func:`~gradbench.report.format.bias_verdict`); a run without the interval shows ``rel_bias ± s.e.``.
 """
 
 from __future__ import annotations
@@ -21,55 +21,34 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-RARE_STATE_COUNT = math.log(1e3)  # as gradbench.stats.RARE_STATE_COUNT (this module imports no numpy/torch)
+from gradbench.report.format import (
+    CORRECTIONS,
+    DEFAULT_ALPHA,
+    TAIL_INDEX_NOTE,
+    bias_verdict,
+    decision_metric,
+    decision_symbol,
+    fmt_band,
+    fmt_bias,
+    fmt_num,
+    fmt_p,
+    fmt_param,
+    fmt_seconds,
+    fmt_tail_index,
+    fmt_value,
+    has_interval,
+    missing,
+    nothing_flagged_line,
+    rare_state_threshold,
+    verdict_note,
+)
+
+__all__ = ["CORRECTIONS", "DEFAULT_ALPHA", "CellProgress", "fmt_num", "fmt_p", "fmt_param", "fmt_pm", "format_run",
+           "run_warnings"]
+
 COUPLED_PREFIX = "coupled_"  # estimators that run coupled chains (the meeting protocol's subjects)
-P_FLOOR = 1e-300
-
-
-# -- numbers ------------------------------------------------------------------------------------
-def fmt_num(v: Any, digits: int = 3) -> str:
-    """``0.171``, ``1.2e-05``, ``3.4e+04``; ``—`` for a missing value."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    v = float(v)
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if v != 0 and not 1e-3 <= abs(v) < 1e5:
-        return f"{v:.{digits - 1}e}"
-    return f"{v:.{digits}g}"
-
-
-def fmt_pm(v: Any, se: Any) -> str:
-    """``0.171 ± 0.0078``; just the value when the s.e. is missing or zero."""
-    text = fmt_num(v)
-    if text == "—" or se is None or not math.isfinite(float(se)) or float(se) == 0:
-        return text
-    return f"{text} ± {fmt_num(se, 2)}"
-
-
-def fmt_p(p: Any) -> str:
-    """A p- or q-value: ``0.034``, ``3.1e-07``, or ``<1e-300`` when it underflowed to zero."""
-    if p is None or not math.isfinite(float(p)):
-        return "—"
-    p = float(p)
-    if p < P_FLOOR:
-        return f"<{P_FLOOR:.0e}"
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
-
-
-def fmt_param(v: Any) -> str:
-    """``2.0`` → ``2``; strings and other values as they are."""
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
+fmt_pm = fmt_value  # value ± s.e.
+_missing = missing
 
 
 # -- labels -------------------------------------------------------------------------------------
@@ -110,91 +89,97 @@ def suite_keys(spec: Any) -> dict[str, set[str]]:
     return keys
 
 
+NOTE_WIDTH = 110
+
+
+def wrap(text: str) -> str:
+    """A note wrapped at :data:`NOTE_WIDTH` columns, continuation lines indented."""
+    import textwrap
+
+    return textwrap.fill(text, NOTE_WIDTH, subsequent_indent="  ", break_on_hyphens=False)
+
+
 # -- tables -------------------------------------------------------------------------------------
-def text_table(header: list[str], rows: list[list[str]], left: int) -> str:
-    """Columns padded to their widest entry; the first ``left`` columns left-aligned, others right."""
+def text_table(header: list[str], rows: list[list[str]], left: int, text_last: bool = False) -> str:
+    """Columns padded to their widest entry; the first ``left`` columns left-aligned, others right (the
+    last one left-aligned too with ``text_last``: a column of words)."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    n = len(header)
 
     def line(r: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i < left or (text_last and i == n - 1) else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths))).rstrip()
 
     return "\n".join([line(header), line(["─" * w for w in widths]), *map(line, rows)])
 
 
-Column = tuple[str, Callable[[dict[str, tuple[float, float]]], str | None]]
+HEAVY = "_heavy"  # pseudo-metric: the cell's tail_index row warns that the variance may be infinite
+HEAVY_NOTE = "†: its one-sided 95 % lower bound is ≤ 2, the variance may be infinite (tr Σ̂ is not reliable)"
+Metrics = dict[str, tuple[float, float]]  # metric -> (value, s.e.) of one row
+Column = tuple[str, Callable[[Metrics], str | None]]
 
 
-def _pm(metric: str) -> Callable[[dict[str, tuple[float, float]]], str | None]:
-    return lambda m: fmt_pm(*m[metric]) if metric in m else None
+def _values(m: Metrics) -> dict[str, float]:
+    return {k: v for k, (v, _) in m.items()}
 
 
-def _p(metric: str, alpha: float | None = None) -> Callable[[dict[str, tuple[float, float]]], str | None]:
-    """The p-/q-value of ``metric``; with ``alpha``, ``✱`` marks a value below it (a flagged bias)."""
-    def cell(m: dict[str, tuple[float, float]]) -> str | None:
-        if metric not in m:
+def _pm(metric: str) -> Callable[[Metrics], str | None]:
+    return lambda m: fmt_value(*m[metric]) if metric in m else None
+
+
+def _bias(m: Metrics) -> str | None:
+    if "rel_bias" not in m and not has_interval(_values(m)):
+        return None
+    return fmt_bias(_values(m), m.get("rel_bias", (math.nan, math.nan))[1])
+
+
+def _decision(metric: str) -> Callable[[Metrics], str | None]:
+    return lambda m: fmt_p(m[metric][0]) if metric in m else None
+
+
+def _verdict(metric: str, alpha: float) -> Callable[[Metrics], str | None]:
+    def cell(m: Metrics) -> str | None:
+        if metric not in m and "bias_rare_count" not in m:
             return None
-        v = m[metric][0]
-        if alpha is not None and m.get("bias_rare_count", (math.inf,))[0] < RARE_STATE_COUNT:
-            raw = m.get("bias_pvalue", (v,))[0]  # an inconclusive test has no q-value: show its p
-            return f"p {fmt_p(raw)}, inconclusive (rare states)"  # gradbench.stats.rare_state_verdict: no verdict
-        return fmt_p(v) + (" ✱" if alpha is not None and math.isfinite(v) and v < alpha else "")
+        return str(bias_verdict(_values(m), metric, alpha, m.get("n_replicates", (math.nan,))[0],
+                                rare_state_threshold()))
     return cell
 
 
-# correction -> (adjusted bias metric, column header, what the note says)
-CORRECTIONS = {
-    "bh": ("bias_qvalue", "q", "q: Benjamini–Hochberg q-value (false discovery rate)"),
-    "holm": ("bias_pvalue_holm", "p_Holm", "p_Holm: Holm-adjusted p-value (family-wise error rate)"),
-}
-DEFAULT_ALPHA = 0.01  # as gradbench.report.DEFAULT_ALPHA
-
-
-def _bias_interval(m: dict[str, tuple[float, float]]) -> str | None:
-    if "rel_bias_ci_low" not in m or "rel_bias_ci_high" not in m:
+def _tail(m: Metrics) -> str | None:
+    if "tail_index" not in m:
         return None
-    est = m.get("rel_bias_debiased", m.get("rel_bias", (math.nan, math.nan)))[0]
-    return f"{fmt_num(est)} [{fmt_num(m['rel_bias_ci_low'][0])}, {fmt_num(m['rel_bias_ci_high'][0])}]"
+    return fmt_tail_index(*m["tail_index"]) + (" †" if HEAVY in m else "")
 
 
-def _seconds(m: dict[str, tuple[float, float]]) -> str | None:
-    if "seconds_per_estimate" not in m:
-        return None
-    v, se = m["seconds_per_estimate"]
-    scale, unit = (1e6, "µs") if v < 1e-3 else ((1e3, "ms") if v < 1 else (1.0, "s"))
-    return f"{fmt_pm(v * scale, se * scale)} {unit}"
-
-
-def _snr_band(m: dict[str, tuple[float, float]]) -> str | None:
+def _snr_band(m: Metrics) -> str | None:
     if "snr_q25" not in m or "snr_q75" not in m:
         return None
-    return f"[{fmt_num(m['snr_q25'][0])}, {fmt_num(m['snr_q75'][0])}]"
+    return fmt_band(m["snr_q25"][0], m["snr_q75"][0])
 
 
 def protocol_columns(protocol: str, metrics: set[str], correction: str = "bh",
                      alpha: float = DEFAULT_ALPHA) -> tuple[list[Column], str]:
-    """The columns of one protocol's table for the metrics the run has, and the table's note. Bias is
-    flagged (``✱``) by the adjusted p-value of ``correction`` (``bh`` or ``holm``) below ``alpha``."""
+    """The columns of one protocol's table for the metrics the run has, and the table's note. The bias
+    verdict is decided by ``correction``'s adjusted p-value (``bh`` or ``holm``) at ``alpha``
+    (:func:`gradbench.report.format.bias_verdict`)."""
     if protocol == "bias":
-        if {"rel_bias_ci_low", "rel_bias_ci_high"} <= metrics:
-            adjusted, header, what = CORRECTIONS[correction]
-            q = adjusted if adjusted in metrics else "bias_pvalue"
-            name = "rel. bias (debiased)" if "rel_bias_debiased" in metrics else "rel. bias"
-            note = ("‖ḡ − g*‖/‖g*‖ with its 95 % interval; "
-                    + (f"{what} over the run's bias tests of parameter group 'all', one per cell"
-                       if q == adjusted else "p: H0 unbiased, per row, no multiplicity correction")
-                    + f"; ✱: below α = {alpha:g}")
-            cols: list[Column] = [(f"{name} [95% CI]", _bias_interval), (header if q == adjusted else "p", _p(q, alpha))]
-        else:
-            note = "‖ḡ − g*‖/‖g*‖ ± 1 s.e.; p: test of H0 unbiased (per row, no multiplicity correction)"
-            cols = [("rel. bias ± s.e.", _pm("rel_bias")), ("p", _p("bias_pvalue"))]
+        decision = decision_metric(correction, metrics)
+        interval = {"rel_bias_ci_low", "rel_bias_ci_high"} <= metrics
+        head = "rel. bias [per-row 95% CI]" if interval else "rel. bias ± s.e."
+        what = ("‖b‖/‖g*‖ (debiased, ≥ 0) and its per-row 95 % interval" if interval
+                else "plug-in ‖ḡ − g*‖/‖g*‖ ± 1 s.e. (noise-inflated)")
+        note = f"{what}. {verdict_note(decision, alpha, correction)}"
+        cols: list[Column] = [(head, _bias), (decision_symbol(decision), _decision(decision)),
+                              (f"verdict ({decision_symbol(decision)} < {alpha:g})", _verdict(decision, alpha))]
         return cols, note
     if protocol == "variance":
         cols = [("tr Σ̂ ± s.e.", _pm("trace_cov")), ("evals", _pm("evals_mean")),
                 ("tr Σ̂ × evals", _pm("work_norm_var"))]
         if "tail_index" in metrics:
-            cols.append(("tail index", _pm("tail_index")))
+            cols.append(("tail index", _tail))
         return cols, "variance of one estimate; evals: log-joint evaluations per estimate" + (
-            "; tail index ≤ 2: the variance may be infinite" if "tail_index" in metrics else "")
+            f"; tail index (Hill) ± s.e.; {HEAVY_NOTE}; {TAIL_INDEX_NOTE}" if "tail_index" in metrics else "")
     if protocol == "snr":
         return ([("SNR median ± s.e.", _pm("snr_q50")), ("[q25, q75] over j", _snr_band)],
                 "|E ĝⱼ|/sd(ĝⱼ): median over the coordinates j of the group (bootstrap s.e.) and its quartiles")
@@ -206,7 +191,8 @@ def protocol_columns(protocol: str, metrics: set[str], correction: str = "bh",
             cols.append(("tail rate", _pm("tail_rate")))
         return cols, "meeting time τ of the coupled chains, in iterations"
     if protocol == "wallclock":
-        return ([("per estimate", _seconds), ("evals / s", _pm("evals_per_second"))],
+        return ([("per estimate", lambda m: fmt_seconds(*m["seconds_per_estimate"])
+                  if "seconds_per_estimate" in m else None), ("evals / s", _pm("evals_per_second"))],
                 "median wall-clock; comparable only within one device")
     return [], ""
 
@@ -240,9 +226,12 @@ def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, co
         if not columns:
             continue
         groups = ["all"] if protocol != "snr" else list(dict.fromkeys(sub["param_group"]))
+        if len(groups) == 2 and "all" in groups:
+            groups = ["all"]  # one group besides 'all' holds every coordinate: the same numbers twice
         header = (["target"] if multi_target else []) + ["estimator"] + (["group"] if len(groups) > 1 else [])
         header += [name for name, _ in columns]
         rows = []
+        bias_rows: list[tuple[str, dict[str, float], Any]] = []
         for cell_id, grp in sub.groupby("cell_id", sort=False):
             tid = grp["target_id"].iloc[0]
             for group in groups:
@@ -250,21 +239,64 @@ def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, co
                 if g.empty:
                     continue
                 values = {m: (float(v), float(s)) for m, v, s in zip(g["metric"], g["value"], g["stderr"])}
+                if "n_replicates" in g:
+                    values["n_replicates"] = (float(g["n_replicates"].iloc[0]), math.nan)
+                if "warning" in g and (g["metric"].eq("tail_index") & g["warning"].fillna("").ne("")).any():
+                    values[HEAVY] = (1.0, math.nan)
                 shown = [fn(values) for _, fn in columns]
                 if all(s is None for s in shown):
                     continue
                 row = ([t_labels.get(tid, tid)] if multi_target else []) + [e_labels[cell_id]]
                 row += [group] if len(groups) > 1 else []
                 rows.append(row + [s if s is not None else "—" for s in shown])
+                label = e_labels[cell_id] + (f" · {t_labels.get(tid, tid)}" if multi_target else "")
+                bias_rows.append((label, {k: v for k, (v, _) in values.items()}, values.get("n_replicates", (None,))[0]))
         if rows:
             left = len(header) - len(columns)
-            blocks.append(f"{protocol}: {note}\n" + text_table(header, rows, left))
+            block = wrap(f"{protocol}: {note}") + "\n" + text_table(header, rows, left, text_last=protocol == "bias")
+            if protocol == "bias":
+                decision = decision_metric(correction, metrics)
+                verdicts = [bias_verdict(m, decision, alpha, r, rare_state_threshold()) for _, m, r in bias_rows]
+                if not any(v.flagged for v in verdicts):
+                    line = nothing_flagged_line(bias_rows, alpha, decision)
+                    block += "\n" + wrap(line) if line else ""
+            blocks.append(block)
     if not multi_target and len(targets) == 1:
         r = targets.iloc[0]
         params = ", ".join(f"{c.split('.', 1)[1]}={fmt_param(_py(r[c]))}" for c in target_cols[1:]
                            if c in r and not pd.isna(r[c]))
         blocks.insert(0, f"target: {r['model']}({params})")
     return "\n\n".join(blocks) if blocks else "(no rows)"
+
+
+def run_warnings(table: Any, spec: Any | None = None) -> list[str]:
+    """The end-of-run warnings, one line per cell and distinct text, each naming its cell like the tables
+    (``iwae(K=2) · mean_shift=1.5: tail index 1.9 ± 0.4 (Hill): …``)."""
+    if table is None or table.empty or "warning" not in table.columns:
+        return []
+    w = table[table["warning"].fillna("").astype(str).str.strip() != ""]
+    if w.empty:
+        return []
+    est_cols = [c for c in table.columns if c.startswith("estimator.")]
+    target_cols = ["model"] + [c for c in table.columns if c.startswith(("model.", "proposal."))]
+    cells = table.drop_duplicates("cell_id")
+    targets = cells.drop_duplicates("target_id")
+    t_labels = dict(zip(targets["target_id"],
+                        target_labels([{c: _py(r[c]) for c in target_cols if c in r} for _, r in targets.iterrows()])))
+    entries = [(str(r["estimator"]), {c.split(".", 1)[1]: _py(r[c]) for c in est_cols if not _missing(_py(r[c]))})
+               for _, r in cells.iterrows()]
+    e_labels = dict(zip(cells["cell_id"], estimator_labels(entries, suite_keys(spec) if spec is not None else {})))
+    from gradbench.protocols.variance import TAIL_Z
+
+    tail = table[table["metric"] == "tail_index"].drop_duplicates("cell_id").set_index("cell_id")
+    lines = []
+    for (cell_id, text), g in w.groupby(["cell_id", "warning"], sort=False):
+        tl = t_labels.get(g["target_id"].iloc[0], "") if len(targets) > 1 else ""
+        if "tail index" in text and cell_id in tail.index:  # the rule, so that an index above 2 does not puzzle
+            v, se = float(tail.at[cell_id, "value"]), float(tail.at[cell_id, "stderr"])
+            text += f" (its one-sided 95 % lower bound {fmt_num(v - TAIL_Z * (se if math.isfinite(se) else 0.0))} ≤ 2)"
+        lines.append(f"{e_labels.get(cell_id, cell_id)}{f' · {tl}' if tl else ''}: {text}")
+    return lines
 
 
 def _py(v: Any) -> Any:

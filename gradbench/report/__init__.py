@@ -14,4 +14,6 @@ Nothing here imports matplotlib at package import; the figure modules do, with t
 
 from __future__ import annotations
 
-DEFAULT_ALPHA = 0.01
+from gradbench.report.format import DEFAULT_ALPHA  # the one default significance level
+
+__all__ = ["DEFAULT_ALPHA"]

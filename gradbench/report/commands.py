@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from gradbench.report.format import DEFAULT_ALPHA
+
 
 class ReportInputError(click.ClickException):
     exit_code = 2
@@ -51,7 +53,7 @@ def report(run_dir: Path, out: Path | None, alpha: float | None, dpi: int, link_
 @click.command()
 @click.argument("run_a", type=click.Path(path_type=Path))
 @click.argument("run_b", type=click.Path(path_type=Path))
-@click.option("--alpha", type=float, default=0.01, show_default=True,
+@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
               help="Family-wise significance level (Holm-corrected over all tests).")
 @click.option("--rtol", type=float, default=0.0, show_default=True,
               help="Also require a relative change above this for ratio metrics to count as a regression.")

@@ -51,8 +51,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from gradbench.report import DEFAULT_ALPHA
 from gradbench.report.data import RunData, RunError, load_run, param_columns
+from gradbench.report.format import DEFAULT_ALPHA, fmt_p, fmt_value
+from gradbench.stats import holm_adjust
 
 NOT_TESTED_SE = "not tested: missing s.e."
 LOG_RATIO_ASSUMPTIONS = ("log-ratio z assumes: approximately normal values with the stated s.e., independent runs "
@@ -233,17 +234,9 @@ def _debiased_sq_bias(rel: float, rel_se: float, norm: float, trace: float, trac
 
 
 def holm(p: np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values (NaN entries are ignored and stay NaN)."""
-    p = np.asarray(p, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out[order] = adj
-    return out
+    """Holm step-down adjusted p-values (NaN entries are ignored and stay NaN): :func:`gradbench.stats.holm_adjust`,
+    the one implementation the bias protocol also uses."""
+    return holm_adjust(p)
 
 
 # -- comparison ---------------------------------------------------------------------------------
@@ -391,9 +384,7 @@ def _nonfinite_rows(a: RunData, b: RunData, m: pd.DataFrame) -> list[dict[str, A
 
 # -- text ---------------------------------------------------------------------------------------
 def _pm(v: float, se: float) -> str:
-    if not np.isfinite(v):
-        return "—"
-    return f"{v:.4g}" if not np.isfinite(se) or se == 0 else f"{v:.3g} ± {se:.2g}"
+    return fmt_value(v, se)
 
 
 def _change(r: pd.Series) -> str:
@@ -418,8 +409,8 @@ def format_comparison(c: Comparison, *, show_all: bool = False) -> str:
             "B": [_pm(v, s) for v, s in zip(order["value_b"], order["stderr_b"])],
             "change": [_change(r) for _, r in order.iterrows()],
             "test": order["test"],
-            "p": [f"{p:.2g}" if np.isfinite(p) else "—" for p in order["p"]],
-            "p_holm": [f"{p:.2g}" if np.isfinite(p) else "—" for p in order["p_holm"]],
+            "p": [fmt_p(p) for p in order["p"]],
+            "p_holm": [fmt_p(p) for p in order["p_holm"]],
             "flag": order["flag"].str.upper().replace("", "·"),
         })
         lines.append(out.to_string(index=False))

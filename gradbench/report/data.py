@@ -14,7 +14,7 @@ Per cell this module derives:
   (empty when the run has one target): one facet row per target in figures.
 
 Significance level α: ``--alpha`` on the command line, else ``run.json["alpha"]``, else
-:data:`gradbench.report.DEFAULT_ALPHA` (0.01).
+:data:`gradbench.report.format.DEFAULT_ALPHA` (0.01).
 """
 
 from __future__ import annotations
@@ -28,7 +28,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gradbench.report import DEFAULT_ALPHA
+from gradbench.report.format import (
+    ADJUSTED_BIAS_METRICS,
+    CORRECTIONS,
+    DEFAULT_ALPHA,
+    decision_metric,
+    fmt_param,
+    rare_state_threshold,
+)
+
+__all__ = ["ADJUSTED_BIAS_METRICS", "CORRECTIONS", "DEFAULT_ALPHA", "RunData", "RunError", "bias_decision",
+           "bias_flag_note", "fmt_param", "infinite_variance_cells", "load_run", "param_columns"]
 
 BUDGET_PARAMS = ("K", "S", "M", "N", "n_particles", "n_samples", "m", "n_steps", "steps", "iterations")
 NON_PARAM_COLUMNS = {
@@ -40,21 +50,6 @@ NON_PARAM_COLUMNS = {
 
 class RunError(Exception):
     """A run folder that cannot be read (missing or malformed files): a one-line message."""
-
-
-def fmt_param(value: Any) -> str:
-    """``2.0`` → ``2``, ``0.5`` → ``0.5``, strings unchanged (parameters come back as floats
-    when a column mixes estimators that do and do not have the parameter)."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if math.isfinite(v) and v.is_integer() and abs(v) < 1e15:
-            return str(int(v))
-        return f"{v:g}"
-    return str(value)
 
 
 def param_columns(df: pd.DataFrame, prefix: str | None = None) -> list[str]:
@@ -283,20 +278,11 @@ def gradient_of(estimator: str, wrt: Any = None) -> str:
     return {"theta": "∇θ", "phi": "∇φ"}.get(wrt, wrt)
 
 
-# correction -> (adjusted metric, short label, long name, what it controls)
-CORRECTIONS = {
-    "bh": ("bias_qvalue", "q", "Benjamini–Hochberg q-value", "false discovery rate"),
-    "holm": ("bias_pvalue_holm", "p_Holm", "Holm-adjusted p-value", "family-wise error rate"),
-}
-ADJUSTED_BIAS_METRICS = tuple(c[0] for c in CORRECTIONS.values())
-
-
 def bias_decision(run: RunData) -> str:
     """The metric that flags a bias: the adjusted p-value of the run's correction (``bias_qvalue``,
     Benjamini–Hochberg, by default; ``bias_pvalue_holm`` with ``--correction holm``) when the run has it
     (multiple testing controlled within the run), else the per-row ``bias_pvalue``."""
-    metric = CORRECTIONS[run.correction][0]
-    return metric if run.has(metric) else "bias_pvalue"
+    return decision_metric(run.correction, run.metrics)
 
 
 def bias_flag_note(run: RunData) -> str:
@@ -304,7 +290,8 @@ def bias_flag_note(run: RunData) -> str:
     decision = bias_decision(run)
     if decision == "bias_pvalue":
         return f"✱ biased: bias p-value < α = {run.alpha:g} (H0: unbiased; per row, no multiplicity correction)."
-    _, _, name, controls = CORRECTIONS[run.correction]
+    c = CORRECTIONS[run.correction]
+    name, controls = c.name, c.controls
     sub = run.results[(run.results["metric"] == decision) & (run.results["param_group"] == "all")]
     m = int(np.isfinite(sub["value"].to_numpy(float)).sum())
     return (f"✱ biased: {name} < α = {run.alpha:g}; the correction controls the {controls} over the family of the "
@@ -315,11 +302,9 @@ def bias_flag_note(run: RunData) -> str:
 
 def _any_inconclusive(run: RunData) -> bool:
     """Whether a cell's bias test is inconclusive (``bias_rare_count`` = R·q_min < log(10³), gradbench.stats)."""
-    from gradbench.stats import RARE_STATE_COUNT
-
     if not run.has("bias_rare_count"):
         return False
-    return bool((run.results.loc[run.results["metric"] == "bias_rare_count", "value"] < RARE_STATE_COUNT).any())
+    return bool((run.results.loc[run.results["metric"] == "bias_rare_count", "value"] < rare_state_threshold()).any())
 
 
 VARIANCE_WARNED_METRICS = ("trace_cov", "mean_var", "mse", "work_norm_var")

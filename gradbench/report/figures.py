@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import matplotlib
 
@@ -36,6 +37,7 @@ from gradbench.report.data import (
     fmt_param,
     infinite_variance_cells,
 )
+from gradbench.report.format import bias_point, bias_verdict, decision_symbol, has_interval, rare_state_threshold
 from gradbench.report.style import LINESTYLES, MARKERS, estimator_color, metric_label, theme
 
 PANEL_W, PANEL_H = 3.6, 3.1
@@ -126,9 +128,11 @@ def _facets(run: RunData, df: pd.DataFrame, n: int, *, legend_space: bool = True
 
 
 def _draw_series(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, styles: dict[str, tuple[str, str, str]],
-                 *, yerr: str | None = "stderr", filled: pd.Series | None = None, bare: pd.Series | None = None) -> None:
-    """One line per series, ±1 s.e. error bars; markers hollow where ``filled`` is False. Where ``bare`` is
-    True (variance may be infinite) no error bar is drawn and the marker is hollow with a dashed edge."""
+                 *, yerr: str | None = "stderr", yerr_lo: str | None = None, filled: pd.Series | None = None,
+                 bare: pd.Series | None = None) -> None:
+    """One line per series, ±1 s.e. error bars (``yerr``; the lower bar from ``yerr_lo`` when given: an
+    asymmetric interval); markers hollow where ``filled`` is False. Where ``bare`` is True (variance may be
+    infinite) no error bar is drawn and the marker is hollow with a dashed edge."""
     for series, grp in df.groupby("series", sort=False):
         grp = grp.sort_values(x)
         color, marker, ls = styles[series]
@@ -136,9 +140,11 @@ def _draw_series(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, styles: dict[st
         no_bar = np.zeros(len(grp), bool) if bare is None else bare.loc[grp.index].to_numpy(bool)
         if err is not None:
             err = np.where(np.isfinite(err) & ~no_bar, err, 0.0)
+            below = err if yerr_lo is None else grp[yerr_lo].to_numpy(dtype=float)
+            below = np.where(np.isfinite(below) & ~no_bar, below, 0.0)
             # on a log axis a bar reaching zero would run off the plot: the lower bar stops at a tenth of
             # the value (one decade; the caption says so) and _clip_log_bottom keeps that end in view
-            lower = np.minimum(err, np.abs(grp[y].to_numpy(dtype=float)) * LOWER_BAR_FLOOR)
+            lower = np.minimum(below, np.abs(grp[y].to_numpy(dtype=float)) * LOWER_BAR_FLOOR)
             err = np.vstack([lower, err])
         ax.errorbar(grp[x], grp[y], yerr=err, color=color, linestyle=ls, linewidth=1.4, marker="none",
                     capsize=2.5, elinewidth=1.0, alpha=0.9)
@@ -204,47 +210,86 @@ def fit_loglog_slope(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[floa
     return float(beta[1]), float(math.sqrt(cov[1, 1]))
 
 
-def bias_vs_budget(run: RunData) -> Figure | None:
+Z95 = NormalDist().inv_cdf(0.975)  # the 95 % two-sided normal quantile: an interval's half-width / Z95 stands in for a s.e. in the fit
+
+
+def bias_points(run: RunData) -> pd.DataFrame | None:
+    """What the bias figure draws, one row per cell with a budget: ``point`` (the headline relative bias,
+    :func:`gradbench.report.format.bias_point`, the number the tables print), ``low``/``high`` (its per-row
+    95 % interval, or ±1 s.e. of the plug-in for a run without one), ``decision`` (the verdict's value) and
+    ``significant`` (the verdict is "biased"). ``None`` when the run has no relative bias."""
     if not run.has("rel_bias"):
         return None
-    decision = bias_decision(run)  # q-values (multiple testing controlled) when the run has them
-    df = run.wide(["rel_bias", decision]).dropna(subset=["budget", "rel_bias"])
+    decision = bias_decision(run)
+    metrics = ["rel_bias", "rel_bias_debiased", "rel_bias_ci_low", "rel_bias_ci_high", "bias_rare_count", decision]
+    df = run.wide([m for m in dict.fromkeys(metrics) if run.has(m)]).dropna(subset=["budget", "rel_bias"])
     if df.empty:
         return None
-    has_p = decision in df
-    df["stderr"] = df["rel_bias__se"]
-    df["significant"] = df[decision] < run.alpha if has_p else True
+    rows = [{k: r.get(k) for k in metrics} for _, r in df.iterrows()]
+    point = np.array([bias_point(m) for m in rows])
+    interval = np.array([has_interval(m) for m in rows])
+    se = df["rel_bias__se"].to_numpy(float)
+    low = np.where(interval, df.get("rel_bias_ci_low", np.nan), point - se)
+    high = np.where(interval, df.get("rel_bias_ci_high", np.nan), point + se)
+    verdicts = [bias_verdict(m, decision, run.alpha, n, rare_state_threshold())
+                for m, n in zip(rows, df["n_replicates"] if "n_replicates" in df else [None] * len(df))]
+    return df.assign(point=point, low=low, high=high, interval=interval,
+                     decision=df.get(decision, np.nan),
+                     significant=[v.flagged for v in verdicts], verdict=[str(v) for v in verdicts])
+
+
+def bias_vs_budget(run: RunData) -> Figure | None:
+    """Headline relative bias against budget with its per-row 95 % interval (:func:`bias_points`); a cell
+    whose headline is 0 is drawn as a downward triangle at its interval's upper end (the bias is below it)."""
+    df = bias_points(run)
+    if df is None:
+        return None
+    decision = bias_decision(run)
+    has_p = df["decision"].notna().any()
+    # a positive value to draw on the log axis: the point, or the upper end where the point is 0
+    upper_only = ~(df["point"] > 0)
+    df = df.assign(y=np.where(upper_only, df["high"], df["point"]), upper_only=upper_only,
+                   err_lo=np.where(upper_only, 0.0, df["point"] - df["low"]),
+                   err_hi=np.where(upper_only, 0.0, df["high"] - df["point"]))
+    df = df[df["y"] > 0]
+    if df.empty:
+        return None
     styles = _style_of(run)
     fig, axes, targets = _facets(run, df, 2 if has_p else 1)
     slopes: dict[str, list[str]] = {}  # series -> one fitted slope per target (each target has its own fit)
     for i, target in enumerate(targets):
         sub = df[df["target_label"] == target] if target else df
         ax = axes(i, 0)
-        _draw_series(ax, sub, "budget", "rel_bias", styles, filled=sub["significant"])
+        _draw_series(ax, sub[~sub["upper_only"]], "budget", "y", styles, yerr="err_hi", yerr_lo="err_lo",
+                     filled=sub["significant"])
+        for series, grp in sub[sub["upper_only"]].groupby("series", sort=False):
+            color, _, _ = styles[series]
+            ax.scatter(grp["budget"], grp["y"], marker="v", facecolor="white", edgecolor=color, s=34, zorder=3,
+                       linewidth=1.3)
         for series, grp in sub.groupby("series", sort=False):
-            sig = grp[grp["significant"]]
-            fit = fit_loglog_slope(sig["budget"].to_numpy(float), sig["rel_bias"].to_numpy(float),
-                                   sig["stderr"].to_numpy(float))
+            sig = grp[grp["significant"] & ~grp["upper_only"]]
+            half = np.where(sig["interval"], (sig["high"] - sig["low"]) / (2 * Z95), sig["rel_bias__se"])
+            fit = fit_loglog_slope(sig["budget"].to_numpy(float), sig["point"].to_numpy(float), np.asarray(half, float))
             if fit is None:
                 continue
             slope, slope_se = fit
             xs = np.sort(sig["budget"].to_numpy(float))
             # the fitted slope, drawn through the centre of the significant points (log scale)
-            lx, ly = np.log(sig["budget"].to_numpy(float)), np.log(sig["rel_bias"].to_numpy(float))
+            lx, ly = np.log(sig["budget"].to_numpy(float)), np.log(sig["point"].to_numpy(float))
             c = ly.mean() - slope * lx.mean()
             ys = np.exp(c + slope * np.log(xs))
             ax.plot(xs, ys, color=styles[series][0], linestyle=(0, (1, 1.5)), linewidth=2.2, alpha=0.6)
             fitted = f"slope {slope:+.2f} ± {slope_se:.2f}" + (f" ({target})" if target else "")
             slopes.setdefault(series, []).append(fitted)
         ax.set_xlabel(_budget_axis_label(sub))
-        ax.set_ylabel(metric_label("rel_bias"))
+        ax.set_ylabel("relative bias ‖b‖ / ‖g*‖" if sub["interval"].any() else metric_label("rel_bias"))
         _set_log(ax, "x", sub["budget"], force=True, budget=True)
-        _set_log(ax, "y", _positive(sub["rel_bias"]), force=True)
-        _clip_log_bottom(ax, sub["rel_bias"])
+        _set_log(ax, "y", _positive(sub["y"]), force=True)
+        _clip_log_bottom(ax, sub["y"])
         _title(ax, target, None, len(targets))
         if has_p:
             ax = axes(i, 1)
-            p = sub.assign(pplot=sub[decision].clip(lower=P_FLOOR))
+            p = sub.assign(pplot=sub["decision"].clip(lower=P_FLOOR))
             _draw_series(ax, p, "budget", "pplot", styles, yerr=None, filled=p["significant"])
             ax.axhline(run.alpha, color="#b2182b", linestyle="--", linewidth=1)
             ax.text(0.98, min(max(run.alpha, P_FLOOR), 1.0), f"α = {run.alpha:g}", color="#b2182b", fontsize=8,
@@ -261,24 +306,27 @@ def bias_vs_budget(run: RunData) -> Figure | None:
             _set_log(ax, "x", sub["budget"], force=True, budget=True)
             _title(ax, target, None, len(targets))
     series = list(dict.fromkeys(df["series"]))
-    letter = {"bias_qvalue": "q", "bias_pvalue_holm": "Holm p"}.get(decision, "p")
+    letter = decision_symbol(decision)
     extra = [Line2D([], [], color="grey", marker="o", linestyle="none",
-                    label=f"bias significant ({letter} < {run.alpha:g})"),
+                    label=f"biased ({letter} < {run.alpha:g})"),
              Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="none",
-                    label="not significant"),
-             Line2D([], [], color="grey", linestyle=(0, (1, 1.5)), linewidth=2.2, alpha=0.6,
-                    label="log-log fit (significant points)")]
+                    label="not shown biased / inconclusive")]
+    if df["upper_only"].any():
+        extra.append(Line2D([], [], color="grey", marker="v", markerfacecolor="white", linestyle="none",
+                            label="estimate 0: interval's upper end"))
+    extra.append(Line2D([], [], color="grey", linestyle=(0, (1, 1.5)), linewidth=2.2, alpha=0.6,
+                        label="log-log fit (biased points)"))
     labels = {s: s + "".join(f"\n  {line}" for line in lines) for s, lines in slopes.items()}
     _legend(fig, run, series, extra, labels)
     return fig
 
 
 def _decision_label(decision: str) -> str:
-    names = {c[0]: c[2] for c in CORRECTIONS.values()}
+    names = {c.metric: c.name for c in CORRECTIONS.values()}
     return f"bias {names[decision]}" if decision in names else "bias p-value (H0: unbiased)"
 
 
-HEAVY_LEGEND = "variance may be infinite (tail index ≤ 2): no error bar"
+HEAVY_LEGEND = "variance may be infinite (tail index bound ≤ 2): no error bar"
 
 
 def _heavy_marker() -> Line2D:
@@ -437,8 +485,8 @@ def efficiency_frontier(run: RunData) -> Figure | None:
     return fig
 
 
-HEAVY_CAPTION = (" Hollow markers with a dashed edge and no error bar: cells whose tail index (Hill) is ≤ 2 within "
-                 "its uncertainty — the variance may be infinite, so the value is not a reliable estimate and its "
+HEAVY_CAPTION = (" Hollow markers with a dashed edge and no error bar: cells whose tail index (Hill) has a one-sided "
+                 "95 % lower bound ≤ 2 — the variance may be infinite, so the value is not a reliable estimate and its "
                  "standard error is meaningless.")
 
 
@@ -601,16 +649,16 @@ def wallclock(run: RunData) -> Figure | None:
 
 FIGURES: list[FigureSpec] = [
     FigureSpec("bias_vs_budget", "Bias vs budget",
-               "Relative bias ‖ḡ − g*‖/‖g*‖ (±1 s.e.) against each estimator's budget, log-log. "
-               "Filled markers: "
-               "bias significant at α (bias_pvalue < α, or the adjusted p-value of the report's correction < α "
-               "when the run has it: bias_qvalue, Benjamini–Hochberg, by default; bias_pvalue_holm with "
-               "--correction holm); hollow: "
-               "not significant, i.e. the value is at the Monte "
-               "Carlo noise floor. Dotted lines: weighted log-log fit over the significant points, slope ± s.e. in "
-               "the legend, one per target (O(1/K) bias gives slope −1). Right: the test's p-value (or the "
-               "adjusted p-value of the correction when the run has it) with α marked. Lower error bars stop at a tenth of "
-               "the value on log axes.", bias_vs_budget),
+               "Relative bias ‖b‖/‖g*‖ against each estimator's budget, log-log: the headline value the tables print "
+               "(the debiased estimate, ≥ 0, kept inside its interval) with its per-row 95 % interval as the error "
+               "bar (runs without the interval: the plug-in ‖ḡ − g*‖/‖g*‖ ± 1 s.e.). A downward triangle: the "
+               "estimate is 0 and the bias lies below the interval's upper end, drawn there. Filled markers: the "
+               "row's verdict is biased (the adjusted p-value of the report's correction < α when the run has it: "
+               "bias_qvalue, Benjamini–Hochberg, by default; bias_pvalue_holm with --correction holm; else "
+               "bias_pvalue < α); hollow: not shown biased or inconclusive. Dotted lines: weighted log-log fit over the "
+               "biased points (weights from the interval's half-width / 1.96), slope ± s.e. in the legend, one per "
+               "target (O(1/K) bias gives slope −1). Right: the verdict's p- or q-value with α marked. Lower error "
+               "bars stop at a tenth of the value on log axes.", bias_vs_budget),
     FigureSpec("variance_vs_budget", "Variance vs budget",
                "Trace of the covariance of one estimate, tr Σ̂ (±1 s.e.), per parameter group, log-log."
                + HEAVY_CAPTION,

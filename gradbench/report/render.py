@@ -132,7 +132,7 @@ def run_facts(run: RunData) -> list[tuple[str, str]]:
     facts.append(("significance level α", f"{run.alpha:g}" + ("" if "alpha" in run.manifest else " (default)")))
     if run.has("bias_pvalue"):
         decision = bias_decision(run)
-        names = {c[0]: f"{c[2]} ({c[3]})" for c in CORRECTIONS.values()}
+        names = {c.metric: f"{c.name} ({c.controls})" for c in CORRECTIONS.values()}
         facts.append(("bias flags", names.get(decision, "per-row p-value, no multiplicity correction")
                       + (" over the run's bias tests of parameter group 'all', one per cell" if decision in names else "")))
     return facts
@@ -155,7 +155,7 @@ def run_notes(run: RunData) -> list[str]:
     heavy = infinite_variance_cells(run)
     if heavy:
         labels = run.cells.set_index("cell_id")["label"]
-        notes.append("variance may be infinite (tail index ≤ 2 within its uncertainty) for "
+        notes.append("variance may be infinite (the one-sided 95 % lower bound of the tail index is ≤ 2) for "
                      + ", ".join(str(labels.get(c, c)) for c in sorted(heavy))
                      + ": their variance-type values (tr Σ̂, mean var, MSE, tr Σ̂ × cost) are drawn as hollow markers "
                      "without error bars and shown with † and no standard error in the tables; they are not "

@@ -1,10 +1,12 @@
-"""Tables of a run: per estimator × budget, value ± standard error, bias flagged at α.
+"""Tables of a run: per estimator × budget, value ± standard error, a bias verdict per row.
 
-A :class:`Table` is plain data (header, rows of :class:`Cell`) rendered to Markdown or HTML.
-The bias flag is ``bias_qvalue < α`` (Benjamini–Hochberg within the run, the statistics issue's
-multiple-testing control; ``bias_pvalue_holm < α`` with ``--correction holm``) when the run has them, else per row ``bias_pvalue < α`` (the test
-itself, Hotelling or Šidák max-|z|, is corrected across coordinates, not across rows). With the
-statistics issue's ``rel_bias_ci_low``/``rel_bias_ci_high`` the bias column is the 95 % interval.
+A :class:`Table` is plain data (header, rows of :class:`Cell`) rendered to Markdown or HTML. Every
+number is formatted by :mod:`gradbench.report.format`, as in the terminal: the bias column is the
+headline ‖b‖/‖g*‖ with its per-row 95 % interval (:func:`~gradbench.report.format.bias_point`), and
+the verdict column (:func:`~gradbench.report.format.bias_verdict`) is decided by ``bias_qvalue < α``
+(Benjamini–Hochberg within the run; ``bias_pvalue_holm < α`` with ``--correction holm``) when the run
+has them, else per row by ``bias_pvalue < α`` (the test itself, Hotelling or Šidák max-|z|, is
+corrected across coordinates, not across rows).
 """
 
 from __future__ import annotations
@@ -22,20 +24,39 @@ from gradbench.report.data import (
     RunData,
     bias_decision,
     bias_flag_note,
-    fmt_param,
     infinite_variance_cells,
 )
+from gradbench.report.format import (
+    TAIL_INDEX_MAX,
+    TAIL_INDEX_NOTE,
+    bias_verdict,
+    decision_symbol,
+    fmt_bias,
+    fmt_p,
+    fmt_param,
+    fmt_tail_index,
+    fmt_value,
+    nothing_flagged_line,
+    rare_state_threshold,
+)
+
+__all__ = ["Cell", "Table", "all_tables", "cost_table", "fmt_p", "fmt_value", "group_table", "meeting_table",
+           "summary_table"]
+
+VERDICT = "bias_verdict"  # a column computed from the row, not a stored metric
+SNR_METRICS = ("snr_q50", "snr_median")  # the same median over coordinates, from the snr / variance protocol
+BIAS_EXTRA = ["rel_bias_ci_low", "rel_bias_ci_high", "rel_bias_debiased", "bias_rare_count"]
 
 # (metric, column header) in display order; columns appear only when the run has the metric.
 ACCURACY_COLUMNS = [
     ("rel_bias", "rel. bias"),
-    ("bias_pvalue", "bias p"),
+    ("bias_pvalue", "bias p (per row)"),
     ("bias_qvalue", "bias q"),
     ("bias_pvalue_holm", "bias p (Holm)"),  # shown instead of bias q with --correction holm
+    (VERDICT, "verdict"),  # from the decision's value at α (format.bias_verdict)
     ("tail_index", "tail index"),
     ("trace_cov", "tr Σ̂"),
-    ("snr_median", "SNR (median)"),
-    ("snr_q50", "SNR q50"),  # only when snr_median is absent (same quantity)
+    ("snr_median", "SNR (median)"),  # snr_q50 (snr protocol) where present, else snr_median (variance protocol)
     ("mse", "MSE"),
 ]
 COST_COLUMNS = [
@@ -50,8 +71,8 @@ COST_COLUMNS = [
     ("work_norm_var_seconds", "tr Σ̂ × s"),
 ]
 GROUP_COLUMNS = [
-    ("rel_bias", "rel. bias"), ("bias_pvalue", "bias p"), ("trace_cov", "tr Σ̂"), ("mean_var", "mean var"),
-    ("snr_median", "SNR (median)"), ("snr_q50", "SNR q50"), ("mse", "MSE"),
+    ("rel_bias", "rel. bias"), ("bias_pvalue", "bias p (per row)"), ("trace_cov", "tr Σ̂"), ("mean_var", "mean var"),
+    ("snr_median", "SNR (median)"), ("mse", "MSE"),
 ]
 
 
@@ -97,45 +118,40 @@ class Table:
                 f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def fmt_value(v: float, se: float | None = None) -> str:
-    """``0.171 ± 0.0078``; just the value when the s.e. is missing or zero; '—' for NaN."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    if se is None or not np.isfinite(se) or se == 0:
-        return f"{v:.4g}"
-    return f"{v:.3g} ± {se:.2g}"
+def _metrics(r: pd.Series) -> dict[str, float]:
+    """The row's metric values (``<metric>`` columns of :meth:`RunData.wide`) as a plain mapping."""
+    return {k: r[k] for k in r.index if isinstance(k, str) and "__" not in k}
 
 
-def fmt_p(p: float) -> str:
-    """``0.034``, ``3.1e-07``; a p-value that underflowed to 0 is a bound: ``<1e-300``."""
-    if p is None or not np.isfinite(p):
-        return "—"
-    return "<1e-300" if p < 1e-300 else (f"{p:.2g}" if p < 0.01 else f"{p:.3f}")
-
-
-def _inconclusive(r: pd.Series) -> bool:
-    """The cell's bias test is inconclusive: R·q_min (``bias_rare_count``) < log(10³) (gradbench.stats.rare_state_verdict)."""
-    from gradbench.stats import RARE_STATE_COUNT
-
-    v = r.get("bias_rare_count")
-    return v is not None and bool(np.isfinite(v)) and v < RARE_STATE_COUNT
+def _snr(r: pd.Series) -> tuple[float, float]:
+    """The SNR median of a row: ``snr_q50`` where present, else ``snr_median`` (with its s.e.)."""
+    for m in SNR_METRICS:
+        v = r.get(m)
+        if v is not None and not np.isnan(v):  # ∞ (a noiseless estimator) is a value, printed as the terminal does
+            return float(v), r.get(m + "__se")
+    return math.nan, math.nan
 
 
 def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float, decision: str = "bias_pvalue",
                heavy: bool = False) -> list[Cell]:
     """``heavy``: the cell's variance may be infinite; its variance-type values get ``†`` and no s.e."""
     out = []
+    m = _metrics(r)
+    verdict = bias_verdict(m, decision, alpha, r.get("n_replicates"), rare_state_threshold())
     for metric, _ in columns:
         v = r.get(metric)
         if heavy and metric in VARIANCE_WARNED_METRICS:
             out.append(Cell(fmt_value(v) + " †"))  # † marks it (a red flag is reserved for bias)
-        elif metric in ("bias_pvalue",) + ADJUSTED_BIAS_METRICS and _inconclusive(r):
-            out.append(Cell(fmt_p(v) + (" inconclusive (rare states)" if metric == decision else "")))
+        elif metric == VERDICT:
+            out.append(Cell(str(verdict), "bad" if verdict.flagged else None))
         elif metric in ("bias_pvalue",) + ADJUSTED_BIAS_METRICS:
-            biased = metric == decision and v is not None and np.isfinite(v) and v < alpha
-            out.append(Cell(fmt_p(v) + (" ✱ biased" if biased else ""), "bad" if biased else None))
-        elif metric == "rel_bias" and np.isfinite(r.get("rel_bias_ci_low", np.nan)):
-            out.append(Cell(f"{fmt_value(v)} [{r['rel_bias_ci_low']:.3g}, {r['rel_bias_ci_high']:.3g}]"))
+            out.append(Cell(fmt_p(v), "bad" if metric == decision and verdict.flagged else None))
+        elif metric == "rel_bias":
+            out.append(Cell(fmt_bias(m, r.get("rel_bias__se"))))
+        elif metric == "tail_index":
+            out.append(Cell(fmt_tail_index(v, r.get("tail_index__se"))))
+        elif metric == "snr_median":
+            out.append(Cell(fmt_value(*_snr(r))))
         elif metric == "n_censored":
             out.append(Cell("—" if v is None or not np.isfinite(v) else str(int(v)), "bad" if v and v > 0 else None))
         else:
@@ -161,20 +177,31 @@ def _sorted_cells(df: pd.DataFrame, run: RunData) -> pd.DataFrame:
 
 
 def _present(run: RunData, columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    cols = [(m, h) for m, h in columns if run.has(m)]
-    return [(m, h) for m, h in cols if not (m == "snr_q50" and run.has("snr_median"))]
+    """The columns the run has values for (the SNR column for either SNR metric, the verdict with a bias test)."""
+    def has(m: str) -> bool:
+        return run.has(*SNR_METRICS) if m == "snr_median" else run.has("bias_pvalue") if m == VERDICT else run.has(m)
+    return [(m, h) for m, h in columns if has(m)]
+
+
+def _loaded(metrics: list[str]) -> list[str]:
+    """The stored metrics :meth:`RunData.wide` must load to fill ``metrics`` (columns)."""
+    out = [m for m in metrics if m not in (VERDICT, "snr_median")]
+    out += list(SNR_METRICS) if "snr_median" in metrics else []
+    out += BIAS_EXTRA if "rel_bias" in metrics or VERDICT in metrics else []
+    return list(dict.fromkeys(out))
 
 
 def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: str) -> Table | None:
-    cols = [(m, h) for m, h in _present(run, columns) if m not in ADJUSTED_BIAS_METRICS or m == bias_decision(run)]
+    decision = bias_decision(run)
+    cols = [(m, h) for m, h in _present(run, columns) if m not in ADJUSTED_BIAS_METRICS or m == decision]
     if not cols:
         return None
-    has_interval = run.has("rel_bias_ci_low") and run.has("rel_bias_ci_high")
-    if has_interval:
-        cols = [(m, "rel. bias [95% CI]" if m == "rel_bias" else h) for m, h in cols]
-    extra = ["rel_bias_ci_low", "rel_bias_ci_high"] if has_interval else []
-    wide = _sorted_cells(run.wide([m for m, _ in cols] + extra), run)
-    wide = wide[wide[[m for m, _ in cols]].notna().any(axis=1)]  # cells without any of these metrics
+    if run.has("rel_bias_ci_low") and run.has("rel_bias_ci_high"):
+        cols = [(m, "rel. bias [per-row 95% CI]" if m == "rel_bias" else h) for m, h in cols]
+    cols = [(m, f"verdict ({decision_symbol(decision)} < {run.alpha:g})" if m == VERDICT else h) for m, h in cols]
+    loaded = _loaded([m for m, _ in cols])
+    wide = _sorted_cells(run.wide(loaded), run)
+    wide = wide[wide[[m for m in loaded if m in wide]].notna().any(axis=1)]  # cells without any of these metrics
     n_targets = wide["target_label"].nunique()
     header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates"] + [h for _, h in cols]
     t = Table(title, header, note=note, text_columns=header.index("budget") + 1)
@@ -182,11 +209,20 @@ def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: 
     if heavy and any(m in VARIANCE_WARNED_METRICS for m, _ in cols):
         t.note += HEAVY_NOTE
     for _, r in wide.iterrows():
-        t.rows.append(_ident(r, n_targets) + _row_cells(r, cols, run.alpha, bias_decision(run), r["cell_id"] in heavy))
+        t.rows.append(_ident(r, n_targets) + _row_cells(r, cols, run.alpha, decision, r["cell_id"] in heavy))
+    if any(m == "tail_index" for m, _ in cols) and (wide["tail_index"] > TAIL_INDEX_MAX).any():
+        t.note += " " + TAIL_INDEX_NOTE[0].upper() + TAIL_INDEX_NOTE[1:] + "."
+    if any(m == VERDICT for m, _ in cols):
+        verdicts = [bias_verdict(_metrics(r), decision, run.alpha, r.get("n_replicates"), rare_state_threshold())
+                    for _, r in wide.iterrows()]
+        if verdicts and not any(v.flagged for v in verdicts):
+            line = nothing_flagged_line([(str(r["label"]), _metrics(r), r.get("n_replicates"))
+                                         for _, r in wide.iterrows()], run.alpha, decision)
+            t.note += (" " + line) if line else ""
     return t
 
 
-HEAVY_NOTE = (" † the cell's tail index (Hill) is ≤ 2 within its uncertainty: the variance may be infinite, so this "
+HEAVY_NOTE = (" † the one-sided 95 % lower bound of the cell's tail index (Hill) is ≤ 2: the variance may be infinite, so this "
               "value is not a reliable estimate and has no standard error.")
 
 
@@ -195,7 +231,10 @@ def summary_table(run: RunData) -> Table | None:
     flag = " " + bias_flag_note(run)
     note = "Parameter group 'all'. Values are ± 1 standard error." + (flag if run.has("bias_pvalue") else "")
     if run.has("rel_bias_ci_high"):
-        note += " Relative bias: 95 % confidence interval of ‖b‖/‖g*‖ (the plug-in ‖ḡ − g*‖ is noise-inflated)."
+        note += (" Relative bias: the debiased estimate of ‖b‖/‖g*‖ (≥ 0, kept inside its interval) and its per-row "
+                 "95 % confidence interval (not corrected for multiplicity: the verdict is the decision; the plug-in "
+                 "‖ḡ − g*‖ is noise-inflated and not shown). 'not shown biased: < x unresolvable at R': x is the "
+                 "interval's upper end, a smaller bias cannot be told from 0 with R replicates.")
     return _cell_table(run, "Accuracy per estimator × budget", ACCURACY_COLUMNS, note)
 
 
@@ -214,19 +253,19 @@ def group_table(run: RunData) -> Table | None:
     n_targets = run.cells["target_label"].nunique()
     header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates", "group"]
     header += [h for _, h in cols]
-    t = Table("Per parameter group", header, note="Values are ± 1 standard error; ✱ biased: p < α per row, uncorrected "
-              "(the q-values cover parameter group 'all' only).",
+    t = Table("Per parameter group", header, note="Values are ± 1 standard error; bias p is per row and uncorrected "
+              "(the q-values and verdicts cover parameter group 'all' only); a bias p below α is shown in red.",
               text_columns=header.index("group") + 1)
-    frames = [_sorted_cells(run.wide([m for m, _ in cols], g), run).assign(group=g) for g in groups]
+    frames = [_sorted_cells(run.wide(_loaded([m for m, _ in cols]), g), run).assign(group=g) for g in groups]
     order = {g: i for i, g in enumerate(groups)}
     rows = pd.concat(frames).assign(_g=lambda d: d["group"].map(order))
     heavy = infinite_variance_cells(run)
     if heavy and any(m in VARIANCE_WARNED_METRICS for m, _ in cols):
         t.note += HEAVY_NOTE
     for _, r in rows.sort_values(["_t", "_s", "budget", "_g"], na_position="first").iterrows():
-        if all(not np.isfinite(r.get(m, np.nan)) for m, _ in cols):
+        if all(not np.isfinite(r.get(m, np.nan)) for m in _loaded([m for m, _ in cols])):
             continue
-        t.rows.append(_ident(r, n_targets) + [Cell(r["group"])] + _row_cells(r, cols, run.alpha, bias_decision(run),
+        t.rows.append(_ident(r, n_targets) + [Cell(r["group"])] + _row_cells(r, cols, run.alpha, "bias_pvalue",
                                                                             r["cell_id"] in heavy))
     return t
 

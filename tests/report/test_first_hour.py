@@ -134,9 +134,9 @@ def test_bias_flags_use_q_values_and_show_the_interval(base_run: Path, tmp_path:
         extra.append(rows)
     pd.concat([r, *extra], ignore_index=True).to_parquet(run / "results.parquet", index=False)
     table = summary_table(load_run(run))
-    assert "bias q" in table.header and "rel. bias [95% CI]" in table.header
+    assert "bias q" in table.header and "rel. bias [per-row 95% CI]" in table.header
     assert not any(c.flag == "bad" for row in table.rows for c in row)
-    col = table.header.index("rel. bias [95% CI]")
+    col = table.header.index("rel. bias [per-row 95% CI]")
     assert all(re.fullmatch(r"\S+ \[\S+, \S+\]", row[col].text) for row in table.rows)
     assert "Benjamini–Hochberg" in table.note
 
