@@ -80,7 +80,7 @@ import torch
 from torch import Tensor
 
 from gradbench.core import GradSample, LatentTarget
-from gradbench.estimators.coupling import LaggedKernel, StepInfo, run_lagged
+from gradbench.estimators.coupling import LaggedKernel, LaggedRun, StepInfo, lockstep_diagnostics, run_lagged
 from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
     CoupledISIRParams,
     CoupledParams,
@@ -367,8 +367,7 @@ class CoupledRun(NamedTuple):
     tau_point: Tensor  # [R, N] float meeting times (max_iter where not met)
     met: Tensor  # [R, N] bool
     lockstep_evals: float  # total single-point log-joint evaluations the batch computed
-    evaluated: np.ndarray  # [R] of them, per replicate (the rows it occupied)
-    seconds: float  # wall time of the run
+    lagged: LaggedRun  # the driver's result (per-replicate work, wall time)
 
 
 class _StepAux(NamedTuple):
@@ -474,7 +473,7 @@ def run_coupled(
     kernel = lagged_kernel(target, kind, R, K=K, rao_blackwell=rao_blackwell, with_estimate=with_estimate,
                            pack_points=pack_points)
     run = run_lagged(kernel, R, gen, k=k, m=m, lag=lag, max_iter=max_iter, with_estimate=with_estimate)
-    return CoupledRun(run.grads, run.tau, run.met, float(run.evaluated.sum()), run.evaluated, run.seconds)
+    return CoupledRun(run.grads, run.tau, run.met, float(run.evaluated.sum()), run)
 
 
 # -- estimators ------------------------------------------------------------------------------
@@ -544,6 +543,7 @@ def _coupled(name: str, target: LatentTarget, R: int, gen: torch.Generator, p: C
         "k": torch.full((R,), float(k), dtype=dtype),
         "m": torch.full((R,), float(m), dtype=dtype),
         "pilot_cost": torch.full((R,), pilot_evals / R, dtype=dtype),
+        **lockstep_diagnostics(cost, run.lagged),
     }
     return GradSample(run.grads, target.layout, cost, diagnostics)
 

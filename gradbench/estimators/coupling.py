@@ -175,6 +175,21 @@ def run_lagged(kernel: LaggedKernel[State], R: int, gen: torch.Generator, *, k: 
                      evaluated, time.perf_counter() - t_start)
 
 
-def lockstep_efficiency(cost: Tensor, evaluated: Tensor) -> float:
-    """Σ cost ÷ Σ evaluated: the fraction of the batch's work its replicates needed."""
-    return float(cost.double().sum() / evaluated.double().sum())
+def lockstep_diagnostics(cost: Tensor, run: LaggedRun) -> dict[str, Tensor]:
+    """Per-replicate diagnostics of the lockstep batch's efficiency, for a call whose replicates needed ``cost`` [R].
+
+    * ``lockstep_evaluated``: e_r, the work the batch did on replicate r's rows (cost units);
+    * ``lockstep_efficiency``: Σ_r cost_r / Σ_r e_r for the call (the same in every row);
+    * ``lockstep_seconds``: the run's wall time s shared out in proportion to work, s e_r / Σ e;
+    * ``lockstep_seconds_lost``: s (e_r − cost_r) / Σ e, summing to s (1 − efficiency): the seconds spent on work
+      the estimator did not need (pairs that had met, waiting for their replicate's slowest pair; padding).
+    """
+    e = torch.from_numpy(run.evaluated).to(dtype=cost.dtype, device=cost.device)
+    total = float(run.evaluated.sum())
+    eff = float(cost.double().sum()) / total if total > 0 else math.nan
+    return {
+        "lockstep_evaluated": e,
+        "lockstep_efficiency": torch.full_like(cost, eff),
+        "lockstep_seconds": e * (run.seconds / total),
+        "lockstep_seconds_lost": (e - cost) * (run.seconds / total),
+    }

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from gradbench.core import GradSample
-from gradbench.estimators.coupling import LaggedKernel, StepInfo, run_lagged
+from gradbench.estimators.coupling import LaggedKernel, LaggedRun, StepInfo, lockstep_diagnostics, run_lagged
 from gradbench.estimators.coupling import v_weight as _v_weight
 from gradbench.estimators.params import (  # noqa: F401
     CDParams,
@@ -208,8 +208,7 @@ class CoupledGibbsRun(NamedTuple):
     tau: Tensor  # [R, S] meeting times (max_iter where not met)
     met: Tensor  # [R, S] bool
     lockstep_sweeps: float  # chain sweeps the batch computed (both chains counted)
-    evaluated: np.ndarray  # [R] of them, per replicate
-    seconds: float  # wall time of the run
+    lagged: LaggedRun  # the driver's result (per-replicate work, wall time)
 
 
 def gibbs_kernel(target: EBMTarget, S: int, coupling: EBMCoupling = "maximal") -> LaggedKernel[Tensor]:
@@ -247,7 +246,7 @@ def run_coupled_gibbs(target: EBMTarget, R: int, S: int, gen: torch.Generator, *
     per replicate and meeting times."""
     run = run_lagged(gibbs_kernel(target, S, coupling), R, gen, k=k, m=m, lag=lag, max_iter=max_iter,
                      weight=_v_weight)
-    return CoupledGibbsRun(run.grads, run.tau, run.met, float(run.evaluated.sum()), run.evaluated, run.seconds)
+    return CoupledGibbsRun(run.grads, run.tau, run.met, float(run.evaluated.sum()), run)
 
 
 def coupled_gibbs(target: EBMTarget, R: int, gen: torch.Generator, **params: object) -> GradSample:
@@ -265,5 +264,6 @@ def coupled_gibbs(target: EBMTarget, R: int, gen: torch.Generator, **params: obj
         "lockstep_sweeps": _full(R, run.lockstep_sweeps / R, grads),
         "k": _full(R, p.k, grads),
         "m": _full(R, m, grads),
+        **lockstep_diagnostics(cost, run.lagged),
     }
     return GradSample(grads, target.layout, cost, diagnostics)
