@@ -378,12 +378,22 @@ class _StepAux(NamedTuple):
 
 
 def lagged_kernel(target: LatentTarget, kind: _Kind, R: int, *, K: int, rao_blackwell: bool, with_estimate: bool = True,
-                  pack_points: bool = True) -> LaggedKernel[ChainState]:
+                  pack_points: bool = True, reuse_packing: bool = True) -> LaggedKernel[ChainState]:
     """The extended-space chains as a :class:`~gradbench.estimators.coupling.LaggedKernel`: h(X) = Σ_k w̃_k ∇θ log
     p(x, z_k) (or one-hot ℓ), cost in single-point log-joint evaluations, per-point packing on targets with
-    ``log_joint_at`` (see the module docstring)."""
+    ``log_joint_at`` (see the module docstring). ``reuse_packing``: a step whose unmet pairs are those of the
+    previous step reuses its packing (the same tensors, so the same bits) instead of packing again — in the tail,
+    where one slow pair runs on alone for many steps, this saves the host-side packing and its copies each step."""
     pack_points = pack_points and hasattr(target, "log_joint_at")
     c = kind.evals_per_step(K)
+    last: list[tuple[np.ndarray, _Packing]] = []  # the previous step's unmet mask and packing
+
+    def pack(active: np.ndarray, device: torch.device) -> _Packing:
+        if reuse_packing and last and np.array_equal(last[0][0], active):
+            return last[0][1]
+        packing = _pack(active, MAX_ROWS_PER_REPLICATE * R, device)
+        last[:] = [(active.copy(), packing)]
+        return packing
 
     def coupled_step(X: ChainState, Y: ChainState, gen: torch.Generator,
                      active: np.ndarray | None) -> tuple[ChainState, ChainState, StepInfo]:
@@ -391,7 +401,7 @@ def lagged_kernel(target: LatentTarget, kind: _Kind, R: int, *, K: int, rao_blac
         if active is None:
             X, Y = kind.coupled(target, X, Y, gen)
             return X, Y, StepInfo(np.full(B, float(c * N)), _StepAux(None, None))
-        packing = _pack(active, MAX_ROWS_PER_REPLICATE * R, X.idx.device)
+        packing = pack(active, X.idx.device)
         carried = torch.stack([selected(X)[0], selected(Y)[0]], 1) if with_estimate and kind.shared_tail else None
         packed = _PackedTarget(target, packing, B, N, carried)
         X, Y = kind.coupled(packed, X, Y, gen)  # type: ignore[arg-type]

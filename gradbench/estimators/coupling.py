@@ -85,6 +85,8 @@ class LaggedRun(NamedTuple):
     met: Tensor  # [R, n] bool
     evaluated: np.ndarray  # [R] cost units the batch computed for each replicate's rows
     seconds: float  # wall time of the run
+    step_seconds: np.ndarray  # [T] wall time of each coupled step (sync to sync, its gradient terms included)
+    step_evaluated: np.ndarray  # [T] cost units each coupled step computed
 
 
 def run_lagged(kernel: LaggedKernel[State], R: int, gen: torch.Generator, *, k: int, m: int, lag: int, max_iter: int,
@@ -133,7 +135,10 @@ def run_lagged(kernel: LaggedKernel[State], R: int, gen: torch.Generator, *, k: 
 
     rows: np.ndarray | None = None  # live replicates; None = all R, in order
     rows_t: Tensor | None = None  # the same on the device
+    step_seconds: list[float] = []
+    step_evaluated: list[float] = []
     t = lag
+    t_step = time.perf_counter()
     while True:
         live_met = met if rows is None else met[rows]
         active: np.ndarray | None = None
@@ -168,28 +173,47 @@ def run_lagged(kernel: LaggedKernel[State], R: int, gen: torch.Generator, *, k: 
             tau[rows] = tau_rows
             met[rows] |= now_h
         contribute(t, X, Y, ~now, not now_h.all(), rows_t, info.aux)
+        t_prev, t_step = t_step, time.perf_counter()
+        step_seconds.append(t_step - t_prev)
+        step_evaluated.append(float(info.evaluated.sum()))
 
     censored = ~met.all(1)
     grads = acc.masked_fill(torch.from_numpy(censored).to(device).unsqueeze(1), math.nan) if with_estimate else acc
     return LaggedRun(grads, torch.from_numpy(tau).to(dtype=dtype, device=device), torch.from_numpy(met).to(device),
-                     evaluated, time.perf_counter() - t_start)
+                     evaluated, time.perf_counter() - t_start, np.asarray(step_seconds), np.asarray(step_evaluated))
+
+
+def full_batch_rate(run: LaggedRun) -> float:
+    """β, seconds per cost unit at the full batch's throughput: the smallest seconds ÷ evaluated over the coupled
+    steps that evaluated at least half of what the first did (the widest; the minimum, because load on the machine
+    only ever adds time). NaN without coupled steps."""
+    e, s = run.step_evaluated, run.step_seconds
+    if e.size == 0 or e[0] <= 0:
+        return math.nan
+    wide = e >= e[0] / 2
+    return float((s[wide] / e[wide]).min())
 
 
 def lockstep_diagnostics(cost: Tensor, run: LaggedRun) -> dict[str, Tensor]:
     """Per-replicate diagnostics of the lockstep batch's efficiency, for a call whose replicates needed ``cost`` [R].
 
     * ``lockstep_evaluated``: e_r, the work the batch did on replicate r's rows (cost units);
-    * ``lockstep_efficiency``: Σ_r cost_r / Σ_r e_r for the call (the same in every row);
-    * ``lockstep_seconds``: the run's wall time s shared out in proportion to work, s e_r / Σ e;
-    * ``lockstep_seconds_lost``: s (e_r − cost_r) / Σ e, summing to s (1 − efficiency): the seconds spent on work
-      the estimator did not need (pairs that had met, waiting for their replicate's slowest pair; padding).
+    * ``lockstep_efficiency``: Σ_r cost_r / Σ_r e_r for the call (the same in every row) — work, not time;
+    * ``lockstep_seconds``: the call's wall time s, per replicate (s / R in every row, so rows sum to s);
+    * ``lockstep_seconds_lost``: (s − β Σ_r cost_r) / R, measured: the wall time beyond what the needed work costs
+      at the full batch's throughput β (:func:`full_batch_rate`). It counts unneeded work (1 − efficiency) and the
+      fixed per-step cost of the narrow steps in which few chain pairs — in the end the slowest one — run on alone.
     """
+    R = cost.shape[0]
     e = torch.from_numpy(run.evaluated).to(dtype=cost.dtype, device=cost.device)
     total = float(run.evaluated.sum())
-    eff = float(cost.double().sum()) / total if total > 0 else math.nan
+    needed = float(cost.double().sum())
+    eff = needed / total if total > 0 else math.nan
+    beta = full_batch_rate(run)
+    lost = run.seconds - beta * needed if math.isfinite(beta) else 0.0
     return {
         "lockstep_evaluated": e,
         "lockstep_efficiency": torch.full_like(cost, eff),
-        "lockstep_seconds": e * (run.seconds / total),
-        "lockstep_seconds_lost": (e - cost) * (run.seconds / total),
+        "lockstep_seconds": torch.full_like(cost, run.seconds / R),
+        "lockstep_seconds_lost": torch.full_like(cost, max(lost, 0.0) / R),
     }

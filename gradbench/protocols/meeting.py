@@ -32,9 +32,12 @@ When the estimator reports its lockstep work (diagnostics ``lockstep_evaluated``
   times); the rest went to pairs that had met while their replicate's slowest pair ran on, and to padding. The
   main run only (a ``k: auto`` pilot is not counted). s.e. of the ratio estimator over replicates (delta method):
   √(Σ_r (cost_r − eff e_r)² / (n(n − 1))) / mean(e).
-* ``lockstep_seconds``, ``lockstep_seconds_lost``: wall seconds per replicate of the estimator's calls (each
-  call's time shared out in proportion to e_r), and of them the part spent on unneeded work, s (e_r − cost_r)/Σ e
-  (i.e. wall time × (1 − efficiency)); s.e. sd/√n. Wall clock: not reproducible, and not timed alone.
+* ``lockstep_seconds``, ``lockstep_seconds_lost``: wall seconds per replicate of the estimator's calls, and of them
+  the part lost to lockstep, measured per call as s − β Σ_r cost_r with β the seconds per cost unit of the call's
+  widest coupled steps (the full batch's throughput): unneeded work and, mostly, the fixed per-step cost of the
+  narrow steps in which the slowest chain pairs run on alone. (wall × (1 − efficiency), the work-only estimate,
+  is lockstep_seconds × (1 − lockstep_efficiency).) Summed over replicates ÷ n, no s.e. (one value per call, not
+  per replicate). Wall clock: not reproducible, and the cell is not timed alone.
 Returns no rows when the sample has no ``tau`` diagnostic.
 """
 
@@ -136,9 +139,9 @@ def lockstep_rows(sample: GradSample) -> list[Row]:
     eff = cost.sum() / e.sum()
     se = math.sqrt(((cost - eff * e) ** 2).sum() / (n * (n - 1))) / e.mean() if n > 1 else math.nan
     rows = [row("all", "lockstep_efficiency", eff, se, "needed / evaluated (main run); ratio s.e. over replicates")]
-    for name in ("lockstep_seconds", "lockstep_seconds_lost"):
+    methods = {"lockstep_seconds": "wall seconds per replicate; not reproducible",
+               "lockstep_seconds_lost": "wall - beta * needed, beta = s per eval of the widest steps; not reproducible"}
+    for name, method in methods.items():
         if name in d:
-            s = d[name].detach().cpu().double().numpy()
-            rows.append(row("all", name, s.mean(), s.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan,
-                            "wall seconds per replicate, work-proportional share of each call; not reproducible"))
+            rows.append(row("all", name, float(d[name].detach().cpu().double().mean()), math.nan, method))
     return rows
