@@ -23,6 +23,7 @@ steps where at least a quarter of the first coupled step's pairs were still eval
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -70,7 +71,7 @@ def targets() -> dict[int, object]:
 def coupled(t, R: int, seed: int, reuse: bool, coupled_step_hook=None) -> tuple[L.LaggedRun, float]:
     kernel = C.lagged_kernel(t, C._kind("isir"), R, K=K, rao_blackwell=True, reuse_packing=reuse)
     if coupled_step_hook is not None:
-        kernel = L.LaggedKernel(**{**kernel.__dict__, "coupled_step": coupled_step_hook(kernel.coupled_step)})
+        kernel = dataclasses.replace(kernel, coupled_step=coupled_step_hook(kernel.coupled_step))
     run = L.run_lagged(kernel, R, make_generator(seed), k=0, m=0, lag=1, max_iter=10_000)
     needed = float((2 * K + (K - 1) * run.tau.double()).sum())  # the estimator's cost at m = 0
     return run, needed

@@ -9,6 +9,7 @@ negative control: a kernel that adds one more sync per step is caught by the sam
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -217,7 +218,7 @@ def _count_syncs(monkeypatch, kernel: L.LaggedKernel, run) -> tuple[int, int]:
         count["steps"] += 1
         return kernel.meets(x, y)
 
-    run(L.LaggedKernel(**{**kernel.__dict__, "meets": meets}))
+    run(dataclasses.replace(kernel, meets=meets))
     monkeypatch.undo()
     return count["sync"], count["steps"]
 
@@ -253,5 +254,5 @@ def test_one_host_sync_per_step(monkeypatch, name):
             bool(cy.any())
         return _grad(x, y, a, cy, aux)
 
-    syncs, steps = _count_syncs(monkeypatch, L.LaggedKernel(**{**kernel.__dict__, "grad": chatty}), run)
+    syncs, steps = _count_syncs(monkeypatch, dataclasses.replace(kernel, grad=chatty), run)
     assert syncs > steps

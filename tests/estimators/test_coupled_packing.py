@@ -10,6 +10,8 @@ that loses one unmet chain per step is rejected by the same comparison.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -112,7 +114,7 @@ def _swapped_init(kernel: L.LaggedKernel) -> L.LaggedKernel:
         held.append(x)
         return y
 
-    return L.LaggedKernel(**{**kernel.__dict__, "init": init})
+    return dataclasses.replace(kernel, init=init)
 
 
 @pytest.mark.parametrize("kind", ["isir", "pimh"])
