@@ -52,7 +52,10 @@ are never recomputed, and a coupled step costs c, not 2c, because both chains ev
 fresh particles. A point needs X up to max(m, τ_n) and Y up to τ_n − L, so its cost is
 2K + c max(m, τ_n); ``cost[r]`` sums that over the N points. The batch runs in lockstep until its
 last replicate is done; diagnostics ``lockstep_cost`` is what the batch actually evaluated divided
-by R, ``kernel_steps`` is Σ_n L + 2(τ_n − L) + max(0, m − τ_n) (DESIGN §3).
+by R, ``kernel_steps`` is Σ_n L + 2(τ_n − L) + max(0, m − τ_n) (DESIGN §3). ``lockstep_evaluated``,
+``lockstep_efficiency`` (Σ cost ÷ Σ evaluated), ``lockstep_seconds`` and ``lockstep_seconds_lost`` (measured: wall time
+beyond what the needed work costs at the full batch's throughput) are described in
+:func:`~gradbench.estimators.coupling.lockstep_diagnostics`.
 
 Censoring. A replicate whose chains have not all met by t = ``max_iter`` is *censored*: its row
 of ``grads`` is NaN (so protocols exclude and count it as non-finite), ``censored`` is True, its

@@ -38,7 +38,9 @@ draw from p_θ counts as one sweep (its real cost, the 2^n enumeration, is paid 
     not checked line by line against their pseudo-code.
     Its running time is random; the loop runs until every chain pair has its draw.
   Both are faithful (equal states stay equal). Cost per pair L + 2(τ − L) + max(0, m − τ) sweeps
-  (DESIGN §3); ``tau`` is the largest τ over the replicate's S pairs. A replicate whose pairs have
+  (DESIGN §3); ``tau`` is the largest τ over the replicate's S pairs; ``lockstep_sweeps`` is what the batch
+  swept ÷ R, and ``lockstep_evaluated``/``_efficiency``/``_seconds``/``_seconds_lost`` are those of
+  :func:`~gradbench.estimators.coupling.lockstep_diagnostics` (in sweeps). A replicate whose pairs have
   not all met by t = ``max_iter`` is censored: NaN gradient row, ``censored`` True, τ = max_iter.
   All R × S chain pairs advance in lockstep, one Python iteration per sweep; once t ≥ m,
   finished replicates are dropped from the batch. The driver is the latent-variable estimators' own
