@@ -63,7 +63,8 @@ of ``grads`` is NaN (so protocols exclude and count it as non-finite), ``censore
 
 Vectorisation: the lagged-coupling driver :func:`~gradbench.estimators.coupling.run_lagged` (shared with the
 energy-based ``coupled_gibbs``; one host sync per time step) runs :func:`lagged_kernel`'s kernels; all R × N chain
-pairs advance as batched tensors, one Python iteration per time step; once t ≥ m, replicates that are done are dropped from the batch (compaction), and, on targets
+pairs advance as batched tensors, one Python iteration per time step; once t ≥ m, replicates that are done are
+dropped from the batch (compaction), and, on targets
 with ``log_joint_at`` (every :class:`~gradbench.target.ComposedTarget`), so are the met (replicate,
 point) chains of the others: the unmet pairs are packed into rows (:func:`_pack`) and only they are
 evaluated, so the batch evaluates what the estimator is charged up to the packing's padding. The random
@@ -418,7 +419,8 @@ def lagged_kernel(target: LatentTarget, kind: _Kind, R: int, *, K: int, rao_blac
         packing = None if aux is None else aux.packing
         if packing is None:
             return target.weighted_grad_log_joint(torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)), None
-        valid = packing.valid.reshape(-1, 1, packing.W).to(step_weights.dtype if step_weights is not None else parts[0][1].dtype)
+        dtype = (step_weights if step_weights is not None else parts[0][1]).dtype
+        valid = packing.valid.reshape(-1, 1, packing.W).to(dtype)
         if step_weights is not None:
             assert aux is not None and aux.step_grad is not None
             return aux.step_grad(_gather_cells(step_weights, packing) * valid), packing.row_of
