@@ -17,7 +17,9 @@ split into
     algorithm   = needed ÷ iwae's evaluations (meeting times: 2K + (K − 1) τ per pair vs K),
     lockstep    = evaluated ÷ needed (1 / efficiency),
     throughput  = (seconds per evaluated log-joint, coupled) ÷ (seconds per log-joint, iwae),
-whose product is the time ratio. Then one traced run per shape and seed (after) splits the coupled loop's time into
+whose product is the time ratio. With OLD_COUPLED=<a copy of another commit's gradbench/estimators/coupled.py>
+(e.g. ``git show 25a4012:gradbench/estimators/coupled.py > /tmp/old_coupled.py``) it also times that commit's
+``run_coupled`` in the same rounds and checks its estimates are bitwise those of "after". Then one traced run per shape and seed (after) splits the coupled loop's time into
 steps where at least a quarter of the first coupled step's pairs were still evaluated and the narrow tail steps.
 """
 
@@ -77,6 +79,19 @@ def coupled(t, R: int, seed: int, reuse: bool, coupled_step_hook=None) -> tuple[
     return run, needed
 
 
+def old_driver():
+    """The coupled module of another commit (env OLD_COUPLED: a copy of its gradbench/estimators/coupled.py), or None."""
+    path = os.environ.get("OLD_COUPLED")
+    if not path:
+        return None
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("old_coupled", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main(rounds: int) -> None:
     torch.set_num_threads(1)
     ts = targets()
@@ -85,8 +100,9 @@ def main(rounds: int) -> None:
     for R, N in shapes:  # warm-up (lazy proposal construction, allocator)
         coupled(ts[N], R, 10_000, True)
         iwae(ts[N], R, make_generator(0), K=K)
-    tot = {s: {"before": 0.0, "after": 0.0, "iwae": 0.0, "needed": 0.0, "evaluated": 0.0, "bitwise": True}
-           for s in shapes}
+    tot = {s: {"before": 0.0, "after": 0.0, "iwae": 0.0, "needed": 0.0, "evaluated": 0.0, "bitwise": True, "old": 0.0,
+               "old_bitwise": True} for s in shapes}
+    old = old_driver()
     for seed in range(rounds):
         for R, N in shapes:
             acc = tot[(R, N)]
@@ -95,6 +111,13 @@ def main(rounds: int) -> None:
                 t0 = time.perf_counter()
                 runs[name] = coupled(ts[N], R, seed, name == "after")
                 acc[name] += time.perf_counter() - t0
+            if old is not None:  # the former driver (its own copy of the loop), same seed
+                t0 = time.perf_counter()
+                o = old.run_coupled(ts[N], R, make_generator(seed), old._kind("isir"), K=K, k=0, m=0, lag=1,
+                                    rao_blackwell=True, max_iter=10_000)
+                acc["old"] += time.perf_counter() - t0
+                after = runs["after"][0]
+                acc["old_bitwise"] &= torch.equal(o.grads.view(torch.int64), after.grads.view(torch.int64))
             t0 = time.perf_counter()
             iwae(ts[N], R, make_generator(seed), K=K)
             acc["iwae"] += time.perf_counter() - t0
@@ -113,6 +136,9 @@ def main(rounds: int) -> None:
         algo, lock = acc["needed"] / iw_evals, 1 / eff
         print(f"R={R} N={N}: s/call before {acc['before'] / rounds:.4f} after {acc['after'] / rounds:.4f} "
               f"(after/before {acc['after'] / acc['before']:.3f}) iwae {acc['iwae'] / rounds:.4f}; bitwise {acc['bitwise']}")
+        if old is not None:
+            print(f"   former driver (OLD_COUPLED) s/call {acc['old'] / rounds:.4f} (after/former "
+                  f"{acc['after'] / acc['old']:.3f}); bitwise equal to after: {acc['old_bitwise']}")
         print(f"   needed/call {acc['needed'] / rounds:.0f} evaluated/call {acc['evaluated'] / rounds:.0f} "
               f"efficiency {eff:.4f}; seconds lost/call (wall x (1 - eff)) {acc['after'] / rounds * (1 - eff):.5f}")
         for v in ("before", "after"):
