@@ -52,14 +52,19 @@ are never recomputed, and a coupled step costs c, not 2c, because both chains ev
 fresh particles. A point needs X up to max(m, τ_n) and Y up to τ_n − L, so its cost is
 2K + c max(m, τ_n); ``cost[r]`` sums that over the N points. The batch runs in lockstep until its
 last replicate is done; diagnostics ``lockstep_cost`` is what the batch actually evaluated divided
-by R, ``kernel_steps`` is Σ_n L + 2(τ_n − L) + max(0, m − τ_n) (DESIGN §3).
+by R, ``kernel_steps`` is Σ_n L + 2(τ_n − L) + max(0, m − τ_n) (DESIGN §3). ``lockstep_evaluated``,
+``lockstep_efficiency`` (Σ cost ÷ Σ evaluated), ``lockstep_seconds`` and ``lockstep_seconds_lost`` (measured: wall time
+beyond what the needed work costs at the full batch's throughput) are described in
+:func:`~gradbench.estimators.coupling.lockstep_diagnostics`.
 
 Censoring. A replicate whose chains have not all met by t = ``max_iter`` is *censored*: its row
 of ``grads`` is NaN (so protocols exclude and count it as non-finite), ``censored`` is True, its
 ``tau`` is ``max_iter`` (a lower bound), and its cost is what it spent up to the cap.
 
-Vectorisation: all R × N chain pairs advance as batched tensors, one Python iteration per time
-step; once t ≥ m, replicates that are done are dropped from the batch (compaction), and, on targets
+Vectorisation: the lagged-coupling driver :func:`~gradbench.estimators.coupling.run_lagged` (shared with the
+energy-based ``coupled_gibbs``; one host sync per time step) runs :func:`lagged_kernel`'s kernels; all R × N chain
+pairs advance as batched tensors, one Python iteration per time step; once t ≥ m, replicates that are done are
+dropped from the batch (compaction), and, on targets
 with ``log_joint_at`` (every :class:`~gradbench.target.ComposedTarget`), so are the met (replicate,
 point) chains of the others: the unmet pairs are packed into rows (:func:`_pack`) and only they are
 evaluated, so the batch evaluates what the estimator is charged up to the packing's padding. The random
@@ -79,6 +84,7 @@ import torch
 from torch import Tensor
 
 from gradbench.core import GradSample, LatentTarget
+from gradbench.estimators.coupling import LaggedKernel, LaggedRun, StepInfo, lockstep_diagnostics, run_lagged
 from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
     CoupledISIRParams,
     CoupledParams,
@@ -278,6 +284,8 @@ class _Packing(NamedTuple):
     row_of: Tensor  # [rows] int64, row of the live batch
     points: Tensor  # [rows, W] int64, data point of each cell
     W: int
+    row_count: np.ndarray  # [B] rows of each live replicate (host)
+    valid_cells: Tensor  # int64 indices of the valid cells, ascending
 
 
 # Packing: a row costs its [P] gradient block (written, then added to its replicate), about a tenth of a cell's
@@ -312,7 +320,8 @@ def _pack(unmet: np.ndarray, max_rows: int, device: torch.device) -> _Packing:
     valid = flat >= 0
     flat = np.where(valid, flat, np.repeat(flat[::W], W))  # column 0 of every row is a real pair
     as_t = lambda a: torch.from_numpy(a).to(device)
-    return _Packing(as_t(flat), as_t(valid), as_t(np.repeat(np.arange(B), rows_b)), as_t((flat % N).reshape(-1, W)), W)
+    return _Packing(as_t(flat), as_t(valid), as_t(np.repeat(np.arange(B), rows_b)), as_t((flat % N).reshape(-1, W)), W, rows_b,
+                    as_t(np.flatnonzero(valid)))
 
 
 def _gather_cells(t: Tensor, p: _Packing) -> Tensor:
@@ -327,7 +336,7 @@ def _scatter_cells(v: Tensor, p: _Packing, B: int, N: int) -> Tensor:
     S = v.shape[1]
     cells = v.transpose(1, 2).reshape(-1, S)
     out = v.new_zeros(B * N, S)
-    out[p.flat[p.valid]] = cells[p.valid]
+    out[p.flat[p.valid_cells]] = cells[p.valid_cells]  # indices built on the host: no device-to-host sync
     return out.reshape(B, N, S).transpose(1, 2)
 
 
@@ -358,12 +367,100 @@ class _PackedTarget:
         return _scatter_cells(lp[:, self.carried.shape[1]:], p, self.B, self.N)
 
 
-# -- coupled-chain driver --------------------------------------------------------------------
+# -- the latent-variable kernels of the lagged-coupling driver -------------------------------------
 class CoupledRun(NamedTuple):
     grads: Tensor  # [R, P]; NaN rows for censored replicates
     tau_point: Tensor  # [R, N] float meeting times (max_iter where not met)
     met: Tensor  # [R, N] bool
     lockstep_evals: float  # total single-point log-joint evaluations the batch computed
+    lagged: LaggedRun  # the driver's result (per-replicate work, wall time)
+
+
+class _StepAux(NamedTuple):
+    packing: _Packing | None  # the packing the coupled step ran on (None: every point of the live replicates)
+    step_grad: Callable[[Tensor], Tensor] | None  # its fused [X slot 0, Y slot 0, fresh] gradient (packed i-SIR)
+
+
+def lagged_kernel(target: LatentTarget, kind: _Kind, R: int, *, K: int, rao_blackwell: bool, with_estimate: bool = True,
+                  pack_points: bool = True, reuse_packing: bool = True) -> LaggedKernel[ChainState]:
+    """The extended-space chains as a :class:`~gradbench.estimators.coupling.LaggedKernel`: h(X) = Σ_k w̃_k ∇θ log
+    p(x, z_k) (or one-hot ℓ), cost in single-point log-joint evaluations, per-point packing on targets with
+    ``log_joint_at`` (see the module docstring). ``reuse_packing``: a step whose unmet pairs are those of the
+    previous step reuses its packing (the same tensors, so the same bits) instead of packing again — in the tail,
+    where one slow pair runs on alone for many steps, this saves the host-side packing and its copies each step."""
+    pack_points = pack_points and hasattr(target, "log_joint_at")
+    c = kind.evals_per_step(K)
+    last: list[tuple[np.ndarray, _Packing]] = []  # the previous step's unmet mask and packing
+
+    def pack(active: np.ndarray, device: torch.device) -> _Packing:
+        if reuse_packing and last and np.array_equal(last[0][0], active):
+            return last[0][1]
+        packing = _pack(active, MAX_ROWS_PER_REPLICATE * R, device)
+        last[:] = [(active.copy(), packing)]
+        return packing
+
+    def coupled_step(X: ChainState, Y: ChainState, gen: torch.Generator,
+                     active: np.ndarray | None) -> tuple[ChainState, ChainState, StepInfo]:
+        B, N = X.idx.shape
+        if active is None:
+            X, Y = kind.coupled(target, X, Y, gen)
+            return X, Y, StepInfo(np.full(B, float(c * N)), _StepAux(None, None))
+        packing = pack(active, X.idx.device)
+        carried = torch.stack([selected(X)[0], selected(Y)[0]], 1) if with_estimate and kind.shared_tail else None
+        packed = _PackedTarget(target, packing, B, N, carried)
+        X, Y = kind.coupled(packed, X, Y, gen)  # type: ignore[arg-type]
+        return X, Y, StepInfo(c * packing.W * packing.row_count.astype(np.float64), _StepAux(packing, packed.step_grad))
+
+    def weighted(parts: list[tuple[Tensor, Tensor]], step_weights: Tensor | None,
+                 aux: _StepAux | None) -> tuple[Tensor, Tensor | None]:
+        """Σ_parts Σ weights ∇θ log p(x, z), or, with ``step_weights`` [B, K + 1, N], the gradient over the last
+        coupled i-SIR step's [X slot 0, Y slot 0, fresh] particles (its fused ``step_grad``); packed when the step
+        was (only the unmet chains: their cells, padding weighted 0, rows back to replicates)."""
+        packing = None if aux is None else aux.packing
+        if packing is None:
+            return target.weighted_grad_log_joint(torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)), None
+        dtype = (step_weights if step_weights is not None else parts[0][1]).dtype
+        valid = packing.valid.reshape(-1, 1, packing.W).to(dtype)
+        if step_weights is not None:
+            assert aux is not None and aux.step_grad is not None
+            return aux.step_grad(_gather_cells(step_weights, packing) * valid), packing.row_of
+        z, w = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+        return target.weighted_grad_log_joint_at(  # type: ignore[attr-defined]
+            _gather_cells(z, packing), _gather_cells(w, packing) * valid, packing.points), packing.row_of
+
+    def grad(X: ChainState, Y: ChainState, a: float, cy: Tensor | None, aux: _StepAux | None) -> tuple[Tensor, Tensor | None]:
+        """a h(X_t) + cy (h(X_t) − h(Y_{t−L})); under coupled i-SIR slots 1..K−1 hold the same particles in both
+        chains (one gradient term for them), and a packed step's forward pass serves the gradient (fused)."""
+        hx = h_weights(X, rao_blackwell)
+        shared = aux is not None and kind.shared_tail
+        fused = shared and aux.step_grad is not None  # type: ignore[union-attr]
+        if cy is None:
+            if fused:
+                return weighted([], torch.cat([a * hx[:, :1], torch.zeros_like(hx[:, :1]), a * hx[:, 1:]], 1), aux)
+            return weighted([(X.z, a * hx)], None, aux)
+        cx = (a + cy).unsqueeze(1)
+        cy = cy.unsqueeze(1)
+        hy = h_weights(Y, rao_blackwell)
+        if fused:
+            return weighted([], torch.cat([cx * hx[:, :1], -cy * hy[:, :1], cx * hx[:, 1:] - cy * hy[:, 1:]], 1), aux)
+        if shared:
+            return weighted([(X.z[:, :1], cx * hx[:, :1]), (Y.z[:, :1], -cy * hy[:, :1]),
+                             (X.z[:, 1:], cx * hx[:, 1:] - cy * hy[:, 1:])], None, aux)
+        return weighted([(X.z, cx * hx), (Y.z, -cy * hy)], None, aux)
+
+    P = target.layout.size
+    return LaggedKernel(
+        init=lambda B, gen: init_state(target, B, K, gen),
+        step=lambda X, gen: kind.step(target, X, gen),
+        coupled_step=coupled_step,
+        meets=states_equal,
+        take=_take,
+        grad=grad,
+        accumulator=lambda X, B: torch.zeros(B, P, dtype=X.log_w.dtype, device=X.log_w.device),
+        init_cost=lambda X: 2.0 * K * X.idx.shape[1],
+        step_cost=lambda X: float(c * X.idx.shape[1]),
+        packs=pack_points,
+    )
 
 
 def run_coupled(
@@ -381,140 +478,19 @@ def run_coupled(
     with_estimate: bool = True,
     pack_points: bool = True,
 ) -> CoupledRun:
-    """Run R replicates of lagged coupled chains; return H_{k:m} (summed over data points) and τ.
+    """Run R replicates of lagged coupled chains (:func:`~gradbench.estimators.coupling.run_lagged`); return
+    H_{k:m} (summed over data points) and τ.
 
-    Loops over time only. ``with_estimate=False`` skips every gradient evaluation (pilot runs).
+    ``with_estimate=False`` skips every gradient evaluation (pilot runs).
     ``pack_points`` (targets with ``log_joint_at``): once t ≥ m, log-joints and gradients are evaluated only for
     the (replicate, point) chains that have not met, packed into full rows (:func:`_pack`); met chains are
     needed no more. The estimate is the same up to rounding (the random stream is unchanged); ``False`` keeps
     every point of a live replicate in the batch (the reference path of the tests).
     """
-    P = target.layout.size
-    X, Y = init_state(target, R, K, gen), init_state(target, R, K, gen)
-    N = X.idx.shape[1]
-    dtype, device = X.log_w.dtype, X.log_w.device
-    acc = torch.zeros(R, P, dtype=dtype, device=device)
-    tau = torch.full((R, N), float(max_iter), dtype=dtype, device=device)
-    met_all = torch.zeros(R, N, dtype=torch.bool, device=device)
-    c = kind.evals_per_step(K)
-    lockstep = 2.0 * K * R * N
-    scale = 1.0 / (m - k + 1)
-
-    pack_points = pack_points and hasattr(target, "log_joint_at")
-    packing: _Packing | None = None
-
-    step_grad: Callable[[Tensor], Tensor] | None = None  # the last packed coupled i-SIR step's (_PackedTarget)
-
-    def add(rows: Tensor | None, parts: list[tuple[Tensor, Tensor]], step_weights: Tensor | None = None) -> None:
-        """Add Σ_parts Σ weights ∇θ log p(x, z) to the replicates' rows, or, with ``step_weights`` [B, K + 1, N],
-        the gradient over the last coupled i-SIR step's [X slot 0, Y slot 0, fresh] particles (``step_grad``)."""
-        if not with_estimate:
-            return
-        if packing is not None:  # only the unmet chains: their cells, padding weighted 0, rows back to replicates
-            valid = packing.valid.reshape(-1, 1, packing.W).to(acc.dtype)
-            if step_weights is not None:
-                assert step_grad is not None
-                g = step_grad(_gather_cells(step_weights, packing) * valid)
-            else:
-                z, w = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
-                g = target.weighted_grad_log_joint_at(  # type: ignore[attr-defined]
-                    _gather_cells(z, packing), _gather_cells(w, packing) * valid, packing.points)
-            rows = packing.row_of if rows is None else rows[packing.row_of]
-        else:
-            g = target.weighted_grad_log_joint(torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1))
-        if rows is None:
-            acc.add_(g)
-        else:
-            acc.index_add_(0, rows, g)
-
-    def contribute(t: int, X: ChainState, Y: ChainState, now: Tensor | None, rows: Tensor | None, shared: bool) -> None:
-        """Add time t's terms: (1/(m−k+1)) [1{k ≤ t ≤ m} h(X_t) + v_t 1{t < τ} (h(X_t) − h(Y_{t−L}))]."""
-        if not with_estimate:
-            return
-        a = scale if k <= t <= m else 0.0
-        v = 0.0
-        if now is not None and t >= k + lag:
-            v = (math.floor((t - k) / lag) - math.ceil(max(lag, t - m) / lag) + 1) * scale
-        if a == 0.0 and v == 0.0:
-            return
-        hx = h_weights(X, rao_blackwell)
-        fused = shared and step_grad is not None  # [X slot 0, Y slot 0, fresh] through the step's forward pass
-        if v == 0.0 or not bool((~now).any()):
-            if a != 0.0 and fused:
-                add(rows, [], torch.cat([a * hx[:, :1], torch.zeros_like(hx[:, :1]), a * hx[:, 1:]], 1))
-            elif a != 0.0:
-                add(rows, [(X.z, a * hx)])
-            return
-        cy = v * (~now).to(dtype)  # [B, N]: the correction runs only while not met (t ≤ τ − 1)
-        cx = (a + cy).unsqueeze(1)
-        cy = cy.unsqueeze(1)
-        hy = h_weights(Y, rao_blackwell)
-        if fused:
-            add(rows, [], torch.cat([cx * hx[:, :1], -cy * hy[:, :1], cx * hx[:, 1:] - cy * hy[:, 1:]], 1))
-        elif shared:  # coupled i-SIR: slots 1..K−1 hold the same particles in both chains
-            add(rows, [(X.z[:, :1], cx * hx[:, :1]), (Y.z[:, :1], -cy * hy[:, :1]),
-                       (X.z[:, 1:], cx * hx[:, 1:] - cy * hy[:, 1:])])
-        else:
-            add(rows, [(X.z, cx * hx), (Y.z, -cy * hy)])
-
-    contribute(0, X, Y, None, None, False)
-    for t in range(1, lag + 1):  # X runs alone for L steps: X_1..X_L, Y_0
-        X = kind.step(target, X, gen)
-        lockstep += c * R * N
-        if t < lag:
-            contribute(t, X, Y, None, None, False)
-    met = states_equal(X, Y)
-    tau = torch.where(met, torch.full_like(tau, float(lag)), tau)
-    met_all |= met
-    contribute(lag, X, Y, met, None, False)
-
-    rows: Tensor | None = None  # None = all R rows, in order
-    t = lag
-    while True:
-        live_met = met_all if rows is None else met_all[rows]
-        if t >= m:
-            if pack_points:  # one host sync per step: the unmet mask, for both tests and the packing
-                unmet = (~live_met).cpu().numpy()
-                n_done = int((~unmet.any(1)).sum())
-                done = torch.from_numpy(~unmet.any(1)).to(device)
-            else:
-                done = live_met.all(1)
-                n_done = int(done.sum())  # one host sync per step for both tests (was two: .all() and .any())
-            if n_done == done.shape[0]:
-                break
-            if n_done:  # compaction: drop finished replicates
-                keep = (~done).nonzero().squeeze(1)
-                rows = keep if rows is None else rows[keep]
-                X, Y, live_met = _take(X, keep), _take(Y, keep), live_met[keep]
-            if pack_points and t < max_iter:  # and, within the live replicates, the met points
-                packing = _pack(unmet[unmet.any(1)], MAX_ROWS_PER_REPLICATE * R, device)
-        if t >= max_iter:
-            break
-        t += 1
-        B = X.idx.shape[0]
-        if packing is None:
-            X, Y = kind.coupled(target, X, Y, gen)
-            step_grad = None
-            lockstep += c * B * N
-        else:
-            carried = torch.stack([selected(X)[0], selected(Y)[0]], 1) if with_estimate and kind.shared_tail else None
-            packed = _PackedTarget(target, packing, B, N, carried)
-            X, Y = kind.coupled(packed, X, Y, gen)  # type: ignore[arg-type]
-            step_grad = packed.step_grad
-            lockstep += c * packing.flat.shape[0]
-        now = states_equal(X, Y)
-        newly = now & ~live_met
-        if rows is None:
-            tau = torch.where(newly, torch.full_like(tau, float(t)), tau)
-            met_all = met_all | now
-        else:
-            tau[rows] = torch.where(newly, torch.full_like(tau[rows], float(t)), tau[rows])
-            met_all[rows] = met_all[rows] | now
-        contribute(t, X, Y, now, rows, kind.shared_tail)
-
-    censored_rows = ~met_all.all(1)
-    grads = acc.masked_fill(censored_rows.unsqueeze(1), math.nan) if with_estimate else acc
-    return CoupledRun(grads, tau, met_all, lockstep)
+    kernel = lagged_kernel(target, kind, R, K=K, rao_blackwell=rao_blackwell, with_estimate=with_estimate,
+                           pack_points=pack_points)
+    run = run_lagged(kernel, R, gen, k=k, m=m, lag=lag, max_iter=max_iter, with_estimate=with_estimate)
+    return CoupledRun(run.grads, run.tau, run.met, float(run.evaluated.sum()), run)
 
 
 # -- estimators ------------------------------------------------------------------------------
@@ -584,6 +560,7 @@ def _coupled(name: str, target: LatentTarget, R: int, gen: torch.Generator, p: C
         "k": torch.full((R,), float(k), dtype=dtype),
         "m": torch.full((R,), float(m), dtype=dtype),
         "pilot_cost": torch.full((R,), pilot_evals / R, dtype=dtype),
+        **lockstep_diagnostics(cost, run.lagged),
     }
     return GradSample(run.grads, target.layout, cost, diagnostics)
 

@@ -38,25 +38,35 @@ draw from p_θ counts as one sweep (its real cost, the 2^n enumeration, is paid 
     not checked line by line against their pseudo-code.
     Its running time is random; the loop runs until every chain pair has its draw.
   Both are faithful (equal states stay equal). Cost per pair L + 2(τ − L) + max(0, m − τ) sweeps
-  (DESIGN §3); ``tau`` is the largest τ over the replicate's S pairs. A replicate whose pairs have
+  (DESIGN §3); ``tau`` is the largest τ over the replicate's S pairs; ``lockstep_sweeps`` is what the batch
+  swept ÷ R, and ``lockstep_evaluated``/``_efficiency``/``_seconds``/``_seconds_lost`` are those of
+  :func:`~gradbench.estimators.coupling.lockstep_diagnostics` (in sweeps). A replicate whose pairs have
   not all met by t = ``max_iter`` is censored: NaN gradient row, ``censored`` True, τ = max_iter.
   All R × S chain pairs advance in lockstep, one Python iteration per sweep; once t ≥ m,
-  finished replicates are dropped from the batch.
+  finished replicates are dropped from the batch. The driver is the latent-variable estimators' own
+  (:func:`~gradbench.estimators.coupling.run_lagged`, one host sync per sweep); :func:`gibbs_kernel` supplies the
+  Gibbs kernels.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from gradbench.core import GradSample
-from gradbench.estimators.params import CDParams, CoupledGibbsParams, ExactSamplingParams, PCDParams  # noqa: F401
+from gradbench.estimators.coupling import LaggedKernel, LaggedRun, StepInfo, lockstep_diagnostics, run_lagged
+from gradbench.estimators.coupling import v_weight as _v_weight
+from gradbench.estimators.params import (  # noqa: F401
+    CDParams,
+    CoupledGibbsParams,
+    EBMCoupling,
+    ExactSamplingParams,
+    PCDParams,
+)
 from gradbench.models.ebm import RBM, EBMTarget
-
-Coupling = Literal["maximal", "block_maximal"]
 
 
 # -- shared pieces ----------------------------------------------------------------------------
@@ -185,7 +195,7 @@ def block_maximal_bernoulli(lp: Tensor, lq: Tensor, gen: torch.Generator) -> tup
     return x, y
 
 
-def _coupled_sweep(target: EBMTarget, X: Tensor, Y: Tensor, gen: torch.Generator, coupling: Coupling) -> tuple[Tensor, Tensor]:
+def _coupled_sweep(target: EBMTarget, X: Tensor, Y: Tensor, gen: torch.Generator, coupling: EBMCoupling) -> tuple[Tensor, Tensor]:
     if coupling == "maximal":
         u = _uniforms(target, X.shape[:2], gen)
         return target.sweep(X, u), target.sweep(Y, u)
@@ -195,85 +205,50 @@ def _coupled_sweep(target: EBMTarget, X: Tensor, Y: Tensor, gen: torch.Generator
     raise ValueError("block_maximal coupling is defined for the rbm (bipartite block Gibbs) only")
 
 
-def _v_weight(t: int, k: int, m: int, lag: int) -> float:
-    """v_t = ⌊(t−k)/L⌋ − ⌈max(L, t−m)/L⌉ + 1 (Jacob et al. 2020)."""
-    return float(math.floor((t - k) / lag) - math.ceil(max(lag, t - m) / lag) + 1)
-
-
 class CoupledGibbsRun(NamedTuple):
     model_sum: Tensor  # [R, P] Σ_s H^{(s)}_{k:m}; NaN rows for censored replicates
     tau: Tensor  # [R, S] meeting times (max_iter where not met)
     met: Tensor  # [R, S] bool
     lockstep_sweeps: float  # chain sweeps the batch computed (both chains counted)
+    lagged: LaggedRun  # the driver's result (per-replicate work, wall time)
+
+
+def gibbs_kernel(target: EBMTarget, S: int, coupling: EBMCoupling = "maximal") -> LaggedKernel[Tensor]:
+    """S chain pairs per replicate on the visible vector v [B, S, D] as a
+    :class:`~gradbench.estimators.coupling.LaggedKernel`: starts at uniformly drawn data rows, one Gibbs sweep per
+    step (:func:`_coupled_sweep` for the pair), h = ∇θ F; cost in chain sweeps (a coupled sweep costs 2)."""
+
+    def coupled_step(X: Tensor, Y: Tensor, gen: torch.Generator, active: np.ndarray | None) -> tuple[Tensor, Tensor, StepInfo]:
+        X, Y = _coupled_sweep(target, X, Y, gen, coupling)
+        return X, Y, StepInfo(np.full(X.shape[0], 2.0 * S), None)
+
+    def grad(X: Tensor, Y: Tensor, a: float, cy: Tensor | None, aux: object) -> tuple[Tensor, None]:
+        """Σ_s (a + cy_s) ∇F(X_s) − cy_s ∇F(Y_s)."""
+        if cy is None:
+            return target.weighted_grad_free_energy(X, torch.full(X.shape[:2], a, dtype=X.dtype, device=X.device)), None
+        return target.weighted_grad_free_energy(X, a + cy) - target.weighted_grad_free_energy(Y, cy), None
+
+    P = target.layout.size
+    return LaggedKernel(
+        init=lambda R, gen: _from_data(target, (R, S), gen),
+        step=lambda X, gen: target.sweep(X, _uniforms(target, X.shape[:2], gen)),
+        coupled_step=coupled_step,
+        meets=lambda X, Y: (X == Y).all(-1),
+        take=lambda X, rows: X[rows],
+        grad=grad,
+        accumulator=lambda X, R: torch.zeros(R, P, dtype=X.dtype, device=X.device),
+        init_cost=lambda X: 0.0,
+        step_cost=lambda X: float(S),
+    )
 
 
 def run_coupled_gibbs(target: EBMTarget, R: int, S: int, gen: torch.Generator, *, k: int, m: int, lag: int,
-                      max_iter: int, coupling: Coupling = "maximal") -> CoupledGibbsRun:
-    """R × S lagged coupled chain pairs; Σ_s H^{(s)}_{k:m} of ∇F per replicate and meeting times."""
-    X, Y = _from_data(target, (R, S), gen), _from_data(target, (R, S), gen)
-    dtype, device = X.dtype, X.device
-    acc = torch.zeros(R, target.layout.size, dtype=dtype, device=device)
-    tau = torch.full((R, S), float(max_iter), dtype=dtype, device=device)
-    met_all = torch.zeros(R, S, dtype=torch.bool, device=device)
-    scale = 1.0 / (m - k + 1)
-    lockstep = 0.0
-
-    def contribute(t: int, X: Tensor, Y: Tensor, now: Tensor | None, rows: Tensor | None) -> None:
-        """Time t's terms: scale [1{k ≤ t ≤ m} ∇F(X_t) + v_t 1{t < τ} (∇F(X_t) − ∇F(Y_{t−L}))]."""
-        a = scale if k <= t <= m else 0.0
-        v = _v_weight(t, k, m, lag) * scale if now is not None and t >= k + lag else 0.0
-        if a == 0.0 and v == 0.0:
-            return
-        if v == 0.0 or bool(now.all()):
-            g = target.weighted_grad_free_energy(X, torch.full(X.shape[:2], a, dtype=dtype, device=device))
-        else:
-            cy = v * (~now).to(dtype)
-            g = target.weighted_grad_free_energy(X, a + cy) - target.weighted_grad_free_energy(Y, cy)
-        if rows is None:
-            acc.add_(g)
-        else:
-            acc.index_add_(0, rows, g)
-
-    contribute(0, X, Y, None, None)
-    for t in range(1, lag + 1):  # X runs alone: X_1..X_L
-        X = target.sweep(X, _uniforms(target, (R, S), gen))
-        lockstep += R * S
-        if t < lag:
-            contribute(t, X, Y, None, None)
-    met = (X == Y).all(-1)
-    tau = torch.where(met, torch.full_like(tau, float(lag)), tau)
-    met_all |= met
-    contribute(lag, X, Y, met, None)
-
-    rows: Tensor | None = None  # None = all R rows, in order
-    t = lag
-    while True:
-        live_met = met_all if rows is None else met_all[rows]
-        if t >= m:
-            done = live_met.all(1)
-            if bool(done.all()):
-                break
-            if bool(done.any()):  # compaction: drop finished replicates
-                keep = (~done).nonzero().squeeze(1)
-                rows = keep if rows is None else rows[keep]
-                X, Y, live_met = X[keep], Y[keep], live_met[keep]
-        if t >= max_iter:
-            break
-        t += 1
-        X, Y = _coupled_sweep(target, X, Y, gen, coupling)
-        lockstep += 2 * X.shape[0] * S
-        now = (X == Y).all(-1)
-        newly = now & ~live_met
-        if rows is None:
-            tau = torch.where(newly, torch.full_like(tau, float(t)), tau)
-            met_all = met_all | now
-        else:
-            tau[rows] = torch.where(newly, torch.full_like(tau[rows], float(t)), tau[rows])
-            met_all[rows] = met_all[rows] | now
-        contribute(t, X, Y, now, rows)
-
-    censored = ~met_all.all(1)
-    return CoupledGibbsRun(acc.masked_fill(censored.unsqueeze(1), math.nan), tau, met_all, lockstep)
+                      max_iter: int, coupling: EBMCoupling = "maximal") -> CoupledGibbsRun:
+    """R × S lagged coupled chain pairs (:func:`~gradbench.estimators.coupling.run_lagged`); Σ_s H^{(s)}_{k:m} of ∇F
+    per replicate and meeting times."""
+    run = run_lagged(gibbs_kernel(target, S, coupling), R, gen, k=k, m=m, lag=lag, max_iter=max_iter,
+                     weight=_v_weight)
+    return CoupledGibbsRun(run.grads, run.tau, run.met, float(run.evaluated.sum()), run)
 
 
 def coupled_gibbs(target: EBMTarget, R: int, gen: torch.Generator, **params: object) -> GradSample:
@@ -291,5 +266,6 @@ def coupled_gibbs(target: EBMTarget, R: int, gen: torch.Generator, **params: obj
         "lockstep_sweeps": _full(R, run.lockstep_sweeps / R, grads),
         "k": _full(R, p.k, grads),
         "m": _full(R, m, grads),
+        **lockstep_diagnostics(cost, run.lagged),
     }
     return GradSample(grads, target.layout, cost, diagnostics)

@@ -25,6 +25,19 @@ replicate has a NaN gradient but a perfectly informative τ > max_iter:
   Var ĥ ≈ ĥ²(1 − ĥ)/n_e, i.e. se(λ) = ĥ / √(n_e (1 − ĥ)). For a geometric τ (memoryless) every t0
   gives the same λ; starting at the median keeps the fit on the tail but on half the data.
   λ = +∞ when every replicate in the tail met at its first step (ĥ = 1).
+When the estimator reports its lockstep work (diagnostics ``lockstep_evaluated``, ``lockstep_seconds_lost``; see
+:mod:`gradbench.estimators.coupling`), also:
+* ``lockstep_efficiency``: Σ_r cost_r / Σ_r e_r, the fraction of the work the lockstep batch did (e_r on replicate
+  r's rows) that the estimator needed (cost_r: what r's own chain pairs required up to their own meeting/stop
+  times); the rest went to pairs that had met while their replicate's slowest pair ran on, and to padding. The
+  main run only (a ``k: auto`` pilot is not counted). s.e. of the ratio estimator over replicates (delta method):
+  √(Σ_r (cost_r − eff e_r)² / (n(n − 1))) / mean(e).
+* ``lockstep_seconds``, ``lockstep_seconds_lost``: wall seconds per replicate of the estimator's calls, and of them
+  the part lost to lockstep, measured per call as s − β Σ_r cost_r with β the seconds per cost unit of the call's
+  widest coupled steps (the full batch's throughput): unneeded work and, mostly, the fixed per-step cost of the
+  narrow steps in which the slowest chain pairs run on alone. (wall × (1 − efficiency), the work-only estimate,
+  is lockstep_seconds × (1 − lockstep_efficiency).) Summed over replicates ÷ n, no s.e. (one value per call, not
+  per replicate). Wall clock: not reproducible, and the cell is not timed alone.
 Returns no rows when the sample has no ``tau`` diagnostic.
 """
 
@@ -111,4 +124,24 @@ def meeting(sample: GradSample, reference: Reference | None, ctx: ProtocolContex
     else:
         lam, se, method = math.nan, math.nan, "over half the replicates censored"
     rows.append(row("all", "tail_rate", lam, se, method))
+    return rows + lockstep_rows(sample)
+
+
+def lockstep_rows(sample: GradSample) -> list[Row]:
+    """lockstep_efficiency, lockstep_seconds and lockstep_seconds_lost (see the module docstring); none without
+    diagnostic ``lockstep_evaluated``."""
+    d = sample.diagnostics
+    if "lockstep_evaluated" not in d or sample.replicates == 0:
+        return []
+    cost = sample.cost.detach().cpu().double().numpy()
+    e = d["lockstep_evaluated"].detach().cpu().double().numpy()
+    n = e.size
+    eff = cost.sum() / e.sum()
+    se = math.sqrt(((cost - eff * e) ** 2).sum() / (n * (n - 1))) / e.mean() if n > 1 else math.nan
+    rows = [row("all", "lockstep_efficiency", eff, se, "needed / evaluated (main run); ratio s.e. over replicates")]
+    methods = {"lockstep_seconds": "wall seconds per replicate; not reproducible",
+               "lockstep_seconds_lost": "wall - beta * needed, beta = s per eval of the widest steps; not reproducible"}
+    for name, method in methods.items():
+        if name in d:
+            rows.append(row("all", name, float(d[name].detach().cpu().double().mean()), math.nan, method))
     return rows

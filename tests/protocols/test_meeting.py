@@ -25,6 +25,7 @@ ALPHA = 1e-3
 LAYOUT = ParamLayout((ParamGroup("a", (2,)),))
 CTX = ProtocolContext(seed=0, eps=2.2e-16)
 METRICS = {"n_censored", "censored_frac", "tau_mean", "tau_q50", "tau_q90", "tau_q99", "tau_max", "tail_rate"}
+LOCKSTEP_METRICS = {"lockstep_efficiency", "lockstep_seconds", "lockstep_seconds_lost"}  # estimators reporting their work
 
 
 def _sample(tau: np.ndarray, censored: np.ndarray | None = None) -> GradSample:
@@ -151,7 +152,7 @@ def test_runner_writes_meeting_rows_and_raw_times(tmp_path):
     summary = run_suite(suite, cells, tmp_path / "out", progress=False)
     t = summary.table
     m = t[t.protocol == "meeting"]
-    assert set(m.metric) == METRICS and set(m.estimator) == {"coupled_isir"}
+    assert set(m.metric) == METRICS | LOCKSTEP_METRICS and set(m.estimator) == {"coupled_isir"}
     raw = pd.read_parquet(tmp_path / "out" / "meeting_times.parquet")
     assert len(raw) == 600 and set(raw.columns) >= {"cell_id", "replicate", "tau", "censored"}
     for cid, grp in raw.groupby("cell_id"):
@@ -160,3 +161,71 @@ def test_runner_writes_meeting_rows_and_raw_times(tmp_path):
         # censored replicates are excluded from the gradient moments and counted as non-finite
         assert (t[t.cell_id == cid].n_replicates == 300 - n_cens).all()
     assert raw.censored.any()
+
+
+# -- lockstep efficiency ------------------------------------------------------------------------------
+def _lockstep_sample(cost: np.ndarray, evaluated: np.ndarray) -> GradSample:
+    s = _sample(np.full(cost.size, 3.0))
+    s.cost = torch.tensor(cost, dtype=torch.float64)
+    s.diagnostics["lockstep_evaluated"] = torch.tensor(evaluated, dtype=torch.float64)
+    return s
+
+
+def test_lockstep_efficiency_standard_error():
+    """Replicates with e_r ~ 20 + Poisson(30) evaluations of which c_r ~ Binomial(e_r, 0.7) were needed: the ratio
+    Σc/Σe estimates 0.7, and its z-score by the row's own s.e. is within the α = 0.001 bounds; negative control:
+    the same z-test rejects 0.72 (a 2.2 % error, ~4 s.e. at R = 4000)."""
+    rng = np.random.default_rng(0)
+    e = 20.0 + rng.poisson(30.0, size=4000)
+    c = rng.binomial(e.astype(int), 0.7).astype(float)
+    r = _rows(_lockstep_sample(c, e))["lockstep_efficiency"]
+    z_crit = sps.norm.isf(ALPHA / 2)
+    assert abs(r["value"] - 0.7) / r["stderr"] < z_crit
+    assert abs(r["value"] - 0.72) / r["stderr"] > z_crit
+    assert r["value"] == pytest.approx(c.sum() / e.sum(), rel=1e-15)
+
+
+def test_lockstep_rows_of_the_coupled_estimators():
+    """From real runs: exact-proposal coupled PIMH (every pair meets at L + 1, every replicate stops together)
+    needs all the batch did — efficiency exactly 1, no seconds lost; coupled i-SIR on a mismatched 3-point PPCA
+    target (no per-point packing: points wait for their replicate's slowest) and coupled Gibbs on an RBM (met pairs
+    keep sweeping until m) do less: efficiency < 1, seconds lost > 0; Σ_r e_r is the batch's total in every case."""
+    from gradbench import registry
+    from gradbench.models.ebm import RBM, NoProposal, RBMParams
+    from gradbench.seeding import make_generator
+    from tests.conftest import make_ppca
+
+    ppca = make_ppca(d=4, k=2, n=3, mean_shift=1.0, cov_scale=2.0)
+    rbm = RBM.build(RBMParams(n_visible=6, n_hidden=3, n_data=5, weight_scale=2.0), NoProposal(), 0, torch.float64)
+    runs = {
+        "exact": (registry.ESTIMATORS["coupled_pimh"].fn(make_ppca(d=4, k=2, n=3), 50, make_generator(0), K=3),
+                  "lockstep_cost"),
+        "isir": (registry.ESTIMATORS["coupled_isir"].fn(ppca, 200, make_generator(0), K=4), "lockstep_cost"),
+        "gibbs": (registry.ESTIMATORS["coupled_gibbs"].fn(rbm, 200, make_generator(0), S=3, k=2, m=6),
+                  "lockstep_sweeps"),
+    }
+    for name, (s, total) in runs.items():
+        rows = _rows(s)
+        e = s.diagnostics["lockstep_evaluated"]
+        assert float(e.sum()) == pytest.approx(float(s.diagnostics[total].sum()), rel=1e-12)
+        assert bool((e >= s.cost - 1e-9).all())  # no replicate is charged more than its rows cost the batch
+        if name == "exact":
+            assert rows["lockstep_efficiency"]["value"] == 1.0
+        else:
+            assert rows["lockstep_efficiency"]["value"] < 1.0
+            assert math.isfinite(rows["lockstep_efficiency"]["stderr"])
+        assert 0.0 <= rows["lockstep_seconds_lost"]["value"] <= rows["lockstep_seconds"]["value"]  # wall clock
+
+
+def test_measured_seconds_lost_on_a_constructed_run():
+    """Steps of 1.0 s / 100 evaluations, 1.2 s / 80, then two narrow ones of 0.5 s / 10: β = min(1.0/100, 1.2/80) =
+    0.01 s per evaluation over the wide steps; a 3.5 s call that needed 150 evaluations lost 3.5 − 1.5 = 2 s."""
+    from gradbench.estimators.coupling import LaggedRun, full_batch_rate, lockstep_diagnostics
+
+    run = LaggedRun(torch.zeros(4, 2), torch.zeros(4, 1), torch.ones(4, 1, dtype=torch.bool),
+                    np.array([80.0, 60.0, 40.0, 20.0]), 3.5, np.array([1.0, 1.2, 0.5, 0.5]), np.array([100.0, 80, 10, 10]))
+    assert full_batch_rate(run) == pytest.approx(0.01)
+    d = lockstep_diagnostics(torch.tensor([60.0, 50.0, 30.0, 10.0], dtype=torch.float64), run)
+    assert float(d["lockstep_seconds_lost"].sum()) == pytest.approx(2.0)
+    assert float(d["lockstep_seconds"].sum()) == pytest.approx(3.5)
+    assert float(d["lockstep_efficiency"][0]) == pytest.approx(150 / 200)
