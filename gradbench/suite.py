@@ -219,12 +219,9 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         raise SuiteError(src.at((), f"the grids expand to {n_cells} cells, more than max_cells = {suite.max_cells}; "
                                     "set max_cells higher in the suite to allow it"))
     plugins = tuple(suite.plugins)
-    protocol_code = [m for name in suite.protocols for m in registry.protocol_modules(name)]
 
     def code(target: TargetConfig, estimator: str, params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-        modules = dict.fromkeys([*registry.model_modules(target.model), *registry.estimator_modules(estimator, params),
-                                 *protocol_code])
-        return (("gradbench", _gradbench_version()), *((m, registry.code_version(m)) for m in modules))
+        return (("gradbench", _gradbench_version()), *registry.cell_code(target.model, estimator, params, suite.protocols))
 
     return [
         Cell(t, name, params, tuple(suite.protocols), suite.replicates, suite.device, suite.dtype, plugins, code(t, name, params))
