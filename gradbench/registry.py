@@ -138,7 +138,7 @@ def _semi_implicit_q(proposal: dict[str, Any]) -> Capabilities:
     return frozenset({"real_latent", "reparam", "implicit"} | ({"log_prob"} if exact else set())
                      | ({"mixing_density"} if continuous else set()))
 _GAUSSIAN_Q = frozenset({"reparam", "score", "log_prob"})
-_BERNOULLI_Q = frozenset({"score", "log_prob", "enumerate", "relaxed"})
+_BERNOULLI_Q = frozenset({"score", "log_prob", "enumerate", "relaxed", "logits", "gumbel_noise", "state_probabilities"})
 _EBM = frozenset({"energy_based"})  # p_θ(x) ∝ exp(−F_θ(x)), no per-datum latents: exact sampling / Gibbs kernels
 
 MODELS: dict[str, Model] = {m.name: m for m in [
@@ -147,15 +147,15 @@ MODELS: dict[str, Model] = {m.name: m for m in [
           _PPCA),
     Model("ppca_encoder", "gradbench.models.ppca_encoder:PPCAEncoder.synthetic", mp.PPCAEncoderParams, mp.EncoderParams,
           "PPCA with a linear-Gaussian encoder q_φ(z|x) = N(Ax+b, diag e^{2c}): exact ∇θ/∇φ ELBO; IWAE_K references estimated",
-          _PPCA | _GAUSSIAN_Q | {"analytic_kl"}),
+          _PPCA | _GAUSSIAN_Q | {"analytic_kl", "iwae_reference"}),
     Model("vae", "gradbench.models.vae:build", mp.VAEParams, mp.GaussianProposal,
           "VAE: z ~ N(0, I), MLP decoder (Bernoulli/Gaussian); Gaussian mean-field or amortised q; exact references by "
           "adaptive Gauss–Hermite quadrature for latent_dim ≤ 3",
-          _GAUSSIAN_Q | {"real_latent", "analytic_kl"}),
+          _GAUSSIAN_Q | {"real_latent", "analytic_kl", "iwae_reference"}),
     Model("sbn", "gradbench.models.sbn:build", mp.SBNParams, mp.BernoulliProposal,
           "sigmoid belief net (binary latents, 1–2 layers, linear or MLP conditionals), factorised Bernoulli q: exact "
           "references by enumerating the 2^k latent states (k ≤ 16)",
-          _BERNOULLI_Q | {"binary_latent", "exact_posterior"}),
+          _BERNOULLI_Q | {"binary_latent", "exact_posterior", "iwae_reference"}),
     Model("rbm", "gradbench.models.ebm:RBM.build", mp.RBMParams, mp.NoProposal,
           "binary RBM (energy-based): exact log Z, ∇θ log p(x) by enumerating ≤ 16 hidden units; synthetic or binarised digits",
           _EBM),
@@ -180,16 +180,18 @@ MODELS: dict[str, Model] = {m.name: m for m in [
     Model("categorical_vae", "gradbench.models.categorical:build", mp.CategoricalVAEParams, mp.CategoricalProposal,
           "categorical VAE (k latents × C classes; Kool et al. 2020: 2 × 10), linear or MLP decoder to Bernoulli pixels, "
           "amortised softmax encoder: exact references by enumerating the C^k states",
-          frozenset({"score", "log_prob", "enumerate", "relaxed", "categorical_latent", "exact_posterior"})),
+          frozenset({"score", "log_prob", "enumerate", "relaxed", "logits", "gumbel_noise", "state_probabilities",
+                     "categorical_latent", "exact_posterior", "iwae_reference"})),
 ]}
 
 _PHI_ELBO = Objective("phi", "elbo")
 _SAMPLE = frozenset({"log_prob"})  # draws from q and evaluates log q (importance weights)
 _REPARAM = frozenset({"reparam", "log_prob"})
 _SCORE = frozenset({"score", "log_prob"})
-_BINARY_SCORE = frozenset({"score", "log_prob", "binary_latent"})  # issue 13: factorised Bernoulli q
-_DISCRETE_SCORE = frozenset({"score", "log_prob", "enumerate"})  # issue 13: a finite q with logits (binary or categorical)
-_RELAXED = _DISCRETE_SCORE | {"relaxed"}  # issue 13: and its Concrete / Gumbel-softmax relaxation
+_DISCRETE_SCORE = frozenset({"score", "log_prob", "enumerate", "logits"})  # a finite q with logits (binary or categorical)
+_BINARY_SCORE = _DISCRETE_SCORE | {"binary_latent"}  # a factorised Bernoulli q
+_GUMBEL = frozenset({"gumbel_noise"})  # the estimator transforms the family's uniforms itself (antithetic, relaxed)
+_RELAXED = _DISCRETE_SCORE | {"relaxed"} | _GUMBEL  # and its Concrete / Gumbel-softmax relaxation
 
 
 def _iwae_objective(p: dict[str, Any]) -> Objective:
@@ -252,9 +254,9 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
               _PHI_ELBO, _REPARAM),
     # issue 13: discrete-latent ∇φ estimators (factorised Bernoulli q; gradbench.estimators.discrete)
     Estimator("arm", _E + "discrete:arm", ep.ARMParams, "ARM ∇φ ELBO (Yin & Zhou 2019): antithetic pair, (f(b¹) − f(b²))(u − ½)",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _BINARY_SCORE | _GUMBEL),
     Estimator("disarm", _E + "discrete:disarm", ep.DisARMParams, "DisARM ∇φ ELBO (Dong et al. 2020): ARM Rao–Blackwellised over the pair",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _BINARY_SCORE | _GUMBEL),
     Estimator("rloo", _E + "discrete:rloo", ep.RLOOParams, "REINFORCE leave-one-out ∇φ ELBO on binary latents (Kool et al. 2019), S samples",
               _PHI_ELBO, _DISCRETE_SCORE),
     Estimator("nvil", _E + "discrete:nvil", ep.NVILParams, "NVIL ∇φ ELBO (Mnih & Gregor 2014): running mean + input-dependent baseline, warm-up steps",
@@ -264,13 +266,13 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator("straight_through", _E + "discrete:straight_through", ep.RelaxedParams, "straight-through Gumbel ∇φ: hard forward, relaxed backward (biased)",
               _PHI_ELBO, _RELAXED),
     Estimator("rebar", _E + "discrete:rebar", ep.REBARParams, "REBAR ∇φ ELBO (Tucker et al. 2017): η, λ fixed or learned in warm-up",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _BINARY_SCORE | _GUMBEL),
     Estimator("relax", _E + "discrete:relax", ep.RELAXParams, "RELAX ∇φ ELBO (Grathwohl et al. 2018): surrogate c_ψ trained in warm-up to minimise variance",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _BINARY_SCORE | _GUMBEL),
     Estimator("wake_sleep", _E + "discrete:wake_sleep", ep.WakeSleepParams, "sleep-phase φ-update (Hinton et al. 1995), measured against ∇φ ELBO (biased)",
               _PHI_ELBO, _BINARY_SCORE),
     Estimator("reweighted_wake_sleep", _E + "discrete:reweighted_wake_sleep", ep.RWSParams,
-              "RWS wake-φ update (Bornschein & Bengio 2015), K samples, measured against ∇φ ELBO (biased)", _PHI_ELBO, _BINARY_SCORE),
+              "RWS wake-φ update (Bornschein & Bengio 2015), K samples, measured against ∇φ ELBO (biased)", _PHI_ELBO, _BINARY_SCORE | _GUMBEL),
     Estimator("sum_and_sample", _E + "sum_and_sample:sum_and_sample", ep.SumAndSampleParams,
               "sum-and-sample ∇φ ELBO (Liu et al. 2019): m most probable states summed, one sampled from the rest (unbiased)",
               _PHI_ELBO, _DISCRETE_SCORE),
@@ -301,6 +303,18 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     Protocol("snr", "gradbench.protocols.snr:snr", "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False),
     Protocol("mcmc", "gradbench.protocols.mcmc:mcmc", "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size (issue 14)", False),
 ]}
+
+
+def required_capabilities(estimator: str, params: dict[str, Any], protocols: tuple[str, ...] | list[str] = ()) \
+        -> Capabilities:
+    """What a cell needs of its target: the estimator's requirements, and ``iwae_reference`` when it estimates an
+    IWAE objective and a protocol of the cell compares against the reference (``bias``)."""
+    entry = ESTIMATORS[estimator]
+    needs = set(entry.required(params))
+    if entry.objective(params).canonical().kind == "iwae" and any(PROTOCOLS[p].uses_reference for p in protocols
+                                                                   if p in PROTOCOLS):
+        needs.add("iwae_reference")
+    return frozenset(needs)
 
 
 # -- plugins -----------------------------------------------------------------------------------

@@ -208,7 +208,7 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         grid = _grid(src, ("estimators", i, "params"), e.params, registry.ESTIMATORS[e.name].params)
         estimators += [(e.name, p) for p in grid]
         estimator_locs += [i] * len(grid)
-    _check_capabilities(src, targets, target_locs, estimators, estimator_locs)
+    _check_capabilities(src, targets, target_locs, estimators, estimator_locs, suite.protocols)
     for (name, _), ei in zip(estimators, estimator_locs):  # issue 15: a training run is its own kind of cell
         if (name == "train") != (suite.protocols == ["train"]):
             raise SuiteError(src.at(("estimators", ei, "name") if name == "train" else ("protocols",),
@@ -260,12 +260,13 @@ def _data_spec(src: _SourceMap, loc: Loc, raw: dict[str, Any]) -> dict[str, Any]
 
 
 def _check_capabilities(src: _SourceMap, targets: list[TargetConfig], target_locs: list[int],
-                        estimators: list[tuple[str, dict[str, Any]]], estimator_locs: list[int]) -> None:
+                        estimators: list[tuple[str, dict[str, Any]]], estimator_locs: list[int],
+                        protocols: list[str] | tuple[str, ...] = ()) -> None:
     """Refuse an estimator on a target that lacks a capability it requires (before any cell runs)."""
     for t, ti in zip(targets, target_locs):
         provides = registry.MODELS[t.model].capabilities(t.proposal)
         for (name, params), ei in zip(estimators, estimator_locs):
-            missing = sorted(registry.ESTIMATORS[name].required(params) - provides)
+            missing = sorted(registry.required_capabilities(name, params, protocols) - provides)
             if missing:
                 family = t.proposal.get("family")
                 what = f"model {t.model!r}" + (f" with family {family!r}" if family else "")

@@ -33,6 +33,27 @@ def per_replicate_grad(fn: Callable[..., Any], params: Params, *batched: Tensor,
     return torch.func.vmap(grad, in_dims=(None, *([0] * len(batched))))(params, *batched)
 
 
+JOINT = frozenset({"analytic_kl"})  # a target has these only when the model and the family both declare them
+
+
+def declared_capabilities(model: Model, family: Family, provides: frozenset[str] = frozenset(),
+                          reference_builders: Mapping[str, Any] | None = None) -> frozenset[str]:
+    """A composed target's capabilities, from what its parts declare (nothing is inferred from the methods they
+    happen to have): the family's ``capabilities``, the model's (``capabilities``, optional, e.g. ``exact_posterior``),
+    the latent space's kind, ``provides`` given by the builder; ``analytic_kl`` when both model (log p(x | z) under a
+    N(0, I) prior) and family (KL to N(0, I)) declare it; ``iwae_reference`` when a builder for an IWAE objective is
+    given; ``state_probabilities`` when the family declares ``logits`` or ``state_probabilities``."""
+    fam, mod = frozenset(getattr(family, "capabilities", ())), frozenset(getattr(model, "capabilities", ()))
+    caps = set((fam | mod) - JOINT) | set(provides) | (fam & mod & JOINT)
+    if model.latent.capability:
+        caps.add(model.latent.capability)
+    if {"theta_iwae", "phi_iwae"} & set(reference_builders or ()):
+        caps.add("iwae_reference")
+    if {"logits", "state_probabilities"} & fam:
+        caps.add("state_probabilities")
+    return frozenset(caps)
+
+
 @dataclass
 class ComposedTarget:
     """A model and a variational family at (θ, φ) on data x: what generic estimators and references use.
@@ -61,14 +82,7 @@ class ComposedTarget:
         self.phi = {k: v.detach() for k, v in self.phi.items()}
         self.layout = self.model.layout
         self.phi_layout = self.family.layout
-        caps = set(self.family.capabilities) | set(self.provides)
-        if self.model.latent.capability:
-            caps.add(self.model.latent.capability)
-        if hasattr(self.model, "sample_posterior"):
-            caps.add("exact_posterior")
-        if hasattr(self.model, "log_lik") and hasattr(self.family, "kl_standard_normal"):
-            caps.add("analytic_kl")
-        self.capabilities = frozenset(caps)
+        self.capabilities = declared_capabilities(self.model, self.family, self.provides, self.reference_builders)
 
     def at(self, *, theta: Params | None = None, phi: Params | None = None, x: Tensor | None = None) -> ComposedTarget:
         """The same model and family at new (θ, φ) and/or data x (e.g. a training minibatch); references are not

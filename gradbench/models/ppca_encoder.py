@@ -124,7 +124,7 @@ class PPCAEncoder(PPCA):
                           reference_replicates=self.reference_replicates)
 
     # -- encoder (the contract's family interface, by hand) -------------------------------------
-    capabilities = frozenset({"exact_posterior", "real_latent", "reparam", "score", "log_prob", "analytic_kl"})
+    capabilities = frozenset({"exact_posterior", "real_latent", "reparam", "score", "log_prob", "analytic_kl", "iwae_reference"})
 
     def encoder_params(self) -> dict[str, Tensor]:
         return {"A": self.A, "b": self.b, "c": self.c}
