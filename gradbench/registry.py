@@ -13,9 +13,10 @@ function of the suite's ``proposal`` block, which may choose a family), so ``gra
 refuses an impossible pairing before any cell runs.
 
 **Plugins** add models, estimators and protocols without editing gradbench:
-* entry points in the groups ``gradbench.models``, ``gradbench.estimators``, ``gradbench.protocols``
-  (and ``gradbench.families``: modules imported for their side effects), each pointing at a
-  :class:`Model` / :class:`Estimator` / :class:`Protocol` object (or a list of them);
+* entry points in the groups ``gradbench.models``, ``gradbench.estimators``, ``gradbench.protocols``,
+  ``gradbench.families``, each pointing at a :class:`Model` / :class:`Estimator` / :class:`Protocol` /
+  :class:`Family` object, a list of them, or a module that calls :func:`register` when imported;
+* ``gradbench --plugin MODULE …`` (any command): the module is imported and calls :func:`register`;
 * a suite's ``plugins: [my_package.my_module]``: the module is imported and calls
   :func:`register` with its entries.
 A cell's id covers the code that computes it: the import closure of its entries' modules (``cell_code``), with
@@ -132,7 +133,7 @@ def _uivi_requires(p: dict[str, Any]) -> Capabilities:
 
 
 def _semi_implicit_q(proposal: dict[str, Any]) -> Capabilities:
-    """Issue 14: a semi-implicit q has log q only when T is linear (``hidden`` = 0)."""
+    """A semi-implicit q has log q only when T is linear (``hidden`` = 0)."""
     exact = not proposal.get("hidden", 0) or bool(proposal.get("n_atoms", 0))  # atoms: an exact Gaussian mixture
     continuous = not proposal.get("n_atoms", 0)  # ε ~ N(0, I): HMC over ε is possible (uivi reverse: hmc)
     return frozenset({"real_latent", "reparam", "implicit"} | ({"log_prob"} if exact else set())
@@ -162,7 +163,7 @@ MODELS: dict[str, Model] = {m.name: m for m in [
     Model("ising", "gradbench.models.ebm:Ising.build", mp.IsingParams, mp.NoProposal,
           "fully visible ±1 Boltzmann machine, ≤ 20 spins: exact log Z, ∇θ log p(x) by enumerating 2^n states",
           _EBM),
-    # issue 14: semi-implicit q
+    # semi-implicit q
     Model("ppca_semi_implicit", "gradbench.models.semi_implicit:build_ppca", mp.PPCAParams, mp.SemiImplicitProposal,
           "PPCA with a semi-implicit q (ε ~ N(0, I_m), z|ε ~ N(Aε + b [+ MLP], diag d²)): exact ∇φ ELBO (linear T)",
           lambda p: _semi_implicit_q(p)),
@@ -172,7 +173,7 @@ MODELS: dict[str, Model] = {m.name: m for m in [
     Model("toy2d_semi_implicit", "gradbench.models.toy2d:build", mp.Toy2DParams, mp.SemiImplicitProposal,
           "2-D banana / X-shaped density of the SIVI/UIVI papers (no data) with a semi-implicit q: quadrature ∇φ ELBO",
           lambda p: _semi_implicit_q(p)),
-    # issue 13: discrete latent variables
+    # discrete latent variables
     Model("bernoulli_toy", "gradbench.models.bernoulli_toy:build", mp.BernoulliToyParams,
           mp.BernoulliToyProposal,
           "REBAR/RELAX toy: min_φ E_{b~Bern(σ(φ))} Σ_j (b_j − t)² (t = 0.499); exact ∇φ = (1 − 2t)σ(φ)(1 − σ(φ)) as phi_elbo",
@@ -239,7 +240,7 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
               "EBM: persistent CD, S chains of a given age (explicit state; biased at finite age)", requires=_EBM),
     Estimator("coupled_gibbs", _E + "ebm:coupled_gibbs", ep.CoupledGibbsParams,
               "EBM: unbiased lag-L H_{k:m} from coupled Gibbs chains (maximal couplings of the Bernoulli conditionals)", requires=_EBM),
-    # issue 14: semi-implicit and MCMC-enriched families
+    # semi-implicit and MCMC-enriched families
     Estimator("sivi", _E + "semi_implicit:sivi", ep.SIVIParams,
               "gradient of the SIVI bound with K extra mixing draws (Yin & Zhou 2018; biased for ∇φ ELBO, → 0 as K grows)",
               _PHI_ELBO, frozenset({"reparam", "implicit"})),
@@ -252,7 +253,7 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator("vcd", _E + "semi_implicit:vcd", ep.VCDParams,
               "−∇φ L_VCD with t HMC steps on p(z|x) and a leave-one-out control variate (Ruiz & Titsias 2019)",
               _PHI_ELBO, _REPARAM),
-    # issue 13: discrete-latent ∇φ estimators (factorised Bernoulli q; gradbench.estimators.discrete)
+    # discrete-latent ∇φ estimators (gradbench.estimators.discrete)
     Estimator("arm", _E + "discrete:arm", ep.ARMParams, "ARM ∇φ ELBO (Yin & Zhou 2019): antithetic pair, (f(b¹) − f(b²))(u − ½)",
               _PHI_ELBO, _BINARY_SCORE | _GUMBEL),
     Estimator("disarm", _E + "discrete:disarm", ep.DisARMParams, "DisARM ∇φ ELBO (Dong et al. 2020): ARM Rao–Blackwellised over the pair",
@@ -301,7 +302,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
              "issue 15: train θ and φ with estimator 'train' → test_loglik, train_loglik, steps, evals, seconds; curves.parquet", False,
              modules=("gradbench.protocols.train_ebm",)),
     Protocol("snr", "gradbench.protocols.snr:snr", "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False),
-    Protocol("mcmc", "gradbench.protocols.mcmc:mcmc", "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size (issue 14)", False),
+    Protocol("mcmc", "gradbench.protocols.mcmc:mcmc", "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size", False),
 ]}
 
 
@@ -317,9 +318,48 @@ def required_capabilities(estimator: str, params: dict[str, Any], protocols: tup
     return frozenset(needs)
 
 
+@dataclass(frozen=True)
+class Family(_CodeByPath):
+    """A variational family as ``gradbench list families`` / ``show`` describe it: chosen by a model's ``proposal``
+    block (``family: NAME`` where the block has that key), with the capabilities its class declares."""
+
+    name: str
+    impl: str  # "module:Class" of the contract-v2 family (gradbench.contracts.Family); not imported by list/show
+    description: str
+    proposal: type[BaseModel]  # the proposal block that selects and shapes it; or its "module:attr"
+    capabilities: Capabilities = frozenset()
+    models: tuple[str, ...] = ()  # models whose proposal block can choose it
+
+
+_F = "gradbench.families."
+_GAUSSIAN_FAMILY = frozenset({"reparam", "score", "log_prob", "analytic_kl"})
+_BERNOULLI_FAMILY = frozenset({"score", "log_prob", "enumerate", "relaxed", "logits", "gumbel_noise"})
+FAMILIES: dict[str, Family] = {f.name: f for f in [
+    Family("gaussian_mean_field", _F + "gaussian:GaussianMeanField",
+           "q(z|x_n) = N(m_n, diag s_n²), free mean and log-std per data point, started at the Laplace approximation",
+           mp.GaussianProposal, _GAUSSIAN_FAMILY, ("vae",)),
+    Family("gaussian_encoder", _F + "gaussian:GaussianEncoder",
+           "amortised q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²) from an MLP (encoder_hidden), fitted to the Laplace approximation",
+           mp.GaussianProposal, _GAUSSIAN_FAMILY, ("vae",)),
+    Family("bernoulli_encoder", _F + "bernoulli:BernoulliEncoder",
+           "amortised factorised Bernoulli q_φ(z|x) = Π_j Bern(σ(ℓ_j(x))), ℓ linear or a tanh MLP; uniform noise u, z = 1[u < σ(ℓ)]",
+           mp.BernoulliProposal, _BERNOULLI_FAMILY, ("sbn",)),
+    Family("bernoulli_mean_field", _F + "bernoulli:BernoulliMeanField",
+           "factorised Bernoulli with free logits per data point; uniform noise u, z = 1[u < σ(ℓ)]",
+           mp.BernoulliProposal, _BERNOULLI_FAMILY, ("sbn", "bernoulli_toy")),
+    Family("categorical_encoder", _F + "categorical:CategoricalEncoder",
+           "amortised q_φ(z|x) = Π_j Cat(softmax(ℓ_j(x))), ℓ linear or a tanh MLP; Gumbel-max draws from C uniforms per latent",
+           mp.CategoricalProposal, _BERNOULLI_FAMILY, ("categorical_vae",)),
+    Family("semi_implicit", _F + "semi_implicit:SemiImplicitGaussian",
+           "ε ~ N(0, I_m) (or n_atoms atoms), z|ε ~ N(Aε + b [+ MLP(ε)], diag d²); log q exact when linear (hidden: 0)",
+           mp.SemiImplicitProposal, frozenset({"reparam", "implicit", "log_prob", "mixing_density"}),
+           ("ppca_semi_implicit", "vae_semi_implicit", "toy2d_semi_implicit")),
+]}
+
+
 # -- plugins -----------------------------------------------------------------------------------
 ENTRY_POINT_GROUPS = {"gradbench.models": MODELS, "gradbench.estimators": ESTIMATORS, "gradbench.protocols": PROTOCOLS,
-                      "gradbench.families": None}
+                      "gradbench.families": FAMILIES}
 PLUGIN_MODULES: dict[str, str] = {}  # entry name → module that registered it (for cell ids)
 
 
@@ -327,13 +367,14 @@ class PluginError(Exception):
     """A plugin that cannot be loaded or registers something invalid (one line)."""
 
 
-def register(*entries: Model | Estimator | Protocol, module: str | None = None) -> None:
+def register(*entries: Model | Estimator | Protocol | Family, module: str | None = None) -> None:
     """Add entries to the registry (a plugin module calls this at import). A name already taken is refused."""
     for entry in entries:
         table: dict[str, Any] = MODELS if isinstance(entry, Model) else ESTIMATORS if isinstance(entry, Estimator) \
-            else PROTOCOLS if isinstance(entry, Protocol) else None  # type: ignore[assignment]
+            else PROTOCOLS if isinstance(entry, Protocol) else FAMILIES if isinstance(entry, Family) \
+            else None  # type: ignore[assignment]
         if table is None:
-            raise PluginError(f"cannot register {entry!r}: expected a registry.Model, Estimator or Protocol")
+            raise PluginError(f"cannot register {entry!r}: expected a registry.Model, Estimator, Protocol or Family")
         owner = module or _defining_module(entry)
         if entry.name in table and PLUGIN_MODULES.get(entry.name) != owner:
             if table[entry.name] is entry:
@@ -344,6 +385,8 @@ def register(*entries: Model | Estimator | Protocol, module: str | None = None) 
 
 
 def _defining_module(entry: Any) -> str:
+    if isinstance(entry, Family):
+        return entry.impl.partition(":")[0]
     return entry.module_of("build" if isinstance(entry, Model) else "fn")
 
 
@@ -361,14 +404,14 @@ def load_plugin_modules(modules: tuple[str, ...] | list[str]) -> None:
 @lru_cache(maxsize=1)
 def load_entry_points() -> None:
     """Register every installed plugin's entry points (once per process)."""
-    for group, table in ENTRY_POINT_GROUPS.items():
+    for group in ENTRY_POINT_GROUPS:
         for point in importlib.metadata.entry_points(group=group):
             try:
                 obj = point.load()
             except Exception as exc:  # noqa: BLE001
                 raise PluginError(f"entry point {group}:{point.name} ({point.value}) failed to load: {type(exc).__name__}: {exc}") \
                     from None
-            if table is None:  # families: imported for their side effects
+            if isinstance(obj, type(sys)):  # a module, imported for its side effects (it may call register)
                 continue
             for entry in obj if isinstance(obj, (list, tuple)) else [obj]:
                 register(entry, module=point.module)
