@@ -1,7 +1,7 @@
 """Plugins (a model written outside the package, loaded by a suite's ``plugins:``), capability checks
 before any cell runs, and cell ids that follow the code.
 
-The plugin is ``examples/my_model.py`` — the README's "Add your own model" walk-through, run here as
+The plugin is ``examples/my_model.py`` — the README's "Write a plugin" walk-through, run here as
 a test. Its bias test uses the same decision rule as every other (α = 0.001, seed 0), with the
 unbiased coupled i-SIR passing and a mismatched ELBO (the negative control) rejected.
 """
