@@ -214,7 +214,8 @@ def check_family(family: Any, x: Tensor, phi: dict[str, Tensor], *, R: int = 400
             _fail(name, f"E_q ∇φ log q ≠ 0 (p = {p:.3g} < {alpha}): the sampler does not draw from log_prob's q")
         rep.ok(f"score identity E_q ∇φ log q = 0 (R = {R}, p = {p:.3g})")
     else:
-        rep.skipped["sampler vs log q"] = "no log_prob (implicit family)"
+        rep.skipped["sampler vs log q"] = ("neither a finite latent space with log_prob nor a declared score "
+                                           "(implicit or non-differentiable q)")
     return rep
 
 
