@@ -142,3 +142,23 @@ def test_kit_rejects_a_biased_estimator():
     t = build("categorical_icdf", CAT, CAT_Q)
     with pytest.raises(ConformanceError, match="bias test rejects"):
         check_estimator(wrong_score_rloo, t, R=2000, unbiased=True)
+
+
+# -- rare states: every sampler a verdict depends on, or a stated "not checked" ---------------------------------
+def test_rare_state_guard_reads_q_and_the_exact_posterior_or_says_not_checked():
+    from gradbench import cell
+    from gradbench.references.enumeration import posterior_marginals
+
+    t = build("categorical_icdf", CAT, CAT_Q)
+    table = t.state_probabilities()
+    assert set(table) == {"q", "posterior"} and all(v.dtype == torch.float64 for v in table.values())
+    post = posterior_marginals(t.model, t.theta, t.x)
+    assert cell.rare_value_probability(t, ("posterior",)) == pytest.approx(float(post.min()), rel=1e-12)
+    q = torch.softmax(tests.testing.icdf_plugin.blocks(t.family.logits(t.phi, t.x), 4), -1)
+    assert cell.rare_value_probability(t, ("q",)) == pytest.approx(float(q.min()), rel=1e-12)
+    assert cell.rare_state_unchecked(t, cell.rare_value_probability(t)) == ""
+
+    bare = build("categorical_icdf_nologits", CAT, CAT_Q)  # discrete, but no logits and no state_probabilities
+    assert "state_probabilities" not in bare.capabilities
+    q_min = cell.rare_value_probability(bare)
+    assert q_min is None and "rare latent values not checked" in cell.rare_state_unchecked(bare, q_min)
