@@ -11,8 +11,12 @@ composes them into a :class:`ComposedTarget`, the point (θ, φ, data) at which 
   numbers across estimators are a property of the contract, not of draw order.
 * :class:`Objective` — what an estimator estimates: ∇θ log p(x), ∇θ/∇φ ELBO, ∇θ/∇φ IWAE_K (typed;
   ``key`` is only its name in tables and caches).
-* :class:`~gradbench.target.ComposedTarget` (``gradbench/target.py``) — the generic composition of a model and a
-  family into the target interface, with per-replicate gradients from torch.func.
+* :class:`Target` — every member an estimator, protocol or reference calls, with shapes and dtype rules;
+  :class:`~gradbench.target.ComposedTarget` (``gradbench/target.py``) is the generic composition of a model and a
+  family into it, with per-replicate gradients from torch.func.
+* Capabilities (:data:`Capability`) are declared by families, models and hand-written targets, never inferred
+  from the methods they happen to have; ``gradbench validate`` checks them, ``gradbench.testing`` checks that the
+  declared ones are really there.
 * References (``gradbench.references``) — exact | enumerated | quadrature (with an error bound) |
   estimated (with covariance, cached per target and objective).
 * Estimators declare the objective they estimate and the capabilities they require
@@ -186,7 +190,16 @@ class Model(Protocol):
 
 @runtime_checkable
 class Family(Protocol):
-    """q_φ(z | x) with declared capabilities; ``sample`` is a deterministic function of ``noise``."""
+    """q_φ(z | x) with declared capabilities; ``sample`` is a deterministic function of ``noise``.
+
+    Optional members, each present exactly when its capability is declared (``CAPABILITY_MEMBERS``):
+    ``logits(φ, x) → [N, D]`` (``logits``: binary q(z_j = 1) = σ(ℓ_j), categorical q(z_j = c) = softmax(ℓ_j)_c, the
+    same q as ``log_prob``); ``kl_standard_normal(φ, x) → [N]`` (``analytic_kl``); ``log_mixing(ε)``
+    (``mixing_density``); ``state_probabilities(φ, x) → [N, M]`` float64, the probability of every value of every
+    coordinate (``state_probabilities``; derived from ``logits`` when absent). ``mode(φ, x) → [N, D]`` is used by the
+    ``point`` baseline when defined. With ``gumbel_noise``, ``noise`` is uniforms [..., N, D] and ``sample`` is
+    1[u < σ(ℓ)] (binary) or onehot(argmax(ℓ − log(−log u))) (categorical).
+    """
 
     latent: LatentSpace
     layout: ParamLayout  # φ
