@@ -156,9 +156,11 @@ def show(name: str) -> None:
                        + (" (with the default proposal; depends on it)" if callable(entry.provides) else ""))
         elif isinstance(entry, registry.Estimator):
             defaults = entry.params().model_dump()
-            click.echo(f"  estimates: {entry.objective(defaults).canonical()}; requires: "
-                       f"{', '.join(sorted(entry.required(defaults))) or 'nothing'}"
-                       + (" (with the default parameters)" if callable(entry.requires) else ""))
+            objective = entry.objective(defaults).canonical()
+            click.echo(f"  estimates: {objective}; requires: {', '.join(sorted(entry.required(defaults))) or 'nothing'}"
+                       + (" (with the default parameters)" if callable(entry.requires) else "")
+                       + ("; and iwae_reference with a protocol that uses the reference (bias, variance)"
+                          if objective.kind == "iwae" else ""))
         elif isinstance(entry, registry.Family):
             users = ", ".join(entry.models) or "plugin models"
             click.echo(f"  class: {entry.impl}; capabilities: {', '.join(sorted(entry.capabilities))}")
