@@ -16,6 +16,14 @@ targets:
     params: {data_dim: 4, latent_dim: 2, n_data: 3}
     proposal: {mean_shift: 0.3}
 ```
+
+or from the command line: ``gradbench --plugin my_model show factor`` / ``validate`` / ``run``. Check it against the
+contract with the conformance kit (``gradbench.testing``; ``tests/testing/test_kit.py`` runs exactly this)::
+
+    check_model("factor", {"n_data": 2})        # ∇θ log p(x) vs finite differences of log_marginal, float64 references
+    t = build("factor", {"n_data": 2}, {"mean_shift": 0.3})
+    check_family(t.family, t.x, t.phi)          # same noise → same sample; E_q ∇φ log q = 0
+    check_estimator("coupled_isir", t, {"K": 8}, R=1000, unbiased=True)
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
         reference = target.reference(sample.wrt)
     eps = float(torch.finfo(sample.grads.dtype).eps)
     n_nonfinite = int(sample.diagnostics["nonfinite"].sum())
-    q_min = rare_value_probability(target)
+    q_min = rare_value_probability(target, samplers_of(cell))
     rows = []
     for name in cell.protocols:
         ctx = ProtocolContext(seed=derive_seed(cell.target.noise_seed(0), "protocol", name), eps=eps,
@@ -147,7 +147,8 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
     df = pd.DataFrame(rows, columns=["protocol", "param_group", "metric", "value", "stderr", "method", "warning"])
     df = with_meta(df, cell, sample.replicates - n_nonfinite, n_nonfinite)
     cell_warning = "; ".join(w for w in (resolution_warning(sample, reference), censoring_warning(sample),
-                                         rare_state_warning(target, sample, q_min)) if w)
+                                         rare_state_warning(target, sample, q_min),
+                                         rare_state_unchecked(target, q_min)) if w)
     df["warning"] = [
         "; ".join(w for w in (str(r) if isinstance(r, str) else "", cell_warning) if w) for r in df.pop("warning")
     ]
@@ -204,7 +205,7 @@ def run_train_cell(cell: Cell, target: Any, checkpoint_dir: Path | None = None) 
     return _provenance(df, started, t0), curves
 
 
-DISCRETE = frozenset({"binary_latent", "energy_based", "enumerate"})  # capabilities of discrete state spaces
+DISCRETE = frozenset({"binary_latent", "categorical_latent", "energy_based", "enumerate"})  # discrete state spaces
 
 
 def has_atoms(target: Any) -> bool:
@@ -212,22 +213,36 @@ def has_atoms(target: Any) -> bool:
     return bool(DISCRETE & set(getattr(target, "capabilities", ())))
 
 
-def rare_value_probability(target: Any) -> float | None:
-    """q_min: the smallest probability of a value that carries gradient coordinates, or ``None`` when the target
-    does not say (the rare-state rule of :func:`gradbench.stats.rare_state_verdict` then does not apply).
+def samplers_of(cell: Cell) -> tuple[str, ...]:
+    """The samplers a cell's verdict depends on: the exact posterior for estimators that require it (``oracle``),
+    else the proposal q."""
+    needs = registry.ESTIMATORS[cell.estimator].required(cell.estimator_params)
+    return ("posterior",) if "exact_posterior" in needs else ("q",)
 
-    For a factorised discrete q (Bernoulli or categorical, ``family.probs``): the smallest probability of any value
-    of any latent at any data point. Otherwise the target's own ``rare_value_probability()`` (the energy-based
-    models: the rarest value of a unit or sufficient statistic under p_θ, exact)."""
-    family = getattr(target, "family", None)
-    if family is not None and hasattr(family, "probs") and hasattr(target, "encoder_params"):
-        with torch.no_grad():
-            q = family.probs(target.encoder_params(), target.x).double()
-        if getattr(family.latent, "kind", "") == "binary":
-            q = torch.cat([q, 1 - q])
-        return float(q.min())
+
+def rare_value_probability(target: Any, samplers: tuple[str, ...] = ("q",)) -> float | None:
+    """q_min: the smallest probability of a value that carries gradient coordinates under the samplers the verdict
+    depends on, or ``None`` when the target does not say (the rare-state rule of
+    :func:`gradbench.stats.rare_state_verdict` then does not apply, and :func:`rare_state_unchecked` says so).
+
+    A target that declares ``state_probabilities`` (the contract method, :class:`gradbench.contracts.Target`): the
+    smallest probability of any value of any latent at any data point under each of ``samplers`` (``q``,
+    ``posterior``). An energy-based target: its own ``rare_value_probability()`` (the rarest value of a unit or
+    sufficient statistic under p_θ, exact)."""
+    if "state_probabilities" in getattr(target, "capabilities", ()):
+        table = target.state_probabilities()
+        values = [float(table[s].min()) for s in samplers if s in table]
+        return min(values) if values else None
     own = getattr(target, "rare_value_probability", None)
     return float(own()) if callable(own) else None
+
+
+def rare_state_unchecked(target: Any, q_min: float | None) -> str:
+    """Non-empty for a discrete target whose rare states could not be checked (no ``state_probabilities``)."""
+    if q_min is not None or not has_atoms(target):
+        return ""
+    return ("rare latent values not checked: the target does not declare state_probabilities, so a bias verdict "
+            "cannot be flagged inconclusive when a rare value is absent from the replicates")
 
 
 def rare_state_warning(target: Any, sample: GradSample, q_min: float | None = None) -> str:

@@ -68,35 +68,66 @@ LAZY_COMMANDS = {
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Import MODULE, which registers models/estimators/protocols/families (repeatable; any command). "
+                   "Installed plugins' entry points and a suite's plugins: are loaded too.")
 @click.version_option(package_name="gradbench")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, plugins: tuple[str, ...]) -> None:
     """gradbench: benchmark Monte Carlo gradient estimators against exact gradients."""
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "plugins": plugins}
+    load_plugins(plugins)
+
+
+def load_plugins(modules: tuple[str, ...] = ()) -> None:
+    """Installed plugins' entry points and the ``--plugin`` modules; a failure is one line (exit 2)."""
+    from gradbench import registry
+
+    try:
+        registry.load_entry_points()
+        registry.load_plugin_modules(modules)
+    except registry.PluginError as exc:
+        raise UserError(f"--plugin: {exc}") from None
+
+
+def cli_plugins() -> tuple[str, ...]:
+    """The ``--plugin`` modules of this invocation (added to every cell's plugins, so Dask workers import them)."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return tuple((root.obj or {}).get("plugins", ())) if root is not None else ()
 
 
 # -- list / show --------------------------------------------------------------------------------
-SECTIONS = ("models", "estimators", "protocols")
+SECTIONS = ("models", "estimators", "protocols", "families")
+SINGULAR = {"models": "model", "estimators": "estimator", "protocols": "protocol", "families": "family"}
 
 
 def _sections() -> dict[str, dict[str, Any]]:
     from gradbench import registry
 
-    return {"models": registry.MODELS, "estimators": registry.ESTIMATORS, "protocols": registry.PROTOCOLS}
+    return {"models": registry.MODELS, "estimators": registry.ESTIMATORS, "protocols": registry.PROTOCOLS,
+            "families": registry.FAMILIES}
+
+
+def describe(entry: Any) -> str:
+    """An entry's description as printed (development notes such as issue numbers left out)."""
+    import re
+
+    return re.sub(r"\s*\(issue \d+\)|\bissues? \d+:\s*", "", entry.description).strip()
 
 
 @cli.command("list")
 @click.argument("what", type=click.Choice([*SECTIONS, "all"]), default="all")
 @click.option("-v", "--verbose", is_flag=True, help="Also list every parameter: type, default, description.")
 def list_cmd(what: str, verbose: bool) -> None:
-    """List registered estimators, models and protocols with one-line descriptions."""
+    """List registered models, estimators, protocols and variational families with one-line descriptions."""
     for name, entries in _sections().items():
         if what not in ("all", name):
             continue
         click.echo(f"{name}:")
         width = max(len(k) for k in entries)
         for key, entry in entries.items():
-            click.echo(f"  {key:<{width}}  {entry.description}")
+            click.echo(f"  {key:<{width}}  {describe(entry)}")
             if verbose:
                 for line in param_lines(entry):
                     click.echo(f"  {'':<{width}}    {line}")
@@ -107,16 +138,36 @@ def list_cmd(what: str, verbose: bool) -> None:
 @cli.command()
 @click.argument("name")
 def show(name: str) -> None:
-    """Describe one model, estimator or protocol: each parameter's type, default and description."""
+    """Describe one model, estimator, protocol or family: capabilities, each parameter's type, default, description."""
+    from gradbench import registry
+
     found = [(section, entries[name]) for section, entries in _sections().items() if name in entries]
     if not found:
         from gradbench.suite import did_you_mean
 
         known = [k for entries in _sections().values() for k in entries]
-        raise UserError(f"no model, estimator or protocol named {name!r}{did_you_mean(name, known)} "
+        raise UserError(f"no model, estimator, protocol or family named {name!r}{did_you_mean(name, known)} "
                         "(see `gradbench list`)")
     for section, entry in found:
-        click.echo(f"{name} ({section[:-1]}): {entry.description}")
+        click.echo(f"{name} ({SINGULAR[section]}): {describe(entry)}")
+        if isinstance(entry, registry.Model):
+            caps = entry.provides if not callable(entry.provides) else entry.capabilities({})
+            click.echo(f"  provides: {', '.join(sorted(caps)) or 'nothing'}"
+                       + (" (with the default proposal; depends on it)" if callable(entry.provides) else ""))
+        elif isinstance(entry, registry.Estimator):
+            defaults = entry.params().model_dump()
+            objective = entry.objective(defaults).canonical()
+            click.echo(f"  estimates: {objective}; requires: {', '.join(sorted(entry.required(defaults))) or 'nothing'}"
+                       + (" (with the default parameters)" if callable(entry.requires) else "")
+                       + ("; and iwae_reference with a protocol that uses the reference (bias, variance)"
+                          if objective.kind == "iwae" else ""))
+        elif isinstance(entry, registry.Family):
+            users = ", ".join(entry.models) or "plugin models"
+            click.echo(f"  class: {entry.impl}; capabilities: {', '.join(sorted(entry.capabilities))}")
+            click.echo(f"  chosen by: proposal: {{family: {name}}} of {users} (its proposal parameters below)"
+                       if "family" in entry.proposal.model_fields else f"  used by: {users} (proposal parameters below)")
+        if name in registry.PLUGIN_MODULES:
+            click.echo(f"  plugin: {registry.PLUGIN_MODULES[name]}")
         lines = param_lines(entry)
         click.echo("\n".join(f"  {line}" for line in lines) if lines else "  (no parameters)")
 
@@ -131,7 +182,7 @@ def param_lines(entry: Any) -> list[str]:
         if schema is None:
             continue
         for field_name, info in schema.model_fields.items():
-            default = "required" if info.is_required() else f"= {info.default!r}"
+            default = "required" if info.is_required() else f"= {_default(info)}"
             bounds = [f"{op} {v}" for m in info.metadata for op, attr in ops
                       if (v := getattr(m, attr, None)) is not None]
             rng = f" ({', '.join(bounds)})" if bounds else ""
@@ -140,15 +191,27 @@ def param_lines(entry: Any) -> list[str]:
     return lines
 
 
+def _default(info: Any) -> str:
+    """A field's default as a suite would write it (a ``default_factory`` called, not ``PydanticUndefined``)."""
+    value = info.default_factory() if info.default_factory is not None else info.default
+    return repr(value)
+
+
 def _type_name(annotation: Any) -> str:
-    """``int``, ``int | 'auto' | None``, ``'maximal' | 'common_uniform'`` (Literal values quoted)."""
+    """``int``, ``list[int]``, ``int | 'auto' | None``, ``'maximal' | 'common_uniform'`` (Literal values quoted)."""
+    import types
     import typing
 
     args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is typing.Literal:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
         return " | ".join(repr(a) for a in args)
-    if args:
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in args)
+    if args:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
     if annotation is type(None):
         return "None"
     return getattr(annotation, "__name__", str(annotation))
@@ -208,6 +271,10 @@ def run(suite: Path, out: Path | None, device: str | None, replicates: int | Non
              "executor": executor, "scheduler": scheduler}
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     spec, cells = load_suite(suite, overrides, check_device=True)
+    if cli_plugins():  # Dask workers import a cell's plugins themselves
+        import dataclasses
+
+        cells = [dataclasses.replace(c, plugins=tuple(dict.fromkeys((*c.plugins, *cli_plugins())))) for c in cells]
     out = out or Path("runs") / spec.name
     check_out_folder(out, spec.name)
 

@@ -13,20 +13,24 @@ function of the suite's ``proposal`` block, which may choose a family), so ``gra
 refuses an impossible pairing before any cell runs.
 
 **Plugins** add models, estimators and protocols without editing gradbench:
-* entry points in the groups ``gradbench.models``, ``gradbench.estimators``, ``gradbench.protocols``
-  (and ``gradbench.families``: modules imported for their side effects), each pointing at a
-  :class:`Model` / :class:`Estimator` / :class:`Protocol` object (or a list of them);
+* entry points in the groups ``gradbench.models``, ``gradbench.estimators``, ``gradbench.protocols``,
+  ``gradbench.families``, each pointing at a :class:`Model` / :class:`Estimator` / :class:`Protocol` /
+  :class:`Family` object, a list of them, or a module that calls :func:`register` when imported;
+* ``gradbench --plugin MODULE …`` (any command): the module is imported and calls :func:`register`;
 * a suite's ``plugins: [my_package.my_module]``: the module is imported and calls
   :func:`register` with its entries.
-A plugin entry records its module; a cell's id covers that module's version (see ``code_version``).
+A cell's id covers the code that computes it: the import closure of its entries' modules (``cell_code``), with
+the source hash of each gradbench or plugin module and the version of a plugin installed as a distribution.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,9 +45,6 @@ from gradbench.estimators import params as ep
 from gradbench.models import params as mp
 
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
-
     from gradbench.core import GradSample, Reference
     from gradbench.protocols import ProtocolContext, Row
 
@@ -84,7 +85,7 @@ class Model(_CodeByPath):
     proposal: type[BaseModel]  # or its "module:attr"
     description: str
     provides: Callable[[dict[str, Any]], Capabilities] | Capabilities = frozenset()  # of the built target
-    modules: tuple[str, ...] = ()  # modules whose source computes the target (besides build's own)
+    modules: tuple[str, ...] = ()  # extra roots for cell ids: code loaded by name, which no import statement shows
 
     def capabilities(self, proposal: dict[str, Any]) -> Capabilities:
         return self.provides(proposal) if callable(self.provides) else self.provides
@@ -121,20 +122,7 @@ class Protocol(_CodeByPath):
     # fewest replicates whose rows mean anything: a standard error from R draws has R − 1 degrees of freedom,
     # and below 10 the normal-theory intervals and tests understate their width by > 15 % (t₉,₀.₉₇₅ = 2.26 vs 1.96)
     min_replicates: int = 1
-    modules: tuple[str, ...] = ()  # modules whose source computes its rows besides fn's own (for cell ids)
-
-
-def _build_ppca(
-    params: mp.PPCAParams,
-    proposal: mp.ProposalParams,
-    seed: int,
-    dtype: torch.dtype,
-    device: str,
-    data: np.ndarray | None = None,
-) -> Any:
-    from gradbench.models import ppca
-
-    return ppca.PPCA.synthetic(params, proposal, seed, dtype, device, data)
+    modules: tuple[str, ...] = ()  # extra roots for cell ids: code loaded by name, which no import statement shows
 
 
 _PPCA = frozenset({"exact_posterior", "real_latent", "log_prob"})
@@ -148,69 +136,66 @@ def _uivi_requires(p: dict[str, Any]) -> Capabilities:
 
 
 def _semi_implicit_q(proposal: dict[str, Any]) -> Capabilities:
-    """Issue 14: a semi-implicit q has log q only when T is linear (``hidden`` = 0)."""
+    """A semi-implicit q has log q only when T is linear (``hidden`` = 0)."""
     exact = not proposal.get("hidden", 0) or bool(proposal.get("n_atoms", 0))  # atoms: an exact Gaussian mixture
     continuous = not proposal.get("n_atoms", 0)  # ε ~ N(0, I): HMC over ε is possible (uivi reverse: hmc)
     return frozenset({"real_latent", "reparam", "implicit"} | ({"log_prob"} if exact else set())
                      | ({"mixing_density"} if continuous else set()))
 _GAUSSIAN_Q = frozenset({"reparam", "score", "log_prob"})
-_BERNOULLI_Q = frozenset({"score", "log_prob", "enumerate", "relaxed"})
+_BERNOULLI_Q = frozenset({"score", "log_prob", "enumerate", "relaxed", "logits", "gumbel_noise", "state_probabilities"})
 _EBM = frozenset({"energy_based"})  # p_θ(x) ∝ exp(−F_θ(x)), no per-datum latents: exact sampling / Gibbs kernels
 
 MODELS: dict[str, Model] = {m.name: m for m in [
-    Model("ppca", _build_ppca, mp.PPCAParams, mp.ProposalParams,
+    Model("ppca", "gradbench.models.ppca:PPCA.synthetic", mp.PPCAParams, mp.ProposalParams,
           "probabilistic PCA: exact log-likelihood gradient, exact posterior, proposal with mismatch (δ, s)",
-          _PPCA, ("gradbench.models.ppca",)),
+          _PPCA),
     Model("ppca_encoder", "gradbench.models.ppca_encoder:PPCAEncoder.synthetic", mp.PPCAEncoderParams, mp.EncoderParams,
           "PPCA with a linear-Gaussian encoder q_φ(z|x) = N(Ax+b, diag e^{2c}): exact ∇θ/∇φ ELBO; IWAE_K references estimated",
-          _PPCA | _GAUSSIAN_Q | {"analytic_kl"}, ("gradbench.models.ppca", "gradbench.models.ppca_encoder")),
+          _PPCA | _GAUSSIAN_Q | {"analytic_kl", "iwae_reference"}),
     Model("vae", "gradbench.models.vae:build", mp.VAEParams, mp.GaussianProposal,
           "VAE: z ~ N(0, I), MLP decoder (Bernoulli/Gaussian); Gaussian mean-field or amortised q; exact references by "
           "adaptive Gauss–Hermite quadrature for latent_dim ≤ 3",
-          _GAUSSIAN_Q | {"real_latent", "analytic_kl"},
-          ("gradbench.models.vae", "gradbench.families.gaussian", "gradbench.references.quadrature")),
+          _GAUSSIAN_Q | {"real_latent", "analytic_kl", "iwae_reference"}),
     Model("sbn", "gradbench.models.sbn:build", mp.SBNParams, mp.BernoulliProposal,
           "sigmoid belief net (binary latents, 1–2 layers, linear or MLP conditionals), factorised Bernoulli q: exact "
           "references by enumerating the 2^k latent states (k ≤ 16)",
-          _BERNOULLI_Q | {"binary_latent", "exact_posterior"},
-          ("gradbench.models.sbn", "gradbench.families.bernoulli", "gradbench.references.enumeration")),
+          _BERNOULLI_Q | {"binary_latent", "exact_posterior", "iwae_reference"}),
     Model("rbm", "gradbench.models.ebm:RBM.build", mp.RBMParams, mp.NoProposal,
           "binary RBM (energy-based): exact log Z, ∇θ log p(x) by enumerating ≤ 16 hidden units; synthetic or binarised digits",
-          _EBM, ("gradbench.models.ebm",)),
+          _EBM),
     Model("ising", "gradbench.models.ebm:Ising.build", mp.IsingParams, mp.NoProposal,
           "fully visible ±1 Boltzmann machine, ≤ 20 spins: exact log Z, ∇θ log p(x) by enumerating 2^n states",
-          _EBM, ("gradbench.models.ebm",)),
-    # issue 14: semi-implicit q
+          _EBM),
+    # semi-implicit q
     Model("ppca_semi_implicit", "gradbench.models.semi_implicit:build_ppca", mp.PPCAParams, mp.SemiImplicitProposal,
           "PPCA with a semi-implicit q (ε ~ N(0, I_m), z|ε ~ N(Aε + b [+ MLP], diag d²)): exact ∇φ ELBO (linear T)",
-          lambda p: _semi_implicit_q(p), ("gradbench.models.ppca", "gradbench.families.semi_implicit")),
+          lambda p: _semi_implicit_q(p)),
     Model("vae_semi_implicit", "gradbench.models.semi_implicit:build_vae", mp.VAEParams, mp.SemiImplicitProposal,
           "VAE decoder with a semi-implicit q started at the Laplace approximation: quadrature ∇φ ELBO (linear T, k ≤ 3)",
-          lambda p: _semi_implicit_q(p), ("gradbench.models.vae", "gradbench.families.semi_implicit",
-                                          "gradbench.references.quadrature")),
+          lambda p: _semi_implicit_q(p)),
     Model("toy2d_semi_implicit", "gradbench.models.toy2d:build", mp.Toy2DParams, mp.SemiImplicitProposal,
           "2-D banana / X-shaped density of the SIVI/UIVI papers (no data) with a semi-implicit q: quadrature ∇φ ELBO",
-          lambda p: _semi_implicit_q(p), ("gradbench.models.toy2d", "gradbench.models.semi_implicit",
-                                          "gradbench.families.semi_implicit", "gradbench.references.quadrature")),
-    # issue 13: discrete latent variables
+          lambda p: _semi_implicit_q(p)),
+    # discrete latent variables
     Model("bernoulli_toy", "gradbench.models.bernoulli_toy:build", mp.BernoulliToyParams,
           mp.BernoulliToyProposal,
           "REBAR/RELAX toy: min_φ E_{b~Bern(σ(φ))} Σ_j (b_j − t)² (t = 0.499); exact ∇φ = (1 − 2t)σ(φ)(1 − σ(φ)) as phi_elbo",
-          _BERNOULLI_Q | {"binary_latent"}, ("gradbench.models.bernoulli_toy", "gradbench.families.bernoulli")),
+          _BERNOULLI_Q | {"binary_latent"}),
     Model("categorical_vae", "gradbench.models.categorical:build", mp.CategoricalVAEParams, mp.CategoricalProposal,
           "categorical VAE (k latents × C classes; Kool et al. 2020: 2 × 10), linear or MLP decoder to Bernoulli pixels, "
           "amortised softmax encoder: exact references by enumerating the C^k states",
-          frozenset({"score", "log_prob", "enumerate", "relaxed", "categorical_latent", "exact_posterior"}),
-          ("gradbench.models.categorical", "gradbench.families.categorical", "gradbench.references.enumeration")),
+          frozenset({"score", "log_prob", "enumerate", "relaxed", "logits", "gumbel_noise", "state_probabilities",
+                     "categorical_latent", "exact_posterior", "iwae_reference"})),
 ]}
 
 _PHI_ELBO = Objective("phi", "elbo")
 _SAMPLE = frozenset({"log_prob"})  # draws from q and evaluates log q (importance weights)
 _REPARAM = frozenset({"reparam", "log_prob"})
 _SCORE = frozenset({"score", "log_prob"})
-_BINARY_SCORE = frozenset({"score", "log_prob", "binary_latent"})  # issue 13: factorised Bernoulli q
-_DISCRETE_SCORE = frozenset({"score", "log_prob", "enumerate"})  # issue 13: a finite q with logits (binary or categorical)
-_RELAXED = _DISCRETE_SCORE | {"relaxed"}  # issue 13: and its Concrete / Gumbel-softmax relaxation
+_DISCRETE_SCORE = frozenset({"score", "log_prob", "enumerate", "logits"})  # a finite q with logits (binary or categorical)
+_BINARY_SCORE = _DISCRETE_SCORE | {"binary_latent"}  # a factorised Bernoulli q
+_GUMBEL = frozenset({"gumbel_noise"})  # the estimator transforms the family's uniforms itself (antithetic, relaxed)
+_RELAXED = _DISCRETE_SCORE | {"relaxed"} | _GUMBEL  # and its Concrete / Gumbel-softmax relaxation
 
 
 def _iwae_objective(p: dict[str, Any]) -> Objective:
@@ -258,7 +243,7 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
               "EBM: persistent CD, S chains of a given age (explicit state; biased at finite age)", requires=_EBM),
     Estimator("coupled_gibbs", _E + "ebm:coupled_gibbs", ep.CoupledGibbsParams,
               "EBM: unbiased lag-L H_{k:m} from coupled Gibbs chains (maximal couplings of the Bernoulli conditionals)", requires=_EBM),
-    # issue 14: semi-implicit and MCMC-enriched families
+    # semi-implicit and MCMC-enriched families
     Estimator("sivi", _E + "semi_implicit:sivi", ep.SIVIParams,
               "gradient of the SIVI bound with K extra mixing draws (Yin & Zhou 2018; biased for ∇φ ELBO, → 0 as K grows)",
               _PHI_ELBO, frozenset({"reparam", "implicit"})),
@@ -271,11 +256,11 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator("vcd", _E + "semi_implicit:vcd", ep.VCDParams,
               "−∇φ L_VCD with t HMC steps on p(z|x) and a leave-one-out control variate (Ruiz & Titsias 2019)",
               _PHI_ELBO, _REPARAM),
-    # issue 13: discrete-latent ∇φ estimators (factorised Bernoulli q; gradbench.estimators.discrete)
+    # discrete-latent ∇φ estimators (gradbench.estimators.discrete)
     Estimator("arm", _E + "discrete:arm", ep.ARMParams, "ARM ∇φ ELBO (Yin & Zhou 2019): antithetic pair, (f(b¹) − f(b²))(u − ½)",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _BINARY_SCORE | _GUMBEL),
     Estimator("disarm", _E + "discrete:disarm", ep.DisARMParams, "DisARM ∇φ ELBO (Dong et al. 2020): ARM Rao–Blackwellised over the pair",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _BINARY_SCORE | _GUMBEL),
     Estimator("rloo", _E + "discrete:rloo", ep.RLOOParams, "REINFORCE leave-one-out ∇φ ELBO on binary latents (Kool et al. 2019), S samples",
               _PHI_ELBO, _DISCRETE_SCORE),
     Estimator("nvil", _E + "discrete:nvil", ep.NVILParams, "NVIL ∇φ ELBO (Mnih & Gregor 2014): running mean + input-dependent baseline, warm-up steps",
@@ -285,13 +270,13 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator("straight_through", _E + "discrete:straight_through", ep.RelaxedParams, "straight-through Gumbel ∇φ: hard forward, relaxed backward (biased)",
               _PHI_ELBO, _RELAXED),
     Estimator("rebar", _E + "discrete:rebar", ep.REBARParams, "REBAR ∇φ ELBO (Tucker et al. 2017): η, λ fixed or learned in warm-up",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _BINARY_SCORE | _GUMBEL),
     Estimator("relax", _E + "discrete:relax", ep.RELAXParams, "RELAX ∇φ ELBO (Grathwohl et al. 2018): surrogate c_ψ trained in warm-up to minimise variance",
-              _PHI_ELBO, _BINARY_SCORE),
+              _PHI_ELBO, _BINARY_SCORE | _GUMBEL),
     Estimator("wake_sleep", _E + "discrete:wake_sleep", ep.WakeSleepParams, "sleep-phase φ-update (Hinton et al. 1995), measured against ∇φ ELBO (biased)",
               _PHI_ELBO, _BINARY_SCORE),
     Estimator("reweighted_wake_sleep", _E + "discrete:reweighted_wake_sleep", ep.RWSParams,
-              "RWS wake-φ update (Bornschein & Bengio 2015), K samples, measured against ∇φ ELBO (biased)", _PHI_ELBO, _BINARY_SCORE),
+              "RWS wake-φ update (Bornschein & Bengio 2015), K samples, measured against ∇φ ELBO (biased)", _PHI_ELBO, _BINARY_SCORE | _GUMBEL),
     Estimator("sum_and_sample", _E + "sum_and_sample:sum_and_sample", ep.SumAndSampleParams,
               "sum-and-sample ∇φ ELBO (Liu et al. 2019): m most probable states summed, one sampled from the rest (unbiased)",
               _PHI_ELBO, _DISCRETE_SCORE),
@@ -321,13 +306,64 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
              "issue 15: train θ and φ with estimator 'train' → test_loglik, train_loglik, steps, evals, seconds; curves.parquet", False,
              modules=("gradbench.protocols.train_ebm",)),
     Protocol("snr", "gradbench.protocols.snr:snr", "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False, min_replicates=MIN_REPLICATES),
-    Protocol("mcmc", "gradbench.protocols.mcmc:mcmc", "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size (issue 14)", False, min_replicates=MIN_REPLICATES),
+    Protocol("mcmc", "gradbench.protocols.mcmc:mcmc", "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size", False, min_replicates=MIN_REPLICATES),
+]}
+
+
+def required_capabilities(estimator: str, params: dict[str, Any], protocols: tuple[str, ...] | list[str] = ()) \
+        -> Capabilities:
+    """What a cell needs of its target: the estimator's requirements, and ``iwae_reference`` when it estimates an
+    IWAE objective and a protocol of the cell compares against the reference (``bias``)."""
+    entry = ESTIMATORS[estimator]
+    needs = set(entry.required(params))
+    if entry.objective(params).canonical().kind == "iwae" and any(PROTOCOLS[p].uses_reference for p in protocols
+                                                                   if p in PROTOCOLS):
+        needs.add("iwae_reference")
+    return frozenset(needs)
+
+
+@dataclass(frozen=True)
+class Family(_CodeByPath):
+    """A variational family as ``gradbench list families`` / ``show`` describe it: chosen by a model's ``proposal``
+    block (``family: NAME`` where the block has that key), with the capabilities its class declares."""
+
+    name: str
+    impl: str  # "module:Class" of the contract-v2 family (gradbench.contracts.Family); not imported by list/show
+    description: str
+    proposal: type[BaseModel]  # the proposal block that selects and shapes it; or its "module:attr"
+    capabilities: Capabilities = frozenset()
+    models: tuple[str, ...] = ()  # models whose proposal block can choose it
+
+
+_F = "gradbench.families."
+_GAUSSIAN_FAMILY = frozenset({"reparam", "score", "log_prob", "analytic_kl"})
+_BERNOULLI_FAMILY = frozenset({"score", "log_prob", "enumerate", "relaxed", "logits", "gumbel_noise"})
+FAMILIES: dict[str, Family] = {f.name: f for f in [
+    Family("gaussian_mean_field", _F + "gaussian:GaussianMeanField",
+           "q(z|x_n) = N(m_n, diag s_n²), free mean and log-std per data point, started at the Laplace approximation",
+           mp.GaussianProposal, _GAUSSIAN_FAMILY, ("vae",)),
+    Family("gaussian_encoder", _F + "gaussian:GaussianEncoder",
+           "amortised q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²) from an MLP (encoder_hidden), fitted to the Laplace approximation",
+           mp.GaussianProposal, _GAUSSIAN_FAMILY, ("vae",)),
+    Family("bernoulli_encoder", _F + "bernoulli:BernoulliEncoder",
+           "amortised factorised Bernoulli q_φ(z|x) = Π_j Bern(σ(ℓ_j(x))), ℓ linear or a tanh MLP; uniform noise u, z = 1[u < σ(ℓ)]",
+           mp.BernoulliProposal, _BERNOULLI_FAMILY, ("sbn",)),
+    Family("bernoulli_mean_field", _F + "bernoulli:BernoulliMeanField",
+           "factorised Bernoulli with free logits per data point; uniform noise u, z = 1[u < σ(ℓ)]",
+           mp.BernoulliProposal, _BERNOULLI_FAMILY, ("sbn", "bernoulli_toy")),
+    Family("categorical_encoder", _F + "categorical:CategoricalEncoder",
+           "amortised q_φ(z|x) = Π_j Cat(softmax(ℓ_j(x))), ℓ linear or a tanh MLP; Gumbel-max draws from C uniforms per latent",
+           mp.CategoricalProposal, _BERNOULLI_FAMILY, ("categorical_vae",)),
+    Family("semi_implicit", _F + "semi_implicit:SemiImplicitGaussian",
+           "ε ~ N(0, I_m) (or n_atoms atoms), z|ε ~ N(Aε + b [+ MLP(ε)], diag d²); log q exact when linear (hidden: 0)",
+           mp.SemiImplicitProposal, frozenset({"reparam", "implicit", "log_prob", "mixing_density"}),
+           ("ppca_semi_implicit", "vae_semi_implicit", "toy2d_semi_implicit")),
 ]}
 
 
 # -- plugins -----------------------------------------------------------------------------------
 ENTRY_POINT_GROUPS = {"gradbench.models": MODELS, "gradbench.estimators": ESTIMATORS, "gradbench.protocols": PROTOCOLS,
-                      "gradbench.families": None}
+                      "gradbench.families": FAMILIES}
 PLUGIN_MODULES: dict[str, str] = {}  # entry name → module that registered it (for cell ids)
 
 
@@ -335,13 +371,14 @@ class PluginError(Exception):
     """A plugin that cannot be loaded or registers something invalid (one line)."""
 
 
-def register(*entries: Model | Estimator | Protocol, module: str | None = None) -> None:
+def register(*entries: Model | Estimator | Protocol | Family, module: str | None = None) -> None:
     """Add entries to the registry (a plugin module calls this at import). A name already taken is refused."""
     for entry in entries:
         table: dict[str, Any] = MODELS if isinstance(entry, Model) else ESTIMATORS if isinstance(entry, Estimator) \
-            else PROTOCOLS if isinstance(entry, Protocol) else None  # type: ignore[assignment]
+            else PROTOCOLS if isinstance(entry, Protocol) else FAMILIES if isinstance(entry, Family) \
+            else None  # type: ignore[assignment]
         if table is None:
-            raise PluginError(f"cannot register {entry!r}: expected a registry.Model, Estimator or Protocol")
+            raise PluginError(f"cannot register {entry!r}: expected a registry.Model, Estimator, Protocol or Family")
         owner = module or _defining_module(entry)
         if entry.name in table and PLUGIN_MODULES.get(entry.name) != owner:
             if table[entry.name] is entry:
@@ -352,6 +389,8 @@ def register(*entries: Model | Estimator | Protocol, module: str | None = None) 
 
 
 def _defining_module(entry: Any) -> str:
+    if isinstance(entry, Family):
+        return entry.impl.partition(":")[0]
     return entry.module_of("build" if isinstance(entry, Model) else "fn")
 
 
@@ -369,51 +408,66 @@ def load_plugin_modules(modules: tuple[str, ...] | list[str]) -> None:
 @lru_cache(maxsize=1)
 def load_entry_points() -> None:
     """Register every installed plugin's entry points (once per process)."""
-    for group, table in ENTRY_POINT_GROUPS.items():
+    for group in ENTRY_POINT_GROUPS:
         for point in importlib.metadata.entry_points(group=group):
             try:
                 obj = point.load()
             except Exception as exc:  # noqa: BLE001
                 raise PluginError(f"entry point {group}:{point.name} ({point.value}) failed to load: {type(exc).__name__}: {exc}") \
                     from None
-            if table is None:  # families: imported for their side effects
+            if isinstance(obj, type(sys)):  # a module, imported for its side effects (it may call register)
                 continue
             for entry in obj if isinstance(obj, (list, tuple)) else [obj]:
                 register(entry, module=point.module)
 
 
 def code_version(module: str) -> str:
-    """What a cell's id records of the code that computes it: ``<dist>==<version>`` for a module of an installed
-    distribution other than gradbench, else a hash of the module's source file (edits invalidate cells)."""
+    """What a cell's id records of one module: ``<dist>==<version>`` for a module of an installed distribution other
+    than gradbench, else a hash of the module's source file (edits invalidate cells)."""
     return _code_version(module)
 
 
 @cache
 def _code_version(module: str) -> str:
+    dist = _distribution(module)
+    if dist is not None:
+        return dist
+    source = _source(module)
+    return hashlib.sha256(source).hexdigest()[:16] if source else "unknown"
+
+
+def _distribution(module: str) -> str | None:
+    """``<dist>==<version>`` of the installed distribution (other than gradbench) that provides ``module``."""
     top = module.split(".")[0]
-    if top != "gradbench":
-        dists = importlib.metadata.packages_distributions().get(top, [])
-        for dist in dists:
-            try:
-                return f"{dist}=={importlib.metadata.version(dist)}"
-            except importlib.metadata.PackageNotFoundError:
-                pass
+    if top == "gradbench":
+        return None
+    for dist in importlib.metadata.packages_distributions().get(top, []):
+        try:
+            return f"{dist}=={importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return None
+
+
+def _source(module: str) -> bytes:
+    """The source of ``module`` (empty when it has none), found without importing it when it is not imported yet
+    (so that ``validate`` stays torch-free)."""
     mod = sys.modules.get(module)
     origin = getattr(mod, "__file__", None) if mod is not None else None
-    if origin is None:  # find the source without importing it or its parent packages (validate stays torch-free)
+    if origin is None:
         origin = _source_path(module)
     try:
-        source = Path(origin).read_bytes() if origin else b""
+        return Path(origin).read_bytes() if origin and origin.endswith(".py") else b""
     except OSError:
-        return "unknown"
-    if not source:
-        return "unknown"
-    return hashlib.sha256(source).hexdigest()[:16]
+        return b""
 
 
 def _source_path(module: str) -> str | None:
     top, *rest = module.split(".")
-    spec = importlib.util.find_spec(top)
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
     if spec is None:
         return None
     if not rest:
@@ -426,20 +480,115 @@ def _source_path(module: str) -> str | None:
     return None
 
 
+# -- the code a cell depends on: the import closure of its entries ------------------------------
+NOT_FOLLOWED = frozenset({"gradbench.registry"})  # names code, computes nothing (by-name runs: Estimator.runs)
+
+
+def _is_module(name: str) -> bool:
+    return name in sys.modules or _source_path(name) is not None
+
+
+@cache
+def module_imports(module: str) -> frozenset[str]:
+    """The modules ``module``'s source imports that are followed for cell ids: gradbench modules and modules of
+    the same top-level package as ``module`` (a plugin's own helpers), read with :mod:`ast` (nothing is imported).
+
+    Counted: ``import a.b``, ``from a import b`` (``a.b`` when it is a module, else ``a``), relative imports, imports
+    inside functions (lazy imports compute too), parent packages (their ``__init__`` runs on import), and string
+    constants that name such a module exactly (``importlib.import_module("gradbench.target")``). Not counted:
+    imports under ``if TYPE_CHECKING:`` (annotations only) and :data:`NOT_FOLLOWED`.
+    """
+    source = _source(module)
+    if not source:
+        return frozenset()
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return frozenset()
+    top = module.split(".")[0]
+    is_package = (_source_path(module) or "").endswith("__init__.py")
+    package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def add(name: str) -> None:
+        if name.split(".")[0] in ("gradbench", top) and name != module and name not in NOT_FOLLOWED:
+            found.add(name)
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                add(sub if _is_module(sub) else base)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_NAME.fullmatch(node.value) \
+                and node.value.split(".")[0] in ("gradbench", top) and _is_module(node.value):
+            add(node.value)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    for name in list(found):  # importing a.b.c runs a/__init__ and a/b/__init__
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            add(".".join(parts[:i]))
+    return frozenset(found)
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def import_closure(roots: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``roots`` and every module they import, transitively (:func:`module_imports`), sorted; a module of an installed
+    distribution other than gradbench is a leaf (its version is recorded, not its source)."""
+    seen: set[str] = set()
+    stack = [r for r in roots if r not in NOT_FOLLOWED]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if _distribution(name) is None:
+            stack += module_imports(name) - seen
+    return tuple(sorted(seen))
+
+
+def cell_roots(model: str, estimator: str, params: dict[str, Any] | None, protocols: tuple[str, ...] | list[str]) \
+        -> tuple[str, ...]:
+    """The modules a cell's entries are defined in (the model's build, the family it may choose is imported by it,
+    the estimator and those it runs by name, the protocols) and the plugin modules that registered any of them."""
+    m, p = MODELS[model], [PROTOCOLS[name] for name in protocols]
+    roots = [m.module_of("build"), *m.modules, *estimator_modules(estimator, params),
+             *(r for proto in p for r in (proto.module_of("fn"), *proto.modules))]
+    owners = [PLUGIN_MODULES.get(name) for name in (model, estimator, *protocols)]
+    return tuple(dict.fromkeys([*roots, *(o for o in owners if o)]))
+
+
+def cell_code(model: str, estimator: str, params: dict[str, Any] | None,
+              protocols: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
+    """``(module, version or source hash)`` of every module in the import closure of the cell's entries: what a cell's
+    id covers of the code that computes it. Editing any of them, or upgrading a plugin's distribution, re-runs it."""
+    return tuple((name, code_version(name)) for name in import_closure(cell_roots(model, estimator, params, protocols)))
+
+
 def estimator_modules(name: str, params: dict[str, Any] | None = None) -> tuple[str, ...]:
-    """Modules whose source determines an estimator's output: its own module, the contract it runs on, and those of
-    the registered estimators it runs inside (``Estimator.runs``, e.g. a train cell's θ- and φ-estimators)."""
+    """The modules an estimator is defined in: its own and those of the registered estimators it runs by name
+    (``Estimator.runs``, e.g. a train cell's θ- and φ-estimators)."""
     entry = ESTIMATORS[name]
     inner = [m for n in entry.runs(params or {}) for m in estimator_modules(n)]
-    return tuple(dict.fromkeys([entry.module_of("fn"), "gradbench.contracts", "gradbench.target", "gradbench.core", *inner]))
-
-
-def model_modules(name: str) -> tuple[str, ...]:
-    entry = MODELS[name]
-    return tuple(dict.fromkeys([entry.module_of("build"), *entry.modules]))
-
-
-def protocol_modules(name: str) -> tuple[str, ...]:
-    entry = PROTOCOLS[name]
-    return tuple(dict.fromkeys([entry.module_of("fn"), *entry.modules, "gradbench.stats"]))
-
+    return tuple(dict.fromkeys([entry.module_of("fn"), *inner]))

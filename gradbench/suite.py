@@ -214,7 +214,7 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         grid = _grid(src, ("estimators", i, "params"), e.params, registry.ESTIMATORS[e.name].params)
         estimators += [(e.name, p) for p in grid]
         estimator_locs += [i] * len(grid)
-    _check_capabilities(src, targets, target_locs, estimators, estimator_locs)
+    _check_capabilities(src, targets, target_locs, estimators, estimator_locs, suite.protocols)
     for (name, _), ei in zip(estimators, estimator_locs):  # issue 15: a training run is its own kind of cell
         if (name == "train") != (suite.protocols == ["train"]):
             raise SuiteError(src.at(("estimators", ei, "name") if name == "train" else ("protocols",),
@@ -225,12 +225,9 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         raise SuiteError(src.at((), f"the grids expand to {n_cells} cells, more than max_cells = {suite.max_cells}; "
                                     "set max_cells higher in the suite to allow it"))
     plugins = tuple(suite.plugins)
-    protocol_code = [m for name in suite.protocols for m in registry.protocol_modules(name)]
 
     def code(target: TargetConfig, estimator: str, params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-        modules = dict.fromkeys([*registry.model_modules(target.model), *registry.estimator_modules(estimator, params),
-                                 *protocol_code])
-        return (("gradbench", _gradbench_version()), *((m, registry.code_version(m)) for m in modules))
+        return (("gradbench", _gradbench_version()), *registry.cell_code(target.model, estimator, params, suite.protocols))
 
     return [
         Cell(t, name, params, tuple(suite.protocols), suite.replicates, suite.device, suite.dtype, plugins, code(t, name, params))
@@ -269,12 +266,13 @@ def _data_spec(src: _SourceMap, loc: Loc, raw: dict[str, Any]) -> dict[str, Any]
 
 
 def _check_capabilities(src: _SourceMap, targets: list[TargetConfig], target_locs: list[int],
-                        estimators: list[tuple[str, dict[str, Any]]], estimator_locs: list[int]) -> None:
+                        estimators: list[tuple[str, dict[str, Any]]], estimator_locs: list[int],
+                        protocols: list[str] | tuple[str, ...] = ()) -> None:
     """Refuse an estimator on a target that lacks a capability it requires (before any cell runs)."""
     for t, ti in zip(targets, target_locs):
         provides = registry.MODELS[t.model].capabilities(t.proposal)
         for (name, params), ei in zip(estimators, estimator_locs):
-            missing = sorted(registry.ESTIMATORS[name].required(params) - provides)
+            missing = sorted(registry.required_capabilities(name, params, protocols) - provides)
             if missing:
                 family = t.proposal.get("family")
                 what = f"model {t.model!r}" + (f" with family {family!r}" if family else "")

@@ -33,6 +33,33 @@ def per_replicate_grad(fn: Callable[..., Any], params: Params, *batched: Tensor,
     return torch.func.vmap(grad, in_dims=(None, *([0] * len(batched))))(params, *batched)
 
 
+def value_probabilities(latent: Any, marginals: Tensor) -> Tensor:
+    """Probabilities of every value of every coordinate from marginals: binary P(z_j = 1) [N, k] → [N, 2k] (both
+    values); categorical P(z_j = c) [N, k·C] as it is."""
+    return torch.cat([marginals, 1 - marginals], -1) if latent.kind == "binary" else marginals
+
+
+JOINT = frozenset({"analytic_kl"})  # a target has these only when the model and the family both declare them
+
+
+def declared_capabilities(model: Model, family: Family, provides: frozenset[str] = frozenset(),
+                          reference_builders: Mapping[str, Any] | None = None) -> frozenset[str]:
+    """A composed target's capabilities, from what its parts declare (nothing is inferred from the methods they
+    happen to have): the family's ``capabilities``, the model's (``capabilities``, optional, e.g. ``exact_posterior``),
+    the latent space's kind, ``provides`` given by the builder; ``analytic_kl`` when both model (log p(x | z) under a
+    N(0, I) prior) and family (KL to N(0, I)) declare it; ``iwae_reference`` when a builder for an IWAE objective is
+    given; ``state_probabilities`` when the family declares ``logits`` or ``state_probabilities``."""
+    fam, mod = frozenset(getattr(family, "capabilities", ())), frozenset(getattr(model, "capabilities", ()))
+    caps = set((fam | mod) - JOINT) | set(provides) | (fam & mod & JOINT)
+    if model.latent.capability:
+        caps.add(model.latent.capability)
+    if {"theta_iwae", "phi_iwae"} & set(reference_builders or ()):
+        caps.add("iwae_reference")
+    if {"logits", "state_probabilities"} & fam:
+        caps.add("state_probabilities")
+    return frozenset(caps)
+
+
 @dataclass
 class ComposedTarget:
     """A model and a variational family at (θ, φ) on data x: what generic estimators and references use.
@@ -61,14 +88,7 @@ class ComposedTarget:
         self.phi = {k: v.detach() for k, v in self.phi.items()}
         self.layout = self.model.layout
         self.phi_layout = self.family.layout
-        caps = set(self.family.capabilities) | set(self.provides)
-        if self.model.latent.capability:
-            caps.add(self.model.latent.capability)
-        if hasattr(self.model, "sample_posterior"):
-            caps.add("exact_posterior")
-        if hasattr(self.model, "log_lik") and hasattr(self.family, "kl_standard_normal"):
-            caps.add("analytic_kl")
-        self.capabilities = frozenset(caps)
+        self.capabilities = declared_capabilities(self.model, self.family, self.provides, self.reference_builders)
 
     def at(self, *, theta: Params | None = None, phi: Params | None = None, x: Tensor | None = None) -> ComposedTarget:
         """The same model and family at new (θ, φ) and/or data x (e.g. a training minibatch); references are not
@@ -227,6 +247,8 @@ class ComposedTarget:
 
     # -- references ---------------------------------------------------------------------------
     def reference(self, wrt: str | Objective = "theta") -> Reference:
+        """The reference of an objective, float64 whatever the target's dtype: a builder of a float32 target gets a
+        float64 copy of it (the same rounded θ, φ, x), and every tensor of the result is cast to float64."""
         objective = Objective.parse(wrt).canonical()
         if objective.key not in self._references:
             builder = self.reference_builders.get(objective.key) or self.reference_builders.get(
@@ -234,11 +256,41 @@ class ComposedTarget:
             if builder is None:
                 raise ValueError(f"{type(self.model).__name__} target has no reference for {objective.key!r} "
                                  f"(has: {', '.join(self.reference_builders) or 'none'})")
-            self._references[objective.key] = builder(self, objective)
+            f64 = lambda p: {k: v.detach().to(torch.float64) for k, v in p.items()}
+            at64 = self if self.dtype == torch.float64 else self.at(theta=f64(self.theta), phi=f64(self.phi),
+                                                                   x=self.x.to(torch.float64))
+            ref = builder(at64, objective)
+            self._references[objective.key] = dataclasses.replace(ref, **{
+                k: v.to(torch.float64) for k, v in vars(ref).items() if isinstance(v, Tensor) and v.is_floating_point()})
         return self._references[objective.key]
 
     def exact_grad(self) -> Tensor:
         return self.reference(LOG_MARGINAL).value
+
+    # -- the rare-state guard -----------------------------------------------------------------
+    def state_probabilities(self) -> dict[str, Tensor]:
+        """Probability of every value of every discrete latent coordinate at every data point, float64, per sampler:
+        ``q`` (the family's ``state_probabilities(φ, x)``, or from its ``logits``) and ``posterior`` (the exact
+        posterior that ``sample_posterior`` draws from, marginals by enumeration) when the target has them.
+        Binary latents give [N, 2k] (P(z_j = 1), P(z_j = 0)); categorical ones [N, k·C]."""
+        out: dict[str, Tensor] = {}
+        caps, latent = getattr(self.family, "capabilities", ()), self.model.latent
+        with torch.no_grad():
+            phi = {k: v.double() for k, v in self.phi.items()}
+            x = self.x.double()
+            if "state_probabilities" in caps:
+                out["q"] = self.family.state_probabilities(phi, x).double()  # type: ignore[attr-defined]
+            elif "logits" in caps and latent.kind in ("binary", "categorical"):
+                ell = self.family.logits(phi, x)  # type: ignore[attr-defined]
+                out["q"] = value_probabilities(latent, torch.sigmoid(ell) if latent.kind == "binary"
+                                               else torch.softmax(ell.reshape(*ell.shape[:-1], -1, latent.classes), -1)
+                                               .reshape(ell.shape))
+            if "exact_posterior" in self.capabilities and latent.kind in ("binary", "categorical"):
+                from gradbench.references.enumeration import posterior_marginals
+
+                theta = {k: v.double() for k, v in self.theta.items()}
+                out["posterior"] = value_probabilities(latent, posterior_marginals(self.model, theta, x))
+        return out
 
     def arrays(self) -> dict[str, Any]:
         """θ and φ by name (``phi.<name>``), the data as ``x``."""

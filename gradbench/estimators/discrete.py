@@ -5,9 +5,10 @@ q_φ(b | x_n) = Π_j Bern(b_j; σ(ℓ_nj)), ℓ = ℓ_φ(x) the family's logits.
 f(b) = log p_θ(x, b) − log q_φ̄(b | x) with φ̄ held fixed (its own φ-gradient −E ∇φ log q = 0 is dropped, so
 every estimator here targets ∇φ ELBO, key ``phi_elbo``). Every estimator first builds a gradient ĝ_ℓ
 [R, N, k] w.r.t. the logits and maps it to φ by the chain rule ∇φ = Σ_n (∂ℓ_n/∂φ)ᵀ ĝ_ℓ,n (one vmap(grad)
-of the surrogate Σ ĝ_ℓ · ℓ_φ(x)). One uniform u ~ U(0,1)^{[R, N, k]} (the family's ``noise``) drives
-b = 1[u < σ(ℓ)] (= H(z), z = ℓ − logit u), so every estimator shares common random numbers with
-the generic ones. Unbiased: ``arm``, ``disarm``, ``rloo``, ``nvil`` (unnormalised), ``rebar``, ``relax``.
+of the surrogate Σ ĝ_ℓ · ℓ_φ(x)). RLOO, NVIL and wake-sleep need only the family's ``logits`` (capability
+``logits``) and draw b through the family's own ``noise`` and ``sample``; the others transform the noise
+themselves and need the Gumbel layout (capability ``gumbel_noise``: one uniform u ~ U(0,1)^{[R, N, k]} drives
+b = 1[u < σ(ℓ)] = H(z), z = ℓ − logit u), so every estimator shares common random numbers with the generic ones. Unbiased: ``arm``, ``disarm``, ``rloo``, ``nvil`` (unnormalised), ``rebar``, ``relax``.
 Biased (measured): ``gumbel_softmax``, ``straight_through``, ``wake_sleep``, ``reweighted_wake_sleep``.
 
 * ARM (Yin & Zhou 2019): b¹ = 1[u > σ(−ℓ)], b² = 1[u < σ(ℓ)]:  ĝ_ℓ = (f(b¹) − f(b²)) (u − ½).
@@ -103,9 +104,10 @@ def _sample(target: Any, grads_l: Tensor, evals: float, diagnostics: dict[str, T
     return GradSample(g, target.phi_layout, cost, diagnostics or {}, wrt=PHI_ELBO)
 
 
-def _check(target: Any, name: str, categorical: bool = False) -> None:
-    """``score``, ``log_prob`` and binary latents (or, with ``categorical``, binary or categorical latents)."""
-    require(target, {"score", "log_prob"}, name)
+def _check(target: Any, name: str, categorical: bool = False, gumbel: bool = False) -> None:
+    """``score``, ``log_prob``, ``logits`` (and ``gumbel_noise`` with ``gumbel``) and binary latents (or, with
+    ``categorical``, binary or categorical latents)."""
+    require(target, {"score", "log_prob", "logits"} | ({"gumbel_noise"} if gumbel else set()), name)
     kinds = ("binary", "categorical") if categorical else ("binary",)
     if target.latent_dim and getattr(target.model.latent, "kind", "binary") not in kinds:
         raise TypeError(f"{name} needs {' or '.join(kinds)} latents")
@@ -124,9 +126,16 @@ def probs(target: Any, ell: Tensor) -> Tensor:
 
 
 def draw(target: Any, ell: Tensor, u: Tensor) -> Tensor:
-    """b from the family's uniforms u: 1[u < σ(ℓ)] (binary) or onehot(argmax(ℓ − log(−log u))) (categorical)."""
+    """b from uniforms u in the Gumbel layout (``gumbel_noise``): 1[u < σ(ℓ)] (binary) or onehot(argmax(ℓ − log(−log u)))
+    (categorical) — what the built-in families' ``sample`` computes."""
     C = _classes(target)
     return (u < torch.sigmoid(ell)).to(u.dtype) if C is None else one_hot_argmax(ell + gumbel(u), C)
+
+
+def sample_q(target: Any, batch: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    """b ~ q_φ [*batch, N, D] through the family's own noise and sampler (``rsample``), so any family with
+    ``logits`` works whatever its noise layout (for the built-in families it equals :func:`draw`)."""
+    return target.rsample(target.phi, target.draw_noise(batch, gen))
 
 
 def antithetic_pair(ell: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,7 +156,7 @@ def disarm_logit_grad(f1: Tensor, f2: Tensor, b1: Tensor, b2: Tensor, ell: Tenso
 # -- ARM, DisARM, RLOO, NVIL -----------------------------------------------------------------
 def arm(target: Any, R: int, gen: torch.Generator) -> GradSample:
     """ARM ∇φ (Yin & Zhou 2019): (f(b¹) − f(b²))(u − ½); 2 evaluations per data point."""
-    _check(target, "arm")
+    _check(target, "arm", gumbel=True)
     ell, u = logits(target), target.draw_noise((R,), gen)
     b1, b2 = antithetic_pair(ell, u)
     return _sample(target, arm_logit_grad(signal(target, b1), signal(target, b2), u), 2 * target.n_data)
@@ -155,7 +164,7 @@ def arm(target: Any, R: int, gen: torch.Generator) -> GradSample:
 
 def disarm(target: Any, R: int, gen: torch.Generator) -> GradSample:
     """DisARM ∇φ (Dong, Mnih & Tucker 2020): ARM Rao–Blackwellised over the antithetic pair; 2 evaluations."""
-    _check(target, "disarm")
+    _check(target, "disarm", gumbel=True)
     ell, u = logits(target), target.draw_noise((R,), gen)
     b1, b2 = antithetic_pair(ell, u)
     return _sample(target, disarm_logit_grad(signal(target, b1), signal(target, b2), b1, b2, ell), 2 * target.n_data)
@@ -167,7 +176,7 @@ def rloo(target: Any, R: int, gen: torch.Generator, *, S: int = 2) -> GradSample
     _check(target, "rloo", categorical=True)
     ell = logits(target)
     p = probs(target, ell)
-    b = draw(target, ell, target.draw_noise((R, S), gen))  # [R, S, N, k]
+    b = sample_q(target, (R, S), gen)  # [R, S, N, k]
     f = signal(target, b)  # [R, S, N]
     centred = f - (f.sum(1, keepdim=True) - f) / (S - 1)
     return _sample(target, (centred.unsqueeze(-1) * (b - p)).mean(1), S * target.n_data)
@@ -192,7 +201,7 @@ def nvil(target: Any, R: int, gen: torch.Generator, *, warmup: int = 50, rate: f
     _check(target, "nvil", categorical=True)
     ell = logits(target)
     p = probs(target, ell)
-    b = draw(target, ell, target.draw_noise((R,), gen))  # the measured draw first (common random numbers)
+    b = sample_q(target, (R,), gen)  # the measured draw first (common random numbers)
     mean_bl, fit_bl = moving_average(rate, target.n_data), learned_input(linear_features(target.x), rate)
     state = NVILState(mean_bl.init(R, p), fit_bl.init(R, p), torch.zeros(R, dtype=p.dtype, device=p.device))
 
@@ -202,7 +211,7 @@ def nvil(target: Any, R: int, gen: torch.Generator, *, warmup: int = 50, rate: f
         return f - (c + b_psi).unsqueeze(1)
 
     for _ in range(warmup):
-        f_w = signal(target, draw(target, ell, target.draw_noise((R, 1), gen)))  # [R, 1, N]
+        f_w = signal(target, sample_q(target, (R, 1), gen))  # [R, 1, N]
         mean_state = mean_bl.update(state.mean, f_w)
         c = mean_bl.value(mean_state).unsqueeze(1)
         var = (1 - rate) * state.var + rate * ((f_w - c) ** 2).mean(dim=(1, 2))  # of f − c (no solve per step)
@@ -233,7 +242,7 @@ def _relaxed(target: Any, R: int, gen: torch.Generator, tau: float, straight_thr
 def gumbel_softmax(target: Any, R: int, gen: torch.Generator, *, tau: float = 0.5) -> GradSample:
     """Binary Concrete pathwise gradient ∂ℓ f(σ((ℓ − logit u)/τ)) (categorical: ∂ℓ f(softmax((ℓ + g)/τ))) — biased."""
     RelaxedParams(tau=tau)
-    _check(target, "gumbel_softmax", categorical=True)
+    _check(target, "gumbel_softmax", categorical=True, gumbel=True)
     return _relaxed(target, R, gen, tau, straight_through=False)
 
 
@@ -241,7 +250,7 @@ def straight_through(target: Any, R: int, gen: torch.Generator, *, tau: float = 
     """Straight-through Gumbel: f evaluated at b = H(z) (categorical: onehot(argmax z)), gradient through σ(z/τ)
     (softmax(z/τ)) — biased."""
     RelaxedParams(tau=tau)
-    _check(target, "straight_through", categorical=True)
+    _check(target, "straight_through", categorical=True, gumbel=True)
     return _relaxed(target, R, gen, tau, straight_through=True)
 
 
@@ -310,7 +319,7 @@ def rebar(target: Any, R: int, gen: torch.Generator, *, eta: float = 1.0, tau: f
           lr: float = 0.01) -> GradSample:
     """REBAR (Tucker et al. 2017) with c(z) = η f(σ(z/λ)); η, λ fixed (warmup = 0) or trained; 3 evaluations."""
     REBARParams(eta=eta, tau=tau, warmup=warmup, lr=lr)
-    _check(target, "rebar")
+    _check(target, "rebar", gumbel=True)
     ell0 = logits(target)
     u, v = target.draw_noise((R,), gen), target.draw_noise((R,), gen)  # the measured draw first
     like = ell0.new_ones(R)
@@ -326,7 +335,7 @@ def rebar(target: Any, R: int, gen: torch.Generator, *, eta: float = 1.0, tau: f
 def relax(target: Any, R: int, gen: torch.Generator, *, tau: float = 0.5, warmup: int = 50, lr: float = 0.01) -> GradSample:
     """RELAX (Grathwohl et al. 2018) with c_ψ(z) = η f(σ(z/λ)) + Σ_j w_nj σ(z_j/λ), ψ trained; 3 evaluations."""
     RELAXParams(tau=tau, warmup=warmup, lr=lr)
-    _check(target, "relax")
+    _check(target, "relax", gumbel=True)
     ell0 = logits(target)
     u, v = target.draw_noise((R,), gen), target.draw_noise((R,), gen)
     like = ell0.new_ones(R)
@@ -367,7 +376,7 @@ def reweighted_wake_sleep(target: Any, R: int, gen: torch.Generator, *, K: int =
 
     Self-normalised estimate of ∇φ −KL(p(z|x) ‖ q(z|x)) (bias O(1/K)), not of ∇φ ELBO; K evaluations."""
     RWSParams(K=K)
-    _check(target, "reweighted_wake_sleep")
+    _check(target, "reweighted_wake_sleep", gumbel=True)
     p = torch.sigmoid(logits(target))
     b = (target.draw_noise((R, K), gen) < p).to(p.dtype)  # [R, K, N, k]
     w = torch.softmax(target.log_joint(b) - target.log_q(target.phi, b), dim=1)  # [R, K, N]

@@ -45,7 +45,7 @@ from gradbench.models.params import BernoulliProposal  # torch-free schema
 
 MAX_LOGIT = 8.0  # fitted logits are clipped to ±8 (probabilities 3.4e-4 .. 1 − 3.4e-4)
 RIDGE = 1e-6
-CAPABILITIES = frozenset({"score", "log_prob", "enumerate", "relaxed"})
+CAPABILITIES = frozenset({"score", "log_prob", "enumerate", "relaxed", "logits", "gumbel_noise"})
 
 
 def bernoulli_log_pmf(z: Tensor, logits: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from torch import Tensor
 from gradbench.contracts import LatentSpace, Params
 from gradbench.families.bernoulli import AmortisedLogits, amortised_logits_layout
 
-CAPABILITIES = frozenset({"score", "log_prob", "enumerate", "relaxed"})
+CAPABILITIES = frozenset({"score", "log_prob", "enumerate", "relaxed", "logits", "gumbel_noise"})
 
 
 def blocks(t: Tensor, classes: int) -> Tensor:

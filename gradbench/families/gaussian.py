@@ -37,7 +37,7 @@ from gradbench.models.params import GaussianProposal  # torch-free schema
 from gradbench.references.quadrature import laplace
 
 LOG_2PI = math.log(2 * math.pi)
-GAUSSIAN_CAPABILITIES = frozenset({"reparam", "score", "log_prob"})
+GAUSSIAN_CAPABILITIES = frozenset({"reparam", "score", "log_prob", "analytic_kl"})  # analytic_kl: kl_standard_normal
 
 
 class _DiagonalGaussian:

@@ -50,6 +50,8 @@ MIN_LOG_MARGINAL = -8.0  # the encoder is fitted to log P(z_j = c | x_n) clipped
 class CategoricalVAE:
     """p_θ(x, z) with k independent categorical latents; implements :class:`gradbench.contracts.Model`."""
 
+    capabilities = frozenset({"exact_posterior"})  # sample_posterior: exact, by enumeration
+
     def __init__(self, data_dim: int, latents: int, classes: int, decoder: str = "linear", hidden: int = 32) -> None:
         self.data_dim, self.classes, self.decoder = data_dim, classes, decoder
         self.hidden = hidden if decoder == "mlp" else 0

@@ -124,7 +124,7 @@ class PPCAEncoder(PPCA):
                           reference_replicates=self.reference_replicates)
 
     # -- encoder (the contract's family interface, by hand) -------------------------------------
-    capabilities = frozenset({"exact_posterior", "real_latent", "reparam", "score", "log_prob", "analytic_kl"})
+    capabilities = frozenset({"exact_posterior", "real_latent", "reparam", "score", "log_prob", "analytic_kl", "iwae_reference"})
 
     def encoder_params(self) -> dict[str, Tensor]:
         return {"A": self.A, "b": self.b, "c": self.c}
@@ -232,6 +232,13 @@ class PPCAEncoder(PPCA):
     def reference(self, wrt: str = "theta") -> Reference:
         if wrt == "theta":
             return super().reference("theta")
+        if self.W.dtype != torch.float64:  # references are float64: those of *these* rounded parameters
+            if wrt not in self._reference_cache:
+                f64 = lambda t: t.to(torch.float64)
+                self._reference_cache[wrt] = type(self)(
+                    f64(self.W), f64(self.mu), f64(self.sigma), f64(self.x), A=f64(self.A), b=f64(self.b), c=f64(self.c),
+                    seed=self.seed, reference_replicates=self.reference_replicates).reference(wrt)
+            return self._reference_cache[wrt]
         if wrt == "theta_elbo":
             return Reference(self.elbo_grad_theta(), kind="exact")
         if wrt in ("phi", "phi_elbo"):

@@ -61,6 +61,7 @@ class SBN:
     """p_θ(x, z) of a sigmoid belief net; implements :class:`gradbench.contracts.Model`."""
 
     batched_data = True  # log_joint and weighted_grad_log_joint broadcast x [..., N, d] against z [..., N, k]
+    capabilities = frozenset({"exact_posterior"})  # sample_posterior: exact, by enumeration
 
     def __init__(self, data_dim: int, layers: tuple[int, ...], conditionals: str = "linear", hidden: int = 16) -> None:
         self.data_dim, self.layers, self.conditionals = data_dim, tuple(layers), conditionals

@@ -65,6 +65,7 @@ class VAE:
     """p_θ(x, z) with an MLP decoder; stateless apart from its architecture (pure in θ)."""
 
     batched_data: ClassVar[bool] = True  # log_joint and the weighted gradient broadcast x [..., N, d] against z
+    capabilities: ClassVar[frozenset[str]] = frozenset({"analytic_kl"})  # log_lik under a N(0, I) prior
 
     latent_dim: int
     data_dim: int

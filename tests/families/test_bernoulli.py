@@ -41,7 +41,7 @@ def test_log_prob_normalises_and_mode_is_the_argmax(kind, hidden):
     log_q = fam.log_prob(phi, x, states)  # [8, N]
     torch.testing.assert_close(torch.logsumexp(log_q, 0), torch.zeros(x.shape[0], dtype=torch.float64), rtol=0, atol=1e-14)
     torch.testing.assert_close(fam.mode(phi, x), en.binary_states(3)[log_q.argmax(0)], rtol=0, atol=0)
-    assert fam.capabilities == frozenset({"score", "log_prob", "enumerate", "relaxed"})
+    assert fam.capabilities == frozenset({"score", "log_prob", "enumerate", "relaxed", "logits", "gumbel_noise"})
 
 
 @pytest.mark.parametrize("kind,hidden", FAMILIES)

@@ -161,7 +161,7 @@ def test_gaussian_family_densities_match_torch_distributions():
     kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(-1)
     torch.testing.assert_close(fam.kl_standard_normal(phi, x), kl)
     torch.testing.assert_close(fam.mode(phi, x), phi["m"])
-    assert fam.capabilities == {"reparam", "score", "log_prob"}
+    assert fam.capabilities == {"reparam", "score", "log_prob", "analytic_kl"}  # analytic_kl: kl_standard_normal
 
 
 def test_laplace_is_the_mode_with_the_hessian():
