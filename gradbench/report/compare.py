@@ -13,7 +13,8 @@ same arrays; otherwise :class:`InstanceMismatch` is raised (``--allow-different-
 compares anyway and says so). To replicate a run with independent Monte Carlo noise the target
 must stay fixed while the noise seed changes.
 
-**Tests** (all two-sided; a change is *worse* in the metric's bad direction):
+**Tests** (all two-sided; a change is *worse* in the metric's bad direction). Which metric gets which test
+is its protocol's spec's ``rules`` (:attr:`gradbench.protocols.spec.ProtocolSpec.rules`):
 * ratio metrics — ``trace_cov``, ``mse``, ``work_norm_var``, ``evals_mean``, SNR
   (``snr_median``, ``snr_q50``), ``tau_mean`` (when raw τ are not in both runs),
   ``seconds_per_estimate``, ``evals_per_second``, ``work_norm_var_seconds``:
@@ -51,6 +52,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from gradbench.protocols.spec import Rule
 from gradbench.report.data import RunData, RunError, load_run, param_columns
 from gradbench.report.format import DEFAULT_ALPHA, fmt_p, fmt_value
 from gradbench.stats import holm_adjust
@@ -66,25 +68,13 @@ TARGET_SEED_HINT = ("give both runs the same target_seed (in the suite, or `grad
                     "change only --seed, or pass --allow-different-targets")
 
 
-@dataclass(frozen=True)
-class Rule:
-    kind: str  # "ratio" | "bias" | "diff"
-    worse: int  # +1: an increase is worse; -1: a decrease is worse
+def rule_for(protocol: str, metric: str) -> Rule | None:
+    """How a change of ``metric`` from ``protocol`` is tested: its spec's :attr:`ProtocolSpec.rules` (None: shown,
+    not tested)."""
+    from gradbench import registry
 
-
-RULES: dict[str, Rule] = {
-    "trace_cov": Rule("ratio", +1),
-    "mse": Rule("ratio", +1),
-    "work_norm_var": Rule("ratio", +1),
-    "evals_mean": Rule("ratio", +1),
-    "snr_median": Rule("ratio", -1),
-    "snr_q50": Rule("ratio", -1),
-    "rel_bias": Rule("bias", +1),
-    "tau_mean": Rule("ratio", +1),
-    "seconds_per_estimate": Rule("ratio", +1),
-    "work_norm_var_seconds": Rule("ratio", +1),
-    "evals_per_second": Rule("ratio", -1),
-}
+    spec = registry.PROTOCOLS.get(protocol)
+    return None if spec is None else spec.rules.get(metric)
 
 
 class InstanceMismatch(RunError):
@@ -270,7 +260,7 @@ def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData, *, al
     raw_tau = _raw_tau_pairs(a, b, m) if "meeting" not in skip else {}
     rows = []
     for _, r in m.iterrows():
-        rule = RULES.get(r["metric"])
+        rule = rule_for(r["protocol"], r["metric"])
         base = {"_cell": r["_cell"], "cell_id_a": r["cell_id_a"], "cell_id_b": r["cell_id_b"],
                 "estimator": r["estimator"], "param_group": r["param_group"],
                 "protocol": r["protocol"], "metric": r["metric"], "value_a": r["value_a"], "stderr_a": r["stderr_a"],
