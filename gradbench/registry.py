@@ -317,6 +317,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
              modules=("gradbench.protocols.train_ebm",), side_tables=(SideTable("curves", "curves.parquet"),)),
     _spec("gradbench.protocols.snr_spec"),
     _spec("gradbench.protocols.mcmc_spec"),
+    _spec("gradbench.protocols.mse_spec"),
 ]}
 
 

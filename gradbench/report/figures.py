@@ -376,6 +376,11 @@ def variance_vs_budget(run: RunData) -> Figure | None:
     return _per_group(run, "trace_cov", metric_label("trace_cov"))
 
 
+def mse_vs_budget(run: RunData) -> Figure | None:
+    """The ``mse`` protocol's work-normalised MSE per parameter group."""
+    return _per_group(run, "work_norm_mse", "MSE × cost (log-joint evaluations)")
+
+
 def snr_vs_budget(run: RunData) -> Figure | None:
     if run.has("snr_q50"):
         band = ("snr_q25", "snr_q75") if run.has("snr_q25") and run.has("snr_q75") else None
