@@ -15,7 +15,9 @@ e_r = ‖g_r − g*‖² and v* = tr Var(ĝ*) the reference's own variance (0 fo
   delta method on the joint influence evals·(e_r − ē) + MSE·(c_r − c̄) of cost c_r and error, plus the reference
   term × evals. Cost counts every replicate (non-finite ones too), as in ``variance``.
 Without a reference there are no rows. With one exact reference (v* = 0) ``mse_debiased`` equals ``variance``'s
-``mse``.
+``mse``. Every s.e. needs a finite fourth moment of ‖g_r‖: when Hill's tail index of ‖g_r − median‖ has a one-sided
+95 % lower bound ≤ 2 (the variance may be infinite; the rule and the warning of ``variance``'s ``tail_index``) every
+row carries that warning.
 """
 
 from __future__ import annotations
@@ -27,7 +29,17 @@ import numpy as np
 from gradbench.core import GradSample, Reference
 from gradbench.protocols import FiniteSample, ProtocolContext, Row, group_slices, row
 from gradbench.protocols.bias import reference_noise
-from gradbench.stats import influence_se
+from gradbench.protocols.variance import TAIL_Z
+from gradbench.stats import hill_tail_index, influence_se
+
+
+def heavy_tail_warning(G: np.ndarray) -> str:
+    """``variance``'s warning when the replicates' tail index may be ≤ 2 (Hill, one-sided 95 %), else ""."""
+    tail, tail_se, _ = hill_tail_index(np.linalg.norm(G - np.median(G, axis=0), axis=1))
+    if not (math.isfinite(tail) and not tail - TAIL_Z * (tail_se if math.isfinite(tail_se) else 0.0) > 2):
+        return ""
+    return (f"tail index {tail:.2g} ± {tail_se:.2g} (Hill): the variance may be infinite; "
+            "this value and its s.e. are not reliable")
 
 
 def mse(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) -> list[Row]:
@@ -40,6 +52,7 @@ def mse(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) -
     all_cost = sample.cost.detach().cpu().double().numpy()
     evals = float(all_cost.mean())
     psi_evals = fs.cost - float(fs.cost.mean())
+    warn = heavy_tail_warning(fs.G)
     rows: list[Row] = []
     for name, sl in group_slices(sample.layout).items():
         G, g_star, nz = fs.G[:, sl], ref[sl], noise.sliced(sl)
@@ -64,8 +77,8 @@ def mse(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) -
         value_se = math.sqrt(influence_se(psi_err) ** 2 + ref_term)
         work_se = math.sqrt(influence_se(evals * psi_err + value * psi_evals) ** 2 + evals ** 2 * ref_term)
         rows += [
-            row(name, "bias_sq", bias_sq, bias_se, "||mean - g*||^2 - tr S/n - tr Var(g*): unbiased for ||b||^2"),
-            row(name, "mse_debiased", value, value_se, "mean_r ||g_r - g*||^2 - tr Var(g*) = bias_sq + tr S"),
-            row(name, "work_norm_mse", value * evals, work_se, "mse_debiased x evals_mean (delta method)"),
+            row(name, "bias_sq", bias_sq, bias_se, "||mean - g*||^2 - tr S/n - tr Var(g*): unbiased for ||b||^2", warn),
+            row(name, "mse_debiased", value, value_se, "mean_r ||g_r - g*||^2 - tr Var(g*) = bias_sq + tr S", warn),
+            row(name, "work_norm_mse", value * evals, work_se, "mse_debiased x evals_mean (delta method)", warn),
         ]
     return rows

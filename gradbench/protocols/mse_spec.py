@@ -24,12 +24,13 @@ SPEC = ProtocolSpec(
     "mse", code("gradbench.protocols.mse:mse"),
     "bias_sq, mse_debiased, work_norm_mse: bias² + variance of one estimate and per unit of work (needs a reference)",
     min_replicates=MIN_REPLICATES,
+    modules=("gradbench.protocols.bias", "gradbench.protocols.variance"),  # reference_noise, the tail rule
     metrics=METRICS,
     terminal=terminal,
     report_columns=(
-        ReportColumn("accuracy", "bias_sq", "bias²"),
-        ReportColumn("cost", "work_norm_mse", "MSE × cost"),
-        ReportColumn("group", "bias_sq", "bias²"),
+        ReportColumn("accuracy", "bias_sq", "bias²", heavy_tail=True),
+        ReportColumn("cost", "work_norm_mse", "MSE × cost", heavy_tail=True),
+        ReportColumn("group", "bias_sq", "bias²", heavy_tail=True),
     ),
     # bias_sq is shown, not tested: the bias protocol tests the bias (rel_bias), here it is one term of the MSE
     rules={"mse_debiased": Rule("ratio", +1), "work_norm_mse": Rule("ratio", +1)},

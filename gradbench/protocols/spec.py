@@ -104,7 +104,8 @@ class ReportColumn:
     """A column of the report's per-cell tables (``table``: ``accuracy``, ``cost`` or ``group``), shown when the
     run has any of ``needs`` (default: the metric). ``kind`` picks the formatter (:mod:`gradbench.report.tables`):
     ``value`` (± s.e.), ``p``, ``adjusted_p`` (only the run's bias decision), ``bias``, ``verdict``, ``tail``,
-    ``snr``, ``count``; ``loads``: further metrics the formatter reads."""
+    ``snr``, ``count``; ``loads``: further metrics the formatter reads. ``heavy_tail``: a variance-type value,
+    shown with ``†`` and no s.e. in a cell whose variance may be infinite (``tail_index`` warning)."""
 
     table: str
     metric: str
@@ -112,6 +113,7 @@ class ReportColumn:
     kind: str = "value"
     needs: tuple[str, ...] = ()
     loads: tuple[str, ...] = ()
+    heavy_tail: bool = False
 
     @property
     def shown_if(self) -> tuple[str, ...]:

@@ -324,7 +324,15 @@ def _any_inconclusive(run: RunData) -> bool:
     return bool((run.results.loc[run.results["metric"] == "bias_rare_count", "value"] < rare_state_threshold()).any())
 
 
-VARIANCE_WARNED_METRICS = ("trace_cov", "mean_var", "mse", "work_norm_var")
+
+
+def heavy_tail_metrics() -> frozenset[str]:
+    """Variance-type metrics (shown with † and no s.e. where the variance may be infinite): the registered
+    protocols' report columns marked ``heavy_tail``."""
+    from gradbench import registry
+
+    return frozenset(c.metric for s in registry.PROTOCOLS.values() for c in s.report_columns if c.heavy_tail)
+
 INFINITE_VARIANCE_TEXT = "variance may be infinite"  # gradbench.protocols.variance's tail_index warning
 
 

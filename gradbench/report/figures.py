@@ -32,10 +32,10 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 from gradbench.protocols.spec import FigureSpec  # re-exported: train_figures and the protocols' specs use it
 from gradbench.report.data import (
     CORRECTIONS,
-    VARIANCE_WARNED_METRICS,
     RunData,
     bias_decision,
     fmt_param,
+    heavy_tail_metrics,
     infinite_variance_cells,
 )
 from gradbench.report.format import bias_point, bias_verdict, decision_symbol, has_interval, rare_state_threshold
@@ -337,7 +337,7 @@ def _per_group(run: RunData, metric: str, ylabel: str, band: tuple[str, str] | N
     if df.empty:
         return None
     groups = [g for g in run.param_groups if g in set(df["param_group"])]
-    heavy = infinite_variance_cells(run) if metric in VARIANCE_WARNED_METRICS else set()
+    heavy = infinite_variance_cells(run) if metric in heavy_tail_metrics() else set()
     df = df.assign(bare=df["cell_id"].isin(heavy))
     styles = _style_of(run)
     fig, axes, targets = _facets(run, df, len(groups))

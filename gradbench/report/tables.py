@@ -20,7 +20,6 @@ import pandas as pd
 
 from gradbench.protocols.spec import ReportColumn
 from gradbench.report.data import (
-    VARIANCE_WARNED_METRICS,
     RunData,
     bias_decision,
     bias_flag_note,
@@ -121,7 +120,7 @@ def _row_cells(r: pd.Series, columns: list[tuple[ReportColumn, str]], alpha: flo
     for col, _ in columns:
         metric, kind = col.metric, col.kind
         v = r.get(metric)
-        if heavy and metric in VARIANCE_WARNED_METRICS:
+        if heavy and col.heavy_tail:
             out.append(Cell(fmt_value(v) + " †"))  # † marks it (a red flag is reserved for bias)
         elif kind == "verdict":
             out.append(Cell(str(verdict), "bad" if verdict.flagged else None))
@@ -184,7 +183,7 @@ def _cell_table(run: RunData, title: str, table: str, note: str) -> Table | None
     header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates"] + [h for _, h in cols]
     t = Table(title, header, note=note, text_columns=header.index("budget") + 1)
     heavy = infinite_variance_cells(run)
-    if heavy and any(c.metric in VARIANCE_WARNED_METRICS for c, _ in cols):
+    if heavy and any(c.heavy_tail for c, _ in cols):
         t.note += HEAVY_NOTE
     for _, r in wide.iterrows():
         t.rows.append(_ident(r, n_targets) + _row_cells(r, cols, run.alpha, decision, r["cell_id"] in heavy))
@@ -238,7 +237,7 @@ def group_table(run: RunData) -> Table | None:
     order = {g: i for i, g in enumerate(groups)}
     rows = pd.concat(frames).assign(_g=lambda d: d["group"].map(order))
     heavy = infinite_variance_cells(run)
-    if heavy and any(c.metric in VARIANCE_WARNED_METRICS for c, _ in cols):
+    if heavy and any(c.heavy_tail for c, _ in cols):
         t.note += HEAVY_NOTE
     for _, r in rows.sort_values(["_t", "_s", "budget", "_g"], na_position="first").iterrows():
         if all(not np.isfinite(r.get(m, np.nan)) for m in _loaded([c for c, _ in cols])):
