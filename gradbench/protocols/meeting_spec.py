@@ -65,7 +65,8 @@ SPEC = ProtocolSpec(
         ReportColumn("cost", "n_censored", "censored", "count"),
     ),
     report_tables=(code("gradbench.report.tables:meeting_table"),),
-    rules={"tau_mean": Rule("ratio", +1)},  # and raw τ: Mann–Whitney U (gradbench.report.compare)
+    rules={"tau_mean": Rule("ratio", +1)},
+    compare_tests=(code("gradbench.report.compare:raw_tau_test"),),  # raw τ in both runs: supersedes tau_mean's
     figures=(
         FigureSpec("meeting_times", "Meeting times",
                    "Coupled estimators: ECDF of the meeting time τ (left) and its survival P(τ > t) on a log axis "

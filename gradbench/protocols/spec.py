@@ -13,7 +13,8 @@ Besides the computation it carries, in one object:
 * ``terminal`` — ``(metrics, correction, alpha) -> TerminalTable | None``: what ``gradbench run`` prints;
 * ``report_columns`` — :class:`ReportColumn`: its columns in the report's summary/cost/group tables;
   ``report_tables`` — ``run -> Table | None``: tables of its own (e.g. from a side table);
-* ``rules`` — metric → :class:`Rule`: how ``gradbench compare`` tests a change;
+* ``rules`` — metric → :class:`Rule`: how ``gradbench compare`` tests a change; ``compare_tests`` — further
+  tests of its own (e.g. Mann–Whitney U on the raw meeting times, superseding ``tau_mean``'s rule);
 * ``figures`` — :class:`FigureSpec`: the report's figures.
 
 Code may be given as a ``"module:attr"`` path (:func:`code`): it is imported on first use, so a spec
@@ -162,6 +163,8 @@ class ProtocolSpec:
     report_columns: tuple[ReportColumn, ...] = ()
     report_tables: tuple[Callable[[Any], Any] | code, ...] = ()
     rules: Mapping[str, Rule] = field(default_factory=dict)
+    # (run_a, run_b, aligned) -> (rows, {(cell, metric) they supersede}): tests on side tables (e.g. raw τ)
+    compare_tests: tuple[Callable[[Any, Any, Any], Any] | code, ...] = ()
     figures: tuple[FigureSpec, ...] = ()
 
     def __post_init__(self) -> None:
@@ -179,9 +182,6 @@ class ProtocolSpec:
             return value.module
         return value.partition(":")[0] if isinstance(value, str) else value.__module__
 
-    def compute_rows(self, sample: Any, reference: Any, ctx: Any) -> list[Any]:
-        return self.fn(sample, reference, ctx)
-
     def run_level_rows(self, table: Any) -> Any:
         """Its rows over the whole run's table (None when it has none)."""
         return None if self.run_rows is None else resolve(self.run_rows)(table)
@@ -192,5 +192,6 @@ class ProtocolSpec:
     def views(self) -> dict[str, bool]:
         """Which views the protocol has (``gradbench list``-style overview; tests list them)."""
         return {"terminal": self.terminal is not None, "report_columns": bool(self.report_columns),
-                "report_tables": bool(self.report_tables), "rules": bool(self.rules), "figures": bool(self.figures),
+                "report_tables": bool(self.report_tables), "rules": bool(self.rules or self.compare_tests),
+                "figures": bool(self.figures),
                 "run_rows": self.run_rows is not None, "side_tables": bool(self.side_tables)}
