@@ -6,9 +6,12 @@ Rows are cells. A cell is named by
 * its **estimator**: the name and the parameters the suite set or that vary between the
   estimator's cells (``coupled_isir(K=16)``), not every default.
 
-Every number is formatted by :mod:`gradbench.report.format`, as in the report: the bias column is
-the headline ‖b‖/‖g*‖ with its per-row 95 % interval (:func:`~gradbench.report.format.bias_point`),
-then the multiplicity-corrected decision value (Benjamini–Hochberg ``q``, or Holm's ``p_Holm`` with
+Which columns a protocol's table has is its spec's ``terminal`` view
+(:class:`gradbench.protocols.spec.ProtocolSpec`, e.g. ``gradbench/protocols/bias_spec.py``); this module
+builds the tables and provides the column builders (:func:`pm_column`, :func:`bias_column`, …). Every
+number is formatted by :mod:`gradbench.report.format`, as in the report: the bias column is the headline
+‖b‖/‖g*‖ with its per-row 95 % interval (:func:`~gradbench.report.format.bias_point`), then the
+multiplicity-corrected decision value (Benjamini–Hochberg ``q``, or Holm's ``p_Holm`` with
 ``correction="holm"``; the per-row ``p`` for a run without them) and the row's verdict
 (:func:`~gradbench.report.format.bias_verdict`); a run without the interval shows ``rel_bias ± s.e.``.
 """
