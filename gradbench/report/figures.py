@@ -376,9 +376,10 @@ def variance_vs_budget(run: RunData) -> Figure | None:
     return _per_group(run, "trace_cov", metric_label("trace_cov"))
 
 
-def mse_vs_budget(run: RunData) -> Figure | None:
-    """The ``mse`` protocol's work-normalised MSE per parameter group."""
-    return _per_group(run, "work_norm_mse", "MSE × cost (log-joint evaluations)")
+def per_group_vs_budget(run: RunData, metric: str, ylabel: str) -> Figure | None:
+    """One metric (±1 s.e.) against budget, a panel per parameter group and a row per target, log-log; cells whose
+    variance may be infinite drawn hollow where the metric is variance-type. For protocols' own figures."""
+    return _per_group(run, metric, ylabel)
 
 
 def snr_vs_budget(run: RunData) -> Figure | None:
