@@ -18,11 +18,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -31,6 +30,7 @@ from gradbench import registry
 from gradbench.core import GradSample
 from gradbench.protocols import ProtocolContext
 from gradbench.protocols.meeting import censoring_warning
+from gradbench.protocols.spec import resolve
 from gradbench.seeding import derive_seed, make_generator
 from gradbench.stats import rare_state_verdict, replicates_needed
 from gradbench.suite import Cell
@@ -42,8 +42,8 @@ MAX_CACHED_TARGETS = 8
 class Outcome:
     cell: Cell
     rows: pd.DataFrame | None = None
-    meeting: pd.DataFrame | None = None
-    curves: pd.DataFrame | None = None  # ``train`` cells: learning curves (gradbench.protocols.train)
+    # the protocols' side tables by name (ProtocolSpec.side_tables: "meeting" raw τ; "curves" of train cells)
+    side: dict[str, pd.DataFrame] = field(default_factory=dict)
     error: str | None = None  # one line; set when the cell failed
 
 
@@ -122,9 +122,9 @@ def cell_objective(cell: Cell) -> str:
     return registry.ESTIMATORS[cell.estimator].objective(cell.estimator_params).canonical().key
 
 
-def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """All protocol rows of one cell, with the DESIGN §5 columns (except ``suite``), and the raw
-    per-replicate meeting times when the estimator reports them (diagnostics ``tau``/``censored``).
+def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """All protocol rows of one cell, with the DESIGN §5 columns (except ``suite``), and the side tables of
+    its protocols (``ProtocolSpec.side_tables``, e.g. the raw meeting times) by name.
 
     ``reference``: the cell's reference when the runner has it (computed once per target and objective
     and cached in the run folder); otherwise the target computes it."""
@@ -152,7 +152,9 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
     df["warning"] = [
         "; ".join(w for w in (str(r) if isinstance(r, str) else "", cell_warning) if w) for r in df.pop("warning")
     ]
-    return _provenance(df, started, t0), _meeting_frame(cell, sample)
+    side = {t.name: resolve(t.make)(cell, sample) for name in cell.protocols
+            for t in registry.PROTOCOLS[name].side_tables if t.make is not None}
+    return _provenance(df, started, t0), {k: v for k, v in side.items() if v is not None}
 
 
 def with_meta(df: pd.DataFrame, cell: Cell, n_replicates: int, n_nonfinite: int) -> pd.DataFrame:
@@ -284,15 +286,6 @@ def resolution_warning(sample: GradSample, reference: Any) -> str:
     return ""
 
 
-def _meeting_frame(cell: Cell, sample: GradSample) -> pd.DataFrame | None:
-    if "tau" not in sample.diagnostics:
-        return None
-    tau = sample.diagnostics["tau"].cpu().numpy()
-    censored = sample.diagnostics.get("censored", torch.zeros(len(tau), dtype=torch.bool)).cpu().numpy()
-    return pd.DataFrame({"cell_id": cell.cell_id, "estimator": cell.estimator, "replicate": np.arange(len(tau)),
-                         "tau": tau, "censored": censored})
-
-
 def compute_cell(cell: Cell, reference: Any = None, checkpoint_dir: str | Path | None = None) -> Outcome:
     """Run one cell (with its reference when the runner computed it); an exception from its target or
     estimator becomes a failed outcome. ``checkpoint_dir``: where long (``train``) cells checkpoint."""
@@ -304,7 +297,7 @@ def compute_cell(cell: Cell, reference: Any = None, checkpoint_dir: str | Path |
                 rows, curves = run_train_cell(cell, target_for(cell), None if checkpoint_dir is None else Path(checkpoint_dir))
         except Exception as exc:  # noqa: BLE001 — recorded per cell; the suite goes on
             return Outcome(cell, error=one_line(exc))
-        return Outcome(cell, rows, curves=curves)
+        return Outcome(cell, rows, {"curves": curves})
     try:
         registry.load_entry_points()
         registry.load_plugin_modules(cell.plugins)  # a Dask worker imports the suite's plugins itself
@@ -312,7 +305,7 @@ def compute_cell(cell: Cell, reference: Any = None, checkpoint_dir: str | Path |
             if reference is not None and cell.device != "cpu":
                 reference = type(reference)(**{k: v.to(cell.device) if hasattr(v, "to") else v
                                                for k, v in vars(reference).items()})
-            rows, meeting = run_cell(cell, target_for(cell), reference)
+            rows, side = run_cell(cell, target_for(cell), reference)
     except Exception as exc:  # noqa: BLE001 — recorded per cell; the suite goes on
         return Outcome(cell, error=one_line(exc))
-    return Outcome(cell, rows, meeting)
+    return Outcome(cell, rows, side)

@@ -43,10 +43,10 @@ from pydantic import BaseModel
 from gradbench.contracts import LOG_MARGINAL, Objective
 from gradbench.estimators import params as ep
 from gradbench.models import params as mp
+from gradbench.protocols.spec import MIN_REPLICATES, ProtocolSpec, SideTable  # noqa: F401 — MIN_REPLICATES re-exported
 
 if TYPE_CHECKING:
-    from gradbench.core import GradSample, Reference
-    from gradbench.protocols import ProtocolContext, Row
+    from gradbench.core import GradSample
 
 Capabilities = frozenset[str]
 
@@ -113,16 +113,13 @@ class Estimator(_CodeByPath):
         return self.objective(self.params().model_dump()).wrt
 
 
-@dataclass(frozen=True)
-class Protocol(_CodeByPath):
-    name: str
-    fn: Callable[[GradSample, Reference | None, ProtocolContext], list[Row]]  # or its "module:attr"
-    description: str
-    uses_reference: bool = True  # False: the runner need not compute (or estimate) a reference for it
-    # fewest replicates whose rows mean anything: a standard error from R draws has R − 1 degrees of freedom,
-    # and below 10 the normal-theory intervals and tests understate their width by > 15 % (t₉,₀.₉₇₅ = 2.26 vs 1.96)
-    min_replicates: int = 1
-    modules: tuple[str, ...] = ()  # extra roots for cell ids: code loaded by name, which no import statement shows
+Protocol = ProtocolSpec  # a protocol is its spec: computation and views (gradbench.protocols.spec)
+
+
+def _spec(module: str) -> ProtocolSpec:
+    """The ``SPEC`` of a protocol's spec module (light: specs name their code by path)."""
+    return importlib.import_module(module).SPEC
+
 
 
 _PPCA = frozenset({"exact_posterior", "real_latent", "log_prob"})
@@ -296,17 +293,17 @@ def _train_runs(p: dict[str, Any]) -> tuple[str, ...]:
     return tuple(n for n in (p.get("theta_estimator", "elbo"), p.get("phi_estimator", "reparam_elbo")) if n is not None)
 
 
-MIN_REPLICATES = 10  # see Protocol.min_replicates
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
-    Protocol("bias", "gradbench.protocols.bias:bias", "bias_norm, rel_bias, bias_pvalue, bias_zmax against the reference gradient", min_replicates=MIN_REPLICATES),
-    Protocol("variance", "gradbench.protocols.variance:variance", "trace_cov, mean_var, snr_median, mse, evals_mean, work_norm_var", min_replicates=MIN_REPLICATES),
-    Protocol("wallclock", "gradbench.protocols.wallclock:wallclock", "seconds_per_estimate, evals_per_second (median, IQR), work_norm_var_seconds; device, torch/CUDA, threads", False),
-    Protocol("meeting", "gradbench.protocols.meeting:meeting", "tau_mean, tau_q50/q90/q99, tau_max, n_censored, tail_rate (geometric fit of P(τ > t)) of coupled chains", False, min_replicates=MIN_REPLICATES),
+    _spec("gradbench.protocols.bias_spec"),
+    _spec("gradbench.protocols.variance_spec"),
+    _spec("gradbench.protocols.meeting_spec"),
+    _spec("gradbench.protocols.wallclock_spec"),
     Protocol("train", "gradbench.protocols.train:protocol",
              "issue 15: train θ and φ with estimator 'train' → test_loglik, train_loglik, steps, evals, seconds; curves.parquet", False,
-             modules=("gradbench.protocols.train_ebm",)),
-    Protocol("snr", "gradbench.protocols.snr:snr", "snr_q25, snr_q50, snr_q75: quartiles over coordinates of |E ĝ|/sd(ĝ) per group", False, min_replicates=MIN_REPLICATES),
-    Protocol("mcmc", "gradbench.protocols.mcmc:mcmc", "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size", False, min_replicates=MIN_REPLICATES),
+             modules=("gradbench.protocols.train_ebm",), side_tables=(SideTable("curves", "curves.parquet"),)),
+    _spec("gradbench.protocols.snr_spec"),
+    _spec("gradbench.protocols.mcmc_spec"),
+    _spec("gradbench.protocols.mse_spec"),
 ]}
 
 

@@ -46,6 +46,7 @@ from gradbench.store import (  # noqa: F401
     output_lock,
     read_reference,
     reference_path,
+    side_tables,
     write_manifest,
     write_reference,
     write_target,
@@ -110,7 +111,7 @@ def run_suite(
             f.unlink(missing_ok=True)
         if fresh:
             for f in [*cell_dir.iterdir(), *(out / "checkpoints").glob("*.pt"), out / "results.parquet",
-                      out / "meeting_times.parquet", out / "curves.parquet"]:
+                      *(out / side.file for side in side_tables())]:
                 f.unlink(missing_ok=True)
         # claims the folder for this suite and records the cell count (report on an interrupted run)
         write_manifest(out, suite.name, cells, {}, complete=False)
@@ -131,10 +132,8 @@ def run_suite(
                     atomic_write_bytes(cell_dir / f"{cell.cell_id}.failed.json", json.dumps(record, indent=1).encode())
                     continue
                 write_target(cell, out, written)
-                if outcome.meeting is not None:  # written first: the cell file's existence means it is complete
-                    atomic_write_parquet(outcome.meeting, cell_dir / f"{cell.cell_id}.meeting.parquet")
-                if outcome.curves is not None:
-                    atomic_write_parquet(outcome.curves, cell_dir / f"{cell.cell_id}.curves.parquet")
+                for name, frame in outcome.side.items():  # first: the cell file's existence means it is complete
+                    atomic_write_parquet(frame, cell_dir / f"{cell.cell_id}.{name}.parquet")
                 atomic_write_parquet(outcome.rows, cell_dir / f"{cell.cell_id}.parquet")
                 (cell_dir / f"{cell.cell_id}.failed.json").unlink(missing_ok=True)
                 (out / "checkpoints" / f"{cell.cell_id}.pt").unlink(missing_ok=True)

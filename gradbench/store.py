@@ -5,8 +5,9 @@ Output folder layout (DESIGN §1):
     cells/<cell_id>.failed.json  a cell whose estimator raised (message); re-tried by the next run
     cells/<cell_id>.curves.parquet  ``train`` cells: learning curves (written before the cell file)
     checkpoints/<cell_id>.pt     ``train`` cells: the last checkpoint (deleted once the cell file exists)
-    curves.parquet               all learning curves of the suite
-    meeting_times.parquet        raw τ per replicate for estimators that report ``tau`` diagnostics
+    cells/<cell_id>.<side>.parquet  a protocol's side table of the cell (``meeting``: raw τ; ``curves``)
+    curves.parquet               all learning curves of the suite (the ``train`` protocol's side table)
+    meeting_times.parquet        raw τ per replicate (the ``meeting`` protocol's side table)
     references/<target>.<dtype>.<objective>.pt  each reference, computed once (estimated ones are costly)
     targets/<target_id>.npz      model parameters by name, data ``x``, exact gradient ``grad_<name>``
     results.parquet              all cells of the suite, in suite order, with the ``suite`` column
@@ -124,14 +125,16 @@ def write_target(cell: Cell, out: Path, written: set[str]) -> None:
 
 def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str] | None = None) -> pd.DataFrame:
     """Rebuild the tidy table from the cell files, in suite order (failed cells have no rows), plus the
-    run-wide ``bias_qvalue``/``bias_pvalue_holm`` rows (:func:`gradbench.protocols.bias.multiplicity_rows`)."""
+    protocols' run-level rows (``ProtocolSpec.run_rows``: the bias tests' ``bias_qvalue``/``bias_pvalue_holm``),
+    and collect the protocols' side tables (``ProtocolSpec.side_tables``) into their run files."""
     done = [c for c in cells if (out / "cells" / f"{c.cell_id}.parquet").exists()]
     frames = [pd.read_parquet(out / "cells" / f"{c.cell_id}.parquet") for c in done]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if not table.empty:  # multiple-testing correction across the run's bias tests
-        from gradbench.protocols.bias import multiplicity_rows
+    if not table.empty:  # the protocols' run-level rows (e.g. the multiple-testing correction of the bias tests)
+        from gradbench import registry
 
-        table = pd.concat([table, multiplicity_rows(table)], ignore_index=True)
+        extra = [spec.run_level_rows(table) for spec in registry.PROTOCOLS.values() if spec.run_rows is not None]
+        table = pd.concat([table, *(e for e in extra if e is not None)], ignore_index=True)
         order = table["cell_id"].map({c: i for i, c in enumerate(dict.fromkeys(table["cell_id"]))})
         table = table.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)  # rows by cell
     for col in table.columns[table.dtypes == object]:  # e.g. estimator.k holding both 5 and "auto"
@@ -140,16 +143,20 @@ def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str
             table[col] = table[col].map(lambda v: v if pd.isna(v) else str(v))
     table.insert(0, "suite", suite_name)
     atomic_write_parquet(table, out / "results.parquet")
-    meeting = [out / "cells" / f"{c.cell_id}.meeting.parquet" for c in done]
-    meeting = [pd.read_parquet(p) for p in meeting if p.exists()]
-    if meeting:
-        atomic_write_parquet(pd.concat(meeting, ignore_index=True), out / "meeting_times.parquet")
-    curves = [out / "cells" / f"{c.cell_id}.curves.parquet" for c in done]  # ``train`` cells (issue 15)
-    curves = [pd.read_parquet(p) for p in curves if p.exists()]
-    if curves:
-        atomic_write_parquet(pd.concat(curves, ignore_index=True), out / "curves.parquet")
+    for side in side_tables():  # e.g. meeting_times.parquet, curves.parquet
+        parts = [out / "cells" / f"{c.cell_id}.{side.name}.parquet" for c in done]
+        parts = [pd.read_parquet(p) for p in parts if p.exists()]
+        if parts:
+            atomic_write_parquet(pd.concat(parts, ignore_index=True), out / side.file)
     write_manifest(out, suite_name, cells, failed or {}, complete=True)
     return table
+
+
+def side_tables() -> list[Any]:
+    """Every registered protocol's side tables (:class:`gradbench.protocols.spec.SideTable`)."""
+    from gradbench import registry
+
+    return [side for spec in registry.PROTOCOLS.values() for side in spec.side_tables]
 
 
 def write_manifest(out: Path, suite_name: str, cells: list[Cell], failed: dict[str, str], *, complete: bool) -> None:

@@ -6,9 +6,12 @@ Rows are cells. A cell is named by
 * its **estimator**: the name and the parameters the suite set or that vary between the
   estimator's cells (``coupled_isir(K=16)``), not every default.
 
-Every number is formatted by :mod:`gradbench.report.format`, as in the report: the bias column is
-the headline ‖b‖/‖g*‖ with its per-row 95 % interval (:func:`~gradbench.report.format.bias_point`),
-then the multiplicity-corrected decision value (Benjamini–Hochberg ``q``, or Holm's ``p_Holm`` with
+Which columns a protocol's table has is its spec's ``terminal`` view
+(:class:`gradbench.protocols.spec.ProtocolSpec`, e.g. ``gradbench/protocols/bias_spec.py``); this module
+builds the tables and provides the column builders (:func:`pm_column`, :func:`bias_column`, …). Every
+number is formatted by :mod:`gradbench.report.format`, as in the report: the bias column is the headline
+‖b‖/‖g*‖ with its per-row 95 % interval (:func:`~gradbench.report.format.bias_point`), then the
+multiplicity-corrected decision value (Benjamini–Hochberg ``q``, or Holm's ``p_Holm`` with
 ``correction="holm"``; the per-row ``p`` for a run without them) and the row's verdict
 (:func:`~gradbench.report.format.bias_verdict`); a run without the interval shows ``rel_bias ± s.e.``.
 """
@@ -21,13 +24,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gradbench.protocols.spec import TermColumn, TerminalTable
 from gradbench.report.format import (
     CORRECTIONS,
     DEFAULT_ALPHA,
-    TAIL_INDEX_NOTE,
     bias_verdict,
-    decision_metric,
-    decision_symbol,
     fmt_band,
     fmt_bias,
     fmt_num,
@@ -38,9 +39,7 @@ from gradbench.report.format import (
     fmt_value,
     has_interval,
     missing,
-    nothing_flagged_line,
     rare_state_threshold,
-    verdict_note,
 )
 
 __all__ = ["CORRECTIONS", "DEFAULT_ALPHA", "CellProgress", "fmt_num", "fmt_p", "fmt_param", "fmt_pm", "format_run",
@@ -113,94 +112,85 @@ def text_table(header: list[str], rows: list[list[str]], left: int, text_last: b
     return "\n".join([line(header), line(["─" * w for w in widths]), *map(line, rows)])
 
 
-HEAVY = "_heavy"  # pseudo-metric: the cell's tail_index row warns that the variance may be infinite
+WARNED = "_warned:"  # pseudo-metric prefix: WARNED + m is present when row m of the cell carries a warning
+HEAVY = WARNED + "tail_index"  # the cell's tail_index row warns that the variance may be infinite
 HEAVY_NOTE = "†: its one-sided 95 % lower bound is ≤ 2, the variance may be infinite (tr Σ̂ is not reliable)"
 Metrics = dict[str, tuple[float, float]]  # metric -> (value, s.e.) of one row
-Column = tuple[str, Callable[[Metrics], str | None]]
 
 
 def _values(m: Metrics) -> dict[str, float]:
     return {k: v for k, (v, _) in m.items()}
 
 
-def _pm(metric: str) -> Callable[[Metrics], str | None]:
-    return lambda m: fmt_value(*m[metric]) if metric in m else None
+# -- column builders for the protocols' terminal tables (gradbench.protocols.*_spec) ---------------
+def pm_column(header: str, metric: str) -> TermColumn:
+    """``value ± s.e.`` of one metric."""
+    return TermColumn(header, lambda m: fmt_value(*m[metric]) if metric in m else None, (metric,))
 
 
-def _bias(m: Metrics) -> str | None:
-    if "rel_bias" not in m and not has_interval(_values(m)):
-        return None
-    return fmt_bias(_values(m), m.get("rel_bias", (math.nan, math.nan))[1])
+def count_column(header: str, metric: str) -> TermColumn:
+    """An integer count (no s.e.)."""
+    return TermColumn(header, lambda m: fmt_param(m[metric][0]) if metric in m else None, (metric,))
 
 
-def _decision(metric: str) -> Callable[[Metrics], str | None]:
-    return lambda m: fmt_p(m[metric][0]) if metric in m else None
+def bias_column(header: str) -> TermColumn:
+    """The headline ‖b‖/‖g*‖ with its interval (or the plug-in ± s.e.)."""
+    def show(m: Metrics) -> str | None:
+        if "rel_bias" not in m and not has_interval(_values(m)):
+            return None
+        return fmt_bias(_values(m), m.get("rel_bias", (math.nan, math.nan))[1])
+    return TermColumn(header, show, ("rel_bias", "rel_bias_debiased", "rel_bias_ci_low", "rel_bias_ci_high"))
 
 
-def _verdict(metric: str, alpha: float) -> Callable[[Metrics], str | None]:
-    def cell(m: Metrics) -> str | None:
+def p_column(header: str, metric: str) -> TermColumn:
+    return TermColumn(header, lambda m: fmt_p(m[metric][0]) if metric in m else None, (metric,))
+
+
+def verdict_column(header: str, metric: str, alpha: float) -> TermColumn:
+    """The bias verdict decided by ``metric`` at ``alpha`` (:func:`gradbench.report.format.bias_verdict`)."""
+    def show(m: Metrics) -> str | None:
         if metric not in m and "bias_rare_count" not in m:
             return None
         return str(bias_verdict(_values(m), metric, alpha, m.get("n_replicates", (math.nan,))[0],
                                 rare_state_threshold()))
-    return cell
+    return TermColumn(header, show, (metric, "bias_rare_count"))
 
 
-def _tail(m: Metrics) -> str | None:
-    if "tail_index" not in m:
-        return None
-    return fmt_tail_index(*m["tail_index"]) + (" †" if HEAVY in m else "")
+def tail_column(header: str) -> TermColumn:
+    """Hill's tail index ± s.e., ``†`` when its row warns of infinite variance."""
+    def show(m: Metrics) -> str | None:
+        if "tail_index" not in m:
+            return None
+        return fmt_tail_index(*m["tail_index"]) + (" †" if HEAVY in m else "")
+    return TermColumn(header, show, ("tail_index",))
 
 
-def _snr_band(m: Metrics) -> str | None:
-    if "snr_q25" not in m or "snr_q75" not in m:
-        return None
-    return fmt_band(m["snr_q25"][0], m["snr_q75"][0])
+def band_column(header: str, low: str, high: str) -> TermColumn:
+    """``[low, high]`` of two metrics' values."""
+    def show(m: Metrics) -> str | None:
+        return fmt_band(m[low][0], m[high][0]) if low in m and high in m else None
+    return TermColumn(header, show, (low, high))
 
 
-def protocol_columns(protocol: str, metrics: set[str], correction: str = "bh",
-                     alpha: float = DEFAULT_ALPHA) -> tuple[list[Column], str]:
-    """The columns of one protocol's table for the metrics the run has, and the table's note. The bias
-    verdict is decided by ``correction``'s adjusted p-value (``bh`` or ``holm``) at ``alpha``
-    (:func:`gradbench.report.format.bias_verdict`)."""
-    if protocol == "bias":
-        decision = decision_metric(correction, metrics)
-        interval = {"rel_bias_ci_low", "rel_bias_ci_high"} <= metrics
-        head = "rel. bias [per-row 95% CI]" if interval else "rel. bias ± s.e."
-        what = ("‖b‖/‖g*‖ (debiased, ≥ 0) and its per-row 95 % interval" if interval
-                else "plug-in ‖ḡ − g*‖/‖g*‖ ± 1 s.e. (noise-inflated)")
-        note = f"{what}. {verdict_note(decision, alpha, correction)}"
-        cols: list[Column] = [(head, _bias), (decision_symbol(decision), _decision(decision)),
-                              (f"verdict ({decision_symbol(decision)} < {alpha:g})", _verdict(decision, alpha))]
-        return cols, note
-    if protocol == "variance":
-        cols = [("tr Σ̂ ± s.e.", _pm("trace_cov")), ("evals", _pm("evals_mean")),
-                ("tr Σ̂ × evals", _pm("work_norm_var"))]
-        if "tail_index" in metrics:
-            cols.append(("tail index", _tail))
-        return cols, "variance of one estimate; evals: log-joint evaluations per estimate" + (
-            f"; tail index (Hill) ± s.e.; {HEAVY_NOTE}; {TAIL_INDEX_NOTE}" if "tail_index" in metrics else "")
-    if protocol == "snr":
-        return ([("SNR median ± s.e.", _pm("snr_q50")), ("[q25, q75] over j", _snr_band)],
-                "|E ĝⱼ|/sd(ĝⱼ): median over the coordinates j of the group (bootstrap s.e.) and its quartiles")
-    if protocol == "meeting":
-        cols = [("τ mean ± s.e.", _pm("tau_mean")), ("τ q50", _pm("tau_q50")), ("τ q90", _pm("tau_q90")),
-                ("τ q99", _pm("tau_q99")), ("censored", lambda m: fmt_param(m["n_censored"][0])
-                                             if "n_censored" in m else None)]
-        if "tail_rate" in metrics:
-            cols.append(("tail rate", _pm("tail_rate")))
-        return cols, "meeting time τ of the coupled chains, in iterations"
-    if protocol == "wallclock":
-        return ([("per estimate", lambda m: fmt_seconds(*m["seconds_per_estimate"])
-                  if "seconds_per_estimate" in m else None), ("evals / s", _pm("evals_per_second"))],
-                "median wall-clock; comparable only within one device")
-    return [], ""
+def seconds_column(header: str, metric: str) -> TermColumn:
+    return TermColumn(header, lambda m: fmt_seconds(*m[metric]) if metric in m else None, (metric,))
+
+
+def protocol_table(protocol: str, metrics: set[str], correction: str = "bh",
+                   alpha: float = DEFAULT_ALPHA) -> TerminalTable | None:
+    """The terminal table of a registered protocol for the metrics the run has (its spec's ``terminal``;
+    None for a protocol without one)."""
+    from gradbench import registry
+
+    spec = registry.PROTOCOLS.get(protocol)
+    return None if spec is None else spec.terminal_table(metrics, correction, alpha)
 
 
 def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, correction: str = "bh",
                alpha: float = DEFAULT_ALPHA) -> str:
-    """One table per protocol in ``protocols`` that has rows (parameter group ``all``; SNR per group); bias
-    flagged by ``correction``'s adjusted p-value below ``alpha`` (:func:`protocol_columns`)."""
+    """One table per protocol in ``protocols`` that has rows and a terminal view (its spec's ``terminal``,
+    :func:`protocol_table`): parameter group ``all``, or a row per group where the view asks; bias flagged by
+    ``correction``'s adjusted p-value below ``alpha``."""
     import pandas as pd
 
     if table is None or table.empty:
@@ -222,16 +212,17 @@ def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, co
         if sub.empty:
             continue
         metrics = set(sub["metric"])
-        columns, note = protocol_columns(protocol, metrics, correction, alpha)
-        if not columns:
+        view = protocol_table(protocol, metrics, correction, alpha)
+        if view is None or not view.columns:
             continue
-        groups = ["all"] if protocol != "snr" else list(dict.fromkeys(sub["param_group"]))
+        columns = view.columns
+        groups = list(dict.fromkeys(sub["param_group"])) if view.per_group else ["all"]
         if len(groups) == 2 and "all" in groups:
             groups = ["all"]  # one group besides 'all' holds every coordinate: the same numbers twice
         header = (["target"] if multi_target else []) + ["estimator"] + (["group"] if len(groups) > 1 else [])
-        header += [name for name, _ in columns]
+        header += [c.header for c in columns]
         rows = []
-        bias_rows: list[tuple[str, dict[str, float], Any]] = []
+        shown_rows: list[tuple[str, dict[str, float], Any]] = []
         for cell_id, grp in sub.groupby("cell_id", sort=False):
             tid = grp["target_id"].iloc[0]
             for group in groups:
@@ -241,25 +232,22 @@ def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, co
                 values = {m: (float(v), float(s)) for m, v, s in zip(g["metric"], g["value"], g["stderr"])}
                 if "n_replicates" in g:
                     values["n_replicates"] = (float(g["n_replicates"].iloc[0]), math.nan)
-                if "warning" in g and (g["metric"].eq("tail_index") & g["warning"].fillna("").ne("")).any():
-                    values[HEAVY] = (1.0, math.nan)
-                shown = [fn(values) for _, fn in columns]
+                if "warning" in g:
+                    for m in g.loc[g["warning"].fillna("").ne(""), "metric"]:
+                        values[WARNED + m] = (1.0, math.nan)
+                shown = [c.show(values) for c in columns]
                 if all(s is None for s in shown):
                     continue
                 row = ([t_labels.get(tid, tid)] if multi_target else []) + [e_labels[cell_id]]
                 row += [group] if len(groups) > 1 else []
                 rows.append(row + [s if s is not None else "—" for s in shown])
                 label = e_labels[cell_id] + (f" · {t_labels.get(tid, tid)}" if multi_target else "")
-                bias_rows.append((label, {k: v for k, (v, _) in values.items()}, values.get("n_replicates", (None,))[0]))
+                shown_rows.append((label, {k: v for k, (v, _) in values.items()}, values.get("n_replicates", (None,))[0]))
         if rows:
             left = len(header) - len(columns)
-            block = wrap(f"{protocol}: {note}") + "\n" + text_table(header, rows, left, text_last=protocol == "bias")
-            if protocol == "bias":
-                decision = decision_metric(correction, metrics)
-                verdicts = [bias_verdict(m, decision, alpha, r, rare_state_threshold()) for _, m, r in bias_rows]
-                if not any(v.flagged for v in verdicts):
-                    line = nothing_flagged_line(bias_rows, alpha, decision)
-                    block += "\n" + wrap(line) if line else ""
+            block = wrap(f"{protocol}: {view.note}") + "\n" + text_table(header, rows, left, text_last=view.text_last)
+            line = view.footer(shown_rows) if view.footer is not None else ""
+            block += "\n" + wrap(line) if line else ""
             blocks.append(block)
     if not multi_target and len(targets) == 1:
         r = targets.iloc[0]

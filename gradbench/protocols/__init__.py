@@ -2,17 +2,23 @@
 
 A protocol is ``protocol(sample, reference, ctx) -> list[Row]``; metric names follow DESIGN §5.
 Non-finite replicates are excluded from every moment and counted in ``ctx``'s caller.
+
+Each protocol is one vertical: ``<name>.py`` computes its rows and ``<name>_spec.py`` holds its
+:class:`~gradbench.protocols.spec.ProtocolSpec` (run-level rows, side tables, terminal table, report
+columns, compare rules, figures), the object the registry lists. This package imports neither numpy
+nor torch at import, so the registry (and ``gradbench list``/``validate``) can load every spec.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NotRequired, TypedDict
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from gradbench.core import GradSample, ParamLayout
+    from gradbench.core import GradSample, ParamLayout
 
 
 class Row(TypedDict):

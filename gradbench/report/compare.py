@@ -13,7 +13,8 @@ same arrays; otherwise :class:`InstanceMismatch` is raised (``--allow-different-
 compares anyway and says so). To replicate a run with independent Monte Carlo noise the target
 must stay fixed while the noise seed changes.
 
-**Tests** (all two-sided; a change is *worse* in the metric's bad direction):
+**Tests** (all two-sided; a change is *worse* in the metric's bad direction). Which metric gets which test
+is its protocol's spec's ``rules`` (:attr:`gradbench.protocols.spec.ProtocolSpec.rules`):
 * ratio metrics — ``trace_cov``, ``mse``, ``work_norm_var``, ``evals_mean``, SNR
   (``snr_median``, ``snr_q50``), ``tau_mean`` (when raw τ are not in both runs),
   ``seconds_per_estimate``, ``evals_per_second``, ``work_norm_var_seconds``:
@@ -29,7 +30,7 @@ must stay fixed while the noise seed changes.
   comparable), z = (q_B − q_A) / √(se_A² + se_B²), se(q)² = (2 r se_r)² + (se(tr Σ̂)/(n‖g*‖²))²;
   without ``trace_cov`` a plain difference of ``rel_bias``;
 * meeting times — raw τ per replicate (``meeting_times.parquet``) in both runs: Mann–Whitney U
-  (a shift of the τ distribution; censored τ count at the cap);
+  (a shift of the τ distribution; censored τ count at the cap), the meeting protocol's ``compare_tests``;
 * non-finite replicates — Fisher's exact test on the non-finite fraction, when either run has any.
 Other metrics (``mean_var``, ``bias_norm``, p-values, quantiles, …) are shown, not tested: they
 repeat a tested quantity or are test outputs themselves. A testable metric whose standard error
@@ -51,6 +52,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from gradbench import registry
+from gradbench.protocols.spec import Rule, resolve
 from gradbench.report.data import RunData, RunError, load_run, param_columns
 from gradbench.report.format import DEFAULT_ALPHA, fmt_p, fmt_value
 from gradbench.stats import holm_adjust
@@ -66,25 +69,11 @@ TARGET_SEED_HINT = ("give both runs the same target_seed (in the suite, or `grad
                     "change only --seed, or pass --allow-different-targets")
 
 
-@dataclass(frozen=True)
-class Rule:
-    kind: str  # "ratio" | "bias" | "diff"
-    worse: int  # +1: an increase is worse; -1: a decrease is worse
-
-
-RULES: dict[str, Rule] = {
-    "trace_cov": Rule("ratio", +1),
-    "mse": Rule("ratio", +1),
-    "work_norm_var": Rule("ratio", +1),
-    "evals_mean": Rule("ratio", +1),
-    "snr_median": Rule("ratio", -1),
-    "snr_q50": Rule("ratio", -1),
-    "rel_bias": Rule("bias", +1),
-    "tau_mean": Rule("ratio", +1),
-    "seconds_per_estimate": Rule("ratio", +1),
-    "work_norm_var_seconds": Rule("ratio", +1),
-    "evals_per_second": Rule("ratio", -1),
-}
+def rule_for(protocol: str, metric: str) -> Rule | None:
+    """How a change of ``metric`` from ``protocol`` is tested: its spec's :attr:`ProtocolSpec.rules` (None: shown,
+    not tested)."""
+    spec = registry.PROTOCOLS.get(protocol)
+    return None if spec is None else spec.rules.get(metric)
 
 
 class InstanceMismatch(RunError):
@@ -267,16 +256,18 @@ def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData, *, al
         notes.append("targets not checked (no targets/*.npz in both runs)")
 
     wide = {run: _cell_metrics(run_df) for run, run_df in (("a", a.results), ("b", b.results))}
-    raw_tau = _raw_tau_pairs(a, b, m) if "meeting" not in skip else {}
+    side = [resolve(test)(a, b, m) for spec in registry.PROTOCOLS.values() if spec.name not in skip
+            for test in spec.compare_tests]  # e.g. the meeting protocol's raw-τ test
+    superseded = {key for _, keys in side for key in keys}
     rows = []
     for _, r in m.iterrows():
-        rule = RULES.get(r["metric"])
+        rule = rule_for(r["protocol"], r["metric"])
         base = {"_cell": r["_cell"], "cell_id_a": r["cell_id_a"], "cell_id_b": r["cell_id_b"],
                 "estimator": r["estimator"], "param_group": r["param_group"],
                 "protocol": r["protocol"], "metric": r["metric"], "value_a": r["value_a"], "stderr_a": r["stderr_a"],
                 "value_b": r["value_b"], "stderr_b": r["stderr_b"]}
         p, effect, method, worse = math.nan, math.nan, "not tested", 0
-        if rule is not None and not (r["metric"] == "tau_mean" and r["_cell"] in raw_tau):
+        if rule is not None and (r["_cell"], r["metric"]) not in superseded:
             if rule.kind == "ratio":
                 p, effect, method = ratio_test(r["value_a"], r["stderr_a"], r["value_b"], r["stderr_b"])
                 change = (r["value_b"] - r["value_a"])
@@ -295,15 +286,8 @@ def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData, *, al
             if np.isfinite(change) and change != 0:
                 worse = rule.worse * (1 if change > 0 else -1)
         rows.append({**base, "test": method, "effect": effect, "p": p, "worse": worse})
-    for cell, (cid_a, cid_b, ta, tb) in raw_tau.items():
-        u = sps.mannwhitneyu(tb, ta, alternative="two-sided", method="asymptotic")
-        auc = float(u.statistic) / (len(ta) * len(tb))  # P(τ_B > τ_A) + ½ P(=)
-        rows.append({"_cell": cell, "cell_id_a": cid_a, "cell_id_b": cid_b, "estimator": _est(a, cid_a),
-                     "param_group": "all", "protocol": "meeting", "metric": "tau (raw)",
-                     "value_a": float(np.mean(ta)), "stderr_a": float(np.std(ta, ddof=1) / math.sqrt(len(ta))),
-                     "value_b": float(np.mean(tb)), "stderr_b": float(np.std(tb, ddof=1) / math.sqrt(len(tb))),
-                     "test": "Mann-Whitney U", "effect": auc, "p": float(u.pvalue),
-                     "worse": 0 if auc == 0.5 else (1 if auc > 0.5 else -1)})
+    for side_rows, _ in side:
+        rows += side_rows
     rows += _nonfinite_rows(a, b, m)
     table = pd.DataFrame(rows)
     table["p_holm"] = holm(table["p"].to_numpy(float))
@@ -361,6 +345,24 @@ def _raw_tau_pairs(a: RunData, b: RunData, m: pd.DataFrame) -> dict[str, tuple[s
         if ca in ga and cb in gb and len(ga[ca]) > 1 and len(gb[cb]) > 1:
             out[cell] = (ca, cb, ga[ca], gb[cb])
     return out
+
+
+def raw_tau_test(a: RunData, b: RunData, m: pd.DataFrame) -> tuple[list[dict[str, Any]], set[tuple[str, str]]]:
+    """The meeting protocol's compare test (``ProtocolSpec.compare_tests``): Mann–Whitney U on the raw τ of each
+    aligned cell that has them in both runs (``meeting_times.parquet``); it replaces that cell's ``tau_mean``
+    ratio test. Returns the rows and the (cell, metric) pairs they supersede."""
+    raw_tau = _raw_tau_pairs(a, b, m)
+    rows = []
+    for cell, (cid_a, cid_b, ta, tb) in raw_tau.items():
+        u = sps.mannwhitneyu(tb, ta, alternative="two-sided", method="asymptotic")
+        auc = float(u.statistic) / (len(ta) * len(tb))  # P(τ_B > τ_A) + ½ P(=)
+        rows.append({"_cell": cell, "cell_id_a": cid_a, "cell_id_b": cid_b, "estimator": _est(a, cid_a),
+                     "param_group": "all", "protocol": "meeting", "metric": "tau (raw)",
+                     "value_a": float(np.mean(ta)), "stderr_a": float(np.std(ta, ddof=1) / math.sqrt(len(ta))),
+                     "value_b": float(np.mean(tb)), "stderr_b": float(np.std(tb, ddof=1) / math.sqrt(len(tb))),
+                     "test": "Mann-Whitney U", "effect": auc, "p": float(u.pvalue),
+                     "worse": 0 if auc == 0.5 else (1 if auc > 0.5 else -1)})
+    return rows, {(cell, "tau_mean") for cell in raw_tau}
 
 
 def _nonfinite_rows(a: RunData, b: RunData, m: pd.DataFrame) -> list[dict[str, Any]]:

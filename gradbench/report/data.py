@@ -62,11 +62,16 @@ def param_columns(df: pd.DataFrame, prefix: str | None = None) -> list[str]:
 class RunData:
     path: Path
     results: pd.DataFrame
-    meeting: pd.DataFrame | None
+    side: dict[str, pd.DataFrame]  # the protocols' side tables by name (ProtocolSpec.side_tables), e.g. "meeting"
     manifest: dict[str, Any]
     alpha: float
     cells: pd.DataFrame = field(repr=False)
     correction: str = "bh"  # multiple-testing correction of the bias flags: "bh" or "holm" (see bias_decision)
+
+    @property
+    def meeting(self) -> pd.DataFrame | None:
+        """Raw meeting times per replicate (the ``meeting`` protocol's side table), or None."""
+        return self.side.get("meeting")
 
     @property
     def suite(self) -> str:
@@ -155,7 +160,7 @@ def load_run(path: str | Path, alpha: float | None = None, *, partial: bool = Fa
     manifest = _read_manifest(path)
     results_path = path / "results.parquet"
     finished = sorted((path / "cells").glob("*.parquet")) if (path / "cells").is_dir() else []
-    finished = [p for p in finished if not p.name.endswith(".meeting.parquet")]
+    finished = [p for p in finished if p.name.count(".") == 1]  # <cell_id>.parquet, not <cell_id>.<side>.parquet
     complete = results_path.is_file() and manifest.get("complete", True)
     if not complete:
         if not finished and not manifest:
@@ -179,21 +184,33 @@ def load_run(path: str | Path, alpha: float | None = None, *, partial: bool = Fa
     if missing:
         raise RunError(f"{results_path}: missing column(s) {', '.join(sorted(missing))}")
     results = with_data_provenance(path, results)
-    meeting = None
-    mpath = path / "meeting_times.parquet"
-    if "partial" in manifest:
-        parts = [pd.read_parquet(p) for p in sorted((path / "cells").glob("*.meeting.parquet"))
-                 if p.name.removesuffix(".meeting.parquet") in set(results["cell_id"])]
-        meeting = pd.concat(parts, ignore_index=True) if parts else None
-    elif mpath.is_file():
-        meeting = pd.read_parquet(mpath)
+    side = read_side_tables(path, results, partial="partial" in manifest)
     if alpha is None:
         alpha = float(manifest.get("alpha", DEFAULT_ALPHA))
     if not 0 < alpha < 1:
         raise RunError(f"alpha must be in (0, 1), got {alpha}")
     if correction not in CORRECTIONS:
         raise RunError(f"correction must be one of {sorted(CORRECTIONS)}, got {correction!r}")
-    return RunData(path, results, meeting, manifest, alpha, describe_cells(results), correction)
+    return RunData(path, results, side, manifest, alpha, describe_cells(results), correction)
+
+
+def read_side_tables(path: Path, results: pd.DataFrame, *, partial: bool = False) -> dict[str, pd.DataFrame]:
+    """The registered protocols' side tables of a run folder (:attr:`ProtocolSpec.side_tables`): the collected
+    file, or for a partial run the finished cells' ``cells/<cell_id>.<name>.parquet``."""
+    from gradbench import registry
+
+    out: dict[str, pd.DataFrame] = {}
+    for spec in registry.PROTOCOLS.values():
+        for side in spec.side_tables:
+            if partial:
+                suffix = f".{side.name}.parquet"
+                parts = [pd.read_parquet(p) for p in sorted((path / "cells").glob(f"*{suffix}"))
+                         if p.name.removesuffix(suffix) in set(results["cell_id"])]
+                if parts:
+                    out[side.name] = pd.concat(parts, ignore_index=True)
+            elif (path / side.file).is_file():
+                out[side.name] = pd.read_parquet(path / side.file)
+    return out
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -307,7 +324,15 @@ def _any_inconclusive(run: RunData) -> bool:
     return bool((run.results.loc[run.results["metric"] == "bias_rare_count", "value"] < rare_state_threshold()).any())
 
 
-VARIANCE_WARNED_METRICS = ("trace_cov", "mean_var", "mse", "work_norm_var")
+
+
+def heavy_tail_metrics() -> frozenset[str]:
+    """Variance-type metrics (shown with † and no s.e. where the variance may be infinite): the registered
+    protocols' report columns marked ``heavy_tail``."""
+    from gradbench import registry
+
+    return frozenset(c.metric for s in registry.PROTOCOLS.values() for c in s.report_columns if c.heavy_tail)
+
 INFINITE_VARIANCE_TEXT = "variance may be infinite"  # gradbench.protocols.variance's tail_index warning
 
 

@@ -1,7 +1,8 @@
 """Figures for a run, each drawn only when the run has the metrics it needs.
 
-Every figure is ``fn(run) -> matplotlib Figure | None`` (``None``: nothing to draw) and is listed
-in :data:`FIGURES` with its file name, title and caption. Conventions:
+Every figure is ``fn(run) -> matplotlib Figure | None`` (``None``: nothing to draw); the protocols' specs
+list them (``ProtocolSpec.figures``: file name, title, caption) and :func:`figure_specs` gathers those of
+every registered protocol, in registry order. Conventions:
 * colour = estimator (:func:`gradbench.report.style.estimator_color`), marker/line style = the
   estimator's variant (its non-budget parameters that vary), one facet row per target;
 * error bars are ±1 stored standard error; an axis is logarithmic where the quantity is positive
@@ -14,7 +15,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from statistics import NormalDist
 
 import matplotlib
@@ -29,12 +29,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
+from gradbench.protocols.spec import FigureSpec  # re-exported: train_figures and the protocols' specs use it
 from gradbench.report.data import (
     CORRECTIONS,
-    VARIANCE_WARNED_METRICS,
     RunData,
     bias_decision,
     fmt_param,
+    heavy_tail_metrics,
     infinite_variance_cells,
 )
 from gradbench.report.format import bias_point, bias_verdict, decision_symbol, has_interval, rare_state_threshold
@@ -46,12 +47,6 @@ LOWER_BAR_FLOOR = 0.9  # lower error bars end no lower than (1 − 0.9)·value: 
 LEGEND_FONT = 9
 
 
-@dataclass(frozen=True)
-class FigureSpec:
-    name: str  # file stem
-    title: str
-    caption: str | Callable[[RunData], str]  # a function of the run where the panels depend on it
-    draw: Callable[[RunData], Figure | None]
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -342,7 +337,7 @@ def _per_group(run: RunData, metric: str, ylabel: str, band: tuple[str, str] | N
     if df.empty:
         return None
     groups = [g for g in run.param_groups if g in set(df["param_group"])]
-    heavy = infinite_variance_cells(run) if metric in VARIANCE_WARNED_METRICS else set()
+    heavy = infinite_variance_cells(run) if metric in heavy_tail_metrics() else set()
     df = df.assign(bare=df["cell_id"].isin(heavy))
     styles = _style_of(run)
     fig, axes, targets = _facets(run, df, len(groups))
@@ -379,6 +374,12 @@ def _per_group(run: RunData, metric: str, ylabel: str, band: tuple[str, str] | N
 
 def variance_vs_budget(run: RunData) -> Figure | None:
     return _per_group(run, "trace_cov", metric_label("trace_cov"))
+
+
+def per_group_vs_budget(run: RunData, metric: str, ylabel: str) -> Figure | None:
+    """One metric (±1 s.e.) against budget, a panel per parameter group and a row per target, log-log; cells whose
+    variance may be infinite drawn hollow where the metric is variance-type. For protocols' own figures."""
+    return _per_group(run, metric, ylabel)
 
 
 def snr_vs_budget(run: RunData) -> Figure | None:
@@ -647,40 +648,43 @@ def wallclock(run: RunData) -> Figure | None:
     return fig
 
 
-FIGURES: list[FigureSpec] = [
-    FigureSpec("bias_vs_budget", "Bias vs budget",
-               "Relative bias ‖b‖/‖g*‖ against each estimator's budget, log-log: the headline value the tables print "
-               "(the debiased estimate, ≥ 0, kept inside its interval) with its per-row 95 % interval as the error "
-               "bar (runs without the interval: the plug-in ‖ḡ − g*‖/‖g*‖ ± 1 s.e.). A downward triangle: the "
-               "estimate is 0 and the bias lies below the interval's upper end, drawn there. Filled markers: the "
-               "row's verdict is biased (the adjusted p-value of the report's correction < α when the run has it: "
-               "bias_qvalue, Benjamini–Hochberg, by default; bias_pvalue_holm with --correction holm; else "
-               "bias_pvalue < α); hollow: not shown biased or inconclusive. Dotted lines: weighted log-log fit over the "
-               "biased points (weights from the interval's half-width / 1.96), slope ± s.e. in the legend, one per "
-               "target (O(1/K) bias gives slope −1). Right: the verdict's p- or q-value with α marked. Lower error "
-               "bars stop at a tenth of the value on log axes.", bias_vs_budget),
-    FigureSpec("variance_vs_budget", "Variance vs budget",
-               "Trace of the covariance of one estimate, tr Σ̂ (±1 s.e.), per parameter group, log-log."
-               + HEAVY_CAPTION,
-               variance_vs_budget),
-    FigureSpec("snr_vs_budget", "Signal-to-noise ratio vs budget",
-               "Per-coordinate SNR |E ĝⱼ|/sd(ĝⱼ), median over the coordinates of each parameter group "
-               "(±1 bootstrap "
-               "s.e.; a band is the coordinates' interquartile range when the run has it), log-log.", snr_vs_budget),
-    FigureSpec("efficiency_frontier", "Efficiency frontier",
-               frontier_caption, efficiency_frontier),
-    FigureSpec("meeting_times", "Meeting times",
-               "Coupled estimators: ECDF of the meeting time τ (left) and its survival P(τ > t) on a log axis "
-               "(right; a straight line is a geometric tail), one curve per budget. Censored replicates (runs that "
-               "hit the iteration cap) are counted at the cap and marked.", meeting_times),
-    FigureSpec("meeting_summary", "Meeting-time summary",
-               "Mean and quantiles of the meeting time τ against budget (±1 s.e. where stored).", meeting_summary),
-    FigureSpec("wallclock", "Wall-clock",
-               "Wall-clock seconds per estimate (median, error bar from the stored s.e.) and throughput in log-joint "
-               "evaluations per second. Comparable only within one device.", wallclock),
-]
+# -- MCMC diagnostics ---------------------------------------------------------------------------
+def mcmc_vs_budget(run: RunData) -> Figure | None:
+    """Acceptance rate and ESS of the estimator's inner chain (the ``mcmc`` protocol) against budget."""
+    stats = [m for m in ("acceptance", "ess") if run.has(m)]
+    if not stats:
+        return None
+    df = run.wide(stats).dropna(subset=["budget"])
+    if df.empty:
+        return None
+    styles = _style_of(run)
+    fig, axes, targets = _facets(run, df, len(stats))
+    for i, target in enumerate(targets):
+        for j, stat in enumerate(stats):
+            ax = axes(i, j)
+            sub = (df[df["target_label"] == target] if target else df).dropna(subset=[stat])
+            sub = sub.assign(stderr=sub[stat + "__se"])
+            _draw_series(ax, sub, "budget", stat, styles)
+            _set_log(ax, "x", sub["budget"], force=True, budget=True)
+            if stat == "ess":
+                _set_log(ax, "y", _positive(sub[stat]))
+            ax.set_xlabel(_budget_axis_label(sub))
+            ax.set_ylabel("acceptance rate" if stat == "acceptance" else "effective sample size")
+            ax.set_title(stat + (f"\n{target}" if target and len(targets) > 1 else ""), fontsize=10)
+    _legend(fig, run, list(dict.fromkeys(df["series"])))
+    return fig
+
+
+VARIANCE_CAPTION = "Trace of the covariance of one estimate, tr Σ̂ (±1 s.e.), per parameter group, log-log." + HEAVY_CAPTION
+
+
+def figure_specs() -> list[FigureSpec]:
+    """The figures of every registered protocol (:attr:`ProtocolSpec.figures`), in registry order."""
+    from gradbench import registry
+
+    return [f for spec in registry.PROTOCOLS.values() for f in spec.figures]
 
 
 def draw(spec: FigureSpec, run: RunData) -> Figure | None:
     with theme():
-        return spec.draw(run)
+        return spec.drawer()(run)

@@ -64,16 +64,17 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, *, alpha: 
     bias flags, ``bh`` (Benjamini–Hochberg q-values) or ``holm`` (Holm-adjusted p-values)."""
     import matplotlib.pyplot as plt
 
-    from gradbench.report.figures import FIGURES, draw
+    from gradbench.report.figures import draw, figure_specs
     from gradbench.report.train_figures import TRAIN_FIGURES, train_tables  # issue 15: training runs
 
     run = load_run(run_dir, alpha, partial=partial, correction=correction)
     out = Path(out) if out is not None else run.path / "report"
     (out / "figures").mkdir(parents=True, exist_ok=True)
     figures: list[RenderedFigure] = []
-    steps = tqdm(total=len(FIGURES) + len(TRAIN_FIGURES) + 2, desc=f"report {run.suite}", unit="step", disable=not progress)
+    specs = [*figure_specs(), *TRAIN_FIGURES]
+    steps = tqdm(total=len(specs) + 2, desc=f"report {run.suite}", unit="step", disable=not progress)
     with steps:
-        for spec in [*FIGURES, *TRAIN_FIGURES]:
+        for spec in specs:
             steps.set_postfix_str(spec.name)
             fig = draw(spec, run)
             if fig is not None:
@@ -82,7 +83,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, *, alpha: 
                 plt.close(fig)
                 png = compact_png(buf.getvalue())
                 (out / "figures" / f"{spec.name}.png").write_bytes(png)
-                caption = spec.caption(run) if callable(spec.caption) else spec.caption
+                caption = spec.caption_for(run)
                 figures.append(RenderedFigure(spec.name, spec.title, caption, png))
             else:
                 (out / "figures" / f"{spec.name}.png").unlink(missing_ok=True)  # stale from an earlier render

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from gradbench.protocols.spec import ReportColumn
 from gradbench.report.data import (
-    ADJUSTED_BIAS_METRICS,
-    VARIANCE_WARNED_METRICS,
     RunData,
     bias_decision,
     bias_flag_note,
@@ -41,39 +40,19 @@ from gradbench.report.format import (
 )
 
 __all__ = ["Cell", "Table", "all_tables", "cost_table", "fmt_p", "fmt_value", "group_table", "meeting_table",
-           "summary_table"]
+           "report_columns", "summary_table"]
 
 VERDICT = "bias_verdict"  # a column computed from the row, not a stored metric
 SNR_METRICS = ("snr_q50", "snr_median")  # the same median over coordinates, from the snr / variance protocol
-BIAS_EXTRA = ["rel_bias_ci_low", "rel_bias_ci_high", "rel_bias_debiased", "bias_rare_count"]
 
-# (metric, column header) in display order; columns appear only when the run has the metric.
-ACCURACY_COLUMNS = [
-    ("rel_bias", "rel. bias"),
-    ("bias_pvalue", "bias p (per row)"),
-    ("bias_qvalue", "bias q"),
-    ("bias_pvalue_holm", "bias p (Holm)"),  # shown instead of bias q with --correction holm
-    (VERDICT, "verdict"),  # from the decision's value at α (format.bias_verdict)
-    ("tail_index", "tail index"),
-    ("trace_cov", "tr Σ̂"),
-    ("snr_median", "SNR (median)"),  # snr_q50 (snr protocol) where present, else snr_median (variance protocol)
-    ("mse", "MSE"),
-]
-COST_COLUMNS = [
-    ("evals_mean", "cost (evals)"),
-    ("work_norm_var", "tr Σ̂ × cost"),
-    ("tau_mean", "τ mean"),
-    ("tau_q50", "τ q50"),
-    ("tau_q99", "τ q99"),
-    ("n_censored", "censored"),
-    ("seconds_per_estimate", "s / estimate"),
-    ("evals_per_second", "evals / s"),
-    ("work_norm_var_seconds", "tr Σ̂ × s"),
-]
-GROUP_COLUMNS = [
-    ("rel_bias", "rel. bias"), ("bias_pvalue", "bias p (per row)"), ("trace_cov", "tr Σ̂"), ("mean_var", "mean var"),
-    ("snr_median", "SNR (median)"), ("mse", "MSE"),
-]
+
+def report_columns(table: str) -> list[ReportColumn]:
+    """The columns of one per-cell table (``accuracy``, ``cost`` or ``group``): every registered protocol's
+    :attr:`~gradbench.protocols.spec.ProtocolSpec.report_columns` for it, in registry order. A column appears
+    only when the run has one of its metrics."""
+    from gradbench import registry
+
+    return [c for spec in registry.PROTOCOLS.values() for c in spec.report_columns if c.table == table]
 
 
 @dataclass(frozen=True)
@@ -132,27 +111,28 @@ def _snr(r: pd.Series) -> tuple[float, float]:
     return math.nan, math.nan
 
 
-def _row_cells(r: pd.Series, columns: list[tuple[str, str]], alpha: float, decision: str = "bias_pvalue",
+def _row_cells(r: pd.Series, columns: list[tuple[ReportColumn, str]], alpha: float, decision: str = "bias_pvalue",
                heavy: bool = False) -> list[Cell]:
     """``heavy``: the cell's variance may be infinite; its variance-type values get ``†`` and no s.e."""
     out = []
     m = _metrics(r)
     verdict = bias_verdict(m, decision, alpha, r.get("n_replicates"), rare_state_threshold())
-    for metric, _ in columns:
+    for col, _ in columns:
+        metric, kind = col.metric, col.kind
         v = r.get(metric)
-        if heavy and metric in VARIANCE_WARNED_METRICS:
+        if heavy and col.heavy_tail:
             out.append(Cell(fmt_value(v) + " †"))  # † marks it (a red flag is reserved for bias)
-        elif metric == VERDICT:
+        elif kind == "verdict":
             out.append(Cell(str(verdict), "bad" if verdict.flagged else None))
-        elif metric in ("bias_pvalue",) + ADJUSTED_BIAS_METRICS:
+        elif kind in ("p", "adjusted_p"):
             out.append(Cell(fmt_p(v), "bad" if metric == decision and verdict.flagged else None))
-        elif metric == "rel_bias":
-            out.append(Cell(fmt_bias(m, r.get("rel_bias__se"))))
-        elif metric == "tail_index":
-            out.append(Cell(fmt_tail_index(v, r.get("tail_index__se"))))
-        elif metric == "snr_median":
+        elif kind == "bias":
+            out.append(Cell(fmt_bias(m, r.get(metric + "__se"))))
+        elif kind == "tail":
+            out.append(Cell(fmt_tail_index(v, r.get(metric + "__se"))))
+        elif kind == "snr":
             out.append(Cell(fmt_value(*_snr(r))))
-        elif metric == "n_censored":
+        elif kind == "count":
             out.append(Cell("—" if v is None or not np.isfinite(v) else str(int(v)), "bad" if v and v > 0 else None))
         else:
             out.append(Cell(fmt_value(v, r.get(metric + "__se"))))
@@ -176,43 +156,40 @@ def _sorted_cells(df: pd.DataFrame, run: RunData) -> pd.DataFrame:
         ["_t", "_s", "budget"], na_position="first")
 
 
-def _present(run: RunData, columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The columns the run has values for (the SNR column for either SNR metric, the verdict with a bias test)."""
-    def has(m: str) -> bool:
-        return run.has(*SNR_METRICS) if m == "snr_median" else run.has("bias_pvalue") if m == VERDICT else run.has(m)
-    return [(m, h) for m, h in columns if has(m)]
+def _present(run: RunData, columns: list[ReportColumn]) -> list[tuple[ReportColumn, str]]:
+    """(column, header) for the columns the run has values for (:attr:`ReportColumn.shown_if`)."""
+    return [(c, c.header) for c in columns if run.has(*c.shown_if)]
 
 
-def _loaded(metrics: list[str]) -> list[str]:
-    """The stored metrics :meth:`RunData.wide` must load to fill ``metrics`` (columns)."""
-    out = [m for m in metrics if m not in (VERDICT, "snr_median")]
-    out += list(SNR_METRICS) if "snr_median" in metrics else []
-    out += BIAS_EXTRA if "rel_bias" in metrics or VERDICT in metrics else []
+def _loaded(columns: list[ReportColumn]) -> list[str]:
+    """The stored metrics :meth:`RunData.wide` must load to fill ``columns``."""
+    out = [c.metric for c in columns if c.kind not in ("verdict", "snr")]
+    out += [m for c in columns for m in c.loads]
     return list(dict.fromkeys(out))
 
 
-def _cell_table(run: RunData, title: str, columns: list[tuple[str, str]], note: str) -> Table | None:
+def _cell_table(run: RunData, title: str, table: str, note: str) -> Table | None:
     decision = bias_decision(run)
-    cols = [(m, h) for m, h in _present(run, columns) if m not in ADJUSTED_BIAS_METRICS or m == decision]
+    cols = [(c, h) for c, h in _present(run, report_columns(table)) if c.kind != "adjusted_p" or c.metric == decision]
     if not cols:
         return None
     if run.has("rel_bias_ci_low") and run.has("rel_bias_ci_high"):
-        cols = [(m, "rel. bias [per-row 95% CI]" if m == "rel_bias" else h) for m, h in cols]
-    cols = [(m, f"verdict ({decision_symbol(decision)} < {run.alpha:g})" if m == VERDICT else h) for m, h in cols]
-    loaded = _loaded([m for m, _ in cols])
+        cols = [(c, "rel. bias [per-row 95% CI]" if c.kind == "bias" else h) for c, h in cols]
+    cols = [(c, f"verdict ({decision_symbol(decision)} < {run.alpha:g})" if c.kind == "verdict" else h) for c, h in cols]
+    loaded = _loaded([c for c, _ in cols])
     wide = _sorted_cells(run.wide(loaded), run)
     wide = wide[wide[[m for m in loaded if m in wide]].notna().any(axis=1)]  # cells without any of these metrics
     n_targets = wide["target_label"].nunique()
     header = (["target"] if n_targets > 1 else []) + ["estimator", "budget", "replicates"] + [h for _, h in cols]
     t = Table(title, header, note=note, text_columns=header.index("budget") + 1)
     heavy = infinite_variance_cells(run)
-    if heavy and any(m in VARIANCE_WARNED_METRICS for m, _ in cols):
+    if heavy and any(c.heavy_tail for c, _ in cols):
         t.note += HEAVY_NOTE
     for _, r in wide.iterrows():
         t.rows.append(_ident(r, n_targets) + _row_cells(r, cols, run.alpha, decision, r["cell_id"] in heavy))
-    if any(m == "tail_index" for m, _ in cols) and (wide["tail_index"] > TAIL_INDEX_MAX).any():
+    if any(c.kind == "tail" for c, _ in cols) and (wide["tail_index"] > TAIL_INDEX_MAX).any():
         t.note += " " + TAIL_INDEX_NOTE[0].upper() + TAIL_INDEX_NOTE[1:] + "."
-    if any(m == VERDICT for m, _ in cols):
+    if any(c.kind == "verdict" for c, _ in cols):
         verdicts = [bias_verdict(_metrics(r), decision, run.alpha, r.get("n_replicates"), rare_state_threshold())
                     for _, r in wide.iterrows()]
         if verdicts and not any(v.flagged for v in verdicts):
@@ -235,19 +212,19 @@ def summary_table(run: RunData) -> Table | None:
                  "95 % confidence interval (not corrected for multiplicity: the verdict is the decision; the plug-in "
                  "‖ḡ − g*‖ is noise-inflated and not shown). 'not shown biased: < x unresolvable at R': x is the "
                  "interval's upper end, a smaller bias cannot be told from 0 with R replicates.")
-    return _cell_table(run, "Accuracy per estimator × budget", ACCURACY_COLUMNS, note)
+    return _cell_table(run, "Accuracy per estimator × budget", "accuracy", note)
 
 
 def cost_table(run: RunData) -> Table | None:
     """Cost, work-normalised variance, meeting times and wall-clock per estimator × budget."""
-    return _cell_table(run, "Cost per estimator × budget", COST_COLUMNS,
+    return _cell_table(run, "Cost per estimator × budget", "cost",
                        "Cost in log-joint evaluations per estimate; τ in kernel iterations; wall-clock comparable "
                        "only within one device. Values are ± 1 standard error where stored.")
 
 
 def group_table(run: RunData) -> Table | None:
     groups = [g for g in run.param_groups if g != "all"]
-    cols = _present(run, GROUP_COLUMNS)
+    cols = _present(run, report_columns("group"))
     if not groups or not cols:
         return None
     n_targets = run.cells["target_label"].nunique()
@@ -256,14 +233,14 @@ def group_table(run: RunData) -> Table | None:
     t = Table("Per parameter group", header, note="Values are ± 1 standard error; bias p is per row and uncorrected "
               "(the q-values and verdicts cover parameter group 'all' only); a bias p below α is shown in red.",
               text_columns=header.index("group") + 1)
-    frames = [_sorted_cells(run.wide(_loaded([m for m, _ in cols]), g), run).assign(group=g) for g in groups]
+    frames = [_sorted_cells(run.wide(_loaded([c for c, _ in cols]), g), run).assign(group=g) for g in groups]
     order = {g: i for i, g in enumerate(groups)}
     rows = pd.concat(frames).assign(_g=lambda d: d["group"].map(order))
     heavy = infinite_variance_cells(run)
-    if heavy and any(m in VARIANCE_WARNED_METRICS for m, _ in cols):
+    if heavy and any(c.heavy_tail for c, _ in cols):
         t.note += HEAVY_NOTE
     for _, r in rows.sort_values(["_t", "_s", "budget", "_g"], na_position="first").iterrows():
-        if all(not np.isfinite(r.get(m, np.nan)) for m in _loaded([m for m, _ in cols])):
+        if all(not np.isfinite(r.get(m, np.nan)) for m in _loaded([c for c, _ in cols])):
             continue
         t.rows.append(_ident(r, n_targets) + [Cell(r["group"])] + _row_cells(r, cols, run.alpha, "bias_pvalue",
                                                                             r["cell_id"] in heavy))
@@ -298,4 +275,9 @@ def meeting_table(run: RunData) -> Table | None:
 
 
 def all_tables(run: RunData) -> list[Table]:
-    return [t for t in (summary_table(run), cost_table(run), group_table(run), meeting_table(run)) if t is not None]
+    """The per-cell tables, then the tables of the protocols' own (:attr:`ProtocolSpec.report_tables`)."""
+    from gradbench import registry
+    from gradbench.protocols.spec import resolve
+
+    own = [resolve(fn)(run) for spec in registry.PROTOCOLS.values() for fn in spec.report_tables]
+    return [t for t in (summary_table(run), cost_table(run), group_table(run), *own) if t is not None]
