@@ -1,0 +1,153 @@
+"""Distance to the hardware limit: achieved FLOP/s of a gradient estimator ÷ FLOP/s of one large matrix product.
+
+**FLOPs of a gradient** (matrix products only; an MLP decoder of widths w_0 = latent_dim, w_1..w_L = hidden,
+w_{L+1} = data_dim, a_l = w_l · w_{l+1} multiply-adds per single-point layer l = 0..L):
+
+* forward of one single-point log-joint evaluation: F = Σ_l 2 a_l (for B·K particles, 2·B·K·fan_in·fan_out per
+  layer);
+* backward to θ: every layer's weight gradient ∇W_l = Σ δ_l h_lᵀ (2 a_l) and every layer above the first passes δ
+  down, δ_{l−1} = δ_l W_l (2 a_l); z needs no gradient, so backward = 2F − 2a_0 ≈ 2 × forward;
+* gradient per evaluation G = 3F − 2a_0 = 2 (3 Σ_l a_l − a_0), and FLOPs of a call = G × evaluations.
+
+Elementwise work (activations, bias adds, the likelihood) is O(Σ w_l) per evaluation against O(Σ a_l) and is not
+counted. On the latent-20 VAE, hidden [200, 200], 784 data dimensions: Σ a_l = 200 800, a_0 = 4 000,
+F = 401 600 and G = 1 196 800 FLOPs per evaluation. ``torch.utils.flop_counter.FlopCounterMode`` gives the same
+count for an autograd forward + backward to θ (tested).
+
+**Evaluations of a call**: the charged cost (``GradSample.cost``, summed over replicates) — exact for ``iwae``
+(K·N per replicate). Where the estimator reports what it actually computed — the coupled estimators' diagnostics
+``lockstep_cost`` (single-point evaluations the lock-stepped batch ran, per replicate) and ``pilot_cost`` (a
+meeting-time pilot for ``k: auto``, forward only) — FLOPs = G × lockstep + F × pilot instead, and the row says so.
+(A coupled i-SIR step's fused gradient also re-runs the forward of its two carried particles, 2 × F per chain pair
+and step beyond the charged K − 1: not counted, so the coupled fraction is, if anything, understated.)
+
+**Reference**: C = A B with A, B [n, n] (n = 1024 by default) in the same dtype, on the same device and thread
+count, 2n³ FLOPs, called once per round, *interleaved* with the estimators (matmul, estimator 1, estimator 2, …),
+so that the fraction of each round uses the matrix product of the same round; reported as the median over rounds
+with its interquartile range and a distribution-free 95 % interval for the median (:func:`median_ci`). One large
+GEMM is close to what one core can do (BLAS), so the fraction says how far an estimator's arithmetic is from it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradbench import registry
+from gradbench.core import GradSample
+from gradbench.protocols.wallclock import synchronize
+from gradbench.speed.settings import SpeedError, SpeedPlan, SpeedSettings
+from gradbench.speed.timing import median_ci
+
+MATMUL_N = 1024
+
+
+def mlp_widths(target: Any) -> tuple[int, ...] | None:
+    """Layer widths (latent_dim, *hidden, data_dim) of a target whose log-joint is an MLP decoder (``vae``), else None."""
+    from gradbench.models.vae import VAE
+
+    model = getattr(target, "model", None)
+    if not isinstance(model, VAE):
+        return None
+    return (model.latent_dim, *model.hidden, model.data_dim)
+
+
+def forward_flops(widths: tuple[int, ...]) -> int:
+    """F = Σ_l 2 · fan_in_l · fan_out_l: matrix-product FLOPs of one single-point forward pass."""
+    return sum(2 * a * b for a, b in itertools.pairwise(widths))
+
+
+def gradient_flops(widths: tuple[int, ...]) -> int:
+    """G = 3F − 2 · w_0 · w_1: forward + backward to θ of one single-point evaluation (backward = 2F − 2a_0 ≈ 2F)."""
+    return 3 * forward_flops(widths) - 2 * widths[0] * widths[1]
+
+
+def matmul_flops(n: int) -> int:
+    """2n³: the FLOPs of one [n, n] @ [n, n] product (n³ multiply-adds)."""
+    return 2 * n**3
+
+
+def call_flops(sample: GradSample, widths: tuple[int, ...]) -> tuple[float, float, str]:
+    """(FLOPs, evaluations, what was counted) of one estimator call, from its :class:`GradSample`.
+
+    ``lockstep_cost`` (+ ``pilot_cost``) when the estimator reports what it computed, else the charged cost."""
+    d = sample.diagnostics
+    if "lockstep_cost" in d:
+        lock = float(d["lockstep_cost"].sum())
+        pilot = float(d["pilot_cost"].sum()) if "pilot_cost" in d else 0.0
+        return (gradient_flops(widths) * lock + forward_flops(widths) * pilot, lock + pilot,
+                "computed (lockstep_cost + pilot_cost)")
+    evals = float(sample.cost.sum())
+    return gradient_flops(widths) * evals, evals, "charged (GradSample.cost)"
+
+
+def run_flops(plan: SpeedPlan, settings: SpeedSettings, target: Any, gen: Callable[[str], torch.Generator],
+              progress: Callable[[str], None] = lambda s: None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Interleaved rounds of [matmul, each estimator of the plan]: per-round FLOP fractions and the per-evaluation
+    seconds of each estimator ÷ iwae's. Returns (rows, reference); raises :class:`SpeedError` for a target without
+    an MLP FLOP count."""
+    widths = mlp_widths(target)
+    if widths is None:
+        raise SpeedError(f"flops: model {plan.target.model!r} has no FLOP count (only the MLP decoder of 'vae')")
+    n, device, R = settings.flops_matmul_n, plan.suite.device, plan.R
+    dtype = target.theta[next(iter(target.theta))].dtype
+    g_mm = gen("flops-matmul")
+    a = torch.randn(n, n, generator=g_mm, dtype=dtype, device=device)
+    b = torch.randn(n, n, generator=g_mm, dtype=dtype, device=device)
+    c = torch.empty(n, n, dtype=dtype, device=device)
+    ests = [(name, params, registry.ESTIMATORS[name].fn, gen(f"flops-{name}")) for name, params in plan.estimators]
+    progress(f"FLOP fraction: {', '.join(n for n, *_ in ests)} interleaved with a [{n}, {n}] matmul "
+             f"({settings.repeats} rounds)")
+
+    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+        synchronize(device)
+        t0 = time.perf_counter()
+        out = fn()
+        synchronize(device)
+        return time.perf_counter() - t0, out
+
+    for _ in range(settings.warmup):
+        torch.mm(a, b, out=c)
+        for _name, params, fn, g in ests:
+            fn(target, R, g, **params)
+    mm_s: list[float] = []
+    rec: dict[str, list[tuple[float, float, float]]] = {name: [] for name, *_ in ests}  # (seconds, flops, evals)
+    how: dict[str, str] = {}
+    for _ in range(settings.repeats):
+        mm_s.append(timed(lambda: torch.mm(a, b, out=c))[0])
+        for name, params, fn, g in ests:
+            s, sample = timed(lambda fn=fn, g=g, params=params: fn(target, R, g, **params))
+            flops, evals, how[name] = call_flops(sample, widths)
+            rec[name].append((s, flops, evals))
+    mm = np.asarray(mm_s)
+    mm_rate = matmul_flops(n) / mm
+    reference = {"n": n, "flops": matmul_flops(n), **_summary(mm, "seconds"), **_summary(mm_rate, "gflops", 1e-9),
+                 "forward_flops_per_eval": forward_flops(widths), "gradient_flops_per_eval": gradient_flops(widths),
+                 "widths": list(widths)}
+    rows = []
+    per_eval = {name: np.array([s / e if e > 0 else math.nan for s, _, e in v]) for name, v in rec.items()}
+    for name, params, *_ in ests:
+        s, flops, evals = (np.array(col) for col in zip(*rec[name], strict=True))
+        rate = flops / s
+        row = {"name": name, "params": params, "evals": how[name], "R": R, **_summary(s, "seconds"),
+               **_summary(flops, "gflop", 1e-9), **_summary(evals, "evals_per_call"), **_summary(rate, "gflops", 1e-9),
+               **_summary(rate / mm_rate, "fraction"), "fraction_rounds": (rate / mm_rate).tolist()}
+        if name != "iwae" and "iwae" in per_eval:
+            row.update(_summary(per_eval[name] / per_eval["iwae"], "per_eval_vs_iwae"))
+        rows.append(row)
+    return rows, reference
+
+
+def _summary(x: np.ndarray, key: str, scale: float = 1.0) -> dict[str, Any]:
+    """``key``: median; ``key_q25``/``key_q75``: interquartile range; ``key_ci``: 95 % interval for the median."""
+    x = np.asarray(x, dtype=float) * scale
+    q25, med, q75 = np.percentile(x, [25, 50, 75])
+    lo, hi, level = median_ci(x)
+    return {key: float(med), f"{key}_q25": float(q25), f"{key}_q75": float(q75), f"{key}_ci": [lo, hi],
+            f"{key}_ci_level": level}
