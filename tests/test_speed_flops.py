@@ -115,6 +115,8 @@ def test_flops_rows_in_a_tiny_speed_run(tmp_path):
         lo, hi = r["fraction_ci"]
         assert r["fraction_q25"] <= r["fraction"] <= r["fraction_q75"] and lo <= r["fraction"] <= hi
         assert r["fraction"] == pytest.approx(np.median(r["fraction_rounds"]))
+    # torch's flop counter on one call: iwae runs exactly the counted matrix products, coupled_isir at least as many
+    assert iw["executed_vs_counted"] == pytest.approx(1.0, rel=1e-12) and co["executed_vs_counted"] >= 1.0
     assert "per_eval_vs_iwae" in co and "per_eval_vs_iwae" not in iw and co["per_eval_vs_iwae"] > 0
     md = report.markdown()
     assert "FLOP fraction: achieved FLOP/s" in md and "| coupled_isir | 3 | computed" in md
@@ -146,3 +148,13 @@ def test_speed_command_flops(tmp_path):
     ppca.write_text(SUITE.format(model="ppca", params="{data_dim: 3, latent_dim: 2, n_data: 1}"))
     bad = CliRunner().invoke(cli, ["speed", str(ppca), "--out", str(tmp_path / "bad"), *args])
     assert bad.exit_code == 2 and "has no FLOP count" in bad.output and "Traceback" not in bad.output
+
+
+def test_time_interleaved_hands_each_timed_result_back():
+    from gradbench.speed import time_interleaved
+
+    calls = iter(range(100))
+    seen: list[tuple[str, int]] = []
+    time_interleaved({"a": lambda: next(calls), "b": lambda: -next(calls)}, device="cpu", warmup=1, repeats=2,
+                     on_result=lambda name, value: seen.append((name, value)))
+    assert seen == [("a", 2), ("b", -3), ("a", 4), ("b", -5)]  # the warm-up round's results (0, −1) are not handed back

@@ -31,9 +31,11 @@ class Measured:
         return self.evals / self.seconds if self.seconds > 0 else float("nan")
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, device: str, warmup: int, repeats: int) -> dict[str, np.ndarray]:
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, device: str, warmup: int, repeats: int,
+                     on_result: Callable[[str, Any], None] | None = None) -> dict[str, np.ndarray]:
     """Seconds of ``repeats`` rounds, each calling every function once in turn (after ``warmup``
-    untimed rounds); ``device`` is synchronised around each call."""
+    untimed rounds); ``device`` is synchronised around each call. ``on_result(name, value)`` (outside the timing)
+    receives what each timed call returned."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -43,9 +45,11 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, device: str, warmup: 
         for name, fn in fns.items():
             synchronize(device)
             t0 = time.perf_counter()
-            fn()
+            value = fn()
             synchronize(device)
             out[name].append(time.perf_counter() - t0)
+            if on_result is not None:
+                on_result(name, value)
     return {name: np.asarray(v) for name, v in out.items()}
 
 
