@@ -115,6 +115,7 @@ def test_flops_rows_in_a_tiny_speed_run(tmp_path):
         lo, hi = r["fraction_ci"]
         assert r["fraction_q25"] <= r["fraction"] <= r["fraction_q75"] and lo <= r["fraction"] <= hi
         assert r["fraction"] == pytest.approx(np.median(r["fraction_rounds"]))
+        assert r["cpu_fraction_q25"] <= r["cpu_fraction"] <= r["cpu_fraction_q75"] and r["cpu_fraction"] > 0
     # torch's flop counter on one call: iwae runs exactly the counted matrix products, coupled_isir at least as many
     assert iw["executed_vs_counted"] == pytest.approx(1.0, rel=1e-12) and co["executed_vs_counted"] >= 1.0
     assert "per_eval_vs_iwae" in co and "per_eval_vs_iwae" not in iw and co["per_eval_vs_iwae"] > 0
@@ -158,3 +159,7 @@ def test_time_interleaved_hands_each_timed_result_back():
     time_interleaved({"a": lambda: next(calls), "b": lambda: -next(calls)}, device="cpu", warmup=1, repeats=2,
                      on_result=lambda name, value: seen.append((name, value)))
     assert seen == [("a", 2), ("b", -3), ("a", 4), ("b", -5)]  # the warm-up round's results (0, −1) are not handed back
+    # the clock is the caller's: a fake clock that advances by one per reading gives one "second" per call
+    ticks = iter(range(100))
+    t = time_interleaved({"a": lambda: None}, device="cpu", warmup=0, repeats=3, clock=lambda: float(next(ticks)))
+    assert t["a"].tolist() == [1.0, 1.0, 1.0]

@@ -30,6 +30,10 @@ count, 2n³ FLOPs, called once per round, *interleaved* with the estimators (mat
 so that the fraction of each round uses the matrix product of the same round; reported as the median over rounds
 with its interquartile range and a distribution-free 95 % interval for the median (:func:`median_ci`). One large
 GEMM is close to what one core can do (BLAS), so the fraction says how far an estimator's arithmetic is from it.
+On the CPU the fraction is also computed from the CPU time of this process (``time.process_time``) instead of wall
+time: on a shared machine a call that is scheduled out is charged wall time but no CPU time, and a long call (the
+matmul, a coupled call) is scheduled out more often than a short one, so wall-time fractions of calls of different
+lengths are not equally inflated by load. Caches and memory bandwidth stay shared either way.
 """
 
 from __future__ import annotations
@@ -110,12 +114,13 @@ def run_flops(plan: SpeedPlan, settings: SpeedSettings, target: Any, gen: Callab
     progress(f"FLOP fraction: {', '.join(n for n, *_ in ests)} interleaved with a [{n}, {n}] matmul "
              f"({settings.repeats} rounds)")
 
-    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+        """(wall seconds, CPU seconds of this process, result) of one call."""
         synchronize(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         synchronize(device)
-        return time.perf_counter() - t0, out
+        return time.perf_counter() - t0, time.process_time() - c0, out
 
     for _ in range(max(1, settings.warmup)):  # at least one: a lazily fitted proposal is fitted before the probe
         torch.mm(a, b, out=c)
@@ -126,30 +131,35 @@ def run_flops(plan: SpeedPlan, settings: SpeedSettings, target: Any, gen: Callab
         with FlopCounterMode(display=False) as counter:
             sample = fn(target, R, g, **params)
         executed[name] = float(counter.get_total_flops()), call_flops(sample, widths)[0]
-    mm_s: list[float] = []
-    rec: dict[str, list[tuple[float, float, float]]] = {name: [] for name, *_ in ests}  # (seconds, flops, evals)
+    mm_s: list[tuple[float, float]] = []
+    rec: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name, *_ in ests}  # (s, CPU s, flops, evals)
     how: dict[str, str] = {}
     for _ in range(settings.repeats):
-        mm_s.append(timed(lambda: torch.mm(a, b, out=c))[0])
+        mm_s.append(timed(lambda: torch.mm(a, b, out=c))[:2])
         for name, params, fn, g in ests:
-            s, sample = timed(lambda fn=fn, g=g, params=params: fn(target, R, g, **params))
+            s, cpu, sample = timed(lambda fn=fn, g=g, params=params: fn(target, R, g, **params))
             flops, evals, how[name] = call_flops(sample, widths)
-            rec[name].append((s, flops, evals))
-    mm = np.asarray(mm_s)
-    mm_rate = matmul_flops(n) / mm
+            rec[name].append((s, cpu, flops, evals))
+    mm, mm_cpu = (np.array(col) for col in zip(*mm_s, strict=True))
+    mm_rate, mm_cpu_rate = matmul_flops(n) / mm, matmul_flops(n) / mm_cpu
+    on_cpu = torch.device(device).type == "cpu"  # CPU time says nothing about a GPU's work
     reference = {"n": n, "flops": matmul_flops(n), **_summary(mm, "seconds"), **_summary(mm_rate, "gflops", 1e-9),
                  "forward_flops_per_eval": forward_flops(widths), "gradient_flops_per_eval": gradient_flops(widths),
                  "widths": list(widths)}
+    if on_cpu:
+        reference.update(_summary(mm_cpu_rate, "cpu_gflops", 1e-9))
     rows = []
-    per_eval = {name: np.array([s / e if e > 0 else math.nan for s, _, e in v]) for name, v in rec.items()}
+    per_eval = {name: np.array([s / e if e > 0 else math.nan for s, _, _, e in v]) for name, v in rec.items()}
     for name, params, *_ in ests:
-        s, flops, evals = (np.array(col) for col in zip(*rec[name], strict=True))
+        s, cpu, flops, evals = (np.array(col) for col in zip(*rec[name], strict=True))
         rate = flops / s
         row = {"name": name, "params": params, "evals": how[name], "R": R, **_summary(s, "seconds"),
                **_summary(flops, "gflop", 1e-9), **_summary(evals, "evals_per_call"), **_summary(rate, "gflops", 1e-9),
                **_summary(rate / mm_rate, "fraction"), "fraction_rounds": (rate / mm_rate).tolist(),
                "executed_gflop_probe": executed[name][0] * 1e-9,
                "executed_vs_counted": executed[name][0] / executed[name][1] if executed[name][1] > 0 else math.nan}
+        if on_cpu:
+            row.update(_summary(flops / cpu / mm_cpu_rate, "cpu_fraction"))
         if name != "iwae" and "iwae" in per_eval:
             row.update(_summary(per_eval[name] / per_eval["iwae"], "per_eval_vs_iwae"))
         rows.append(row)

@@ -71,17 +71,20 @@ class SpeedReport:
             (f"FLOP fraction: achieved FLOP/s of each gradient ÷ FLOP/s of one [{ref['n']}, {ref['n']}] @ [{ref['n']}, "
              f"{ref['n']}] matmul ({self.dtype}, same threads), per interleaved round; MLP widths {ref['widths']}, "
              f"{ref['gradient_flops_per_eval']:,} FLOPs per evaluation (forward {ref['forward_flops_per_eval']:,} + "
-             f"backward to θ); matmul {_iqr(ref, 'gflops')} GFLOP/s, {_iqr(ref, 'seconds', 1e3)} ms. Cells: median "
+             f"backward to θ); matmul {_iqr(ref, 'gflops')} GFLOP/s (wall), "
+             f"{_iqr(ref, 'cpu_gflops') if 'cpu_gflops' in ref else '–'} GFLOP/s (CPU time), "
+             f"{_iqr(ref, 'seconds', 1e3)} ms. Cells: median "
              f"[q25, q75] (distribution-free interval for the median, coverage {ref['seconds_ci_level']:.1%})."),
             "",
             ("| estimator | R | evaluations counted | evals / call | GFLOP / call | ms / call | GFLOP/s | FLOP fraction | "
-             "s / eval ÷ iwae's | executed ÷ counted FLOPs (one call) |"),
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+             "FLOP fraction (CPU time) | s / eval ÷ iwae's | executed ÷ counted FLOPs (one call) |"),
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in self.flops:
             vs = _iqr(r, "per_eval_vs_iwae", ci=True) if "per_eval_vs_iwae" in r else "–"
+            cpu = _iqr(r, "cpu_fraction", ci=True) if "cpu_fraction" in r else "–"
             lines.append(f"| {r['name']} | {r['R']} | {r['evals']} | {_iqr(r, 'evals_per_call')} | {_iqr(r, 'gflop')} | "
-                         f"{_iqr(r, 'seconds', 1e3)} | {_iqr(r, 'gflops')} | {_iqr(r, 'fraction', ci=True)} | {vs} | "
+                         f"{_iqr(r, 'seconds', 1e3)} | {_iqr(r, 'gflops')} | {_iqr(r, 'fraction', ci=True)} | {cpu} | {vs} | "
                          f"{_fmt(r['executed_vs_counted'])} |")
         return lines
 

@@ -32,10 +32,12 @@ class Measured:
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, device: str, warmup: int, repeats: int,
-                     on_result: Callable[[str, Any], None] | None = None) -> dict[str, np.ndarray]:
+                     on_result: Callable[[str, Any], None] | None = None,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, np.ndarray]:
     """Seconds of ``repeats`` rounds, each calling every function once in turn (after ``warmup``
     untimed rounds); ``device`` is synchronised around each call. ``on_result(name, value)`` (outside the timing)
-    receives what each timed call returned."""
+    receives what each timed call returned. ``clock``: wall time by default; ``time.process_time`` counts only the
+    CPU time of this process (on a shared CPU, the time it was scheduled out is not charged)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -44,10 +46,10 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, device: str, warmup: 
     for _ in range(repeats):
         for name, fn in fns.items():
             synchronize(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             value = fn()
             synchronize(device)
-            out[name].append(time.perf_counter() - t0)
+            out[name].append(clock() - t0)
             if on_result is not None:
                 on_result(name, value)
     return {name: np.asarray(v) for name, v in out.items()}

@@ -37,6 +37,8 @@ parser.add_argument("--gemm-rows", type=int, nargs="*", default=[256, 288, 72, 9
                     help="particle counts M for the matrix-products-only fraction (256: iwae's B·K·N at N = 32, K = 8; "
                          "288 = 32 chain pairs × (K + 1): a coupled step with every chain unmet; 72, 9: 8 and 1 unmet)")
 parser.add_argument("--rounds", type=int, default=21, help="interleaved rounds of the matrix-products-only timing")
+parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="matrix-products-only timing by this process's CPU time (default: load-robust) or wall time")
 args = parser.parse_args()
 
 torch.set_num_threads(1)
@@ -97,8 +99,9 @@ if args.gemm_rows:
         return run
 
     fns = {"matmul": lambda: a @ b, **{f"M={M}": gemms(M) for M in args.gemm_rows}}
-    t = time_interleaved(fns, device="cpu", warmup=2, repeats=args.rounds)
-    print(f"### matrix products only, {args.dtype}: FLOP/s ÷ [1024, 1024] matmul FLOP/s, per interleaved round "
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    t = time_interleaved(fns, device="cpu", warmup=2, repeats=args.rounds, clock=clock)
+    print(f"### matrix products only, {args.dtype}, {args.clock} time: FLOP/s ÷ [1024, 1024] matmul FLOP/s, per interleaved round "
           f"(median [q25, q75], interval for the median)\n")
     print("| M particles | FLOPs | µs | FLOP fraction |")
     print("| ---: | ---: | ---: | ---: |")
