@@ -119,6 +119,7 @@ def test_flops_rows_in_a_tiny_speed_run(tmp_path):
     # torch's flop counter on one call: iwae runs exactly the counted matrix products, coupled_isir at least as many
     assert iw["executed_vs_counted"] == pytest.approx(1.0, rel=1e-12) and co["executed_vs_counted"] >= 1.0
     assert "per_eval_vs_iwae" in co and "per_eval_vs_iwae" not in iw and co["per_eval_vs_iwae"] > 0
+    assert co["cpu_per_eval_vs_iwae"] > 0
     md = report.markdown()
     assert "FLOP fraction: achieved FLOP/s" in md and "| coupled_isir | 3 | computed" in md
     assert "flops" in report.to_json()

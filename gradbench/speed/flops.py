@@ -150,6 +150,7 @@ def run_flops(plan: SpeedPlan, settings: SpeedSettings, target: Any, gen: Callab
         reference.update(_summary(mm_cpu_rate, "cpu_gflops", 1e-9))
     rows = []
     per_eval = {name: np.array([s / e if e > 0 else math.nan for s, _, _, e in v]) for name, v in rec.items()}
+    cpu_per_eval = {name: np.array([c / e if e > 0 else math.nan for _, c, _, e in v]) for name, v in rec.items()}
     for name, params, *_ in ests:
         s, cpu, flops, evals = (np.array(col) for col in zip(*rec[name], strict=True))
         rate = flops / s
@@ -162,6 +163,8 @@ def run_flops(plan: SpeedPlan, settings: SpeedSettings, target: Any, gen: Callab
             row.update(_summary(flops / cpu / mm_cpu_rate, "cpu_fraction"))
         if name != "iwae" and "iwae" in per_eval:
             row.update(_summary(per_eval[name] / per_eval["iwae"], "per_eval_vs_iwae"))
+            if on_cpu:
+                row.update(_summary(cpu_per_eval[name] / cpu_per_eval["iwae"], "cpu_per_eval_vs_iwae"))
         rows.append(row)
     return rows, reference
 

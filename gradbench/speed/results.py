@@ -77,14 +77,15 @@ class SpeedReport:
              f"[q25, q75] (distribution-free interval for the median, coverage {ref['seconds_ci_level']:.1%})."),
             "",
             ("| estimator | R | evaluations counted | evals / call | GFLOP / call | ms / call | GFLOP/s | FLOP fraction | "
-             "FLOP fraction (CPU time) | s / eval ÷ iwae's | executed ÷ counted FLOPs (one call) |"),
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+             "FLOP fraction (CPU time) | s / eval ÷ iwae's | CPU s / eval ÷ iwae's | executed ÷ counted FLOPs (one call) |"),
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in self.flops:
             vs = _iqr(r, "per_eval_vs_iwae", ci=True) if "per_eval_vs_iwae" in r else "–"
             cpu = _iqr(r, "cpu_fraction", ci=True) if "cpu_fraction" in r else "–"
+            cpu_vs = _iqr(r, "cpu_per_eval_vs_iwae", ci=True) if "cpu_per_eval_vs_iwae" in r else "–"
             lines.append(f"| {r['name']} | {r['R']} | {r['evals']} | {_iqr(r, 'evals_per_call')} | {_iqr(r, 'gflop')} | "
-                         f"{_iqr(r, 'seconds', 1e3)} | {_iqr(r, 'gflops')} | {_iqr(r, 'fraction', ci=True)} | {cpu} | {vs} | "
+                         f"{_iqr(r, 'seconds', 1e3)} | {_iqr(r, 'gflops')} | {_iqr(r, 'fraction', ci=True)} | {cpu} | {vs} | {cpu_vs} | "
                          f"{_fmt(r['executed_vs_counted'])} |")
         return lines
 
