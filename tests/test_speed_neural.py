@@ -147,7 +147,7 @@ targets:
 estimators:
   - {name: iwae, params: {K: 4}}
   - {name: coupled_isir, params: {K: 4}}
-protocols: [variance]
+protocols: [wallclock]  # (variance needs ≥ 10 replicates; the sweep's R arithmetic below uses 8)
 """
 
 

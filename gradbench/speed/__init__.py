@@ -25,6 +25,10 @@ Measurements (E = R·K·N single-point log-joint evaluations of the compared cal
 * **one pair at a time**: a coupled estimator vectorised over R replicates vs the same function
   called R times with R = 1 (how public reference implementations run coupled chains).
 * **per estimator**: evals/s and its fraction of floors (a) and (b) at the estimator's own E and K.
+* **FLOP fraction** (``--flops``, :mod:`~gradbench.speed.flops`): achieved FLOP/s of each estimator's gradient
+  (matrix-product FLOPs counted from the MLP shapes × the evaluations of the call) ÷ FLOP/s of one [n, n] matmul in
+  the same dtype and thread count, per interleaved round (median, IQR, interval for the median); and seconds per
+  evaluation of each estimator ÷ iwae's.
 
 Goals (:data:`GOALS`) are printed beside each ratio: on PPCA, Pyro ÷ iwae ≥ 50 per replicate, loop ÷ vectorised
 ≥ 30, coupled evals/s ≥ 0.5 × floor (b), iwae time ≤ 3 × the forward floor; on the neural targets, iwae time ≤ 2 ×
@@ -36,7 +40,7 @@ so they are reported, never asserted.
 fits log-log slopes of seconds and peak memory.
 
 Modules: :mod:`~gradbench.speed.timing` (interleaved timing, peak memory, log-log slopes),
-:mod:`~gradbench.speed.floors`, :mod:`~gradbench.speed.peers` (Pyro), :mod:`~gradbench.speed.comparisons`
+:mod:`~gradbench.speed.floors`, :mod:`~gradbench.speed.peers` (Pyro), :mod:`~gradbench.speed.flops`, :mod:`~gradbench.speed.comparisons`
 (:func:`run_speed`), :mod:`~gradbench.speed.scaling`, :mod:`~gradbench.speed.results` (:class:`SpeedReport`),
 :mod:`~gradbench.speed.settings`. This package imports no click; the ``gradbench speed`` command lives in
 :mod:`gradbench.speed.command` and turns :class:`SpeedError` into one line naming the suite, exit code 2.
@@ -54,11 +58,11 @@ from gradbench.speed.peers import check_pyro_agrees
 from gradbench.speed.results import SpeedReport
 from gradbench.speed.scaling import SCALING_AXES, SCALING_FACTORS, run_scaling, scaling_figure, scaling_markdown
 from gradbench.speed.settings import GOALS, SpeedError, SpeedPlan, SpeedSettings, plan, plans
-from gradbench.speed.timing import Measured, loglog_slope, peak_memory_bytes, time_interleaved
+from gradbench.speed.timing import Measured, loglog_slope, median_ci, peak_memory_bytes, time_interleaved
 
 __all__ = [
     "GOALS", "SCALING_AXES", "SCALING_FACTORS", "Measured", "SpeedError", "SpeedPlan", "SpeedReport", "SpeedSettings",
     "check_pyro_agrees", "floor_a", "floor_log_joint_backward", "floor_sample_log_joint", "has_backward_floor",
-    "loglog_slope", "peak_memory_bytes", "plan", "plans", "run_scaling", "run_speed", "scaling_figure",
+    "loglog_slope", "median_ci", "peak_memory_bytes", "plan", "plans", "run_scaling", "run_speed", "scaling_figure",
     "scaling_markdown", "time_interleaved", "vmap_weighted_grad",
 ]

@@ -36,11 +36,15 @@ class SpeedCommandError(click.ClickException):
 @click.option("--loop-repeats", type=int, default=SpeedSettings.loop_repeats, show_default=True)
 @click.option("--no-peers", is_flag=True, help="Skip the Pyro comparison.")
 @click.option("--no-loop", is_flag=True, help="Skip the one-pair-at-a-time loops.")
+@click.option("--flops", is_flag=True, help="Also: FLOP/s of each estimator's gradient ÷ FLOP/s of one [n, n] matmul "
+              "(same dtype and threads), interleaved round by round (MLP decoders: vae).")
+@click.option("--matmul-n", type=click.IntRange(min=1), default=SpeedSettings.flops_matmul_n, show_default=True,
+              help="n of the --flops reference matmul.")
 @click.option("--scaling", is_flag=True, help="Instead: sweep R, K, data_dim, hidden, N around the first target; fit "
               "log-log slopes of seconds and peak memory; write scaling.{md,json,png}.")
 def speed(suite: Path, out: Path | None, device: str | None, replicates: int | None, dtype: str | None, threads: int | None,
           repeats: int, warmup: int, loop: tuple[str, ...], loop_repeats: int, no_peers: bool, no_loop: bool,
-          scaling: bool) -> None:
+          flops: bool, matmul_n: int, scaling: bool) -> None:
     """Time a suite's estimators against floors (a)/(b), Pyro and a one-pair loop; print the ratios.
 
     SUITE is an ordinary run suite with an iwae estimator (e.g. suites/speed.yaml, which `gradbench run` also
@@ -48,14 +52,14 @@ def speed(suite: Path, out: Path | None, device: str | None, replicates: int | N
     """
     try:
         _speed(suite, out, device, replicates, dtype, threads, repeats, warmup, loop, loop_repeats, no_peers, no_loop,
-               scaling)
+               flops, matmul_n, scaling)
     except SpeedError as exc:
         raise SpeedCommandError(f"{suite}: {exc}") from None
 
 
 def _speed(suite: Path, out: Path | None, device: str | None, replicates: int | None, dtype: str | None,
            threads: int | None, repeats: int, warmup: int, loop: tuple[str, ...], loop_repeats: int, no_peers: bool,
-           no_loop: bool, scaling: bool) -> None:
+           no_loop: bool, flops: bool, matmul_n: int, scaling: bool) -> None:
     """The command's body: measure, print each table as soon as it is measured, write the files."""
     flags = {"device": device, "replicates": replicates, "dtype": dtype}
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
@@ -63,7 +67,8 @@ def _speed(suite: Path, out: Path | None, device: str | None, replicates: int | 
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
         raise SuiteError(f"{suite}: device {spec.device!r} requested but no CUDA device is available; use --device cpu")
     settings = SpeedSettings(threads=threads, warmup=warmup, repeats=repeats, pyro=not no_peers,
-                             loop=() if no_loop else tuple(loop), loop_repeats=loop_repeats)
+                             loop=() if no_loop else tuple(loop), loop_repeats=loop_repeats, flops=flops,
+                             flops_matmul_n=matmul_n)
     out = out or Path("runs") / f"{spec.name}-{'scaling' if scaling else 'speed'}"
     if scaling:
         result = run_scaling(plans(spec, cells, suite)[0], settings, progress=lambda s: click.echo(f"… {s}", err=True))

@@ -25,6 +25,7 @@ from gradbench.speed.floors import (
     has_backward_floor,
     vmap_weighted_grad,
 )
+from gradbench.speed.flops import run_flops
 from gradbench.speed.peers import _pyro_ratio
 from gradbench.speed.results import SpeedReport, _as_dict, _kv, _ratio, _shown
 from gradbench.speed.settings import DEFAULT_SETTINGS, SpeedPlan, SpeedSettings
@@ -105,12 +106,19 @@ def run_speed(plan: SpeedPlan, settings: SpeedSettings = DEFAULT_SETTINGS, *,
             progress(f"{name}: vectorised vs one pair at a time (R={R})")
             ratios.append(_loop_ratio(plan, settings, target, name, params, gen))
 
+        # 6. distance to the hardware limit: FLOP/s of each estimator ÷ FLOP/s of one large matmul, interleaved
+        flops_rows: list[dict[str, Any]] = []
+        flops_reference: dict[str, Any] = {}
+        if settings.flops:
+            flops_rows, flops_reference = run_flops(plan, settings, target, gen, progress)
+
     info["load_before"], info["load_after"] = load_before, os.getloadavg()[0]
     info["seconds"] = time.perf_counter() - t_start
     if max(load_before, info["load_after"]) > 0.75 * (os.cpu_count() or 1):
         notes.append(f"the machine was loaded (1-min load average {load_before:.2f} → {info['load_after']:.2f} on "
                      f"{os.cpu_count()} CPUs): absolute times are inflated; interleaving keeps the ratios comparable")
-    return SpeedReport(suite.name, suite.dtype, suite.device, settings, info, ratios, est_rows, floors, notes)
+    return SpeedReport(suite.name, suite.dtype, suite.device, settings, info, ratios, est_rows, floors, notes,
+                       flops_rows, flops_reference)
 
 
 
@@ -147,7 +155,15 @@ def _estimator_row(plan: SpeedPlan, settings: SpeedSettings, target: Any, name: 
         floor = floor_a(target)
         fns["floor_a"] = lambda: floor(target, Rm, K, g_a)
         fns["floor_b"] = lambda: iwae(target, Rm, g_b, K=K)
-    t = time_interleaved(fns, device=plan.suite.device, warmup=settings.warmup, repeats=settings.repeats)
+    timed_evals: list[float] = []  # each timed call's own cost: a coupled call's varies with its meeting times
+
+    def record(key: str, value: Any) -> None:
+        if key == "est":
+            timed_evals.append(float(value.cost.sum()))
+
+    t = time_interleaved(fns, device=plan.suite.device, warmup=settings.warmup, repeats=settings.repeats,
+                         on_result=record)
+    evals = float(np.mean(timed_evals)) if timed_evals else evals
     m = _measured(t["est"], evals)
     frac_a = frac_b = float("nan")
     if evals > 0:

@@ -32,6 +32,8 @@ class SpeedSettings:
     check_seeds: int = 3  # seeds on which Pyro and iwae must agree before timing
     loop: tuple[str, ...] = ("coupled_isir",)  # estimators also run one replicate (one coupled pair) at a time
     loop_repeats: int = 3
+    flops: bool = False  # also: FLOP fraction of each estimator vs one [n, n] matmul, interleaved (gradbench.speed.flops)
+    flops_matmul_n: int = 1024  # n of the reference matrix product
 
 
 @dataclass(frozen=True)

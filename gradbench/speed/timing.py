@@ -31,9 +31,13 @@ class Measured:
         return self.evals / self.seconds if self.seconds > 0 else float("nan")
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, device: str, warmup: int, repeats: int) -> dict[str, np.ndarray]:
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, device: str, warmup: int, repeats: int,
+                     on_result: Callable[[str, Any], None] | None = None,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, np.ndarray]:
     """Seconds of ``repeats`` rounds, each calling every function once in turn (after ``warmup``
-    untimed rounds); ``device`` is synchronised around each call."""
+    untimed rounds); ``device`` is synchronised around each call. ``on_result(name, value)`` (outside the timing)
+    receives what each timed call returned. ``clock``: wall time by default; ``time.process_time`` counts only the
+    CPU time of this process (on a shared CPU, the time it was scheduled out is not charged)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -42,10 +46,12 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, device: str, warmup: 
     for _ in range(repeats):
         for name, fn in fns.items():
             synchronize(device)
-            t0 = time.perf_counter()
-            fn()
+            t0 = clock()
+            value = fn()
             synchronize(device)
-            out[name].append(time.perf_counter() - t0)
+            out[name].append(clock() - t0)
+            if on_result is not None:
+                on_result(name, value)
     return {name: np.asarray(v) for name, v in out.items()}
 
 
@@ -108,3 +114,22 @@ def loglog_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     sigma2 = float(resid @ resid) / (len(lx) - 2)
     se = math.sqrt(sigma2 * np.linalg.inv(X.T @ X)[1, 1])
     return float(coef[1]), se
+
+
+def median_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Distribution-free interval for the median of i.i.d. rounds: (x_(j), x_(n+1−j), coverage).
+
+    j is the largest order with P(Bin(n, ½) ≤ j − 1) ≤ (1 − level)/2, so the coverage 1 − 2 P(Bin(n, ½) ≤ j − 1) is at
+    least ``level`` (reported exactly); fewer than 6 rounds cannot reach 95 % and give (min, max) with their coverage.
+    Reference: Conover (1999), *Practical Nonparametric Statistics*, §3.2."""
+    from scipy.stats import binom
+
+    xs = np.sort(np.asarray(x, dtype=float))
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    j = int(binom.ppf((1 - level) / 2, n, 0.5))  # smallest j with cdf(j) ≥ α/2, so cdf(j − 1) < α/2
+    if j >= 1 and binom.cdf(j, n, 0.5) <= (1 - level) / 2:
+        j += 1
+    j = max(j, 1)
+    return float(xs[j - 1]), float(xs[n - j]), float(1 - 2 * binom.cdf(j - 1, n, 0.5))
