@@ -65,6 +65,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from gradbench import data as datasets
 from gradbench import registry
 from gradbench.contracts import Params
 from gradbench.estimators.params import TrainParams
@@ -79,8 +80,9 @@ from gradbench.target import ComposedTarget
 TRAIN = "train"  # the pseudo-estimator and the protocol
 LOG_2PI = math.log(2 * math.pi)
 QUADRATURE_MAX_DIM = 2
-CURVE_COLUMNS = ["step", "evals", "seconds", "lr", "grad_norm_theta", "grad_norm_phi", "tau", "theta_finite",
-                 "test_estimate", "test_estimate_se", "train_estimate", "train_estimate_se"]
+ELEMENT_BUDGET = 1 << 25  # particles × points × data dimension per IWAE evaluation chunk (≈ 270 MB of float64 logits)
+CURVE_COLUMNS = ["step", "evals", "seconds", "lr", "grad_norm_theta", "grad_norm_phi", "tau", "theta_finite", "censored",
+                 "warmup", "test_estimate", "test_estimate_se", "train_estimate", "train_estimate_se"]
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -116,8 +118,9 @@ def quadrature_log_px(model: Any, theta: Params, x: Tensor, nodes: int | None = 
 @torch.no_grad()
 def iwae_log_px(target: ComposedTarget, K: int, gen: torch.Generator, chunk: int | None = None) -> Tensor:
     """log (1/K) Σ_k p(x_n, z_k)/q_φ(z_k|x_n), z_k ~ q_φ(·|x_n), per point [N] (K particles drawn in chunks of
-    ``chunk``, default NODE_BUDGET / N, accumulated by logaddexp)."""
-    chunk = chunk or max(1, NODE_BUDGET // target.n_data)
+    ``chunk``, default min(NODE_BUDGET / N, ELEMENT_BUDGET / (N d)) — the decoder's output is [chunk, N, d] —
+    accumulated by logaddexp). Its expectation is the IWAE_K bound, ≤ log p(x_n) (Burda et al. 2016, Thm 1)."""
+    chunk = chunk or max(1, min(NODE_BUDGET // target.n_data, ELEMENT_BUDGET // (target.n_data * target.x.shape[-1])))
     acc = None
     for s in range(0, K, chunk):
         z, log_q = target.sample_proposal((min(chunk, K - s),), gen)
@@ -135,16 +138,34 @@ def enumerated_log_px(model: Any, theta: Params, x: Tensor) -> Tensor:
     return torch.logsumexp(enumeration.log_joint_table(model, theta, x), dim=0)
 
 
+def exact_evaluation(target: ComposedTarget) -> bool:
+    """Whether held-out log p_θ(x) is computed (enumeration, quadrature) rather than bounded (IWAE_K)."""
+    kind, k = target.model.latent.kind, target.latent_dim
+    return (kind == "binary" and k <= enumeration.MAX_ENUMERATED_LATENTS) or (kind == "real" and k <= QUADRATURE_MAX_DIM)
+
+
+def iwae_bound_method(K: int, encoder: str = "the trained encoder") -> str:
+    return f"IWAE-{K} lower bound (≤ log p(x); E over z ~ q_φ, {encoder})"
+
+
 def held_out(target: ComposedTarget, x: Tensor, K: int, gen: torch.Generator,
-             nodes: int | None = None) -> tuple[Tensor, str, float]:
-    """(per-point log p(x_n) estimates [N], method, quadrature error bound or NaN): exact by enumeration for binary
-    latents, by quadrature for ≤ 2 real ones, else the IWAE_K estimate."""
+             nodes: int | None = None, batch: int | None = None) -> tuple[Tensor, str, float]:
+    """(per-point log p(x_n) values [N], method, quadrature error bound or NaN): exact by enumeration for binary
+    latents, by quadrature for ≤ 2 real ones (:func:`exact_evaluation`), else the IWAE_K estimate — a stochastic
+    lower bound under the target's encoder, reported as ``*_iwae_bound`` (``batch`` points at a time)."""
     if target.model.latent.kind == "binary" and target.latent_dim <= enumeration.MAX_ENUMERATED_LATENTS:
         return enumerated_log_px(target.model, target.theta, x), f"exact (enumeration of 2^{target.latent_dim} states)", float("nan")
     if target.model.latent.kind == "real" and target.latent_dim <= QUADRATURE_MAX_DIM:
         values, err, n = quadrature_log_px(target.model, target.theta, x, nodes)
         return values, f"quadrature (adaptive Gauss-Hermite, {2 * n}^{target.latent_dim} nodes)", float(err.max())
-    return iwae_log_px(target.at(x=x), K, gen), f"iwae (K = {K})", float("nan")
+    step = batch or x.shape[0]
+    values = torch.cat([iwae_log_px(target.at(x=x[s: s + step]), K, gen) for s in range(0, x.shape[0], step)])
+    return values, iwae_bound_method(K), float("nan")
+
+
+def held_out_metric(exact: bool, split: str = "test") -> str:
+    """``test_loglik`` when log p(x) is computed exactly, ``test_iwae_bound`` when it is an IWAE_K lower bound."""
+    return f"{split}_loglik" if exact else f"{split}_iwae_bound"
 
 
 def _mean_se(v: Tensor) -> tuple[float, float]:
@@ -191,13 +212,29 @@ def initial_state(target: ComposedTarget, p: TrainParams, base: int) -> Composed
     return ComposedTarget(model, family, x, theta, phi, seed=target.seed)
 
 
+def dynamic_binarisation(cell: Any) -> bool:
+    """Whether the cell's data are re-binarised for every minibatch (``data: {binarize: dynamic}``)."""
+    spec = cell.target.data_spec
+    return spec is not None and spec.get("binarize") == "dynamic"
+
+
 def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None,
                test_x: Tensor | None = None) -> tuple[list[Row], pd.DataFrame]:
-    """Train one cell (resuming from ``checkpoint`` when it exists) → (protocol rows, curve rows)."""
+    """Train one cell (resuming from ``checkpoint`` when it exists) → (protocol rows, curve rows).
+
+    With ``binarize: dynamic`` the target's rows are grey levels (``gradbench.cell.train_target``) and step t's
+    minibatch is binarised by a fresh Bernoulli draw from derive_seed(base, "binarize", t)."""
     p = TrainParams(**cell.estimator_params)
     theta_est, phi_est = registry.ESTIMATORS[p.theta_estimator], registry.ESTIMATORS[p.phi_estimator]
     theta_kw = theta_est.params(**p.theta_params).model_dump()
     phi_kw = phi_est.params(**p.phi_params).model_dump()
+    warm_est = registry.ESTIMATORS[p.warmup_theta_estimator] if p.warmup_theta_estimator else None
+    warm_kw = warm_est.params(**p.warmup_theta_params).model_dump() if warm_est else {}
+    dynamic = dynamic_binarisation(cell)
+    if dynamic and bool(((target.x == 0) | (target.x == 1)).all()):
+        raise ValueError("train: binarize: dynamic needs the grey-level rows (gradbench.cell.train_target(cell)), "
+                         "but the target's rows are already binary")
+    t_eval = time.perf_counter()
     if test_x is None:
         test_x = held_out_data(cell, target)
     base = derive_seed(cell.target.noise_seed(0), TRAIN, p.train_seed)
@@ -205,7 +242,7 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
     theta = {k: v.clone().requires_grad_(True) for k, v in full.theta.items()}
     phi = {k: v.clone().requires_grad_(True) for k, v in full.phi.items()}
     opt = torch.optim.Adam([*theta.values(), *phi.values()], lr=p.lr)
-    step, evals, seconds, nonfinite, curves = 0, 0.0, 0.0, 0, []
+    step, evals, seconds, nonfinite, censored, curves = 0, 0.0, 0.0, 0, 0, []
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         with torch.no_grad():
@@ -214,12 +251,17 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
                     v.copy_(state[part][name])
         opt.load_state_dict(state["adam"])
         step, evals, seconds, nonfinite, curves = (state[k] for k in ("step", "evals", "seconds", "nonfinite", "curves"))
+        censored = state.get("censored", 0)
     N, B = full.n_data, min(p.batch_size, full.n_data)
-    eval_train_x = full.x[: p.train_eval_n]
+    eval_train_x = training_eval_rows(cell, full, p)
+    eval_seconds = time.perf_counter() - t_eval  # held-out data; the final and curve evaluations are added below
 
     def spent() -> bool:
         used = {"steps": step, "evals": evals, "seconds": seconds}[p.budget]
         return used >= p.budget_value or step >= p.max_steps
+
+    def warming_up() -> bool:
+        return warm_est is not None and {"steps": step, "evals": evals}[p.warmup_budget] < p.warmup_value
 
     def curve_point(th: Params, ph: Params) -> dict[str, float]:
         gen = make_generator(derive_seed(base, "curve", step))
@@ -231,13 +273,20 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
     t_last = time.perf_counter()
     while not spent():
         idx = minibatch(base, step, N, B, full.x.device)
+        x_b = full.x[idx]
+        if dynamic:
+            x_b = datasets.dynamic_draw(x_b, make_generator(derive_seed(base, "binarize", step), x_b.device))
         batch = full.at(theta={k: v.detach() for k, v in theta.items()}, phi={k: v.detach() for k, v in phi.items()},
-                        x=full.x[idx])
+                        x=x_b)
         gen = make_generator(derive_seed(base, "step", step), cell.device)
-        g_theta = theta_est.fn(batch, 1, gen, **theta_kw)
+        warm = warming_up()
+        est, kw = (warm_est, warm_kw) if warm else (theta_est, theta_kw)
+        assert est is not None
+        g_theta = est.fn(batch, 1, gen, **kw)
         g_phi = phi_est.fn(batch, 1, gen, **phi_kw)
         gt, gp = g_theta.grads[0], g_phi.grads[0]
         finite = bool(torch.isfinite(gt).all())
+        was_censored = bool(g_theta.diagnostics["censored"][0]) if "censored" in g_theta.diagnostics else False
         lr = lr_at(p, step)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -248,6 +297,7 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
             phi[name].grad = g.clone()
         opt.step()
         nonfinite += not finite
+        censored += was_censored
         evals += float(g_theta.cost[0]) + float(g_phi.cost[0])
         tau = float(g_theta.diagnostics["tau"][0]) if "tau" in g_theta.diagnostics else float("nan")
         now = time.perf_counter()
@@ -255,32 +305,44 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
         t_last = now
         rec = {"step": step + 1, "evals": evals, "seconds": seconds, "lr": lr,
                "grad_norm_theta": float(torch.linalg.vector_norm(gt)) / B, "grad_norm_phi": float(torch.linalg.vector_norm(gp)) / B,
-               "tau": tau, "theta_finite": finite}
+               "tau": tau, "theta_finite": finite, "censored": was_censored, "warmup": warm}
         step += 1
         if step % p.curve_every == 0:
             rec.update(curve_point(theta, phi))
             t_last = time.perf_counter()  # evaluation time is not training time
+            eval_seconds += t_last - now
         curves.append(rec)
         if checkpoint is not None and step % p.checkpoint_every == 0 and not spent():
-            write_checkpoint(checkpoint, theta, phi, opt, step, evals, seconds, nonfinite, curves)
+            write_checkpoint(checkpoint, theta, phi, opt, step, evals, seconds, nonfinite, curves, censored)
             t_last = time.perf_counter()
+    t_eval = time.perf_counter()
     final = full.at(theta={k: v.detach() for k, v in theta.items()}, phi={k: v.detach() for k, v in phi.items()})
     gen = make_generator(derive_seed(base, "held-out"), cell.device)
-    test_v, method, err = held_out(final, test_x, p.eval_K, gen, p.quadrature_nodes)
-    train_v, train_method, train_err = held_out(final, eval_train_x, p.eval_K, gen, p.quadrature_nodes)
+    exact = exact_evaluation(final)
+    test_v, method, err = held_out(final, test_x, p.eval_K, gen, p.quadrature_nodes, p.eval_batch)
+    train_v, train_method, train_err = held_out(final, eval_train_x, p.eval_K, gen, p.quadrature_nodes, p.eval_batch)
     taus = torch.tensor([c["tau"] for c in curves], dtype=torch.float64)
-    rows = [row("model", "test_loglik", *_mean_se(test_v), method),
-            row("model", "train_loglik", *_mean_se(train_v), train_method),
+    rows = [row("model", held_out_metric(exact, "test"), *_mean_se(test_v), method),
+            row("model", held_out_metric(exact, "train"), *_mean_se(train_v), train_method),
             row("model", "steps", float(step), 0.0, p.budget),
             row("model", "evals", evals, 0.0, "log-joint evaluations of single points, both estimators"),
             row("model", "seconds", seconds, 0.0, "training only (evaluations excluded)"),
             row("model", "seconds_per_step", seconds / max(step, 1), 0.0, "training only"),
             row("model", "nonfinite_steps", float(nonfinite), 0.0, "θ not updated")]
+    if not exact:
+        rows += evaluation_checks(final, test_x, p, base, test_v)
     if not math.isnan(err):
         rows += [row("model", "test_loglik_quadrature_error", err, 0.0, "max_n |ℓ_2n − ℓ_n|"),
                  row("model", "train_loglik_quadrature_error", train_err, 0.0, "max_n |ℓ_2n − ℓ_n|")]
     if bool(torch.isfinite(taus).any()):
-        rows.append(row("model", "train_tau_mean", *_mean_se(taus[torch.isfinite(taus)]), "over training steps"))
+        coupled = torch.isfinite(taus)
+        rows += [row("model", "censored_steps", float(censored), 0.0,
+                     f"coupled θ-steps whose chains had not met by max_iter (θ not updated), of {int(coupled.sum())}"),
+                 row("model", "train_tau_mean", *_mean_se(taus[coupled]),
+                     "over coupled training steps (a censored step counts τ = max_iter, a lower bound)"),
+                 row("model", "train_tau_max", float(taus[coupled].max()), 0.0, "over coupled training steps")]
+    rows.append(row("model", "eval_seconds", eval_seconds + time.perf_counter() - t_eval, 0.0,
+                    "held-out data, curve and final evaluations"))
     df = pd.DataFrame(curves)
     for col in CURVE_COLUMNS:
         if col not in df:
@@ -288,26 +350,87 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
     return rows, df[CURVE_COLUMNS]
 
 
+def training_eval_rows(cell: Any, full: ComposedTarget, p: TrainParams) -> Tensor:
+    """The first ``train_eval_n`` training rows, binary: as trained on, or (dynamic binarisation) one fixed
+    Bernoulli draw of their grey levels from the data spec's seed (the ``stochastic_fixed`` rows)."""
+    x = full.x[: p.train_eval_n]
+    if not dynamic_binarisation(cell):
+        return x
+    fixed = datasets.binarize(x.detach().cpu().double().numpy(), "stochastic_fixed", cell.target.data_spec.get("seed", 0))
+    return torch.as_tensor(fixed, dtype=x.dtype, device=x.device)
+
+
+def evaluation_checks(final: ComposedTarget, test_x: Tensor, p: TrainParams, base: int, bound: Tensor) -> list[Row]:
+    """What an IWAE_K held-out bound needs beside it: its convergence in K (the bound at ``eval_K_check`` on the first
+    ``eval_check_n`` test points, and the paired gain of K over it on those points), and the bound under an encoder
+    refitted to the test points with θ frozen (``eval_refit_steps``), which removes the part of the gap that the
+    trained encoder's amortisation (and its training objective) leaves — the gap is KL-type, so a better q only
+    raises the bound towards log p(x) (Cremer, Li & Duvenaud 2018, "Inference suboptimality in VAEs")."""
+    rows: list[Row] = []
+    if p.eval_K_check is not None:
+        n = min(p.eval_check_n, test_x.shape[0])
+        small, _, _ = held_out(final, test_x[:n], p.eval_K_check, make_generator(derive_seed(base, "held-out-check")),
+                               batch=p.eval_batch)
+        rows += [row("model", "test_iwae_bound_check", *_mean_se(small),
+                     f"IWAE-{p.eval_K_check} lower bound on the first {n} test points"),
+                 row("model", "test_iwae_bound_K_gain", *_mean_se(bound[:n] - small),
+                     f"IWAE-{p.eval_K} − IWAE-{p.eval_K_check} on the first {n} test points (paired)")]
+    if p.eval_refit_steps > 0:
+        phi = refit_encoder(final, test_x, p, base)
+        gen = make_generator(derive_seed(base, "held-out-refit"), test_x.device)
+        refit, _, _ = held_out(final.at(phi=phi), test_x, p.eval_K, gen, batch=p.eval_batch)
+        encoder = f"an encoder refitted on the test points for {p.eval_refit_steps} IWAE-{p.eval_refit_K} steps, θ frozen"
+        rows += [row("model", "test_iwae_bound_refit", *_mean_se(refit), iwae_bound_method(p.eval_K, encoder)),
+                 row("model", "test_iwae_bound_refit_gain", *_mean_se(refit - bound), "refit − trained encoder (paired)")]
+    return rows
+
+
+def refit_encoder(final: ComposedTarget, test_x: Tensor, p: TrainParams, base: int) -> Params:
+    """A fresh encoder (:func:`fresh_encoder`, initialised from (base, "refit")) fitted to the held-out points by
+    ``eval_refit_steps`` Adam steps (lr ``eval_refit_lr``) on minibatches of ``batch_size`` with the reparameterised
+    IWAE-``eval_refit_K`` φ-gradient (Burda et al. 2016; binary latents: VIMCO), θ fixed at the trained value."""
+    family = fresh_encoder(final.model, test_x.shape[1], p)
+    gen0 = make_generator(derive_seed(base, "refit"))
+    at = ComposedTarget(final.model, family, test_x, final.theta, family.init_params(test_x, gen0, test_x.dtype),
+                        seed=final.seed)
+    name = "iwae_reparam" if final.model.latent.kind == "real" else "vimco"
+    est = registry.ESTIMATORS[name]
+    kw = est.params(K=p.eval_refit_K).model_dump()
+    phi = {k: v.clone().requires_grad_(True) for k, v in at.phi.items()}
+    opt = torch.optim.Adam(list(phi.values()), lr=p.eval_refit_lr)
+    N, B = test_x.shape[0], min(p.batch_size, test_x.shape[0])
+    refit_base = derive_seed(base, "refit-steps")
+    for t in range(p.eval_refit_steps):
+        idx = minibatch(refit_base, t, N, B, test_x.device)
+        batch = at.at(phi={k: v.detach() for k, v in phi.items()}, x=test_x[idx])
+        g = est.fn(batch, 1, make_generator(derive_seed(refit_base, "step", t), test_x.device), **kw).grads[0]
+        opt.zero_grad(set_to_none=True)
+        for k, v in at.phi_layout.unflatten(-g / B).items():
+            phi[k].grad = v.clone()
+        opt.step()
+    return {k: v.detach() for k, v in phi.items()}
+
+
 def write_checkpoint(path: Path, theta: Params, phi: Params, opt: torch.optim.Optimizer, step: int, evals: float,
-                     seconds: float, nonfinite: int, curves: list[dict[str, Any]]) -> None:
+                     seconds: float, nonfinite: int, curves: list[dict[str, Any]], censored: int = 0) -> None:
     from gradbench.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save({"theta": {k: v.detach().clone() for k, v in theta.items()},
                 "phi": {k: v.detach().clone() for k, v in phi.items()}, "adam": opt.state_dict(), "step": step, "evals": evals, "seconds": seconds, "nonfinite": nonfinite,
-                "curves": curves}, buf)
+                "censored": censored, "curves": curves}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def held_out_data(cell: Any, target: ComposedTarget) -> Tensor:
-    """The held-out rows: the test split of the target's named data set (same binarisation), first ``test_n``."""
-    from gradbench import data as datasets
-
+    """The held-out rows: the test split of the target's named data set, first ``test_n``, binarised as the training
+    rows are (``dynamic``: one fixed draw from the spec's seed, the ``stochastic_fixed`` rows)."""
     spec = cell.target.data_spec
     if spec is None:
         raise ValueError("train: the target needs a named data set (data: {name: digits, ...}) for its test split")
     p = TrainParams(**cell.estimator_params)
-    x, _ = datasets.load(datasets.DataSpec(**{**spec, "split": "test", "n": p.test_n}))
+    how = "stochastic_fixed" if spec.get("binarize") == "dynamic" else spec.get("binarize", "none")
+    x, _ = datasets.load(datasets.DataSpec(**{**spec, "split": "test", "n": p.test_n, "binarize": how}))
     return torch.as_tensor(np.asarray(x), dtype=target.x.dtype, device=target.x.device)
 
 
