@@ -286,6 +286,8 @@ class TrainParams(BaseModel):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate at step 0")
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: lr · (f + (1 − f)(1 + cos πt/T)/2)")
     lr_final_factor: float = Field(0.1, gt=0, le=1, description="f, the cosine schedule's final lr / lr (steps budget)")
+    lr_horizon: Literal["max_steps", "budget"] = Field(
+        "max_steps", description="evals/seconds budgets: the cosine runs over max_steps, or over the budget spent")
     encoder_hidden: list[int] = Field(default_factory=lambda: [32], description="encoder MLP widths (φ is re-initialised; "
                                                                               "a Bernoulli encoder has at most one)")
     test_n: int | None = Field(None, gt=0, description="held-out test points (first n of the test split; None: all)")

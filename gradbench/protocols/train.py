@@ -174,12 +174,20 @@ def _mean_se(v: Tensor) -> tuple[float, float]:
 
 
 # -- the training loop ----------------------------------------------------------------------------
-def lr_at(p: TrainParams, step: int) -> float:
+def lr_at(p: TrainParams, step: int, used: float | None = None) -> float:
+    """The learning rate of step ``step``: constant, or cosine over the fraction u of the horizon spent,
+    lr (f + (1 − f)(1 + cos πu)/2) with u = step / budget_value (steps budget), used / budget_value (``lr_horizon:
+    budget`` with an evals or seconds budget; ``used`` is what was spent before the step), else step / max_steps."""
     if p.lr_schedule == "constant":
         return p.lr
-    T = p.budget_value if p.budget == "steps" else p.max_steps
+    if p.budget == "steps":
+        u = step / p.budget_value
+    elif p.lr_horizon == "budget":
+        u = (used or 0.0) / p.budget_value
+    else:
+        u = step / p.max_steps
     f = p.lr_final_factor
-    return p.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(step / T, 1.0))))
+    return p.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(u, 1.0))))
 
 
 def minibatch(base: int, step: int, N: int, B: int, device: Any) -> Tensor:
@@ -287,7 +295,7 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
         gt, gp = g_theta.grads[0], g_phi.grads[0]
         finite = bool(torch.isfinite(gt).all())
         was_censored = bool(g_theta.diagnostics["censored"][0]) if "censored" in g_theta.diagnostics else False
-        lr = lr_at(p, step)
+        lr = lr_at(p, step, {"steps": step, "evals": evals, "seconds": seconds}[p.budget])
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -445,8 +453,31 @@ PAIR_COLUMNS = ["target_id", "estimator.theta_estimator", "estimator.theta_param
 
 
 def pair_label(r: Any) -> str:
-    return (f"{r['estimator.theta_estimator']}{_short(r['estimator.theta_params'])} / "
-            f"{r['estimator.phi_estimator']}{_short(r['estimator.phi_params'])}")
+    """``θ-estimator(params) / φ-estimator(params)``, with the warm-up in front (``iwae(K=8) ×2000 steps → …``) when the
+    cell has one."""
+    label = (f"{r['estimator.theta_estimator']}{_short(r['estimator.theta_params'])} / "
+             f"{r['estimator.phi_estimator']}{_short(r['estimator.phi_params'])}")
+    warm = r.get("estimator.warmup_theta_estimator") if hasattr(r, "get") else None
+    if isinstance(warm, str) and warm:
+        label = (f"{warm}{_short(r.get('estimator.warmup_theta_params', {}))} ×{r['estimator.warmup_value']:g} "
+                 f"{r['estimator.warmup_budget']} → {label}")
+    return label
+
+
+ARM_SETTINGS = ("estimator.lr", "estimator.lr_schedule", "estimator.batch_size", "estimator.budget",
+                "estimator.budget_value")
+
+
+def pair_labels(t: pd.DataFrame) -> pd.Series:
+    """:func:`pair_label` of each row, plus ``, lr=…`` (etc.) for each training setting of :data:`ARM_SETTINGS` that
+    varies within the target (arms that differ only in learning rate or budget are distinct arms, never pooled)."""
+    labels = t.apply(pair_label, axis=1)
+    for col in ARM_SETTINGS:
+        if col not in t:
+            continue
+        varies = t.groupby("target_id")[col].transform(lambda c: c.astype(str).nunique() > 1)
+        labels = labels.where(~varies, labels + f", {col.removeprefix('estimator.')}=" + t[col].astype(str))
+    return labels
 
 
 def _short(params: Any) -> str:
@@ -456,11 +487,13 @@ def _short(params: Any) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in d.items()) + ")" if d else ""
 
 
-def summarize(table: pd.DataFrame, metrics: tuple[str, ...] = ("test_loglik", "train_loglik", "steps", "evals",
-                                                                "seconds", "seconds_per_step", "train_tau_mean")) -> pd.DataFrame:
+def summarize(table: pd.DataFrame, metrics: tuple[str, ...] = ("test_loglik", "train_loglik", "test_iwae_bound",
+                                                                "train_iwae_bound", "test_iwae_bound_refit", "steps",
+                                                                "evals", "seconds", "seconds_per_step", "censored_steps",
+                                                                "train_tau_mean")) -> pd.DataFrame:
     """Mean ± s.e. over training seeds (replicates) of each metric, per estimator pair: s.e. = sd / √n_seeds."""
     t = table[table["metric"].isin(metrics)].copy()
-    t["pair"] = t.apply(pair_label, axis=1)
+    t["pair"] = pair_labels(t)
     g = t.groupby(["target_id", "pair", "estimator.budget", "estimator.budget_value", "metric"], sort=False)["value"]
     out = g.agg(mean="mean", sd="std", n_seeds="count").reset_index()
     out["stderr"] = out["sd"] / np.sqrt(out["n_seeds"])
@@ -472,7 +505,7 @@ def paired_test(table: pd.DataFrame, pair_a: str, pair_b: str, metric: str = "te
     d_s = metric_b(s) − metric_a(s); mean d̄ ± s.e., Student t (n − 1 d.f.) two-sided p, and the exact
     sign-flip permutation p-value (all 2^n sign patterns of d_s, two-sided on |Σ d_s|; n ≤ 16)."""
     t = table[table["metric"] == metric].copy()
-    t["pair"] = t.apply(pair_label, axis=1)
+    t["pair"] = pair_labels(t)
     a = t[t["pair"] == pair_a].set_index(["target_id", "estimator.train_seed"])["value"]
     b = t[t["pair"] == pair_b].set_index(["target_id", "estimator.train_seed"])["value"]
     common = a.index.intersection(b.index)

@@ -168,3 +168,33 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "edited.yaml"
     path.write_text(text)
     return path
+
+
+def test_the_cosine_runs_over_the_evaluations_spent_with_lr_horizon_budget():
+    """lr_horizon: budget with an evals budget: lr = lr at 0 evaluations, the midpoint (1 + f)/2 · lr at half the
+    budget, f · lr at the budget, whatever the step; the default (max_steps) ignores the evaluations (control)."""
+    p = train.TrainParams(budget="evals", budget_value=1000, lr=0.01, lr_schedule="cosine", lr_final_factor=0.1,
+                          lr_horizon="budget", max_steps=50)
+    assert train.lr_at(p, 7, 0.0) == pytest.approx(0.01)
+    assert train.lr_at(p, 7, 500.0) == pytest.approx(0.01 * 0.55)
+    assert train.lr_at(p, 7, 1000.0) == pytest.approx(0.001)
+    q = p.model_copy(update={"lr_horizon": "max_steps"})
+    assert train.lr_at(q, 25, 0.0) == train.lr_at(q, 25, 1000.0) == pytest.approx(0.01 * 0.55)
+
+
+def test_arms_that_differ_in_warmup_lr_or_budget_get_distinct_labels():
+    """pair_labels: a warm-started arm is never pooled with the same arm without warm-up, and arms that differ only in
+    learning rate or budget get the differing setting in their label (control: a setting shared by every arm of the
+    target is not added)."""
+    base = {"target_id": "t", "estimator.theta_estimator": "coupled_isir", "estimator.theta_params": '{"K": 8}',
+            "estimator.phi_estimator": "iwae_reparam", "estimator.phi_params": '{"K": 8}', "estimator.lr": 0.003,
+            "estimator.budget": "steps", "estimator.budget_value": 800.0, "estimator.warmup_theta_estimator": None,
+            "estimator.warmup_theta_params": "{}", "estimator.warmup_value": 0.0, "estimator.warmup_budget": "steps"}
+    warm = {**base, "estimator.warmup_theta_estimator": "iwae", "estimator.warmup_theta_params": '{"K": 8}',
+            "estimator.warmup_value": 200.0}
+    fast = {**base, "estimator.lr": 0.01}
+    labels = train.pair_labels(pd.DataFrame([base, warm, fast]))
+    assert len(set(labels)) == 3
+    assert labels[1].startswith("iwae(K=8) ×200 steps → coupled_isir(K=8)")
+    assert labels[0].endswith("lr=0.003") and labels[2].endswith("lr=0.01")
+    assert "budget" not in "".join(labels)
