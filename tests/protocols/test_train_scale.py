@@ -20,7 +20,7 @@ from gradbench.executors import LocalExecutor
 from gradbench.families import gaussian
 from gradbench.protocols import train
 from gradbench.runner import PROVENANCE, run_suite
-from gradbench.suite import load_suite
+from gradbench.suite import SuiteError, load_suite
 from tests.protocols.test_train import TINY
 
 HERE = Path(__file__).parent
@@ -220,3 +220,54 @@ def test_the_held_out_laplace_centring_goes_on_when_40_iterations_do_not_reach_a
     value, err, _ = train.quadrature_log_px(model, theta, x, 8)
     assert calls == [40, train.LAPLACE_RETRY_ITER]
     assert float((value - exact).abs().max()) <= float(err.max()) + 1e-9
+
+
+BLOCK = """\
+name: tiny-train
+seed: 0
+target_seed: 0
+targets:
+  - model: vae
+    params: {latent_dim: 2, hidden: [8], activation: tanh, likelihood: bernoulli}
+    data: {name: digits, n: 64, binarize: stochastic_fixed, seed: 0}
+    proposal: {family: gaussian_mean_field}
+train:
+  seeds: 0
+  settings: {budget: steps, budget_value: 40, batch_size: 16, lr: 0.02, lr_schedule: cosine, encoder_hidden: [8],
+             test_n: 40, train_eval_n: 40, quadrature_nodes: 8, curve_every: 10, curve_n: 20, curve_K: 10,
+             checkpoint_every: 10}
+  arms:
+    - {theta: {name: iwae, K: 4}, phi: {name: iwae_reparam, K: 4}}
+    - {theta: {name: coupled_isir, K: 4}, phi: {name: iwae_reparam, K: 4}}
+"""
+
+
+def test_a_train_block_gives_the_cells_of_the_estimators_form(tmp_path):
+    """The train: block (arms × seeds × settings) expands to the very cells (same ids, hence the same rows) as the
+    estimators: [{name: train, params}] + protocols: [train] form of the same study (control: changing one setting
+    changes the ids)."""
+    legacy = load_suite(suite_file(tmp_path, steps=40))[1]
+    path = tmp_path / "block.yaml"
+    path.write_text(BLOCK)
+    suite, block = load_suite(path)
+    assert [c.cell_id for c in block] == [c.cell_id for c in legacy]
+    assert suite.protocols == ["train"] and suite.replicates == 1
+    path.write_text(BLOCK.replace("lr: 0.02", "lr: 0.03"))
+    assert {c.cell_id for c in load_suite(path)[1]}.isdisjoint({c.cell_id for c in legacy})
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("theta: {name: iwae, K: 4}", "theta: {K: 4}"), r"block\.yaml:15: train\.arms\[0\]\.theta: missing required key 'name'"),
+    (("theta: {name: iwae, K: 4}", "theta: {name: iwae, KK: 4}"),
+     r"block\.yaml:15: train\.arms\[0\]\.theta_params: unknown parameter 'KK' of theta_estimator 'iwae'; did you mean 'K'"),
+    (("phi: {name: iwae_reparam, K: 4}}\n    - {theta: {name: coupled",
+      ("phi: {name: iwae_reparam, K: 4}, warmup: {name: iwae, K: 4}}\n    - {theta: {name: coupled")),
+     r"block\.yaml:15: train\.arms\[0\]\.warmup: give the warm-up's length as exactly one of steps: n or evals: n"),
+    (("train:\n", "protocols: [train]\ntrain:\n"), r"block\.yaml:9: protocols: a suite with a train: block has no protocols:"),
+    (("lr: 0.02", "lr: -1"), r"block\.yaml:15: train\.arms\[0\]\.lr: input should be greater than 0"),
+])
+def test_train_block_errors_are_one_located_line(tmp_path, edit, message):
+    path = tmp_path / "block.yaml"
+    path.write_text(BLOCK.replace(*edit, 1))
+    with pytest.raises(SuiteError, match=message):
+        load_suite(path)
