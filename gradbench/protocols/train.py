@@ -475,13 +475,19 @@ ARM_SETTINGS = ("estimator.lr", "estimator.lr_schedule", "estimator.batch_size",
 def pair_labels(t: pd.DataFrame) -> pd.Series:
     """:func:`pair_label` of each row, plus ``, lr=…`` (etc.) for each training setting of :data:`ARM_SETTINGS` that
     varies within the target (arms that differ only in learning rate or budget are distinct arms, never pooled)."""
-    labels = t.apply(pair_label, axis=1)
+    return t.apply(pair_label, axis=1) + arm_settings(t)
+
+
+def arm_settings(t: pd.DataFrame) -> pd.Series:
+    """``, lr=…, budget=…`` per row: the training settings of :data:`ARM_SETTINGS` that vary within the target ('' when
+    none does); arms are compared (paired tests) only within the same settings."""
+    out = pd.Series("", index=t.index)
     for col in ARM_SETTINGS:
         if col not in t:
             continue
-        varies = t.groupby("target_id")[col].transform(lambda c: c.astype(str).nunique() > 1)
-        labels = labels.where(~varies, labels + f", {col.removeprefix('estimator.')}=" + t[col].astype(str))
-    return labels
+        varies = t.groupby("target_id")[col].transform(lambda c: c.astype(str).nunique() > 1).astype(bool)
+        out = out.where(~varies, out + f", {col.removeprefix('estimator.')}=" + t[col].astype(str))
+    return out
 
 
 def _short(params: Any) -> str:

@@ -61,10 +61,11 @@ def train_table(run: RunData) -> pd.DataFrame | None:
     """The run's ``train`` rows with a ``pair`` column (None when the run has none)."""
     if TRAIN not in run.protocols:
         return None
-    from gradbench.protocols.train import pair_labels
+    from gradbench.protocols.train import arm_settings, pair_labels
 
     t = run.results[run.results["protocol"] == TRAIN].copy()
     t["pair"] = pair_labels(t)
+    t["settings"] = arm_settings(t)
     return t
 
 
@@ -346,14 +347,18 @@ def paired_table(run: RunData) -> Table | None:
     t = Table(f"Training: paired differences in {HELD_OUT[metric]}", header, text_columns=header.index("minus") + 1,
               note="d_s = pair(s) − minus(s) over the training seeds both ran (common initialisation, minibatches "
                    "and step noise); mean ± s.e.; two-sided p-values: Student t with n − 1 d.f. and the exact "
-                   "sign-flip permutation test (its smallest attainable value is 2/2ⁿ). The first pair is the baseline.")
+                   "sign-flip permutation test (its smallest attainable value is 2/2ⁿ). The first pair is the baseline. "
+                   "Arms are paired only with arms of the same training settings (learning rate, budget).")
     final = table[table["metric"] == metric]
     for target, label in targets:
         ft = final[final["target_id"] == target]
         pairs = pairs_of(ft)
         by_pair = {p: ft[ft["pair"] == p].set_index("estimator.train_seed")["value"] for p in pairs}
+        settings = ft.groupby("pair")["settings"].first()
         for i, first in enumerate(pairs):
             for pair in pairs[i + 1:]:
+                if settings[pair] != settings[first]:  # only arms trained with the same lr, budget, ...
+                    continue
                 a, b = by_pair[first], by_pair[pair]
                 common = b.index.intersection(a.index)
                 d = (b.loc[common] - a.loc[common]).to_numpy(float)
