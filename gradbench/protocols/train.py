@@ -1,13 +1,18 @@
 """Training protocol (issue 15): does an estimator's bias or variance change the model you end up with?
 
-A ``train`` cell is (target, θ-estimator, φ-estimator, training seed). The suite names it as the pseudo-estimator
-``train`` (schema :class:`gradbench.estimators.params.TrainParams`) with the protocol ``train``::
+A ``train`` cell is (target, θ-estimator, φ-estimator, training seed). A suite writes a study as a ``train:`` block
+(arms × seeds × settings; :class:`gradbench.suite.TrainBlock`)::
 
-    estimators:
-      - name: train
-        params: {theta_estimator: coupled_isir, theta_params: {K: 8}, phi_estimator: iwae_reparam,
-                 phi_params: {K: 8}, train_seed: [0, 1, 2, 3, 4], budget: steps, budget_value: 2000}
-    protocols: [train]
+    train:
+      seeds: [0, 1, 2, 3, 4]
+      settings: {budget: steps, budget_value: 2000, lr: 0.001, batch_size: 32}
+      arms:
+        - {theta: {name: iwae, K: 8}, phi: {name: iwae_reparam, K: 8}}
+        - {theta: {name: coupled_isir, K: 8}, phi: {name: iwae_reparam, K: 8}, warmup: {name: iwae, K: 8, steps: 500}}
+
+which expands to the pseudo-estimator ``train`` (schema :class:`gradbench.estimators.params.TrainParams`) with the
+protocol ``train`` — the form older suites write out (``estimators: [{name: train, params: {...}}]``,
+``protocols: [train]``); both give the same cells.
 
 The target supplies the model p_θ(x, z) (``vae``, ``sbn``), the training data x (its ``data:``) and the architecture;
 θ is re-initialised (``model.init_params``) and φ is a fresh amortised encoder of the model's latent space
@@ -20,13 +25,21 @@ same (θ₀, φ₀), sees the same minibatches (epoch e is ``randperm(N)`` from 
 into ⌊N/B⌋ batches of B) and the same generator seed at step t (derive_seed(base, "step", t); the θ-estimator
 draws first, then the φ-estimator) — common random numbers.
 
+Data ``binarize: dynamic``: the target keeps grey levels and step t's minibatch is a fresh draw x ~ Bernoulli(grey)
+from derive_seed(base, "binarize", t) (Burda et al. 2016's dynamic binarisation; the same draw for every arm); the
+held-out and train-evaluation rows are one fixed draw from the data spec's seed.
+
 Step t: the minibatch target ``target.at(θ, φ, x_batch)``; ĝ_θ = theta_estimator(target_b, R=1) and
 ĝ_φ = phi_estimator(target_b, R=1) (estimates of ∇ Σ_{n∈batch} of log p(x_n), the ELBO or IWAE_K); Adam
 (Kingma & Ba 2015, β = (0.9, 0.999), ε = 1e-8) descends −ĝ/B with learning rate
     lr_t = lr                                                  (constant), or
-    lr_t = lr (f + (1 − f)(1 + cos(π t / T)) / 2)               (cosine; T = budget_value for a steps budget,
-                                                                  else max_steps; f = lr_final_factor).
-A step whose θ-gradient is not finite (a censored coupled replicate) leaves θ unchanged and is counted.
+    lr_t = lr (f + (1 − f)(1 + cos(π u)) / 2)                  (cosine; u = t / budget_value for a steps budget,
+                                                                  spent / budget_value with lr_horizon: budget,
+                                                                  else t / max_steps; f = lr_final_factor).
+With a warm-up (``warmup_theta_estimator``), the warm-up estimator gives ĝ_θ until ``warmup_value`` steps or
+log-joint evaluations are spent, then the θ-estimator (e.g. IWAE → coupled i-SIR). A step whose θ-gradient is not
+finite leaves θ unchanged and is counted (``nonfinite_steps``); a coupled step whose chains had not met by
+``max_iter`` is such a step and is also counted as ``censored_steps`` (and marked in the curves).
 Training stops when the budget — optimiser steps, log-joint evaluations (Σ of both estimators' ``cost``),
 or seconds — is spent; all three are recorded.
 
@@ -34,11 +47,14 @@ Held-out evaluation (final rows, nats per data point; s.e. over the evaluated po
 * binary z (k ≤ 16): log p_θ(x_n) = logsumexp over the 2ᵏ states, exact (``references.enumeration``);
 * real z, latent_dim ≤ 2: log p_θ(x_n) by adaptive Gauss–Hermite quadrature at each point's Laplace approximation
   (``references.quadrature``), with the 2n-node rule and the doubling error max_n |ℓ_2n − ℓ_n| as a bound;
-* otherwise IWAE with K = ``eval_K`` under the trained encoder, log (1/K) Σ_k w_k (biased low, O(1/K)).
-Rows: ``test_loglik``, ``train_loglik`` (on the first ``train_eval_n`` training points), ``steps``, ``evals``,
-``seconds``, ``seconds_per_step``, ``nonfinite_steps`` and, for coupled θ-estimators, ``train_tau_mean`` (s.e. over
-steps). The s.e. over training seeds and the paired test between estimators that share seeds are
-:func:`summarize` and :func:`paired_test` over the collected table.
+* otherwise the IWAE_K bound with K = ``eval_K`` under the trained encoder, log (1/K) Σ_k w_k, whose expectation is
+  ≤ log p(x) (Burda et al. 2016): rows ``test_iwae_bound``/``train_iwae_bound``, never ``*_loglik``; with
+  ``eval_K_check`` the bound at a smaller K and the paired gain (convergence in K), and with ``eval_refit_steps``
+  the bound under an encoder refitted to the test points with θ frozen (:func:`evaluation_checks`).
+Rows: ``test_loglik`` or ``test_iwae_bound``, the same on the first ``train_eval_n`` training points, ``steps``,
+``evals``, ``seconds``, ``seconds_per_step``, ``nonfinite_steps``, ``eval_seconds`` and, for coupled θ-estimators,
+``censored_steps``, ``train_tau_mean`` (s.e. over steps) and ``train_tau_max``. The s.e. over training seeds and the
+paired test between estimators that share seeds are :func:`summarize` and :func:`paired_test` over the collected table.
 
 Curves (``curves.parquet``): one row per step (step, evals, seconds, lr, gradient norms, τ of the coupled
 estimator) and, every ``curve_every`` steps, IWAE_{curve_K} estimates on ``curve_n`` test and train points.
