@@ -105,7 +105,8 @@ def write_target(cell: Cell, out: Path, written: set[str]) -> None:
         if t.data_spec is not None:
             from gradbench import data as datasets
 
-            info["data"] = {"spec": t.data_spec, **datasets.load(datasets.DataSpec(**t.data_spec))[1]}
+            rows = datasets.load(datasets.DataSpec(**t.data_spec), grey=is_train_cell(cell))[1]  # what the cell used
+            info["data"] = {"spec": t.data_spec, **rows}
         atomic_write_bytes(out / "targets" / f"{tid}.json", json.dumps(info, indent=1, default=str).encode())
         written.add(tid)
 

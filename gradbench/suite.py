@@ -320,7 +320,7 @@ def _data_spec(src: _SourceMap, loc: Loc, raw: dict[str, Any]) -> dict[str, Any]
     try:
         if spec.path is not None:
             spec = spec.model_copy(update={"path": str((src.path.parent / spec.path).resolve())})
-        datasets.load(spec)  # fail here, with the location, not later in a cell
+        datasets.load(spec, grey=True)  # fail here, with the location, not later in a cell (no binarisation draw)
     except datasets.DataError as exc:
         raise SuiteError(src.at(loc, str(exc))) from None
     return spec.model_dump()

@@ -97,7 +97,7 @@ TRAIN = "train"  # the pseudo-estimator and the protocol
 LOG_2PI = math.log(2 * math.pi)
 QUADRATURE_MAX_DIM = 2
 LAPLACE_RETRY_ITER = 1000  # Newton iterations of the held-out Laplace centring when 40 did not reach every mode
-ELEMENT_BUDGET = 1 << 25  # particles × points × data dimension per IWAE evaluation chunk (≈ 270 MB of float64 logits)
+ELEMENT_BUDGET = 1 << 24  # particles × points × data dimension per IWAE evaluation chunk (≈ 134 MB of float64 logits)
 CURVE_COLUMNS = ["step", "evals", "seconds", "lr", "grad_norm_theta", "grad_norm_phi", "tau", "theta_finite", "censored",
                  "warmup", "test_estimate", "test_estimate_se", "train_estimate", "train_estimate_se"]
 
