@@ -10,6 +10,7 @@ table is bitwise the same whichever executor computed it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -186,6 +187,21 @@ def _provenance(df: pd.DataFrame, started: dt.datetime, t0: float) -> pd.DataFra
     return df
 
 
+def is_train_cell(cell: Cell) -> bool:
+    """Whether ``cell`` is a training run (gradbench.protocols.train), not an estimator measured on a fixed target."""
+    return cell.estimator == "train"
+
+
+def train_target(cell: Cell) -> Any:
+    """The target a ``train`` cell trains on: the cell's own, except with ``binarize: dynamic`` data, where its rows
+    stay grey levels (the training loop draws each minibatch's binarisation; gradbench.protocols.train)."""
+    spec = cell.target.data_spec
+    if spec is None or spec.get("binarize") != "dynamic":
+        return target_for(cell)
+    grey = dataclasses.replace(cell.target, data_spec={**spec, "binarize": "none"})
+    return target_for(dataclasses.replace(cell, target=grey))
+
+
 def run_train_cell(cell: Cell, target: Any, checkpoint_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A ``train`` cell (gradbench.protocols.train): the training loop is its computation; (rows, curves).
     With ``checkpoint_dir`` it checkpoints to, and resumes from, ``<checkpoint_dir>/<cell_id>.pt``."""
@@ -289,12 +305,12 @@ def resolution_warning(sample: GradSample, reference: Any) -> str:
 def compute_cell(cell: Cell, reference: Any = None, checkpoint_dir: str | Path | None = None) -> Outcome:
     """Run one cell (with its reference when the runner computed it); an exception from its target or
     estimator becomes a failed outcome. ``checkpoint_dir``: where long (``train``) cells checkpoint."""
-    if cell.estimator == "train":
+    if is_train_cell(cell):
         try:
             registry.load_entry_points()
             registry.load_plugin_modules(cell.plugins)
             with cell_thread_limits(cell_threads()):
-                rows, curves = run_train_cell(cell, target_for(cell), None if checkpoint_dir is None else Path(checkpoint_dir))
+                rows, curves = run_train_cell(cell, train_target(cell), None if checkpoint_dir is None else Path(checkpoint_dir))
         except Exception as exc:  # noqa: BLE001 — recorded per cell; the suite goes on
             return Outcome(cell, error=one_line(exc))
         return Outcome(cell, rows, {"curves": curves})

@@ -285,12 +285,16 @@ def _train_requires(p: dict[str, Any]) -> Capabilities:
     if p.get("phi_estimator", "reparam_elbo") is None:  # issue 16: θ-only training, energy-based models only
         return ESTIMATORS[p.get("theta_estimator", "elbo")].required(p.get("theta_params", {})) | _EBM
     theta, phi = ESTIMATORS[p.get("theta_estimator", "elbo")], ESTIMATORS[p.get("phi_estimator", "reparam_elbo")]
-    return theta.required(p.get("theta_params", {})) | phi.required(p.get("phi_params", {}))
+    warm = p.get("warmup_theta_estimator")
+    warm_needs = ESTIMATORS[warm].required(p.get("warmup_theta_params", {})) if warm is not None else frozenset()
+    return theta.required(p.get("theta_params", {})) | phi.required(p.get("phi_params", {})) | warm_needs
 
 
 def _train_runs(p: dict[str, Any]) -> tuple[str, ...]:
-    """The ``train`` pseudo-estimator's θ- and φ-estimators (defaults included; φ is None for θ-only training)."""
-    return tuple(n for n in (p.get("theta_estimator", "elbo"), p.get("phi_estimator", "reparam_elbo")) if n is not None)
+    """The ``train`` pseudo-estimator's θ- and φ-estimators and its warm-up θ-estimator (defaults included; φ is None
+    for θ-only training)."""
+    return tuple(n for n in (p.get("theta_estimator", "elbo"), p.get("phi_estimator", "reparam_elbo"),
+                             p.get("warmup_theta_estimator")) if n is not None)
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
@@ -299,7 +303,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     _spec("gradbench.protocols.meeting_spec"),
     _spec("gradbench.protocols.wallclock_spec"),
     Protocol("train", "gradbench.protocols.train:protocol",
-             "issue 15: train θ and φ with estimator 'train' → test_loglik, train_loglik, steps, evals, seconds; curves.parquet", False,
+             "issue 15: train θ and φ with estimator 'train' → test_loglik (exact) or test_iwae_bound (IWAE-K lower bound), train_*, steps, evals, seconds, censored_steps; curves.parquet", False,
              modules=("gradbench.protocols.train_ebm",), side_tables=(SideTable("curves", "curves.parquet"),)),
     _spec("gradbench.protocols.snr_spec"),
     _spec("gradbench.protocols.mcmc_spec"),

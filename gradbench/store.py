@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from gradbench.atomic import atomic_write_bytes  # re-exported: the run folder's writes
-from gradbench.cell import cell_objective, target_for
+from gradbench.cell import cell_objective, is_train_cell, target_for
 from gradbench.suite import Cell
 
 PROVENANCE = ["gradbench_version", "torch_version", "started_at", "seconds"]
@@ -106,19 +106,25 @@ def write_reference(path: Path, reference: Any) -> None:
 def write_target(cell: Cell, out: Path, written: set[str]) -> None:
     """``targets/<target_id>.npz`` once per run (the target comes from this process's cache), and
     ``targets/<target_id>.json``: the model, its parameters, the proposal and the data's provenance (named
-    set, split, rows, binarisation seed, sha256 of the rows — the fixed split is recorded with the run)."""
+    set, split, rows, binarisation seed, sha256 of the rows — the fixed split is recorded with the run).
+
+    A ``train`` cell's target writes only the ``.json``: training starts from fresh (θ₀, φ₀) and never reads the
+    target's own θ or φ, so its arrays are not built here (the VAE's φ is a Laplace fit to every data point, minutes
+    and gigabytes on Fashion-MNIST), and the data rows are identified by their spec and sha256."""
     tid = cell.target.target_id
     if tid not in written:
-        npz = io.BytesIO()
-        np.savez(npz, **target_for(cell).arrays())
-        atomic_write_bytes(out / "targets" / f"{tid}.npz", npz.getvalue())
+        if not is_train_cell(cell):
+            npz = io.BytesIO()
+            np.savez(npz, **target_for(cell).arrays())
+            atomic_write_bytes(out / "targets" / f"{tid}.npz", npz.getvalue())
         t = cell.target
         info: dict[str, Any] = {"model": t.model, "params": t.params, "proposal": t.proposal, "target_seed": t.target_seed,
                                 "data": {"file": t.data, "sha256": t.data_sha256} if t.data else None}
         if t.data_spec is not None:
             from gradbench import data as datasets
 
-            info["data"] = {"spec": t.data_spec, **datasets.load(datasets.DataSpec(**t.data_spec))[1]}
+            rows = datasets.load(datasets.DataSpec(**t.data_spec), grey=is_train_cell(cell))[1]  # what the cell used
+            info["data"] = {"spec": t.data_spec, **rows}
         atomic_write_bytes(out / "targets" / f"{tid}.json", json.dumps(info, indent=1, default=str).encode())
         written.add(tid)
 

@@ -49,12 +49,31 @@ class EstimatorEntry(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class TrainArm(_Strict):
+    """One arm of a training study: the θ-estimator, the φ-estimator (null: θ-only training of an energy-based model;
+    omitted: reparam_elbo), an optional warm-up θ-estimator, and settings that override the block's."""
+
+    theta: dict[str, Any] = Field(description="{name: θ-estimator, its params...}")
+    phi: dict[str, Any] | None = Field(None, description="{name: φ-estimator, its params...}; null: no encoder")
+    warmup: dict[str, Any] | None = Field(None, description="{name: θ-estimator, steps: n | evals: n, its params...}")
+    settings: dict[str, Any] = Field(default_factory=dict, description="training settings of this arm (TrainParams)")
+
+
+class TrainBlock(_Strict):
+    """A training study (gradbench.protocols.train): every arm × seed × settings grid on every target."""
+
+    arms: list[TrainArm] = Field(min_length=1)
+    seeds: int | list[int] = Field(0, description="training seeds (initialisation, minibatches, noise; shared by arms)")
+    settings: dict[str, Any] = Field(default_factory=dict, description="training settings shared by the arms "
+                                                                       "(TrainParams: budget, lr, batch_size, ...)")
+
+
 class Suite(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     seed: int = Field(0, ge=0, description="seeds the Monte Carlo noise (and the targets, unless target_seed is set)")
     target_seed: int | None = Field(None, ge=0, description="seeds the synthetic targets; default: seed")
-    replicates: int = Field(gt=0)
+    replicates: int | None = Field(None, gt=0, description="replicates per cell (required unless the suite is a train: block)")
     device: str = "cpu"
     dtype: Literal["float64", "float32"] = "float64"
     max_cells: int = Field(10_000, gt=0, description="refuse grids that expand past this many cells")
@@ -62,8 +81,9 @@ class Suite(_Strict):
     plugins: list[str] = Field(default_factory=list, description="modules to import that register models/estimators/protocols")
     scheduler: str | None = Field(None, description="Dask scheduler address; none starts a LocalCluster")
     targets: list[TargetEntry] = Field(min_length=1)
-    estimators: list[EstimatorEntry] = Field(min_length=1)
-    protocols: list[str] = Field(min_length=1)
+    estimators: list[EstimatorEntry] = Field(default_factory=list, description="required unless train: is given")
+    protocols: list[str] = Field(default_factory=list, description="required unless train: is given")
+    train: TrainBlock | None = Field(None, description="a training study instead of estimators and protocols")
 
     @field_validator("device")
     @classmethod
@@ -169,7 +189,50 @@ def load_suite(
     return suite, expand(suite, src)
 
 
+def _form(suite: Suite, src: _SourceMap) -> tuple[list[tuple[str, dict[str, Any], Loc, Loc]], list[str], int]:
+    """(estimator entries as (name, params, location, location of the params), protocols, replicates) of either form:
+    estimators: + protocols:, or a train: block (each arm a ``train`` cell per seed and settings combination)."""
+    if suite.train is None:
+        for key in ("replicates", "estimators", "protocols"):
+            if not getattr(suite, key):
+                raise SuiteError(src.at((key,), f"missing required key {key!r}" if (key,) not in src.lines
+                                        else "give at least one (or a train: block)"))
+        entries = [(e.name, e.params, ("estimators", i), ("estimators", i, "params")) for i, e in enumerate(suite.estimators)]
+        return entries, list(suite.protocols), int(suite.replicates or 0)
+    for key in ("estimators", "protocols"):
+        if (key,) in src.lines:
+            raise SuiteError(src.at((key,), f"a suite with a train: block has no {key}: (the block's arms are its cells)"))
+    return [("train", train_arm_params(src, suite.train, i), ("train", "arms", i), ("train", "arms", i))
+            for i in range(len(suite.train.arms))], ["train"], suite.replicates or 1
+
+
+def train_arm_params(src: _SourceMap, block: TrainBlock, i: int) -> dict[str, Any]:
+    """The ``train`` estimator params (gradbench.estimators.params.TrainParams, list values are grids) of arm i."""
+    arm, loc = block.arms[i], ("train", "arms", i)
+    params: dict[str, Any] = {"train_seed": block.seeds, **block.settings, **arm.settings}
+
+    def named(part: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        rest = dict(spec)
+        name = rest.pop("name", None)
+        if not isinstance(name, str):
+            raise SuiteError(src.at(loc + (part,), "missing required key 'name' (the estimator)"))
+        return name, rest
+
+    params["theta_estimator"], params["theta_params"] = named("theta", arm.theta)
+    if "phi" in arm.model_fields_set:
+        params["phi_estimator"], params["phi_params"] = named("phi", arm.phi) if arm.phi is not None else (None, {})
+    if arm.warmup is not None:
+        name, rest = named("warmup", arm.warmup)
+        lengths = [k for k in ("steps", "evals") if k in rest]
+        if len(lengths) != 1:
+            raise SuiteError(src.at(loc + ("warmup",), "give the warm-up's length as exactly one of steps: n or evals: n"))
+        params.update(warmup_theta_estimator=name, warmup_budget=lengths[0], warmup_value=float(rest.pop(lengths[0])),
+                      warmup_theta_params=rest)
+    return params
+
+
 def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
+    entries, suite.protocols, suite.replicates = _form(suite, src)  # a train: block's protocol and replicate count
     for i, name in enumerate(suite.protocols):
         _check_name(src, ("protocols", i), name, registry.PROTOCOLS, "protocol")
     if len(set(suite.protocols)) != len(suite.protocols):
@@ -203,22 +266,23 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         target_locs += [i] * (len(params) * len(proposals))
 
     estimators: list[tuple[str, dict[str, Any]]] = []
-    estimator_locs: list[int] = []
-    seen: dict[str, int] = {}
-    for i, e in enumerate(suite.estimators):
-        _check_name(src, ("estimators", i, "name"), e.name, registry.ESTIMATORS, "estimator")
-        key = content_hash([e.name, e.params])
+    estimator_locs: list[Loc] = []
+    seen: dict[str, Loc] = {}
+    for e_name, e_params, loc, params_loc in entries:
+        _check_name(src, loc + ("name",), e_name, registry.ESTIMATORS, "estimator")
+        key = content_hash([e_name, e_params])
         if key in seen:
-            raise SuiteError(src.at(("estimators", i), f"duplicate of estimators[{seen[key]}] ({e.name} with the same params)"))
-        seen[key] = i
-        grid = _grid(src, ("estimators", i, "params"), e.params, registry.ESTIMATORS[e.name].params)
-        estimators += [(e.name, p) for p in grid]
-        estimator_locs += [i] * len(grid)
+            raise SuiteError(src.at(loc, f"duplicate of {_format_loc(seen[key])} ({e_name} with the same params)"))
+        seen[key] = loc
+        grid = _grid(src, params_loc, e_params, registry.ESTIMATORS[e_name].params)
+        estimators += [(e_name, p) for p in grid]
+        estimator_locs += [loc] * len(grid)
     _check_capabilities(src, targets, target_locs, estimators, estimator_locs, suite.protocols)
-    for (name, _), ei in zip(estimators, estimator_locs):  # issue 15: a training run is its own kind of cell
+    for (name, _), loc in zip(estimators, estimator_locs):  # a training run is its own kind of cell
         if (name == "train") != (suite.protocols == ["train"]):
-            raise SuiteError(src.at(("estimators", ei, "name") if name == "train" else ("protocols",),
-                                    "the estimator 'train' goes with protocols: [train] and nothing else"))
+            raise SuiteError(src.at(loc + ("name",) if name == "train" else ("protocols",),
+                                    "the estimator 'train' goes with protocols: [train] and nothing else "
+                                    "(or write the study as a train: block)"))
 
     n_cells = len(targets) * len(estimators)
     if n_cells > suite.max_cells:
@@ -259,14 +323,14 @@ def _data_spec(src: _SourceMap, loc: Loc, raw: dict[str, Any]) -> dict[str, Any]
     try:
         if spec.path is not None:
             spec = spec.model_copy(update={"path": str((src.path.parent / spec.path).resolve())})
-        datasets.load(spec)  # fail here, with the location, not later in a cell
+        datasets.load(spec, grey=True)  # fail here, with the location, not later in a cell (no binarisation draw)
     except datasets.DataError as exc:
         raise SuiteError(src.at(loc, str(exc))) from None
     return spec.model_dump()
 
 
 def _check_capabilities(src: _SourceMap, targets: list[TargetConfig], target_locs: list[int],
-                        estimators: list[tuple[str, dict[str, Any]]], estimator_locs: list[int],
+                        estimators: list[tuple[str, dict[str, Any]]], estimator_locs: list[Loc],
                         protocols: list[str] | tuple[str, ...] = ()) -> None:
     """Refuse an estimator on a target that lacks a capability it requires (before any cell runs)."""
     for t, ti in zip(targets, target_locs):
@@ -276,7 +340,7 @@ def _check_capabilities(src: _SourceMap, targets: list[TargetConfig], target_loc
             if missing:
                 family = t.proposal.get("family")
                 what = f"model {t.model!r}" + (f" with family {family!r}" if family else "")
-                raise SuiteError(src.at(("estimators", ei, "name"),
+                raise SuiteError(src.at(ei + ("name",),
                                         f"estimator {name!r} needs {', '.join(missing)}, which targets[{ti}] ({what}) does not "
                                         f"provide (it provides: {', '.join(sorted(provides)) or 'nothing'})"))
 

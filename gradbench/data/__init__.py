@@ -14,11 +14,20 @@ data: {name: digits, split: train, n: 20, binarize: dynamic, seed: 0}
 * ``path`` — a user file, as above.
 
 Splits are fixed and recorded: ``digits`` has no official split, so a permutation from a fixed seed
-(``DIGITS_SPLIT_SEED``) puts 1497 images in ``train`` and 300 in ``test``; Fashion-MNIST and IDX
-pairs use their own train/test files. ``n`` takes the first n rows of the split.
-Binarisation: ``static`` thresholds at ½; ``dynamic`` draws x ~ Bernoulli(pixel) with the explicit
-``seed`` (Salakhutdinov & Murray 2008's stochastic binarisation, fixed once per target so that every
-estimator sees the same data). ``none`` keeps grey levels in [0, 1].
+(``DIGITS_SPLIT_SEED``) puts 1497 images in ``train`` and 300 in ``test``; Fashion-MNIST (60 000 train,
+10 000 test, all by default) and IDX pairs use their own train/test files. ``n`` takes the first n rows.
+
+Binarisation of grey levels in [0, 1]:
+* ``threshold`` (``static`` is the former spelling, still accepted): x = 1[pixel > ½];
+* ``stochastic_fixed``: x ~ Bernoulli(pixel), one draw from the explicit ``seed`` when the data are loaded
+  (Salakhutdinov & Murray 2008), the same binary rows for every estimator and every step;
+* ``dynamic``: a fresh draw x ~ Bernoulli(pixel) for every training minibatch (the IWAE paper's dynamic
+  binarisation, Burda et al. 2016), from the training step's seed (reproducible, resumable;
+  :func:`dynamic_draw`). Only a training run has minibatches: there the data stay grey levels
+  (:func:`load` with ``grey=True``) and the held-out points are one ``stochastic_fixed`` draw from ``seed``. A
+  fixed target (every other cell) has one set of rows, so for it ``dynamic`` is the one draw from ``seed``
+  (what ``stochastic_fixed`` draws; the meaning ``dynamic`` had for every cell before training runs re-drew);
+* ``none`` keeps grey levels.
 """
 
 from __future__ import annotations
@@ -50,8 +59,10 @@ class DataSpec(BaseModel):
     path: str | None = Field(None, description="a .npy, .csv or IDX (.gz) file, relative to the suite")
     split: Literal["train", "test"] = Field("train", description="which fixed split to read")
     n: int | None = Field(None, gt=0, description="first n rows of the split (default: all)")
-    binarize: Literal["none", "static", "dynamic"] = Field("none", description="binarisation of grey levels in [0, 1]")
-    seed: int = Field(0, ge=0, description="seed of dynamic binarisation")
+    binarize: Literal["none", "threshold", "static", "stochastic_fixed", "dynamic"] = Field(
+        "none", description="threshold (static) | stochastic_fixed (one draw from seed) | dynamic (a draw per training "
+                            "minibatch) | none")
+    seed: int = Field(0, ge=0, description="seed of the stochastic_fixed draw (and of dynamic's held-out draw)")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -113,17 +124,30 @@ def fashion_mnist(split: str) -> np.ndarray:
 
 
 def binarize(x: np.ndarray, how: str, seed: int) -> np.ndarray:
+    """Binary rows from grey levels (module docstring); ``dynamic`` here is its fixed-target meaning, one draw."""
     if how == "none":
         return x
-    if how == "static":
+    if how in ("threshold", "static"):
         return (x > 0.5).astype(np.float64)
     if x.min() < 0 or x.max() > 1:
-        raise DataError("dynamic binarisation needs values in [0, 1]")
-    return (np.random.default_rng(seed).random(x.shape) < x).astype(np.float64)
+        raise DataError(f"{how} binarisation needs values in [0, 1]")
+    u = np.random.default_rng(seed).random(x.shape)
+    return np.less(u, x, out=u)  # 1.0 where u < pixel, in place: no second [N, d] array (60 000 × 784 on Fashion-MNIST)
 
 
-def load(spec: DataSpec, base: Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """The data rows [n, d] of a spec (not ``synthetic``) and their provenance (recorded with the run)."""
+def dynamic_draw(grey: Any, gen: Any) -> Any:
+    """One dynamic binarisation of a minibatch: x_ij = 1[u_ij < grey_ij], u ~ U(0, 1) from ``gen`` (torch tensors;
+    the result has grey's dtype and device). A fresh generator per training step makes it reproducible."""
+    import torch
+
+    u = torch.rand(grey.shape, generator=gen, dtype=grey.dtype, device=grey.device)
+    return (u < grey).to(grey.dtype)
+
+
+def load(spec: DataSpec, base: Path | None = None, *, grey: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """The data rows [n, d] of a spec (not ``synthetic``) and their provenance (recorded with the run).
+
+    ``grey``: for ``binarize: dynamic``, the grey levels themselves (a training run binarises each minibatch)."""
     if (spec.name is None) == (spec.path is None):
         raise DataError("data: give exactly one of 'name' (digits, fashion_mnist, synthetic) or 'path'")
     if spec.name == "synthetic":
@@ -140,8 +164,13 @@ def load(spec: DataSpec, base: Path | None = None) -> tuple[np.ndarray, dict[str
         if spec.n > len(x):
             raise DataError(f"data: n = {spec.n} but the {spec.split} split has {len(x)} rows")
         x = x[: spec.n]
-    x = binarize(x, spec.binarize, spec.seed)
+    if grey and spec.binarize == "dynamic":
+        if x.min() < 0 or x.max() > 1:
+            raise DataError("dynamic binarisation needs values in [0, 1]")
+    else:
+        x = binarize(x, spec.binarize, spec.seed)
     prov = {"source": spec.name or str(spec.path), "split": spec.split, "rows": len(x), "dim": int(x.shape[1]),
             "binarize": spec.binarize, "binarize_seed": spec.seed,
-            "sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()}
+            **({"binarized": "per training minibatch (grey levels stored)"} if grey and spec.binarize == "dynamic" else {}),
+            "sha256": hashlib.sha256(memoryview(np.ascontiguousarray(x)).cast("B")).hexdigest()}
     return x, prov

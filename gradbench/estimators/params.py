@@ -286,6 +286,8 @@ class TrainParams(BaseModel):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate at step 0")
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: lr · (f + (1 − f)(1 + cos πt/T)/2)")
     lr_final_factor: float = Field(0.1, gt=0, le=1, description="f, the cosine schedule's final lr / lr (steps budget)")
+    lr_horizon: Literal["max_steps", "budget"] = Field(
+        "max_steps", description="evals/seconds budgets: the cosine runs over max_steps, or over the budget spent")
     encoder_hidden: list[int] = Field(default_factory=lambda: [32], description="encoder MLP widths (φ is re-initialised; "
                                                                               "a Bernoulli encoder has at most one)")
     test_n: int | None = Field(None, gt=0, description="held-out test points (first n of the test split; None: all)")
@@ -296,35 +298,68 @@ class TrainParams(BaseModel):
     curve_n: int = Field(100, gt=0, description="test / train points of each curve evaluation")
     curve_K: int = Field(100, gt=1, description="IWAE K of the curve estimates")
     checkpoint_every: int = Field(100, gt=0, description="steps between atomic checkpoints")
+    warmup_theta_estimator: Literal["elbo", "iwae", "coupled_isir", "coupled_pimh", "sumo", "isir", "pimh",
+                                    "iwae_reparam"] | None = Field(
+        None, description="θ-estimator of the warm-up (e.g. iwae before coupled_isir); None: no warm-up")
+    warmup_theta_params: dict[str, int | float | str | bool | None] = Field(default_factory=dict,
+                                                                          description="its parameters")
+    warmup_budget: Literal["steps", "evals"] = Field("steps", description="what ends the warm-up")
+    warmup_value: float = Field(0, ge=0, description="warm-up length: optimiser steps or log-joint evaluations")
+    eval_refit_steps: int = Field(0, ge=0, description="> 0: also evaluate after refitting a fresh encoder on the "
+                                                       "held-out points (θ frozen) for this many IWAE steps")
+    eval_refit_K: int = Field(8, ge=2, description="IWAE K of the refit's φ-gradient")
+    eval_refit_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the refit")
+    eval_K_check: int | None = Field(None, gt=1, description="also the IWAE bound at this smaller K on the first "
+                                                             "eval_check_n test points (convergence in K)")
+    eval_check_n: int = Field(500, gt=0, description="test points of the convergence-in-K check")
+    eval_batch: int | None = Field(None, gt=0, description="test points per IWAE evaluation chunk (memory); "
+                                                           "None: all at once")
+
+    @field_validator("warmup_theta_params")
+    @classmethod
+    def _warmup_params(cls, value: dict[str, object], info: ValidationInfo) -> dict[str, object]:
+        """Check warmup_theta_params against the warm-up estimator's own schema."""
+        name = info.data.get("warmup_theta_estimator")
+        if name is None:
+            if value:
+                raise ValueError("warmup_theta_params given without warmup_theta_estimator")
+            return value
+        return _check_sub_params("warmup_theta", name, value)
 
     @field_validator("theta_params", "phi_params")
     @classmethod
     def _sub_estimator_params(cls, value: dict[str, object], info: ValidationInfo) -> dict[str, object]:
         """Check theta_params / phi_params against the named estimator's own schema (at ``gradbench validate``)."""
-        from pydantic import ValidationError
-
-        from gradbench import registry
-
         role = str(info.field_name).removesuffix("_params")
         name = info.data.get(f"{role}_estimator")
         if name is None:  # the estimator name itself was invalid: that error is reported
             return value
-        schema = registry.ESTIMATORS[name].params
-        unknown = [k for k in value if k not in schema.model_fields]
-        if unknown:
-            import difflib
+        return _check_sub_params(role, name, value)
 
-            close = difflib.get_close_matches(unknown[0], list(schema.model_fields), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown parameter {unknown[0]!r} of {role}_estimator {name!r}{hint} "
-                             f"(known: {', '.join(schema.model_fields) or 'none'})")
-        try:
-            schema.model_validate(value)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(map(str, err["loc"]))
-            raise ValueError(f"{role}_estimator {name!r}: {where + ': ' if where else ''}{err['msg']}") from None
-        return value
+
+def _check_sub_params(role: str, name: str, value: dict[str, object]) -> dict[str, object]:
+    """``value`` validated against estimator ``name``'s schema; one line naming the role and the parameter."""
+    from pydantic import ValidationError
+
+    from gradbench import registry
+
+    schema = registry.ESTIMATORS[name].params
+    unknown = [k for k in value if k not in schema.model_fields]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(schema.model_fields), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown parameter {unknown[0]!r} of {role}_estimator {name!r}{hint} "
+                         f"(known: {', '.join(schema.model_fields) or 'none'})")
+    try:
+        schema.model_validate(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        raise ValueError(f"{role}_estimator {name!r}: {where + ': ' if where else ''}{err['msg']}") from None
+    return value
+
 
 class SumAndSampleParams(_Strict):
     """Issue 13: the Rao–Blackwellised sum-and-sample estimator (Liu et al. 2019)."""

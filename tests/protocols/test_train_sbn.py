@@ -29,7 +29,7 @@ replicates: 1
 targets:
   - model: sbn
     params: {{layers: [5], conditionals: linear}}
-    data: {{name: digits, n: 64, binarize: dynamic, seed: 0}}
+    data: {{name: digits, n: 64, binarize: stochastic_fixed, seed: 0}}
     proposal: {{family: bernoulli_encoder}}
 estimators:
   - name: train

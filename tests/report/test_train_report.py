@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 
 TRAIN_NAMES = {spec.name for spec in TRAIN_FIGURES}
 TARGET = {"model": "vae", "params": {"latent_dim": 2, "hidden": [8], "activation": "tanh", "likelihood": "bernoulli"},
-          "data": {"name": "digits", "n": 64, "binarize": "dynamic", "seed": 0}, "proposal": {"family": "gaussian_mean_field"}}
+          "data": {"name": "digits", "n": 64, "binarize": "stochastic_fixed", "seed": 0}, "proposal": {"family": "gaussian_mean_field"}}
 COMMON = {"train_seed": [0, 1, 2], "budget": "steps", "budget_value": 12, "batch_size": 16, "lr": 0.02,
           "encoder_hidden": [8], "test_n": 30, "train_eval_n": 30, "quadrature_nodes": 8, "curve_every": 4,
           "curve_n": 20, "curve_K": 10, "checkpoint_every": 100}
@@ -99,7 +99,7 @@ def test_the_problem_names_the_data_set_not_the_models_default_size(train_run, t
 
     run = load_run(train_run)
     line = problem_line(run)
-    assert "data=digits (train, 64×64, dynamic binarisation)" in line and "N=" not in line
+    assert "data=digits (train, 64×64, stochastic_fixed binarisation)" in line and "N=" not in line
     bare = tmp_path / "bare"
     shutil.copytree(train_run, bare)
     shutil.rmtree(bare / "targets")

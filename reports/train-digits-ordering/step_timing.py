@@ -1,0 +1,33 @@
+"""Per-step training cost of each arm of a train suite: every distinct arm (seed 0, the suite's first learning
+rate) for ``steps`` steps with a minimal evaluation; prints seconds/step (training only), log-joint evaluations per
+step and τ (mean, max) after any warm-up (the timing run's warm-up is half its steps).
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python reports/train-digits-ordering/step_timing.py SUITE STEPS
+"""
+
+import dataclasses
+import sys
+import time
+
+from gradbench.cell import run_train_cell, train_target
+from gradbench.suite import load_suite
+
+path, steps = sys.argv[1], int(sys.argv[2])
+cells = load_suite(path)[1]
+seen = set()
+for cell in cells:
+    p = dict(cell.estimator_params)
+    key = (p["theta_estimator"], str(p["theta_params"]), p.get("warmup_theta_estimator"), p["budget"])
+    if key in seen or p["train_seed"] != 0 or p["lr"] != cells[0].estimator_params["lr"]:
+        continue
+    seen.add(key)
+    warm = p.get("warmup_theta_estimator")
+    p.update(budget="steps", budget_value=steps, test_n=20, train_eval_n=20, eval_K=10, eval_K_check=None,
+             eval_refit_steps=0, curve_every=10**6, checkpoint_every=10**6, warmup_value=steps // 2 if warm else 0)
+    c = dataclasses.replace(cell, estimator_params=p)
+    t0 = time.perf_counter()
+    rows, curves = run_train_cell(c, train_target(c))
+    r = rows.set_index("metric")["value"]
+    tau = (curves[~curves["warmup"].astype(bool)] if warm else curves)["tau"]
+    print(f"{key}: {r['seconds_per_step']:.3f} s/step (train), evals/step {r['evals'] / steps:.0f}, "
+          f"tau mean {tau.mean():.1f} max {tau.max():.0f}, wall {time.perf_counter() - t0:.1f} s", flush=True)
