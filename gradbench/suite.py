@@ -237,12 +237,6 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         _check_name(src, ("protocols", i), name, registry.PROTOCOLS, "protocol")
     if len(set(suite.protocols)) != len(suite.protocols):
         raise SuiteError(src.at(("protocols",), "a protocol is listed twice"))
-    needed = {name: registry.PROTOCOLS[name].min_replicates for name in suite.protocols}
-    short = {name: n for name, n in needed.items() if suite.replicates < n}
-    if short:
-        raise SuiteError(src.at(("replicates",), f"{suite.replicates} is too few for protocol(s) "
-                                f"{', '.join(f'{k} (needs ≥ {v})' for k, v in short.items())}: a standard error "
-                                f"from R replicates has R − 1 degrees of freedom"))
     targets: list[TargetConfig] = []
     target_locs: list[int] = []
     for i, t in enumerate(suite.targets):
@@ -284,6 +278,12 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
                                     "the estimator 'train' goes with protocols: [train] and nothing else "
                                     "(or write the study as a train: block)"))
 
+    needed = {name: registry.PROTOCOLS[name].min_replicates for name in suite.protocols}
+    short = {name: n for name, n in needed.items() if suite.replicates < n}
+    if short:
+        raise SuiteError(src.at(("replicates",), f"{suite.replicates} is too few for protocol(s) "
+                                f"{', '.join(f'{k} (needs ≥ {v})' for k, v in short.items())}: a standard error "
+                                f"from R replicates has R − 1 degrees of freedom"))
     n_cells = len(targets) * len(estimators)
     if n_cells > suite.max_cells:
         raise SuiteError(src.at((), f"the grids expand to {n_cells} cells, more than max_cells = {suite.max_cells}; "
