@@ -124,7 +124,7 @@ def cell_objective(cell: Cell) -> str:
 
 
 def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """All protocol rows of one cell, with the DESIGN §5 columns (except ``suite``), and the side tables of
+    """All protocol rows of one cell, with the docs/design.md §9.1 columns (except ``suite``), and the side tables of
     its protocols (``ProtocolSpec.side_tables``, e.g. the raw meeting times) by name.
 
     ``reference``: the cell's reference when the runner has it (computed once per target and objective
@@ -159,7 +159,7 @@ def run_cell(cell: Cell, target: Any, reference: Any = None) -> tuple[pd.DataFra
 
 
 def with_meta(df: pd.DataFrame, cell: Cell, n_replicates: int, n_nonfinite: int) -> pd.DataFrame:
-    """The DESIGN §5 identifying columns in front of a cell's protocol rows."""
+    """The docs/design.md §9.1 identifying columns in front of a cell's protocol rows."""
     meta: dict[str, Any] = {
         "cell_id": cell.cell_id,
         "target_id": cell.target.target_id,
@@ -210,7 +210,7 @@ def run_train_cell(cell: Cell, target: Any, checkpoint_dir: Path | None = None) 
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{cell.cell_id}.pt"
-    from gradbench.protocols import train_ebm  # issue 16: θ-only training of energy-based models
+    from gradbench.protocols import train_ebm  # energy-based models: θ-only training of energy-based models
 
     rows, curves = (train_ebm.train_cell if train_ebm.is_ebm(target) else train.train_cell)(cell, target, ckpt)
     df = pd.DataFrame([{"protocol": train.TRAIN, **r} for r in rows],
@@ -269,7 +269,7 @@ def rare_state_warning(target: Any, sample: GradSample, q_min: float | None = No
     unless given). A value of probability q is absent from R draws with probability (1 − q)^R ≈ e^{−Rq}; if it
     carries a large gradient (a score-function term ∝ 1/q, or a rare state of an energy-based model), the sample
     mean misses its contribution while the sample variance does not show it (measured on the discrete suites,
-    issue 12): the cell's bias test is then inconclusive, not a verdict; it needs more replicates, not a fix.
+    the bias-test calibration study): the cell's bias test is then inconclusive, not a verdict; it needs more replicates, not a fix.
     """
     q_min = rare_value_probability(target) if q_min is None else q_min
     if q_min is None or not rare_state_verdict(q_min, sample.replicates):

@@ -1,4 +1,4 @@
-"""Command line: ``gradbench list | show | validate | run | report | compare | speed`` (DESIGN §6).
+"""Command line: ``gradbench list | show | validate | run | report | compare | speed`` (docs/design.md §10).
 
 Start-up is kept well under a second for ``--help``, ``--version``, ``list``, ``show`` and
 ``validate``: this module imports only click at import time; torch, pandas and scipy are imported

@@ -1,4 +1,4 @@
-"""The contract between models, variational families, references and estimators (DESIGN §1, v2).
+"""The contract between models, variational families, references and estimators (docs/design.md §3).
 
 Every new p and every new q is one file that satisfies one of the two protocols below; generic code
 composes them into a :class:`ComposedTarget`, the point (θ, φ, data) at which gradients are measured.

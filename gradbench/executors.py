@@ -4,7 +4,7 @@
 * :class:`DaskExecutor` — one ``dask.distributed`` task per cell, on a scheduler given by address
   or on a ``LocalCluster`` sized to the machine (one single-threaded worker process per core).
 
-Cells are pure (DESIGN §1): :func:`compute_cell` depends only on the cell's content, so where it
+Cells are pure (docs/design.md §2.1, §4.2): :func:`compute_cell` depends only on the cell's content, so where it
 runs does not change the result, and since results come back to the runner, which writes them
 through the same atomic per-cell store, a run can be resumed with either executor. Every cell
 computes with one torch/BLAS thread (``GRADBENCH_CELL_THREADS`` changes that), so tables are

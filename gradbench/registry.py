@@ -230,7 +230,7 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
               _PHI_ELBO, _with_kl(_SCORE)),
     Estimator("vimco", _E + "score:vimco", ep.VIMCOParams, "score-function ∇φ IWAE_K with leave-one-out baselines (Mnih & Rezende 2016)", _phi_iwae, _SCORE),
     Estimator("train", "gradbench.protocols.train:protocol", ep.TrainParams,
-              "issue 15: not an estimator — a training run (θ-estimator, φ-estimator, seed) for the protocol 'train'",
+              "a training run, not an estimator — a training run (θ-estimator, φ-estimator, seed) for the protocol 'train'",
               requires=lambda p: _train_requires(p), runs=lambda p: _train_runs(p)),
     Estimator("exact_sampling", _E + "ebm:exact_sampling", ep.ExactSamplingParams,
               "EBM: model term from S exact samples of p_θ by enumeration (the oracle; unbiased; cost in sweeps)", requires=_EBM),
@@ -282,7 +282,7 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
 def _train_requires(p: dict[str, Any]) -> Capabilities:
     """What the ``train`` pseudo-estimator's two estimators require (of the target's family kind: a fresh encoder of the
     same kind is trained — Gaussian, reparameterised, for real z; Bernoulli, score only, for binary z)."""
-    if p.get("phi_estimator", "reparam_elbo") is None:  # issue 16: θ-only training, energy-based models only
+    if p.get("phi_estimator", "reparam_elbo") is None:  # energy-based models: θ-only training, energy-based models only
         return ESTIMATORS[p.get("theta_estimator", "elbo")].required(p.get("theta_params", {})) | _EBM
     theta, phi = ESTIMATORS[p.get("theta_estimator", "elbo")], ESTIMATORS[p.get("phi_estimator", "reparam_elbo")]
     warm = p.get("warmup_theta_estimator")
@@ -303,7 +303,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     _spec("gradbench.protocols.meeting_spec"),
     _spec("gradbench.protocols.wallclock_spec"),
     Protocol("train", "gradbench.protocols.train:protocol",
-             "issue 15: train θ and φ with estimator 'train' → test_loglik (exact) or test_iwae_bound (IWAE-K lower bound), train_*, steps, evals, seconds, censored_steps; curves.parquet", False,
+             "train θ and φ with estimator 'train' → test_loglik (exact) or test_iwae_bound (IWAE-K lower bound), train_*, steps, evals, seconds, censored_steps; curves.parquet", False,
              modules=("gradbench.protocols.train_ebm",), side_tables=(SideTable("curves", "curves.parquet"),)),
     _spec("gradbench.protocols.snr_spec"),
     _spec("gradbench.protocols.mcmc_spec"),

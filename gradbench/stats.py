@@ -255,7 +255,7 @@ def _hotelling_bootstrap(Xc: np.ndarray, diff: np.ndarray, dn: DiffNoise, t2: fl
     the bootstrap and p = (1 + #{draws at least as extreme}) / (B + 1) has level k/(B + 1) at k/(B + 1). (Ranking
     each draw within the draws only, the rule before wave 4, put a draw one rank step above the observed at the
     same value: P(p ≤ 1/(B + 1)) up to 2/(B + 1), and 1.07–1.18 % false alarms at α = 1 % for exchangeable
-    statistics, B = 499 — studies/issue12/encoder_prereg.md, minp_rule.py.) The marginal bootstrap p-values of
+    statistics, B = 499 — studies/bias-test-calibration/encoder_prereg.md, minp_rule.py.) The marginal bootstrap p-values of
     T² and M are returned too (reported in ``method``)."""
     n = Xc.shape[0]
     Y = Xc @ dn.basis.T  # [n, r]
@@ -319,7 +319,7 @@ def _min_p_count(t2: float, m_obs: float, Tb: np.ndarray, Mb: np.ndarray) -> int
     broken by the larger one (lexicographic min-p: two members with the same smaller p are told apart by their other
     p). The ordering is a symmetric function of the pool, so under exchangeability the observed's position is
     uniform; the remaining ties (ranks (a, b) against (b, a)) count as reaching the observed (conservative).
-    Measured on exchangeable normal statistics, B = 499, 2·10⁵ replications (studies/issue12/minp_rule.py):
+    Measured on exchangeable normal statistics, B = 499, 2·10⁵ replications (studies/bias-test-calibration/minp_rule.py):
     P(p ≤ α) within 1.6 s.e. of α at α = 0.002, 0.01, 0.05, 0.1 for correlations 0, 0.5, 0.9 (the old rule:
     1.07–1.18 % at α = 1 %)."""
     def top_rank(v: np.ndarray) -> np.ndarray:
@@ -421,7 +421,7 @@ def rare_state_verdict(q_min: float | None, n: int) -> str:
     probability q is absent from n i.i.d. draws with probability (1 − q)ⁿ ≈ e^{−nq}, above 10⁻³ when
     n·q < RARE_STATE_COUNT = log(10³). If it carries a large gradient (a score term ∝ 1/q, a rare state
     of an EBM), the sample mean misses its contribution while the sample variance does not show it, and
-    every test that sees only the sample rejects unbiased estimators (measured: issue 12, the discrete
+    every test that sees only the sample rejects unbiased estimators (measured: the bias-test calibration study, the discrete
     suites). No test can be calibrated there without more knowledge: two laws that differ by an atom of
     mass q give the same n draws with probability ≥ e^{−nq} (the impossibility of nonparametric tests of
     a mean, Bahadur & Savage, Ann. Math. Statist. 27, 1956). A bounded-range test (Hoeffding; empirical

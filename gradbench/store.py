@@ -1,6 +1,6 @@
 """The run folder: atomic writes, the lock, the reference cache, targets, and the collected table.
 
-Output folder layout (DESIGN §1):
+Output folder layout (docs/design.md §4.4):
     cells/<cell_id>.parquet      one per finished cell (rows without the suite name)
     cells/<cell_id>.failed.json  a cell whose estimator raised (message); re-tried by the next run
     cells/<cell_id>.curves.parquet  ``train`` cells: learning curves (written before the cell file)

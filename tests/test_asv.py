@@ -67,7 +67,7 @@ def _cuda() -> bool:
 
 
 def test_neural_benchmarks_run_at_a_small_size(monkeypatch):
-    """The vae/sbn benchmarks (issue 18) set up and run; the VAE variance figures are positive and finite."""
+    """The vae/sbn benchmarks set up and run; the VAE variance figures are positive and finite."""
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks import bench_memory, bench_time, bench_track, common
 

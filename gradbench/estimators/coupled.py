@@ -1,6 +1,6 @@
 """MCMC on the extended importance-sampling space and unbiased coupled-chain estimators.
 
-Extended space (seed slides; DESIGN §3). For one data point x with proposal q(z | x) and
+Extended space (seed slides; docs/design.md §6.6). For one data point x with proposal q(z | x) and
 w(z) = p(x, z) / q(z | x), a *state* is X = (z_{1:K}, ℓ): K particles and a selected index. The
 test function is the Rao–Blackwellised
     h(X) = Σ_k w̃_k ∇θ log p(x, z_k),   w̃_k = w(z_k) / Σ_j w(z_j),
@@ -52,7 +52,7 @@ are never recomputed, and a coupled step costs c, not 2c, because both chains ev
 fresh particles. A point needs X up to max(m, τ_n) and Y up to τ_n − L, so its cost is
 2K + c max(m, τ_n); ``cost[r]`` sums that over the N points. The batch runs in lockstep until its
 last replicate is done; diagnostics ``lockstep_cost`` is what the batch actually evaluated divided
-by R, ``kernel_steps`` is Σ_n L + 2(τ_n − L) + max(0, m − τ_n) (DESIGN §3). ``lockstep_evaluated``,
+by R, ``kernel_steps`` is Σ_n L + 2(τ_n − L) + max(0, m − τ_n) (docs/design.md §6.6). ``lockstep_evaluated``,
 ``lockstep_efficiency`` (Σ cost ÷ Σ evaluated), ``lockstep_seconds`` and ``lockstep_seconds_lost`` (measured: wall time
 beyond what the needed work costs at the full batch's throughput) are described in
 :func:`~gradbench.estimators.coupling.lockstep_diagnostics`.

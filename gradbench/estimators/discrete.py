@@ -1,4 +1,4 @@
-"""Estimators of ∇φ E_{q_φ}[f(b)] for factorised Bernoulli families b ∈ {0,1}ᵏ (DESIGN §8, issue 13).
+"""Estimators of ∇φ E_{q_φ}[f(b)] for factorised Bernoulli families b ∈ {0,1}ᵏ (docs/design.md §6.5).
 
 q_φ(b | x_n) = Π_j Bern(b_j; σ(ℓ_nj)), ℓ = ℓ_φ(x) the family's logits. The integrand is the target's
 ``signal(b)`` if it has one (the ``bernoulli_toy``: f(b) = Σ_j (b_j − t)²), else the ELBO's

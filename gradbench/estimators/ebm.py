@@ -1,6 +1,6 @@
 """Estimators of the log-likelihood gradient of an energy-based model (``rbm``, ``ising``).
 
-For p_θ(x) = exp(−F_θ(x)) / Z_θ and N data points (DESIGN §10),
+For p_θ(x) = exp(−F_θ(x)) / Z_θ and N data points (docs/design.md §5.7),
     ∇θ log p(x) = −Σ_n ∇θ F(x_n) + N E_{p_θ}[∇θ F(x′)].
 Every estimator computes the data term exactly and estimates the model term μ = E_p[∇θ F]:
     ĝ = −Σ_n ∇θ F(x_n) + N μ̂.
@@ -38,7 +38,7 @@ draw from p_θ counts as one sweep (its real cost, the 2^n enumeration, is paid 
     not checked line by line against their pseudo-code.
     Its running time is random; the loop runs until every chain pair has its draw.
   Both are faithful (equal states stay equal). Cost per pair L + 2(τ − L) + max(0, m − τ) sweeps
-  (DESIGN §3); ``tau`` is the largest τ over the replicate's S pairs; ``lockstep_sweeps`` is what the batch
+  (docs/design.md §6.6); ``tau`` is the largest τ over the replicate's S pairs; ``lockstep_sweeps`` is what the batch
   swept ÷ R, and ``lockstep_evaluated``/``_efficiency``/``_seconds``/``_seconds_lost`` are those of
   :func:`~gradbench.estimators.coupling.lockstep_diagnostics` (in sweeps). A replicate whose pairs have
   not all met by t = ``max_iter`` is censored: NaN gradient row, ``censored`` True, τ = max_iter.

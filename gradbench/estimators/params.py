@@ -184,7 +184,7 @@ class CoupledGibbsParams(_StrictEBM):
         return self
 
 
-# -- issue 14: semi-implicit and MCMC-enriched families (gradbench.estimators.semi_implicit) -------------------
+# -- Semi-implicit and MCMC-enriched families (gradbench.estimators.semi_implicit) -------------------
 class SIVIParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     S: int = Field(1, gt=0, description="samples z per data point")
@@ -220,7 +220,7 @@ class DensityRatioParams(BaseModel):
     S: int = Field(1, gt=0, description="samples z per data point")
     steps: int = Field(20, ge=0, description="damped Newton steps training each classifier (0: T = 0, q taken as the prior)")
     batch: int = Field(256, gt=0, description="fresh q- and prior-samples per class per training step")
-# -- issue 13: discrete-latent estimators (gradbench.estimators.discrete) -----------------------
+# -- Discrete-latent estimators (gradbench.estimators.discrete) -----------------------
 class ARMParams(_Strict):
     pass
 
@@ -262,7 +262,7 @@ class WakeSleepParams(_Strict):
 
 class RWSParams(_Strict):
     K: int = Field(8, ge=1, description="importance samples per data point (wake-φ update)")
-# -- issue 15: training protocol (the ``train`` pseudo-estimator; gradbench/protocols/train.py) -------
+# -- Training protocol (the ``train`` pseudo-estimator; gradbench/protocols/train.py) -------
 class TrainParams(BaseModel):
     """One training run: θ (decoder) with ``theta_estimator`` and φ (encoder) with ``phi_estimator``, each run with
     R = 1 on the minibatch target; Adam with the learning-rate schedule below; replicates are ``train_seed``s."""
@@ -362,7 +362,7 @@ def _check_sub_params(role: str, name: str, value: dict[str, object]) -> dict[st
 
 
 class SumAndSampleParams(_Strict):
-    """Issue 13: the Rao–Blackwellised sum-and-sample estimator (Liu et al. 2019)."""
+    """The Rao–Blackwellised sum-and-sample estimator (Liu et al. 2019)."""
 
     m: int = Field(3, ge=1, description="states of largest q_φ(z | x_n) summed exactly (the rest is sampled once)")
     baseline: Literal["none", "summed"] = Field(

@@ -1,4 +1,4 @@
-"""Estimators of ∇φ ELBO for semi-implicit q (``gradbench.families.semi_implicit``) and MCMC-enriched q (DESIGN §9).
+"""Estimators of ∇φ ELBO for semi-implicit q (``gradbench.families.semi_implicit``) and MCMC-enriched q (docs/design.md §6.8).
 
 q_φ(z) = ∫ q(ε) q_φ(z | ε) dε with z = T_φ(ε) + d_φ ⊙ u; noise = (ε, u) from ``target.draw_noise`` (common random
 numbers with every other estimator on the target). Write f_φ(z) = log p(x, z) − log q_φ(z).

@@ -1,4 +1,4 @@
-"""Sum-and-sample: the Rao–Blackwellised score-function estimator over an enumerable discrete q (issue 13).
+"""Sum-and-sample: the Rao–Blackwellised score-function estimator over an enumerable discrete q.
 
 For each data point n, let C_n be the m states of the joint latent space (2ᵏ binary or Cᵏ categorical states)
 with the largest q_φ(z | x_n), Q_n = Σ_{s∈C_n} q(s) their mass, and b_n one draw from q restricted to the

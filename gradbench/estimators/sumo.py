@@ -3,7 +3,7 @@
 With one growing sequence z_1, z_2, ... ~ q(z | x), w_i = p(x, z_i)/q(z_i | x) and
 IWAE_j = log (1/j) Σ_{i≤j} w_i, draw a truncation 𝒦 ≥ 1 with tail S(j) = P(𝒦 ≥ j) and set
     log p̂ = IWAE_{K0} + Σ_{j=1}^{𝒦} Δ_j / S(j),   Δ_j = IWAE_{K0+j} − IWAE_{K0+j−1}
-(K0 = ``K_min``; K0 = 1 is DESIGN §3's form). Since IWAE_j → log p(x), E[log p̂] = log p(x) when
+(K0 = ``K_min``; K0 = 1 is the form of docs/design.md §6.7). Since IWAE_j → log p(x), E[log p̂] = log p(x) when
 Σ_j E|Δ_j| < ∞. As a linear combination log p̂ = Σ_j c_j IWAE_j with c_{K0+i} = 1/S(i) − 1/S(i+1)
 (1 ≤ i < 𝒦) and c_{K0+𝒦} = 1/S(𝒦), its θ-gradient (q fixed) is a signed particle weighting
     ∇θ log p̂ = Σ_i ω_i ∇θ log p(x, z_i),   ω_i = Σ_{j ≥ i} c_j w_i / Σ_{i' ≤ j} w_{i'},
@@ -19,7 +19,7 @@ whose variance given 𝒦 is Σ_{j≤𝒦} j^{2α−2}:
   moment finite (a scale mixture of near-Gaussians with scale √log 𝒦).
 The geometric tail (index ≈ 1) and power tails with α ≥ 1 (e.g. α = 2: index 4/3) have *infinite*
 variance. Measured Hill indices of ‖ĝ − median‖ on the demo PPCA (d = 10, k = 3, R = 2·10⁴, seed 0;
-k = ⌈√n⌉, so light tails give finite values that grow with n; studies/issue12/tails.py): geometric ρ = 0.8
+k = ⌈√n⌉, so light tails give finite values that grow with n; studies/bias-test-calibration/tails.py): geometric ρ = 0.8
 (the original default): 1.26 ± 0.11; power α = 0.8: 2.75 ± 0.23; α = ½ (the default): 6.60 ± 0.55 (oracle:
 6.74 ± 0.57); earlier, α = 2: 1.46 ± 0.12, α = 0.9: 2.25 ± 0.19.
 Default: ``power`` with α = ½, one 𝒦 per replicate (``roulette: per_replicate``), ``max_terms`` M = 10⁵.
@@ -31,10 +31,10 @@ default before: finite variance but index 8/3, a heavy scale mixture) is conserv
 R = 30 0.000 / 0.010, KS 2·10⁻⁷; R = 1000 0.010 / 0.030, KS 9·10⁻⁶ — SUMO's tail, not the small-R branch.
 Known limit: on a PPCA with N = 3 data points at R = 300 (Hotelling, R ≈ 11 × rank 27) the test is
 conservative for both roulettes (KS p < 10⁻⁶; the oracle there is calibrated); at R = 1000 it is calibrated
-(1.0 % / 5.3 %, KS p = 0.48; studies/issue12/README.md).
+(1.0 % / 5.3 %, KS p = 0.48; studies/bias-test-calibration/README.md).
 Cost: E𝒦 is infinite for α ≤ 1 and M bounds it: E min(𝒦, M) = Σ_{j≤M} j^{−½} ≈ 2√M ≈ 630 charged
 evaluations per data point (≈ 410 actually evaluated: a censored replicate runs one term), against ≈ 25–40
-for α = 0.8 and ≈ 230 for α = 0.6 (studies/issue12/sumo_cost.py); the censored fraction is M^{−½} ≈ 0.3 % of
+for α = 0.8 and ≈ 230 for α = 0.6 (studies/bias-test-calibration/sumo_cost.py); the censored fraction is M^{−½} ≈ 0.3 % of
 replicates. Finite variance and finite expected cost cannot both hold with this Δ_j decay. The
 infinite-variance settings (``geometric``, or ``power`` with α ≥ 1, Luo et al.'s cheaper choices) and the
 heavy-tailed α ∈ (½, 1) stay available when asked for explicitly; infinite-variance settings' variance

@@ -1,4 +1,4 @@
-"""Factorised categorical variational family for k categorical latents with C classes each (issue 13).
+"""Factorised categorical variational family for k categorical latents with C classes each.
 
     q_φ(z | x_n) = Π_j Cat(z_j; softmax(ℓ_j(x_n))),   log q = Σ_j Σ_c z_jc log softmax(ℓ_j(x_n))_c,
 

@@ -1,4 +1,4 @@
-"""Semi-implicit Gaussian family q_φ(z | x_n) = ∫ q(ε) N(z; T_φn(ε), diag d_φn²) dε (DESIGN §9).
+"""Semi-implicit Gaussian family q_φ(z | x_n) = ∫ q(ε) N(z; T_φn(ε), diag d_φn²) dε (docs/design.md §5.6).
 
 Mixing noise ε ~ N(0, I_m); per data point n a linear map, optionally plus a shared tanh MLP,
     T_φn(ε) = A_n ε + b_n [+ V tanh(U ε + c)],     z = T_φn(ε) + d_n ⊙ u,   u ~ N(0, I_k),

@@ -1,7 +1,7 @@
 """Energy-based models with exact partition functions: a binary RBM and a fully visible Ising model.
 
 An EBM is p_θ(x) = exp(−F_θ(x)) / Z_θ with free energy F. Its log-likelihood gradient, summed over
-N data points, is (DESIGN §10)
+N data points, is (docs/design.md §5.7)
     ∇θ log p(x) = −Σ_n ∇θ F(x_n) + N E_{p_θ(x′)}[∇θ F(x′)];
 the first (data) term is exact and cheap, the second (model) term is what estimators estimate.
 

@@ -143,7 +143,7 @@ class IsingParams(_StrictEBM):
     theta_seed: int | None = Field(None, ge=0, description=THETA_SEED_HELP)
 
 
-# -- issue 14: semi-implicit variational families (gradbench.families.semi_implicit) ---------------------------
+# -- Semi-implicit variational families (gradbench.families.semi_implicit) ---------------------------
 class SemiImplicitProposal(BaseModel):
     """The semi-implicit q's shape and its starting point relative to a Gaussian posterior approximation
     N(m*_n, S_n) (PPCA: exact; VAE: Laplace): b = m* + δ L 1/√k, A = √s L[:, :m] + a_noise·G/√m, d = d0·√diag S."""
@@ -161,7 +161,7 @@ class SemiImplicitProposal(BaseModel):
 
 
 class Toy2DParams(BaseModel):
-    """Issue 14: the 2-D banana / X-shaped densities of the SIVI and UIVI papers (``gradbench.models.toy2d``)."""
+    """The 2-D banana / X-shaped densities of the SIVI and UIVI papers (``gradbench.models.toy2d``)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     density: Literal["banana", "x_shaped"] = Field("banana", description="banana: z₂|z₁ ~ N(c z₁², s₂²); x_shaped: ½/½ mixture")
@@ -170,7 +170,7 @@ class Toy2DParams(BaseModel):
     x_var: float = Field(2.0, gt=0, description="v: the components' variances")
     x_cov: float = Field(1.8, description="r: ± the components' covariance (|r| < v)")
     quadrature_nodes: int | None = Field(None, ge=2, description="Gauss–Hermite nodes per axis (None: defaults)")
-# -- issue 13: discrete latent variables (bernoulli_toy) ---------------------------------------
+# -- Discrete latent variables (bernoulli_toy) ---------------------------------------
 class BernoulliToyParams(BaseModel):
     """Suite parameters of the ``bernoulli_toy`` target: min_φ E_{b ~ Bern(σ(φ))} Σ_j (b_j − t)²."""
 
@@ -188,7 +188,7 @@ class BernoulliToyProposal(BaseModel):
 
 
 class CategoricalVAEParams(BaseModel):
-    """Suite parameters of a ``categorical_vae`` target (issue 13): k categorical latents with C classes."""
+    """Suite parameters of a ``categorical_vae`` target: k categorical latents with C classes."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     latents: int = Field(2, gt=0, description="k categorical latents (Kool et al. 2020: 2)")

@@ -1,6 +1,6 @@
 """Probabilistic PCA: the target with closed-form log-likelihood gradients.
 
-Model (DESIGN §2): z ~ N(0, I_k), x | z ~ N(W z + μ, σ² I_d), θ = (W, μ, σ). We store and
+Model (docs/design.md §5.1): z ~ N(0, I_k), x | z ~ N(W z + μ, σ² I_d), θ = (W, μ, σ). We store and
 differentiate with respect to σ itself (not log σ). Data x has N rows; the log-likelihood and
 all gradients are *sums* over the N data points.
 
@@ -171,7 +171,7 @@ class PPCA:
         return -0.5 * (u**2).sum() - 0.5 * self.n_data * (logdet + self.data_dim * LOG_2PI)
 
     def exact_grad(self) -> Tensor:
-        """∇θ log p(x), flattened in ``layout`` order (closed form, DESIGN §2)."""
+        """∇θ log p(x), flattened in ``layout`` order (closed form, docs/design.md §5.1)."""
         C = self.marginal_cov()
         Cinv = torch.cholesky_inverse(torch.linalg.cholesky(C))
         r = self.x - self.mu  # [N, d]

@@ -1,4 +1,4 @@
-"""Sigmoid belief net (SBN): binary latents with exact enumerated references (DESIGN §7).
+"""Sigmoid belief net (SBN): binary latents with exact enumerated references (docs/design.md §5.4, §7.2).
 
 One or two stochastic layers, ``layers: [k1]`` or ``[k1, k2]`` (k1 next to the data, k2 on top):
 

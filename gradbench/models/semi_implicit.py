@@ -1,4 +1,4 @@
-"""Targets with a semi-implicit q (``gradbench.families.semi_implicit``) and exact ∇φ ELBO references (DESIGN §9).
+"""Targets with a semi-implicit q (``gradbench.families.semi_implicit``) and exact ∇φ ELBO references (docs/design.md §5.6).
 
 * ``ppca_semi_implicit``: PPCA's p_θ(x, z) (``PPCAModel``, θ and synthetic data drawn as for ``ppca``) with the
   family started from the exact posterior N(m_n, S); ∇θ log p(x) is PPCA's closed form. With the exact (linear) family, q_n = N(b_n, Σ_n) and
@@ -128,7 +128,7 @@ def build_ppca(params: PPCAParams, proposal: SemiImplicitProposal, seed: int, dt
     family = _family(k, N, proposal)
     chol = torch.linalg.cholesky(S).expand(N, k, k)
     phi = family.init_params(mean, chol, proposal, make_generator(derive_seed(seed, "semi-implicit-family")))
-    theta_ref = base.reference("theta")  # exact ∇θ log p(x) (closed form, float64; PPCA's DESIGN §2)
+    theta_ref = base.reference("theta")  # exact ∇θ log p(x) (closed form, float64; docs/design.md §5.1)
 
     def log_marginal(t: ComposedTarget, o: Objective) -> Reference:
         return Reference(theta_ref.value.to(t.x.device), kind="exact")

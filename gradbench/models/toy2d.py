@@ -1,4 +1,4 @@
-"""The 2-D toy targets of the SIVI and UIVI papers as models without data (issue 14, DESIGN §9).
+"""The 2-D toy targets of the SIVI and UIVI papers as models without data (docs/design.md §5.8).
 
 A "model" whose ``log_joint(θ, x, z)`` is a normalised log density p_θ(z) of z ∈ ℝ²; θ are the density's parameters
 and x is a placeholder [1, 1] (one "data point", no content), so ∇θ log p(x) = ∇θ log ∫ p_θ(z) dz = 0 exactly.

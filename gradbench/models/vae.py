@@ -1,4 +1,4 @@
-"""VAE decoder: a nonlinear latent-variable model whose gradients are exact by quadrature (DESIGN §7).
+"""VAE decoder: a nonlinear latent-variable model whose gradients are exact by quadrature (docs/design.md §5.3, §7.3).
 
 Model: z ~ N(0, I_k); an MLP decoder f_θ maps z to the natural parameter of x | z,
     h_0 = z,  h_l = a(W_{l−1} h_{l−1} + b_{l−1}) (l = 1..L, hidden widths ``hidden``),  f_θ(z) = W_L h_L + b_L,

@@ -1,6 +1,6 @@
 """Protocols turn a GradSample (+ the reference) into tidy metric rows with standard errors.
 
-A protocol is ``protocol(sample, reference, ctx) -> list[Row]``; metric names follow DESIGN §5.
+A protocol is ``protocol(sample, reference, ctx) -> list[Row]``; metric names follow docs/design.md §9.
 Non-finite replicates are excluded from every moment and counted in ``ctx``'s caller.
 
 Each protocol is one vertical: ``<name>.py`` computes its rows and ``<name>_spec.py`` holds its

@@ -1,4 +1,4 @@
-"""Bias against the target's reference gradient g* (DESIGN §5).
+"""Bias against the target's reference gradient g* (docs/design.md §9.2).
 
 Per parameter group, with d = ḡ − g* and b = E[g_r] − g*:
 * ``bias_norm`` ‖d‖ and ``rel_bias`` ‖d‖/‖g*‖, the plug-in values with delta-method standard

@@ -1,4 +1,4 @@
-"""MCMC diagnostics of estimators that run Markov chains (issue 14: uivi's reverse chain, vcd), from the GradSample's
+"""MCMC diagnostics of estimators that run Markov chains (uivi's reverse chain, vcd), from the GradSample's
 per-replicate diagnostics: ``acceptance`` (mean Metropolis acceptance rate) and ``ess`` (effective sample size of the
 chain, ``estimators.semi_implicit.chain_ess``). Each is reported as its mean over the finite replicates with the
 standard error of that mean; a diagnostic the estimator does not report (or reports as NaN: no chain ran) is skipped.

@@ -19,7 +19,7 @@ def terminal(metrics: set[str], correction: str, alpha: float) -> TerminalTable:
 
 SPEC = ProtocolSpec(
     "mcmc", code("gradbench.protocols.mcmc:mcmc"),
-    "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size (issue 14)",
+    "acceptance, ess: mean ± s.e. over replicates of an estimator's HMC acceptance rate and chain effective sample size",
     False, min_replicates=MIN_REPLICATES,
     metrics=METRICS,
     terminal=terminal,

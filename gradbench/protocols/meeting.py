@@ -1,4 +1,4 @@
-"""Meeting times of coupled-chain estimators (DESIGN §5), from diagnostics ``tau`` and ``censored``.
+"""Meeting times of coupled-chain estimators (docs/design.md §9.4), from diagnostics ``tau`` and ``censored``.
 
 Rows (param_group ``all``), over all R replicates including non-finite ones — a censored
 replicate has a NaN gradient but a perfectly informative τ > max_iter:

@@ -1,4 +1,4 @@
-"""Training protocol (issue 15): does an estimator's bias or variance change the model you end up with?
+"""Training protocol: does an estimator's bias or variance change the model you end up with?
 
 A ``train`` cell is (target, θ-estimator, φ-estimator, training seed). A suite writes a study as a ``train:`` block
 (arms × seeds × settings; :class:`gradbench.suite.TrainBlock`)::

@@ -1,4 +1,4 @@
-"""Training energy-based models (issue 16): does a biased θ-estimator (CD, PCD) change the fitted model?
+"""Training energy-based models: does a biased θ-estimator (CD, PCD) change the fitted model?
 
 A ``train`` cell on an ``rbm`` or ``ising`` target is θ-only — ``phi_estimator: null`` (validate refuses a
 φ-estimator on an EBM, and ``phi_estimator: null`` on a model that is not energy-based)::
@@ -15,7 +15,7 @@ minibatches (:func:`~gradbench.protocols.train.minibatch`) and the generator of 
 independent of the estimator, so the estimators of a (target, train_seed) group share initialisation,
 minibatch order and step seeds (common random numbers); Adam on −ĝ/B with :func:`~gradbench.protocols.train.lr_at`.
 Step t: ĝ = theta_estimator(target at θ on the minibatch, R = 1), an estimate of
-    ∇θ Σ_{n∈batch} log p_θ(x_n) = −Σ_n ∇θ F(x_n) + B E_{p_θ}[∇θ F(x′)]          (DESIGN §10).
+    ∇θ Σ_{n∈batch} log p_θ(x_n) = −Σ_n ∇θ F(x_n) + B E_{p_θ}[∇θ F(x′)]          (docs/design.md §5.7).
 ``pcd`` is the real persistent CD (Tieleman 2008): its S chains (:class:`~gradbench.estimators.ebm.PCDState`)
 start at training rows (seeded from base) and are carried across optimiser steps — k sweeps per step at the
 current θ — and through checkpoints; its ``age`` parameter is a burn-in at θ₀. The other estimators are called

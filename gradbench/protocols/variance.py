@@ -1,4 +1,4 @@
-"""Variance, signal-to-noise and cost of one estimate (DESIGN §5).
+"""Variance, signal-to-noise and cost of one estimate (docs/design.md §9.3).
 
 Per parameter group, from n finite replicates g_r with mean ḡ and q_r = ‖g_r − ḡ‖²:
 * ``trace_cov`` tr Σ̂ = Σ_r q_r / (n−1), s.e. from the influence values q_r;

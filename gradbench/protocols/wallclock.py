@@ -1,4 +1,4 @@
-"""Wall-clock cost of one estimate (DESIGN §5), measured by re-running the cell's estimator.
+"""Wall-clock cost of one estimate (docs/design.md §9.5), measured by re-running the cell's estimator.
 
 The runner's sample is not timed (its first call pays for allocation and dispatch warm-up, and
 it may be split into replicate blocks). Instead ``ctx.rerun(B)`` runs the estimator on a batch of

@@ -1,5 +1,5 @@
-"""Enumerated references for models with binary latents z ∈ {0,1}ᵏ (k ≤ 16; DESIGN §7) or categorical
-latents z ∈ {0..C−1}ᵏ (Cᵏ ≤ 2¹⁶ states, stored one-hot flattened [..., k·C]; issue 13).
+"""Enumerated references for models with binary latents z ∈ {0,1}ᵏ (k ≤ 16; docs/design.md §7.2) or categorical
+latents z ∈ {0..C−1}ᵏ (Cᵏ ≤ 2¹⁶ states, stored one-hot flattened [..., k·C]; discrete latents).
 
 Every quantity is a finite sum over the S = 2ᵏ (or Cᵏ) latent states of one data point, evaluated for all
 N data points at once (the state axis is vectorised and split into chunks only to bound memory):

@@ -1,4 +1,4 @@
-"""Quadrature references for models with a low-dimensional real latent (DESIGN §7), and their fallbacks.
+"""Quadrature references for models with a low-dimensional real latent (docs/design.md §7.3), and their fallbacks.
 
 **Laplace approximation** (:func:`laplace`). Per data point, the posterior mode m_n = argmax_z log p(x_n, z)
 (best of a grid of starts, then damped Newton steps in float64) and the Laplace covariance
@@ -378,7 +378,7 @@ def reference_builders(latent_dim: int, nodes: int | None = None, replicates: in
     return {"theta": marginal, "theta_elbo": iwae, "phi_elbo": iwae, "theta_iwae": iwae, "phi_iwae": iwae}
 
 
-# -- issue 14: Gaussian-mixture q (semi-implicit family with ε uniform over atoms) ------------------
+# -- Gaussian-mixture q (semi-implicit family with ε uniform over atoms) ------------------
 def mixture_elbo_rule(model: Any, family: Any, theta: Params, phi: Params, x: Tensor,
                       n: int) -> tuple[Tensor, Tensor, Tensor]:
     """(ELBO, ∇θ ELBO, ∇φ ELBO) for a mixture q_φ(z) = (1/M) Σ_j N(z; T_φ(ε_j), diag d_φ²) (``family.atoms``), by the

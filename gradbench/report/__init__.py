@@ -1,4 +1,4 @@
-"""Reports and run comparison (``gradbench report`` / ``gradbench compare``, DESIGN §1, §6).
+"""Reports and run comparison (``gradbench report`` / ``gradbench compare``, docs/design.md §2.1, §10).
 
 * :mod:`gradbench.report.data` reads a run folder (``results.parquet``, ``meeting_times.parquet``,
   ``run.json``) into a :class:`~gradbench.report.data.RunData` and derives, per cell, the

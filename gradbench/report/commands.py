@@ -1,4 +1,4 @@
-"""``gradbench report`` and ``gradbench compare`` (DESIGN §6).
+"""``gradbench report`` and ``gradbench compare`` (docs/design.md §10).
 
 Both import matplotlib/seaborn/scipy lazily, inside the command, so ``gradbench list`` stays fast.
 Exit codes: 0 success (compare: no significant regression), 1 compare found a significant

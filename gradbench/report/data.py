@@ -1,6 +1,6 @@
 """Read a run folder and describe its cells the way figures and tables need them.
 
-A run folder holds ``results.parquet`` (the tidy table, DESIGN §5), optionally
+A run folder holds ``results.parquet`` (the tidy table, docs/design.md §9.1), optionally
 ``meeting_times.parquet`` (raw τ per replicate) and ``run.json`` (suite name, cell ids and,
 when the suite states one, the significance level ``alpha``).
 

@@ -65,7 +65,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, *, alpha: 
     import matplotlib.pyplot as plt
 
     from gradbench.report.figures import draw, figure_specs
-    from gradbench.report.train_figures import TRAIN_FIGURES, train_tables  # issue 15: training runs
+    from gradbench.report.train_figures import TRAIN_FIGURES, train_tables  # training cells: training runs
 
     run = load_run(run_dir, alpha, partial=partial, correction=correction)
     out = Path(out) if out is not None else run.path / "report"

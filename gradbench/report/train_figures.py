@@ -1,4 +1,4 @@
-"""Figures and tables of ``train`` runs (issue 15; protocol :mod:`gradbench.protocols.train`).
+"""Figures and tables of ``train`` runs (protocol :mod:`gradbench.protocols.train`).
 
 A training cell is (target, θ-estimator, φ-estimator, training seed); its *pair* is everything but the seed
 (:func:`gradbench.protocols.train.pair_label`), and the training seeds are the replicates. Drawn only when the run

@@ -10,7 +10,7 @@ from gradbench.core import GradSample
 from tests.conftest import make_ppca
 
 PPCA_CAPABILITIES = registry.MODELS["ppca"].capabilities({})
-PSEUDO = {"train"}  # not an estimator: a training run (issue 15; tests/protocols/test_train.py)
+PSEUDO = {"train"}  # not an estimator: a training run (training cells; tests/protocols/test_train.py)
 THETA_ESTIMATORS = [name for name, e in registry.ESTIMATORS.items()
                     if name not in PSEUDO and e.wrt == "theta" and e.required(e.params().model_dump()) <= PPCA_CAPABILITIES]
 
@@ -84,10 +84,10 @@ SMALL_TARGETS = {
     "ppca_encoder": ({"data_dim": 4, "latent_dim": 2, "n_data": 2, "reference_replicates": 50}, {"mean_noise": 0.3}),
     "sbn": ({"layers": [3], "data_dim": 5, "n_data": 2}, {"family": "bernoulli_encoder"}),
     "vae": ({"latent_dim": 2, "data_dim": 5, "n_data": 2, "hidden": [4]}, {"family": "gaussian_encoder"}),
-    # issue 14: semi-implicit q (linear T: exact log q)
+    # Semi-implicit q (linear T: exact log q)
     "ppca_semi_implicit": ({"data_dim": 4, "latent_dim": 2, "n_data": 2}, {"mixing_dim": 3}),
     "toy2d_semi_implicit": ({"density": "x_shaped"}, {"mixing_dim": 3}),  # a density of z without data (N = 1)
-    # issue 13: categorical latents (k = 2 latents × C = 3 classes, 9 states)
+    # Categorical latents (k = 2 latents × C = 3 classes, 9 states)
     "categorical_vae": ({"latents": 2, "classes": 3, "data_dim": 5, "n_data": 2, "reference_replicates": 50},
                         {"logit_noise": 0.3}),
 }

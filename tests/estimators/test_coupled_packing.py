@@ -1,4 +1,4 @@
-"""Per-(replicate, point) compaction of the coupled driver (issue 18): the packed path equals the unpacked one.
+"""Per-(replicate, point) compaction of the coupled driver: the packed path equals the unpacked one.
 
 Tier 1 (exact up to rounding, fixed seed 0): on a VAE and an SBN (targets with ``log_joint_at``), ``run_coupled``
 with ``pack_points`` gives the same meeting times (exactly) and the same H_{k:m} (to 1e-12 relative, float64) as

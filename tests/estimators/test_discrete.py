@@ -1,4 +1,4 @@
-"""Discrete-latent ∇φ estimators (issue 13) on the Bernoulli toy and a small SBN, against exact references.
+"""Discrete-latent ∇φ estimators on the Bernoulli toy and a small SBN, against exact references.
 
 Tier 1: exactness with injected noise (hand-derived formulas on the toy, the chain rule on the SBN encoder).
 Tier 2: unbiased estimators pass the bias test (α = 0.001, seed 0) against the closed-form / enumerated

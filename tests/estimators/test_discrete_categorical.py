@@ -1,4 +1,4 @@
-"""Discrete estimators on categorical latents (issue 13) and the sum-and-sample estimator, against enumerated
+"""Discrete estimators on categorical latents and the sum-and-sample estimator, against enumerated
 references: unbiased estimators pass the bias test (α = 0.001, seed 0), the relaxed ones and broken variants
 are rejected on the same target and seed, and ``validate`` refuses the binary-only estimators on categorical
 targets."""

@@ -1,4 +1,4 @@
-"""sivi, uivi, vcd on the semi-implicit targets (issue 14). Every stochastic test: fixed seed 0, α = 0.001,
+"""sivi, uivi, vcd on the semi-implicit targets. Every stochastic test: fixed seed 0, α = 0.001,
 error scaled by the Monte Carlo standard error, and a negative control that must be rejected."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The categorical VAE (issue 13) and its enumerated references: exact against brute force and finite
+"""The categorical VAE and its enumerated references: exact against brute force and finite
 differences (tier 1, float64, ≤ 1e-7 relative), the categorical encoder's and the exact posterior's
 sampling laws (tier 2: χ², α = 0.001, seed 0), each with a negative control."""
 

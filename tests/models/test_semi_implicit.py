@@ -1,4 +1,4 @@
-"""Exact ∇φ ELBO references of the semi-implicit targets (issue 14's must-show):
+"""Exact ∇φ ELBO references of the semi-implicit targets:
 closed form (PPCA) and quadrature (VAE) against finite differences (float64, 1e-7 relative), the closed form
 against quadrature, and against a 10⁶-sample reparameterised estimate within its standard error (α = 0.001)."""
 

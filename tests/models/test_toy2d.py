@@ -1,4 +1,4 @@
-"""The 2-D banana and X-shaped targets (issue 14): normalised densities with exact samplers, and their quadrature
+"""The 2-D banana and X-shaped targets: normalised densities with exact samplers, and their quadrature
 ∇φ ELBO references for the semi-implicit family (Gaussian ε and atoms) against finite differences, an independent
 rule and sampling (α = 0.001, seed 0), each with a negative control."""
 

@@ -1,6 +1,6 @@
 """The vae model and its Gaussian families: densities against independent formulas, purity under torch.func,
 sample_joint moments against exact values (MCSE-scaled, with a broken sampler as negative control), the
-Laplace starting point, and the digits bias check of issue 11 (coupled chains and SUMO pass, ELBO and IWAE_2
+Laplace starting point, and the digits bias check (coupled chains and SUMO pass, ELBO and IWAE_2
 are rejected at α = 0.001, seed 0).
 """
 
@@ -215,7 +215,7 @@ def test_build_is_deterministic_and_checks_data_width():
 
 
 def test_build_fits_the_family_lazily_on_first_use_of_phi():
-    """Issue 15: building a target does not fit the Laplace approximation; the first read of φ does, and gives
+    """building a target does not fit the Laplace approximation; the first read of φ does, and gives
     exactly the eager fit (gaussian.build_family with the same generator); the family's structure is there before."""
     from gradbench.families import gaussian
     from gradbench.models.vae import LazyPhiTarget
@@ -236,7 +236,7 @@ def test_build_fits_the_family_lazily_on_first_use_of_phi():
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         _ = t.nonsense
 
-# -- issue 11: the digits bias check -------------------------------------------------------------------
+# -- the digits bias check -----------------------------------------------------------------------------
 DIGITS_R = 1000
 LOG_STD_SHIFT = 0.7
 

@@ -1,4 +1,4 @@
-"""The bias protocol's rare-state rule (issue 12): a test that cannot see a rare state is inconclusive, not a verdict.
+"""The bias protocol's rare-state rule: a test that cannot see a rare state is inconclusive, not a verdict.
 
 End to end through the runner on a tiny SBN (k = 3, d = 5, N = 3; suite seed 0, never tuned), R = 500, α = 0.001:
 * an encoder whose logits are shifted by 7 (q_min ≈ 1e-4, R·q_min ≈ 0.06 < log 10³): the unbiased REINFORCE and the

@@ -1,4 +1,4 @@
-"""Issue 15, the training protocol: held-out log-likelihood against closed forms, common random numbers,
+"""the training protocol: held-out log-likelihood against closed forms, common random numbers,
 deterministic resume from a checkpoint (in process and after a real SIGKILL), the paired test's calibration,
 and the suite rules."""
 

@@ -1,4 +1,4 @@
-"""Issue 16, training energy-based models (gradbench.protocols.train_ebm): exact held-out log-likelihood against
+"""training energy-based models (gradbench.protocols.train_ebm): exact held-out log-likelihood against
 brute force, deterministic resume (PCD's persistent chains included), the budget prefix property, improvement over
 θ₀, and the suite rules (a φ-estimator is refused on an EBM, ``phi_estimator: null`` on a latent-variable model)."""
 

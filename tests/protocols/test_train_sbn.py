@@ -1,4 +1,4 @@
-"""Issue 15, training with a discrete latent space: a ``train`` cell on ``sbn`` trains a fresh Bernoulli encoder with a
+"""training with a discrete latent space: a ``train`` cell on ``sbn`` trains a fresh Bernoulli encoder with a
 score-function φ-estimator (vimco, disarm) and evaluates log p(x) exactly by enumeration of the 2ᵏ states."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Adaptive Gauss–Hermite references of the vae target against independent brute force (DESIGN §7).
+"""Adaptive Gauss–Hermite references of the vae target against independent brute force (docs/design.md §7.3).
 
 (a) log p(x) and ∇θ log p(x) agree with scipy's adaptive quadrature (k = 1) and a dense trapezoid grid
     (k = 2, exponentially accurate for analytic integrands) to 1e-8 relative;

@@ -2,7 +2,7 @@
 
 Real runs (bias, variance) go through the Python API on tiny suites. Protocols that other
 issues are still building (meeting, wallclock, snr) are *synthesised*: rows with the documented
-columns (DESIGN §5) appended to a real run's table, and raw τ in ``meeting_times.parquet``, so
+columns (docs/design.md §9.1) appended to a real run's table, and raw τ in ``meeting_times.parquet``, so
 these tests do not depend on unfinished estimators.
 """
 

@@ -1,4 +1,4 @@
-"""Issue 17 on reports: per-target slopes, one frontier per gradient, the problem first, output
+"""Reports: per-target slopes, one frontier per gradient, the problem first, output
 into the run folder, incomplete runs, q-value flags and intervals, separable budget colours."""
 
 from __future__ import annotations

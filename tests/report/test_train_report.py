@@ -1,4 +1,4 @@
-"""`gradbench report` on a training run (issue 15): the training figures and tables are drawn from the run itself
+"""`gradbench report` on a training run: the training figures and tables are drawn from the run itself
 (results.parquet + curves.parquet), their numbers are those of summarize/paired_test, and a figure whose data a run
 lacks is left out (the negative controls: no coupled θ-estimator → no τ figure; no curves → no learning curves;
 a run without train rows → none of them)."""
