@@ -25,9 +25,9 @@ steps where at least a quarter of the first coupled step's pairs were still eval
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -174,4 +174,6 @@ def main(rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 8)
+    parser = argparse.ArgumentParser(description="Lockstep efficiency and coupled ÷ iwae time on the latent-20 VAE.")
+    parser.add_argument("rounds", type=int, nargs="?", default=8, help="interleaved rounds [default: 8]")
+    main(parser.parse_args().rounds)

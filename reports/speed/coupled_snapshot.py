@@ -9,6 +9,7 @@ packing and without estimate (pilot), and coupled_gibbs on an RBM (maximal, bloc
 ``compare`` checks every tensor bitwise (torch.equal on an integer view, so NaN rows compare), diagnostics included (the key sets of the new run may
 be larger: new diagnostics are listed, not compared).
 """
+import argparse
 import sys
 
 import torch
@@ -67,7 +68,11 @@ def snapshot() -> dict[str, dict[str, torch.Tensor]]:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    mode, path = sys.argv[1], sys.argv[2]
+    parser = argparse.ArgumentParser(description="Bitwise snapshot of every coupled estimator on small targets.")
+    parser.add_argument("mode", choices=["save", "compare"], help="save a snapshot, or compare with a saved one")
+    parser.add_argument("path", help="the snapshot file (torch.save)")
+    args = parser.parse_args()
+    mode, path = args.mode, args.path
     new = snapshot()
     if mode == "save":
         torch.save(new, path)

@@ -5,14 +5,18 @@ step and τ (mean, max) after any warm-up (the timing run's warm-up is half its 
     OMP_NUM_THREADS=1 PYTHONPATH=. python reports/train-digits-ordering/step_timing.py SUITE STEPS
 """
 
+import argparse
 import dataclasses
-import sys
 import time
 
 from gradbench.cell import run_train_cell, train_target
 from gradbench.suite import load_suite
 
-path, steps = sys.argv[1], int(sys.argv[2])
+parser = argparse.ArgumentParser(description="Per-step training cost of each arm of a train suite.")
+parser.add_argument("suite", help="a train suite, e.g. suites/train-digits-ordering.yaml")
+parser.add_argument("steps", type=int, help="training steps per arm")
+args = parser.parse_args()
+path, steps = args.suite, args.steps
 cells = load_suite(path)[1]
 seen = set()
 for cell in cells:

@@ -4,8 +4,11 @@ the grey-level target, 5 training steps and the suite's held-out evaluation (IWA
     OMP_NUM_THREADS=1 PYTHONPATH=. python reports/train-fashion-mnist/memory.py
 """
 
+import argparse
 import dataclasses
 import resource
+
+argparse.ArgumentParser(description="Peak resident memory of the Fashion-MNIST CPU study's stages (no arguments).").parse_args()
 
 
 def rss(tag: str) -> None:
