@@ -1,0 +1,254 @@
+"""Tests that fail when the statistics are wrong: each pins one formula of :mod:`gradbench.stats` against an
+independent computation (scipy's F law, a brute-force rank count, literal thresholds) and, where the formula
+sets a level, a calibration sized so that a plausible wrong formula is resolved by several standard errors.
+
+Each test names the wrong formula it would catch (its negative control: the test computes that formula too
+and checks that it is resolved). Fixed seeds; meta-tests at level ALPHA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from gradbench import stats
+from gradbench.stats import _min_p_count, bias_test, rare_state_verdict, replicates_needed
+
+EPS = float(np.finfo(np.float64).eps)
+ALPHA = 0.001  # level of every meta-test below
+Z = sps.norm.isf(ALPHA / 2)
+
+
+def _within(rate: float, a: float, n: int) -> bool:
+    """``rate`` (a proportion over n independent draws) within its two-sided level-ALPHA binomial band around a."""
+    return abs(rate - a) <= Z * math.sqrt(a * (1 - a) / n)
+
+
+# -- Hotelling T² through its F reference ---------------------------------------------------------------------
+
+
+def _hotelling_f_pvalue(G: np.ndarray, ref: np.ndarray) -> float:
+    """Hotelling's one-sample test from the textbook formula: T² = n d̄ᵀ S⁻¹ d̄ (S on n − 1 df) and
+    T² (n − r) / (r (n − 1)) ~ F(r, n − r) for Gaussian rows (Anderson, An Introduction to Multivariate
+    Statistical Analysis, 3rd ed., §5.2.2)."""
+    n, r = G.shape
+    d = G.mean(0) - ref
+    t2 = n * float(d @ np.linalg.solve(np.cov(G, rowvar=False), d))
+    return float(sps.f.sf(t2 * (n - r) / (r * (n - 1)), r, n - r))
+
+
+def _wrong_f_pvalue(G: np.ndarray, ref: np.ndarray) -> float:
+    """The negative control: the conversion n·T² / (r (n − 1)) (degrees of freedom ignored in the numerator)."""
+    n, r = G.shape
+    d = G.mean(0) - ref
+    t2 = n * float(d @ np.linalg.solve(np.cov(G, rowvar=False), d))
+    return float(sps.f.sf(t2 * n / (r * (n - 1)), r, n - r))
+
+
+@pytest.fixture
+def f_only(monkeypatch):
+    """The Hotelling branch with its F reference alone (as above HOTELLING_BOOT_MAX_FLOPS)."""
+    monkeypatch.setattr(stats, "HOTELLING_BOOT_MAX_FLOPS", 0.0)
+
+
+@pytest.mark.parametrize("n, r, shift", [(52, 5, 0.0), (52, 5, 0.4), (102, 10, 0.3), (502, 50, 0.1)])
+def test_hotelling_f_branch_equals_the_textbook_f_test(f_only, n, r, shift):
+    """The F-only branch's p-value equals Hotelling's exact F p-value to 1e-8 relative, on Gaussian rows with a
+    full-rank covariance (ν = n − 1 > 10 r, away from the branch boundary). Negative control: the n·T²/(r(n − 1)) conversion differs by more than
+    1e-3 relative on the same data (the test resolves it by five orders of magnitude)."""
+    rng = np.random.default_rng(n + r)
+    G = rng.normal(size=(n, r)) @ rng.normal(size=(r, r)) + shift
+    ref = np.zeros(r)
+    res = bias_test(G, ref, EPS, np.random.default_rng(0))
+    assert res.method.startswith("hotelling(") and res.method.endswith(", F)"), res.method
+    exact = _hotelling_f_pvalue(G, ref)
+    assert res.pvalue == pytest.approx(exact, rel=1e-8)
+    assert abs(_wrong_f_pvalue(G, ref) - exact) > 1e-3 * exact
+
+
+def test_hotelling_f_branch_is_reached_without_patching():
+    """Above B·n·r² = HOTELLING_BOOT_MAX_FLOPS (1e11; here 499 · 25000 · 100² ≈ 1.2e11) the branch is F-only, with
+    the textbook p-value (1e-8 relative); the negative control's p-value is off by more than 1 %."""
+    rng = np.random.default_rng(7)
+    n, r = 25_000, 100
+    G = rng.normal(size=(n, r)) + 0.02
+    ref = np.zeros(r)
+    res = bias_test(G, ref, EPS, np.random.default_rng(0))
+    assert res.method.endswith(", F)"), res.method
+    exact = _hotelling_f_pvalue(G, ref)
+    assert res.pvalue == pytest.approx(exact, rel=1e-8)
+    assert abs(_wrong_f_pvalue(G, ref) - exact) > 0.01 * exact
+
+
+def test_hotelling_f_branch_is_calibrated(f_only):
+    """4000 Gaussian null data sets (n = 102, r = 10): false-alarm rates at α = 1 % and 5 % within their two-sided
+    binomial bands at level ALPHA (±0.52 % and ±1.13 %), and KS uniformity not rejected. Negative control: the
+    n·T²/(r(n − 1)) conversion has size 2.0 % / 8.2 % here (exact, from the F law), 1.9 and 2.8 band half-widths
+    away — computed on the same data sets, it must fail the same bands."""
+    rng = np.random.default_rng(1)
+    n, r, n_sets = 102, 10, 4000
+    A = rng.normal(size=(r, r))
+    p, p_wrong = np.empty(n_sets), np.empty(n_sets)
+    for i in range(n_sets):
+        G = rng.normal(size=(n, r)) @ A
+        res = bias_test(G, np.zeros(r), EPS, rng)
+        assert res.method.endswith(", F)"), res.method
+        p[i] = res.pvalue
+        p_wrong[i] = _wrong_f_pvalue(G, np.zeros(r))
+    for a in (0.01, 0.05):
+        assert _within(float(np.mean(p <= a)), a, n_sets), (a, np.mean(p <= a))
+    assert sps.kstest(p, "uniform").pvalue > ALPHA
+    assert not all(_within(float(np.mean(p_wrong <= a)), a, n_sets) for a in (0.01, 0.05))
+
+
+# -- the min-p combination of T² and max-t -------------------------------------------------------------------
+
+
+def _brute_min_p_count(t2: float, m_obs: float, Tb: np.ndarray, Mb: np.ndarray) -> int:
+    """The rule of :func:`gradbench.stats._min_p_count`, written out member by member: in the pool of the observed
+    and the draws, rank_T(i) = #{j: T_j ≥ T_i} (NaN as +inf), the same for M; member i is at least as extreme as the
+    observed when (min, max) of its two ranks is lexicographically ≤ the observed's."""
+    T = np.nan_to_num(np.concatenate([[t2], Tb]), nan=np.inf)
+    M = np.nan_to_num(np.concatenate([[m_obs], Mb]), nan=np.inf)
+    keys = []
+    for i in range(T.size):
+        rt = sum(1 for v in T if v >= T[i])
+        rm = sum(1 for v in M if v >= M[i])
+        keys.append((min(rt, rm), max(rt, rm)))
+    return sum(1 for k in keys[1:] if k <= keys[0])
+
+
+@pytest.mark.parametrize("t2, m_obs, Tb, Mb, expected", [
+    # observed ranks (T 1, M 3): draw 1 has the swapped ranks (3, 1) — a tie, counted; draw 2 has (2, 2)
+    (3.0, 1.0, [1.0, 2.0], [3.0, 2.0], 1),
+    # value ties: pool T [2, 2, 1, 3, 2] → ranks [4, 4, 5, 1, 4]; M [2, 1, 2, 0, 2] → [3, 4, 3, 5, 3];
+    # keys: observed (3, 4); draws (4, 4) no, (3, 5) no, (1, 5) yes, (3, 4) equal yes
+    (2.0, 2.0, [2.0, 1.0, 3.0, 2.0], [1.0, 2.0, 0.0, 2.0], 2),
+    # a NaN draw ranks as +inf (the top): pool T [2, inf, 1] → [2, 1, 3], M [2, 3, 1] → [2, 1, 3];
+    # keys: observed (2, 2); draws (1, 1) yes, (3, 3) no
+    (2.0, 2.0, [np.nan, 1.0], [3.0, 1.0], 1),
+    # the observed is the top of both: nothing reaches it
+    (9.0, 9.0, [1.0, 2.0, 3.0], [3.0, 2.0, 1.0], 0),
+])
+def test_min_p_count_hand_examples(t2, m_obs, Tb, Mb, expected):
+    """Small pools worked by hand (the comments give the ranks); the brute-force rule agrees."""
+    Tb, Mb = np.array(Tb), np.array(Mb)
+    assert _brute_min_p_count(t2, m_obs, Tb, Mb) == expected
+    assert _min_p_count(t2, m_obs, Tb, Mb) == expected
+
+
+def test_min_p_count_equals_brute_force_with_ties():
+    """2000 random pools of B = 9 draws on a 4-value grid (so value ties and swapped-rank ties are frequent):
+    the vectorised count equals the member-by-member rule exactly. Negative control: not counting swapped-rank
+    ties (ranks (a, b) against (b, a)) changes the count on more than 1 % of these pools."""
+    rng = np.random.default_rng(3)
+    swapped_differs = 0
+    for _ in range(2000):
+        T, M = rng.integers(0, 4, size=(2, 10)).astype(float)
+        got = _min_p_count(T[0], M[0], T[1:], M[1:])
+        assert got == _brute_min_p_count(T[0], M[0], T[1:], M[1:]), (T, M)
+        swapped_differs += got != _brute_count_without_swapped_ties(T, M)
+    assert swapped_differs > 20
+
+
+def _brute_count_without_swapped_ties(T: np.ndarray, M: np.ndarray) -> int:
+    rt = [int((T >= v).sum()) for v in T]
+    rm = [int((M >= v).sum()) for v in M]
+    k0 = (min(rt[0], rm[0]), max(rt[0], rm[0]))
+    return sum(1 for a, b in zip(rt[1:], rm[1:])
+               if (min(a, b), max(a, b)) < k0 or (a, b) == (rt[0], rm[0]))
+
+
+def test_min_p_count_level_at_b19_resolves_swapped_ties():
+    """Exchangeable pools of B + 1 = 20 members with independent random ranks for T and M: the rank-1 member of T
+    (A) and of M (B) have keys (1, rank_M(A)) and (1, rank_T(B)), tied with probability (19/20)(1/19) = 1/20, so the
+    observed is the unique smallest key — count 0 — with probability exactly (19/20)/20 = 4.75 %. 60000 pools:
+    P(count = 0) within its band (±0.29 %, level ALPHA). Negative control: without the swapped-tie rule the
+    probability is 4.75 % + 2·(1/20)/20 = 5.25 %, 0.50 % away (5.8 s.e.) — checked on the same pools."""
+    rng = np.random.default_rng(5)
+    B, n_rep = 19, 60_000
+    ranks = np.argsort(rng.random((2, n_rep, B + 1)), axis=2).astype(float)
+    zero = np.array([_min_p_count(ranks[0, i, 0], ranks[1, i, 0], ranks[0, i, 1:], ranks[1, i, 1:]) == 0
+                     for i in range(n_rep)])
+    assert _within(float(zero.mean()), 19 / 400, n_rep), zero.mean()
+    rt, rm = B + 1 - ranks[0], B + 1 - ranks[1]  # ranks from the top, 1..20 (no value ties: permutations)
+    key = np.minimum(rt, rm) * (B + 2) + np.maximum(rt, rm)
+    assert np.array_equal(zero, (key[:, 1:] > key[:, :1]).all(1))  # the rule, vectorised here
+    zero_wrong = (key[:, 1:] >= key[:, :1]).all(1)  # equal keys are swapped-rank ties: the wrong rule drops them
+    assert not _within(float(zero_wrong.mean()), 19 / 400, n_rep), zero_wrong.mean()
+
+
+def _hotelling_ps(res) -> tuple[float, float]:
+    tail = res.method.split("p_T2=")[1]
+    return float(tail.split(",")[0]), float(tail.split("p_max=")[1].rstrip(")"))
+
+
+@pytest.mark.parametrize("B", [19, 499])
+def test_min_p_pvalue_invariants(B):
+    """On 200 data sets in the Hotelling bootstrap branch (half null, half shifted), with p_T2 and p_max the two
+    marginal bootstrap p-values: (1) p ≥ min(p_T2, p_max) — the combination can never be more significant than
+    its more significant part — unless no draw reached the observed, and then p ≤ 1/(B + 1) and
+    min(p_T2, p_max) = 1/(B + 1) exactly; (2) p > 0; (3) p is k/(B + 1) with k ≥ 2 or p ≤ 1/(B + 1), and
+    p = 1/(B + 1) exactly only in the no-draw case (refined by 2·p_F when that is smaller). Negative control:
+    p = count/(B + 1) (the observed not counted in the pool) breaks (1) on most data sets."""
+    rng = np.random.default_rng(B)
+    A = rng.normal(size=(3, 3))
+    no_draw = 0
+    for i in range(200):
+        G = rng.normal(size=(120, 3)) @ A + (0.25 if i % 2 else 0.0)
+        res = bias_test(G, np.zeros(3), EPS, rng, n_boot=B)
+        assert res.method.startswith("hotelling+max-t") and f"B={B}" in res.method, res.method
+        p, (p_t, p_m) = res.pvalue, _hotelling_ps(res)
+        assert p > 0
+        k = p * (B + 1)
+        if k <= 1 + 1e-9:
+            no_draw += 1
+            assert min(p_t, p_m) == pytest.approx(1 / (B + 1), rel=1e-12)
+        else:
+            assert p >= min(p_t, p_m) - 1e-12
+            assert abs(k - round(k)) < 1e-9 and round(k) >= 2
+    assert 0 < no_draw < 200  # both cases were exercised
+
+
+def test_min_p_pvalue_is_calibrated_at_b19():
+    """bias_test with B = 19 on 2000 Gaussian null data sets (n = 200, r = 2; the bootstrap is near-exact there):
+    P(p ≤ 1/20) ≤ 5 % + its band (0.50 % s.e., level ALPHA: ≤ 6.6 %) and P(p ≤ 2/20) ≤ 11.7 %. Negative control:
+    p = count/(B + 1) puts P(p ≤ 1/20) near 2/20 = 10 %, 10 s.e. above 5 %."""
+    rng = np.random.default_rng(11)
+    n_sets, B = 2000, 19
+    p = np.array([bias_test(rng.normal(size=(200, 2)), np.zeros(2), EPS, rng, n_boot=B).pvalue
+                  for _ in range(n_sets)])
+    for k in (1, 2):
+        a = k / (B + 1)
+        assert np.mean(p <= a + 1e-12) <= a + Z * math.sqrt(a * (1 - a) / n_sets), (k, np.mean(p <= a + 1e-12))
+
+
+# -- the rare-state rule: literal thresholds ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("q, n_inconclusive, n_verdict", [
+    (0.01, 690, 691),    # log(10³) = 6.9078: 690 · 0.01 = 6.90 < 6.9078 ≤ 6.91
+    (1e-3, 6907, 6908),  # 6.907 < 6.9078 ≤ 6.908
+    (0.5, 13, 14),       # 6.5 < 6.9078 ≤ 7
+])
+def test_rare_state_threshold_is_log_1000(q, n_inconclusive, n_verdict):
+    """Inconclusive exactly when n·q_min < log(10³) = 6.9078 (numbers written out, not read from the constant):
+    the last inconclusive n, the first n with a verdict, and the R the message asks for."""
+    assert rare_state_verdict(q, n_inconclusive).startswith("inconclusive: rare states")
+    assert f"need R ≥ {n_verdict}" in rare_state_verdict(q, n_inconclusive)
+    assert rare_state_verdict(q, n_verdict) == ""
+    assert replicates_needed(q) == n_verdict
+    assert stats.RARE_STATE_COUNT == pytest.approx(6.907755278982137, rel=1e-15)
+
+
+def test_terminal_marks_inconclusive_at_the_same_threshold():
+    """The run table's bias column uses the same rule: R·q_min = 6.90 is inconclusive, 6.91 is a verdict."""
+    from gradbench.terminal import _p
+
+    cell = _p("bias_qvalue", alpha=0.05)
+    row = {"bias_qvalue": (0.2, math.nan), "bias_pvalue": (0.1, math.nan)}
+    assert "inconclusive" in cell({**row, "bias_rare_count": (6.90, math.nan)})
+    assert "inconclusive" not in cell({**row, "bias_rare_count": (6.91, math.nan)})
