@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-RARE_STATE_COUNT = math.log(1e3)  # as gradbench.stats.RARE_STATE_COUNT (this module imports no numpy/torch)
 COUPLED_PREFIX = "coupled_"  # estimators that run coupled chains (the meeting protocol's subjects)
 P_FLOOR = 1e-300
 
@@ -130,6 +129,8 @@ def _pm(metric: str) -> Callable[[dict[str, tuple[float, float]]], str | None]:
 
 def _p(metric: str, alpha: float | None = None) -> Callable[[dict[str, tuple[float, float]]], str | None]:
     """The p-/q-value of ``metric``; with ``alpha``, ``✱`` marks a value below it (a flagged bias)."""
+    from gradbench.stats import RARE_STATE_COUNT  # here, not at the top: importing this module stays numpy-free
+
     def cell(m: dict[str, tuple[float, float]]) -> str | None:
         if metric not in m:
             return None
