@@ -54,7 +54,7 @@ def f_only(monkeypatch):
     monkeypatch.setattr(stats, "HOTELLING_BOOT_MAX_FLOPS", 0.0)
 
 
-@pytest.mark.parametrize("n, r, shift", [(52, 5, 0.0), (52, 5, 0.4), (102, 10, 0.3), (502, 50, 0.1)])
+@pytest.mark.parametrize("n, r, shift", [(52, 5, 0.0), (52, 5, 0.2), (102, 10, 0.3), (502, 50, 0.1)])
 def test_hotelling_f_branch_equals_the_textbook_f_test(f_only, n, r, shift):
     """The F-only branch's p-value equals Hotelling's exact F p-value to 1e-8 relative, on Gaussian rows with a
     full-rank covariance (ν = n − 1 > 10 r, away from the branch boundary). Negative control: the n·T²/(r(n − 1)) conversion differs by more than
@@ -65,22 +65,24 @@ def test_hotelling_f_branch_equals_the_textbook_f_test(f_only, n, r, shift):
     res = bias_test(G, ref, EPS, np.random.default_rng(0))
     assert res.method.startswith("hotelling(") and res.method.endswith(", F)"), res.method
     exact = _hotelling_f_pvalue(G, ref)
-    assert res.pvalue == pytest.approx(exact, rel=1e-8)
+    assert 1e-12 < exact, exact  # not underflowed: the comparison is relative
+    assert res.pvalue == pytest.approx(exact, rel=1e-8, abs=0)
     assert abs(_wrong_f_pvalue(G, ref) - exact) > 1e-3 * exact
 
 
 def test_hotelling_f_branch_is_reached_without_patching():
     """Above B·n·r² = HOTELLING_BOOT_MAX_FLOPS (1e11; here 499 · 25000 · 100² ≈ 1.2e11) the branch is F-only, with
-    the textbook p-value (1e-8 relative); the negative control's p-value is off by more than 1 %."""
+    the textbook p-value (1e-8 relative); the negative control's p-value is off by more than 5 %."""
     rng = np.random.default_rng(7)
     n, r = 25_000, 100
-    G = rng.normal(size=(n, r)) + 0.02
+    G = rng.normal(size=(n, r)) + 0.005
     ref = np.zeros(r)
     res = bias_test(G, ref, EPS, np.random.default_rng(0))
     assert res.method.endswith(", F)"), res.method
     exact = _hotelling_f_pvalue(G, ref)
-    assert res.pvalue == pytest.approx(exact, rel=1e-8)
-    assert abs(_wrong_f_pvalue(G, ref) - exact) > 0.01 * exact
+    assert res.pvalue == pytest.approx(exact, rel=1e-8, abs=0)
+    assert 1e-8 < exact < 0.5, exact  # a p-value in the range where decisions are made
+    assert abs(_wrong_f_pvalue(G, ref) - exact) > 0.05 * exact
 
 
 def test_hotelling_f_branch_is_calibrated(f_only):
