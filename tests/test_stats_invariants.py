@@ -254,3 +254,56 @@ def test_terminal_marks_inconclusive_at_the_same_threshold():
     row = {"bias_qvalue": (0.2, math.nan), "bias_pvalue": (0.1, math.nan)}
     assert "inconclusive" in cell({**row, "bias_rare_count": (6.90, math.nan)})
     assert "inconclusive" not in cell({**row, "bias_rare_count": (6.91, math.nan)})
+
+
+def test_rare_state_rule_edges():
+    """At R·q_min = log(10³) exactly the rule is silent (the inequality is strict); the message states R·q_min
+    (6.9 at R = 690, q_min = 0.01); q_min = 0 needs infinitely many replicates; no q_min or a non-finite one: no rule."""
+    q = 6.907755278982137 / 1000
+    assert 1000 * q == 6.907755278982137  # exact in floating point, so this is the boundary itself
+    assert rare_state_verdict(q, 1000) == ""
+    assert "R·q_min = 6.9 < log(10³) (q_min = 0.01)" in rare_state_verdict(0.01, 690)
+    assert replicates_needed(0.0) == math.inf
+    assert rare_state_verdict(None, 1) == "" and rare_state_verdict(math.nan, 1) == ""
+
+
+# -- small helpers, pinned exactly ----------------------------------------------------------------------------
+
+
+def test_influence_se_needs_two_replicates():
+    """se = sd(ψ; ddof 1)/√n for n ≥ 2 (n = 2: |ψ₁ − ψ₂|/2), NaN for n = 1 (no spread to estimate)."""
+    assert math.isnan(stats.influence_se(np.array([3.0])))
+    assert stats.influence_se(np.array([1.0, 4.0])) == pytest.approx(1.5, rel=1e-15)
+
+
+def test_reference_noise_slices_every_field():
+    cov = np.arange(16.0).reshape(4, 4)
+    var = np.arange(4.0) + 1
+    part = stats.ReferenceNoise(cov, 7, var).sliced(slice(1, 3))
+    np.testing.assert_array_equal(part.cov, cov[1:3, 1:3])
+    np.testing.assert_array_equal(part.var, var[1:3])
+    assert part.n == 7 and not part.exact
+    assert stats.ReferenceNoise().sliced(slice(0, 2)).exact
+
+
+def test_sample_noise_is_diff_noise_of_the_centred_replicates():
+    """sample_noise(G, noise) = diff_noise(G − mean, noise, eps, max|G|): same basis, singular values and floor, with
+    rows far from zero (a sign error in the centring shows), with an estimated reference's noise kept, and with
+    entries below 1 whose spread is at rounding level (the floor then scales with max|G|)."""
+    rng = np.random.default_rng(2)
+    noise = stats.ReferenceNoise(np.eye(3) * 0.02, 100)
+    for G, nz in [(5.0 + rng.normal(size=(40, 3)) * 0.1, None), (5.0 + rng.normal(size=(40, 3)) * 0.1, noise),
+                  (1e-3 * (5.0 + rng.normal(size=(40, 3)) * 1e-12), None)]:  # |g| < 1, floor set by rounding
+        got = stats.sample_noise(G, nz, EPS)
+        want = stats.diff_noise(G - stats.accurate_mean(G), nz or stats.ReferenceNoise(), EPS, float(np.abs(G).max()))
+        np.testing.assert_allclose(got.sv, want.sv, rtol=1e-12)
+        np.testing.assert_allclose(np.abs(got.basis), np.abs(want.basis), rtol=1e-9, atol=1e-12)
+        assert got.floor == pytest.approx(want.floor, rel=1e-12)
+        assert len(got.parts) == (1 if nz is None else 2)
+
+
+def test_bisect_finds_the_threshold_of_a_monotone_predicate():
+    """The smallest x in [lo, hi] with pred(x) true, to 2⁻⁶⁰ of the bracket (60 halvings)."""
+    assert stats._bisect(lambda x: x >= 0.3, 0.0, 1.0) == pytest.approx(0.3, abs=2e-18)
+    assert stats._bisect(lambda x: x >= 7.5, 5.0, 10.0) == pytest.approx(7.5, abs=1e-16)
+    assert stats._bisect(lambda x: True, 2.0, 3.0) == pytest.approx(2.0, abs=1e-17)
