@@ -307,3 +307,47 @@ def test_bisect_finds_the_threshold_of_a_monotone_predicate():
     assert stats._bisect(lambda x: x >= 0.3, 0.0, 1.0) == pytest.approx(0.3, abs=2e-18)
     assert stats._bisect(lambda x: x >= 7.5, 5.0, 10.0) == pytest.approx(7.5, abs=1e-16)
     assert stats._bisect(lambda x: True, 2.0, 3.0) == pytest.approx(2.0, abs=1e-17)
+
+
+def test_hill_tail_index_edges():
+    """Hill's estimate uses the positive finite values only and is scale-free: adding zeros, negatives and ±inf
+    changes nothing, multiplying by 10⁻³ changes nothing; fewer than 10 usable values → NaN, exactly 10 → a number;
+    a tail of equal values (mean log-spacing 0) → α̂ = inf."""
+    x = np.random.default_rng(8).pareto(1.5, size=400) + 1
+    base = stats.hill_tail_index(x)
+    assert stats.hill_tail_index(np.concatenate([x, np.zeros(1000), -x, [np.inf, -np.inf, np.nan]])) == base
+    a, se, k = stats.hill_tail_index(1e-3 * x)
+    assert a == pytest.approx(base[0], rel=1e-9) and se == pytest.approx(base[1], rel=1e-9) and k == base[2]
+    assert math.isnan(stats.hill_tail_index(x[:9])[0]) and math.isfinite(stats.hill_tail_index(x[:10])[0])
+    assert math.isnan(stats.hill_tail_index(np.concatenate([x[:5], np.zeros(100)]))[0])
+    assert stats.hill_tail_index(np.full(50, 2.0))[0] == math.inf
+
+
+def test_bh_and_holm_small_families():
+    """A single p-value is its own adjusted value; Holm caps at 1 ((m − j + 1) p can exceed 1); BH's q-values
+    are ≤ 1 by construction; an empty or all-NaN family gives NaN."""
+    np.testing.assert_array_equal(stats.bh_qvalues([0.03]), [0.03])
+    np.testing.assert_array_equal(stats.holm_adjust([0.03]), [0.03])
+    np.testing.assert_allclose(stats.holm_adjust([0.6, 0.7]), [1.0, 1.0])
+    np.testing.assert_allclose(stats.bh_qvalues([0.6, 0.7]), [0.7, 0.7])
+    assert np.isnan(stats.bh_qvalues([np.nan])).all() and stats.holm_adjust([]).size == 0
+
+
+def test_bootstrap_snr_medians_equal_a_direct_resampling():
+    """Point value: median over each group's coordinates of |mean_j| / sd_j (ddof 1); s.e.: the s.d. (ddof 1) over
+    the default 200 resamples of the same median recomputed on the resampled rows (the same multinomial counts,
+    drawn from an identically seeded generator) — equal to 1e-9 relative. Rows far from 0 (the centring shows)."""
+    rng = np.random.default_rng(4)
+    n = 30
+    G = 3.0 + rng.normal(size=(n, 6)) * np.array([1.0, 2.0, 0.5, 1.0, 3.0, 0.2])
+    groups = {"a": slice(0, 3), "b": slice(3, 6)}
+    got = stats.bootstrap_snr_medians(G, groups, np.random.default_rng(1))
+    counts = np.random.default_rng(1).multinomial(n, np.full(n, 1.0 / n), size=200)
+    for name, sl in groups.items():
+        point = float(np.median((np.abs(G.mean(0)) / G.std(0, ddof=1))[sl]))
+        boot = []
+        for c in counts:
+            Gb = G[np.repeat(np.arange(n), c)]
+            boot.append(np.median((np.abs(Gb.mean(0)) / Gb.std(0, ddof=1))[sl]))
+        assert got[name][0] == pytest.approx(point, rel=1e-12)
+        assert got[name][1] == pytest.approx(float(np.std(boot, ddof=1)), rel=1e-9)
