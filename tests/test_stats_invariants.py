@@ -462,3 +462,38 @@ def test_sym_root_of_a_singular_matrix_is_finite():
     root = stats._sym_root(V)
     assert np.isfinite(root).all()
     np.testing.assert_allclose(root @ root.T, V, atol=1e-13 * 14)
+
+
+def test_bias_norm_interval_is_scale_equivariant_with_a_95_percent_default():
+    """Multiplying the replicates and the reference by c multiplies every end by c (same generator: same draws;
+    1e-9 relative, the bisection's resolution), for c = 10⁻³ and 10³ (large variances included); the default
+    level is 0.95."""
+    G, ref, _ = _one_coordinate(6.0)
+    base = stats.bias_norm_interval(G, ref, EPS, np.random.default_rng(0))
+    assert base == stats.bias_norm_interval(G, ref, EPS, np.random.default_rng(0), level=0.95)
+    for c in (1e-3, 1e3):
+        scaled = stats.bias_norm_interval(c * G, c * ref, EPS, np.random.default_rng(0))
+        for got, want in zip((scaled.plugin, scaled.ci_low, scaled.ci_high), (base.plugin, base.ci_low, base.ci_high)):
+            assert got == pytest.approx(c * want, rel=1e-9)
+
+
+def test_bootstrap_snr_se_with_two_resamples():
+    """Two resamples give a finite s.e. (the s.d. of two medians); one gives NaN."""
+    G = 3.0 + np.random.default_rng(1).normal(size=(20, 2))
+    assert math.isfinite(stats.bootstrap_snr_medians(G, {"all": slice(None)}, np.random.default_rng(0), 2)["all"][1])
+    assert math.isnan(stats.bootstrap_snr_medians(G, {"all": slice(None)}, np.random.default_rng(0), 1)["all"][1])
+
+
+def test_max_t_with_an_estimated_reference_ignores_a_dead_coordinate():
+    """A coordinate with no variance in the replicates nor in the reference, and no difference, changes nothing:
+    the max-t p-value with it equals the p-value without it (same generator, same draws)."""
+    rng = np.random.default_rng(3)
+    G, H = rng.normal(size=(20, 30)), rng.normal(size=(40, 30))
+    noise = stats.ReferenceNoise(cov=np.cov(H.T), n=40)
+    without = bias_test(G, H.mean(0), EPS, np.random.default_rng(0), noise, n_boot=199)
+    G1, ref1 = np.column_stack([G, np.ones(20)]), np.append(H.mean(0), 1.0)
+    cov1 = np.zeros((31, 31))
+    cov1[:30, :30] = noise.cov
+    with_dead = bias_test(G1, ref1, EPS, np.random.default_rng(0), stats.ReferenceNoise(cov=cov1, n=40), n_boot=199)
+    assert without.method.startswith("max-t") and with_dead.method.startswith("max-t")
+    assert with_dead.pvalue == without.pvalue
