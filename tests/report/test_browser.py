@@ -13,9 +13,10 @@ import pytest
 
 from gradbench.report.render import render_report
 from gradbench.report.style import estimator_color
+from tests.conftest import browser
 from tests.report.report_helpers import add_meeting, add_wallclock
 
-BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+BROWSER = browser()
 WIDTH, HEIGHT = 1280, 3000
 
 
@@ -31,7 +32,7 @@ def _fraction_near(img: np.ndarray, hex_colour: str, tol: float = 0.08) -> float
     return float((np.abs(img[..., :3] - rgb).max(axis=-1) < tol).mean())
 
 
-@pytest.mark.skipif(BROWSER is None, reason="no chromium installed (apt-get install chromium)")
+@pytest.mark.needs("chromium")
 def test_report_in_headless_chromium(base_run: Path, tmp_path: Path) -> None:
     import matplotlib.image as mpimg
 
