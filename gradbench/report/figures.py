@@ -855,6 +855,9 @@ def _wrap_to(text: Text, room: float, vertical: bool, renderer: object) -> bool:
     size = ext.height if vertical else ext.width
     if size <= room * 1.02:
         return False
+    if "; " in content:  # a list of budget parameters: one per line first
+        text.set_text(content.replace("; ", "\n"))
+        return True
     longest = max(len(line) for line in content.split("\n"))
     width = max(8, int(longest * room / size) - 1)
     wrapped = "\n".join(textwrap.fill(line, width, break_long_words=False) for line in content.split("\n"))
