@@ -54,6 +54,7 @@ PANEL_W, PANEL_H = 3.6, 3.1
 P_FLOOR = 1e-12  # p-values below are drawn at this floor
 LOWER_BAR_FLOOR = 0.9  # lower error bars end no lower than (1 − 0.9)·value: one decade on a log axis
 LEGEND_FONT = 9
+MIN_LABEL_FONT = 7  # an axis label too long for its panel shrinks no further (then it is wrapped mid-word)
 DKW_ALPHA = 0.05  # the meeting-time ECDFs' bands are simultaneous 95 % (Dvoretzky–Kiefer–Wolfowitz) bands
 DOT_LABEL_CHARS = 24  # a dot plot's estimator labels (vertical) wrap at this many characters
 DOT_LABEL_FONT = 8.5
@@ -80,10 +81,10 @@ def _budget_axis_label(df: pd.DataFrame) -> str:
 
 @dataclass(frozen=True)
 class BudgetAxis:
-    """How a figure's x axis shows budgets. A *sweep* (≥ 2 distinct budgets) plots against the budget on a log
-    axis and leaves out cells without one; otherwise a *dot plot*: one x position per series (the run's order),
-    every cell kept (cells without a budget too), no lines — a single budget would collapse the sweep to one
-    x position with meaningless ticks around it."""
+    """How a figure's x axis shows budgets. A *sweep* (some series has ≥ 2 budgets) plots against the budget on a
+    log axis and leaves out cells without one; otherwise a *dot plot*: one x position per series (the run's
+    order), every cell kept (cells without a budget too), no lines — a single budget would collapse the sweep to
+    one x position with meaningless ticks around it."""
 
     ticks: tuple[str, ...] | None  # the dot plot's labels, None for a sweep
 
@@ -110,7 +111,7 @@ class BudgetAxis:
 def _budget_frame(run: RunData, df: pd.DataFrame) -> tuple[pd.DataFrame, BudgetAxis]:
     """``df`` ready to draw against ``budget`` (:class:`BudgetAxis`): unchanged less the rows without a budget for
     a sweep; for a dot plot ``budget`` replaced by the position of the row's series."""
-    if df["budget"].dropna().nunique() >= 2:
+    if (df.dropna(subset=["budget"]).groupby("series")["budget"].nunique() >= 2).any():
         return df.dropna(subset=["budget"]), BudgetAxis(None)
     present = run.cells[run.cells["cell_id"].isin(set(df["cell_id"]))]
     order = list(dict.fromkeys(present["series"]))
@@ -131,7 +132,7 @@ def _budget_xaxis(ax: plt.Axes, sub: pd.DataFrame, axis: BudgetAxis) -> None:
     budgets = sub.drop_duplicates("cell_id").dropna(subset=["budget_param"])
     budgets = [f"{p}={fmt_param(b)}" for p, b in zip(budgets["budget_param"], budgets["budget_raw"])
                if p and pd.notna(b)]
-    ax.set_xlabel("estimator" + (f" (one budget: {', '.join(dict.fromkeys(budgets))})" if budgets else ""))
+    ax.set_xlabel("estimator" + (f", each at one budget ({', '.join(dict.fromkeys(budgets))})" if budgets else ""))
 
 
 def _set_log(ax: plt.Axes, axis: str, values: np.ndarray, *, force: bool = False, budget: bool = False) -> None:
@@ -221,7 +222,7 @@ def _draw_series(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, styles: dict[st
             line = grp[y].to_numpy(dtype=float)
             if join == "filled":  # NaN breaks the line: only runs of filled neighbours are joined
                 line = np.where(fill, line, np.nan)
-            ax.plot(grp[x], line, color=color, linestyle=ls, linewidth=1.4, alpha=0.9)
+            ax.plot(grp[x], line, color=color, linestyle=ls, linewidth=1.4, alpha=0.9, gid=f"series:{series}")
         fill = fill & ~no_bar
         if no_bar.any():
             ax.scatter(grp[x][no_bar], grp[y][no_bar], facecolor="white", marker=marker, s=46, zorder=4,
@@ -828,7 +829,7 @@ def declutter(fig: Figure) -> None:
                 kept.append(box)
 
 
-def fit_labels(fig: Figure, rounds: int = 3) -> None:
+def fit_labels(fig: Figure, rounds: int = 6) -> None:
     """Wrap every axis label and title longer than its panel onto more lines (at word breaks), so that neighbouring
     panels' labels neither overlap nor run off the figure; constrained layout then makes room for the lines."""
     for _ in range(rounds):
@@ -861,10 +862,13 @@ def _wrap_to(text: Text, room: float, vertical: bool, renderer: object) -> bool:
     longest = max(len(line) for line in content.split("\n"))
     width = max(8, int(longest * room / size) - 1)
     wrapped = "\n".join(textwrap.fill(line, width, break_long_words=False) for line in content.split("\n"))
-    if wrapped == content:
-        return False
-    text.set_text(wrapped)
-    return True
+    if wrapped != content:
+        text.set_text(wrapped)
+        return True
+    if text.get_fontsize() > MIN_LABEL_FONT:  # a single word longer than the panel: a smaller font
+        text.set_fontsize(max(MIN_LABEL_FONT, text.get_fontsize() * min(0.9, room / size)))
+        return True
+    return False
 
 
 def text_boxes(fig: Figure) -> list[tuple[str, object]]:
