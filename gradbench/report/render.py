@@ -231,7 +231,7 @@ CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bad:#b2182b; --badbg:#fde0dd; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; color: var(--fg);
-       margin: 0 auto; max-width: 1180px; padding: 24px 28px 48px; background: #fff; }
+       margin: 0 auto; max-width: 1340px; padding: 24px 28px 48px; background: #fff; }
 h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 19px; margin: 32px 0 8px; border-bottom: 1px solid var(--line);
 padding-bottom: 4px; } h3 { font-size: 15px; margin: 20px 0 6px; }
 .meta { color: var(--muted); margin: 0 0 14px; }
