@@ -54,13 +54,13 @@ def test_estimate_output_names_estimated_references(tmp_path: Path, capsys: pyte
     main(["validate", str(suite), "--estimate"])
     out = capsys.readouterr().out
     assert "references: 2 to compute" in out
-    assert re.search(r"^estimate \(rough: each cell probed at 128 and 512 replicates", out, re.M)
+    assert re.search(r"^estimate \(rough: each cell probed at 128 and 512 replicates", out, re.MULTILINE)
     for k in (4, 8):
         assert re.search(rf"^  reference \w+ phi_iwae{k}: estimated \(4000 replicates\), ~[\d.e-]+ (s|min|h)$", out,
-                         re.M), out
-    assert re.search(r"^  references: 2, 2 estimated, ~", out, re.M)
-    assert re.search(r"^  cells: 2, ~[\d.e-]+ s \(slowest: dreg \(K=\d\), ~", out, re.M)
-    assert re.search(r"^  total: ~[\d.e-]+ (s|min|h); the probe took ", out, re.M)
+                         re.MULTILINE), out
+    assert re.search(r"^  references: 2, 2 estimated, ~", out, re.MULTILINE)
+    assert re.search(r"^  cells: 2, ~[\d.e-]+ s \(slowest: dreg \(K=\d\), ~", out, re.MULTILINE)
+    assert re.search(r"^  total: ~[\d.e-]+ (s|min|h); the probe took ", out, re.MULTILINE)
 
 
 def test_estimate_is_within_a_factor_of_3_of_the_run(tmp_path: Path) -> None:
