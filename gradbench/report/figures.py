@@ -751,7 +751,7 @@ def wallclock(run: RunData) -> Figure | None:
             else:
                 ax.bar(sub["label"], sub["y"], yerr=sub["stderr"].fillna(0),
                        color=[styles[s][0] for s in sub["series"]], capsize=3)
-                ax.tick_params(axis="x", rotation=30)
+                plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
             _set_log(ax, "y", _positive(sub["y"]))
             _clip_log_bottom(ax, sub["y"])
             ax.set_ylabel(ylabel)
