@@ -7,7 +7,12 @@ every registered protocol, in registry order. Conventions:
   estimator's variant (its non-budget parameters that vary), one facet row per target;
 * error bars are ±1 stored standard error; an axis is logarithmic where the quantity is positive
   and spans at least a decade (budgets: base 2 when they are powers of two);
-* budget plots leave out cells without a budget parameter (they are in the tables).
+* budget plots leave out cells without a budget parameter (they are in the tables) — unless no series has two
+  budgets: then a dot plot, one x position per series, every cell drawn (:class:`BudgetAxis`);
+* lines join only resolved points where a figure marks resolution (the bias figure: filled = biased);
+* :func:`draw` wraps every axis label and title longer than its panel (:func:`fit_labels`) and hides point labels
+  that would overlap other text (:func:`declutter`); :func:`layout_problems` lists texts that still run off the
+  figure or overlap (the layout tests require none).
 """
 
 from __future__ import annotations
