@@ -1,0 +1,255 @@
+"""Within-run paired comparisons of estimators that share noise.
+
+Estimators run on the same target in one suite draw replicate block b from the generator seeded by
+(suite seed, target, b), never by the estimator (common random numbers): replicate r of estimator A and replicate
+r of estimator B are a pair. Per cell this protocol keeps a small side table of per-replicate summaries (``paired``
+→ ``paired.parquet``); over the run (``ProtocolSpec.run_rows``) every two cells on the same target with the same
+suite seed, device and replicates are compared on the paired replicates.
+
+Per cell and parameter group, from its n finite replicates g_r (mean ḡ, cost c_r, reference g*):
+u_r = n/(n−1) ‖g_r − ḡ‖² (mean_r u_r = tr Σ̂), p_r = ḡᵀ(g_r − ḡ), e_r = ‖g_r − g*‖². Each compared quantity θ
+is written as the mean of pseudo-values φ_r (θ plus its influence, so mean_r φ_r = θ exactly):
+
+* ``trace_cov`` — θ = tr Σ̂, φ_r = u_r;
+* ``work_norm_var`` — θ = tr Σ̂ · c̄ (Glynn & Whitt 1992), φ_r = θ + c̄ (u_r − tr Σ̂) + tr Σ̂ (c_r − c̄);
+* ``mse`` — θ = mean_r e_r, unbiased for E‖g_r − g*‖² (only for two cells with the same exact reference:
+  with an estimated one the reference's error is shared by all replicates, and the paired s.e. would omit it);
+* ``snr`` — θ = √(m/tr Σ̂), m = ‖ḡ‖² − tr Σ̂/n (unbiased for ‖E g‖²): the global SNR ‖E g‖/√tr Σ,
+  φ_r = θ (1 + ½[(2 p_r − (u_r − tr Σ̂)/n)/m − (u_r − tr Σ̂)/tr Σ̂]); undefined when m ≤ 0. The coordinate-wise
+  SNR of the ``snr`` protocol (median over j of |ḡ_j|/s_j) is not compared: a median over coordinates is not a
+  smooth function of per-replicate scalars, so pairing it would need the full R × P gradients of both cells.
+
+For two paired cells A and B: L = log θ_A − log θ_B with influence ψ_r = (φ^A_r − θ_A)/θ_A − (φ^B_r − θ_B)/θ_B,
+s.e.(L) = sd(ψ)/√n (delta method); t = L/s.e. on n − 1 degrees of freedom gives the two-sided p-value and the
+ratio's 95 % interval exp(L ± t_{0.975,n−1} s.e.). The noise shared by A and B makes ψ^A_r and ψ^B_r correlated,
+so Var(ψ) = Var(ψ^A) + Var(ψ^B) − 2 Cov(ψ^A, ψ^B) is smaller than the unpaired sum — the gain of pairing, whose
+correlation the row's method records. A second p-value, free of the log scale's linearisation: the studentised
+sign-flip test of d_r = φ^A_r − φ^B_r (mean θ_A − θ_B; B = 1999 flips; asymptotically exact without symmetry
+when studentised, Janssen 1999). Over the run the p-values of every paired test form one family:
+Benjamini–Hochberg q-values (``gradbench.stats.bh_qvalues``).
+
+Assumption: the pairs (g^A_r, g^B_r) are i.i.d. over r. It holds when replicate r of both estimators uses the
+same slice of the generator's stream (the same noise shape per replicate: e.g. iwae and dreg at the same K). With
+different shapes (different K), replicate r of A may share noise with replicates r' ≠ r of B; those
+cross-replicate covariances are ignored (for the positive correlations common random numbers create, the s.e. is
+then too large: conservative, and the pairing gain small).
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+from gradbench.core import GradSample, Reference
+from gradbench.protocols import FiniteSample, ProtocolContext, Row, group_slices, row
+from gradbench.protocols.bias import reference_noise
+from gradbench.seeding import derive_seed
+from gradbench.stats import bh_qvalues, influence_se
+
+SIDE = "paired"  # the side table's name (cells/<id>.paired.parquet → paired.parquet)
+QUANTITIES = ("trace_cov", "work_norm_var", "mse", "snr")
+N_FLIPS = 1999
+PAIR_KEYS = ("target_id", "seed", "device")  # cells whose replicate r saw the same noise
+FRAME_ATTR = "_paired_frame"  # the per-replicate frame, cached on the sample for the side table
+
+
+def replicate_frame(sample: GradSample, reference: Reference | None) -> pd.DataFrame:
+    """Per replicate and parameter group: ``replicate, param_group, finite, cost, sqdev`` ‖g_r − ḡ‖²,
+    ``proj`` ḡᵀ(g_r − ḡ), ``mean_sq`` ‖ḡ‖², ``sqerr`` ‖g_r − g*‖² (NaN without a reference) and ``ref_exact``."""
+    fs = FiniteSample.of(sample)
+    ok = ~sample.diagnostics["nonfinite"].cpu().numpy()
+    cost = sample.cost.detach().cpu().double().numpy()
+    idx = np.flatnonzero(ok)
+    ref = None if reference is None else reference.value.detach().cpu().double().numpy()
+    exact = reference is not None and reference_noise(reference).exact
+    parts = []
+    for name, sl in group_slices(sample.layout).items():
+        G = fs.G[:, sl]
+        mean = G.mean(0)
+        centred = G - mean
+        frame = {"replicate": np.arange(len(ok)), "param_group": name, "finite": ok, "cost": cost}
+        for col, vals in (("sqdev", (centred ** 2).sum(1)), ("proj", centred @ mean),
+                          ("sqerr", ((G - ref[sl]) ** 2).sum(1) if ref is not None else np.full(len(idx), np.nan))):
+            full = np.full(len(ok), np.nan)
+            full[idx] = vals
+            frame[col] = full
+        frame["mean_sq"] = float(mean @ mean)
+        frame["ref_exact"] = exact
+        parts.append(pd.DataFrame(frame))
+    return pd.concat(parts, ignore_index=True)
+
+
+def paired(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) -> list[Row]:
+    """The cell's per-replicate summaries (kept for the side table) and one row per group: the replicates
+    available for pairing."""
+    frame = replicate_frame(sample, reference)
+    object.__setattr__(sample, FRAME_ATTR, frame)
+    n = int(frame["finite"].sum() // frame["param_group"].nunique())
+    return [row(g, "paired_replicates", n, math.nan,
+                "finite replicates kept per replicate in paired.parquet; paired tests are run-level rows")
+            for g in dict.fromkeys(frame["param_group"])]
+
+
+def side_frame(cell: Any, sample: GradSample) -> pd.DataFrame | None:
+    """The side table of a cell: its per-replicate frame with the cell's identity and objective."""
+    frame = getattr(sample, FRAME_ATTR, None)
+    if frame is None:
+        return None
+    from gradbench.cell import cell_objective
+
+    return frame.assign(cell_id=cell.cell_id, target_id=cell.target.target_id, seed=cell.target.suite_seed,
+                        device=cell.device, estimator=cell.estimator, objective=cell_objective(cell))
+
+
+# -- the statistics --------------------------------------------------------------------------------
+def pseudo_values(quantity: str, sqdev: np.ndarray, proj: np.ndarray, mean_sq: float, sqerr: np.ndarray,
+                  cost: np.ndarray) -> tuple[float, np.ndarray]:
+    """(θ, φ_r) of one cell and group, with mean_r φ_r = θ (see the module docstring); θ = NaN if undefined."""
+    n = len(sqdev)
+    u = sqdev * n / (n - 1)
+    trace = float(u.mean())
+    if quantity == "trace_cov":
+        return trace, u
+    if quantity == "work_norm_var":
+        cbar = float(cost.mean())
+        theta = trace * cbar
+        return theta, theta + cbar * (u - trace) + trace * (cost - cbar)
+    if quantity == "mse":
+        return float(sqerr.mean()), sqerr
+    if quantity == "snr":
+        m = mean_sq - trace / n
+        if not (m > 0 and trace > 0):
+            return math.nan, np.full(n, math.nan)
+        theta = math.sqrt(m / trace)
+        return theta, theta * (1 + 0.5 * ((2 * proj - (u - trace) / n) / m - (u - trace) / trace))
+    raise ValueError(f"unknown quantity {quantity!r}")
+
+
+def sign_flip_p(d: np.ndarray, rng: np.random.Generator, n_flips: int = N_FLIPS) -> float:
+    """Two-sided studentised sign-flip p-value of H0: E d_r = 0, (1 + #{|T*| ≥ |T|})/(B + 1) with
+    T = mean(d)/(sd(d)/√n) (Janssen 1999: studentised, asymptotically exact without symmetry)."""
+    n = len(d)
+
+    def t_stat(means: np.ndarray) -> np.ndarray:
+        var = (float(d @ d) - n * means ** 2) / (n - 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.abs(means) / np.sqrt(np.maximum(var, 0.0) / n)
+
+    obs = t_stat(np.array([d.mean()]))[0]
+    if not math.isfinite(obs):
+        return math.nan
+    signs = rng.integers(0, 2, size=(n_flips, n), dtype=np.int8).astype(np.float64) * 2 - 1
+    flipped = t_stat(signs @ d / n)
+    return float((1 + np.count_nonzero(flipped >= obs * (1 - 1e-12))) / (n_flips + 1))
+
+
+def paired_log_ratio(theta_a: float, phi_a: np.ndarray, theta_b: float, phi_b: np.ndarray,
+                     rng: np.random.Generator | None = None) -> dict[str, float]:
+    """The paired test of θ_A = θ_B: log-ratio L ± s.e., t-test p-value, the ratio's 95 % interval, the sign-flip
+    p-value of the differences (when ``rng``) and the correlation of the two cells' influences."""
+    n = len(phi_a)
+    nan = {"log_ratio": math.nan, "se": math.nan, "p": math.nan, "low": math.nan, "high": math.nan,
+           "p_flip": math.nan, "corr": math.nan, "n": n}
+    if n < 3 or not (theta_a > 0 and theta_b > 0) or not (np.isfinite(phi_a).all() and np.isfinite(phi_b).all()):
+        return nan
+    psi_a, psi_b = phi_a / theta_a - 1, phi_b / theta_b - 1
+    log_ratio = math.log(theta_a) - math.log(theta_b)
+    se = influence_se(psi_a - psi_b)
+    if not se > 0:
+        return {**nan, "log_ratio": log_ratio, "se": se}
+    t = st.t.ppf(0.975, n - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = float(np.corrcoef(psi_a, psi_b)[0, 1])
+    return {"log_ratio": log_ratio, "se": se, "p": float(2 * st.t.sf(abs(log_ratio) / se, n - 1)),
+            "low": math.exp(log_ratio - t * se), "high": math.exp(log_ratio + t * se),
+            "p_flip": sign_flip_p(phi_a - phi_b, rng) if rng is not None else math.nan, "corr": corr, "n": n}
+
+
+# -- run level -------------------------------------------------------------------------------------
+METRICS_OF = {q: (f"paired_{q}_log_ratio", f"paired_{q}_pvalue", f"paired_{q}_pvalue_flip", f"paired_{q}_qvalue")
+              for q in QUANTITIES}
+
+
+def _pairable(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """Why two cells' replicates cannot be paired ("" when they can)."""
+    if len(a) != len(b):
+        return "different numbers of replicates"
+    if not np.array_equal(a["finite"].to_numpy(bool), b["finite"].to_numpy(bool)):
+        return "different replicates are non-finite"
+    return ""
+
+
+def pair_rows(table: pd.DataFrame, sides: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
+    """Every paired test of the run: per pair of cells on the same target, seed and device (A before B in suite
+    order), parameter group and quantity, rows ``paired_<q>_log_ratio`` (value L, s.e.), ``…_pvalue``,
+    ``…_pvalue_flip`` and ``…_qvalue`` (BH over the run's paired p-values). Each row copies A's
+    ``paired_replicates`` row and names B in the ``versus`` column (B's cell id) and in ``method``."""
+    side = sides.get(SIDE)
+    if side is None or side.empty or table.empty or "metric" not in table:
+        return table.iloc[0:0]
+    anchors = table[table["metric"] == "paired_replicates"].set_index(["cell_id", "param_group"])
+    order = list(dict.fromkeys(table["cell_id"]))
+    side = side[side["cell_id"].isin(order)]
+    cells = side.drop_duplicates("cell_id").set_index("cell_id").loc[[c for c in order if c in set(side["cell_id"])]]
+    by_cell = {c: g for c, g in side.groupby("cell_id", sort=False)}
+    out: list[dict[str, Any]] = []
+    for _, same in cells.groupby(list(PAIR_KEYS), sort=False):
+        for ca, cb in combinations(list(same.index), 2):
+            for group, ga in by_cell[ca].groupby("param_group", sort=False):
+                gb = by_cell[cb][by_cell[cb]["param_group"] == group]
+                if (ca, group) not in anchors.index or gb.empty:
+                    continue
+                out += _pair_group_rows(anchors.loc[(ca, group)], ca, cb, group, ga, gb, cells)
+    if not out:
+        return table.iloc[0:0]
+    rows = pd.DataFrame(out)
+    is_p = rows["metric"].str.endswith("_pvalue")
+    q = bh_qvalues(rows.loc[is_p, "value"].to_numpy(float))
+    m = int(np.isfinite(q).sum())
+    qrows = rows[is_p].assign(metric=rows.loc[is_p, "metric"].str.replace("_pvalue", "_qvalue"), value=q,
+                              stderr=math.nan,
+                              method=f"Benjamini-Hochberg q-value over the run's {m} paired tests (every pair, "
+                                     "parameter group and quantity)")
+    rows = pd.concat([rows, qrows], ignore_index=True)
+    return rows.reindex(columns=list(dict.fromkeys([*table.columns, "versus"])))
+
+
+def _pair_group_rows(anchor: pd.Series, ca: str, cb: str, group: str, ga: pd.DataFrame, gb: pd.DataFrame,
+                     cells: pd.DataFrame) -> list[dict[str, Any]]:
+    base = {**anchor.to_dict(), "cell_id": ca, "param_group": group, "protocol": SIDE, "versus": cb,
+            "warning": anchor.get("warning", "")}
+    vs = f"A = {cells.at[ca, 'estimator']} vs B = {cells.at[cb, 'estimator']} (cell {cb})"
+    why = _pairable(ga, gb)
+    ok = ga["finite"].to_numpy(bool) & gb["finite"].to_numpy(bool) if not why else None
+    shared_exact = bool(ga["ref_exact"].iloc[0]) and bool(gb["ref_exact"].iloc[0]) \
+        and cells.at[ca, "objective"] == cells.at[cb, "objective"]
+    rows = []
+    for q in QUANTITIES:
+        if q == "mse" and not shared_exact:
+            continue  # MSE is compared only against one shared exact reference
+        if why:
+            res = paired_log_ratio(math.nan, np.zeros(0), math.nan, np.zeros(0))
+            note = f"not paired: {why}"
+        else:
+            thetas = [pseudo_values(q, *(g.loc[ok, c].to_numpy(float) for c in ("sqdev", "proj")),
+                                    float(g["mean_sq"].iloc[0]),
+                                    *(g.loc[ok, c].to_numpy(float) for c in ("sqerr", "cost"))) for g in (ga, gb)]
+            rng = np.random.default_rng(derive_seed(ca, cb, group, q, "paired-sign-flip"))
+            res = paired_log_ratio(*thetas[0], *thetas[1], rng)
+            note = (f"n = {res['n']} pairs, corr(psi_A, psi_B) = {res['corr']:.3g}, ratio 95% CI "
+                    f"[{res['low']:.4g}, {res['high']:.4g}]")
+        log_m, p_m, flip_m, _ = METRICS_OF[q]
+        rows += [
+            {**base, "metric": log_m, "value": res["log_ratio"], "stderr": res["se"],
+             "method": f"log({q}_A / {q}_B), delta method on paired replicates; {vs}; {note}"},
+            {**base, "metric": p_m, "value": res["p"], "stderr": math.nan,
+             "method": f"two-sided paired t on the log ratio (n - 1 df); {vs}; {note}"},
+            {**base, "metric": flip_m, "value": res["p_flip"], "stderr": math.nan,
+             "method": f"studentised sign-flip test of phi_A - phi_B ({N_FLIPS} flips); {vs}"},
+        ]
+    return rows
