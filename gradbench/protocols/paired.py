@@ -250,6 +250,6 @@ def _pair_group_rows(anchor: pd.Series, ca: str, cb: str, group: str, ga: pd.Dat
             {**base, "metric": p_m, "value": res["p"], "stderr": math.nan,
              "method": f"two-sided paired t on the log ratio (n - 1 df); {vs}; {note}"},
             {**base, "metric": flip_m, "value": res["p_flip"], "stderr": math.nan,
-             "method": f"studentised sign-flip test of phi_A - phi_B ({N_FLIPS} flips); {vs}"},
+             "method": f"studentised sign-flip test of phi_A - phi_B ({N_FLIPS} flips); {vs}; {note}"},
         ]
     return rows
