@@ -198,8 +198,9 @@ def _unpaired_p(ta: tuple[float, np.ndarray], tb: tuple[float, np.ndarray]) -> f
 def test_pairing_detects_a_ten_percent_variance_difference_an_unpaired_test_misses():
     """tr Σ_B = 1.1 tr Σ_A with shared noise (ρ = 0.97), n = 200, P = 4. At seed 5 the paired test rejects at
     α = 0.05 and the unpaired one does not; over 200 repetitions (seed 6) the paired test's power exceeds 0.9 and the
-    unpaired one's is below 0.5 (its expected power is ≈ 0.2 from s.e.(log tr Σ̂) ≈ √(2·(2/(nP)))), each checked
-    against the 0.1 % binomial bound of the stated rate."""
+    unpaired one's is below 0.5, each checked against the 0.1 % binomial bound of the stated rate. (The unpaired s.e.
+    is √(2·2/(nP)) ≈ 0.071 for log(1.1) ≈ 0.095; the correlation shrinks the log ratio's real s.d. to ≈ 0.023, so the
+    unpaired z stays near 1.35 and rarely passes 1.96: measured 196/200 paired vs 6/200 unpaired.)"""
     def tests(rng: np.random.Generator) -> tuple[float, float]:
         ga, gb, ca, cb = _shared_noise_pair(rng, 200, 4, 0.97, 1.1)
         ta = pseudo_values("trace_cov", *_stats(ga), np.zeros(200), ca)
