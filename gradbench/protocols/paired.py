@@ -37,6 +37,7 @@ then too large: conservative, and the pairing gain small).
 
 from __future__ import annotations
 
+import json
 import math
 from itertools import combinations
 from typing import Any
@@ -48,6 +49,7 @@ from scipy import stats as st
 from gradbench.core import GradSample, Reference
 from gradbench.protocols import FiniteSample, ProtocolContext, Row, group_slices, row
 from gradbench.protocols.bias import reference_noise
+from gradbench.protocols.mse import heavy_tail_warning
 from gradbench.seeding import derive_seed
 from gradbench.stats import bh_qvalues, influence_se
 
@@ -90,8 +92,10 @@ def paired(sample: GradSample, reference: Reference | None, ctx: ProtocolContext
     frame = replicate_frame(sample, reference)
     object.__setattr__(sample, FRAME_ATTR, frame)
     n = int(frame["finite"].sum() // frame["param_group"].nunique())
+    G = FiniteSample.of(sample).G
+    warn = heavy_tail_warning(G) if G.shape[0] > 1 else ""  # the paired rows copy it: their s.e. need 4th moments
     return [row(g, "paired_replicates", n, math.nan,
-                "finite replicates kept per replicate in paired.parquet; paired tests are run-level rows")
+                "finite replicates kept per replicate in paired.parquet; paired tests are run-level rows", warn)
             for g in dict.fromkeys(frame["param_group"])]
 
 
@@ -103,7 +107,9 @@ def side_frame(cell: Any, sample: GradSample) -> pd.DataFrame | None:
     from gradbench.cell import cell_objective
 
     return frame.assign(cell_id=cell.cell_id, target_id=cell.target.target_id, seed=cell.target.suite_seed,
-                        device=cell.device, estimator=cell.estimator, objective=cell_objective(cell))
+                        device=cell.device, estimator=cell.estimator,
+                        estimator_params=json.dumps(cell.estimator_params, sort_keys=True, default=str),
+                        objective=cell_objective(cell))
 
 
 # -- the statistics --------------------------------------------------------------------------------
@@ -223,7 +229,11 @@ def _pair_group_rows(anchor: pd.Series, ca: str, cb: str, group: str, ga: pd.Dat
                      cells: pd.DataFrame) -> list[dict[str, Any]]:
     base = {**anchor.to_dict(), "cell_id": ca, "param_group": group, "protocol": SIDE, "versus": cb,
             "warning": anchor.get("warning", "")}
-    vs = f"A = {cells.at[ca, 'estimator']} vs B = {cells.at[cb, 'estimator']} (cell {cb})"
+    def name(c: str) -> str:
+        params = cells.at[c, "estimator_params"] if "estimator_params" in cells else ""
+        return f"{cells.at[c, 'estimator']} {params}".strip()
+
+    vs = f"A = {name(ca)} vs B = {name(cb)} (cell {cb})"
     why = _pairable(ga, gb)
     ok = ga["finite"].to_numpy(bool) & gb["finite"].to_numpy(bool) if not why else None
     shared_exact = bool(ga["ref_exact"].iloc[0]) and bool(gb["ref_exact"].iloc[0]) \

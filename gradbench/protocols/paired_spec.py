@@ -99,7 +99,8 @@ SPEC = ProtocolSpec(
     "paired tests (tr Σ, work-normalised variance, MSE, global SNR) between estimators sharing noise on a target: "
     "A/B ratio, 95 % CI, p, BH q (run-level; per-replicate summaries in paired.parquet)",
     min_replicates=MIN_REPLICATES,
-    modules=("gradbench.protocols.bias",),  # reference_noise
+    # reference_noise; the tail rule (heavy_tail_warning, TAIL_Z)
+    modules=("gradbench.protocols.bias", "gradbench.protocols.mse", "gradbench.protocols.variance"),
     metrics=METRICS,
     run_rows=code("gradbench.protocols.paired:pair_rows"),
     side_tables=(SideTable("paired", "paired.parquet", code("gradbench.protocols.paired:side_frame")),),

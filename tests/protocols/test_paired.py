@@ -144,6 +144,12 @@ def test_protocol_rows_and_side_frame_cached_on_the_sample():
     rows = paired(s, None, CTX)
     assert [(r["param_group"], r["value"]) for r in rows] == [("all", 20), ("a", 20), ("b", 20)]
     assert s._paired_frame["sqerr"].isna().all() and len(s._paired_frame) == 60
+    # Gaussian replicates carry no warning; Cauchy ones (tail index 1) carry variance's infinite-variance warning
+    # (Hill's rule at R = 2000, seed 0)
+    light = paired(_sample(np.random.default_rng(0).normal(size=(2000, 3)), np.ones(2000)), None, CTX)
+    assert all("warning" not in r for r in light)
+    heavy = paired(_sample(np.random.default_rng(0).standard_cauchy(size=(2000, 3)), np.ones(2000)), None, CTX)
+    assert all("variance may be infinite" in r.get("warning", "") for r in heavy)
 
 
 # -- calibration and power -------------------------------------------------------------------------
