@@ -20,8 +20,9 @@ METRICS = {"paired_replicates": "finite replicates of the cell kept for pairing 
 for _q, (_label, _what) in QUANTITIES.items():
     METRICS |= {
         f"paired_{_q}_log_ratio": f"log(A/B) of {_what}, paired delta-method s.e. (run-level; B in 'versus')",
-        f"paired_{_q}_pvalue": f"two-sided paired t p-value of A = B for {_what} (run-level)",
-        f"paired_{_q}_pvalue_flip": f"studentised sign-flip p-value of A = B for {_what} (run-level)",
+        f"paired_{_q}_pvalue": f"two-sided paired bootstrap-t p-value of A = B for {_what} (run-level)",
+        **({} if _q == "snr" else
+           {f"paired_{_q}_pvalue_flip": f"studentised sign-flip p-value of A = B for {_what} (run-level)"}),
         f"paired_{_q}_qvalue": f"Benjamini–Hochberg q-value of paired_{_q}_pvalue over the run's paired tests",
     }
 

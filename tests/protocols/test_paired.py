@@ -192,8 +192,8 @@ def _stats(G: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
 def test_paired_tests_hold_their_level_under_h0_with_shared_noise():
     """Negative control: two estimators with equal covariance (and equal mean, cost law and SNR), correlated through
     shared noise (ρ = 0.9), n = 200 replicates, P = 4. Over 400 repetitions (seed 20) the number of rejections at
-    α = 0.05 of each paired test (bootstrap-t, paired t and sign-flip, for tr Σ, tr Σ × cost and SNR) is
-    Binomial(400, 0.05) when calibrated: accepted within its two-sided 0.1 % bounds."""
+    α = 0.05 of each paired test (bootstrap-t, paired t and sign-flip, for tr Σ, tr Σ × cost; bootstrap-t and t for
+    SNR) is Binomial(400, 0.05) when calibrated: accepted within its two-sided 0.1 % bounds (measured 16–24 of 400)."""
     rng = np.random.default_rng(20)
     reps, alpha = 400, 0.05
     keys = ("p_boot", "p_t", "p_flip")
@@ -206,6 +206,7 @@ def test_paired_tests_hold_their_level_under_h0_with_shared_noise():
                                    rng)
             for k in keys:
                 rejections[q, k] += bool(res[k] < alpha)
+    del rejections["snr", "p_flip"]  # not reported for SNR (anti-conservative on skewed replicates)
     lo, hi = _binomial_bounds(reps, alpha)
     for key, count in rejections.items():
         assert lo <= count <= hi, (key, count, (lo, hi))
@@ -214,9 +215,10 @@ def test_paired_tests_hold_their_level_under_h0_with_shared_noise():
 def test_bootstrap_t_holds_its_level_on_skewed_replicates():
     """Negative control with skewed, heavy-ish replicates: g = exp(z + ε/2) per coordinate with shared z (lognormal,
     equal laws for A and B), n = 200, P = 4, 400 repetitions (seed 21). The bootstrap-t and sign-flip tests of tr Σ
-    keep α = 0.05 within the two-sided 0.1 % binomial bounds; the paired t on the log ratio does not need to (it is
-    anti-conservative here: measured 38/400 and 53/400 at two seeds; the SNR bootstrap-t measured 34/400, at the edge
-    of the bounds (7, 36) — the limits stated in docs)."""
+    keep α = 0.05 within the two-sided 0.1 % binomial bounds (measured 15 and 22 of 400). Not asserted, the limits
+    stated in the docs: the paired t on the log ratio is anti-conservative here (54 and 52 of 400 at seeds 21, 22), and
+    so is the SNR bootstrap-t (40, 36) and its sign-flip test (91, 94; not reported); variance's heavy-tail warning,
+    which the paired rows carry, fires on 94 of 100 such samples."""
     rng = np.random.default_rng(21)
     reps, alpha = 400, 0.05
     counts = {"p_boot": 0, "p_flip": 0}
