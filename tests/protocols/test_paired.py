@@ -215,10 +215,10 @@ def test_paired_tests_hold_their_level_under_h0_with_shared_noise():
 def test_bootstrap_t_holds_its_level_on_skewed_replicates():
     """Negative control with skewed, heavy-ish replicates: g = exp(z + ε/2) per coordinate with shared z (lognormal,
     equal laws for A and B), n = 200, P = 4, 400 repetitions (seed 21). The bootstrap-t and sign-flip tests of tr Σ
-    keep α = 0.05 within the two-sided 0.1 % binomial bounds (measured 15 and 22 of 400). Not asserted, the limits
-    stated in the docs: the paired t on the log ratio is anti-conservative here (54 and 52 of 400 at seeds 21, 22), and
-    so is the SNR bootstrap-t (40, 36) and its sign-flip test (91, 94; not reported); variance's heavy-tail warning,
-    which the paired rows carry, fires on 94 of 100 such samples."""
+    keep α = 0.05 within the two-sided 0.1 % binomial bounds (measured 23 and 25 of 400). Not asserted, the limits
+    stated in the docs: the paired t on the log ratio is anti-conservative here (49 of 400 in this loop), and so is
+    the SNR bootstrap-t (40 and 36 of 400 in a separate loop at seeds 21, 22) and its sign-flip test (91, 94; not
+    reported); variance's heavy-tail warning, which the paired rows carry, fires on 94 of 100 such samples."""
     rng = np.random.default_rng(21)
     reps, alpha = 400, 0.05
     counts = {"p_boot": 0, "p_flip": 0}
