@@ -60,8 +60,8 @@ def terminal(metrics: set[str], correction: str, alpha: float) -> TerminalTable:
     cols = [ratio_column(q) for q in QUANTITIES if f"paired_{q}_log_ratio" in metrics] or \
         [ratio_column("trace_cov")]
     return TerminalTable(cols, "A/B ratios between cells that share noise (same target, seed, replicates), on "
-                               "paired replicates: delta-method 95 % interval of the log ratio, paired t p-value, "
-                               "Benjamini–Hochberg q over the run's paired tests. < 1: A has less variance/error "
+                               "paired replicates: delta-method 95 % interval of the log ratio, paired bootstrap-t "
+                               "p-value, Benjamini–Hochberg q over the run's paired tests. < 1: A has less variance/error "
                                "(SNR: A has less signal per noise). MSE only for a shared exact reference.",
                          per_group=True)
 
@@ -82,7 +82,8 @@ def paired_table(run: Any) -> Any:
         [f"{QUANTITIES[q][0]} A/B [95% CI], p, q" for q in present]
     t = Table("Paired comparisons (estimators sharing noise)", header, text_columns=len(header) - len(present),
               note="Ratios A/B on paired replicates (replicate r of both cells saw the same noise): delta-method 95 % "
-                   "interval of the log ratio, paired t p-value, Benjamini–Hochberg q over the run's paired tests. "
+                   "interval of the log ratio, paired bootstrap-t p-value, Benjamini–Hochberg q over the run's paired "
+                   "tests. "
                    "Global SNR = ‖E g‖/√tr Σ. MSE only against a shared exact reference.")
     targets = run.cells.set_index("cell_id")["target_label"] if "target_label" in run.cells else None
     for (ca, cb, group), g in rows.groupby(["cell_id", "versus", "param_group"], sort=False):

@@ -149,6 +149,13 @@ def test_run_rows_pair_cells_sharing_noise_and_adjust_by_bh():
     np.testing.assert_allclose(q["value"].to_numpy(), bh_qvalues(p["value"].to_numpy()))
     assert len(p) == 3 * 3 * len(QUANTITIES)  # pairs × groups (all, a, b) × quantities
 
+    # a warning of either cell reaches the pair's rows
+    table.loc[table["cell_id"] == "C", "warning"] = "tail index 1.5"
+    warned = pair_rows(table, {"paired": side})
+    bc = warned[(warned["cell_id"] == "B") & (warned["versus"] == "C")]
+    assert (bc["warning"] == "B: tail index 1.5").all()
+    assert (warned[(warned["cell_id"] == "A") & (warned["versus"] == "B")]["warning"] == "").all()
+
     # different non-finite replicates: not paired, and said so
     frames["B"].loc[frames["B"]["replicate"] == 5, "finite"] = False
     table, side = _run_table(frames)
