@@ -101,7 +101,7 @@ def cell_folder(path: Path) -> Path:
     only cell folder under ``path/snapshots`` or ``path``; otherwise a :class:`SnapshotError` naming what is there."""
     path = Path(path)
     if not path.exists():
-        raise SnapshotError(f"no snapshot folder {path}")
+        raise SnapshotError(f"no snapshot folder {path} (run the training suite with snapshot_steps first)")
     if path.is_file():
         raise SnapshotError(f"{path} is a file; give the snapshot folder (…/snapshots/<cell_id>) and step:")
     if steps_in(path):

@@ -192,12 +192,17 @@ def test_target_seed_flag_keeps_targets_while_seed_changes_the_noise(tmp_path):
 def test_shipped_suites_validate_and_state_target_seed():
     """Every shipped suite is valid, and states target_seed so that ``--seed N`` replicates it on
     the same targets (in-process: one subprocess per suite would cost an import of torch each)."""
-    from gradbench.suite import load_suite
+    from gradbench.suite import SuiteError, load_suite
 
     suites = sorted((ROOT / "suites").glob("*.yaml"))
     assert len(suites) >= 3
     for path in suites:
-        spec, cells = load_suite(path)
+        try:
+            spec, cells = load_suite(path)
+        except SuiteError as exc:  # step 2 of a two-step recipe whose step 1 (a training run) has not run here
+            if "checkpoint:" in path.read_text() and "params.checkpoint: no snapshot folder" in str(exc):
+                continue
+            raise
         assert cells, path
         assert spec.target_seed is not None, f"{path.name}: no target_seed"
 

@@ -154,7 +154,7 @@ def test_missing_folder_or_step_is_one_located_line_and_exit_2(trained, tmp_path
     assert len(lines) == 1 and "steps there: 0, 3, 6" in lines[0] and "Traceback" not in lines[0]
     gone = tmp_path / "nowhere"
     with pytest.raises(SuiteError, match=rf"^{write_sweep(tmp_path, gone)}:6: targets\[0\]\.params\.checkpoint: "
-                                         rf"no snapshot folder {gone}$"):
+                                         rf"no snapshot folder {gone} \(run the training suite with snapshot_steps first\)$"):
         load_suite(tmp_path / "sweep.yaml")
 
 

@@ -62,6 +62,10 @@ estimator) and, every ``curve_every`` steps, IWAE_{curve_K} estimates on ``curve
 Crash safety: every ``checkpoint_every`` steps the state (θ, φ, Adam's state, counters, curve rows) is written
 atomically to ``<out>/checkpoints/<cell_id>.pt``; a restarted cell resumes from it. The generators are derived
 from (base, step), not carried, so a resumed run computes the same numbers as an uninterrupted one (seconds apart).
+The runner deletes the checkpoint when the cell finishes. Snapshots are kept: with ``snapshot_steps: [0, 200, 800]``
+(θ, φ) at those steps (0: before any update) go to ``<out>/snapshots/<cell_id>/step-<t>.pt`` with the step, the
+evaluations spent, the cell id and the training target's spec (:mod:`gradbench.snapshots`); a suite's target
+``{model: vae, params: {checkpoint: RUN_DIR, step: [0, 200, 800]}}`` measures estimators at those parameters.
 
 References: Burda, Grosse & Salakhutdinov (2016), ICLR (IWAE training and its K = 5000 evaluation);
 Kingma & Welling (2014), ICLR; Jacob, O'Leary & Atchadé (2020), JRSS B (coupled unbiased estimators).
