@@ -220,17 +220,27 @@ def _type_name(annotation: Any) -> str:
 # -- validate / run -----------------------------------------------------------------------------
 @cli.command()
 @click.argument("suite", type=click.Path(path_type=Path))
-def validate(suite: Path) -> None:
-    """Check a suite file and print how many cells it expands to."""
+@click.option("--estimate", is_flag=True, help="Also probe each cell and reference briefly on this machine and "
+                                                "print the run's rough cost in seconds (takes seconds to minutes).")
+def validate(suite: Path, estimate: bool) -> None:
+    """Check a suite file and print what it costs: cells, references to compute (with --estimate: rough seconds)."""
+    from gradbench.plan_cost import estimate_lines, plan_lines
     from gradbench.suite import load_suite
 
-    spec, cells = load_suite(suite)
+    spec, cells = load_suite(suite, check_device=estimate)
     targets = len({c.target.target_id for c in cells})
     click.echo(f"{suite}: ok — suite {spec.name!r}: {targets} target(s), {len(cells)} cell(s), "
                f"{spec.replicates} replicates each")
+    for line in plan_lines(cells):
+        click.echo(line)
     note = meeting_note(spec.protocols, [c.estimator for c in cells])
     if note:
         click.echo(f"note: {note}")
+    if estimate:
+        from gradbench.plan_cost import probe
+
+        for line in estimate_lines(probe(cells), spec.executor):
+            click.echo(line)
 
 
 def meeting_note(protocols: list[str] | tuple[str, ...], estimators: list[str]) -> str:

@@ -308,6 +308,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     _spec("gradbench.protocols.snr_spec"),
     _spec("gradbench.protocols.mcmc_spec"),
     _spec("gradbench.protocols.mse_spec"),
+    _spec("gradbench.protocols.paired_spec"),
 ]}
 
 

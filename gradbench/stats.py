@@ -490,13 +490,13 @@ def bias_norm_interval(G: np.ndarray, ref: np.ndarray, eps: float, rng: np.rando
     noise = noise or ReferenceNoise()
     mean = accurate_mean(G)
     diff = mean - ref
+    d2 = float(diff @ diff)
+    if n < 2:  # no spread to estimate V from: the plug-in ‖d‖ alone
+        return BiasNorm(math.sqrt(d2), math.nan, math.nan, math.nan)
     Xc = G - mean
     dn = dn or diff_noise(Xc, noise, eps, float(np.abs(G).max(initial=0.0)))
     lam = dn.sv**2
-    d2 = float(diff @ diff)
     sq = d2 - float(lam.sum())
-    if n < 2:
-        return BiasNorm(math.sqrt(d2), math.nan, math.nan, math.nan)
     outside = diff - dn.basis.T @ (dn.basis @ diff)
     saturated = np.linalg.matrix_rank(Xc, tol=dn.floor * math.sqrt(n * (n - 1))) >= n - 1
     tol = DETERMINISTIC_ULPS * eps * (float(np.abs(G).max(initial=0.0)) + float(np.abs(ref).max(initial=0.0)))

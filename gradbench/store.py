@@ -138,10 +138,17 @@ def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str
     done = [c for c in cells if (out / "cells" / f"{c.cell_id}.parquet").exists()]
     frames = [pd.read_parquet(out / "cells" / f"{c.cell_id}.parquet") for c in done]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    sides: dict[str, pd.DataFrame] = {}
+    for side in side_tables():  # e.g. meeting_times.parquet, curves.parquet
+        parts = [out / "cells" / f"{c.cell_id}.{side.name}.parquet" for c in done]
+        parts = [pd.read_parquet(p) for p in parts if p.exists()]
+        if parts:
+            sides[side.name] = pd.concat(parts, ignore_index=True)
     if not table.empty:  # the protocols' run-level rows (e.g. the multiple-testing correction of the bias tests)
         from gradbench import registry
 
-        extra = [spec.run_level_rows(table) for spec in registry.PROTOCOLS.values() if spec.run_rows is not None]
+        extra = [spec.run_level_rows(table, sides) for spec in registry.PROTOCOLS.values()
+                 if spec.run_rows is not None]
         table = pd.concat([table, *(e for e in extra if e is not None)], ignore_index=True)
         order = table["cell_id"].map({c: i for i, c in enumerate(dict.fromkeys(table["cell_id"]))})
         table = table.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)  # rows by cell
@@ -151,11 +158,9 @@ def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str
             table[col] = table[col].map(lambda v: v if pd.isna(v) else str(v))
     table.insert(0, "suite", suite_name)
     atomic_write_parquet(table, out / "results.parquet")
-    for side in side_tables():  # e.g. meeting_times.parquet, curves.parquet
-        parts = [out / "cells" / f"{c.cell_id}.{side.name}.parquet" for c in done]
-        parts = [pd.read_parquet(p) for p in parts if p.exists()]
-        if parts:
-            atomic_write_parquet(pd.concat(parts, ignore_index=True), out / side.file)
+    for side in side_tables():
+        if side.name in sides:
+            atomic_write_parquet(sides[side.name], out / side.file)
     write_manifest(out, suite_name, cells, failed or {}, complete=True)
     return table
 

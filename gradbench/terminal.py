@@ -223,7 +223,13 @@ def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, co
         header += [c.header for c in columns]
         rows = []
         shown_rows: list[tuple[str, dict[str, float], Any]] = []
-        for cell_id, grp in sub.groupby("cell_id", sort=False):
+        # run-level rows comparing two cells (the paired protocol) name the second one in ``versus``
+        paired = "versus" in sub and bool(sub["versus"].notna().any())
+        if paired:
+            sub = sub[sub["versus"].notna()]
+            header[header.index("estimator")] = "A vs B"
+        for key, grp in sub.groupby(["cell_id", "versus"] if paired else "cell_id", sort=False):
+            cell_id, versus = key if paired else (key, None)
             tid = grp["target_id"].iloc[0]
             for group in groups:
                 g = grp[grp["param_group"] == group]
@@ -238,10 +244,11 @@ def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, co
                 shown = [c.show(values) for c in columns]
                 if all(s is None for s in shown):
                     continue
-                row = ([t_labels.get(tid, tid)] if multi_target else []) + [e_labels[cell_id]]
+                name = e_labels[cell_id] + (f" vs {e_labels.get(versus, versus)}" if paired else "")
+                row = ([t_labels.get(tid, tid)] if multi_target else []) + [name]
                 row += [group] if len(groups) > 1 else []
                 rows.append(row + [s if s is not None else "—" for s in shown])
-                label = e_labels[cell_id] + (f" · {t_labels.get(tid, tid)}" if multi_target else "")
+                label = name + (f" · {t_labels.get(tid, tid)}" if multi_target else "")
                 shown_rows.append((label, {k: v for k, (v, _) in values.items()}, values.get("n_replicates", (None,))[0]))
         if rows:
             left = len(header) - len(columns)

@@ -189,22 +189,28 @@ def test_target_seed_flag_keeps_targets_while_seed_changes_the_noise(tmp_path):
     assert [c.target.noise_seed(0) for c in base] != [c.target.noise_seed(0) for c in replica]
 
 
-def test_shipped_suites_validate_and_state_target_seed():
+SHIPPED_SUITES = sorted((ROOT / "suites").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.needs("fashion_mnist")) if "fashion_mnist" in p.read_text() else p
+    for p in SHIPPED_SUITES], ids=[p.stem for p in SHIPPED_SUITES])
+def test_shipped_suites_validate_and_state_target_seed(path):
     """Every shipped suite is valid, and states target_seed so that ``--seed N`` replicates it on
-    the same targets (in-process: one subprocess per suite would cost an import of torch each)."""
+    the same targets (in-process: one subprocess per suite would cost an import of torch each). A suite on
+    Fashion-MNIST is skipped, with the reason, where its files are absent; a suite measured at a training run's
+    snapshots (step 2 of a two-step recipe) is skipped where that run has not been made here."""
     from gradbench.suite import SuiteError, load_suite
 
-    suites = sorted((ROOT / "suites").glob("*.yaml"))
-    assert len(suites) >= 3
-    for path in suites:
-        try:
-            spec, cells = load_suite(path)
-        except SuiteError as exc:  # step 2 of a two-step recipe whose step 1 (a training run) has not run here
-            if "checkpoint:" in path.read_text() and "params.checkpoint: no snapshot folder" in str(exc):
-                continue
-            raise
-        assert cells, path
-        assert spec.target_seed is not None, f"{path.name}: no target_seed"
+    assert len(SHIPPED_SUITES) >= 3
+    try:
+        spec, cells = load_suite(path)
+    except SuiteError as exc:
+        if "checkpoint:" in path.read_text() and "params.checkpoint: no snapshot folder" in str(exc):
+            pytest.skip(f"{path.name} needs its training run first: {exc}")
+        raise
+    assert cells, path
+    assert spec.target_seed is not None, f"{path.name}: no target_seed"
 
 
 def test_cuda_request_without_gpu_is_a_clear_error(tmp_path, capsys):

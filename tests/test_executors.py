@@ -13,13 +13,25 @@ import pytest
 from gradbench.executors import DaskExecutor, LocalExecutor, compute_cell, is_timed
 from gradbench.runner import PROVENANCE, run_suite
 from gradbench.suite import load_suite
-from tests.test_reliability import SLOW_SUITE
 from tests.test_suite import write
 
 distributed = pytest.importorskip("distributed")
 
-SUITE = SLOW_SUITE.replace("replicates: 4000", "replicates: 1500").replace(
-    "  - name: iwae", "  - name: oracle\n    params: {S: [1, 2]}\n  - name: iwae")
+SUITE = """\
+name: slow
+seed: 3
+replicates: 1500
+targets:
+  - model: ppca
+    params: {data_dim: 10, latent_dim: 3, n_data: 1}
+    proposal: {mean_shift: 0.5, cov_scale: 2.0}
+estimators:
+  - name: oracle
+    params: {S: [1, 2]}
+  - name: iwae
+    params: {K: [200, 201, 202, 203, 204, 205]}
+protocols: [bias, variance]
+"""
 
 
 @pytest.fixture(scope="module")

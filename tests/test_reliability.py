@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,64 +22,58 @@ from gradbench import registry
 from gradbench.core import GradSample
 from gradbench.runner import PROVENANCE, RunBusy, output_lock, run_suite
 from gradbench.suite import SuiteError, load_suite
+from tests.sync import gate_env, wait_for
 from tests.test_suite import VALID, write
 
 SLOW_SUITE = """\
 name: slow
 seed: 3
-replicates: 4000
+replicates: 600
+plugins: [tests.gate]
 targets:
   - model: ppca
     params: {data_dim: 10, latent_dim: 3, n_data: 1}
     proposal: {mean_shift: 0.5, cov_scale: 2.0}
 estimators:
-  - name: iwae
+  - name: gated_iwae
     params: {K: [200, 201, 202, 203, 204, 205]}
 protocols: [bias, variance]
 """
+# Six IWAE cells (tests.gate's gated_iwae: IWAE that can hold the child at the start of its N-th cell, so that the
+# tests below signal the child at a known point instead of after a sleep). 600 replicates: two estimator blocks.
 
 
-def start(suite: Path, out: Path) -> subprocess.Popen:
+def start(suite: Path, out: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def finished(out: Path) -> int:
     return len(list((out / "cells").glob("*[0-9a-f].parquet"))) if (out / "cells").exists() else 0
 
 
-def wait_until(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError
-        time.sleep(0.005)
-
-
 def test_sigkill_at_several_moments_loses_nothing(tmp_path):
-    """SIGKILL during the first cell, after 2 and after 4 finished cells; each restart redoes only
-    unfinished cells, and the final table equals an uninterrupted run's (bitwise, provenance aside)."""
+    """SIGKILL during the first cell, after 2 and after 4 finished cells (the child is held at the start of cell
+    1, 3, 5 by tests.gate, then killed); each restart redoes only unfinished cells, exactly 2 and 4 cells are on
+    disk after the second and third kills, and the final table equals an uninterrupted run's (bitwise,
+    provenance aside)."""
     suite = write(tmp_path, SLOW_SUITE)
     reference = subprocess.run([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(tmp_path / "ref")],
                                capture_output=True, text=True, check=False)
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed"
     for kill_after in (0, 2, 4):
-        before = finished(out)
-        proc = start(suite, out)
-        if kill_after == 0:
-            wait_until(lambda: (out / ".lock").exists())
-            time.sleep(0.3)
-        else:
-            wait_until(lambda kill_after=kill_after, proc=proc: finished(out) >= kill_after or proc.poll() is not None)
+        gate = tmp_path / f"gate{kill_after}"
+        # hold at this process's N-th cell: N − 1 cells of this process finish first (the restarts reuse 0 and 2)
+        proc = start(suite, out, gate_env(gate, f"cell:{ {0: 1, 2: 3, 4: 3}[kill_after] }"))
+        wait_for(gate / "held", proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert finished(out) >= before, "finished cells are never lost"
+        assert finished(out) == kill_after, "finished cells are never lost, the held one never written"
     res = subprocess.run([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(out)],
                          capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
-    reused = int(res.stdout.rsplit(" reused", 1)[0].rsplit(",", 1)[1])
-    assert reused >= 4
+    assert "2 cell(s) run, 4 reused" in res.stdout, res.stdout
     a = pd.read_parquet(out / "results.parquet").drop(columns=PROVENANCE)
     b = pd.read_parquet(tmp_path / "ref" / "results.parquet").drop(columns=PROVENANCE)
     pd.testing.assert_frame_equal(a, b, check_exact=True)
@@ -102,19 +95,27 @@ def test_second_run_on_the_same_folder_is_refused(tmp_path):
 
 
 def test_ctrl_c_stops_after_the_current_cell(tmp_path):
+    """Ctrl-C while cell 2 runs (the child held at its start by tests.gate, then released): the run finishes that
+    cell and stops — exactly 2 cells on disk, exit 130, one-line advice, no results table; the rerun runs the other
+    4 and reuses the 2."""
     suite = write(tmp_path, SLOW_SUITE)
-    out = tmp_path / "out"
-    proc = start(suite, out)
-    wait_until(lambda: finished(out) >= 1)
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    proc = start(suite, out, gate_env(gate, "cell:2"))
+    wait_for(gate / "held", proc)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    seen = []
+    while not seen or "stopping after the current cell" not in seen[-1]:  # the handler's notice: the signal was taken
+        seen.append(proc.stderr.readline())
+        assert seen[-1], f"stderr closed before the Ctrl-C notice: {seen}"
+    (gate / "release").touch()
+    _, err = proc.communicate(timeout=300)
+    err = "".join(seen) + err
     assert proc.returncode == 130, err
     assert "run the same command again to resume" in err and "Traceback" not in err
-    done = finished(out)
-    assert 1 <= done < 6 and not (out / "results.parquet").exists()
+    assert finished(out) == 2 and not (out / "results.parquet").exists()
     res = subprocess.run([sys.executable, "-m", "gradbench", "run", str(suite), "--out", str(out)], capture_output=True, text=True,
                          check=False)
-    assert res.returncode == 0 and f"{6 - done} cell(s) run, {done} reused" in res.stdout
+    assert res.returncode == 0 and "4 cell(s) run, 2 reused" in res.stdout, res.stdout + res.stderr
 
 
 def _exploding(target, R, gen, **params):

@@ -23,7 +23,7 @@ from gradbench.suite import SuiteError, load_suite
 from tests.conftest import make_ppca
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_pyro = pytest.mark.skipif(not pyro_ppca.available(), reason="Pyro not installed (pip install 'gradbench[peers]')")
+needs_pyro = pytest.mark.needs("pyro")
 
 
 # -- Pyro peer -------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from gradbench.speed import (
 )
 from gradbench.suite import load_suite
 
-needs_pyro = pytest.mark.skipif(not pyro_vae.available(), reason="Pyro not installed (pip install 'gradbench[peers]')")
+needs_pyro = pytest.mark.needs("pyro")
 
 
 def small(model: str, dtype: torch.dtype = torch.float64, **params):

@@ -77,7 +77,9 @@ SPEC = ProtocolSpec(
                    "triangle: the estimate is 0 and the bias lies below the interval's upper end, drawn there. Filled "
                    "markers: the row's verdict is biased (the adjusted p-value of the report's correction < α when "
                    "the run has it: bias_qvalue, Benjamini–Hochberg, by default; bias_pvalue_holm with --correction "
-                   "holm; else bias_pvalue < α); hollow: not shown biased or inconclusive. Dotted lines: weighted "
+                   "holm; else bias_pvalue < α); hollow: not shown biased or inconclusive. Solid lines join only neighbouring filled points: a hollow point is at "
+                   "the noise floor, and a line through such points would show the floor falling with the budget, not "
+                   "the bias. A run with a single budget is drawn as a dot plot, one position per estimator. Dotted lines: weighted "
                    "log-log fit over the biased points (weights from the interval's half-width / 1.96), slope ± s.e. "
                    "in the legend, one per target (O(1/K) bias gives slope −1). Right: the verdict's p- or q-value "
                    "with α marked. Lower error bars stop at a tenth of the value on log axes.",

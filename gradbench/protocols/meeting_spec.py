@@ -70,7 +70,9 @@ SPEC = ProtocolSpec(
     figures=(
         FigureSpec("meeting_times", "Meeting times",
                    "Coupled estimators: ECDF of the meeting time τ (left) and its survival P(τ > t) on a log axis "
-                   "(right; a straight line is a geometric tail), one curve per budget. Censored replicates (runs "
+                   "(right; a straight line is a geometric tail), one curve per budget. Shaded: the simultaneous 95 % "
+                   "Dvoretzky–Kiefer–Wolfowitz band, ±√(log(2/0.05)/(2n)) around the curve for n replicates (on the "
+                   "log axis its lower part is cut at the bottom of the panel). Censored replicates (runs "
                    "that hit the iteration cap) are counted at the cap and marked.",
                    code("gradbench.report.figures:meeting_times")),
         FigureSpec("meeting_summary", "Meeting-time summary",

@@ -7,7 +7,8 @@ Besides the computation it carries, in one object:
   ``min_replicates``; ``modules`` (extra source covered by cell ids);
 * ``metrics`` — metric name → meaning, every metric its rows (and run-level rows) may hold;
 * ``run_rows`` — ``table -> DataFrame``: rows computed over the whole run by ``store.collect``
-  (e.g. the bias tests' multiplicity correction);
+  (e.g. the bias tests' multiplicity correction); a protocol with side tables gets them too,
+  ``(table, {side name: the run's frame or None}) -> DataFrame`` (e.g. ``paired``'s tests on per-replicate data);
 * ``side_tables`` — :class:`SideTable`: per-cell frames written next to the cell file and collected
   into one run file (e.g. the raw meeting times);
 * ``terminal`` — ``(metrics, correction, alpha) -> TerminalTable | None``: what ``gradbench run`` prints;
@@ -182,9 +183,15 @@ class ProtocolSpec:
             return value.module
         return value.partition(":")[0] if isinstance(value, str) else value.__module__
 
-    def run_level_rows(self, table: Any) -> Any:
-        """Its rows over the whole run's table (None when it has none)."""
-        return None if self.run_rows is None else resolve(self.run_rows)(table)
+    def run_level_rows(self, table: Any, sides: Mapping[str, Any] | None = None) -> Any:
+        """Its rows over the whole run's table (None when it has none); a protocol with side tables also gets
+        the run's side-table frames by name (``sides``)."""
+        if self.run_rows is None:
+            return None
+        if not self.side_tables:
+            return resolve(self.run_rows)(table)
+        sides = sides or {}
+        return resolve(self.run_rows)(table, {t.name: sides.get(t.name) for t in self.side_tables})
 
     def terminal_table(self, metrics: set[str], correction: str, alpha: float) -> TerminalTable | None:
         return None if self.terminal is None else resolve(self.terminal)(metrics, correction, alpha)

@@ -231,24 +231,25 @@ CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bad:#b2182b; --badbg:#fde0dd; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; color: var(--fg);
-       margin: 0 auto; max-width: 1180px; padding: 24px 28px 48px; background: #fff; }
+       margin: 0 auto; max-width: 1340px; padding: 24px 28px 48px; background: #fff; }
 h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 19px; margin: 32px 0 8px; border-bottom: 1px solid var(--line);
 padding-bottom: 4px; } h3 { font-size: 15px; margin: 20px 0 6px; }
 .meta { color: var(--muted); margin: 0 0 14px; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 8px 0 0; }
-dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; }
+dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; overflow-wrap: anywhere; min-width: 0; }
 nav ul { margin: 6px 0; padding-left: 20px; columns: 2; }
 figure { margin: 14px 0 26px; } figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
-figcaption { color: var(--muted); font-size: 13px; max-width: 900px; margin-top: 4px; }
-.scroll { overflow-x: auto; }
+figcaption { color: var(--muted); font-size: 13px; max-width: 900px; margin-top: 4px; overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; max-width: 100%; }  /* a wide table scrolls inside its box, the page never does */
 table { border-collapse: collapse; font-size: 12.5px; font-variant-numeric: tabular-nums; margin: 4px 0 10px; }
 th, td { border-bottom: 1px solid var(--line); padding: 3px 10px; text-align: right; white-space: nowrap; }
+th { white-space: normal; min-width: 5em; vertical-align: bottom; }  /* long headers wrap, numbers do not */
 th { background: #f6f8fa; position: sticky; top: 0; } td:first-child, th:first-child, .txt { text-align: left; }
 tbody tr:hover { background: #f6f8fa; }
 td.bad { color: var(--bad); background: var(--badbg); font-weight: 600; }
 .note { color: var(--muted); font-size: 12.5px; margin: 2px 0 6px; }
 footer { color: var(--muted); font-size: 12px; margin-top: 40px; }
-ul.notes { color: var(--bad); margin: 10px 0; }
+ul.notes { color: var(--bad); margin: 10px 0; overflow-wrap: anywhere; }
 p.problem { font-size: 15px; margin: 6px 0; } p.partial { color: var(--bad); font-weight: 600; }
 """
 

@@ -250,7 +250,6 @@ def test_rare_latent_values_are_flagged_when_R_cannot_see_them():
     enough that R·q_min ≥ log(10³) is not flagged, and a shift that makes the logits extreme lowers q_min."""
     from gradbench.cell import rare_state_warning
     from gradbench.core import GradSample
-    from gradbench.stats import RARE_STATE_COUNT
 
     t = tiny([3], "linear", logit_shift=6.0)
     q = t.family.probs(t.encoder_params(), t.x).double()
@@ -260,9 +259,9 @@ def test_rare_latent_values_are_flagged_when_R_cannot_see_them():
     def sample(R: int) -> GradSample:
         return GradSample(torch.zeros(R, t.layout.size, dtype=torch.float64), t.layout, torch.ones(R, dtype=torch.float64))
 
-    small = int(RARE_STATE_COUNT / q_min) - 1
+    small = int(6.907755278982137 / q_min) - 1
     assert "rare latent values" in rare_state_warning(t, sample(small))
-    assert rare_state_warning(t, sample(int(RARE_STATE_COUNT / q_min) + 1)) == ""
+    assert rare_state_warning(t, sample(int(6.907755278982137 / q_min) + 1)) == ""
     t0 = tiny([3], "linear")
     q0 = t0.family.probs(t0.encoder_params(), t0.x).double()
     assert float(torch.cat([q0, 1 - q0]).min()) > q_min

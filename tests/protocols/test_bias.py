@@ -17,12 +17,13 @@ import pytest
 
 from gradbench.protocols.bias import is_inconclusive, multiplicity_rows
 from gradbench.runner import run_suite
-from gradbench.stats import RARE_STATE_COUNT, rare_state_verdict
+from gradbench.stats import rare_state_verdict
 from gradbench.suite import load_suite
 from gradbench.terminal import format_run
 from tests.test_suite import write
 
 ALPHA = 0.001
+LOG_1000 = 6.907755278982137  # the rare-state rule's R·q_min threshold, log(10³), written out (not read from stats)
 SUITE = """\
 name: rare-states
 seed: 0
@@ -44,9 +45,10 @@ protocols: [bias]
 
 
 def test_rare_state_verdict_threshold():
-    """Inconclusive exactly when n·q_min < log(10³); the message gives the R needed; no q_min: no rule."""
+    """Inconclusive exactly when n·q_min < log(10³) = 6.9078 (written out: 6908 · 10⁻³ ≥ 6.9078 > 6907 · 10⁻³); the
+    message gives the R needed; no q_min: no rule."""
     q = 1e-3
-    n_ok = math.ceil(RARE_STATE_COUNT / q)
+    n_ok = 6908
     assert rare_state_verdict(q, n_ok) == ""
     msg = rare_state_verdict(q, n_ok - 1)
     assert msg.startswith("inconclusive: rare states") and f"need R ≥ {n_ok}" in msg and is_inconclusive(msg)
@@ -72,7 +74,7 @@ def test_rare_target_is_inconclusive_not_biased(run):
         p = _all(run, "bias_pvalue", est, 7.0)
         assert is_inconclusive(p["method"]) and "need R ≥" in p["method"], p["method"]
         assert np.isfinite(p["value"])  # the p-value is kept as a number
-        assert _all(run, "bias_rare_count", est, 7.0)["value"] < RARE_STATE_COUNT
+        assert _all(run, "bias_rare_count", est, 7.0)["value"] < LOG_1000
         assert math.isnan(_all(run, "bias_qvalue", est, 7.0)["value"])  # not in the family: never flagged
         assert is_inconclusive(_all(run, "rel_bias_ci_low", est, 7.0)["method"])
     text = format_run(run, ["bias"], alpha=ALPHA)
@@ -83,7 +85,7 @@ def test_rare_target_is_inconclusive_not_biased(run):
 def test_adequate_R_still_rejects_the_biased_estimator(run):
     """Negative control: at R·q_min ≥ log(10³) the rule is silent and wake-sleep's biased φ-update is rejected."""
     for est in ("reinforce", "wake_sleep"):
-        assert _all(run, "bias_rare_count", est, 0.0)["value"] >= RARE_STATE_COUNT
+        assert _all(run, "bias_rare_count", est, 0.0)["value"] >= LOG_1000
         assert not is_inconclusive(_all(run, "bias_pvalue", est, 0.0)["method"])
     q_ws = _all(run, "bias_qvalue", "wake_sleep", 0.0)
     assert q_ws["value"] < ALPHA and "2 bias tests" in q_ws["method"] and "2 inconclusive" in q_ws["method"]

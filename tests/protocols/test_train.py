@@ -9,7 +9,6 @@ import math
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from gradbench.runner import PROVENANCE
 from gradbench.seeding import make_generator
 from gradbench.suite import SuiteError, load_suite
 from gradbench.target import ComposedTarget
+from tests.sync import gate_env, wait_for
 
 ALPHA = 0.001
 Z = 3.2905  # two-sided standard-normal quantile at ALPHA
@@ -169,21 +169,22 @@ def test_training_improves_the_held_out_likelihood_and_resumes_exactly(tmp_path)
 
 
 def test_resume_after_sigkill_gives_the_uninterrupted_table(tmp_path):
-    """SIGKILL `gradbench run` once a training cell has checkpointed; the restarted run resumes from the
-    checkpoint and its results.parquet and curves.parquet equal an uninterrupted run's (times excepted)."""
+    """SIGKILL `gradbench run` right after a training cell wrote its first checkpoint (step 10: the child is held
+    there by the tests.gate plugin, then killed); the restarted run resumes from the checkpoint and its
+    results.parquet and curves.parquet equal an uninterrupted run's (times excepted)."""
     suite = tiny_suite(tmp_path, steps=60)
+    suite.write_text("plugins: [tests.gate]\n" + suite.read_text())
     cmd = [sys.executable, "-m", "gradbench", "run", str(suite), "--out"]
     subprocess.run([*cmd, str(tmp_path / "ref")], check=True, capture_output=True, timeout=600)
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not list((out / "checkpoints").glob("*.pt")) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    out, gate = tmp_path / "killed", tmp_path / "gate"
+    proc = subprocess.Popen([*cmd, str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=gate_env(gate, "checkpoint:1"))
+    wait_for(gate / "held", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     ckpts = list((out / "checkpoints").glob("*.pt"))
-    assert ckpts, "no checkpoint was written before the kill"
-    assert torch.load(ckpts[0], weights_only=False)["step"] >= 10
+    assert len(ckpts) == 1 and not list((out / "cells").glob("*.parquet"))
+    assert torch.load(ckpts[0], weights_only=False)["step"] == 10
     subprocess.run([*cmd, str(out)], check=True, capture_output=True, timeout=600)
     assert not list((out / "checkpoints").glob("*.pt"))  # deleted once each cell file exists
     ref, got = pd.read_parquet(tmp_path / "ref" / "results.parquet"), pd.read_parquet(out / "results.parquet")

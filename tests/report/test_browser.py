@@ -13,9 +13,10 @@ import pytest
 
 from gradbench.report.render import render_report
 from gradbench.report.style import estimator_color
+from tests.conftest import browser
 from tests.report.report_helpers import add_meeting, add_wallclock
 
-BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+BROWSER = browser()
 WIDTH, HEIGHT = 1280, 3000
 
 
@@ -31,7 +32,7 @@ def _fraction_near(img: np.ndarray, hex_colour: str, tol: float = 0.08) -> float
     return float((np.abs(img[..., :3] - rgb).max(axis=-1) < tol).mean())
 
 
-@pytest.mark.skipif(BROWSER is None, reason="no chromium installed (apt-get install chromium)")
+@pytest.mark.needs("chromium")
 def test_report_in_headless_chromium(base_run: Path, tmp_path: Path) -> None:
     import matplotlib.image as mpimg
 
@@ -61,3 +62,36 @@ def test_report_in_headless_chromium(base_run: Path, tmp_path: Path) -> None:
     _screenshot(bare, shot2, tmp_path / "profile2")
     img2 = mpimg.imread(shot2)
     assert _fraction_near(img2, estimator_color("iwae")) < 1e-5
+
+
+PAGE_WIDTH = 1400  # a laptop-size window: the page must fit it without horizontal scrolling
+MEASURE = ('<script>window.addEventListener("load", () => {{ const p = document.createElement("pre"); '
+           'p.id = "measured"; p.textContent = "SCROLLWIDTH=" + document.documentElement.scrollWidth + " WINDOW=" '
+           '+ document.documentElement.clientWidth; document.body.appendChild(p); }});</script>{extra}</body>')
+
+
+def _page_width(html: Path, tmp: Path, extra: str = "") -> tuple[int, int]:
+    """(document scroll width, viewport width) of ``html`` laid out by chromium in a 1400 px window."""
+    probe = tmp / f"probe-{html.stem}-{len(extra)}.html"
+    probe.write_text(html.read_text().replace("</body>", MEASURE.format(extra=extra)))
+    cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp / 'profile-dom'}",
+           f"--window-size={PAGE_WIDTH},1000", "--virtual-time-budget=5000", "--dump-dom", probe.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    found = re.search(r"SCROLLWIDTH=(\d+) WINDOW=(\d+)", proc.stdout)
+    assert proc.returncode == 0 and found, proc.stderr[-2000:]
+    return int(found.group(1)), int(found.group(2))
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no chromium installed (apt-get install chromium)")
+def test_report_has_no_horizontal_overflow_at_1400px(base_run: Path, tmp_path: Path) -> None:
+    """The whole report (its widest tables included: they scroll inside their own box) fits a 1400 px window;
+    control: the same page with one 2000 px-wide element overflows, so the measurement can tell."""
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    add_meeting(run)
+    add_wallclock(run)
+    rep = render_report(run, tmp_path / "report", dpi=60)
+    scroll, window = _page_width(rep.index, tmp_path)
+    assert window <= PAGE_WIDTH and scroll <= window, (scroll, window)
+    wide, window = _page_width(rep.index, tmp_path, '<div style="width:2000px">wide</div>')
+    assert wide > window, (wide, window)

@@ -1,16 +1,14 @@
-# Run: PYTHONPATH=$PWD OMP_NUM_THREADS=1 python tests/models/vae_speed_check.py  (not a pytest test)
+# Run from the repository root: PYTHONPATH=$PWD OMP_NUM_THREADS=1 python reports/speed/vae_speed_check.py
+# (a timing script, kept out of tests/: its target comes from tests/models/test_vae.py)
 """iwae K=8 R=500 vs the floor (one batched log_joint + backward of the same size) on the vae digits target.
 Same process, one thread, the three timed round-robin (so load changes hit all alike), 25 rounds, median."""
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, 'tests/models')
-from test_vae import digits_target
-
 from gradbench.estimators import importance
+from tests.models.test_vae import digits_target
 
 torch.set_num_threads(1)
 t = digits_target()

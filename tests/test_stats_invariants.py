@@ -1,0 +1,498 @@
+"""Tests that fail when the statistics are wrong: each pins one formula of :mod:`gradbench.stats` against an
+independent computation (scipy's F law, a brute-force rank count, literal thresholds) and, where the formula
+sets a level, a calibration sized so that a plausible wrong formula is resolved by several standard errors.
+
+Each test names the wrong formula it would catch (its negative control: the test computes that formula too
+and checks that it is resolved). Fixed seeds; meta-tests at level ALPHA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from gradbench import stats
+from gradbench.stats import _min_p_count, bias_test, rare_state_verdict, replicates_needed
+
+EPS = float(np.finfo(np.float64).eps)
+ALPHA = 0.001  # level of every meta-test below
+Z = sps.norm.isf(ALPHA / 2)
+
+
+def _within(rate: float, a: float, n: int) -> bool:
+    """``rate`` (a proportion over n independent draws) within its two-sided level-ALPHA binomial band around a."""
+    return abs(rate - a) <= Z * math.sqrt(a * (1 - a) / n)
+
+
+# -- Hotelling T² through its F reference ---------------------------------------------------------------------
+
+
+def _hotelling_f_pvalue(G: np.ndarray, ref: np.ndarray) -> float:
+    """Hotelling's one-sample test from the textbook formula: T² = n d̄ᵀ S⁻¹ d̄ (S on n − 1 df) and
+    T² (n − r) / (r (n − 1)) ~ F(r, n − r) for Gaussian rows (Anderson, An Introduction to Multivariate
+    Statistical Analysis, 3rd ed., §5.2.2)."""
+    n, r = G.shape
+    d = G.mean(0) - ref
+    t2 = n * float(d @ np.linalg.solve(np.cov(G, rowvar=False), d))
+    return float(sps.f.sf(t2 * (n - r) / (r * (n - 1)), r, n - r))
+
+
+def _wrong_f_pvalue(G: np.ndarray, ref: np.ndarray) -> float:
+    """The negative control: the conversion n·T² / (r (n − 1)) (degrees of freedom ignored in the numerator)."""
+    n, r = G.shape
+    d = G.mean(0) - ref
+    t2 = n * float(d @ np.linalg.solve(np.cov(G, rowvar=False), d))
+    return float(sps.f.sf(t2 * n / (r * (n - 1)), r, n - r))
+
+
+@pytest.fixture
+def f_only(monkeypatch):
+    """The Hotelling branch with its F reference alone (as above HOTELLING_BOOT_MAX_FLOPS)."""
+    monkeypatch.setattr(stats, "HOTELLING_BOOT_MAX_FLOPS", 0.0)
+
+
+@pytest.mark.parametrize("n, r, shift", [(52, 5, 0.0), (52, 5, 0.2), (102, 10, 0.3), (502, 50, 0.1)])
+def test_hotelling_f_branch_equals_the_textbook_f_test(f_only, n, r, shift):
+    """The F-only branch's p-value equals Hotelling's exact F p-value to 1e-8 relative, on Gaussian rows with a
+    full-rank covariance (ν = n − 1 > 10 r, away from the branch boundary). Negative control: the n·T²/(r(n − 1)) conversion differs by more than
+    1e-3 relative on the same data (the test resolves it by five orders of magnitude)."""
+    rng = np.random.default_rng(n + r)
+    G = rng.normal(size=(n, r)) @ rng.normal(size=(r, r)) + shift
+    ref = np.zeros(r)
+    res = bias_test(G, ref, EPS, np.random.default_rng(0))
+    assert res.method.startswith("hotelling(") and res.method.endswith(", F)"), res.method
+    exact = _hotelling_f_pvalue(G, ref)
+    assert 1e-12 < exact, exact  # not underflowed: the comparison is relative
+    assert res.pvalue == pytest.approx(exact, rel=1e-8, abs=0)
+    assert abs(_wrong_f_pvalue(G, ref) - exact) > 1e-3 * exact
+
+
+def test_hotelling_f_branch_is_reached_without_patching():
+    """Above B·n·r² = HOTELLING_BOOT_MAX_FLOPS (1e11; here 499 · 25000 · 100² ≈ 1.2e11) the branch is F-only, with
+    the textbook p-value (1e-8 relative); the negative control's p-value is off by more than 5 %."""
+    rng = np.random.default_rng(7)
+    n, r = 25_000, 100
+    G = rng.normal(size=(n, r)) + 0.005
+    ref = np.zeros(r)
+    res = bias_test(G, ref, EPS, np.random.default_rng(0))
+    assert res.method.endswith(", F)"), res.method
+    exact = _hotelling_f_pvalue(G, ref)
+    assert res.pvalue == pytest.approx(exact, rel=1e-8, abs=0)
+    assert 1e-8 < exact < 0.5, exact  # a p-value in the range where decisions are made
+    assert abs(_wrong_f_pvalue(G, ref) - exact) > 0.05 * exact
+
+
+def test_hotelling_f_branch_is_calibrated(f_only):
+    """4000 Gaussian null data sets (n = 102, r = 10): false-alarm rates at α = 1 % and 5 % within their two-sided
+    binomial bands at level ALPHA (±0.52 % and ±1.13 %), and KS uniformity not rejected. Negative control: the
+    n·T²/(r(n − 1)) conversion has size 2.0 % / 8.2 % here (exact, from the F law), 1.9 and 2.8 band half-widths
+    away — computed on the same data sets, it must fail the same bands."""
+    rng = np.random.default_rng(1)
+    n, r, n_sets = 102, 10, 4000
+    A = rng.normal(size=(r, r))
+    p, p_wrong = np.empty(n_sets), np.empty(n_sets)
+    for i in range(n_sets):
+        G = rng.normal(size=(n, r)) @ A
+        res = bias_test(G, np.zeros(r), EPS, rng)
+        assert res.method.endswith(", F)"), res.method
+        p[i] = res.pvalue
+        p_wrong[i] = _wrong_f_pvalue(G, np.zeros(r))
+    for a in (0.01, 0.05):
+        assert _within(float(np.mean(p <= a)), a, n_sets), (a, np.mean(p <= a))
+    assert sps.kstest(p, "uniform").pvalue > ALPHA
+    assert not all(_within(float(np.mean(p_wrong <= a)), a, n_sets) for a in (0.01, 0.05))
+
+
+# -- the min-p combination of T² and max-t -------------------------------------------------------------------
+
+
+def _brute_min_p_count(t2: float, m_obs: float, Tb: np.ndarray, Mb: np.ndarray) -> int:
+    """The rule of :func:`gradbench.stats._min_p_count`, written out member by member: in the pool of the observed
+    and the draws, rank_T(i) = #{j: T_j ≥ T_i} (NaN as +inf), the same for M; member i is at least as extreme as the
+    observed when (min, max) of its two ranks is lexicographically ≤ the observed's."""
+    T = np.nan_to_num(np.concatenate([[t2], Tb]), nan=np.inf)
+    M = np.nan_to_num(np.concatenate([[m_obs], Mb]), nan=np.inf)
+    keys = []
+    for i in range(T.size):
+        rt = sum(1 for v in T if v >= T[i])
+        rm = sum(1 for v in M if v >= M[i])
+        keys.append((min(rt, rm), max(rt, rm)))
+    return sum(1 for k in keys[1:] if k <= keys[0])
+
+
+@pytest.mark.parametrize("t2, m_obs, Tb, Mb, expected", [
+    # observed ranks (T 1, M 3): draw 1 has the swapped ranks (3, 1) — a tie, counted; draw 2 has (2, 2)
+    (3.0, 1.0, [1.0, 2.0], [3.0, 2.0], 1),
+    # value ties: pool T [2, 2, 1, 3, 2] → ranks [4, 4, 5, 1, 4]; M [2, 1, 2, 0, 2] → [3, 4, 3, 5, 3];
+    # keys: observed (3, 4); draws (4, 4) no, (3, 5) no, (1, 5) yes, (3, 4) equal yes
+    (2.0, 2.0, [2.0, 1.0, 3.0, 2.0], [1.0, 2.0, 0.0, 2.0], 2),
+    # a NaN draw ranks as +inf (the top): pool T [2, inf, 1] → [2, 1, 3], M [2, 3, 1] → [2, 1, 3];
+    # keys: observed (2, 2); draws (1, 1) yes, (3, 3) no
+    (2.0, 2.0, [np.nan, 1.0], [3.0, 1.0], 1),
+    # the observed is the top of both: nothing reaches it
+    (9.0, 9.0, [1.0, 2.0, 3.0], [3.0, 2.0, 1.0], 0),
+])
+def test_min_p_count_hand_examples(t2, m_obs, Tb, Mb, expected):
+    """Small pools worked by hand (the comments give the ranks); the brute-force rule agrees."""
+    Tb, Mb = np.array(Tb), np.array(Mb)
+    assert _brute_min_p_count(t2, m_obs, Tb, Mb) == expected
+    assert _min_p_count(t2, m_obs, Tb, Mb) == expected
+
+
+def test_min_p_count_equals_brute_force_with_ties():
+    """2000 random pools of B = 9 draws on a 4-value grid (so value ties and swapped-rank ties are frequent):
+    the vectorised count equals the member-by-member rule exactly. Negative control: not counting swapped-rank
+    ties (ranks (a, b) against (b, a)) changes the count on more than 1 % of these pools."""
+    rng = np.random.default_rng(3)
+    swapped_differs = 0
+    for _ in range(2000):
+        T, M = rng.integers(0, 4, size=(2, 10)).astype(float)
+        got = _min_p_count(T[0], M[0], T[1:], M[1:])
+        assert got == _brute_min_p_count(T[0], M[0], T[1:], M[1:]), (T, M)
+        swapped_differs += got != _brute_count_without_swapped_ties(T, M)
+    assert swapped_differs > 20
+
+
+def _brute_count_without_swapped_ties(T: np.ndarray, M: np.ndarray) -> int:
+    rt = [int((T >= v).sum()) for v in T]
+    rm = [int((M >= v).sum()) for v in M]
+    k0 = (min(rt[0], rm[0]), max(rt[0], rm[0]))
+    return sum(1 for a, b in zip(rt[1:], rm[1:])
+               if (min(a, b), max(a, b)) < k0 or (a, b) == (rt[0], rm[0]))
+
+
+def test_min_p_count_level_at_b19_resolves_swapped_ties():
+    """Exchangeable pools of B + 1 = 20 members with independent random ranks for T and M: the rank-1 member of T
+    (A) and of M (B) have keys (1, rank_M(A)) and (1, rank_T(B)), tied with probability (19/20)(1/19) = 1/20, so the
+    observed is the unique smallest key — count 0 — with probability exactly (19/20)/20 = 4.75 %. 60000 pools:
+    P(count = 0) within its band (±0.29 %, level ALPHA). Negative control: without the swapped-tie rule the
+    probability is 4.75 % + 2·(1/20)/20 = 5.25 %, 0.50 % away (5.8 s.e.) — checked on the same pools."""
+    rng = np.random.default_rng(5)
+    B, n_rep = 19, 60_000
+    ranks = np.argsort(rng.random((2, n_rep, B + 1)), axis=2).astype(float)
+    zero = np.array([_min_p_count(ranks[0, i, 0], ranks[1, i, 0], ranks[0, i, 1:], ranks[1, i, 1:]) == 0
+                     for i in range(n_rep)])
+    assert _within(float(zero.mean()), 19 / 400, n_rep), zero.mean()
+    rt, rm = B + 1 - ranks[0], B + 1 - ranks[1]  # ranks from the top, 1..20 (no value ties: permutations)
+    key = np.minimum(rt, rm) * (B + 2) + np.maximum(rt, rm)
+    assert np.array_equal(zero, (key[:, 1:] > key[:, :1]).all(1))  # the rule, vectorised here
+    zero_wrong = (key[:, 1:] >= key[:, :1]).all(1)  # equal keys are swapped-rank ties: the wrong rule drops them
+    assert not _within(float(zero_wrong.mean()), 19 / 400, n_rep), zero_wrong.mean()
+
+
+def _hotelling_ps(res) -> tuple[float, float]:
+    tail = res.method.split("p_T2=")[1]
+    return float(tail.split(",")[0]), float(tail.split("p_max=")[1].rstrip(")"))
+
+
+@pytest.mark.parametrize("B", [19, 499])
+def test_min_p_pvalue_invariants(B):
+    """On 200 data sets in the Hotelling bootstrap branch (half null, half shifted), with p_T2 and p_max the two
+    marginal bootstrap p-values: (1) p ≥ min(p_T2, p_max) — the combination can never be more significant than
+    its more significant part — unless no draw reached the observed, and then p ≤ 1/(B + 1) and
+    min(p_T2, p_max) = 1/(B + 1) exactly; (2) p > 0; (3) p is k/(B + 1) with k ≥ 2 or p ≤ 1/(B + 1), and
+    p = 1/(B + 1) exactly only in the no-draw case (refined by 2·p_F when that is smaller). Negative control:
+    p = count/(B + 1) (the observed not counted in the pool) breaks (1) on most data sets."""
+    rng = np.random.default_rng(B)
+    A = rng.normal(size=(3, 3))
+    no_draw = 0
+    for i in range(200):
+        G = rng.normal(size=(120, 3)) @ A + (0.25 if i % 2 else 0.0)
+        res = bias_test(G, np.zeros(3), EPS, rng, n_boot=B)
+        assert res.method.startswith("hotelling+max-t") and f"B={B}" in res.method, res.method
+        p, (p_t, p_m) = res.pvalue, _hotelling_ps(res)
+        assert p > 0
+        k = p * (B + 1)
+        if k <= 1 + 1e-9:
+            no_draw += 1
+            assert min(p_t, p_m) == pytest.approx(1 / (B + 1), rel=1e-12)
+        else:
+            assert p >= min(p_t, p_m) - 1e-12
+            assert abs(k - round(k)) < 1e-9 and round(k) >= 2
+    assert 0 < no_draw < 200  # both cases were exercised
+
+
+def test_min_p_pvalue_is_calibrated_at_b19():
+    """bias_test with B = 19 on 2000 Gaussian null data sets (n = 200, r = 2; the bootstrap is near-exact there):
+    P(p ≤ 1/20) ≤ 5 % + its band (0.50 % s.e., level ALPHA: ≤ 6.6 %) and P(p ≤ 2/20) ≤ 11.7 %. Negative control:
+    p = count/(B + 1) puts P(p ≤ 1/20) near 2/20 = 10 %, 10 s.e. above 5 %."""
+    rng = np.random.default_rng(11)
+    n_sets, B = 2000, 19
+    p = np.array([bias_test(rng.normal(size=(200, 2)), np.zeros(2), EPS, rng, n_boot=B).pvalue
+                  for _ in range(n_sets)])
+    for k in (1, 2):
+        a = k / (B + 1)
+        assert np.mean(p <= a + 1e-12) <= a + Z * math.sqrt(a * (1 - a) / n_sets), (k, np.mean(p <= a + 1e-12))
+
+
+# -- the rare-state rule: literal thresholds ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("q, n_inconclusive, n_verdict", [
+    (0.01, 690, 691),    # log(10³) = 6.9078: 690 · 0.01 = 6.90 < 6.9078 ≤ 6.91
+    (1e-3, 6907, 6908),  # 6.907 < 6.9078 ≤ 6.908
+    (0.5, 13, 14),       # 6.5 < 6.9078 ≤ 7
+])
+def test_rare_state_threshold_is_log_1000(q, n_inconclusive, n_verdict):
+    """Inconclusive exactly when n·q_min < log(10³) = 6.9078 (numbers written out, not read from the constant):
+    the last inconclusive n, the first n with a verdict, and the R the message asks for."""
+    assert rare_state_verdict(q, n_inconclusive).startswith("inconclusive: rare states")
+    assert f"need R ≥ {n_verdict}" in rare_state_verdict(q, n_inconclusive)
+    assert rare_state_verdict(q, n_verdict) == ""
+    assert replicates_needed(q) == n_verdict
+    assert stats.RARE_STATE_COUNT == pytest.approx(6.907755278982137, rel=1e-15)
+
+
+def test_terminal_marks_inconclusive_at_the_same_threshold():
+    """The run table's verdict column uses the same rule: R·q_min = 6.90 is inconclusive, 6.91 is a verdict."""
+    from gradbench.terminal import verdict_column
+
+    cell = verdict_column("verdict", "bias_qvalue", alpha=0.05).show
+    row = {"bias_qvalue": (0.2, math.nan), "bias_pvalue": (0.1, math.nan)}
+    assert "inconclusive" in cell({**row, "bias_rare_count": (6.90, math.nan)})
+    assert "inconclusive" not in cell({**row, "bias_rare_count": (6.91, math.nan)})
+
+
+def test_rare_state_rule_edges():
+    """At R·q_min = log(10³) exactly the rule is silent (the inequality is strict); the message states R·q_min
+    (6.9 at R = 690, q_min = 0.01); q_min = 0 needs infinitely many replicates; no q_min or a non-finite one: no rule."""
+    q = 6.907755278982137 / 1000
+    assert 1000 * q == 6.907755278982137  # exact in floating point, so this is the boundary itself
+    assert rare_state_verdict(q, 1000) == ""
+    assert "R·q_min = 6.9 < log(10³) (q_min = 0.01)" in rare_state_verdict(0.01, 690)
+    assert replicates_needed(0.0) == math.inf
+    assert rare_state_verdict(None, 1) == "" and rare_state_verdict(math.nan, 1) == ""
+
+
+# -- small helpers, pinned exactly ----------------------------------------------------------------------------
+
+
+def test_influence_se_needs_two_replicates():
+    """se = sd(ψ; ddof 1)/√n for n ≥ 2 (n = 2: |ψ₁ − ψ₂|/2), NaN for n = 1 (no spread to estimate)."""
+    assert math.isnan(stats.influence_se(np.array([3.0])))
+    assert stats.influence_se(np.array([1.0, 4.0])) == pytest.approx(1.5, rel=1e-15)
+
+
+def test_reference_noise_slices_every_field():
+    cov = np.arange(16.0).reshape(4, 4)
+    var = np.arange(4.0) + 1
+    part = stats.ReferenceNoise(cov, 7, var).sliced(slice(1, 3))
+    np.testing.assert_array_equal(part.cov, cov[1:3, 1:3])
+    np.testing.assert_array_equal(part.var, var[1:3])
+    assert part.n == 7 and not part.exact
+    assert stats.ReferenceNoise().sliced(slice(0, 2)).exact
+
+
+def test_sample_noise_is_diff_noise_of_the_centred_replicates():
+    """sample_noise(G, noise) = diff_noise(G − mean, noise, eps, max|G|): same basis, singular values and floor, with
+    rows far from zero (a sign error in the centring shows), with an estimated reference's noise kept, and with
+    entries below 1 whose spread is at rounding level (the floor then scales with max|G|)."""
+    rng = np.random.default_rng(2)
+    noise = stats.ReferenceNoise(np.eye(3) * 0.02, 100)
+    for G, nz in [(5.0 + rng.normal(size=(40, 3)) * 0.1, None), (5.0 + rng.normal(size=(40, 3)) * 0.1, noise),
+                  (1e-3 * (5.0 + rng.normal(size=(40, 3)) * 1e-12), None)]:  # |g| < 1, floor set by rounding
+        got = stats.sample_noise(G, nz, EPS)
+        want = stats.diff_noise(G - stats.accurate_mean(G), nz or stats.ReferenceNoise(), EPS, float(np.abs(G).max()))
+        np.testing.assert_allclose(got.sv, want.sv, rtol=1e-12)
+        np.testing.assert_allclose(np.abs(got.basis), np.abs(want.basis), rtol=1e-9, atol=1e-12)
+        assert got.floor == pytest.approx(want.floor, rel=1e-12)
+        assert len(got.parts) == (1 if nz is None else 2)
+
+
+def test_bisect_finds_the_threshold_of_a_monotone_predicate():
+    """The smallest x in [lo, hi] with pred(x) true, to 2⁻⁶⁰ of the bracket (60 halvings)."""
+    assert stats._bisect(lambda x: x >= 0.3, 0.0, 1.0) == pytest.approx(0.3, abs=2e-18)
+    assert stats._bisect(lambda x: x >= 7.5, 5.0, 10.0) == pytest.approx(7.5, abs=1e-16)
+    assert stats._bisect(lambda x: True, 2.0, 3.0) == pytest.approx(2.0, abs=1e-17)
+
+
+def test_hill_tail_index_edges():
+    """Hill's estimate uses the positive finite values only and is scale-free: adding zeros, negatives and ±inf
+    changes nothing, multiplying by 10⁻³ changes nothing; fewer than 10 usable values → NaN, exactly 10 → a number;
+    a tail of equal values (mean log-spacing 0) → α̂ = inf."""
+    x = np.random.default_rng(8).pareto(1.5, size=400) + 1
+    base = stats.hill_tail_index(x)
+    assert stats.hill_tail_index(np.concatenate([x, np.zeros(1000), -x, [np.inf, -np.inf, np.nan]])) == base
+    a, se, k = stats.hill_tail_index(1e-3 * x)
+    assert a == pytest.approx(base[0], rel=1e-9) and se == pytest.approx(base[1], rel=1e-9) and k == base[2]
+    assert math.isnan(stats.hill_tail_index(x[:9])[0]) and math.isfinite(stats.hill_tail_index(x[:10])[0])
+    assert math.isnan(stats.hill_tail_index(np.concatenate([x[:5], np.zeros(100)]))[0])
+    assert stats.hill_tail_index(np.full(50, 2.0))[0] == math.inf
+
+
+def test_bh_and_holm_small_families():
+    """A single p-value is its own adjusted value; Holm caps at 1 ((m − j + 1) p can exceed 1); BH's q-values
+    are ≤ 1 by construction; an empty or all-NaN family gives NaN."""
+    np.testing.assert_array_equal(stats.bh_qvalues([0.03]), [0.03])
+    np.testing.assert_array_equal(stats.holm_adjust([0.03]), [0.03])
+    np.testing.assert_allclose(stats.holm_adjust([0.6, 0.7]), [1.0, 1.0])
+    np.testing.assert_allclose(stats.bh_qvalues([0.6, 0.7]), [0.7, 0.7])
+    assert np.isnan(stats.bh_qvalues([np.nan])).all() and stats.holm_adjust([]).size == 0
+
+
+def test_bootstrap_snr_medians_equal_a_direct_resampling():
+    """Point value: median over each group's coordinates of |mean_j| / sd_j (ddof 1); s.e.: the s.d. (ddof 1) over
+    the default 200 resamples of the same median recomputed on the resampled rows (the same multinomial counts,
+    drawn from an identically seeded generator) — equal to 1e-9 relative. Rows far from 0 (the centring shows)."""
+    rng = np.random.default_rng(4)
+    n = 30
+    G = 3.0 + rng.normal(size=(n, 6)) * np.array([1.0, 2.0, 0.5, 1.0, 3.0, 0.2])
+    groups = {"a": slice(0, 3), "b": slice(3, 6)}
+    got = stats.bootstrap_snr_medians(G, groups, np.random.default_rng(1))
+    counts = np.random.default_rng(1).multinomial(n, np.full(n, 1.0 / n), size=200)
+    for name, sl in groups.items():
+        point = float(np.median((np.abs(G.mean(0)) / G.std(0, ddof=1))[sl]))
+        boot = []
+        for c in counts:
+            Gb = G[np.repeat(np.arange(n), c)]
+            boot.append(np.median((np.abs(Gb.mean(0)) / Gb.std(0, ddof=1))[sl]))
+        assert got[name][0] == pytest.approx(point, rel=1e-12)
+        assert got[name][1] == pytest.approx(float(np.std(boot, ddof=1)), rel=1e-9)
+
+
+# -- the ‖b‖ interval -----------------------------------------------------------------------------------------
+
+
+def _one_coordinate(shift: float, n: int = 50, seed: int = 6) -> tuple[np.ndarray, np.ndarray, float]:
+    """n rows of one coordinate with mean 3 + shift·s.e. against the reference 3 (G and ref both far from 0)."""
+    g = np.random.default_rng(seed).normal(size=(n, 1))
+    g = (g - g.mean()) / g.std(ddof=1)  # sample s.d. exactly 1: the s.e. of the mean is 1/√n
+    return 3.0 + g + shift / math.sqrt(n), np.array([3.0]), 1.0 / n
+
+
+@pytest.mark.parametrize("shift, level", [(6.0, 0.95), (6.0, 0.8), (0.3, 0.95), (0.3, 0.8)])
+def test_bias_norm_interval_matches_the_noncentral_chi2_inversion(shift, level):
+    """One coordinate: ‖d‖² = λ (z + β/√λ)² with λ = V̂ = s²/n, a scaled noncentral χ²₁(β²/λ) (scipy.stats.ncx2).
+    The interval's ends solve F_β(‖d‖²) = 1 − a (lower; 0 when F_0(‖d‖²) ≤ 1 − a) and F_β(max(‖d‖², median)) = a
+    (upper), a = (1 − level)/2, where the library estimates F from N_CI_DRAWS = 4000 Gaussian draws. At its ends the
+    exact F must be within 3.29 Monte Carlo s.e. (√(a(1 − a)/4000)) of its target. Also exact: plug-in ‖d‖ and
+    ‖d‖² − λ. A 6-s.e. bias has a lower end > 0; a 0.3-s.e. one has the lower end 0."""
+    G, ref, lam = _one_coordinate(shift)
+    res = stats.bias_norm_interval(G, ref, EPS, np.random.default_rng(0), level=level)
+    d2 = (shift / math.sqrt(G.shape[0])) ** 2
+    assert res.plugin == pytest.approx(math.sqrt(d2), rel=1e-9)
+    assert res.sq_unbiased == pytest.approx(d2 - lam, rel=1e-9, abs=1e-15)
+    a = (1 - level) / 2
+    tol = Z * math.sqrt(a * (1 - a) / stats.N_CI_DRAWS)
+
+    def F(beta: float, o: float) -> float:
+        return float(sps.ncx2.cdf(o / lam, 1, beta**2 / lam))
+
+    if shift > 3:
+        assert res.ci_low > 0 and abs(F(res.ci_low, d2) - (1 - a)) <= tol
+    else:
+        assert res.ci_low == 0.0 and F(0.0, d2) <= 1 - a + tol
+    o_hi = max(d2, lam * float(sps.chi2.median(1)))
+    assert abs(F(res.ci_high, o_hi) - a) <= tol
+
+
+def test_bias_norm_interval_adds_a_deterministic_offset():
+    """A second coordinate without variance, 0.5 off its reference, enters as a fixed offset: with the same
+    generator the ends are √(end₁² + 0.25) of the one-coordinate interval (exactly: same draws), the plug-in
+    √(‖d₁‖² + 0.25) and the unbiased ‖b‖² estimate grows by 0.25."""
+    G1, ref1, _ = _one_coordinate(6.0)
+    one = stats.bias_norm_interval(G1, ref1, EPS, np.random.default_rng(0))
+    G2 = np.column_stack([G1[:, 0], np.full(G1.shape[0], 2.5)])
+    two = stats.bias_norm_interval(G2, np.array([3.0, 2.0]), EPS, np.random.default_rng(0))
+    assert two.ci_low == pytest.approx(math.sqrt(one.ci_low**2 + 0.25), rel=1e-12)
+    assert two.ci_high == pytest.approx(math.sqrt(one.ci_high**2 + 0.25), rel=1e-12)
+    assert two.plugin == pytest.approx(math.sqrt(one.plugin**2 + 0.25), rel=1e-12)
+    assert two.sq_unbiased == pytest.approx(one.sq_unbiased + 0.25, rel=1e-12)
+
+
+def test_bias_norm_interval_degenerate_samples():
+    """n = 2: a full answer; zero variance: the point ‖d‖ with ‖d‖² as the estimate."""
+    two = stats.bias_norm_interval(np.array([[1.0], [2.0]]), np.zeros(1), EPS, np.random.default_rng(0))
+    assert all(map(math.isfinite, (two.sq_unbiased, two.ci_low, two.ci_high)))
+    flat = stats.bias_norm_interval(np.full((5, 2), 2.0), np.array([1.0, 0.0]), EPS, np.random.default_rng(0))
+    assert (flat.plugin, flat.ci_low, flat.ci_high) == pytest.approx((math.sqrt(5),) * 3, rel=1e-12)
+    assert flat.sq_unbiased == pytest.approx(5.0, rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_bias_norm_interval_of_one_replicate_is_the_plugin_only():
+    """n = 1: the documented answer is the plug-in ‖d‖ with NaN for the rest."""
+    one = stats.bias_norm_interval(np.array([[1.0, 2.0]]), np.zeros(2), EPS, np.random.default_rng(0))
+    assert one.plugin == pytest.approx(math.sqrt(5)) and all(map(math.isnan, (one.sq_unbiased, one.ci_low, one.ci_high)))
+
+
+# -- the max-t branch with an estimated reference; the bootstrap's helpers -----------------------------------
+
+
+def test_max_t_branch_with_an_estimated_reference_is_calibrated():
+    """Max-t branch (R = 30 < 10 × rank) against a reference that is itself the mean of 60 replicates with a
+    different covariance (ReferenceNoise(cov, 60)): 300 null data sets, KS uniformity not rejected and false
+    alarms at α = 5 % within the level-ALPHA binomial bound. Negative control: the same data with the reference
+    taken as exact — the two-sample noise ignored — is anti-conservative beyond that bound."""
+    rng = np.random.default_rng(12)
+    A, B = rng.normal(size=(20, 20)) / 4, rng.normal(size=(20, 20))
+    p, p_exact = [], []
+    for _ in range(300):
+        G, H = rng.normal(size=(30, 20)) @ A, rng.normal(size=(60, 20)) @ B
+        res = bias_test(G, H.mean(0), EPS, rng, stats.ReferenceNoise(cov=np.cov(H.T), n=60), n_boot=499)
+        assert res.method.startswith("max-t") and "two-sample" in res.method, res.method
+        p.append(res.pvalue)
+        p_exact.append(bias_test(G, H.mean(0), EPS, rng, n_boot=499).pvalue)
+    p, p_exact = np.array(p), np.array(p_exact)
+    bound = 0.05 + Z * math.sqrt(0.05 * 0.95 / 300)
+    assert sps.kstest(p, "uniform").pvalue > ALPHA and np.mean(p <= 0.05) <= bound
+    assert np.mean(p_exact <= 0.05) > bound
+
+
+def test_wishart_draws_have_mean_v_on_every_diagonal_entry():
+    """E[V*] = V for V* = A W Aᵀ/df, W ~ Wishart(df, I): with A = I₄ and df = 8 each diagonal mean is 1 (Bartlett:
+    E T_ii² + Σ_{j<i} E T_ij² = (df − i) + i); 20000 draws, each within 4 s.e. (sd/√20000, Bonferroni-safe at
+    ALPHA for 4 entries). A χ² on df + i degrees of freedom would put entry i at 1 + 2i/8."""
+    draws = stats._wishart_draws(np.eye(4), 8.0, 20_000, np.random.default_rng(0))
+    diag = np.diagonal(draws, axis1=1, axis2=2)
+    se = diag.std(0, ddof=1) / math.sqrt(diag.shape[0])
+    assert (np.abs(diag.mean(0) - 1.0) <= 4 * se).all(), (diag.mean(0), se)
+
+
+def test_sym_root_of_a_singular_matrix_is_finite():
+    """A rank-one V = v vᵀ has eigenvalues that rounding makes slightly negative (about −5e-16 here): the root clips
+    them to 0, so A is finite and A Aᵀ = V to rounding."""
+    v = np.array([1.0, 2.0, 3.0])
+    V = np.outer(v, v)
+    assert np.linalg.eigvalsh(V).min() < 0  # the case being tested
+    root = stats._sym_root(V)
+    assert np.isfinite(root).all()
+    np.testing.assert_allclose(root @ root.T, V, atol=1e-13 * 14)
+
+
+def test_bias_norm_interval_is_scale_equivariant_with_a_95_percent_default():
+    """Multiplying the replicates and the reference by c multiplies every end by c (same generator: same draws;
+    1e-9 relative, the bisection's resolution), for c = 10⁻³ and 10³ (large variances included); the default
+    level is 0.95."""
+    G, ref, _ = _one_coordinate(6.0)
+    base = stats.bias_norm_interval(G, ref, EPS, np.random.default_rng(0))
+    assert base == stats.bias_norm_interval(G, ref, EPS, np.random.default_rng(0), level=0.95)
+    for c in (1e-3, 1e3):
+        scaled = stats.bias_norm_interval(c * G, c * ref, EPS, np.random.default_rng(0))
+        for got, want in zip((scaled.plugin, scaled.ci_low, scaled.ci_high), (base.plugin, base.ci_low, base.ci_high)):
+            assert got == pytest.approx(c * want, rel=1e-9)
+
+
+def test_bootstrap_snr_se_with_two_resamples():
+    """Two resamples give a finite s.e. (the s.d. of two medians); one gives NaN."""
+    G = 3.0 + np.random.default_rng(1).normal(size=(20, 2))
+    assert math.isfinite(stats.bootstrap_snr_medians(G, {"all": slice(None)}, np.random.default_rng(0), 2)["all"][1])
+    assert math.isnan(stats.bootstrap_snr_medians(G, {"all": slice(None)}, np.random.default_rng(0), 1)["all"][1])
+
+
+def test_max_t_with_an_estimated_reference_ignores_a_dead_coordinate():
+    """A coordinate with no variance in the replicates nor in the reference, and no difference, changes nothing:
+    the max-t p-value with it equals the p-value without it (same generator, same draws)."""
+    rng = np.random.default_rng(3)
+    G, H = rng.normal(size=(20, 30)), rng.normal(size=(40, 30))
+    noise = stats.ReferenceNoise(cov=np.cov(H.T), n=40)
+    without = bias_test(G, H.mean(0), EPS, np.random.default_rng(0), noise, n_boot=199)
+    G1, ref1 = np.column_stack([G, np.ones(20)]), np.append(H.mean(0), 1.0)
+    cov1 = np.zeros((31, 31))
+    cov1[:30, :30] = noise.cov
+    with_dead = bias_test(G1, ref1, EPS, np.random.default_rng(0), stats.ReferenceNoise(cov=cov1, n=40), n_boot=199)
+    assert without.method.startswith("max-t") and with_dead.method.startswith("max-t")
+    assert with_dead.pvalue == without.pvalue
