@@ -200,3 +200,43 @@ def test_a_sweep_records_the_provenance_with_the_target_and_in_the_rows(trained,
     assert prov["cell_id"] == cell.cell_id and prov["step"] == 6 and prov["file"] == str(folder / "step-6.pt")
     assert len(prov["sha256"]) == 64 and prov["run"] == str(folder.parent.parent)
     assert set(summary.table["snapshot.step"]) == {6} and set(summary.table["snapshot.cell_id"]) == {cell.cell_id}
+
+
+SBN_TRAIN = """\
+name: tiny-sbn-snapshots
+seed: 0
+target_seed: 0
+targets:
+  - model: sbn
+    params: {layers: [4], conditionals: linear}
+    data: {name: digits, n: 32, binarize: stochastic_fixed, seed: 0}
+train:
+  seeds: [0]
+  settings: {budget: steps, budget_value: 4, batch_size: 8, lr: 0.05, encoder_hidden: [3], test_n: 10,
+             train_eval_n: 10, curve_every: 2, curve_n: 5, curve_K: 4, snapshot_steps: [0, 4]}
+  arms:
+    - {theta: {name: iwae, K: 4}, phi: {name: vimco, K: 4}}
+"""
+
+
+def test_an_sbn_snapshot_gives_a_bernoulli_encoder_target_with_an_enumerated_reference(tmp_path):
+    """Binary latents: the trained Bernoulli encoder (one hidden layer) is the proposal, θ and φ are the saved
+    tensors bit for bit, and the ∇θ log p(x) reference is exact by enumeration."""
+    (tmp_path / "train.yaml").write_text(SBN_TRAIN)
+    _, cells = load_suite(tmp_path / "train.yaml")
+    run_train_cell(cells[0], target_for(cells[0]), tmp_path / "run" / "checkpoints")
+    folder = tmp_path / "run" / SNAPSHOTS / cells[0].cell_id
+    assert steps_in(folder) == [0, 4]
+    sweep = write_sweep(tmp_path, tmp_path / "run", steps="4", estimators="estimators:\n  - {name: iwae, params: {K: 4}}")
+    with pytest.raises(SuiteError, match=r"targets\[0\]\.model: the snapshot .*step-4\.pt is of model 'sbn', not 'vae'"):
+        load_suite(sweep)
+    sweep.write_text(sweep.read_text().replace("model: vae", "model: sbn"))
+    _, sweep_cells = load_suite(sweep)
+    c = sweep_cells[0]
+    assert c.target.model == "sbn" and c.target.proposal == {"family": "bernoulli_encoder", "hidden": 3}
+    t = target_for(c)
+    snap = torch.load(folder / "step-4.pt", weights_only=False)
+    assert type(t.family).__name__ == "BernoulliEncoder" and t.family.hidden == 3
+    assert all(torch.equal(t.theta[k], v) for k, v in snap["theta"].items())
+    assert all(torch.equal(t.phi[k], v) for k, v in snap["phi"].items())
+    assert t.reference("theta").kind == "enumerated"
