@@ -135,9 +135,10 @@ def load(path: Path) -> dict[str, Any]:
     import torch
 
     try:
-        snap = torch.load(path, weights_only=False, map_location="cpu")
+        snap = torch.load(path, weights_only=True, map_location="cpu")  # tensors and plain containers only
     except Exception as exc:  # noqa: BLE001 — any unreadable file is one line
-        raise SnapshotError(f"{path}: not a readable snapshot ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise SnapshotError(f"{path}: not a readable snapshot ({type(exc).__name__}: {first})") from None
     if not isinstance(snap, dict) or snap.get("format") != FORMAT:
         raise SnapshotError(f"{path}: not a gradbench snapshot (format {FORMAT})")
     return snap

@@ -240,3 +240,14 @@ def test_an_sbn_snapshot_gives_a_bernoulli_encoder_target_with_an_enumerated_ref
     assert all(torch.equal(t.theta[k], v) for k, v in snap["theta"].items())
     assert all(torch.equal(t.phi[k], v) for k, v in snap["phi"].items())
     assert t.reference("theta").kind == "enumerated"
+
+
+def test_an_unreadable_snapshot_file_is_one_located_line(trained, tmp_path):
+    _, folder = trained
+    run = tmp_path / "copy"
+    shutil.copytree(folder, run / SNAPSHOTS / folder.name)
+    (run / SNAPSHOTS / folder.name / "step-6.pt").write_bytes(b"not a snapshot")
+    with pytest.raises(SuiteError, match=r"^\S+sweep\.yaml:6: targets\[0\]\.params\.checkpoint: \S+step-6\.pt: "
+                                         r"not a readable snapshot \(") as err:
+        load_suite(write_sweep(tmp_path, run))
+    assert "\n" not in str(err.value)
