@@ -173,6 +173,8 @@ def with_meta(df: pd.DataFrame, cell: Cell, n_replicates: int, n_nonfinite: int)
         **{f"model.{k}": v for k, v in cell.target.params.items()},
         **{f"proposal.{k}": v for k, v in cell.target.proposal.items()},
         **{f"estimator.{k}": v for k, v in cell.estimator_params.items()},
+        **({"snapshot.cell_id": cell.target.snapshot["cell_id"], "snapshot.step": cell.target.snapshot["step"]}
+           if cell.target.snapshot else {}),
     }
     for col, value in reversed(meta.items()):
         df.insert(0, col, json.dumps(value) if isinstance(value, (list, tuple, dict)) else value)  # e.g. hidden: [200, 200]
@@ -204,7 +206,8 @@ def train_target(cell: Cell) -> Any:
 
 def run_train_cell(cell: Cell, target: Any, checkpoint_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A ``train`` cell (gradbench.protocols.train): the training loop is its computation; (rows, curves).
-    With ``checkpoint_dir`` it checkpoints to, and resumes from, ``<checkpoint_dir>/<cell_id>.pt``."""
+    With ``checkpoint_dir`` it checkpoints to, and resumes from, ``<checkpoint_dir>/<cell_id>.pt``, and keeps the
+    ``snapshot_steps`` in ``<checkpoint_dir>/../snapshots/<cell_id>/`` (gradbench.snapshots)."""
     from gradbench.protocols import train
 
     started = dt.datetime.now(dt.UTC)
@@ -212,7 +215,15 @@ def run_train_cell(cell: Cell, target: Any, checkpoint_dir: Path | None = None) 
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{cell.cell_id}.pt"
     from gradbench.protocols import train_ebm  # energy-based models: θ-only training of energy-based models
 
-    rows, curves = (train_ebm.train_cell if train_ebm.is_ebm(target) else train.train_cell)(cell, target, ckpt)
+    if train_ebm.is_ebm(target):
+        if cell.estimator_params.get("snapshot_steps"):
+            raise ValueError("train: snapshot_steps is not supported for energy-based models (vae, sbn only)")
+        rows, curves = train_ebm.train_cell(cell, target, ckpt)
+    else:
+        from gradbench.snapshots import snapshot_dir
+
+        snaps = None if checkpoint_dir is None else snapshot_dir(Path(checkpoint_dir), cell.cell_id)
+        rows, curves = train.train_cell(cell, target, ckpt, snapshots=snaps)
     df = pd.DataFrame([{"protocol": train.TRAIN, **r} for r in rows],
                       columns=["protocol", "param_group", "metric", "value", "stderr", "method"])
     nonfinite = int(df.loc[df["metric"] == "nonfinite_steps", "value"].iloc[0])

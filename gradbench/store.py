@@ -120,6 +120,8 @@ def write_target(cell: Cell, out: Path, written: set[str]) -> None:
         t = cell.target
         info: dict[str, Any] = {"model": t.model, "params": t.params, "proposal": t.proposal, "target_seed": t.target_seed,
                                 "data": {"file": t.data, "sha256": t.data_sha256} if t.data else None}
+        if t.snapshot is not None:  # trained θ and φ: the training run, cell, step and the file's sha256
+            info["snapshot"] = dict(t.snapshot)
         if t.data_spec is not None:
             from gradbench import data as datasets
 

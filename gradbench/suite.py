@@ -104,6 +104,16 @@ class TargetConfig:
     target_seed: int  # seeds the synthetic parameters and data
     suite_seed: int  # seeds the Monte Carlo noise
     data_spec: dict[str, Any] | None = None  # a named data set (gradbench.data.DataSpec), or None
+    # a trained snapshot (gradbench.snapshots): {file, run, cell_id, step, sha256}; None: θ from target_seed
+    snapshot: dict[str, Any] | None = None
+
+    @property
+    def snapshot_identity(self) -> list[Any]:
+        """What identifies a snapshot target's θ and φ: the training cell, the step and the file's SHA-256
+        (not where the file lives); empty for other targets, so their ids are unchanged."""
+        s = self.snapshot
+        return [{"snapshot": [s["cell_id"], s["step"], s["sha256"]]}] if s else []
+
     @property
     def data_seed(self) -> int:
         """Seed of the synthetic parameters/data: independent of the proposal, the estimator and the noise seed."""
@@ -114,7 +124,7 @@ class TargetConfig:
     def target_id(self) -> str:
         """Identifies the target (model, parameters, data, proposal) — not the noise it is run with."""
         return content_hash(["target", self.model, self.params, self.proposal, self.data_sha256, self.target_seed,
-                             *([self.data_spec] if self.data_spec else [])], 12)
+                             *([self.data_spec] if self.data_spec else []), *self.snapshot_identity], 12)
 
     def noise_seed(self, block: int) -> int:
         """Seed of replicate block ``block`` — shared by every estimator on this target."""
@@ -122,6 +132,11 @@ class TargetConfig:
 
     def build(self, dtype: str, device: str) -> Any:
         import torch
+
+        if self.snapshot is not None:
+            from gradbench import snapshots
+
+            return snapshots.build_target(self, dtype, device)
 
         entry = registry.MODELS[self.model]
         data = _read_data(Path(self.data)) if self.data else None
@@ -153,6 +168,9 @@ class Cell:
         content["target"].pop("data")  # the file's content (sha256) counts, not where it lives
         if not content["target"]["data_spec"]:
             content["target"].pop("data_spec")
+        snapshot = content["target"].pop("snapshot")
+        if snapshot:
+            content["target"]["snapshot"] = self.target.snapshot_identity
         return content_hash(["cell", CELL_FORMAT, content])
 
 
@@ -252,9 +270,14 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
             if not p.is_file():
                 raise SuiteError(src.at(("targets", i, "data"), f"data file {t.data!r} not found (looked in {p.parent})"))
             data_path, data_sha = str(p), hashlib.sha256(p.read_bytes()).hexdigest()
+        target_seed = suite.seed if suite.target_seed is None else suite.target_seed
+        if "checkpoint" in t.params:
+            found = snapshot_targets(src, i, t, (data_path, data_sha, data_spec), target_seed, suite.seed)
+            targets += found
+            target_locs += [i] * len(found)
+            continue
         params = _grid(src, ("targets", i, "params"), t.params, entry.params)
         proposals = _grid(src, ("targets", i, "proposal"), t.proposal, entry.proposal)
-        target_seed = suite.seed if suite.target_seed is None else suite.target_seed
         targets += [TargetConfig(t.model, a, b, data_path, data_sha, target_seed, suite.seed, data_spec)
                     for a in params for b in proposals]
         target_locs += [i] * (len(params) * len(proposals))
@@ -298,6 +321,57 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
         for t in targets
         for name, params in estimators
     ]
+
+
+def snapshot_targets(src: _SourceMap, i: int, t: TargetEntry, data: tuple[str | None, str | None, dict[str, Any] | None],
+                     target_seed: int, suite_seed: int) -> list[TargetConfig]:
+    """The targets of ``targets[i]`` with ``params: {checkpoint: PATH, step: N | [N, ...]}`` (gradbench.snapshots): one
+    per step, at the saved θ and encoder φ, with the architecture (and, unless ``data:`` is given, the data) of the
+    training cell. PATH is relative to the suite file. Explicit parameters that disagree with the snapshot, a
+    ``proposal:`` block, a missing folder or step: one located line."""
+    from gradbench import snapshots
+
+    loc: Loc = ("targets", i, "params")
+    rest = dict(t.params)
+    raw_path = rest.pop("checkpoint")
+    if "step" not in rest:
+        raise SuiteError(src.at(loc, "a checkpoint target needs step: N (or a list of steps)"))
+    steps = rest.pop("step")
+    steps = steps if isinstance(steps, list) else [steps]
+    if not steps or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in steps):
+        raise SuiteError(src.at(loc + ("step",), f"steps are integers ≥ 0 (got {t.params['step']!r})"))
+    if len(set(steps)) != len(steps):
+        raise SuiteError(src.at(loc + ("step",), f"a step is listed twice (got {steps})"))
+    if not isinstance(raw_path, str):
+        raise SuiteError(src.at(loc + ("checkpoint",), f"give the snapshot folder as a path (got {raw_path!r})"))
+    if t.proposal:
+        raise SuiteError(src.at(("targets", i, "proposal"), "a checkpoint target's proposal is the trained encoder saved "
+                                                            "in the snapshot; remove proposal:"))
+    path = (src.path.parent / raw_path).resolve()
+    out: list[TargetConfig] = []
+    for step in steps:
+        try:
+            file = snapshots.locate(path, step)
+            snap = snapshots.load(file)
+        except snapshots.SnapshotError as exc:
+            raise SuiteError(src.at(loc + ("checkpoint",), str(exc))) from None
+        saved = snap["target"]
+        if saved["model"] != t.model:
+            raise SuiteError(src.at(("targets", i, "model"), f"the snapshot {file} is of model {saved['model']!r}, "
+                                                             f"not {t.model!r}"))
+        for key, value in rest.items():
+            if key not in saved["params"]:
+                raise SuiteError(src.at(loc + (key,), f"unknown parameter {key!r} of model {t.model!r}"))
+            if value != saved["params"][key]:
+                raise SuiteError(src.at(loc + (key,), f"{value!r} conflicts with the snapshot's {saved['params'][key]!r} "
+                                                      "(the architecture comes from the snapshot; remove it)"))
+        data_path, data_sha, data_spec = data if t.data is not None else (saved["data"], saved["data_sha256"],
+                                                                          saved["data_spec"])
+        provenance = {"file": str(file), "run": str(file.parent.parent.parent), "cell_id": snap["cell_id"],
+                      "step": step, "sha256": snapshots.sha256(file)}
+        out.append(TargetConfig(t.model, saved["params"], snapshots.proposal_of(snap), data_path, data_sha, target_seed,
+                                suite_seed, data_spec, provenance))
+    return out
 
 
 def _gradbench_version() -> str:

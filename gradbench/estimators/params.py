@@ -9,9 +9,9 @@ torch) only when a suite uses it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 
 class ExactParams(BaseModel):
@@ -314,6 +314,35 @@ class TrainParams(BaseModel):
     eval_check_n: int = Field(500, gt=0, description="test points of the convergence-in-K check")
     eval_batch: int | None = Field(None, gt=0, description="test points per IWAE evaluation chunk (memory); "
                                                            "None: all at once")
+    snapshot_steps: list[int] = Field(default_factory=list, description="steps at which (θ, φ) are kept in "
+                                      "<out>/snapshots/<cell_id>/step-<N>.pt (0: the initial state); targets can be "
+                                      "built from them (params: {checkpoint: ..., step: N})")
+
+    @field_validator("snapshot_steps")
+    @classmethod
+    def _snapshot_steps(cls, value: list[int]) -> list[int]:
+        if any(s < 0 for s in value):
+            raise ValueError(f"snapshot steps must be ≥ 0, got {value}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a snapshot step is listed twice: {value}")
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _snapshots_within_budget(self) -> TrainParams:
+        late = [s for s in self.snapshot_steps if s > min(self.max_steps, self.budget_value if self.budget == "steps"
+                                                          else self.max_steps)]
+        if late:
+            raise ValueError(f"snapshot step(s) {late} lie past the last training step")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_empty_snapshots(self, handler: Any) -> dict[str, Any]:
+        """``snapshot_steps`` is left out when empty, so a cell without snapshots has the parameters (and table
+        columns) it had before the setting existed."""
+        out = handler(self)
+        if not out.get("snapshot_steps"):
+            out.pop("snapshot_steps", None)
+        return out
 
     @field_validator("warmup_theta_params")
     @classmethod

@@ -62,6 +62,10 @@ estimator) and, every ``curve_every`` steps, IWAE_{curve_K} estimates on ``curve
 Crash safety: every ``checkpoint_every`` steps the state (θ, φ, Adam's state, counters, curve rows) is written
 atomically to ``<out>/checkpoints/<cell_id>.pt``; a restarted cell resumes from it. The generators are derived
 from (base, step), not carried, so a resumed run computes the same numbers as an uninterrupted one (seconds apart).
+The runner deletes the checkpoint when the cell finishes. Snapshots are kept: with ``snapshot_steps: [0, 200, 800]``
+(θ, φ) at those steps (0: before any update) go to ``<out>/snapshots/<cell_id>/step-<t>.pt`` with the step, the
+evaluations spent, the cell id and the training target's spec (:mod:`gradbench.snapshots`); a suite's target
+``{model: vae, params: {checkpoint: RUN_DIR, step: [0, 200, 800]}}`` measures estimators at those parameters.
 
 References: Burda, Grosse & Salakhutdinov (2016), ICLR (IWAE training and its K = 5000 evaluation);
 Kingma & Welling (2014), ICLR; Jacob, O'Leary & Atchadé (2020), JRSS B (coupled unbiased estimators).
@@ -247,8 +251,12 @@ def dynamic_binarisation(cell: Any) -> bool:
 
 
 def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None,
-               test_x: Tensor | None = None) -> tuple[list[Row], pd.DataFrame]:
+               test_x: Tensor | None = None, snapshots: Path | None = None) -> tuple[list[Row], pd.DataFrame]:
     """Train one cell (resuming from ``checkpoint`` when it exists) → (protocol rows, curve rows).
+
+    With ``snapshot_steps`` and a ``snapshots`` folder, (θ, φ) at each listed step are kept in
+    ``<snapshots>/step-<t>.pt`` (:func:`gradbench.snapshots.write_snapshot`; written before the checkpoint of the same
+    step, so a resumed cell has every earlier snapshot and writes the later ones identically).
 
     With ``binarize: dynamic`` the target's rows are grey levels (``gradbench.cell.train_target``) and step t's
     minibatch is binarised by a fresh Bernoulli draw from derive_seed(base, "binarize", t)."""
@@ -298,6 +306,16 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
         tr = _mean_se(iwae_log_px(at.at(x=eval_train_x[: p.curve_n]), p.curve_K, gen))
         return {"test_estimate": te[0], "test_estimate_se": te[1], "train_estimate": tr[0], "train_estimate_se": tr[1]}
 
+    keep = set(p.snapshot_steps) if snapshots is not None else set()
+
+    def snapshot() -> None:
+        if step in keep:
+            from gradbench import snapshots as snap
+
+            snap.write_snapshot(snap.step_file(snapshots, step), theta=theta, phi=phi, step=step, evals=evals,
+                                cell=cell, family=full.family)
+
+    snapshot()  # step 0 (the initial state); a resumed cell is past it
     t_last = time.perf_counter()
     while not spent():
         idx = minibatch(base, step, N, B, full.x.device)
@@ -340,6 +358,9 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
             t_last = time.perf_counter()  # evaluation time is not training time
             eval_seconds += t_last - now
         curves.append(rec)
+        if step in keep:
+            snapshot()
+            t_last = time.perf_counter()
         if checkpoint is not None and step % p.checkpoint_every == 0 and not spent():
             write_checkpoint(checkpoint, theta, phi, opt, step, evals, seconds, nonfinite, curves, censored)
             t_last = time.perf_counter()
