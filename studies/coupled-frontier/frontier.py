@@ -191,7 +191,8 @@ def plot() -> None:
     ax.set(xscale="log", yscale="log", xlabel="log-joint evaluations per estimate (32 points)",
            ylabel="tr Σ̂ of the θ-gradient (sum over the 32 points)",
            title="θ-gradient cost frontier, trained VAE k=20 (Fashion-MNIST), R replicates per config\n"
-                 "(every coupled and the R=20 sumo tr Σ̂ carry the heavy-tail warning: not reliable error bars)")
+                 "(every coupled row and sumo at R=20 carry the heavy-tail warning: their s.e. bars are unreliable)")
+    ax.title.set_fontsize(9)
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(args.out / "frontier.png", dpi=120)
