@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from gradbench.contracts import Objective
 from gradbench.core import Reference
@@ -31,6 +32,8 @@ def streaming_reference(draw: Callable[[int], Tensor], total: int, block: int, *
     """Mean, s.e. and (P ≤ ``max_cov_dim``) covariance of ``total`` replicates, ``draw(R)`` → [R, P] at a time."""
     mean = m2 = None
     done = 0
+    # a progress bar with an estimate of the time left, on an interactive stderr only (tqdm's disable=None)
+    bar = tqdm(total=total, unit="replicate", desc="estimated reference", leave=False, disable=None)
     while done < total:
         R = min(block, total - done)
         g = draw(R).detach().double()
@@ -45,6 +48,8 @@ def streaming_reference(draw: Callable[[int], Tensor], total: int, block: int, *
             m2 = m2 + bm2 + (torch.outer(delta, delta) if full else delta**2) * (done * R / (done + R))
             mean = mean + delta * (R / (done + R))
         done += R
+        bar.update(R)
+    bar.close()
     assert mean is not None and m2 is not None
     cov = m2 / (total - 1)
     var = torch.diagonal(cov) if cov.ndim == 2 else cov
