@@ -171,9 +171,9 @@ def build_target(config: Any, dtype: str, device: str) -> Any:
     entry = registry.MODELS[config.model]
     data = None
     if config.data:
-        from gradbench.suite import _read_data
+        from gradbench.data import read_array_file
 
-        data = _read_data(Path(config.data))
+        data = read_array_file(Path(config.data))
     if config.data_spec is not None:
         from gradbench import data as datasets
 

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -139,7 +138,9 @@ class TargetConfig:
             return snapshots.build_target(self, dtype, device)
 
         entry = registry.MODELS[self.model]
-        data = _read_data(Path(self.data)) if self.data else None
+        from gradbench.data import read_array_file
+
+        data = read_array_file(Path(self.data)) if self.data else None
         if self.data_spec is not None:
             from gradbench import data as datasets
 
@@ -477,11 +478,6 @@ def _message(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:]
     return f"{msg} (got {err['input']!r})" if "input" in err else msg
-
-
-def _read_data(path: Path) -> np.ndarray:
-    arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
-    return np.asarray(arr, dtype=np.float64)
 
 
 def _format_loc(loc: Loc) -> str:

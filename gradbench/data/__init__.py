@@ -174,3 +174,9 @@ def load(spec: DataSpec, base: Path | None = None, *, grey: bool = False) -> tup
             **({"binarized": "per training minibatch (grey levels stored)"} if grey and spec.binarize == "dynamic" else {}),
             "sha256": hashlib.sha256(memoryview(np.ascontiguousarray(x)).cast("B")).hexdigest()}
     return x, prov
+
+
+def read_array_file(path: Path) -> np.ndarray:
+    """A suite's ``data:`` file as float64 rows: ``.npy``, else comma-separated text (one row per line)."""
+    arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+    return np.asarray(arr, dtype=np.float64)
