@@ -21,6 +21,7 @@ the paired tests between every two pairs (the first rows against the baseline).
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -223,7 +224,9 @@ def train_final(run: RunData) -> Figure | None:
                 r = paired_differences(d)
                 axd.annotate(f"p_t={fmt_p(r['p_t'])}\np_perm={fmt_p(r['p_perm'])}", (x, dm), textcoords="offset points",
                              xytext=(8, 0), fontsize=7, va="center")
-        short = [_short_pair(p) for p in pairs]
+        # each line of a pair's label wrapped at word breaks, so neighbouring tick labels do not run into each other
+        short = ["\n".join(textwrap.fill(line, 22, break_on_hyphens=False) for line in _short_pair(p).split("\n"))
+                 for p in pairs]
         for a in (ax, axd):
             a.set_xticks(range(len(pairs)), short, fontsize=7)
             a.set_xlim(-0.5, len(pairs) - 0.5 + 0.4)
