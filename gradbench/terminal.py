@@ -186,6 +186,26 @@ def protocol_table(protocol: str, metrics: set[str], correction: str = "bh",
     return None if spec is None else spec.terminal_table(metrics, correction, alpha)
 
 
+def target_param_columns(table: Any) -> list[str]:
+    """The table's model and proposal parameter columns (``model.*``, ``proposal.*``)."""
+    return [c for c in table.columns if c.startswith(("model.", "proposal."))]
+
+
+def cell_labels(table: Any, spec: Any) -> tuple[dict[str, str], dict[str, str], Any]:
+    """(target id → target label, cell id → estimator label, one row per target) of a run's table: targets named
+    by the parameters that differ between them, estimators by the parameters the suite set or that vary."""
+    est_cols = [c for c in table.columns if c.startswith("estimator.")]
+    target_cols = ["model", *target_param_columns(table)]
+    cells = table.drop_duplicates("cell_id")
+    targets = cells.drop_duplicates("target_id")
+    t_labels = dict(zip(targets["target_id"],
+                        target_labels([{c: _py(r[c]) for c in target_cols if c in r} for _, r in targets.iterrows()])))
+    entries = [(str(r["estimator"]), {c.split(".", 1)[1]: _py(r[c]) for c in est_cols if not _missing(_py(r[c]))})
+               for _, r in cells.iterrows()]
+    e_labels = dict(zip(cells["cell_id"], estimator_labels(entries, suite_keys(spec) if spec is not None else {})))
+    return t_labels, e_labels, targets
+
+
 def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, correction: str = "bh",
                alpha: float = DEFAULT_ALPHA) -> str:
     """One table per protocol in ``protocols`` that has rows and a terminal view (its spec's ``terminal``,
@@ -195,15 +215,7 @@ def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, co
 
     if table is None or table.empty:
         return "(no rows)"
-    est_cols = [c for c in table.columns if c.startswith("estimator.")]
-    target_cols = ["model"] + [c for c in table.columns if c.startswith(("model.", "proposal."))]
-    cells = table.drop_duplicates("cell_id")
-    targets = cells.drop_duplicates("target_id")
-    t_labels = dict(zip(targets["target_id"],
-                        target_labels([{c: _py(r[c]) for c in target_cols if c in r} for _, r in targets.iterrows()])))
-    entries = [(str(r["estimator"]), {c.split(".", 1)[1]: _py(r[c]) for c in est_cols if not _missing(_py(r[c]))})
-               for _, r in cells.iterrows()]
-    e_labels = dict(zip(cells["cell_id"], estimator_labels(entries, suite_keys(spec) if spec is not None else {})))
+    t_labels, e_labels, targets = cell_labels(table, spec)
     multi_target = len(targets) > 1
 
     blocks = []
@@ -258,7 +270,7 @@ def format_run(table: Any, protocols: Sequence[str], spec: Any | None = None, co
             blocks.append(block)
     if not multi_target and len(targets) == 1:
         r = targets.iloc[0]
-        params = ", ".join(f"{c.split('.', 1)[1]}={fmt_param(_py(r[c]))}" for c in target_cols[1:]
+        params = ", ".join(f"{c.split('.', 1)[1]}={fmt_param(_py(r[c]))}" for c in target_param_columns(table)
                            if c in r and not pd.isna(r[c]))
         blocks.insert(0, f"target: {r['model']}({params})")
     return "\n\n".join(blocks) if blocks else "(no rows)"
@@ -272,15 +284,7 @@ def run_warnings(table: Any, spec: Any | None = None) -> list[str]:
     w = table[table["warning"].fillna("").astype(str).str.strip() != ""]
     if w.empty:
         return []
-    est_cols = [c for c in table.columns if c.startswith("estimator.")]
-    target_cols = ["model"] + [c for c in table.columns if c.startswith(("model.", "proposal."))]
-    cells = table.drop_duplicates("cell_id")
-    targets = cells.drop_duplicates("target_id")
-    t_labels = dict(zip(targets["target_id"],
-                        target_labels([{c: _py(r[c]) for c in target_cols if c in r} for _, r in targets.iterrows()])))
-    entries = [(str(r["estimator"]), {c.split(".", 1)[1]: _py(r[c]) for c in est_cols if not _missing(_py(r[c]))})
-               for _, r in cells.iterrows()]
-    e_labels = dict(zip(cells["cell_id"], estimator_labels(entries, suite_keys(spec) if spec is not None else {})))
+    t_labels, e_labels, targets = cell_labels(table, spec)
     from gradbench.protocols.variance import TAIL_Z
 
     tail = table[table["metric"] == "tail_index"].drop_duplicates("cell_id").set_index("cell_id")
