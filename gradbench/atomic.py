@@ -1,7 +1,7 @@
 """Atomic file writes: a temporary file in the same folder, fsync, rename, fsync of the folder.
 
 A killed process leaves either the old file or the new one, never a torn one. Used by the run folder
-(``gradbench.store``) and by training checkpoints (``gradbench.protocols.train``); it imports nothing of
+(``gradbench.run.store``) and by training checkpoints (``gradbench.training.loop``); it imports nothing of
 gradbench, so both can use it without an import loop.
 """
 

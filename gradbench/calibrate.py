@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from gradbench.run.cells import Cell
 from gradbench.seeding import derive_seed
 from gradbench.stats import INCONCLUSIVE
-from gradbench.suite import Cell
 
 ALPHAS = (0.01, 0.05)
 TOLERANCE_SE = 3.0  # |rate − α| ≤ 3 binomial s.e. under H0
@@ -65,7 +65,7 @@ def cell_label(cell: Cell) -> str:
 
 def collect_pvalues(cells: list[Cell], seeds: int, on_step: Callable[[], None] | None = None) -> pd.DataFrame:
     """One row per (cell, seed): the group-'all' bias p-value, its test branch and method."""
-    from gradbench.runner import run_cell
+    from gradbench.protocols.measure import run_cell
 
     rows = []
     for cell in cells:
@@ -188,7 +188,7 @@ def calibrate(cells: list[Cell], seeds: int, out: Path, progress: bool = False) 
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder [default: runs/<first suite>-calibration].")
 def calibrate_cmd(suites: tuple[Path, ...], seeds: int, out: Path | None) -> None:
     """False-alarm rates, KS test and QQ plot of the bias test on estimators unbiased for their reference."""
-    from gradbench.suite import load_suite
+    from gradbench.run.plan import load_suite
 
     loaded = [load_suite(s, check_device=True) for s in suites]
     out = out or Path("runs") / f"{loaded[0][0].name}-calibration"

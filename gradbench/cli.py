@@ -143,7 +143,7 @@ def show(name: str) -> None:
 
     found = [(section, entries[name]) for section, entries in _sections().items() if name in entries]
     if not found:
-        from gradbench.suite import did_you_mean
+        from gradbench.run.plan import did_you_mean
 
         known = [k for entries in _sections().values() for k in entries]
         raise UserError(f"no model, estimator, protocol or family named {name!r}{did_you_mean(name, known)} "
@@ -224,8 +224,8 @@ def _type_name(annotation: Any) -> str:
                                                 "print the run's rough cost in seconds (takes seconds to minutes).")
 def validate(suite: Path, estimate: bool) -> None:
     """Check a suite file and print what it costs: cells, references to compute (with --estimate: rough seconds)."""
-    from gradbench.plan_cost import estimate_lines, plan_lines
-    from gradbench.suite import load_suite
+    from gradbench.run.cost import estimate_lines, plan_lines
+    from gradbench.run.plan import load_suite
 
     spec, cells = load_suite(suite, check_device=estimate)
     targets = len({c.target.target_id for c in cells})
@@ -237,7 +237,7 @@ def validate(suite: Path, estimate: bool) -> None:
     if note:
         click.echo(f"note: {note}")
     if estimate:
-        from gradbench.plan_cost import probe
+        from gradbench.run.cost import probe
 
         for line in estimate_lines(probe(cells), spec.executor):
             click.echo(line)
@@ -275,7 +275,7 @@ def meeting_note(protocols: list[str] | tuple[str, ...], estimators: list[str]) 
 def run(suite: Path, out: Path | None, device: str | None, replicates: int | None, seed: int | None,
         target_seed: int | None, fresh: bool, executor: str | None, scheduler: str | None, correction: str) -> None:
     """Run a suite (resuming finished cells) and write results.parquet."""
-    from gradbench.suite import load_suite
+    from gradbench.run.plan import load_suite
 
     flags = {"device": device, "replicates": replicates, "seed": seed, "target_seed": target_seed,
              "executor": executor, "scheduler": scheduler}
@@ -288,7 +288,8 @@ def run(suite: Path, out: Path | None, device: str | None, replicates: int | Non
     out = out or Path("runs") / spec.name
     check_out_folder(out, spec.name)
 
-    from gradbench.runner import RunBusy, run_suite
+    from gradbench.run.runner import run_suite
+    from gradbench.run.store import RunBusy
     from gradbench.terminal import CellProgress, format_run, run_warnings
 
     interactive = sys.stderr.isatty()
@@ -337,8 +338,8 @@ def check_out_folder(out: Path, suite_name: str) -> None:
 
 
 def _executor(spec: Any) -> Any:
-    from gradbench.executors import DaskExecutor, LocalExecutor
-    from gradbench.suite import SuiteError
+    from gradbench.run.executors import DaskExecutor, LocalExecutor
+    from gradbench.run.plan import SuiteError
 
     if spec.executor == "local":
         return LocalExecutor()
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"{ERROR} {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:
-        suite_module = sys.modules.get("gradbench.suite")
+        suite_module = sys.modules.get("gradbench.run.plan")
         if debug or suite_module is None or not isinstance(exc, suite_module.SuiteError):
             raise
         click.echo(f"{ERROR} {exc}", err=True)

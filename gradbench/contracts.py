@@ -350,7 +350,7 @@ class Target(Protocol):
         """*(capability state_probabilities)* For each sampler a verdict depends on (``"q"``: the proposal;
         ``"posterior"``: the exact posterior ``sample_posterior`` draws from, when there is one), the probability of
         every value of every discrete coordinate at every data point, float64 (e.g. [N, D]: q(z_j = c | x_n)).
-        The rare-state guard (:func:`gradbench.cell.rare_value_probability`) takes the smallest."""
+        The rare-state guard (:func:`gradbench.run.compute.rare_value_probability`) takes the smallest."""
         ...
 
 

@@ -65,7 +65,8 @@ def resolve(impl: Any) -> Any:
 class _CodeByPath:
     """Fields named in ``_CODE`` may hold a ``"module:attr"`` path: reading them imports it."""
 
-    _CODE = ("fn", "build", "params", "proposal")
+    _CODE = ("fn", "build", "params", "proposal", "compute", "target_of", "reference_of", "needs", "runs_by_name",
+             "figures", "report_tables")
 
     def __getattribute__(self, name: str) -> Any:
         value = object.__getattribute__(self, name)
@@ -229,9 +230,6 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator("reinforce", _E + "score:reinforce", ep.ReinforceParams, "score-function ∇φ ELBO with a baseline (none, moving average, learned, point, optimal LOO, RLOO)",
               _PHI_ELBO, _with_kl(_SCORE)),
     Estimator("vimco", _E + "score:vimco", ep.VIMCOParams, "score-function ∇φ IWAE_K with leave-one-out baselines (Mnih & Rezende 2016)", _phi_iwae, _SCORE),
-    Estimator("train", "gradbench.protocols.train:protocol", ep.TrainParams,
-              "a training run, not an estimator — a training run (θ-estimator, φ-estimator, seed) for the protocol 'train'",
-              requires=lambda p: _train_requires(p), runs=lambda p: _train_runs(p)),
     Estimator("exact_sampling", _E + "ebm:exact_sampling", ep.ExactSamplingParams,
               "EBM: model term from S exact samples of p_θ by enumeration (the oracle; unbiased; cost in sweeps)", requires=_EBM),
     Estimator("cd", _E + "ebm:cd", ep.CDParams,
@@ -279,32 +277,11 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
               _PHI_ELBO, _DISCRETE_SCORE),
 ]}
 
-def _train_requires(p: dict[str, Any]) -> Capabilities:
-    """What the ``train`` pseudo-estimator's two estimators require (of the target's family kind: a fresh encoder of the
-    same kind is trained — Gaussian, reparameterised, for real z; Bernoulli, score only, for binary z)."""
-    if p.get("phi_estimator", "reparam_elbo") is None:  # energy-based models: θ-only training, energy-based models only
-        return ESTIMATORS[p.get("theta_estimator", "elbo")].required(p.get("theta_params", {})) | _EBM
-    theta, phi = ESTIMATORS[p.get("theta_estimator", "elbo")], ESTIMATORS[p.get("phi_estimator", "reparam_elbo")]
-    warm = p.get("warmup_theta_estimator")
-    warm_needs = ESTIMATORS[warm].required(p.get("warmup_theta_params", {})) if warm is not None else frozenset()
-    return theta.required(p.get("theta_params", {})) | phi.required(p.get("phi_params", {})) | warm_needs
-
-
-def _train_runs(p: dict[str, Any]) -> tuple[str, ...]:
-    """The ``train`` pseudo-estimator's θ- and φ-estimators and its warm-up θ-estimator (defaults included; φ is None
-    for θ-only training)."""
-    return tuple(n for n in (p.get("theta_estimator", "elbo"), p.get("phi_estimator", "reparam_elbo"),
-                             p.get("warmup_theta_estimator")) if n is not None)
-
-
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     _spec("gradbench.protocols.bias_spec"),
     _spec("gradbench.protocols.variance_spec"),
     _spec("gradbench.protocols.meeting_spec"),
     _spec("gradbench.protocols.wallclock_spec"),
-    Protocol("train", "gradbench.protocols.train:protocol",
-             "train θ and φ with estimator 'train' → test_loglik (exact) or test_iwae_bound (IWAE-K lower bound), train_*, steps, evals, seconds, censored_steps; curves.parquet", False,
-             modules=("gradbench.protocols.train_ebm",), side_tables=(SideTable("curves", "curves.parquet"),)),
     _spec("gradbench.protocols.snr_spec"),
     _spec("gradbench.protocols.mcmc_spec"),
     _spec("gradbench.protocols.mse_spec"),
@@ -322,6 +299,65 @@ def required_capabilities(estimator: str, params: dict[str, Any], protocols: tup
                                                                    if p in PROTOCOLS):
         needs.add("iwae_reference")
     return frozenset(needs)
+
+
+@dataclass(frozen=True)
+class CellKind(_CodeByPath):
+    """A kind of cell (docs/design.md §4.1): what its computation is and what the pipeline needs to know of it. The
+    pipeline (gradbench.run) asks the kind and never branches on its name.
+
+    ``compute`` (cell, target, reference, checkpoint_dir) → (rows, side tables by name); ``params`` the schema of a
+    cell's parameters given its estimator name; ``needs`` (estimator, params, protocols) → the capabilities the target
+    must provide; ``runs_by_name`` (params) → registered estimators it runs besides the cell's own (their code
+    counts in the cell id); ``target_of`` cell → the TargetConfig it computes on (None: the cell's own);
+    ``reference_of`` cell → the key of the objective whose reference it needs, or None (None: never one);
+    ``stores_target_arrays``: whether the run folder keeps the target's arrays (a training cell never builds the
+    target's own θ and φ); ``side_tables``: the run-wide tables its side outputs are collected into. A kind's own
+    views — ``figures`` (a list of FigureSpec) and ``report_tables`` (run → list of tables) — are drawn by the report
+    beside the protocols' (a measurement cell's side tables and views are its protocols', gradbench.protocols.spec).
+    """
+
+    name: str
+    compute: Callable[..., Any]
+    description: str
+    params: Callable[[str], type[BaseModel]]
+    needs: Callable[[str, dict[str, Any], tuple[str, ...]], Capabilities]
+    runs_by_name: Callable[[dict[str, Any]], tuple[str, ...]]
+    target_of: Callable[[Any], Any] | None = None
+    reference_of: Callable[[Any], str | None] | None = None
+    stores_target_arrays: bool = True
+    replicate_scaled: bool = True  # its cost grows linearly in the replicates (``gradbench validate --estimate`` probes it)
+    side_tables: tuple[SideTable, ...] = ()
+    figures: list[Any] | None = None
+    report_tables: Callable[[Any], list[Any]] | None = None
+
+
+def objective_key(estimator: str, params: dict[str, Any]) -> str:
+    """The key of the objective an estimator with these parameters estimates (``phi_iwae8``, ``theta_log_marginal``)."""
+    return ESTIMATORS[estimator].objective(params).canonical().key
+
+
+def measured_objective(cell: Any) -> str | None:
+    """The key of the objective a measurement cell's protocols compare against — its estimator's — or None when no
+    protocol of the cell uses a reference."""
+    if not any(PROTOCOLS[name].uses_reference for name in cell.protocols):
+        return None
+    return objective_key(cell.estimator, cell.estimator_params)
+
+
+CELL_KINDS: dict[str, CellKind] = {k.name: k for k in [
+    CellKind("measure", "gradbench.protocols.measure:run_cell",
+             "an estimator run in replicate blocks on a fixed target, measured by the suite's protocols",
+             lambda name: ESTIMATORS[name].params, lambda name, p, protocols: required_capabilities(name, p, protocols),
+             lambda p: (), reference_of=lambda cell: measured_objective(cell)),  # side tables: its protocols'
+    CellKind("train", "gradbench.training.cell:compute",
+             "a training run (θ-, φ- and warm-up estimators, seed, settings) from a suite's train: block",
+             lambda name: resolve("gradbench.training.params:TrainParams"),
+             lambda name, p, protocols: resolve("gradbench.training.params:requires")(p),
+             "gradbench.training.params:runs", target_of="gradbench.training.cell:target_of",
+             stores_target_arrays=False, replicate_scaled=False, side_tables=(SideTable("curves", "curves.parquet"),),
+             figures="gradbench.training.figures:TRAIN_FIGURES", report_tables="gradbench.training.figures:train_tables"),
+]}
 
 
 @dataclass(frozen=True)
@@ -570,27 +606,31 @@ def import_closure(roots: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
-def cell_roots(model: str, estimator: str, params: dict[str, Any] | None, protocols: tuple[str, ...] | list[str]) \
-        -> tuple[str, ...]:
-    """The modules a cell's entries are defined in (the model's build, the family it may choose is imported by it,
-    the estimator and those it runs by name, the protocols) and the plugin modules that registered any of them."""
-    m, p = MODELS[model], [PROTOCOLS[name] for name in protocols]
-    roots = [m.module_of("build"), *m.modules, *estimator_modules(estimator, params),
+def cell_roots(model: str, estimator: str, params: dict[str, Any] | None, protocols: tuple[str, ...] | list[str],
+               kind: str = "measure") -> tuple[str, ...]:
+    """The modules a cell's entries are defined in (the model's build — the family it may choose is imported by it —,
+    the kind's computation, the estimator and those the estimator or the kind runs by name, the protocols) and the
+    plugin modules that registered any of them."""
+    m, k, p = MODELS[model], CELL_KINDS[kind], [PROTOCOLS[name] for name in protocols]
+    own = estimator_modules(estimator, params) if estimator in ESTIMATORS else ()
+    roots = [m.module_of("build"), *m.modules, k.module_of("compute"), *own,
+             *(r for n in k.runs_by_name(params or {}) for r in estimator_modules(n)),
              *(r for proto in p for r in (proto.module_of("fn"), *proto.modules))]
     owners = [PLUGIN_MODULES.get(name) for name in (model, estimator, *protocols)]
     return tuple(dict.fromkeys([*roots, *(o for o in owners if o)]))
 
 
 def cell_code(model: str, estimator: str, params: dict[str, Any] | None,
-              protocols: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
+              protocols: tuple[str, ...] | list[str], kind: str = "measure") -> tuple[tuple[str, str], ...]:
     """``(module, version or source hash)`` of every module in the import closure of the cell's entries: what a cell's
     id covers of the code that computes it. Editing any of them, or upgrading a plugin's distribution, re-runs it."""
-    return tuple((name, code_version(name)) for name in import_closure(cell_roots(model, estimator, params, protocols)))
+    return tuple((name, code_version(name)) for name in import_closure(cell_roots(model, estimator, params, protocols,
+                                                                                  kind)))
 
 
 def estimator_modules(name: str, params: dict[str, Any] | None = None) -> tuple[str, ...]:
     """The modules an estimator is defined in: its own and those of the registered estimators it runs by name
-    (``Estimator.runs``, e.g. a train cell's θ- and φ-estimators)."""
+    (``Estimator.runs``)."""
     entry = ESTIMATORS[name]
     inner = [m for n in entry.runs(params or {}) for m in estimator_modules(n)]
     return tuple(dict.fromkeys([entry.module_of("fn"), *inner]))

@@ -2,7 +2,7 @@
 on events instead of sleeping.
 
 Loaded through a suite's ``plugins: [tests.gate]``. It registers ``gated_iwae`` (the IWAE estimator, same schema,
-same draws) and wraps ``train.write_checkpoint``. Both do nothing unless ``GRADBENCH_TEST_GATE_DIR`` is set; then,
+same draws) and wraps ``loop.write_checkpoint``. Both do nothing unless ``GRADBENCH_TEST_GATE_DIR`` is set; then,
 at the point named by ``GRADBENCH_TEST_GATE_AT``:
 
 * ``cell:N`` — the first estimator call of the N-th distinct ``gated_iwae`` cell (told apart by ``K``) of this
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from gradbench import registry
-from gradbench.protocols import train
+from gradbench.training import loop
 
 HOLD_S = 300.0
 _seen_K: list[int] = []
@@ -58,7 +58,7 @@ def gated_iwae(target, R, gen, *, K: int = 8):
     return iwae(target, R, gen, K=K)
 
 
-_write_checkpoint = train.write_checkpoint
+_write_checkpoint = loop.write_checkpoint
 
 
 def _gated_write_checkpoint(*args, **kwargs) -> None:
@@ -69,6 +69,6 @@ def _gated_write_checkpoint(*args, **kwargs) -> None:
         _hold()
 
 
-train.write_checkpoint = _gated_write_checkpoint
+loop.write_checkpoint = _gated_write_checkpoint
 registry.register(dataclasses.replace(registry.ESTIMATORS["iwae"], name="gated_iwae", fn=gated_iwae))
 

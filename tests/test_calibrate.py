@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from gradbench.calibrate import calibrate, reseeded, summarize
-from gradbench.suite import load_suite
+from gradbench.run.plan import load_suite
 from tests.test_suite import write
 
 SUITE = """\

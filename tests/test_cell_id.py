@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from gradbench import registry
-from gradbench.suite import load_suite
+from gradbench.run.plan import load_suite
 from tests.test_suite import write
 
 VAE_SUITE = """\

@@ -180,7 +180,7 @@ def test_out_at_a_file_or_another_suites_folder_is_refused(tmp_path, capsys):
 
 
 def test_target_seed_flag_keeps_targets_while_seed_changes_the_noise(tmp_path):
-    from gradbench.suite import load_suite
+    from gradbench.run.plan import load_suite
 
     path = write(tmp_path, VALID)
     _, base = load_suite(path, {"target_seed": 5})
@@ -200,7 +200,7 @@ def test_shipped_suites_validate_and_state_target_seed(path):
     the same targets (in-process: one subprocess per suite would cost an import of torch each). A suite on
     Fashion-MNIST is skipped, with the reason, where its files are absent; a suite measured at a training run's
     snapshots (step 2 of a two-step recipe) is skipped where that run has not been made here."""
-    from gradbench.suite import SuiteError, load_suite
+    from gradbench.run.plan import SuiteError, load_suite
 
     assert len(SHIPPED_SUITES) >= 3
     try:

@@ -10,9 +10,11 @@ import threading
 import pandas as pd
 import pytest
 
-from gradbench.executors import DaskExecutor, LocalExecutor, compute_cell, is_timed
-from gradbench.runner import PROVENANCE, run_suite
-from gradbench.suite import load_suite
+from gradbench.run.compute import compute_cell
+from gradbench.run.executors import DaskExecutor, LocalExecutor, is_timed
+from gradbench.run.plan import load_suite
+from gradbench.run.runner import run_suite
+from gradbench.run.store import PROVENANCE
 from tests.test_suite import write
 
 distributed = pytest.importorskip("distributed")
@@ -109,7 +111,7 @@ def test_compute_cell_reports_failures_as_outcomes(tmp_path):
 def test_cells_compute_single_threaded_and_restore_threads(tmp_path, monkeypatch):
     import torch
 
-    from gradbench.executors import cell_thread_limits
+    from gradbench.run.compute import cell_thread_limits
 
     seen = []
     before = torch.get_num_threads()
@@ -117,6 +119,6 @@ def test_cells_compute_single_threaded_and_restore_threads(tmp_path, monkeypatch
         seen.append(torch.get_num_threads())
     assert seen == [1] and torch.get_num_threads() == before
     monkeypatch.setenv("GRADBENCH_CELL_THREADS", "2")
-    from gradbench.executors import cell_threads
+    from gradbench.run.compute import cell_threads
 
     assert cell_threads() == 2

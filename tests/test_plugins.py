@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from gradbench import registry
-from gradbench.runner import PROVENANCE, run_suite
-from gradbench.suite import SuiteError, load_suite
+from gradbench.run.plan import SuiteError, load_suite
+from gradbench.run.runner import run_suite
+from gradbench.run.store import PROVENANCE
 from tests.test_suite import write
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -63,7 +64,7 @@ def test_plugin_model_runs_locally_with_exact_reference(tmp_path):
 
 def test_plugin_model_runs_on_dask_workers(tmp_path):
     distributed = pytest.importorskip("distributed")
-    from gradbench.executors import DaskExecutor
+    from gradbench.run.executors import DaskExecutor
 
     suite, cells = load_suite(write(tmp_path, PLUGIN_SUITE.replace("replicates: 1000", "replicates: 200")))
     local = run_suite(suite, cells, tmp_path / "local", progress=False).table

@@ -14,9 +14,6 @@ import pytest
 from gradbench import registry
 from gradbench.protocols.spec import ProtocolSpec, TerminalTable
 
-# protocols whose views live elsewhere, with where: train cells are reported by gradbench.report.train_figures
-VIEWS_ELSEWHERE = {"train": "gradbench.report.train_figures (curves, test log-likelihood tables and figures)"}
-
 
 def _view_table() -> str:
     names = ["terminal", "report_columns", "report_tables", "rules", "figures", "run_rows", "side_tables"]
@@ -31,8 +28,6 @@ def test_every_protocol_is_a_spec_and_its_rows_reach_a_view():
     print("\n" + _view_table())
     for name, spec in registry.PROTOCOLS.items():
         assert isinstance(spec, ProtocolSpec) and spec.name == name
-        if name in VIEWS_ELSEWHERE:
-            continue
         views = spec.views()
         assert spec.metrics, f"{name}: its spec declares no metrics"
         assert views["terminal"], f"{name}: its rows are not printed by `gradbench run` (spec.terminal is None)"
@@ -41,7 +36,7 @@ def test_every_protocol_is_a_spec_and_its_rows_reach_a_view():
             f"{name}: its rows reach no report view (no report column reads them; report_tables, figures empty)"
 
 
-@pytest.mark.parametrize("name", [n for n in registry.PROTOCOLS if n not in VIEWS_ELSEWHERE])
+@pytest.mark.parametrize("name", list(registry.PROTOCOLS))
 def test_views_read_declared_metrics(name):
     """The terminal columns, report columns and compare rules of a protocol name only metrics it declares (or, for
     the shared SNR column, those of the protocol that shares it)."""
@@ -84,3 +79,18 @@ def test_spec_modules_are_light():
             "print(sorted(m for m in ('torch', 'pandas', 'scipy', 'matplotlib') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert res.stdout.strip() == "[]", res.stdout
+
+
+def test_every_cell_kind_is_computed_by_path_and_reaches_a_view():
+    """A cell kind names its computation by path, and rows of a kind other than ``measure`` (whose rows are its
+    protocols') reach the report through the kind's own figures or tables; its side tables are collected."""
+    from gradbench.run.store import side_tables
+
+    assert set(registry.CELL_KINDS) == {"measure", "train"}
+    collected = {t.name for t in side_tables()}
+    for name, kind in registry.CELL_KINDS.items():
+        assert kind.name == name and callable(kind.compute), name
+        assert {t.name for t in kind.side_tables} <= collected, name
+        if name != "measure":
+            assert kind.figures and kind.report_tables is not None, f"{name}: no figure or table shows its rows"
+    assert "train" not in registry.ESTIMATORS and "train" not in registry.PROTOCOLS  # training is a kind of cell only

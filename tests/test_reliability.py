@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from gradbench import registry
 from gradbench.core import GradSample
-from gradbench.runner import PROVENANCE, RunBusy, output_lock, run_suite
-from gradbench.suite import SuiteError, load_suite
+from gradbench.run.plan import SuiteError, load_suite
+from gradbench.run.runner import run_suite
+from gradbench.run.store import PROVENANCE, RunBusy, output_lock
 from tests.sync import gate_env, wait_for
 from tests.test_suite import VALID, write
 
@@ -184,7 +185,7 @@ def test_fresh_and_changed_suites(tmp_path):
 def test_float32_resolution_warning():
     """Warns when 3 s.e. of a coordinate is below eps·√cost·‖g*‖_∞, and only for reduced precision."""
     from gradbench.core import ParamGroup, ParamLayout, Reference
-    from gradbench.runner import resolution_warning
+    from gradbench.protocols.measure import resolution_warning
 
     layout = ParamLayout((ParamGroup("a", (2,)),))
     gen = torch.Generator().manual_seed(0)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gradbench import runner
-from gradbench.suite import load_suite
+from gradbench.run import runner
+from gradbench.run.plan import load_suite
+from gradbench.run.store import RunBusy
 from tests.test_cli import gradbench, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def test_run_outputs_follow_the_umask_and_no_lock_file_is_left(tmp_path):
 
 def test_a_second_run_on_the_same_folder_is_still_refused_while_the_first_holds_it(tmp_path):
     out = tmp_path / "run"
-    with runner.output_lock(out), pytest.raises(runner.RunBusy), runner.output_lock(out):
+    with runner.output_lock(out), pytest.raises(RunBusy), runner.output_lock(out):
         pass
     assert not (out / ".lock").exists()
     with runner.output_lock(out):  # and the folder can be locked again afterwards

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from gradbench.runner import PROVENANCE, run_suite
-from gradbench.suite import load_suite
+from gradbench.run.plan import load_suite
+from gradbench.run.runner import run_suite
+from gradbench.run.store import PROVENANCE
 from tests.test_suite import write
 
 SUITE = """\
@@ -99,7 +100,7 @@ def test_exact_cells_report_zero_bias(first_run):
 
 def test_replicate_blocks_extend_consistently(tmp_path):
     """The first 500 replicates are the same whether a cell has 500 or 600 (blocks of 500)."""
-    from gradbench.runner import sample_cell
+    from gradbench.protocols.measure import sample_cell
 
     path = write(tmp_path, SUITE)
     _, small = load_suite(path, {"replicates": 500})
@@ -139,8 +140,8 @@ def test_named_data_provenance_is_recorded_with_the_run(tmp_path):
     """A target on a named data set records the set, split, rows, binarisation seed and the rows' sha256."""
     import json
 
-    from gradbench.runner import run_suite
-    from gradbench.suite import load_suite
+    from gradbench.run.plan import load_suite
+    from gradbench.run.runner import run_suite
     from tests.test_suite import write
 
     text = """\

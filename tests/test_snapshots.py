@@ -1,4 +1,4 @@
-"""Training snapshots and targets built from them (gradbench.snapshots): a resumed cell writes the same snapshots, a
+"""Training snapshots and targets built from them (gradbench.training.snapshots): a resumed cell writes the same snapshots, a
 checkpoint target holds the trained parameters bit for bit, a missing folder or step is one located line (exit 2),
 the provenance is recorded, and the snapshot file's sha256 is part of the target's identity."""
 
@@ -11,13 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
-from gradbench.cell import run_train_cell, target_for
 from gradbench.cli import main
-from gradbench.estimators.params import TrainParams
-from gradbench.protocols import train
-from gradbench.runner import run_suite
-from gradbench.snapshots import SNAPSHOTS, steps_in
-from gradbench.suite import SuiteError, load_suite
+from gradbench.run.compute import target_for
+from gradbench.run.plan import SuiteError, load_suite
+from gradbench.run.runner import run_suite
+from gradbench.training import loop
+from gradbench.training import params as training_params
+from gradbench.training.cell import train
+from gradbench.training.params import TrainParams
+from gradbench.training.snapshots import SNAPSHOTS, steps_in
 
 TRAIN_SUITE = """\
 name: tiny-snapshots
@@ -66,7 +68,7 @@ def train_into(tmp_path: Path, out: Path) -> tuple[object, Path]:
     """Run the tiny training cell with its checkpoint folder ``out/checkpoints``; (cell, its snapshot folder)."""
     _, cells = load_suite(write_train_suite(tmp_path))
     cell = cells[0]
-    run_train_cell(cell, target_for(cell), out / "checkpoints")
+    train(cell, target_for(cell), out / "checkpoints")
     return cell, out / SNAPSHOTS / cell.cell_id
 
 
@@ -85,7 +87,7 @@ def test_snapshots_are_written_at_the_listed_steps_with_their_provenance(trained
     assert snap["encoder"] == {"family": "gaussian_encoder", "hidden": [4]}
     # step 0 is the initial state of the training loop, bit for bit
     p = TrainParams(**cell.estimator_params)
-    init = train.initial_state(target_for(cell), p, train.derive_seed(cell.target.noise_seed(0), train.TRAIN, p.train_seed))
+    init = loop.initial_state(target_for(cell), p, loop.derive_seed(cell.target.noise_seed(0), training_params.TRAIN, p.train_seed))
     first = torch.load(folder / "step-0.pt", weights_only=False)
     assert all(torch.equal(first["theta"][k], v) for k, v in init.theta.items())
     assert all(torch.equal(first["phi"][k], v) for k, v in init.phi.items())
@@ -104,7 +106,7 @@ def test_a_resumed_cell_writes_the_same_snapshots(trained, tmp_path):
     mine = out / SNAPSHOTS / cell.cell_id
     mine.mkdir(parents=True)
     shutil.copy(folder / "step-0.pt", mine)
-    run_train_cell(cell, target_for(cell), out / "checkpoints")
+    train(cell, target_for(cell), out / "checkpoints")
     assert steps_in(mine) == [0, 3, 6]
     for step in (3, 6):
         assert (mine / f"step-{step}.pt").read_bytes() == (folder / f"step-{step}.pt").read_bytes()
@@ -113,7 +115,7 @@ def test_a_resumed_cell_writes_the_same_snapshots(trained, tmp_path):
 def test_a_train_cell_without_snapshot_steps_writes_none_and_keeps_its_parameters(tmp_path):
     _, cells = load_suite(write_train_suite(tmp_path, ""))
     assert "snapshot_steps" not in cells[0].estimator_params  # the same parameters (and columns) as before
-    rows, _ = run_train_cell(cells[0], target_for(cells[0]), tmp_path / "checkpoints")
+    rows, _ = train(cells[0], target_for(cells[0]), tmp_path / "checkpoints")
     assert not (tmp_path / SNAPSHOTS).exists()
     assert not any(c.startswith("snapshot") or c.endswith("snapshot_steps") for c in rows.columns)
 
@@ -224,7 +226,7 @@ def test_an_sbn_snapshot_gives_a_bernoulli_encoder_target_with_an_enumerated_ref
     tensors bit for bit, and the ∇θ log p(x) reference is exact by enumeration."""
     (tmp_path / "train.yaml").write_text(SBN_TRAIN)
     _, cells = load_suite(tmp_path / "train.yaml")
-    run_train_cell(cells[0], target_for(cells[0]), tmp_path / "run" / "checkpoints")
+    train(cells[0], target_for(cells[0]), tmp_path / "run" / "checkpoints")
     folder = tmp_path / "run" / SNAPSHOTS / cells[0].cell_id
     assert steps_in(folder) == [0, 4]
     sweep = write_sweep(tmp_path, tmp_path / "run", steps="4", estimators="estimators:\n  - {name: iwae, params: {K: 4}}")

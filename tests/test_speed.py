@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from gradbench.cli import cli
 from gradbench.estimators.importance import iwae
 from gradbench.peers import pyro_ppca
+from gradbench.run.plan import SuiteError, load_suite
 from gradbench.seeding import make_generator
 from gradbench.speed import SpeedSettings, floor_sample_log_joint, plan, plans, run_speed, time_interleaved
-from gradbench.suite import SuiteError, load_suite
 from tests.conftest import make_ppca
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gradbench import registry
 from gradbench.cli import cli
+from gradbench.run.plan import load_suite
 from gradbench.seeding import make_generator
 from gradbench.speed import SpeedError, SpeedSettings, median_ci, plan, run_speed
 from gradbench.speed.flops import forward_flops, gradient_flops, matmul_flops, mlp_widths
-from gradbench.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,6 +17,7 @@ from gradbench import registry
 from gradbench.cli import cli
 from gradbench.estimators.importance import iwae
 from gradbench.peers import pyro_vae
+from gradbench.run.plan import load_suite
 from gradbench.seeding import make_generator
 from gradbench.speed import (
     SpeedSettings,
@@ -27,7 +28,6 @@ from gradbench.speed import (
     run_scaling,
     vmap_weighted_grad,
 )
-from gradbench.suite import load_suite
 
 needs_pyro = pytest.mark.needs("pyro")
 

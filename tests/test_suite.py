@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gradbench import registry
-from gradbench.suite import SuiteError, load_suite
+from gradbench.run.plan import SuiteError, load_suite
 
 VALID = """\
 name: tiny
@@ -146,7 +146,7 @@ def test_a_training_cell_id_covers_the_code_it_trains_with():
     root = Path(__file__).resolve().parents[1]
     _, cells = load_suite(root / "suites" / "train-ebm.yaml")
     modules = {m for c in cells for m, _ in c.code}
-    assert {"gradbench.protocols.train", "gradbench.protocols.train_ebm", "gradbench.estimators.ebm"} <= modules
+    assert {"gradbench.training.loop", "gradbench.training.ebm", "gradbench.estimators.ebm"} <= modules
     _, cells = load_suite(root / "suites" / "train-digits.yaml")
     for c in cells:
         code = {m for m, _ in c.code}

@@ -201,8 +201,8 @@ README_SUITE = "suites/quick.yaml"
 
 def quick_run_output(out: Path) -> str:
     """What ``gradbench run suites/quick.yaml`` prints on stdout, less its last line (cells run, seconds)."""
-    from gradbench.runner import run_suite
-    from gradbench.suite import load_suite
+    from gradbench.run.plan import load_suite
+    from gradbench.run.runner import run_suite
 
     spec, cells = load_suite(README.parent / README_SUITE)
     summary = run_suite(spec, cells, out, fresh=True, progress=False)

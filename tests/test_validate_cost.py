@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gradbench.cli import main
-from gradbench.plan_cost import duration, fit_line, probe, reference_keys
-from gradbench.suite import load_suite
+from gradbench.run.cost import duration, fit_line, probe, reference_keys
+from gradbench.run.plan import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "suites" / "quick.yaml"

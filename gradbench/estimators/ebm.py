@@ -59,13 +59,7 @@ from torch import Tensor
 from gradbench.core import GradSample
 from gradbench.estimators.coupling import LaggedKernel, LaggedRun, StepInfo, lockstep_diagnostics, run_lagged
 from gradbench.estimators.coupling import v_weight as _v_weight
-from gradbench.estimators.params import (  # noqa: F401
-    CDParams,
-    CoupledGibbsParams,
-    EBMCoupling,
-    ExactSamplingParams,
-    PCDParams,
-)
+from gradbench.estimators.params import CoupledGibbsParams, EBMCoupling
 from gradbench.models.ebm import RBM, EBMTarget
 
 

@@ -111,12 +111,12 @@ def side_frame(cell: Any, sample: GradSample) -> pd.DataFrame | None:
     frame = getattr(sample, FRAME_ATTR, None)
     if frame is None:
         return None
-    from gradbench.cell import cell_objective
+    from gradbench import registry
 
     return frame.assign(cell_id=cell.cell_id, target_id=cell.target.target_id, seed=cell.target.suite_seed,
                         device=cell.device, estimator=cell.estimator,
                         estimator_params=json.dumps(cell.estimator_params, sort_keys=True, default=str),
-                        objective=cell_objective(cell))
+                        objective=registry.objective_key(cell.estimator, cell.estimator_params))
 
 
 # -- the statistics --------------------------------------------------------------------------------

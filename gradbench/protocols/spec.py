@@ -157,6 +157,7 @@ class ProtocolSpec:
     # and below 10 the normal-theory intervals and tests understate their width by > 15 % (t₉,₀.₉₇₅ = 2.26 vs 1.96)
     min_replicates: int = 1
     modules: tuple[str, ...] = ()  # modules whose source computes its rows besides fn's own (for cell ids)
+    timed: bool = False  # its rows are wall-clock times: the cell never runs beside another cell (executors)
     metrics: Mapping[str, str] = field(default_factory=dict)  # metric -> meaning
     run_rows: Callable[[Any], Any] | code | None = None
     side_tables: tuple[SideTable, ...] = ()

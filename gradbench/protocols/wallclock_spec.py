@@ -22,6 +22,7 @@ def terminal(metrics: set[str], correction: str, alpha: float) -> TerminalTable:
 SPEC = ProtocolSpec(
     "wallclock", code("gradbench.protocols.wallclock:wallclock"),
     "seconds_per_estimate, evals_per_second (median, IQR), work_norm_var_seconds; device, torch/CUDA, threads", False,
+    timed=True,
     metrics=METRICS,
     terminal=terminal,
     report_columns=(

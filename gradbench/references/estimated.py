@@ -5,7 +5,7 @@ integrate), the reference is a high-budget Monte Carlo run. It is ``kind="estima
 bias test needs to treat the comparison as a two-sample problem: the per-coordinate standard error
 ``stderr``, and — up to ``MAX_COV_DIM`` coordinates — the replicates' sample covariance ``cov`` and their
 number ``n`` (the sufficient statistics; ``gradbench.protocols.bias`` uses them). The runner computes each
-reference once per (target, dtype, objective) and caches it in the run folder (``gradbench.store``).
+reference once per (target, dtype, objective) and caches it in the run folder (``gradbench.run.store``).
 
 Replicates are drawn in blocks and merged with the pairwise update of Chan, Golub & LeVeque (1983), so the
 covariance is accurate even when the mean dominates and memory stays at one block.

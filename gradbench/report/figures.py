@@ -43,7 +43,7 @@ from matplotlib.ticker import (
     NullLocator,
 )
 
-from gradbench.protocols.spec import FigureSpec  # re-exported: train_figures and the protocols' specs use it
+from gradbench.protocols.spec import FigureSpec  # re-exported: training.figures and the protocols' specs use it
 from gradbench.report.data import (
     CORRECTIONS,
     RunData,
@@ -796,10 +796,12 @@ VARIANCE_CAPTION = "Trace of the covariance of one estimate, tr Σ̂ (±1 s.e.),
 
 
 def figure_specs() -> list[FigureSpec]:
-    """The figures of every registered protocol (:attr:`ProtocolSpec.figures`), in registry order."""
+    """The figures of every registered protocol (:attr:`ProtocolSpec.figures`), then of every cell kind
+    (``CellKind.figures``, e.g. training curves), in registry order."""
     from gradbench import registry
 
-    return [f for spec in registry.PROTOCOLS.values() for f in spec.figures]
+    return [*(f for spec in registry.PROTOCOLS.values() for f in spec.figures),
+            *(f for kind in registry.CELL_KINDS.values() for f in (kind.figures or []))]
 
 
 def draw(spec: FigureSpec, run: RunData) -> Figure | None:

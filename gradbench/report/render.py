@@ -65,13 +65,12 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, *, alpha: 
     import matplotlib.pyplot as plt
 
     from gradbench.report.figures import draw, figure_specs
-    from gradbench.report.train_figures import TRAIN_FIGURES, train_tables  # training cells: training runs
 
     run = load_run(run_dir, alpha, partial=partial, correction=correction)
     out = Path(out) if out is not None else run.path / "report"
     (out / "figures").mkdir(parents=True, exist_ok=True)
     figures: list[RenderedFigure] = []
-    specs = [*figure_specs(), *TRAIN_FIGURES]
+    specs = figure_specs()
     steps = tqdm(total=len(specs) + 2, desc=f"report {run.suite}", unit="step", disable=not progress)
     with steps:
         for spec in specs:
@@ -89,7 +88,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None, *, alpha: 
                 (out / "figures" / f"{spec.name}.png").unlink(missing_ok=True)  # stale from an earlier render
             steps.update()
         steps.set_postfix_str("tables")
-        tables = all_tables(run) + train_tables(run)
+        tables = all_tables(run)
         steps.update()
         steps.set_postfix_str("write")
         report = Report(out, run, figures, tables, embed)

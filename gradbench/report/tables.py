@@ -275,9 +275,11 @@ def meeting_table(run: RunData) -> Table | None:
 
 
 def all_tables(run: RunData) -> list[Table]:
-    """The per-cell tables, then the tables of the protocols' own (:attr:`ProtocolSpec.report_tables`)."""
+    """The per-cell tables, then the protocols' own tables (:attr:`ProtocolSpec.report_tables`), then the cell kinds'
+    (``CellKind.report_tables``, e.g. training runs' final and paired tables)."""
     from gradbench import registry
     from gradbench.protocols.spec import resolve
 
     own = [resolve(fn)(run) for spec in registry.PROTOCOLS.values() for fn in spec.report_tables]
+    own += [t for kind in registry.CELL_KINDS.values() if kind.report_tables is not None for t in kind.report_tables(run)]
     return [t for t in (summary_table(run), cost_table(run), group_table(run), *own) if t is not None]

@@ -10,10 +10,10 @@ from typing import Any
 import click
 import torch
 
+from gradbench.run.plan import SuiteError, load_suite
 from gradbench.speed.comparisons import run_speed
 from gradbench.speed.scaling import run_scaling, scaling_figure, scaling_markdown
 from gradbench.speed.settings import SpeedError, SpeedSettings, plans
-from gradbench.suite import SuiteError, load_suite
 
 
 class SpeedCommandError(click.ClickException):

@@ -13,8 +13,8 @@ import torch
 
 from gradbench import registry
 from gradbench.core import GradSample
-from gradbench.executors import cell_thread_limits
 from gradbench.protocols.wallclock import device_info
+from gradbench.run.compute import cell_thread_limits
 from gradbench.seeding import derive_seed, make_generator
 from gradbench.speed.floors import (
     _matched_R,

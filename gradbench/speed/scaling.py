@@ -15,13 +15,13 @@ import torch
 
 from gradbench import registry
 from gradbench.core import GradSample
-from gradbench.executors import cell_thread_limits
 from gradbench.protocols.wallclock import device_info
+from gradbench.run.cells import TargetConfig
+from gradbench.run.compute import cell_thread_limits
 from gradbench.seeding import derive_seed, make_generator
 from gradbench.speed.results import _kv
 from gradbench.speed.settings import DEFAULT_SETTINGS, SpeedPlan, SpeedSettings
 from gradbench.speed.timing import loglog_slope, peak_memory_bytes, time_interleaved
-from gradbench.suite import TargetConfig
 
 # Each axis is swept with the others at the base point; values are multiples of the base (R, K) or absolute.
 SCALING_FACTORS = (0.25, 0.5, 1.0, 2.0)

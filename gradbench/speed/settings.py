@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradbench.suite import Cell, Suite, SuiteError, TargetConfig
+from gradbench.run.cells import Cell, TargetConfig
+from gradbench.run.plan import Suite, SuiteError
 
 
 class SpeedError(ValueError):

@@ -399,7 +399,7 @@ def check_estimator(estimator: str | Callable[..., GradSample], target: Any, par
     rep.ok("GradSample shape, dtype, finite, positive cost, wrt, same seed → same estimate")
     if unbiased:
         reference = target.reference(a.wrt)
-        from gradbench.cell import has_atoms
+        from gradbench.protocols.measure import has_atoms
 
         atoms = has_atoms(target)
         p = bias_pvalue(a, reference, seed=seed, atoms=atoms)

@@ -15,7 +15,7 @@ import torch
 from scipy import stats as sps
 
 from gradbench.calibrate import cell_label, reseeded
-from gradbench.suite import load_suite
+from gradbench.run.plan import load_suite
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--suite", default="suites/calibration-ebm.yaml")

@@ -2,9 +2,9 @@
 
     python reports/ebm/train_summary.py runs/train-ebm [reports/ebm]   # → <run name>-summary.txt, figures/<run_name>_curves.png
 
-Final exact log-likelihoods are mean ± s.e. over training seeds (:func:`gradbench.protocols.train.summarize`);
+Final exact log-likelihoods are mean ± s.e. over training seeds (:func:`gradbench.training.stats.summarize`);
 each estimator is compared with ``exact_sampling`` (the oracle) over the seeds they share — common random numbers —
-by :func:`gradbench.protocols.train.paired_test` (Student t and the exact sign-flip permutation p-value).
+by :func:`gradbench.training.stats.paired_test` (Student t and the exact sign-flip permutation p-value).
 Curves: exact held-out log p(x) against steps and against Gibbs sweeps, mean over seeds ± 1 s.e. band.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradbench.protocols.train import pair_label, paired_test, summarize
+from gradbench.training.stats import pair_label, paired_test, summarize
 
 BASELINE = "exact_sampling"
 

@@ -37,8 +37,8 @@ import torch
 from gradbench import registry
 from gradbench.estimators import coupled as C
 from gradbench.estimators import coupling as L
+from gradbench.run.plan import load_suite
 from gradbench.seeding import make_generator
-from gradbench.suite import load_suite
 
 K = 8
 SUITE = """name: vae20-lockstep

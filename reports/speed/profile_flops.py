@@ -22,10 +22,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from gradbench import registry
+from gradbench.run.plan import load_suite
 from gradbench.seeding import make_generator
 from gradbench.speed import median_ci, plans, time_interleaved
 from gradbench.speed.flops import gradient_flops, matmul_flops, mlp_widths
-from gradbench.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

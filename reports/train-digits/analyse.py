@@ -3,7 +3,7 @@ import argparse
 
 import pandas as pd
 
-from gradbench.protocols.train import paired_test, summarize
+from gradbench.training.stats import paired_test, summarize
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("RUN_DIR", help="a finished run of suites/train-digits.yaml")

@@ -16,16 +16,17 @@ def rss(tag: str) -> None:
 
 
 rss("start")
-import gradbench.cell as gc
-from gradbench.suite import load_suite
+from gradbench.run.compute import target_for
+from gradbench.run.plan import load_suite
+from gradbench.training.cell import target_of, train
 
 rss("imports")
 suite, cells = load_suite("suites/train-fashion-mnist-cpu.yaml")
 rss("load_suite (validates the data)")
 cell = cells[0]
-target = gc.train_target(cell)
-rss("train_target (grey 60000x784)")
+target = target_for(cell, target_of(cell))
+rss("the training target (grey 60000x784)")
 p = dict(cell.estimator_params)
 p.update(budget_value=5, eval_K_check=None, eval_refit_steps=0, curve_every=10**6, checkpoint_every=10**6)
-gc.run_train_cell(dataclasses.replace(cell, estimator_params=p), target)
+train(dataclasses.replace(cell, estimator_params=p), target)
 rss("5 steps + IWAE-1000 on 1000 test points")

@@ -9,8 +9,9 @@ import argparse
 import dataclasses
 import time
 
-from gradbench.cell import run_train_cell, train_target
-from gradbench.suite import load_suite
+from gradbench.run.compute import target_for
+from gradbench.run.plan import load_suite
+from gradbench.training.cell import target_of, train
 
 parser = argparse.ArgumentParser(description="Per-step training cost of each arm of a train suite.")
 parser.add_argument("suite", help="a train suite, e.g. suites/train-digits-ordering.yaml")
@@ -30,7 +31,7 @@ for cell in cells:
              eval_refit_steps=0, curve_every=10**6, checkpoint_every=10**6, warmup_value=steps // 2 if warm else 0)
     c = dataclasses.replace(cell, estimator_params=p)
     t0 = time.perf_counter()
-    rows, curves = run_train_cell(c, train_target(c))
+    rows, curves = train(c, target_for(c, target_of(c)))
     r = rows.set_index("metric")["value"]
     tau = (curves[~curves["warmup"].astype(bool)] if warm else curves)["tau"]
     print(f"{key}: {r['seconds_per_step']:.3f} s/step (train), evals/step {r['evals'] / steps:.0f}, "

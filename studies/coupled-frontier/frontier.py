@@ -3,7 +3,7 @@
 Stages (each resumable; results are appended config by config):
 
 * ``train``: the one arm of ``train.yaml`` (IWAE-8 θ / IWAE-8 reparameterised φ) through gradbench's own training
-  loop (gradbench.cell.run_train_cell) for ``--steps`` steps; the final (θ, φ) are read back from the cell's
+  loop (gradbench.training.cell.train) for ``--steps`` steps; the final (θ, φ) are read back from the cell's
   checkpoint (the budget is steps + 1 and ``checkpoint_every`` = steps, so the checkpoint holds the state after
   exactly ``--steps`` steps; the last step's update is discarded) into ``<out>/trained.pt``.
 * ``measure``: the target at the trained (θ, φ) with x = the first 32 test images (one fixed binarisation), and
@@ -53,13 +53,15 @@ import pandas as pd
 import torch
 
 from gradbench import registry
-from gradbench.cell import run_train_cell, train_target
 from gradbench.protocols import ProtocolContext
-from gradbench.protocols import train as train_protocol
 from gradbench.protocols.meeting import meeting
 from gradbench.protocols.variance import variance
+from gradbench.run.compute import target_for
+from gradbench.run.plan import load_suite
 from gradbench.seeding import derive_seed, make_generator
-from gradbench.suite import load_suite
+from gradbench.training import cell as training_cell
+from gradbench.training import loop as train_protocol
+from gradbench.training.params import TRAIN, TrainParams
 
 
 def train_cell() -> object:
@@ -74,7 +76,7 @@ def train() -> None:
     cell = train_cell()
     ckdir = args.out / "checkpoints"
     t0 = time.perf_counter()
-    rows, _curves = run_train_cell(cell, train_target(cell), checkpoint_dir=ckdir)
+    rows, _curves = training_cell.train(cell, target_for(cell, training_cell.target_of(cell)), checkpoint_dir=ckdir)
     state = torch.load(ckdir / f"{cell.cell_id}.pt", weights_only=False)
     assert state["step"] == args.steps, state["step"]
     r = rows.set_index("metric")["value"]
@@ -89,9 +91,9 @@ def train() -> None:
 def trained_target() -> object:
     """Target at the trained (θ, φ) with x = the first 32 test images (the held-out binarisation)."""
     cell = train_cell()
-    grey = train_target(cell)
-    p = train_protocol.TrainParams(**cell.estimator_params)
-    base = derive_seed(cell.target.noise_seed(0), train_protocol.TRAIN, p.train_seed)
+    grey = target_for(cell, training_cell.target_of(cell))
+    p = TrainParams(**cell.estimator_params)
+    base = derive_seed(cell.target.noise_seed(0), TRAIN, p.train_seed)
     full = train_protocol.initial_state(grey, p, base)
     test_x = train_protocol.held_out_data(cell, grey)[:POINTS]
     state = torch.load(args.out / "trained.pt", weights_only=False)

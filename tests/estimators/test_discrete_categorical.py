@@ -138,7 +138,7 @@ def test_iwae_runs_and_its_bias_is_detected_on_categorical():
 
 @pytest.mark.parametrize("name", ["arm", "disarm", "rebar", "relax", "wake_sleep", "reweighted_wake_sleep"])
 def test_binary_only_estimators_are_refused_on_categorical(name, tmp_path):
-    from gradbench.suite import load_suite
+    from gradbench.run.plan import load_suite
 
     with pytest.raises(TypeError, match="binary"):
         getattr(discrete, name)(cat_target(), 2, make_generator(0))

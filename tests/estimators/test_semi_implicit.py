@@ -224,7 +224,7 @@ def test_validate_refuses_hmc_reverse_on_atoms_and_accepts_it_on_a_continuous_mi
     """HMC over ε needs a continuous mixing density: uivi reverse: hmc on an atoms target is refused at validate
     time with the missing capability named; the same suite with continuous ε (control) and reverse: exact on
     atoms (control) load."""
-    from gradbench.suite import SuiteError, load_suite
+    from gradbench.run.plan import SuiteError, load_suite
 
     suite = """name: t
 seed: 0

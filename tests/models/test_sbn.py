@@ -248,8 +248,8 @@ def test_rare_latent_values_are_flagged_when_R_cannot_see_them():
     """``rare_state_warning``: q with a latent value of probability q_min is flagged when R·q_min < log(10³)
     (the value is then absent from the sample with probability > 1e-3); control: the same target with R large
     enough that R·q_min ≥ log(10³) is not flagged, and a shift that makes the logits extreme lowers q_min."""
-    from gradbench.cell import rare_state_warning
     from gradbench.core import GradSample
+    from gradbench.protocols.measure import rare_state_warning
 
     t = tiny([3], "linear", logit_shift=6.0)
     q = t.family.probs(t.encoder_params(), t.x).double()

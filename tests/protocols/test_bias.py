@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from gradbench.protocols.bias import is_inconclusive, multiplicity_rows
-from gradbench.runner import run_suite
+from gradbench.run.plan import load_suite
+from gradbench.run.runner import run_suite
 from gradbench.stats import rare_state_verdict
-from gradbench.suite import load_suite
 from gradbench.terminal import format_run
 from tests.test_suite import write
 

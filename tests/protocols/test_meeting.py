@@ -17,8 +17,8 @@ from scipy import stats as sps
 from gradbench.core import GradSample, ParamGroup, ParamLayout
 from gradbench.protocols import ProtocolContext
 from gradbench.protocols.meeting import geometric_tail_fit, meeting
-from gradbench.runner import run_suite
-from gradbench.suite import load_suite
+from gradbench.run.plan import load_suite
+from gradbench.run.runner import run_suite
 from tests.test_suite import write
 
 ALPHA = 1e-3

@@ -289,8 +289,8 @@ protocols: [mse, paired]
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    from gradbench.runner import run_suite
-    from gradbench.suite import load_suite
+    from gradbench.run.plan import load_suite
+    from gradbench.run.runner import run_suite
     from tests.test_suite import write
 
     tmp = tmp_path_factory.mktemp("paired")

@@ -16,14 +16,17 @@ import pandas as pd
 import pytest
 import torch
 
-from gradbench.cell import run_train_cell, target_for
 from gradbench.families.gaussian import GaussianEncoder, GaussianMeanField
 from gradbench.models.vae import VAE
-from gradbench.protocols import train
-from gradbench.runner import PROVENANCE
+from gradbench.run.compute import target_for
+from gradbench.run.plan import SuiteError, load_suite
+from gradbench.run.store import PROVENANCE
 from gradbench.seeding import make_generator
-from gradbench.suite import SuiteError, load_suite
 from gradbench.target import ComposedTarget
+from gradbench.training import loop
+from gradbench.training import params as training_params
+from gradbench.training import stats as training_stats
+from gradbench.training.cell import train
 from tests.sync import gate_env, wait_for
 
 ALPHA = 0.001
@@ -33,24 +36,19 @@ TINY = """\
 name: tiny-train
 seed: 0
 target_seed: 0
-replicates: 1
 targets:
   - model: vae
     params: {{latent_dim: 2, hidden: [8], activation: tanh, likelihood: bernoulli}}
     data: {{name: digits, n: 64, binarize: stochastic_fixed, seed: 0}}
     proposal: {{family: gaussian_mean_field}}
-estimators:
-  - name: train
-    params: {{theta_estimator: iwae, theta_params: {{K: 4}}, phi_estimator: iwae_reparam, phi_params: {{K: 4}},
-             train_seed: 0, budget: steps, budget_value: {steps}, batch_size: 16, lr: 0.02, lr_schedule: cosine,
-             encoder_hidden: [8], test_n: 40, train_eval_n: 40, quadrature_nodes: 8, curve_every: 10, curve_n: 20,
-             curve_K: 10, checkpoint_every: 10}}
-  - name: train
-    params: {{theta_estimator: coupled_isir, theta_params: {{K: 4}}, phi_estimator: iwae_reparam, phi_params: {{K: 4}},
-             train_seed: 0, budget: steps, budget_value: {steps}, batch_size: 16, lr: 0.02, lr_schedule: cosine,
-             encoder_hidden: [8], test_n: 40, train_eval_n: 40, quadrature_nodes: 8, curve_every: 10, curve_n: 20,
-             curve_K: 10, checkpoint_every: 10}}
-protocols: [train]
+train:
+  seeds: 0
+  settings: {{budget: steps, budget_value: {steps}, batch_size: 16, lr: 0.02, lr_schedule: cosine, encoder_hidden: [8],
+             test_n: 40, train_eval_n: 40, quadrature_nodes: 8, curve_every: 10, curve_n: 20, curve_K: 10,
+             checkpoint_every: 10}}
+  arms:
+    - {{theta: {{name: iwae, K: 4}}, phi: {{name: iwae_reparam, K: 4}}}}
+    - {{theta: {{name: coupled_isir, K: 4}}, phi: {{name: iwae_reparam, K: 4}}}}
 """
 
 
@@ -79,7 +77,7 @@ def linear_gaussian(seed: int = 0, d: int = 5, k: int = 2, n: int = 7, sigma: fl
 
 def test_quadrature_log_px_equals_the_closed_form():
     model, theta, x, exact, _, _ = linear_gaussian()
-    values, err, n = train.quadrature_log_px(model, theta, x, nodes=8)
+    values, err, n = loop.quadrature_log_px(model, theta, x, nodes=8)
     assert n == 8
     torch.testing.assert_close(values, exact, rtol=0, atol=1e-9)
     assert float(err.max()) < 1e-8  # a Gaussian integrand at its own Laplace point: exact for every n
@@ -95,7 +93,7 @@ def test_iwae_log_px_is_unbiased_for_p_x_and_rejects_a_shifted_encoder():
     target = ComposedTarget(model, family, x, theta, phi)
     gen = make_generator(0)
     R = 4000
-    ratios = torch.stack([torch.exp(train.iwae_log_px(target, 1, gen) - exact) for _ in range(R)])  # [R, N]
+    ratios = torch.stack([torch.exp(loop.iwae_log_px(target, 1, gen) - exact) for _ in range(R)])  # [R, N]
     for shift, should_pass in [(0.0, True), (-0.05, False)]:
         r = ratios * math.exp(shift)
         z = (r.mean(0) - 1) / (r.std(0) / math.sqrt(R))
@@ -124,19 +122,19 @@ def test_common_random_numbers_across_estimator_pairs(tmp_path):
     target = target_for(a)
 
     def start(cell):
-        p = train.TrainParams(**cell.estimator_params)
-        base = train.derive_seed(cell.target.noise_seed(0), train.TRAIN, p.train_seed)
-        return train.initial_state(target, p, base), base
+        p = training_params.TrainParams(**cell.estimator_params)
+        base = loop.derive_seed(cell.target.noise_seed(0), training_params.TRAIN, p.train_seed)
+        return loop.initial_state(target, p, base), base
 
     (ta, base_a), (tb, base_b) = start(a), start(b)
     assert base_a == base_b
     for name in ta.theta:
         assert torch.equal(ta.theta[name], tb.theta[name])
-    assert torch.equal(train.minibatch(base_a, 17, 64, 16, "cpu"), train.minibatch(base_b, 17, 64, 16, "cpu"))
+    assert torch.equal(loop.minibatch(base_a, 17, 64, 16, "cpu"), loop.minibatch(base_b, 17, 64, 16, "cpu"))
     other = dataclasses.replace(a, estimator_params={**a.estimator_params, "train_seed": 1})
     (tc, base_c) = start(other)
     assert base_c != base_a and not torch.equal(tc.theta["W0"], ta.theta["W0"])
-    assert not torch.equal(train.minibatch(base_c, 17, 64, 16, "cpu"), train.minibatch(base_a, 17, 64, 16, "cpu"))
+    assert not torch.equal(loop.minibatch(base_c, 17, 64, 16, "cpu"), loop.minibatch(base_a, 17, 64, 16, "cpu"))
 
 
 def test_training_improves_the_held_out_likelihood_and_resumes_exactly(tmp_path):
@@ -145,11 +143,11 @@ def test_training_improves_the_held_out_likelihood_and_resumes_exactly(tmp_path)
     _, cells = load_suite(tiny_suite(tmp_path))
     cell = cells[0]
     target = target_for(cell)
-    rows, curves = run_train_cell(cell, target, tmp_path)
+    rows, curves = train(cell, target, tmp_path)
     assert (tmp_path / f"{cell.cell_id}.pt").exists()
     state = torch.load(tmp_path / f"{cell.cell_id}.pt", weights_only=False)
     assert state["step"] == 30
-    resumed, resumed_curves = run_train_cell(cell, target, tmp_path)  # starts at step 30
+    resumed, resumed_curves = train(cell, target, tmp_path)  # starts at step 30
     keep = [c for c in rows.columns if c not in PROVENANCE]
     sel = ~rows["metric"].isin(["seconds", "seconds_per_step", "eval_seconds"])
     pd.testing.assert_frame_equal(rows.loc[sel, keep], resumed.loc[sel, keep])
@@ -157,11 +155,11 @@ def test_training_improves_the_held_out_likelihood_and_resumes_exactly(tmp_path)
     pd.testing.assert_frame_equal(curves[cols], resumed_curves[cols])
     assert list(curves["step"]) == list(range(1, 41))
     # the initial model's exact test log-likelihood, point by point (paired with the trained one)
-    p = train.TrainParams(**cell.estimator_params)
-    base = train.derive_seed(cell.target.noise_seed(0), train.TRAIN, p.train_seed)
-    test_x = train.held_out_data(cell, target)
-    init = train.initial_state(target, p, base)
-    v0, _, _ = train.quadrature_log_px(init.model, init.theta, test_x, 8)
+    p = training_params.TrainParams(**cell.estimator_params)
+    base = loop.derive_seed(cell.target.noise_seed(0), training_params.TRAIN, p.train_seed)
+    test_x = loop.held_out_data(cell, target)
+    init = loop.initial_state(target, p, base)
+    v0, _, _ = loop.quadrature_log_px(init.model, init.theta, test_x, 8)
     final = rows.set_index("metric").loc["test_loglik"]
     assert final["method"].startswith("quadrature")
     gain = final["value"] - float(v0.mean())
@@ -214,27 +212,29 @@ def test_paired_test_is_calibrated_and_detects_a_shift():
     rng = np.random.default_rng(0)
     a, b = "elbo / reparam_elbo", "iwae / reparam_elbo"
     n_sim = 2000
-    p_perm = np.array([train.paired_differences(rng.standard_normal(6))["p_perm"] for _ in range(n_sim)])
+    p_perm = np.array([training_stats.paired_differences(rng.standard_normal(6))["p_perm"] for _ in range(n_sim)])
     rate = float((p_perm <= 0.05).mean())
     assert rate <= 0.05 + Z * math.sqrt(0.05 * 0.95 / n_sim), rate  # exact test: size ≤ level (2/64 · 2 = 0.031 here)
-    shifted = train.paired_test(_table(3 + rng.standard_normal(6)), a, b)
+    shifted = training_stats.paired_test(_table(3 + rng.standard_normal(6)), a, b)
     assert shifted["p_perm"] == pytest.approx(2 / 64) and shifted["p_t"] < 0.01 and shifted["mean_diff"] > 0
-    summary = train.summarize(_table(np.arange(6.0)))
+    summary = training_stats.summarize(_table(np.arange(6.0)))
     iw = summary[summary["pair"] == b].iloc[0]
     assert iw["mean"] == pytest.approx(-30 + 2.5) and iw["n_seeds"] == 6
     assert iw["stderr"] == pytest.approx(np.arange(6.0).std(ddof=1) / math.sqrt(6))
 
 
-def test_train_goes_only_with_the_train_protocol(tmp_path):
+def test_training_is_a_train_block_not_an_estimator_or_a_protocol(tmp_path):
+    """Training is its own kind of cell: the name 'train' as an estimator or a protocol is refused with one located
+    line pointing at the train: block (control: the tiny train: block loads)."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text(TINY.format(steps=10).replace("protocols: [train]", "protocols: [train, bias]"))
-    with pytest.raises(SuiteError, match="'train' goes with protocols: \\[train\\]"):
+    head = "name: x\nseed: 0\nreplicates: 10\ntargets:\n  - model: ppca\n    params: {data_dim: 3, latent_dim: 1, n_data: 1}\n"
+    bad.write_text(head + "estimators:\n  - name: train\n    params: {theta_estimator: iwae}\nprotocols: [bias]\n")
+    with pytest.raises(SuiteError, match=r"bad\.yaml:8: estimators\[0\]\.name: 'train' is not an estimator; .*write a training study as a train: block"):
         load_suite(bad)
-    bad.write_text("name: x\nseed: 0\nreplicates: 10\ntargets:\n  - model: ppca\n"
-                   "    params: {data_dim: 3, latent_dim: 1, n_data: 1}\n"
-                   "estimators:\n  - name: iwae\n    params: {K: 4}\nprotocols: [train]\n")
-    with pytest.raises(SuiteError, match="'train' goes with protocols: \\[train\\]"):
+    bad.write_text(head + "estimators:\n  - name: iwae\n    params: {K: 4}\nprotocols: [train]\n")
+    with pytest.raises(SuiteError, match=r"protocols\[0\]: unknown protocol 'train'.*train: block"):
         load_suite(bad)
+    assert len(load_suite(tiny_suite(tmp_path, 10))[1]) == 2
 
 
 # -- wave 3: budgets in evaluations and seconds, sub-estimator params at validate time, the lazy target -----------
@@ -254,7 +254,7 @@ def test_an_evals_budget_stops_at_the_first_step_that_reaches_it_and_resumes_ide
     budget = 3000.0
     cell = _one_cell(tmp_path, "evals", budget)
     target = target_for(cell)
-    rows, curves = run_train_cell(cell, target, tmp_path)
+    rows, curves = train(cell, target, tmp_path)
     evals = curves["evals"].to_numpy()
     assert evals[-1] >= budget > evals[-2]
     assert len(np.unique(np.diff(evals))) > 1  # the per-step cost varies: the stop is not a fixed step count
@@ -262,7 +262,7 @@ def test_an_evals_budget_stops_at_the_first_step_that_reaches_it_and_resumes_ide
     assert table.loc["evals", "value"] == evals[-1] and table.loc["steps", "value"] == len(curves)
     state = torch.load(tmp_path / f"{cell.cell_id}.pt", weights_only=False)
     assert 0 < state["step"] < len(curves) and state["evals"] < budget
-    resumed, resumed_curves = run_train_cell(cell, target, tmp_path)
+    resumed, resumed_curves = train(cell, target, tmp_path)
     keep = [c for c in rows.columns if c not in PROVENANCE]
     sel = ~rows["metric"].isin(["seconds", "seconds_per_step", "eval_seconds"])
     pd.testing.assert_frame_equal(rows.loc[sel, keep], resumed.loc[sel, keep])
@@ -275,28 +275,29 @@ def test_a_seconds_budget_records_at_least_the_budget(tmp_path):
     """Training stops at the first step whose cumulative training time reaches the budget; all three counters are
     recorded (negative control: a steps budget of 3 stops after 3 steps, well under that time)."""
     cell = _one_cell(tmp_path, "seconds", 0.4, index=0, every=1000)
-    rows, curves = run_train_cell(cell, target_for(cell))
+    rows, curves = train(cell, target_for(cell))
     table = rows.set_index("metric")
     seconds = curves["seconds"].to_numpy()
     assert table.loc["seconds", "value"] >= 0.4 and seconds[-1] >= 0.4 > seconds[-2]
     assert table.loc["steps", "value"] == len(curves) and table.loc["evals", "value"] == 128 * len(curves)
     short = _one_cell(tmp_path, "steps", 3, index=0, every=1000)
-    rows3, curves3 = run_train_cell(short, target_for(short))
+    rows3, curves3 = train(short, target_for(short))
     assert len(curves3) == 3 and rows3.set_index("metric").loc["seconds", "value"] < 0.4
 
 
 @pytest.mark.parametrize("role, typo, message", [
-    ("theta", "{KK: 4}", "theta_params: unknown parameter 'KK' of theta_estimator 'iwae'; did you mean 'K'"),
-    ("phi", "{K: 0}", "phi_params: phi_estimator 'iwae_reparam': K: Input should be greater than 0"),
+    ("theta", "{name: iwae, KK: 4}", "theta_params: unknown parameter 'KK' of theta_estimator 'iwae'; did you mean 'K'"),
+    ("phi", "{name: iwae_reparam, K: 0}", "phi_params: phi_estimator 'iwae_reparam': K: Input should be greater than 0"),
 ])
 def test_sub_estimator_params_are_validated_with_their_line(tmp_path, role, typo, message):
     """theta_params / phi_params are checked against the named estimator's schema by `gradbench validate`
     (load_suite), with the file and line of the estimator's params; the valid suite passes (the control)."""
     good = TINY.format(steps=10)
     lines = good.splitlines()
-    line = next(i for i, t in enumerate(lines, 1) if f"{role}_params: {{K: 4}}" in t)  # the first estimator's
+    name = {"theta": "iwae", "phi": "iwae_reparam"}[role]
+    line = next(i for i, t in enumerate(lines, 1) if f"{role}: {{name: {name}, K: 4}}" in t)  # the first arm's
     bad = tmp_path / "bad.yaml"
-    bad.write_text(good.replace(f"{role}_params: {{K: 4}}", f"{role}_params: {typo}", 1))
-    with pytest.raises(SuiteError, match=rf"bad\.yaml:{line}: estimators\[0\]\.params\.{message}"):
+    bad.write_text(good.replace(f"{role}: {{name: {name}, K: 4}}", f"{role}: {typo}", 1))
+    with pytest.raises(SuiteError, match=rf"bad\.yaml:{line}: train\.arms\[0\]\.{message}"):
         load_suite(bad)
     assert len(load_suite(tiny_suite(tmp_path, 10))[1]) == 2

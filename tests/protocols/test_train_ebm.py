@@ -1,4 +1,4 @@
-"""training energy-based models (gradbench.protocols.train_ebm): exact held-out log-likelihood against
+"""training energy-based models (gradbench.training.ebm): exact held-out log-likelihood against
 brute force, deterministic resume (PCD's persistent chains included), the budget prefix property, improvement over
 θ₀, and the suite rules (a φ-estimator is refused on an EBM, ``phi_estimator: null`` on a latent-variable model)."""
 
@@ -11,12 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
-from gradbench.cell import run_train_cell, target_for
 from gradbench.models.ebm import RBM, Ising, rbm_brute_force_log_z
-from gradbench.protocols import train, train_ebm
-from gradbench.runner import PROVENANCE
+from gradbench.run.compute import target_for
+from gradbench.run.plan import SuiteError, load_suite
+from gradbench.run.store import PROVENANCE
 from gradbench.seeding import make_generator
-from gradbench.suite import SuiteError, load_suite
+from gradbench.training import ebm as train_ebm
+from gradbench.training import loop
+from gradbench.training import params as training_params
+from gradbench.training.cell import train
 
 Z = 3.2905  # two-sided standard-normal quantile at alpha = 0.001
 
@@ -28,16 +31,13 @@ replicates: 1
 targets:
   - model: {model}
     params: {params}
-estimators:
-  - name: train
-    params: {{theta_estimator: pcd, theta_params: {{S: 8, k: 1}}, phi_estimator: null, train_seed: 0,
-             budget: steps, budget_value: {steps}, batch_size: 16, lr: 0.05, test_n: 100, train_eval_n: 64,
+train:
+  seeds: 0
+  settings: {{budget: steps, budget_value: {steps}, batch_size: 16, lr: 0.05, test_n: 100, train_eval_n: 64,
              curve_every: 5, checkpoint_every: 10}}
-  - name: train
-    params: {{theta_estimator: coupled_gibbs, theta_params: {{S: 4, k: 1, m: 3}}, phi_estimator: null, train_seed: 0,
-             budget: steps, budget_value: {steps}, batch_size: 16, lr: 0.05, test_n: 100, train_eval_n: 64,
-             curve_every: 5, checkpoint_every: 10}}
-protocols: [train]
+  arms:
+    - {{theta: {{name: pcd, S: 8, k: 1}}, phi: null}}
+    - {{theta: {{name: coupled_gibbs, S: 4, k: 1, m: 3}}, phi: null}}
 """
 RBM_PARAMS = "{n_visible: 6, n_hidden: 3, n_data: 64, weight_scale: 1.5}"
 
@@ -75,11 +75,11 @@ def test_ebm_training_resumes_exactly_and_reports_the_exact_log_lik(tmp_path):
         target = target_for(cell)
         ckpt_dir = tmp_path / cell.estimator_params["theta_estimator"]
         ckpt_dir.mkdir()
-        rows, curves = run_train_cell(cell, target, ckpt_dir)
+        rows, curves = train(cell, target, ckpt_dir)
         state = torch.load(ckpt_dir / f"{cell.cell_id}.pt", weights_only=False)
         assert state["step"] == 10
         assert ("pcd_chains" in state["phi"]) == (cell.estimator_params["theta_estimator"] == "pcd")
-        resumed, resumed_curves = run_train_cell(cell, target, ckpt_dir)  # starts at step 10
+        resumed, resumed_curves = train(cell, target, ckpt_dir)  # starts at step 10
         keep = [c for c in rows.columns if c not in PROVENANCE]
         sel = ~rows["metric"].isin(["seconds", "seconds_per_step", "eval_seconds"])
         pd.testing.assert_frame_equal(rows.loc[sel, keep], resumed.loc[sel, keep])
@@ -87,10 +87,10 @@ def test_ebm_training_resumes_exactly_and_reports_the_exact_log_lik(tmp_path):
         pd.testing.assert_frame_equal(curves[cols], resumed_curves[cols])
         assert list(curves["step"]) == list(range(1, 21))
         short = dataclasses.replace(cell, estimator_params={**cell.estimator_params, "budget_value": 10.0})
-        short_rows, short_curves = run_train_cell(short, target)
+        short_rows, short_curves = train(short, target)
         same = [c for c in cols if c != "cell_id"]
         pd.testing.assert_frame_equal(short_curves[same], curves[same].iloc[:10])
-        p = train.TrainParams(**cell.estimator_params)
+        p = training_params.TrainParams(**cell.estimator_params)
         test_x = train_ebm.held_out_ebm(cell, target, p)
         at10 = target.with_theta(state["theta"]["theta"])
         W, b, c = at10.W, at10.b, at10.c
@@ -108,10 +108,10 @@ def test_exact_gradient_training_improves_the_held_out_likelihood(tmp_path):
     per-point differences; the negative control — a run at a learning rate of 1e-12 — does not move it."""
     cell = tiny(tmp_path, 200, params="{n_visible: 64, n_hidden: 4, data: digits}\n    data: {name: digits, n: 300, binarize: static}")[0]
     target = target_for(cell)
-    p = train.TrainParams(**cell.estimator_params)
+    p = training_params.TrainParams(**cell.estimator_params)
     test_x = train_ebm.held_out_ebm(cell, target, p)
-    base = train.derive_seed(cell.target.noise_seed(0), train.TRAIN, p.train_seed)
-    v0 = target.with_theta(target.initial_theta(make_generator(train.derive_seed(base, "init")))).log_prob(test_x)
+    base = loop.derive_seed(cell.target.noise_seed(0), training_params.TRAIN, p.train_seed)
+    v0 = target.with_theta(target.initial_theta(make_generator(loop.derive_seed(base, "init")))).log_prob(test_x)
 
     def gain(lr: float) -> tuple[float, float]:
         params = {**cell.estimator_params, "theta_estimator": "exact_sampling", "theta_params": {"S": 16}, "lr": lr}
@@ -127,14 +127,14 @@ def test_exact_gradient_training_improves_the_held_out_likelihood(tmp_path):
 
 
 def test_validate_refuses_a_phi_estimator_on_an_ebm_and_null_phi_elsewhere(tmp_path):
-    bad = TINY.replace("phi_estimator: null", "phi_estimator: reparam_elbo")
+    bad = TINY.replace("phi: null", "phi: {{name: reparam_elbo}}", 1)
     path = tmp_path / "bad.yaml"
     path.write_text(bad.format(model="rbm", params=RBM_PARAMS, steps=5))
     with pytest.raises(SuiteError, match="does not provide"):
         load_suite(path)
     vae = TINY.format(model="vae", params="{latent_dim: 2, hidden: [8]}", steps=5).replace(
         "    params: {latent_dim", "    data: {name: digits, n: 32, binarize: dynamic}\n    params: {latent_dim")
-    path.write_text(vae.replace("theta_estimator: pcd, theta_params: {S: 8, k: 1}", "theta_estimator: iwae, theta_params: {K: 4}"))
+    path.write_text(vae.replace("theta: {name: pcd, S: 8, k: 1}", "theta: {name: iwae, K: 4}"))
     with pytest.raises(SuiteError, match="energy_based"):
         load_suite(path)
 
@@ -146,7 +146,7 @@ def test_ising_training_reports_the_normalised_log_lik(tmp_path):
     target = target_for(cell)
     out = train_ebm.fit(cell, target)
     at = target.with_theta(out.theta)
-    test_x = train_ebm.held_out_ebm(cell, target, train.TrainParams(**cell.estimator_params))
+    test_x = train_ebm.held_out_ebm(cell, target, training_params.TrainParams(**cell.estimator_params))
     log_z = torch.logsumexp(-at.free_energy(at.states(torch.arange(64))), 0)
     expected = float((-at.free_energy(test_x) - log_z).mean())
     assert next(r["value"] for r in out.rows if r["metric"] == "test_loglik") == pytest.approx(expected, abs=1e-12)

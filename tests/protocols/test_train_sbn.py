@@ -12,12 +12,14 @@ import pytest
 import torch
 from scipy.special import log_expit, logsumexp
 
-from gradbench.cell import run_train_cell, target_for
 from gradbench.families.bernoulli import BernoulliEncoder
 from gradbench.models.sbn import SBN
-from gradbench.protocols import train
+from gradbench.run.compute import target_for
+from gradbench.run.plan import load_suite
 from gradbench.seeding import make_generator
-from gradbench.suite import load_suite
+from gradbench.training import loop
+from gradbench.training import params as training_params
+from gradbench.training.cell import train
 
 Z = 3.2905  # two-sided standard-normal quantile at α = 0.001
 
@@ -31,16 +33,15 @@ targets:
     params: {{layers: [5], conditionals: linear}}
     data: {{name: digits, n: 64, binarize: stochastic_fixed, seed: 0}}
     proposal: {{family: bernoulli_encoder}}
-estimators:
-  - name: train
-    params: {{theta_estimator: iwae, theta_params: {{K: 4}}, phi_estimator: vimco, phi_params: {{K: 4}}, train_seed: 0,
-             budget: steps, budget_value: 40, batch_size: 16, lr: {lr}, encoder_hidden: [], test_n: 60, train_eval_n: 30,
-             curve_every: 20, curve_n: 20, curve_K: 10, checkpoint_every: 100}}
-  - name: train
-    params: {{theta_estimator: coupled_isir, theta_params: {{K: 4}}, phi_estimator: disarm, train_seed: 0,
-             budget: steps, budget_value: 10, batch_size: 16, lr: {lr}, encoder_hidden: [6], test_n: 60, train_eval_n: 30,
-             curve_every: 5, curve_n: 20, curve_K: 10, checkpoint_every: 100}}
-protocols: [train]
+train:
+  seeds: 0
+  settings: {{budget: steps, batch_size: 16, lr: {lr}, test_n: 60, train_eval_n: 30, curve_n: 20, curve_K: 10,
+             checkpoint_every: 100}}
+  arms:
+    - {{theta: {{name: iwae, K: 4}}, phi: {{name: vimco, K: 4}},
+       settings: {{budget_value: 40, encoder_hidden: [], curve_every: 20}}}}
+    - {{theta: {{name: coupled_isir, K: 4}}, phi: {{name: disarm}},
+       settings: {{budget_value: 10, encoder_hidden: [6], curve_every: 5}}}}
 """
 
 
@@ -56,7 +57,7 @@ def test_enumerated_log_px_equals_a_numpy_sum_over_states():
     model = SBN(5, (3,))
     theta = model.init_params(make_generator(1), torch.float64)
     x = (torch.rand(4, 5, generator=make_generator(2), dtype=torch.float64) < 0.5).double()
-    got = train.enumerated_log_px(model, theta, x).numpy()
+    got = loop.enumerated_log_px(model, theta, x).numpy()
     a, W, b = (theta[k].numpy() for k in ("prior_logits", "x_W", "x_b"))
     xs = x.numpy()
     terms = []
@@ -77,13 +78,13 @@ def test_sbn_training_improves_the_exact_held_out_likelihood(tmp_path):
     for lr in (0.05, 1e-9):
         cell = cells(tmp_path, lr)[0]
         target = target_for(cell)
-        rows, curves = run_train_cell(cell, target)
-        p = train.TrainParams(**cell.estimator_params)
-        base = train.derive_seed(cell.target.noise_seed(0), train.TRAIN, p.train_seed)
-        init = train.initial_state(target, p, base)
+        rows, curves = train(cell, target)
+        p = training_params.TrainParams(**cell.estimator_params)
+        base = loop.derive_seed(cell.target.noise_seed(0), training_params.TRAIN, p.train_seed)
+        init = loop.initial_state(target, p, base)
         assert isinstance(init.family, BernoulliEncoder) and init.family.hidden is None
-        test_x = train.held_out_data(cell, target)
-        v0 = train.enumerated_log_px(init.model, init.theta, test_x)
+        test_x = loop.held_out_data(cell, target)
+        v0 = loop.enumerated_log_px(init.model, init.theta, test_x)
         final = rows.set_index("metric").loc["test_loglik"]
         assert final["method"] == "exact (enumeration of 2^5 states)" and len(curves) == 40
         # the trained model's per-point values are not stored; the paired s.e. is bounded by the two s.e.s
@@ -94,7 +95,7 @@ def test_sbn_training_improves_the_exact_held_out_likelihood(tmp_path):
 
 def test_a_coupled_theta_estimator_with_disarm_trains_a_one_layer_encoder(tmp_path):
     cell = cells(tmp_path)[1]
-    rows, curves = run_train_cell(cell, target_for(cell))
+    rows, curves = train(cell, target_for(cell))
     table = rows.set_index("metric")
     assert np.isfinite(table.loc["test_loglik", "value"]) and table.loc["nonfinite_steps", "value"] == 0
     assert curves["tau"].notna().all() and (curves["tau"] >= 1).all() and table.loc["train_tau_mean", "value"] >= 1
@@ -103,6 +104,6 @@ def test_a_coupled_theta_estimator_with_disarm_trains_a_one_layer_encoder(tmp_pa
 
 def test_a_bernoulli_encoder_has_at_most_one_hidden_layer(tmp_path):
     cell = cells(tmp_path)[0]
-    p = train.TrainParams(**{**cell.estimator_params, "encoder_hidden": [4, 4]})
+    p = training_params.TrainParams(**{**cell.estimator_params, "encoder_hidden": [4, 4]})
     with pytest.raises(ValueError, match="at most one hidden layer"):
-        train.fresh_encoder(SBN(64, (5,)), 64, p)
+        loop.fresh_encoder(SBN(64, (5,)), 64, p)

@@ -15,12 +15,16 @@ import pytest
 import torch
 
 from gradbench import data as datasets
-from gradbench.cell import run_train_cell, target_for, train_target
-from gradbench.executors import LocalExecutor
 from gradbench.families import gaussian
-from gradbench.protocols import train
-from gradbench.runner import PROVENANCE, run_suite
-from gradbench.suite import SuiteError, load_suite
+from gradbench.run.compute import target_for
+from gradbench.run.executors import LocalExecutor
+from gradbench.run.plan import SuiteError, load_suite
+from gradbench.run.runner import run_suite
+from gradbench.run.store import PROVENANCE
+from gradbench.training import loop
+from gradbench.training import params as training_params
+from gradbench.training import stats as training_stats
+from gradbench.training.cell import target_of, train
 from tests.protocols.test_train import TINY
 
 HERE = Path(__file__).parent
@@ -64,7 +68,7 @@ def test_rows_are_those_of_the_code_before_with_fixed_seeds(tmp_path):
     that code with the same suite; ``static`` is spelt as it was, so the target and every seed are the same)."""
     before = json.loads((HERE / "data" / "train_tiny_before.json").read_text())
     for cell in load_suite(suite_file(tmp_path, binarize="static"))[1]:
-        rows, curves = run_train_cell(cell, target_for(cell))
+        rows, curves = train(cell, target_for(cell))
         ref = before[cell.estimator_params["theta_estimator"]]
         got = {m: [v, s] for m, v, s in zip(rows["metric"], rows["value"], rows["stderr"])}
         for metric, value in ref["rows"].items():
@@ -80,31 +84,31 @@ def test_dynamic_binarisation_redraws_every_minibatch_reproducibly(tmp_path):
     cell gives the uninterrupted rows (the draws are derived, not carried). Negative control: stochastic_fixed's
     rows are binary in the target and the same at every step."""
     cell = load_suite(suite_file(tmp_path, steps=12, binarize="dynamic"))[1][0]
-    grey = train_target(cell).x
+    grey = target_for(cell, target_of(cell)).x
     assert bool(((grey > 0) & (grey < 1)).any())  # grey levels kept
     fixed_cell = load_suite(suite_file(tmp_path, steps=12))[1][0]
-    fixed = train_target(fixed_cell).x
+    fixed = target_for(fixed_cell, target_of(fixed_cell)).x
     assert bool(((fixed == 0) | (fixed == 1)).all())
     # the draw itself: mean of n draws of one image vs its grey levels (binomial s.e.)
     g = grey[0]
     n = 400
-    draws = torch.stack([datasets.dynamic_draw(g, train.make_generator(s)) for s in range(n)])
+    draws = torch.stack([datasets.dynamic_draw(g, loop.make_generator(s)) for s in range(n)])
     mid = (g > 0.05) & (g < 0.95)
     se = torch.sqrt(g[mid] * (1 - g[mid]) / n)
     assert float(((draws[:, mid].mean(0) - g[mid]).abs() / se).max()) < Z * 1.5  # max over ~30 pixels: widened
     assert not torch.equal(draws[0], draws[1])
     # a training run with dynamic data, interrupted and resumed, equals the uninterrupted one
-    rows, curves = run_train_cell(cell, train_target(cell), tmp_path)
-    resumed, resumed_curves = run_train_cell(cell, train_target(cell), tmp_path)  # from the step-10 checkpoint
+    rows, curves = train(cell, target_for(cell, target_of(cell)), tmp_path)
+    resumed, resumed_curves = train(cell, target_for(cell, target_of(cell)), tmp_path)  # from the step-10 checkpoint
     keep = [c for c in rows.columns if c not in PROVENANCE]
     sel = ~rows["metric"].isin(["seconds", "seconds_per_step", "eval_seconds"])
     pd.testing.assert_frame_equal(rows.loc[sel, keep], resumed.loc[sel, keep])
     cols = [c for c in curves.columns if c != "seconds"]
     pd.testing.assert_frame_equal(curves[cols], resumed_curves[cols])
-    fixed_rows, _ = run_train_cell(fixed_cell, train_target(fixed_cell))
+    fixed_rows, _ = train(fixed_cell, target_for(fixed_cell, target_of(fixed_cell)))
     assert rows.set_index("metric").loc["test_loglik", "value"] != fixed_rows.set_index("metric").loc["test_loglik", "value"]
     with pytest.raises(ValueError, match="needs the grey-level rows"):
-        run_train_cell(cell, target_for(cell))  # the binary rows of the one-draw target are refused
+        train(cell, target_for(cell))  # the binary rows of the one-draw target are refused
 
 
 def test_dynamic_is_refused_nowhere_and_static_is_threshold():
@@ -128,7 +132,7 @@ def test_an_iwae_held_out_number_is_named_a_bound_with_its_checks(tmp_path):
     not positive beyond 3.29 s.e.). At latent_dim 2 the row stays the exact ``test_loglik``."""
     extra = "eval_K: 40, eval_K_check: 5, eval_check_n: 40, eval_refit_steps: 30, eval_refit_lr: 0.01"
     cell = load_suite(suite_file(tmp_path, steps=10, latent=3, extra=extra))[1][0]
-    rows, _ = run_train_cell(cell, train_target(cell))
+    rows, _ = train(cell, target_for(cell, target_of(cell)))
     t = rows.set_index("metric")
     assert "test_loglik" not in t.index and "train_loglik" not in t.index
     assert "lower bound" in t.loc["test_iwae_bound", "method"] and "IWAE-40" in t.loc["test_iwae_bound", "method"]
@@ -138,7 +142,7 @@ def test_an_iwae_held_out_number_is_named_a_bound_with_its_checks(tmp_path):
     assert refit["value"] > -Z * refit["stderr"]
     assert "refitted" in t.loc["test_iwae_bound_refit", "method"]
     exact = load_suite(suite_file(tmp_path, steps=2))[1][0]
-    assert "test_loglik" in set(run_train_cell(exact, train_target(exact))[0]["metric"])
+    assert "test_loglik" in set(train(exact, target_for(exact, target_of(exact)))[0]["metric"])
 
 
 def test_a_warmup_switches_the_theta_estimator_and_censored_steps_are_counted(tmp_path):
@@ -149,15 +153,14 @@ def test_a_warmup_switches_the_theta_estimator_and_censored_steps_are_counted(tm
     text = suite_file(tmp_path, steps=12, extra="warmup_theta_estimator: iwae, warmup_theta_params: {K: 4}, "
                                                 "warmup_value: 6").read_text()
     cell = load_suite(_write(tmp_path, text))[1][1]  # coupled_isir θ after the warm-up
-    rows, curves = run_train_cell(cell, train_target(cell))
+    rows, curves = train(cell, target_for(cell, target_of(cell)))
     assert curves["warmup"].tolist() == [True] * 6 + [False] * 6
     assert curves["tau"].iloc[:6].isna().all() and curves["tau"].iloc[6:].notna().all()
     t = rows.set_index("metric")
     assert t.loc["censored_steps", "value"] == curves["censored"].sum() == 0
-    capped = text.replace("theta_estimator: coupled_isir, theta_params: {K: 4}",
-                          "theta_estimator: coupled_isir, theta_params: {K: 4, max_iter: 1}")
+    capped = text.replace("theta: {name: coupled_isir, K: 4}", "theta: {name: coupled_isir, K: 4, max_iter: 1}")
     cell = load_suite(_write(tmp_path, capped))[1][1]
-    rows, curves = run_train_cell(cell, train_target(cell))
+    rows, curves = train(cell, target_for(cell, target_of(cell)))
     t = rows.set_index("metric")
     n_coupled = int((~curves["warmup"]).sum())
     assert t.loc["censored_steps", "value"] == t.loc["nonfinite_steps", "value"] == n_coupled == curves["censored"].sum()
@@ -173,13 +176,13 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_the_cosine_runs_over_the_evaluations_spent_with_lr_horizon_budget():
     """lr_horizon: budget with an evals budget: lr = lr at 0 evaluations, the midpoint (1 + f)/2 · lr at half the
     budget, f · lr at the budget, whatever the step; the default (max_steps) ignores the evaluations (control)."""
-    p = train.TrainParams(budget="evals", budget_value=1000, lr=0.01, lr_schedule="cosine", lr_final_factor=0.1,
+    p = training_params.TrainParams(budget="evals", budget_value=1000, lr=0.01, lr_schedule="cosine", lr_final_factor=0.1,
                           lr_horizon="budget", max_steps=50)
-    assert train.lr_at(p, 7, 0.0) == pytest.approx(0.01)
-    assert train.lr_at(p, 7, 500.0) == pytest.approx(0.01 * 0.55)
-    assert train.lr_at(p, 7, 1000.0) == pytest.approx(0.001)
+    assert loop.lr_at(p, 7, 0.0) == pytest.approx(0.01)
+    assert loop.lr_at(p, 7, 500.0) == pytest.approx(0.01 * 0.55)
+    assert loop.lr_at(p, 7, 1000.0) == pytest.approx(0.001)
     q = p.model_copy(update={"lr_horizon": "max_steps"})
-    assert train.lr_at(q, 25, 0.0) == train.lr_at(q, 25, 1000.0) == pytest.approx(0.01 * 0.55)
+    assert loop.lr_at(q, 25, 0.0) == loop.lr_at(q, 25, 1000.0) == pytest.approx(0.01 * 0.55)
 
 
 def test_arms_that_differ_in_warmup_lr_or_budget_get_distinct_labels():
@@ -193,7 +196,7 @@ def test_arms_that_differ_in_warmup_lr_or_budget_get_distinct_labels():
     warm = {**base, "estimator.warmup_theta_estimator": "iwae", "estimator.warmup_theta_params": '{"K": 8}',
             "estimator.warmup_value": 200.0}
     fast = {**base, "estimator.lr": 0.01}
-    labels = train.pair_labels(pd.DataFrame([base, warm, fast]))
+    labels = training_stats.pair_labels(pd.DataFrame([base, warm, fast]))
     assert len(set(labels)) == 3
     assert labels[1].startswith("iwae(K=8) ×200 steps → coupled_isir(K=8)")
     assert labels[0].endswith("lr=0.003") and labels[2].endswith("lr=0.01")
@@ -207,7 +210,7 @@ def test_the_held_out_laplace_centring_goes_on_when_40_iterations_do_not_reach_a
     from tests.protocols.test_train import linear_gaussian
 
     model, theta, x, exact, _, _ = linear_gaussian()
-    real = train.laplace
+    real = loop.laplace
     calls = []
 
     def flaky(*args, **kwargs):
@@ -216,9 +219,9 @@ def test_the_held_out_laplace_centring_goes_on_when_40_iterations_do_not_reach_a
             raise ValueError("laplace: the Hessian at the mode is not negative definite for some data point")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "laplace", flaky)
-    value, err, _ = train.quadrature_log_px(model, theta, x, 8)
-    assert calls == [40, train.LAPLACE_RETRY_ITER]
+    monkeypatch.setattr(loop, "laplace", flaky)
+    value, err, _ = loop.quadrature_log_px(model, theta, x, 8)
+    assert calls == [40, loop.LAPLACE_RETRY_ITER]
     assert float((value - exact).abs().max()) <= float(err.max()) + 1e-9
 
 
@@ -242,18 +245,19 @@ train:
 """
 
 
-def test_a_train_block_gives_the_cells_of_the_estimators_form(tmp_path):
-    """The train: block (arms × seeds × settings) expands to the very cells (same ids, hence the same rows) as the
-    estimators: [{name: train, params}] + protocols: [train] form of the same study (control: changing one setting
-    changes the ids)."""
-    legacy = load_suite(suite_file(tmp_path, steps=40))[1]
+def test_a_train_block_expands_to_train_cells(tmp_path):
+    """The train: block (arms × seeds × settings) expands to one ``train`` cell per arm and seed, with no protocols
+    and one replicate, the arm's estimators and the block's settings as the cell's parameters (control: changing
+    one setting changes every id)."""
     path = tmp_path / "block.yaml"
     path.write_text(BLOCK)
-    suite, block = load_suite(path)
-    assert [c.cell_id for c in block] == [c.cell_id for c in legacy]
-    assert suite.protocols == ["train"] and suite.replicates == 1
+    suite, cells = load_suite(path)
+    assert [c.kind for c in cells] == ["train", "train"] and suite.protocols == [] and suite.replicates == 1
+    assert [(c.estimator, c.protocols, c.replicates) for c in cells] == [("train", (), 1)] * 2
+    assert [c.estimator_params["theta_estimator"] for c in cells] == ["iwae", "coupled_isir"]
+    assert all(c.estimator_params["lr"] == 0.02 and c.estimator_params["train_seed"] == 0 for c in cells)
     path.write_text(BLOCK.replace("lr: 0.02", "lr: 0.03"))
-    assert {c.cell_id for c in load_suite(path)[1]}.isdisjoint({c.cell_id for c in legacy})
+    assert {c.cell_id for c in load_suite(path)[1]}.isdisjoint({c.cell_id for c in cells})
 
 
 @pytest.mark.parametrize("edit, message", [

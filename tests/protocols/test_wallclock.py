@@ -17,9 +17,9 @@ from gradbench.estimators.importance import iwae
 from gradbench.protocols import ProtocolContext
 from gradbench.protocols import wallclock as wc
 from gradbench.protocols.variance import variance
-from gradbench.runner import run_suite
+from gradbench.run.plan import load_suite
+from gradbench.run.runner import run_suite
 from gradbench.seeding import make_generator
-from gradbench.suite import load_suite
 from tests.conftest import make_ppca
 from tests.test_suite import write
 

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from gradbench.runner import run_suite
-from gradbench.suite import load_suite
+from gradbench.run.plan import load_suite
+from gradbench.run.runner import run_suite
 
 TARGET = {"model": "ppca", "params": {"data_dim": 6, "latent_dim": 2, "n_data": 1},
           "proposal": {"mean_shift": 0.5, "cov_scale": 2.0}}

@@ -88,8 +88,8 @@ def test_detects_injected_variance_regression(suite: Path, baseline: Path, tmp_p
 
 def test_different_seeds_are_different_targets(suite: Path, baseline: Path, tmp_path: Path) -> None:
     """Another target_seed draws other synthetic targets: compare refuses (exit 2) unless asked."""
-    from gradbench.runner import run_suite
-    from gradbench.suite import load_suite
+    from gradbench.run.plan import load_suite
+    from gradbench.run.runner import run_suite
 
     spec, cells = load_suite(suite, {"target_seed": 4})
     run_suite(spec, cells, tmp_path / "b", progress=False)

@@ -10,33 +10,38 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from gradbench.protocols.train import pair_label, paired_test, summarize
 from gradbench.report.data import load_run
 from gradbench.report.render import render_report
 from gradbench.report.tables import fmt_p
-from gradbench.report.train_figures import TRAIN_FIGURES, fmt_mean_se, train_tables
-from tests.report.report_helpers import run_to, write_suite
+from gradbench.training.figures import TRAIN_FIGURES, fmt_mean_se, train_tables
+from gradbench.training.stats import pair_label, paired_test, summarize
+from tests.report.report_helpers import run_to
 
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 
 TRAIN_NAMES = {spec.name for spec in TRAIN_FIGURES}
 TARGET = {"model": "vae", "params": {"latent_dim": 2, "hidden": [8], "activation": "tanh", "likelihood": "bernoulli"},
           "data": {"name": "digits", "n": 64, "binarize": "stochastic_fixed", "seed": 0}, "proposal": {"family": "gaussian_mean_field"}}
-COMMON = {"train_seed": [0, 1, 2], "budget": "steps", "budget_value": 12, "batch_size": 16, "lr": 0.02,
+COMMON = {"budget": "steps", "budget_value": 12, "batch_size": 16, "lr": 0.02,
           "encoder_hidden": [8], "test_n": 30, "train_eval_n": 30, "quadrature_nodes": 8, "curve_every": 4,
           "curve_n": 20, "curve_K": 10, "checkpoint_every": 100}
-PAIRS = [{"theta_estimator": "elbo", "theta_params": {"S": 1}, "phi_estimator": "reparam_elbo", "phi_params": {"S": 1}},
-         {"theta_estimator": "coupled_isir", "theta_params": {"K": 4}, "phi_estimator": "iwae_reparam", "phi_params": {"K": 4}}]
+ARMS = [{"theta": {"name": "elbo", "S": 1}, "phi": {"name": "reparam_elbo", "S": 1}},
+        {"theta": {"name": "coupled_isir", "K": 4}, "phi": {"name": "iwae_reparam", "K": 4}}]
+PAIRS = [{"theta_estimator": a["theta"]["name"], "theta_params": {k: v for k, v in a["theta"].items() if k != "name"},
+          "phi_estimator": a["phi"]["name"], "phi_params": {k: v for k, v in a["phi"].items() if k != "name"}}
+         for a in ARMS]  # the arms as the cells' parameters name them
 
 
 @pytest.fixture(scope="module")
 def train_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real tiny training run: 2 estimator pairs × 3 seeds × 12 steps on 64 digits (a few seconds)."""
     folder = tmp_path_factory.mktemp("train")
-    estimators = [{"name": "train", "params": {**pair, **COMMON}} for pair in PAIRS]
-    return run_to(write_suite(folder, "tiny-train", ["train"], estimators=estimators, replicates=1, seed=0,
-                              targets=[TARGET]), folder / "run")
+    suite = folder / "tiny-train.yaml"
+    suite.write_text(yaml.safe_dump({"name": "tiny-train", "seed": 0, "target_seed": 0, "targets": [TARGET],
+                                     "train": {"seeds": [0, 1, 2], "settings": COMMON, "arms": ARMS}}, sort_keys=False))
+    return run_to(suite, folder / "run")
 
 
 def _figures(run: Path, out: Path) -> set[str]:

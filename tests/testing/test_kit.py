@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tests.testing.icdf_plugin
-from gradbench.suite import SuiteError, load_suite
+from gradbench.run.plan import SuiteError, load_suite
 from gradbench.testing import ConformanceError, build, check_estimator, check_family, check_model
 from tests.test_suite import write
 
@@ -146,8 +146,8 @@ def test_kit_rejects_a_biased_estimator():
 
 # -- rare states: every sampler a verdict depends on, or a stated "not checked" ---------------------------------
 def test_rare_state_guard_reads_q_and_the_exact_posterior_or_says_not_checked():
-    from gradbench import cell
     from gradbench.references.enumeration import posterior_marginals
+    from gradbench.run import compute as cell
 
     t = build("categorical_icdf", CAT, CAT_Q)
     table = t.state_probabilities()

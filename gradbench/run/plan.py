@@ -12,7 +12,6 @@ import hashlib
 import itertools
 import re
 import typing
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,9 +19,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gradbench import registry
-from gradbench.seeding import content_hash, derive_seed
+from gradbench.run.cells import Cell, TargetConfig
+from gradbench.seeding import content_hash
+from gradbench.training.params import TRAIN
 
-CELL_FORMAT = 2  # bump when the runner changes what a cell computes (module edits are tracked by hash)
 Loc = tuple[str | int, ...]
 
 
@@ -59,7 +59,7 @@ class TrainArm(_Strict):
 
 
 class TrainBlock(_Strict):
-    """A training study (gradbench.protocols.train): every arm × seed × settings grid on every target."""
+    """A training study (gradbench.training.loop): every arm × seed × settings grid on every target."""
 
     arms: list[TrainArm] = Field(min_length=1)
     seeds: int | list[int] = Field(0, description="training seeds (initialisation, minibatches, noise; shared by arms)")
@@ -90,89 +90,6 @@ class Suite(_Strict):
         if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
             raise ValueError(f"unknown device {value!r}; use cpu, cuda or cuda:N")
         return value
-
-
-# -- cells -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TargetConfig:
-    model: str
-    params: dict[str, Any]
-    proposal: dict[str, Any]
-    data: str | None  # absolute path of a data file, or None for synthetic data
-    data_sha256: str | None
-    target_seed: int  # seeds the synthetic parameters and data
-    suite_seed: int  # seeds the Monte Carlo noise
-    data_spec: dict[str, Any] | None = None  # a named data set (gradbench.data.DataSpec), or None
-    # a trained snapshot (gradbench.snapshots): {file, run, cell_id, step, sha256}; None: θ from target_seed
-    snapshot: dict[str, Any] | None = None
-
-    @property
-    def snapshot_identity(self) -> list[Any]:
-        """What identifies a snapshot target's θ and φ: the training cell, the step and the file's SHA-256
-        (not where the file lives); empty for other targets, so their ids are unchanged."""
-        s = self.snapshot
-        return [{"snapshot": [s["cell_id"], s["step"], s["sha256"]]}] if s else []
-
-    @property
-    def data_seed(self) -> int:
-        """Seed of the synthetic parameters/data: independent of the proposal, the estimator and the noise seed."""
-        return derive_seed(self.target_seed, "target-data", self.model, self.params, self.data_sha256,
-                           *([self.data_spec] if self.data_spec else []))
-
-    @property
-    def target_id(self) -> str:
-        """Identifies the target (model, parameters, data, proposal) — not the noise it is run with."""
-        return content_hash(["target", self.model, self.params, self.proposal, self.data_sha256, self.target_seed,
-                             *([self.data_spec] if self.data_spec else []), *self.snapshot_identity], 12)
-
-    def noise_seed(self, block: int) -> int:
-        """Seed of replicate block ``block`` — shared by every estimator on this target."""
-        return derive_seed(self.suite_seed, "target-noise", self.target_id, block)
-
-    def build(self, dtype: str, device: str) -> Any:
-        import torch
-
-        if self.snapshot is not None:
-            from gradbench import snapshots
-
-            return snapshots.build_target(self, dtype, device)
-
-        entry = registry.MODELS[self.model]
-        from gradbench.data import read_array_file
-
-        data = read_array_file(Path(self.data)) if self.data else None
-        if self.data_spec is not None:
-            from gradbench import data as datasets
-
-            data, _ = datasets.load(datasets.DataSpec(**self.data_spec))
-        return entry.build(entry.params(**self.params), entry.proposal(**self.proposal), self.data_seed,
-                           getattr(torch, dtype), device, data)
-
-
-@dataclass(frozen=True)
-class Cell:
-    target: TargetConfig
-    estimator: str
-    estimator_params: dict[str, Any]
-    protocols: tuple[str, ...]
-    replicates: int
-    device: str
-    dtype: str
-    plugins: tuple[str, ...] = ()  # modules to import before computing (Dask workers too)
-    code: tuple[tuple[str, str], ...] = ()  # (module, version or source hash) of the code that computes the cell
-
-    @property
-    def cell_id(self) -> str:
-        """A hash of the cell's content *and* of the code that computes it (``code``): editing the estimator's,
-        the model's, a protocol's or the contract's source, or upgrading a plugin, re-runs the cell."""
-        content = asdict(self)
-        content["target"].pop("data")  # the file's content (sha256) counts, not where it lives
-        if not content["target"]["data_spec"]:
-            content["target"].pop("data_spec")
-        snapshot = content["target"].pop("snapshot")
-        if snapshot:
-            content["target"]["snapshot"] = self.target.snapshot_identity
-        return content_hash(["cell", CELL_FORMAT, content])
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -208,25 +125,34 @@ def load_suite(
     return suite, expand(suite, src)
 
 
-def _form(suite: Suite, src: _SourceMap) -> tuple[list[tuple[str, dict[str, Any], Loc, Loc]], list[str], int]:
-    """(estimator entries as (name, params, location, location of the params), protocols, replicates) of either form:
-    estimators: + protocols:, or a train: block (each arm a ``train`` cell per seed and settings combination)."""
+def _form(suite: Suite, src: _SourceMap) -> tuple[str, list[tuple[str, dict[str, Any], Loc, Loc]], list[str], int]:
+    """(cell kind, entries as (name, params, location, location of the params), protocols, replicates) of either
+    form: estimators: + protocols: (``measure`` cells), or a train: block (``train`` cells: each arm one cell per seed
+    and settings combination; no protocols, one replicate — the seeds are the replicates)."""
     if suite.train is None:
         for key in ("replicates", "estimators", "protocols"):
             if not getattr(suite, key):
                 raise SuiteError(src.at((key,), f"missing required key {key!r}" if (key,) not in src.lines
                                         else "give at least one (or a train: block)"))
+        training = "training is its own kind of cell: write a training study as a train: block (arms, seeds, settings)"
+        for i, e in enumerate(suite.estimators):
+            if e.name == TRAIN:
+                raise SuiteError(src.at(("estimators", i, "name"), f"'train' is not an estimator; {training}"))
+            _check_name(src, ("estimators", i, "name"), e.name, registry.ESTIMATORS, "estimator")
+        for i, name in enumerate(suite.protocols):
+            if name == TRAIN:
+                raise SuiteError(src.at(("protocols", i), f"unknown protocol 'train'; {training}"))
         entries = [(e.name, e.params, ("estimators", i), ("estimators", i, "params")) for i, e in enumerate(suite.estimators)]
-        return entries, list(suite.protocols), int(suite.replicates or 0)
+        return "measure", entries, list(suite.protocols), int(suite.replicates or 0)
     for key in ("estimators", "protocols"):
         if (key,) in src.lines:
             raise SuiteError(src.at((key,), f"a suite with a train: block has no {key}: (the block's arms are its cells)"))
-    return [("train", train_arm_params(src, suite.train, i), ("train", "arms", i), ("train", "arms", i))
-            for i in range(len(suite.train.arms))], ["train"], suite.replicates or 1
+    return "train", [(TRAIN, train_arm_params(src, suite.train, i), ("train", "arms", i), ("train", "arms", i))
+                     for i in range(len(suite.train.arms))], [], 1
 
 
 def train_arm_params(src: _SourceMap, block: TrainBlock, i: int) -> dict[str, Any]:
-    """The ``train`` estimator params (gradbench.estimators.params.TrainParams, list values are grids) of arm i."""
+    """The parameters of arm i's ``train`` cells (gradbench.training.params.TrainParams; list values are grids)."""
     arm, loc = block.arms[i], ("train", "arms", i)
     params: dict[str, Any] = {"train_seed": block.seeds, **block.settings, **arm.settings}
 
@@ -251,7 +177,8 @@ def train_arm_params(src: _SourceMap, block: TrainBlock, i: int) -> dict[str, An
 
 
 def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
-    entries, suite.protocols, suite.replicates = _form(suite, src)  # a train: block's protocol and replicate count
+    kind, entries, suite.protocols, suite.replicates = _form(suite, src)  # a train: block's (no) protocols, 1 replicate
+    cell_kind = registry.CELL_KINDS[kind]
     for i, name in enumerate(suite.protocols):
         _check_name(src, ("protocols", i), name, registry.PROTOCOLS, "protocol")
     if len(set(suite.protocols)) != len(suite.protocols):
@@ -287,20 +214,14 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
     estimator_locs: list[Loc] = []
     seen: dict[str, Loc] = {}
     for e_name, e_params, loc, params_loc in entries:
-        _check_name(src, loc + ("name",), e_name, registry.ESTIMATORS, "estimator")
         key = content_hash([e_name, e_params])
         if key in seen:
             raise SuiteError(src.at(loc, f"duplicate of {_format_loc(seen[key])} ({e_name} with the same params)"))
         seen[key] = loc
-        grid = _grid(src, params_loc, e_params, registry.ESTIMATORS[e_name].params)
+        grid = _grid(src, params_loc, e_params, cell_kind.params(e_name))
         estimators += [(e_name, p) for p in grid]
         estimator_locs += [loc] * len(grid)
-    _check_capabilities(src, targets, target_locs, estimators, estimator_locs, suite.protocols)
-    for (name, _), loc in zip(estimators, estimator_locs):  # a training run is its own kind of cell
-        if (name == "train") != (suite.protocols == ["train"]):
-            raise SuiteError(src.at(loc + ("name",) if name == "train" else ("protocols",),
-                                    "the estimator 'train' goes with protocols: [train] and nothing else "
-                                    "(or write the study as a train: block)"))
+    _check_capabilities(src, targets, target_locs, estimators, estimator_locs, suite.protocols, cell_kind)
 
     needed = {name: registry.PROTOCOLS[name].min_replicates for name in suite.protocols}
     short = {name: n for name, n in needed.items() if suite.replicates < n}
@@ -315,10 +236,12 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
     plugins = tuple(suite.plugins)
 
     def code(target: TargetConfig, estimator: str, params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-        return (("gradbench", _gradbench_version()), *registry.cell_code(target.model, estimator, params, suite.protocols))
+        return (("gradbench", _gradbench_version()),
+                *registry.cell_code(target.model, estimator, params, suite.protocols, kind))
 
     return [
-        Cell(t, name, params, tuple(suite.protocols), suite.replicates, suite.device, suite.dtype, plugins, code(t, name, params))
+        Cell(t, name, params, tuple(suite.protocols), suite.replicates, suite.device, suite.dtype, plugins,
+             code(t, name, params), kind)
         for t in targets
         for name, params in estimators
     ]
@@ -326,11 +249,11 @@ def expand(suite: Suite, src: _SourceMap) -> list[Cell]:
 
 def snapshot_targets(src: _SourceMap, i: int, t: TargetEntry, data: tuple[str | None, str | None, dict[str, Any] | None],
                      target_seed: int, suite_seed: int) -> list[TargetConfig]:
-    """The targets of ``targets[i]`` with ``params: {checkpoint: PATH, step: N | [N, ...]}`` (gradbench.snapshots): one
+    """The targets of ``targets[i]`` with ``params: {checkpoint: PATH, step: N | [N, ...]}`` (gradbench.training.snapshots): one
     per step, at the saved θ and encoder φ, with the architecture (and, unless ``data:`` is given, the data) of the
     training cell. PATH is relative to the suite file. Explicit parameters that disagree with the snapshot, a
     ``proposal:`` block, a missing folder or step: one located line."""
-    from gradbench import snapshots
+    from gradbench.training import snapshots
 
     loc: Loc = ("targets", i, "params")
     rest = dict(t.params)
@@ -406,12 +329,13 @@ def _data_spec(src: _SourceMap, loc: Loc, raw: dict[str, Any]) -> dict[str, Any]
 
 def _check_capabilities(src: _SourceMap, targets: list[TargetConfig], target_locs: list[int],
                         estimators: list[tuple[str, dict[str, Any]]], estimator_locs: list[Loc],
-                        protocols: list[str] | tuple[str, ...] = ()) -> None:
-    """Refuse an estimator on a target that lacks a capability it requires (before any cell runs)."""
+                        protocols: list[str] | tuple[str, ...], kind: registry.CellKind) -> None:
+    """Refuse an estimator (a training arm: its estimators) on a target that lacks a capability it requires (before
+    any cell runs)."""
     for t, ti in zip(targets, target_locs):
         provides = registry.MODELS[t.model].capabilities(t.proposal)
         for (name, params), ei in zip(estimators, estimator_locs):
-            missing = sorted(registry.required_capabilities(name, params, protocols) - provides)
+            missing = sorted(kind.needs(name, params, tuple(protocols)) - provides)
             if missing:
                 family = t.proposal.get("family")
                 what = f"model {t.model!r}" + (f" with family {family!r}" if family else "")

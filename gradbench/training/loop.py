@@ -1,7 +1,7 @@
-"""Training protocol: does an estimator's bias or variance change the model you end up with?
+"""The training loop: does an estimator's bias or variance change the model you end up with?
 
 A ``train`` cell is (target, θ-estimator, φ-estimator, training seed). A suite writes a study as a ``train:`` block
-(arms × seeds × settings; :class:`gradbench.suite.TrainBlock`)::
+(arms × seeds × settings; :class:`gradbench.run.plan.TrainBlock`)::
 
     train:
       seeds: [0, 1, 2, 3, 4]
@@ -10,9 +10,8 @@ A ``train`` cell is (target, θ-estimator, φ-estimator, training seed). A suite
         - {theta: {name: iwae, K: 8}, phi: {name: iwae_reparam, K: 8}}
         - {theta: {name: coupled_isir, K: 8}, phi: {name: iwae_reparam, K: 8}, warmup: {name: iwae, K: 8, steps: 500}}
 
-which expands to the pseudo-estimator ``train`` (schema :class:`gradbench.estimators.params.TrainParams`) with the
-protocol ``train`` — the form older suites write out (``estimators: [{name: train, params: {...}}]``,
-``protocols: [train]``); both give the same cells.
+which expands to one ``train`` cell per target × arm × seed (the cell kind of :mod:`gradbench.training.cell`; its
+parameters are :class:`gradbench.training.params.TrainParams`).
 
 The target supplies the model p_θ(x, z) (``vae``, ``sbn``), the training data x (its ``data:``) and the architecture;
 θ is re-initialised (``model.init_params``) and φ is a fresh amortised encoder of the model's latent space
@@ -64,7 +63,7 @@ atomically to ``<out>/checkpoints/<cell_id>.pt``; a restarted cell resumes from 
 from (base, step), not carried, so a resumed run computes the same numbers as an uninterrupted one (seconds apart).
 The runner deletes the checkpoint when the cell finishes. Snapshots are kept: with ``snapshot_steps: [0, 200, 800]``
 (θ, φ) at those steps (0: before any update) go to ``<out>/snapshots/<cell_id>/step-<t>.pt`` with the step, the
-evaluations spent, the cell id and the training target's spec (:mod:`gradbench.snapshots`); a suite's target
+evaluations spent, the cell id and the training target's spec (:mod:`gradbench.training.snapshots`); a suite's target
 ``{model: vae, params: {checkpoint: RUN_DIR, step: [0, 200, 800]}}`` measures estimators at those parameters.
 
 References: Burda, Grosse & Salakhutdinov (2016), ICLR (IWAE training and its K = 5000 evaluation);
@@ -74,7 +73,6 @@ Kingma & Welling (2014), ICLR; Jacob, O'Leary & Atchadé (2020), JRSS B (coupled
 from __future__ import annotations
 
 import io
-import itertools
 import math
 import time
 from pathlib import Path
@@ -88,7 +86,6 @@ from torch import Tensor
 from gradbench import data as datasets
 from gradbench import registry
 from gradbench.contracts import Params
-from gradbench.estimators.params import TrainParams
 from gradbench.families.bernoulli import BernoulliEncoder
 from gradbench.families.gaussian import GaussianEncoder
 from gradbench.protocols import Row, row
@@ -96,8 +93,8 @@ from gradbench.references import enumeration
 from gradbench.references.quadrature import DEFAULT_NODES, NODE_BUDGET, gauss_hermite, laplace
 from gradbench.seeding import derive_seed, make_generator
 from gradbench.target import ComposedTarget
+from gradbench.training.params import TRAIN, TrainParams
 
-TRAIN = "train"  # the pseudo-estimator and the protocol
 LOG_2PI = math.log(2 * math.pi)
 QUADRATURE_MAX_DIM = 2
 LAPLACE_RETRY_ITER = 1000  # Newton iterations of the held-out Laplace centring when 40 did not reach every mode
@@ -255,10 +252,10 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
     """Train one cell (resuming from ``checkpoint`` when it exists) → (protocol rows, curve rows).
 
     With ``snapshot_steps`` and a ``snapshots`` folder, (θ, φ) at each listed step are kept in
-    ``<snapshots>/step-<t>.pt`` (:func:`gradbench.snapshots.write_snapshot`; written before the checkpoint of the same
+    ``<snapshots>/step-<t>.pt`` (:func:`gradbench.training.snapshots.write_snapshot`; written before the checkpoint of the same
     step, so a resumed cell has every earlier snapshot and writes the later ones identically).
 
-    With ``binarize: dynamic`` the target's rows are grey levels (``gradbench.cell.train_target``) and step t's
+    With ``binarize: dynamic`` the target's rows are grey levels (``gradbench.training.cell.target_of``) and step t's
     minibatch is binarised by a fresh Bernoulli draw from derive_seed(base, "binarize", t)."""
     p = TrainParams(**cell.estimator_params)
     theta_est, phi_est = registry.ESTIMATORS[p.theta_estimator], registry.ESTIMATORS[p.phi_estimator]
@@ -268,7 +265,7 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
     warm_kw = warm_est.params(**p.warmup_theta_params).model_dump() if warm_est else {}
     dynamic = dynamic_binarisation(cell)
     if dynamic and bool(((target.x == 0) | (target.x == 1)).all()):
-        raise ValueError("train: binarize: dynamic needs the grey-level rows (gradbench.cell.train_target(cell)), "
+        raise ValueError("train: binarize: dynamic needs the grey-level rows (gradbench.training.cell.target_of the cell), "
                          "but the target's rows are already binary")
     t_eval = time.perf_counter()
     if test_x is None:
@@ -310,7 +307,7 @@ def train_cell(cell: Any, target: ComposedTarget, checkpoint: Path | None = None
 
     def snapshot() -> None:
         if step in keep:
-            from gradbench import snapshots as snap
+            from gradbench.training import snapshots as snap
 
             snap.write_snapshot(snap.step_file(snapshots, step), theta=theta, phi=phi, step=step, evals=evals,
                                 cell=cell, family=full.family)
@@ -481,98 +478,3 @@ def held_out_data(cell: Any, target: ComposedTarget) -> Tensor:
     how = "stochastic_fixed" if spec.get("binarize") == "dynamic" else spec.get("binarize", "none")
     x, _ = datasets.load(datasets.DataSpec(**{**spec, "split": "test", "n": p.test_n, "binarize": how}))
     return torch.as_tensor(np.asarray(x), dtype=target.x.dtype, device=target.x.device)
-
-
-def protocol(sample: Any, reference: Any, ctx: Any) -> list[Row]:
-    """The ``train`` protocol has no per-sample form: the runner computes ``train`` cells with :func:`train_cell`."""
-    raise TypeError("protocol 'train' runs only with the pseudo-estimator 'train' (and 'train' needs it)")
-
-
-# -- across seeds ---------------------------------------------------------------------------------
-PAIR_COLUMNS = ["target_id", "estimator.theta_estimator", "estimator.theta_params", "estimator.phi_estimator",
-                "estimator.phi_params", "estimator.budget", "estimator.budget_value"]
-
-
-def pair_label(r: Any) -> str:
-    """``θ-estimator(params) / φ-estimator(params)``, with the warm-up in front (``iwae(K=8) ×2000 steps → …``) when the
-    cell has one."""
-    label = (f"{r['estimator.theta_estimator']}{_short(r['estimator.theta_params'])} / "
-             f"{r['estimator.phi_estimator']}{_short(r['estimator.phi_params'])}")
-    warm = r.get("estimator.warmup_theta_estimator") if hasattr(r, "get") else None
-    if isinstance(warm, str) and warm:
-        label = (f"{warm}{_short(r.get('estimator.warmup_theta_params', {}))} ×{r['estimator.warmup_value']:g} "
-                 f"{r['estimator.warmup_budget']} → {label}")
-    return label
-
-
-ARM_SETTINGS = ("estimator.lr", "estimator.lr_schedule", "estimator.batch_size", "estimator.budget",
-                "estimator.budget_value")
-
-
-def pair_labels(t: pd.DataFrame) -> pd.Series:
-    """:func:`pair_label` of each row, plus ``, lr=…`` (etc.) for each training setting of :data:`ARM_SETTINGS` that
-    varies within the target (arms that differ only in learning rate or budget are distinct arms, never pooled)."""
-    return t.apply(pair_label, axis=1) + arm_settings(t)
-
-
-def arm_settings(t: pd.DataFrame) -> pd.Series:
-    """``, lr=…, budget=…`` per row: the training settings of :data:`ARM_SETTINGS` that vary within the target ('' when
-    none does); arms are compared (paired tests) only within the same settings."""
-    out = pd.Series("", index=t.index)
-    for col in ARM_SETTINGS:
-        if col not in t:
-            continue
-        varies = t.groupby("target_id")[col].transform(lambda c: c.astype(str).nunique() > 1).astype(bool)
-        out = out.where(~varies, out + f", {col.removeprefix('estimator.')}=" + t[col].astype(str))
-    return out
-
-
-def _short(params: Any) -> str:
-    import json
-
-    d = json.loads(params) if isinstance(params, str) else dict(params)
-    return "(" + ", ".join(f"{k}={v}" for k, v in d.items()) + ")" if d else ""
-
-
-def summarize(table: pd.DataFrame, metrics: tuple[str, ...] = ("test_loglik", "train_loglik", "test_iwae_bound",
-                                                                "train_iwae_bound", "test_iwae_bound_refit", "steps",
-                                                                "evals", "seconds", "seconds_per_step", "censored_steps",
-                                                                "train_tau_mean")) -> pd.DataFrame:
-    """Mean ± s.e. over training seeds (replicates) of each metric, per estimator pair: s.e. = sd / √n_seeds."""
-    t = table[table["metric"].isin(metrics)].copy()
-    t["pair"] = pair_labels(t)
-    g = t.groupby(["target_id", "pair", "estimator.budget", "estimator.budget_value", "metric"], sort=False)["value"]
-    out = g.agg(mean="mean", sd="std", n_seeds="count").reset_index()
-    out["stderr"] = out["sd"] / np.sqrt(out["n_seeds"])
-    return out.drop(columns="sd")
-
-
-def paired_test(table: pd.DataFrame, pair_a: str, pair_b: str, metric: str = "test_loglik") -> dict[str, float]:
-    """Paired comparison of two estimator pairs over the training seeds they share (common random numbers):
-    d_s = metric_b(s) − metric_a(s); mean d̄ ± s.e., Student t (n − 1 d.f.) two-sided p, and the exact
-    sign-flip permutation p-value (all 2^n sign patterns of d_s, two-sided on |Σ d_s|; n ≤ 16)."""
-    t = table[table["metric"] == metric].copy()
-    t["pair"] = pair_labels(t)
-    a = t[t["pair"] == pair_a].set_index(["target_id", "estimator.train_seed"])["value"]
-    b = t[t["pair"] == pair_b].set_index(["target_id", "estimator.train_seed"])["value"]
-    common = a.index.intersection(b.index)
-    d = (b.loc[common] - a.loc[common]).to_numpy(dtype=np.float64)
-    if len(d) < 2:
-        raise ValueError(f"paired_test: {pair_a!r} and {pair_b!r} share {len(d)} training seeds; need ≥ 2")
-    return paired_differences(d)
-
-
-def paired_differences(d: np.ndarray) -> dict[str, float]:
-    """The statistics of :func:`paired_test` from the paired differences d_s themselves."""
-    from scipy import stats
-
-    n = len(d)
-    mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
-    p_t = float(2 * stats.t.sf(abs(mean / se), n - 1)) if se > 0 else (0.0 if mean != 0 else 1.0)
-    if n > 16:
-        raise ValueError("paired_test: the exact permutation test enumerates 2^n sign patterns; n ≤ 16")
-    signs = np.array(list(itertools.product([-1.0, 1.0], repeat=n)))
-    null = np.abs(signs @ np.abs(d))
-    p_perm = float(np.mean(null >= abs(d.sum()) - 1e-12 * max(1.0, abs(d.sum()))))
-    return {"n_seeds": n, "mean_diff": mean, "stderr": se, "t": mean / se if se > 0 else float("inf"),
-            "p_t": p_t, "p_perm": p_perm}

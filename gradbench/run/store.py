@@ -3,10 +3,10 @@
 Output folder layout (docs/design.md §4.4):
     cells/<cell_id>.parquet      one per finished cell (rows without the suite name)
     cells/<cell_id>.failed.json  a cell whose estimator raised (message); re-tried by the next run
-    cells/<cell_id>.curves.parquet  ``train`` cells: learning curves (written before the cell file)
-    checkpoints/<cell_id>.pt     ``train`` cells: the last checkpoint (deleted once the cell file exists)
-    cells/<cell_id>.<side>.parquet  a protocol's side table of the cell (``meeting``: raw τ; ``curves``)
-    curves.parquet               all learning curves of the suite (the ``train`` protocol's side table)
+    checkpoints/<cell_id>.pt     training cells: the last checkpoint (deleted once the cell file exists)
+    cells/<cell_id>.<side>.parquet  a protocol's or the cell kind's side table of the cell (``meeting``: raw τ;
+                                 ``curves``: a training cell's learning curves), written before the cell file
+    curves.parquet               all learning curves of the suite (the ``train`` kind's side table)
     meeting_times.parquet        raw τ per replicate (the ``meeting`` protocol's side table)
     references/<target>.<dtype>.<objective>.pt  each reference, computed once (estimated ones are costly)
     targets/<target_id>.npz      model parameters by name, data ``x``, exact gradient ``grad_<name>``
@@ -31,9 +31,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gradbench import registry
 from gradbench.atomic import atomic_write_bytes  # re-exported: the run folder's writes
-from gradbench.cell import cell_objective, is_train_cell, target_for
-from gradbench.suite import Cell
+from gradbench.run.cells import Cell, reference_objective
+from gradbench.run.compute import target_for
 
 PROVENANCE = ["gradbench_version", "torch_version", "started_at", "seconds"]
 
@@ -88,7 +89,8 @@ def output_lock(out: Path) -> Iterator[None]:
 
 
 def reference_path(out: Path, cell: Cell) -> Path:
-    return out / "references" / f"{cell.target.target_id}.{cell.dtype}.{cell_objective(cell)}.pt"
+    """``references/<target>.<dtype>.<objective>.pt`` of a cell that needs a reference."""
+    return out / "references" / f"{cell.target.target_id}.{cell.dtype}.{reference_objective(cell)}.pt"
 
 
 def read_reference(path: Path) -> Any:
@@ -108,12 +110,14 @@ def write_target(cell: Cell, out: Path, written: set[str]) -> None:
     ``targets/<target_id>.json``: the model, its parameters, the proposal and the data's provenance (named
     set, split, rows, binarisation seed, sha256 of the rows — the fixed split is recorded with the run).
 
-    A ``train`` cell's target writes only the ``.json``: training starts from fresh (θ₀, φ₀) and never reads the
-    target's own θ or φ, so its arrays are not built here (the VAE's φ is a Laplace fit to every data point, minutes
-    and gigabytes on Fashion-MNIST), and the data rows are identified by their spec and sha256."""
+    A kind that does not store target arrays (``CellKind.stores_target_arrays``: a training cell starts from fresh
+    (θ₀, φ₀) and never reads the target's own θ or φ) writes only the ``.json``: its arrays are not built here (the
+    VAE's φ is a Laplace fit to every data point, minutes and gigabytes on Fashion-MNIST), and the data rows are
+    identified by their spec and sha256 — of the rows the cell computed on (``CellKind.target_of``)."""
     tid = cell.target.target_id
+    kind = registry.CELL_KINDS[cell.kind]
     if tid not in written:
-        if not is_train_cell(cell):
+        if kind.stores_target_arrays:
             npz = io.BytesIO()
             np.savez(npz, **target_for(cell).arrays())
             atomic_write_bytes(out / "targets" / f"{tid}.npz", npz.getvalue())
@@ -125,7 +129,9 @@ def write_target(cell: Cell, out: Path, written: set[str]) -> None:
         if t.data_spec is not None:
             from gradbench import data as datasets
 
-            rows = datasets.load(datasets.DataSpec(**t.data_spec), grey=is_train_cell(cell))[1]  # what the cell used
+            used = t if kind.target_of is None else kind.target_of(cell)
+            grey = used.data_spec != t.data_spec  # the cell computed on the grey levels of a dynamically binarised set
+            rows = datasets.load(datasets.DataSpec(**t.data_spec), grey=grey)[1]
             info["data"] = {"spec": t.data_spec, **rows}
         atomic_write_bytes(out / "targets" / f"{tid}.json", json.dumps(info, indent=1, default=str).encode())
         written.add(tid)
@@ -145,8 +151,6 @@ def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str
         if parts:
             sides[side.name] = pd.concat(parts, ignore_index=True)
     if not table.empty:  # the protocols' run-level rows (e.g. the multiple-testing correction of the bias tests)
-        from gradbench import registry
-
         extra = [spec.run_level_rows(table, sides) for spec in registry.PROTOCOLS.values()
                  if spec.run_rows is not None]
         table = pd.concat([table, *(e for e in extra if e is not None)], ignore_index=True)
@@ -166,10 +170,8 @@ def collect(suite_name: str, cells: list[Cell], out: Path, failed: dict[str, str
 
 
 def side_tables() -> list[Any]:
-    """Every registered protocol's side tables (:class:`gradbench.protocols.spec.SideTable`)."""
-    from gradbench import registry
-
-    return [side for spec in registry.PROTOCOLS.values() for side in spec.side_tables]
+    """Every registered protocol's and cell kind's side tables (:class:`gradbench.protocols.spec.SideTable`)."""
+    return [side for entry in [*registry.PROTOCOLS.values(), *registry.CELL_KINDS.values()] for side in entry.side_tables]
 
 
 def write_manifest(out: Path, suite_name: str, cells: list[Cell], failed: dict[str, str], *, complete: bool) -> None:

@@ -1,5 +1,5 @@
 """Run a suite: plan which cells are left, prepare their references, hand the cells to an executor,
-store each outcome atomically as it arrives, and collect the tidy table (``gradbench.store``).
+store each outcome atomically as it arrives, and collect the tidy table (``gradbench.run.store``).
 
 The modules and their imports, with no loop: ``suite`` (cells) ← ``cell`` (compute one cell, pure)
 ← ``executors`` (where cells compute: here or on Dask) and ``store`` (the run folder) ← ``runner``.
@@ -25,21 +25,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from gradbench import registry
-from gradbench.cell import (  # noqa: F401
-    REPLICATE_BLOCK,
-    cell_objective,
-    cell_thread_limits,
-    cell_threads,
-    resolution_warning,
-    run_cell,
-    sample_cell,
-    target_for,
-    uses_reference,
-)
-from gradbench.executors import DaskExecutor, LocalExecutor
-from gradbench.store import (  # noqa: F401
-    PROVENANCE,
-    RunBusy,
+from gradbench.run.cells import Cell, reference_objective
+from gradbench.run.compute import cell_thread_limits, cell_threads, target_for
+from gradbench.run.executors import DaskExecutor, LocalExecutor
+from gradbench.run.plan import Suite
+from gradbench.run.store import (
     atomic_write_bytes,
     atomic_write_parquet,
     collect,
@@ -51,7 +41,6 @@ from gradbench.store import (  # noqa: F401
     write_reference,
     write_target,
 )
-from gradbench.suite import Cell, Suite
 
 
 @dataclass(frozen=True)
@@ -161,14 +150,15 @@ def prepare_references(cells: list[Cell], out: Path, stop: threading.Event | Non
     by_key: dict[Path, Any] = {}
     out_refs: dict[str, Any] = {}
     for cell in cells:
-        if not uses_reference(cell) or (stop is not None and stop.is_set()):
+        objective = reference_objective(cell)
+        if objective is None or (stop is not None and stop.is_set()):
             continue
         path = reference_path(out, cell)
         if path not in by_key:
             if path.exists():
                 by_key[path] = read_reference(path)
             else:
-                what = (f"the reference gradient of target {cell.target.target_id} for {cell_objective(cell)} "
+                what = (f"the reference gradient of target {cell.target.target_id} for {objective} "
                         f"(needed by protocol(s) {', '.join(p for p in cell.protocols if registry.PROTOCOLS[p].uses_reference)})")
                 announce = threading.Timer(ANNOUNCE_AFTER_S, say, [(f"gradbench: computing {what}; an estimated "
                                                                   "reference runs many replicates and can take minutes")])
@@ -177,7 +167,7 @@ def prepare_references(cells: list[Cell], out: Path, stop: threading.Event | Non
                 announce.start()
                 try:
                     with cell_thread_limits(cell_threads()):  # as in a cell: the same bits on every executor
-                        ref = target_for(cell).reference(cell_objective(cell))
+                        ref = target_for(cell).reference(objective)
                 except Exception:  # noqa: BLE001 — the cell itself will fail with this error, recorded per cell
                     by_key[path] = None
                     continue
@@ -188,7 +178,7 @@ def prepare_references(cells: list[Cell], out: Path, stop: threading.Event | Non
                     say(f"gradbench: computed {what} in {seconds:.1f} s")
                 write_reference(path, ref)
                 atomic_write_bytes(path.with_suffix(".json"), json.dumps(
-                    {"target_id": cell.target.target_id, "dtype": cell.dtype, "objective": cell_objective(cell),
+                    {"target_id": cell.target.target_id, "dtype": cell.dtype, "objective": objective,
                      "kind": ref.kind, "seconds": seconds}, indent=1).encode())
                 by_key[path] = ref
         if by_key[path] is not None:

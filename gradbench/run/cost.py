@@ -3,7 +3,7 @@ on this machine — rough seconds.
 
 The plan (:func:`reference_keys`) needs only the registry (no torch): one reference per (target, dtype, objective)
 that a cell with a reference-using protocol measures against, as the runner computes them
-(``gradbench.runner.prepare_references``). The probe (:func:`probe`) builds each target once and
+(``gradbench.run.runner.prepare_references``). The probe (:func:`probe`) builds each target once and
 
 * computes each reference at two small replicate counts where the model's ``reference_replicates`` sets how many
   an estimated reference averages: exact references (closed form, enumeration, quadrature) are timed as they are,
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradbench import registry
+from gradbench.run.cells import reference_objective
 
 PROBE_REPLICATES = (128, 512)  # each cell runs at these replicate counts (fewer when the cell has fewer)
 PROBE_REFERENCE = (200, 800)  # an estimated reference's replicates in the probe
@@ -35,7 +36,7 @@ class ReferenceKey:
     target_id: str
     dtype: str
     objective: str
-    cell: Any  # a cell measured against it (gradbench.suite.Cell)
+    cell: Any  # a cell measured against it (gradbench.run.plan.Cell)
 
 
 @dataclass(frozen=True)
@@ -68,22 +69,14 @@ class Estimate:
         return self.targets_seconds + self.startup_seconds + sum(r.seconds for r in self.references) + sum(c.seconds for c in self.cells)
 
 
-def uses_reference(cell: Any) -> bool:
-    return any(registry.PROTOCOLS[name].uses_reference for name in cell.protocols)
-
-
-def objective_of(cell: Any) -> str:
-    """The key of the objective a cell is measured against (as ``gradbench.cell.cell_objective``)."""
-    return registry.ESTIMATORS[cell.estimator].objective(cell.estimator_params).canonical().key
-
-
 def reference_keys(cells: list[Any]) -> list[ReferenceKey]:
     """The references a run of ``cells`` computes, one per (target, dtype, objective), in cell order. Torch-free."""
     out: dict[tuple[str, str, str], ReferenceKey] = {}
     for cell in cells:
-        if cell.estimator == "train" or not uses_reference(cell):
+        objective = reference_objective(cell)
+        if objective is None:
             continue
-        k = (cell.target.target_id, cell.dtype, objective_of(cell))
+        k = (cell.target.target_id, cell.dtype, objective)
         out.setdefault(k, ReferenceKey(*k, cell))
     return list(out.values())
 
@@ -118,7 +111,7 @@ def _probe_target(cell: Any, replicates: int | None) -> Any:
 
 def probe(cells: list[Any], say: Callable[[str], None] | None = None) -> Estimate:
     """Time each distinct target, reference and cell at small sizes and extrapolate (module docstring)."""
-    from gradbench.cell import cell_thread_limits, cell_threads, run_cell
+    from gradbench.run.compute import cell_thread_limits, cell_threads
 
     t_start = time.perf_counter()
     say = say or (lambda _: None)
@@ -145,19 +138,21 @@ def probe(cells: list[Any], say: Callable[[str], None] | None = None) -> Estimat
             refs.append(cost)
             startup += warmup
         for cell in cells:
-            if cell.estimator == "train":
-                skipped.append(f"{cell.estimator}: training cells are not probed")
+            kind = registry.CELL_KINDS[cell.kind]
+            if not kind.replicate_scaled:
+                skipped.append(f"{cell.estimator}: {cell.kind} cells are not probed (their cost does not scale with replicates)")
                 continue
             say(f"probing cell {cell.estimator} {cell.estimator_params}")
             target = target_of(cell)
-            ref = probe_refs.get((cell.target.target_id, cell.dtype, objective_of(cell))) if uses_reference(cell) else None
+            objective = reference_objective(cell)
+            ref = None if objective is None else probe_refs.get((cell.target.target_id, cell.dtype, objective))
             points = []
             sizes = sorted({min(r, cell.replicates) for r in PROBE_REPLICATES})
             try:
                 for r in [sizes[0], *sizes]:  # the smallest twice: the first pays one-off costs (imports, first calls)
                     small = dataclasses.replace(cell, replicates=r)
                     t0 = time.perf_counter()
-                    run_cell(small, target, ref)
+                    kind.compute(small, target, ref, None)
                     points.append((r, time.perf_counter() - t0))
             except Exception as exc:  # noqa: BLE001 — the run records the same error per cell
                 skipped.append(f"{cell.estimator} {cell.estimator_params}: fails ({str(exc).splitlines()[0][:120]})")

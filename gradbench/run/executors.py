@@ -10,7 +10,7 @@ through the same atomic per-cell store, a run can be resumed with either executo
 computes with one torch/BLAS thread (``GRADBENCH_CELL_THREADS`` changes that), so tables are
 bitwise equal whichever executor ran them.
 
-Wall-clock cells (protocol ``wallclock``) are never run beside another cell: the Dask executor
+Timed cells (a protocol with ``ProtocolSpec.timed``, e.g. ``wallclock``) are never run beside another cell: the Dask executor
 holds them back until every other cell of the run has finished, then runs them one at a time.
 Cells on a CUDA device request the worker resource ``GPU=1`` (start GPU workers with
 ``--resources GPU=1``, one per GPU); with none declared, such cells are refused up front.
@@ -23,12 +23,14 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from gradbench.cell import Outcome, cell_thread_limits, cell_threads, compute_cell, one_line, target_for  # noqa: F401
-from gradbench.suite import Cell
+from gradbench import registry
+from gradbench.run.cells import Cell
+from gradbench.run.compute import Outcome, compute_cell, one_line
 
 
 def is_timed(cell: Cell) -> bool:
-    return "wallclock" in cell.protocols
+    """Whether a protocol of the cell times it (``ProtocolSpec.timed``): it then runs alone."""
+    return any(registry.PROTOCOLS[name].timed for name in cell.protocols)
 
 
 class LocalExecutor:

@@ -1,7 +1,7 @@
-"""Figures and tables of ``train`` runs (protocol :mod:`gradbench.protocols.train`).
+"""Figures and tables of ``train`` runs (protocol :mod:`gradbench.training.loop`).
 
 A training cell is (target, θ-estimator, φ-estimator, training seed); its *pair* is everything but the seed
-(:func:`gradbench.protocols.train.pair_label`), and the training seeds are the replicates. Drawn only when the run
+(:func:`gradbench.training.stats.pair_label`), and the training seeds are the replicates. Drawn only when the run
 has ``train`` rows:
 
 * ``train_curves`` — learning curves from ``curves.parquet``: the IWAE_{curve_K} test and train estimates against
@@ -10,11 +10,11 @@ has ``train`` rows:
 * ``train_final`` — final held-out log p(x) per pair, mean over seeds with the 95 % Student-t interval
   (mean ± t_{0.975, n−1} · s.e.) and the seeds as dots; right: the paired differences d_s = pair(s) − baseline(s)
   over shared seeds with their 95 % t-interval, annotated with the paired t and exact sign-flip p-values
-  (:func:`~gradbench.protocols.train.paired_test`). The baseline is the run's first pair (the suite's order).
+  (:func:`~gradbench.training.stats.paired_test`). The baseline is the run's first pair (the suite's order).
 * ``train_tau`` — coupled θ-estimators: the meeting time τ of each training step's chains, mean ± s.e. over the
   steps and seeds of each step bin, and the bin's maximum, against the step.
 
-Tables: mean ± s.e. over seeds of every final metric per pair (:func:`~gradbench.protocols.train.summarize`), and
+Tables: mean ± s.e. over seeds of every final metric per pair (:func:`~gradbench.training.stats.summarize`), and
 the paired tests between every two pairs (the first rows against the baseline).
 """
 
@@ -37,8 +37,8 @@ from gradbench.report.data import RunData, fmt_param
 from gradbench.report.figures import LEGEND_FONT, PANEL_H, PANEL_W, FigureSpec
 from gradbench.report.style import LINESTYLES, MARKERS, estimator_color
 from gradbench.report.tables import Cell, Table, fmt_p, fmt_value
+from gradbench.training.params import TRAIN
 
-TRAIN = "train"
 TAU_BINS = 16  # step bins of the τ-over-training figure
 FINAL_METRICS = [("test_loglik", "test log p(x)"), ("train_loglik", "train log p(x)"),
                  ("test_iwae_bound", "test log p(x) ≥ IWAE bound"), ("train_iwae_bound", "train log p(x) ≥ IWAE bound"),
@@ -62,7 +62,7 @@ def train_table(run: RunData) -> pd.DataFrame | None:
     """The run's ``train`` rows with a ``pair`` column (None when the run has none)."""
     if TRAIN not in run.protocols:
         return None
-    from gradbench.protocols.train import arm_settings, pair_labels
+    from gradbench.training.stats import arm_settings, pair_labels
 
     t = run.results[run.results["protocol"] == TRAIN].copy()
     t["pair"] = pair_labels(t)
@@ -219,7 +219,7 @@ def train_final(run: RunData) -> Figure | None:
             axd.errorbar([x], [dm], yerr=[[dh], [dh]] if np.isfinite(dh) else None, color=color, marker=marker,
                          capsize=4, ms=7)
             if len(d) >= 2:
-                from gradbench.protocols.train import paired_differences
+                from gradbench.training.stats import paired_differences
 
                 r = paired_differences(d)
                 axd.annotate(f"p_t={fmt_p(r['p_t'])}\np_perm={fmt_p(r['p_perm'])}", (x, dm), textcoords="offset points",
@@ -305,7 +305,7 @@ def final_table(run: RunData) -> Table | None:
     table = train_table(run)
     if table is None:
         return None
-    from gradbench.protocols.train import summarize
+    from gradbench.training.stats import summarize
 
     metrics = tuple(m for m, _ in FINAL_METRICS)
     s = summarize(table, metrics)
@@ -342,7 +342,7 @@ def paired_table(run: RunData) -> Table | None:
     metric = held_out_metric(table)
     if table is None or metric is None:
         return None
-    from gradbench.protocols.train import paired_differences
+    from gradbench.training.stats import paired_differences
 
     targets = _targets(table, run)
     header = (["target"] if len(targets) > 1 else []) + ["pair", "minus", "shared seeds", "mean difference",

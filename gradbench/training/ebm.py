@@ -1,19 +1,19 @@
 """Training energy-based models: does a biased θ-estimator (CD, PCD) change the fitted model?
 
-A ``train`` cell on an ``rbm`` or ``ising`` target is θ-only — ``phi_estimator: null`` (validate refuses a
-φ-estimator on an EBM, and ``phi_estimator: null`` on a model that is not energy-based)::
+A ``train`` cell on an ``rbm`` or ``ising`` target is θ-only — ``phi: null`` (validate refuses a φ-estimator on an
+EBM, and ``phi: null`` on a model that is not energy-based)::
 
-    estimators:
-      - name: train
-        params: {theta_estimator: pcd, theta_params: {S: 32, k: 1}, phi_estimator: null,
-                 train_seed: [0, 1, 2, 3, 4], budget: steps, budget_value: 300}
-    protocols: [train]
+    train:
+      seeds: [0, 1, 2, 3, 4]
+      settings: {budget: steps, budget_value: 300}
+      arms:
+        - {theta: {name: pcd, S: 32, k: 1}, phi: null}
 
-It reuses the VAE loop's scheme (:mod:`gradbench.protocols.train`): θ₀ (the model's ``initial_theta``), the
-minibatches (:func:`~gradbench.protocols.train.minibatch`) and the generator of step t all come from
+It reuses the VAE loop's scheme (:mod:`gradbench.training.loop`): θ₀ (the model's ``initial_theta``), the
+minibatches (:func:`~gradbench.training.loop.minibatch`) and the generator of step t all come from
     base = derive_seed(noise_seed(target), "train", train_seed),
 independent of the estimator, so the estimators of a (target, train_seed) group share initialisation,
-minibatch order and step seeds (common random numbers); Adam on −ĝ/B with :func:`~gradbench.protocols.train.lr_at`.
+minibatch order and step seeds (common random numbers); Adam on −ĝ/B with :func:`~gradbench.training.loop.lr_at`.
 Step t: ĝ = theta_estimator(target at θ on the minibatch, R = 1), an estimate of
     ∇θ Σ_{n∈batch} log p_θ(x_n) = −Σ_n ∇θ F(x_n) + B E_{p_θ}[∇θ F(x′)]          (docs/design.md §5.7).
 ``pcd`` is the real persistent CD (Tieleman 2008): its S chains (:class:`~gradbench.estimators.ebm.PCDState`)
@@ -28,7 +28,7 @@ point, s.e. over the evaluated points; curves (every ``curve_every`` steps) are 
 ``train_eval_n`` training points. Test data: the test split of the target's ``data:`` set, or, for data drawn
 from the model, ``test_n`` (default 300) fresh exact draws from the generating θ.
 
-Checkpoints: :func:`~gradbench.protocols.train.write_checkpoint`, with the estimator's explicit state (the PCD
+Checkpoints: :func:`~gradbench.training.loop.write_checkpoint`, with the estimator's explicit state (the PCD
 chains) in its φ slot — EBMs have no φ; a resumed run computes the same numbers as an uninterrupted one.
 
 References: Hinton (2002), Neural Comput. 14 (CD); Tieleman (2008), ICML (PCD); Qiu, Zhang & Wang (2020), ICLR
@@ -48,10 +48,10 @@ from torch import Tensor
 
 from gradbench import registry
 from gradbench.estimators import ebm as ebm_estimators
-from gradbench.estimators.params import TrainParams
 from gradbench.protocols import Row, row
-from gradbench.protocols.train import CURVE_COLUMNS, TRAIN, held_out_data, lr_at, minibatch, write_checkpoint
 from gradbench.seeding import derive_seed, make_generator
+from gradbench.training.loop import CURVE_COLUMNS, held_out_data, lr_at, minibatch, write_checkpoint
+from gradbench.training.params import TRAIN, TrainParams
 
 DEFAULT_TEST_N = 300  # fresh exact draws when the target's data were drawn from the model
 
