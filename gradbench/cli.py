@@ -290,7 +290,7 @@ def run(suite: Path, out: Path | None, device: str | None, replicates: int | Non
 
     from gradbench.run.runner import run_suite
     from gradbench.run.store import RunBusy
-    from gradbench.terminal import CellProgress, format_run, run_warnings
+    from gradbench.terminal import CellProgress, format_run, kind_tables, run_warnings
 
     interactive = sys.stderr.isatty()
     lines = CellProgress(cells, out, lambda s: click.echo(s, err=True), spec, fresh) if not interactive else None
@@ -306,7 +306,11 @@ def run(suite: Path, out: Path | None, device: str | None, replicates: int | Non
         click.echo(f"gradbench: interrupted: {done} of {summary.total} cells are finished and saved in {out}; "
                    "run the same command again to resume", err=True)
         sys.exit(130)
-    click.echo(format_run(summary.table, spec.protocols, spec, correction))
+    if spec.protocols:
+        click.echo(format_run(summary.table, spec.protocols, spec, correction))
+    own = kind_tables(out, [c.kind for c in cells])
+    if own:
+        click.echo(own if not spec.protocols else "\n" + own)
     note = meeting_note(spec.protocols, [c.estimator for c in cells])
     if note:
         click.echo(f"\nnote: {note}")

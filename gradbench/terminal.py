@@ -112,6 +112,26 @@ def text_table(header: list[str], rows: list[list[str]], left: int, text_last: b
     return "\n".join([line(header), line(["─" * w for w in widths]), *map(line, rows)])
 
 
+def kind_tables(out: Any, kinds: Sequence[str]) -> str:
+    """The report tables of the run's cell kinds that have their own (``CellKind.report_tables``: training runs'
+    final metrics and paired differences), as text: the very cells the report prints, so both show the same
+    numbers through one formatter. Empty when no kind of the run has tables."""
+    from gradbench import registry
+
+    makers = [k.report_tables for name in dict.fromkeys(kinds) if (k := registry.CELL_KINDS[name]).report_tables]
+    if not makers:
+        return ""
+    from gradbench.report.data import load_run
+
+    run = load_run(out)
+    blocks = []
+    for table in (t for make in makers for t in make(run)):
+        if table.rows:
+            body = text_table(table.header, [[c.text for c in r] for r in table.rows], max(table.text_columns, 1))
+            blocks.append(wrap(f"{table.title}: {table.note}") + "\n" + body)
+    return "\n\n".join(blocks)
+
+
 WARNED = "_warned:"  # pseudo-metric prefix: WARNED + m is present when row m of the cell carries a warning
 HEAVY = WARNED + "tail_index"  # the cell's tail_index row warns that the variance may be infinite
 HEAVY_NOTE = "†: its one-sided 95 % lower bound is ≤ 2, the variance may be infinite (tr Σ̂ is not reliable)"

@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from gradbench.report.data import RunData, fmt_param
 from gradbench.report.figures import LEGEND_FONT, PANEL_H, PANEL_W, FigureSpec
@@ -175,6 +176,8 @@ def train_curves(run: RunData) -> Figure | None:
             ax.set_ylabel(f"{split} IWAE$_{{{K}}}$ estimate (nats/point)")
             if x == "evals":
                 ax.set_xscale("log")
+                # over less than a decade matplotlib labels the minor ticks (2×10², 3×10², …), which collide
+                ax.xaxis.set_minor_formatter(NullFormatter())
             if len(targets) > 1:
                 ax.set_title(label, fontsize=9)
     _legend(fig, styles)

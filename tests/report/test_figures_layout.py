@@ -52,16 +52,35 @@ def single_budget_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A training run whose arm labels are long (a warm-up in front: ``iwae(K=4) ×4 steps → coupled_isir(K=4) / …``),
+    with a coupled arm (the τ-over-training figure): the training kind's figures."""
+    import yaml
+
+    from tests.report.test_train_report import COMMON, TARGET
+
+    folder = tmp_path_factory.mktemp("train")
+    arms = [{"theta": {"name": "elbo", "S": 1}, "phi": {"name": "reparam_elbo", "S": 1}},
+            {"theta": {"name": "coupled_isir", "K": 4}, "phi": {"name": "iwae_reparam", "K": 4},
+             "warmup": {"name": "iwae", "K": 4, "steps": 4}}]
+    suite = folder / "train.yaml"
+    suite.write_text(yaml.safe_dump({"name": "train-layout", "seed": 0, "target_seed": 0, "targets": [TARGET],
+                                     "train": {"seeds": [0, 1], "settings": COMMON, "arms": arms}}, sort_keys=False))
+    return run_to(suite, folder / "run")
+
+
 def _figures(run_dir: Path) -> dict[str, plt.Figure]:
     run = load_run(run_dir)
     return {s.name: f for s in figure_specs() if (f := draw(s, run)) is not None}
 
 
-@pytest.mark.parametrize("which", ["full_run", "single_budget_run"])
+@pytest.mark.parametrize("which", ["full_run", "single_budget_run", "train_run"])
 def test_no_text_is_clipped_or_overlapping(which: str, request: pytest.FixtureRequest) -> None:
     figs = _figures(request.getfixturevalue(which))
-    want = {"bias_vs_budget", "variance_vs_budget", "wallclock"} | ({"meeting_times", "snr_vs_budget"} if which == "full_run"
-                                                                     else set())
+    want = ({"train_curves", "train_final", "train_tau"} if which == "train_run" else
+            {"bias_vs_budget", "variance_vs_budget", "wallclock"} | ({"meeting_times", "snr_vs_budget"}
+                                                                     if which == "full_run" else set()))
     assert want <= set(figs), sorted(figs)
     with theme():
         problems = {name: layout_problems(fig) for name, fig in figs.items()}

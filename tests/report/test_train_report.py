@@ -109,3 +109,21 @@ def test_the_problem_names_the_data_set_not_the_models_default_size(train_run, t
     shutil.copytree(train_run, bare)
     shutil.rmtree(bare / "targets")
     assert "data=" not in problem_line(load_run(bare)) and "N=1" in problem_line(load_run(bare))
+
+
+def test_the_terminal_prints_the_training_tables_the_report_prints(train_run, tmp_path):
+    """`gradbench run` of a training suite prints the kind's tables (final metrics, paired differences) with the very
+    cell texts of the report's summary.md — one formatter (control: a run without training cells prints none)."""
+    from gradbench.terminal import kind_tables
+
+    text = kind_tables(train_run, ["train"])
+    rep = render_report(train_run, tmp_path / "r", dpi=50)
+    summary = (rep.out / "summary.md").read_text()
+    tables = train_tables(load_run(train_run))
+    assert len(tables) == 2
+    for table in tables:
+        assert table.title in text
+        for row in table.rows:
+            assert all(c.text in text for c in row)
+            assert "| " + " | ".join(c.text.replace("|", "\\|") for c in row) + " |" in summary
+    assert kind_tables(train_run, ["measure"]) == ""
