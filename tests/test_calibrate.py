@@ -8,7 +8,7 @@ import pytest
 
 from gradbench.calibrate import calibrate, reseeded, summarize
 from gradbench.run.plan import load_suite
-from tests.test_suite import write
+from tests.run.test_plan import write
 
 SUITE = """\
 name: cal-test

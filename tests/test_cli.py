@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from gradbench.cli import LAZY_COMMANDS, main
-from tests.test_suite import VALID, write
+from tests.run.test_plan import VALID, write
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from gradbench import registry
 from gradbench.run.plan import SuiteError, load_suite
 from gradbench.run.runner import run_suite
 from gradbench.run.store import PROVENANCE
-from tests.test_suite import write
+from tests.run.test_plan import write
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ALPHA = 0.001

@@ -23,8 +23,8 @@ from gradbench.core import GradSample
 from gradbench.run.plan import SuiteError, load_suite
 from gradbench.run.runner import run_suite
 from gradbench.run.store import PROVENANCE, RunBusy, output_lock
+from tests.run.test_plan import VALID, write
 from tests.sync import gate_env, wait_for
-from tests.test_suite import VALID, write
 
 SLOW_SUITE = """\
 name: slow

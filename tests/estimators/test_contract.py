@@ -10,7 +10,7 @@ from gradbench.core import GradSample
 from tests.conftest import make_ppca
 
 PPCA_CAPABILITIES = registry.MODELS["ppca"].capabilities({})
-PSEUDO = {"train"}  # not an estimator: a training run (training cells; tests/protocols/test_train.py)
+PSEUDO = {"train"}  # not an estimator: a training run (training cells; tests/training/test_loop.py)
 THETA_ESTIMATORS = [name for name, e in registry.ESTIMATORS.items()
                     if name not in PSEUDO and e.wrt == "theta" and e.required(e.params().model_dump()) <= PPCA_CAPABILITIES]
 

@@ -20,7 +20,7 @@ from gradbench.run.plan import load_suite
 from gradbench.run.runner import run_suite
 from gradbench.stats import rare_state_verdict
 from gradbench.terminal import format_run
-from tests.test_suite import write
+from tests.run.test_plan import write
 
 ALPHA = 0.001
 LOG_1000 = 6.907755278982137  # the rare-state rule's R·q_min threshold, log(10³), written out (not read from stats)

@@ -19,7 +19,7 @@ from gradbench.protocols import ProtocolContext
 from gradbench.protocols.meeting import geometric_tail_fit, meeting
 from gradbench.run.plan import load_suite
 from gradbench.run.runner import run_suite
-from tests.test_suite import write
+from tests.run.test_plan import write
 
 ALPHA = 1e-3
 LAYOUT = ParamLayout((ParamGroup("a", (2,)),))

@@ -291,7 +291,7 @@ protocols: [mse, paired]
 def real_run(tmp_path_factory):
     from gradbench.run.plan import load_suite
     from gradbench.run.runner import run_suite
-    from tests.test_suite import write
+    from tests.run.test_plan import write
 
     tmp = tmp_path_factory.mktemp("paired")
     suite, cells = load_suite(write(tmp, SUITE))

@@ -21,7 +21,7 @@ from gradbench.run.plan import load_suite
 from gradbench.run.runner import run_suite
 from gradbench.seeding import make_generator
 from tests.conftest import make_ppca
-from tests.test_suite import write
+from tests.run.test_plan import write
 
 TIMING_ROWS = ("seconds_per_estimate", "seconds_per_estimate_iqr", "evals_per_second", "evals_per_second_iqr")
 

@@ -58,7 +58,7 @@ def train_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with a coupled arm (the τ-over-training figure): the training kind's figures."""
     import yaml
 
-    from tests.report.test_train_report import COMMON, TARGET
+    from tests.training.test_figures import COMMON, TARGET
 
     folder = tmp_path_factory.mktemp("train")
     arms = [{"theta": {"name": "elbo", "S": 1}, "phi": {"name": "reparam_elbo", "S": 1}},

@@ -14,7 +14,7 @@ import torch
 import tests.testing.icdf_plugin
 from gradbench.run.plan import SuiteError, load_suite
 from gradbench.testing import ConformanceError, build, check_estimator, check_family, check_model
-from tests.test_suite import write
+from tests.run.test_plan import write
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CAT = {"latents": 2, "classes": 4, "data_dim": 8, "n_data": 3}

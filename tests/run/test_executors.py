@@ -15,7 +15,7 @@ from gradbench.run.executors import DaskExecutor, LocalExecutor, is_timed
 from gradbench.run.plan import load_suite
 from gradbench.run.runner import run_suite
 from gradbench.run.store import PROVENANCE
-from tests.test_suite import write
+from tests.run.test_plan import write
 
 distributed = pytest.importorskip("distributed")
 

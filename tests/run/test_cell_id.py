@@ -13,7 +13,7 @@ import pytest
 
 from gradbench import registry
 from gradbench.run.plan import load_suite
-from tests.test_suite import write
+from tests.run.test_plan import write
 
 VAE_SUITE = """\
 name: ids
@@ -116,7 +116,7 @@ def test_import_walk_counts_lazy_relative_and_string_imports_not_type_checking(t
 def test_a_plugin_cell_hashes_the_plugin_source_and_its_gradbench_imports(tmp_path, monkeypatch, fresh_caches):
     from pathlib import Path
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "examples"))
     text = VAE_SUITE.replace("replicates: 10", "replicates: 10\nplugins: [my_model]").replace(
         "model: vae", "model: factor").replace("{latent_dim: 1, hidden: [4], n_data: 2}", "{n_data: 2}")
     _, (cell,) = load_suite(write(tmp_path, text))

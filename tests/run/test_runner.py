@@ -10,7 +10,7 @@ import torch
 from gradbench.run.plan import load_suite
 from gradbench.run.runner import run_suite
 from gradbench.run.store import PROVENANCE
-from tests.test_suite import write
+from tests.run.test_plan import write
 
 SUITE = """\
 name: runner-test
@@ -142,7 +142,7 @@ def test_named_data_provenance_is_recorded_with_the_run(tmp_path):
 
     from gradbench.run.plan import load_suite
     from gradbench.run.runner import run_suite
-    from tests.test_suite import write
+    from tests.run.test_plan import write
 
     text = """\
 name: prov

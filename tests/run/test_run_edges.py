@@ -17,7 +17,7 @@ from gradbench.run.plan import load_suite
 from gradbench.run.store import RunBusy
 from tests.test_cli import gradbench, one_error_line
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICK = ROOT / "suites" / "quick.yaml"
 
 

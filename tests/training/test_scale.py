@@ -25,7 +25,7 @@ from gradbench.training import loop
 from gradbench.training import params as training_params
 from gradbench.training import stats as training_stats
 from gradbench.training.cell import target_of, train
-from tests.protocols.test_train import TINY
+from tests.training.test_loop import TINY
 
 HERE = Path(__file__).parent
 Z = 3.2905  # two-sided standard-normal quantile at α = 0.001
@@ -207,7 +207,7 @@ def test_the_held_out_laplace_centring_goes_on_when_40_iterations_do_not_reach_a
     """quadrature_log_px retries the Laplace centring with LAPLACE_RETRY_ITER Newton iterations when 40 leave some
     point at an indefinite Hessian (met by a warm-started arm at lr 1e-2 on digits), and its value then equals the
     closed form within the doubling error (control: the 40-iteration call is tried first)."""
-    from tests.protocols.test_train import linear_gaussian
+    from tests.training.test_loop import linear_gaussian
 
     model, theta, x, exact, _, _ = linear_gaussian()
     real = loop.laplace

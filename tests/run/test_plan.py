@@ -143,7 +143,7 @@ def test_data_file_is_loaded_and_hashed(tmp_path):
 def test_a_training_cell_id_covers_the_code_it_trains_with():
     """A train cell's id hashes train.py, train_ebm.py (the EBM branch) and the modules of its θ- and φ-estimators,
     so editing any of them re-runs the cell instead of resuming a stale result."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     _, cells = load_suite(root / "suites" / "train-ebm.yaml")
     modules = {m for c in cells for m, _ in c.code}
     assert {"gradbench.training.loop", "gradbench.training.ebm", "gradbench.estimators.ebm"} <= modules

@@ -15,7 +15,7 @@ from gradbench.cli import main
 from gradbench.run.cost import duration, fit_line, probe, reference_keys
 from gradbench.run.plan import load_suite
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICK = ROOT / "suites" / "quick.yaml"
 ENCODER = """name: enc-probe
 seed: 0
