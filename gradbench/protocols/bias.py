@@ -105,6 +105,9 @@ def bias(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) 
             row(name, "bias_norm", norm, se),
             row(name, "rel_bias", rel(norm), rel(se), "plug-in ||mean - g*|| / ||g*||: noise-inflated"),
         ]
+        if nz.estimated_diagonal and nz.var is not None:  # docs/design.md §8.2: V's eigenvalues are not known
+            ci_method += ("; approximate: the reference's covariance is known on its diagonal only, and the interval "
+                          "under-covers when its noise is correlated")
         inconclusive = rare_state_verdict(ctx.rare_q_min, n)  # the interval shares the test's blind spot
         if inconclusive:
             ci_method = f"{inconclusive}; {ci_method}"

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gradbench.core import Reference
-from gradbench.protocols.bias import reference_noise
+from gradbench.core import GradSample, ParamGroup, ParamLayout, Reference
+from gradbench.protocols import ProtocolContext
+from gradbench.protocols.bias import bias, reference_noise
 from gradbench.references.estimated import streaming_reference
 from gradbench.stats import bias_test
 
@@ -55,3 +56,20 @@ def test_the_bias_test_takes_max_t_with_a_diagonal_only_reference_and_hotelling_
     assert diag.method.startswith("max-t") and "diagonal-only estimated ref" in diag.method, diag.method
     two = bias_test(G, full.value.numpy(), EPS, np.random.default_rng(0), reference_noise(full), n_boot=199)
     assert two.method.startswith("hotelling") and "two-sample" in two.method, two.method
+
+
+def test_the_protocol_rows_say_which_branch_and_that_the_interval_is_approximate():
+    """Through the bias protocol: the p-value row's method names the diagonal-only reference and max-t; the interval
+    rows say "approximate" (docs/design.md §8.2: it under-covers when the reference's noise is correlated). Control:
+    with the covariance kept, neither."""
+    Y = _replicates(1, 4000, P=3)
+    G = _replicates(2, 300, P=3)
+    sample = GradSample(G, ParamLayout((ParamGroup("a", (2,)), ParamGroup("b", (1,)))),
+                        torch.ones(300, dtype=torch.float64))
+    ctx = ProtocolContext(seed=0, eps=EPS)
+    for cap, marked in ((2, True), (2048, False)):
+        rows = {(r["param_group"], r["metric"]): r["method"]
+                for r in bias(sample, streaming_reference(lambda R: Y, 4000, 4000, max_cov_dim=cap), ctx)}
+        p_method, ci_method = rows[("all", "bias_pvalue")], rows[("all", "rel_bias_ci_low")]
+        assert ("diagonal-only estimated ref" in p_method) == marked and p_method.startswith("max-t") == marked
+        assert ("approximate" in ci_method) == marked, ci_method
