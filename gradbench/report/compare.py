@@ -4,8 +4,8 @@
 every parameter column (``model.*``, ``proposal.*``, ``estimator.*``, … — the union of both
 runs' columns, a missing column reading as "absent"), ``estimator``, ``protocol``,
 ``param_group``, ``metric``, ``dtype`` and ``device`` — and, for a run-level row about a pair of
-cells (the paired protocol's, with a ``versus`` cell id), on the partner cell's content too. The seed, ids, replicate counts and
-provenance are not part of the key. Numbers compare by value (``2`` = ``2.0``).
+cells (the paired protocol's, with a ``versus`` cell id), on the partner cell's content too. The
+seed, ids, replicate counts and provenance are not part of the key. Numbers compare by value (``2`` = ``2.0``).
 
 **Same problem instances.** A synthetic target's parameters and data are drawn from the suite
 seed, so two runs with different seeds measure *different* targets, and every metric may truly
