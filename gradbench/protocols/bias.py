@@ -54,18 +54,24 @@ CI_LEVEL = 0.95
 
 
 def reference_noise(reference: Reference) -> ReferenceNoise:
-    """The reference's uncertainty as float64 numpy (see :class:`gradbench.stats.ReferenceNoise`)."""
+    """The reference's uncertainty as float64 numpy (see :class:`gradbench.stats.ReferenceNoise`).
+
+    An estimated reference without ``cov`` (P above ``references.estimated.MAX_COV_DIM``) contributes its
+    ``stderr``² as a diagonal marked ``estimated_diagonal``: its noise is correlated off the diagonal, unknown,
+    so the bias test uses max-t, not Hotelling (docs/design.md §8.2). A quadrature/enumeration ``error`` bound
+    is a deterministic per-coordinate bound and is not marked."""
     def np64(t):
         return None if t is None else t.detach().cpu().double().numpy()
 
     var = None
-    if reference.cov is None and reference.stderr is not None:
+    diagonal_only = reference.cov is None and reference.stderr is not None
+    if diagonal_only:
         var = np64(reference.stderr) ** 2
     if reference.error is not None:
         var = np64(reference.error) ** 2 + (0.0 if var is None else var)
     if reference.cov is not None and reference.n is not None:
         return ReferenceNoise(np64(reference.cov), int(reference.n), var)
-    return ReferenceNoise(None, None, var)
+    return ReferenceNoise(None, None, var, diagonal_only)
 
 
 def bias(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) -> list[Row]:
@@ -99,6 +105,9 @@ def bias(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) 
             row(name, "bias_norm", norm, se),
             row(name, "rel_bias", rel(norm), rel(se), "plug-in ||mean - g*|| / ||g*||: noise-inflated"),
         ]
+        if nz.estimated_diagonal and nz.var is not None:  # docs/design.md §8.2: V's eigenvalues are not known
+            ci_method += ("; approximate: the reference's covariance is known on its diagonal only, and the interval "
+                          "under-covers when its noise is correlated")
         inconclusive = rare_state_verdict(ctx.rare_q_min, n)  # the interval shares the test's blind spot
         if inconclusive:
             ci_method = f"{inconclusive}; {ci_method}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gradbench.protocols.spec import MIN_REPLICATES, ProtocolSpec, SideTable, TermColumn, TerminalTable, code
+from gradbench.protocols.spec import MIN_REPLICATES, ProtocolSpec, Rule, SideTable, TermColumn, TerminalTable, code
 from gradbench.report.format import fmt_interval, fmt_num, fmt_p
 
 QUANTITIES = {  # quantity -> (label, meaning); the order of paired.QUANTITIES
@@ -25,6 +25,13 @@ for _q, (_label, _what) in QUANTITIES.items():
            {f"paired_{_q}_pvalue_flip": f"studentised sign-flip p-value of A = B for {_what} (run-level)"}),
         f"paired_{_q}_qvalue": f"Benjamini–Hochberg q-value of paired_{_q}_pvalue over the run's paired tests",
     }
+
+
+# ``gradbench compare`` (docs/design.md §9.8): a pair's log ratio L = log(θ_A/θ_B) in two independent runs, tested on
+# D = L₂ − L₁ by the two-sample bootstrap-t over both runs' paired.parquet (compare_tests), else by z with both paired
+# s.e.s (kind "log_diff"). An increase of the tr Σ / work-normalised variance / MSE ratio means A lost ground against
+# B (worse for A, the row's cell); for SNR a decrease does. The p- and q-value rows are test outputs: not tested.
+COMPARE_RULES = {f"paired_{q}_log_ratio": Rule("log_diff", -1 if q == "snr" else +1) for q in QUANTITIES}
 
 
 def ratio_interval(log_ratio: float, se: float, n: float) -> tuple[float, float, float]:
@@ -104,6 +111,9 @@ SPEC = ProtocolSpec(
     # reference_noise; the tail rule (heavy_tail_warning, TAIL_Z)
     modules=("gradbench.protocols.bias", "gradbench.protocols.mse", "gradbench.protocols.variance"),
     metrics=METRICS,
+    rules=COMPARE_RULES,
+    compare_tests=(code("gradbench.report.compare:paired_log_ratio_test"),),  # supersedes the z where both runs
+    # kept paired.parquet
     run_rows=code("gradbench.protocols.paired:pair_rows"),
     side_tables=(SideTable("paired", "paired.parquet", code("gradbench.protocols.paired:side_frame")),),
     terminal=terminal,

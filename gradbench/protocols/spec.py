@@ -65,6 +65,7 @@ class Rule:
     """How ``gradbench compare`` tests a change of one metric (:mod:`gradbench.report.compare`)."""
 
     kind: str  # "ratio" (log-ratio z) | "bias" (debiased squared relative bias) | "diff" (difference z)
+    # | "log_diff" (difference z of log values, e.g. paired log ratios; the change shown and rtol: exp of it)
     worse: int  # +1: an increase is worse; -1: a decrease is worse
 
 

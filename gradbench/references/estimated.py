@@ -4,8 +4,10 @@ Where no closed form, enumeration or quadrature exists (∇ IWAE_K for K ≥ 2; 
 integrate), the reference is a high-budget Monte Carlo run. It is ``kind="estimated"`` and carries what a
 bias test needs to treat the comparison as a two-sample problem: the per-coordinate standard error
 ``stderr``, and — up to ``MAX_COV_DIM`` coordinates — the replicates' sample covariance ``cov`` and their
-number ``n`` (the sufficient statistics; ``gradbench.protocols.bias`` uses them). The runner computes each
-reference once per (target, dtype, objective) and caches it in the run folder (``gradbench.run.store``).
+number ``n`` (the sufficient statistics; ``gradbench.protocols.bias`` uses them). Above the cap only the
+diagonal is known: the bias test then takes its max-t branch (``ReferenceNoise.estimated_diagonal``,
+docs/design.md §8.2). The runner computes each reference once per (target, dtype, objective) and caches it
+in the run folder (``gradbench.run.store``).
 
 Replicates are drawn in blocks and merged with the pairwise update of Chan, Golub & LeVeque (1983), so the
 covariance is accurate even when the mean dominates and memory stays at one block.

@@ -3,8 +3,9 @@
 **Alignment by content.** A row of run A matches a row of run B when they agree on the model,
 every parameter column (``model.*``, ``proposal.*``, ``estimator.*``, … — the union of both
 runs' columns, a missing column reading as "absent"), ``estimator``, ``protocol``,
-``param_group``, ``metric``, ``dtype`` and ``device``. The seed, ids, replicate counts and
-provenance are not part of the key. Numbers compare by value (``2`` = ``2.0``).
+``param_group``, ``metric``, ``dtype`` and ``device`` — and, for a run-level row about a pair of
+cells (the paired protocol's, with a ``versus`` cell id), on the partner cell's content too. The
+seed, ids, replicate counts and provenance are not part of the key. Numbers compare by value (``2`` = ``2.0``).
 
 **Same problem instances.** A synthetic target's parameters and data are drawn from the suite
 seed, so two runs with different seeds measure *different* targets, and every metric may truly
@@ -29,6 +30,15 @@ is its protocol's spec's ``rules`` (:attr:`gradbench.protocols.spec.ProtocolSpec
   (‖ḡ − g*‖² overshoots ‖b‖² by tr Σ / n, so runs with different replicate counts stay
   comparable), z = (q_B − q_A) / √(se_A² + se_B²), se(q)² = (2 r se_r)² + (se(tr Σ̂)/(n‖g*‖²))²;
   without ``trace_cov`` a plain difference of ``rel_bias``;
+* paired log ratios — ``paired_<q>_log_ratio`` (L = log θ_A − log θ_B of two cells A, B sharing noise within a
+  run, with its paired delta-method s.e.; shown as "A vs B"): D = L_run2 − L_run1 with
+  s.e.(D) = √(se₁² + se₂²) (independent runs). With ``paired.parquet`` in both runs, the two-sample bootstrap-t of
+  D (:func:`paired_log_ratio_test`, the paired protocol's ``compare_tests``; pairs resampled within each run); else
+  the z on D (Rule kind ``log_diff``), anti-conservative on heavy-tailed replicates (lognormal: 3.3 % / 10.5 % at
+  α = 1 % / 5 %, against 0.5 % / 3.5 % for the bootstrap-t; :func:`gradbench.protocols.paired.two_run_bootstrap_t_p`).
+  The change is exp(D), the factor by which the A/B ratio moved, and ``rtol`` applies to it. A row aligns with the
+  row of the *same pair*: the partner cell (``versus``) is part of the key. The pair's p- and q-value rows are
+  shown, not tested;
 * meeting times — raw τ per replicate (``meeting_times.parquet``) in both runs: Mann–Whitney U
   (a shift of the τ distribution; censored τ count at the cap), the meeting protocol's ``compare_tests``;
 * non-finite replicates — Fisher's exact test on the non-finite fraction, when either run has any.
@@ -59,12 +69,16 @@ from gradbench.report.format import DEFAULT_ALPHA, fmt_p, fmt_value
 from gradbench.stats import holm_adjust
 
 NOT_TESTED_SE = "not tested: missing s.e."
+LOG_DIFF_TEST = "log difference z"  # Rule kind "log_diff": z on the difference of two runs' log values
+PAIRED_BOOT_TEST = "log difference bootstrap-t"  # the paired protocol's compare test (paired.parquet in both runs)
+LOG_DIFF_PREFIX = "log difference"  # tests whose effect is a change of a log value: shown and rtol'd as exp(effect)
 LOG_RATIO_ASSUMPTIONS = ("log-ratio z assumes: approximately normal values with the stated s.e., independent runs "
                          "(shared noise seeds make it conservative), finite variance (see tail_index warnings)")
 KEY_COLUMNS = ["model", "estimator", "protocol", "param_group", "metric", "dtype", "device"]
 CELL_LEVEL = {"protocol", "param_group", "metric"}
 TARGET_PREFIXES = ("model.", "proposal.")  # with --allow-different-targets, not part of the key
 TARGET_KEYS = {"dtype", "device"}
+VERSUS_KEY = "_versus"  # the partner cell's content key of a pair's row (paired protocol), "" otherwise
 TARGET_SEED_HINT = ("give both runs the same target_seed (in the suite, or `gradbench run --target-seed N`) and "
                     "change only --seed, or pass --allow-different-targets")
 
@@ -138,13 +152,18 @@ def align(a: RunData, b: RunData, *, across_targets: bool = False) -> tuple[pd.D
     frames = []
     for run in (a, b):
         r = run.results.copy()
-        r["_key"] = _keys(r, columns)
+        if "versus" not in r:
+            r["versus"] = None
         cells = run.cells.copy()
         cells["_cell"] = _keys(cells, cell_columns)
+        # a pair's row (``versus``: the partner's cell id, which differs between runs) is keyed by the partner's content
+        partner = cells.set_index("cell_id")["_cell"]
+        r[VERSUS_KEY] = r["versus"].map(partner).fillna("")
+        r["_key"] = _keys(r, [*columns, VERSUS_KEY])
         r = r.merge(cells[["cell_id", "_cell"]], on="cell_id", how="left")
         frames.append(r)
     fa, fb = frames
-    keep = ["_key", "_cell", "cell_id", "estimator", "protocol", "param_group", "metric", "value", "stderr",
+    keep = ["_key", "_cell", "cell_id", "versus", "estimator", "protocol", "param_group", "metric", "value", "stderr",
             "n_replicates", "n_nonfinite"]
     keep_a = [c for c in keep if c in fa]
     keep_b = [c for c in keep if c in fb and c not in ("_cell", "estimator", "protocol", "param_group", "metric")]
@@ -261,9 +280,11 @@ def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData, *, al
     superseded = {key for _, keys in side for key in keys}
     rows = []
     for _, r in m.iterrows():
+        if r["_key"] in superseded:  # a compare test's row replaces this very row (same pair, group and metric)
+            continue
         rule = rule_for(r["protocol"], r["metric"])
         base = {"_cell": r["_cell"], "cell_id_a": r["cell_id_a"], "cell_id_b": r["cell_id_b"],
-                "estimator": r["estimator"], "param_group": r["param_group"],
+                "versus_a": r["versus_a"], "estimator": r["estimator"], "param_group": r["param_group"],
                 "protocol": r["protocol"], "metric": r["metric"], "value_a": r["value_a"], "stderr_a": r["stderr_a"],
                 "value_b": r["value_b"], "stderr_b": r["stderr_b"]}
         p, effect, method, worse = math.nan, math.nan, "not tested", 0
@@ -279,6 +300,10 @@ def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData, *, al
                     method = "debiased ‖b‖²/‖g*‖² z"
                 else:
                     p, effect, method = diff_test(r["value_a"], r["stderr_a"], r["value_b"], r["stderr_b"])
+                change = effect
+            elif rule.kind == "log_diff":
+                p, effect, method = diff_test(r["value_a"], r["stderr_a"], r["value_b"], r["stderr_b"])
+                method = LOG_DIFF_TEST if method == "difference z" else method
                 change = effect
             else:
                 p, effect, method = diff_test(r["value_a"], r["stderr_a"], r["value_b"], r["stderr_b"])
@@ -297,10 +322,14 @@ def compare_runs(run_a: str | Path | RunData, run_b: str | Path | RunData, *, al
         ratio = (table["value_b"] / table["value_a"]).abs()
         is_ratio = table["test"].isin(["log-ratio z", "exact (no s.e.)"])
         practical = ~is_ratio | ((ratio - 1).abs() > rtol)
+        is_log = table["test"].str.startswith(LOG_DIFF_PREFIX)  # the A/B ratio moved by exp(D)
+        practical &= ~is_log | (np.expm1(table["effect"].abs()) > rtol)
     table["flag"] = np.where(sig & (table["worse"] > 0) & practical, "regression",
                              np.where(sig & (table["worse"] < 0), "improvement", ""))
     labels = a.cells.set_index("cell_id")
-    table["cell"] = [_label(labels, c) for c in table["cell_id_a"]]
+    versus = table["versus_a"] if "versus_a" in table else pd.Series(None, index=table.index)
+    table["cell"] = [_label(labels, c) + (f" vs {_label(labels, v)}" if isinstance(v, str) and v else "")
+                     for c, v in zip(table["cell_id_a"], versus)]
     return Comparison(table, alpha, rtol, len(a.results), len(b.results), only_a, only_b, notes)
 
 
@@ -365,6 +394,46 @@ def raw_tau_test(a: RunData, b: RunData, m: pd.DataFrame) -> tuple[list[dict[str
     return rows, {(cell, "tau_mean") for cell in raw_tau}
 
 
+def paired_log_ratio_test(a: RunData, b: RunData, m: pd.DataFrame) -> tuple[list[dict[str, Any]], set[str]]:
+    """The paired protocol's compare test (``ProtocolSpec.compare_tests``): for each aligned
+    ``paired_<q>_log_ratio`` row whose two cells have their replicates in both runs' ``paired.parquet``, the
+    two-sample bootstrap-t of D = L_B − L_A (:func:`gradbench.protocols.paired.two_run_bootstrap_t_p`); it
+    replaces that row's z test (the rule ``log_diff``). Returns the rows and the row keys they supersede."""
+    from gradbench.protocols.paired import SIDE, pair_pseudo_values, two_run_bootstrap_t_p
+    from gradbench.seeding import derive_seed
+
+    sides = [run.side.get(SIDE) for run in (a, b)]
+    if any(sd is None or sd.empty for sd in sides) or "versus_a" not in m:
+        return [], set()
+    frames = [{k: g for k, g in sd.groupby(["cell_id", "param_group"], sort=False)} for sd in sides]  # type: ignore[union-attr]
+    sel = m[(m["protocol"] == SIDE) & m["metric"].str.endswith("_log_ratio") & m["versus_a"].notna()
+            & m["versus_b"].notna()]
+    rows, done = [], set()
+    for _, r in sel.iterrows():
+        q, group = r["metric"][len("paired_"):-len("_log_ratio")], r["param_group"]
+        pairs = []
+        for run, fr in zip("ab", frames):
+            ga, gb = fr.get((r[f"cell_id_{run}"], group)), fr.get((r[f"versus_{run}"], group))
+            pairs.append(None if ga is None or gb is None else pair_pseudo_values(ga, gb, q))
+        if pairs[0] is None or pairs[1] is None:
+            continue  # not paired in a run: the rule's z on the stored values (NaN: untestable)
+        rng = np.random.default_rng(derive_seed(r["cell_id_a"], r["versus_a"], r["cell_id_b"], r["versus_b"], group, q,
+                                                "compare-paired"))
+        (_, phi_a1), (_, phi_b1) = pairs[0]
+        (_, phi_a2), (_, phi_b2) = pairs[1]
+        D, _se, p = two_run_bootstrap_t_p((phi_a1, phi_b1), (phi_a2, phi_b2), rng)
+        rule = rule_for(SIDE, r["metric"])
+        worse = 0 if rule is None or not np.isfinite(D) or D == 0 else rule.worse * (1 if D > 0 else -1)
+        rows.append({"_cell": r["_cell"], "cell_id_a": r["cell_id_a"], "cell_id_b": r["cell_id_b"],
+                     "versus_a": r["versus_a"], "estimator": r["estimator"], "param_group": group, "protocol": SIDE,
+                     "metric": r["metric"], "value_a": r["value_a"], "stderr_a": r["stderr_a"],
+                     "value_b": r["value_b"], "stderr_b": r["stderr_b"],
+                     "test": PAIRED_BOOT_TEST if math.isfinite(p) else "untestable: undefined log ratio",
+                     "effect": D, "p": p, "worse": worse})
+        done.add(r["_key"])
+    return rows, done
+
+
 def _nonfinite_rows(a: RunData, b: RunData, m: pd.DataFrame) -> list[dict[str, Any]]:
     if "n_nonfinite" not in a.cells or "n_nonfinite" not in b.cells:
         return []
@@ -393,6 +462,8 @@ def _change(r: pd.Series) -> str:
     va, vb = r["value_a"], r["value_b"]
     if r["test"] == "Mann-Whitney U":
         return f"P(τB>τA)={r['effect']:.2f}"
+    if str(r["test"]).startswith(LOG_DIFF_PREFIX):
+        return f"A/B ×{math.exp(r['effect']):.3g}" if np.isfinite(r["effect"]) else "—"
     if np.isfinite(va) and np.isfinite(vb) and va > 0 and vb > 0:
         return f"×{vb / va:.3g}"
     return f"{vb - va:+.3g}" if np.isfinite(va) and np.isfinite(vb) else "—"
