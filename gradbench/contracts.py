@@ -41,10 +41,9 @@ if TYPE_CHECKING:  # the contract itself imports no torch: `gradbench list`/`val
     import torch
     from torch import Tensor
 
-    from gradbench.core import GradSample, ParamGroup, ParamLayout, Reference
-    from gradbench.target import ComposedTarget, per_replicate_grad
+    from gradbench.core import GradSample, ParamGroup, ParamLayout, Reference, per_replicate_grad
 
-__all__ = [  # some names are provided lazily by __getattr__
+__all__ = [  # noqa: F822 — some names are provided lazily by __getattr__ (ComposedTarget by name only)
     "CAPABILITIES", "Capability", "ComposedTarget", "Family", "GradSample", "LatentSpace", "Model", "Objective",
     "ParamGroup", "ParamLayout", "Params", "Reference", "Target", "missing_capabilities", "per_replicate_grad",
 ]
@@ -52,7 +51,8 @@ __all__ = [  # some names are provided lazily by __getattr__
 Params = dict[str, "Tensor"]
 
 _LAZY = {"GradSample": "gradbench.core", "ParamGroup": "gradbench.core", "ParamLayout": "gradbench.core",
-         "Reference": "gradbench.core", "ComposedTarget": "gradbench.target", "per_replicate_grad": "gradbench.target"}
+         "Reference": "gradbench.core", "per_replicate_grad": "gradbench.core",
+         "ComposedTarget": "gradbench.target"}  # by name only: the contract sits below the composition that implements it
 
 
 def __getattr__(name: str) -> Any:
@@ -350,7 +350,7 @@ class Target(Protocol):
         """*(capability state_probabilities)* For each sampler a verdict depends on (``"q"``: the proposal;
         ``"posterior"``: the exact posterior ``sample_posterior`` draws from, when there is one), the probability of
         every value of every discrete coordinate at every data point, float64 (e.g. [N, D]: q(z_j = c | x_n)).
-        The rare-state guard (:func:`gradbench.run.compute.rare_value_probability`) takes the smallest."""
+        The rare-state guard (:func:`gradbench.protocols.measure.rare_value_probability`) takes the smallest."""
         ...
 
 

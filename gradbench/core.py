@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -161,3 +161,15 @@ class LatentTarget(Protocol):
     def exact_grad(self) -> Tensor: ...
 
     def reference(self, wrt: str = "theta") -> Reference: ...
+
+
+def per_replicate_grad(fn: Callable[..., Any], params: dict[str, Tensor], *batched: Tensor, has_aux: bool = False) -> Any:
+    """``{name: [B, *shape]}``: the gradient of ``fn(params, *batched[b])`` w.r.t. ``params`` for every b.
+
+    ``torch.func.vmap(torch.func.grad(fn))`` over the leading dimension of ``batched``: one batched
+    backward pass, no Python loop over replicates (the parameters are shared, not copied R times).
+    With ``has_aux``, ``fn`` returns ``(value, aux)`` and the result is ``(grads, aux batched over b)``:
+    diagnostics of the same forward pass, not a second one.
+    """
+    grad = torch.func.grad(fn, has_aux=has_aux)
+    return torch.func.vmap(grad, in_dims=(None, *([0] * len(batched))))(params, *batched)

@@ -18,19 +18,7 @@ import torch
 from torch import Tensor
 
 from gradbench.contracts import LOG_MARGINAL, Family, Model, Objective, Params
-from gradbench.core import Reference
-
-
-def per_replicate_grad(fn: Callable[..., Any], params: Params, *batched: Tensor, has_aux: bool = False) -> Any:
-    """``{name: [B, *shape]}``: the gradient of ``fn(params, *batched[b])`` w.r.t. ``params`` for every b.
-
-    ``torch.func.vmap(torch.func.grad(fn))`` over the leading dimension of ``batched``: one batched
-    backward pass, no Python loop over replicates (the parameters are shared, not copied R times).
-    With ``has_aux``, ``fn`` returns ``(value, aux)`` and the result is ``(grads, aux batched over b)``:
-    diagnostics of the same forward pass, not a second one.
-    """
-    grad = torch.func.grad(fn, has_aux=has_aux)
-    return torch.func.vmap(grad, in_dims=(None, *([0] * len(batched))))(params, *batched)
+from gradbench.core import Reference, per_replicate_grad
 
 
 def value_probabilities(latent: Any, marginals: Tensor) -> Tensor:

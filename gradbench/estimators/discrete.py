@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from gradbench.core import GradSample
+from gradbench.core import GradSample, per_replicate_grad
 from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas)
     ARMParams,
     DisARMParams,
@@ -63,7 +63,6 @@ from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas)
 from gradbench.estimators.pathwise import objective_wrt, require
 from gradbench.estimators.score import learned_input, moving_average
 from gradbench.families.categorical import blocks, gumbel, one_hot_argmax
-from gradbench.target import per_replicate_grad
 
 PHI_ELBO = objective_wrt("phi", "elbo")
 

@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from gradbench.contracts import Objective
-from gradbench.contracts import per_replicate_grad as per_replicate_grad_func
 from gradbench.core import GradSample, LatentTarget, ParamLayout
+from gradbench.core import per_replicate_grad as per_replicate_grad_func
 from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas, for `gradbench validate`)
     DReGParams,
     IWAEReparamParams,

@@ -46,8 +46,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from gradbench.contracts import per_replicate_grad
-from gradbench.core import GradSample
+from gradbench.core import GradSample, per_replicate_grad
 from gradbench.estimators.params import (  # noqa: F401  (torch-free schemas)
     DensityRatioParams,
     SIVIParams,

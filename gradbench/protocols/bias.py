@@ -14,7 +14,7 @@ The reference's uncertainty enters as its full covariance (``Reference.cov``/``n
 problem), else its per-coordinate ``stderr``, plus any quadrature/enumeration ``error`` bound.
 Test statistics and interval ends carry no standard error (NaN).
 
-Rare states (discrete targets that report q_min, :func:`gradbench.run.compute.rare_value_probability`): when
+Rare states (discrete targets that report q_min, :func:`gradbench.protocols.measure.rare_value_probability`): when
 R·q_min < log(10³) the test is inconclusive (:func:`gradbench.stats.rare_state_verdict`): ``bias_pvalue``
 keeps its number, its ``method`` starts with "inconclusive: rare states, R·q_min = …, need R ≥ …", and
 reports show "inconclusive", never "biased". ``bias_rare_count`` = R·q_min is a row of every such cell.

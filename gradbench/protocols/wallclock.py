@@ -134,7 +134,7 @@ def robust_median_se(x: np.ndarray) -> float:
 def wallclock(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) -> list[Row]:
     if ctx.rerun is None:
         raise ValueError("the wallclock protocol re-runs the estimator: it needs ctx.rerun "
-                         "(set by gradbench.run.compute.run_cell)")
+                         "(set by gradbench.protocols.measure.run_cell)")
     batch = max(1, min(sample.replicates, MAX_BATCH))
     timing = time_calls(lambda: ctx.rerun(batch), device=ctx.device, warmup=WARMUP, min_repeats=MIN_REPEATS,
                         max_repeats=MAX_REPEATS, budget_s=BUDGET_S)

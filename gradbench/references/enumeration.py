@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from gradbench.contracts import ComposedTarget, Family, LatentSpace, Model, Objective, Params, per_replicate_grad
-from gradbench.core import Reference
+from gradbench.contracts import Family, LatentSpace, Model, Objective, Params, Target
+from gradbench.core import Reference, per_replicate_grad
 from gradbench.models.params import MAX_ENUMERATED_LATENTS
 from gradbench.references.estimated import streaming_reference
 from gradbench.seeding import derive_seed, make_generator
@@ -240,7 +240,7 @@ def vimco_coefficients(log_w: Tensor) -> Tensor:
     return (L - L_loo) - torch.softmax(log_w, -2)
 
 
-def estimated_iwae_gradient(target: ComposedTarget, objective: Objective, replicates: int, seed: int) -> Reference:
+def estimated_iwae_gradient(target: Target, objective: Objective, replicates: int, seed: int) -> Reference:
     """∇θ or ∇φ IWAE_K estimated from ``replicates`` i.i.d. replicates of an unbiased estimator (module
     docstring), in blocks; value = mean, stderr = per-coordinate s.d. / √replicates."""
     K, N = objective.K, target.n_data
@@ -265,19 +265,19 @@ def estimated_iwae_gradient(target: ComposedTarget, objective: Objective, replic
 
 
 # -- references as (target, objective) -> Reference -------------------------------------------
-def _float64(target: ComposedTarget) -> tuple[Params, Params, Tensor]:
+def _float64(target: Target) -> tuple[Params, Params, Tensor]:
     f64 = lambda p: {n: t.detach().to(torch.float64) for n, t in p.items()}
     return f64(target.theta), f64(target.phi), target.x.to(torch.float64)
 
 
-def log_marginal_reference(target: ComposedTarget, objective: Objective) -> Reference:
+def log_marginal_reference(target: Target, objective: Objective) -> Reference:
     """∇θ log p(x), enumerated."""
     theta, _, x = _float64(target)
     _, grad = log_marginal_and_grad(target.model, theta, x)
     return Reference(target.layout.flatten(grad), kind="enumerated")
 
 
-def elbo_reference(target: ComposedTarget, objective: Objective) -> Reference:
+def elbo_reference(target: Target, objective: Objective) -> Reference:
     """∇θ ELBO or ∇φ ELBO, enumerated."""
     theta, phi, x = _float64(target)
     _, gt, gp = elbo_and_grads(target.model, target.family, theta, phi, x)
@@ -286,11 +286,11 @@ def elbo_reference(target: ComposedTarget, objective: Objective) -> Reference:
     return Reference(target.phi_layout.flatten(gp), kind="enumerated")
 
 
-def iwae_reference(replicates: int) -> Callable[[ComposedTarget, Objective], Reference]:
+def iwae_reference(replicates: int) -> Callable[[Target, Objective], Reference]:
     """∇θ/∇φ IWAE_K: enumerated over the K-tuples when small enough, else estimated with ``replicates``
     replicates and a seed derived from the target's seed and the objective (computed once per target)."""
 
-    def build(target: ComposedTarget, objective: Objective) -> Reference:
+    def build(target: Target, objective: Objective) -> Reference:
         if objective.kind != "iwae" or objective.K < 2:
             return elbo_reference(target, Objective(objective.wrt, "elbo"))
         if iwae_enumerable(target.latent_dim, objective.K, target.n_data, n_states(target.model.latent)):
@@ -299,13 +299,13 @@ def iwae_reference(replicates: int) -> Callable[[ComposedTarget, Objective], Ref
             flat = target.layout.flatten(gt) if objective.wrt == "theta" else target.phi_layout.flatten(gp)
             return Reference(flat, kind="enumerated")
         theta, phi, x = _float64(target)
-        t64 = ComposedTarget(target.model, target.family, x, theta, phi, seed=target.seed, provides=target.provides)
+        t64 = target.at(theta=theta, phi=phi, x=x)  # the same target in float64
         return estimated_iwae_gradient(t64, objective, replicates, derive_seed("iwae_reference", target.seed, objective.key))
 
     return build
 
 
-def reference_builders(iwae_replicates: int = 20_000) -> dict[str, Callable[[ComposedTarget, Objective], Reference]]:
+def reference_builders(iwae_replicates: int = 20_000) -> dict[str, Callable[[Target, Objective], Reference]]:
     """The builders a ComposedTarget of an enumerable model takes: theta, theta_elbo, phi_elbo, theta_iwae, phi_iwae."""
     iwae = iwae_reference(iwae_replicates)
     return {"theta": log_marginal_reference, "theta_elbo": elbo_reference, "phi_elbo": elbo_reference,

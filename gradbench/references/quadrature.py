@@ -56,8 +56,8 @@ import torch
 from numpy.polynomial.hermite_e import hermegauss
 from torch import Tensor
 
-from gradbench.contracts import ComposedTarget, Objective, Params, per_replicate_grad
-from gradbench.core import Reference
+from gradbench.contracts import Objective, Params, Target
+from gradbench.core import Reference, per_replicate_grad
 from gradbench.references.estimated import from_replicates
 from gradbench.seeding import make_generator
 
@@ -274,7 +274,7 @@ def _elbo_with_doubling(model: Any, elbo_rule_at: Callable[[int], tuple[Tensor, 
 
 
 # -- estimated references -------------------------------------------------------------------------
-def reparam_iwae_grads(target: ComposedTarget, K: int, R: int, gen: torch.Generator, *,
+def reparam_iwae_grads(target: Target, K: int, R: int, gen: torch.Generator, *,
                        chunk: int = 256) -> tuple[Tensor, Tensor]:
     """R independent reparameterised gradients of IWAE_K = Σ_n log (1/K) Σ_k w_nk (z = sample(φ, x, ε)):
     ([R, P_θ], [R, P_φ]) in float64. Unbiased for ∇θ IWAE_K and ∇φ IWAE_K (K = 1: the ELBO)."""
@@ -304,7 +304,7 @@ def _mean_se(G: Tensor) -> tuple[Tensor, Tensor]:
     return G.mean(0), G.std(0, unbiased=True) / math.sqrt(G.shape[0])
 
 
-def estimated_iwae(target: ComposedTarget, objective: Objective, replicates: int = 20_000, seed: int = 0) -> Reference:
+def estimated_iwae(target: Target, objective: Objective, replicates: int = 20_000, seed: int = 0) -> Reference:
     """``estimated`` ∇θ or ∇φ of IWAE_K (or the ELBO, K = 1): mean ± s.e. of ``replicates`` reparameterised gradients."""
     objective = objective.canonical()
     K = objective.K if objective.kind == "iwae" else 1
@@ -312,7 +312,7 @@ def estimated_iwae(target: ComposedTarget, objective: Objective, replicates: int
     return from_replicates(gt if objective.wrt == "theta" else gp, device=target.x.device)
 
 
-def estimated_log_marginal(target: ComposedTarget, objective: Objective, replicates: int = 20_000, seed: int = 0,
+def estimated_log_marginal(target: Target, objective: Objective, replicates: int = 20_000, seed: int = 0,
                            K: int = 1024) -> Reference:
     """``estimated`` ∇θ log p(x) for latent_dim > 3: self-normalised importance sampling with the Laplace
     approximation as proposal, K particles per replicate, mean ± s.e. over replicates.
@@ -344,7 +344,7 @@ def estimated_log_marginal(target: ComposedTarget, objective: Objective, replica
 
 
 # -- reference builders (target, objective) -> Reference -------------------------------------------
-def quadrature_reference(target: ComposedTarget, objective: Objective, nodes: int | None = None) -> Reference:
+def quadrature_reference(target: Target, objective: Objective, nodes: int | None = None) -> Reference:
     """``quadrature`` reference for ∇θ log p(x), ∇θ ELBO or ∇φ ELBO; ``error`` is the doubling error
     estimate |g_{2n} − g_n| (a quadrature error bound, not a Monte Carlo standard error)."""
     objective = objective.canonical()
@@ -361,16 +361,16 @@ def quadrature_reference(target: ComposedTarget, objective: Objective, nodes: in
 
 
 def reference_builders(latent_dim: int, nodes: int | None = None, replicates: int = 20_000,
-                       seed: int = 0) -> dict[str, Callable[[ComposedTarget, Objective], Reference]]:
+                       seed: int = 0) -> dict[str, Callable[[Target, Objective], Reference]]:
     """Builders by objective key: quadrature for k ≤ 3 (θ, θ/φ ELBO), estimated for IWAE_K and for k > 3."""
 
-    def quad(t: ComposedTarget, o: Objective) -> Reference:
+    def quad(t: Target, o: Objective) -> Reference:
         return quadrature_reference(t, o, nodes)
 
-    def iwae(t: ComposedTarget, o: Objective) -> Reference:
+    def iwae(t: Target, o: Objective) -> Reference:
         return estimated_iwae(t, o, replicates, seed)
 
-    def marginal(t: ComposedTarget, o: Objective) -> Reference:
+    def marginal(t: Target, o: Objective) -> Reference:
         return estimated_log_marginal(t, o, replicates, seed)
 
     if latent_dim <= MAX_QUADRATURE_DIM:

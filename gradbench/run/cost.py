@@ -36,7 +36,7 @@ class ReferenceKey:
     target_id: str
     dtype: str
     objective: str
-    cell: Any  # a cell measured against it (gradbench.run.plan.Cell)
+    cell: Any  # a cell measured against it (gradbench.run.cells.Cell)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from gradbench.target import per_replicate_grad
+from gradbench.core import per_replicate_grad
 
 
 def floor_sample_log_joint(target: Any, R: int, K: int, gen: torch.Generator) -> torch.Tensor:

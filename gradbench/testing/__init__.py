@@ -203,7 +203,7 @@ def check_family(family: Any, x: Tensor, phi: dict[str, Tensor], *, R: int = 400
             _fail(name, f"samples do not follow log_prob: frequencies of {R} draws vs exact q, p = {p:.3g} < {alpha}")
         rep.ok(f"sampler agrees with log_prob (state frequencies, R = {R}, p = {p:.3g})")
     elif {"score", "log_prob"} <= caps:
-        from gradbench.target import per_replicate_grad
+        from gradbench.core import per_replicate_grad
 
         z = family.sample(phi64, x64, family.noise((R, N), make_generator(seed), torch.float64, x.device)).detach()
         g = per_replicate_grad(lambda ph, z1: family.log_prob(ph, x64, z1.unsqueeze(0)).sum(), phi64, z)

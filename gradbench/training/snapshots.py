@@ -56,7 +56,7 @@ def step_file(folder: Path, step: int) -> Path:
 
 
 def target_spec(cell: Any) -> dict[str, Any]:
-    """The training target's spec (:class:`gradbench.run.plan.TargetConfig` as a mapping), from which a target is rebuilt."""
+    """The training target's spec (:class:`gradbench.run.cells.TargetConfig` as a mapping), from which a target is rebuilt."""
     return asdict(cell.target)
 
 
@@ -152,7 +152,7 @@ def proposal_of(snap: dict[str, Any]) -> dict[str, Any]:
 
 # -- building --------------------------------------------------------------------------------------
 def build_target(config: Any, dtype: str, device: str) -> Any:
-    """The target of a snapshot ``config`` (:class:`gradbench.run.plan.TargetConfig` with ``snapshot``): the model's own
+    """The target of a snapshot ``config`` (:class:`gradbench.run.cells.TargetConfig` with ``snapshot``): the model's own
     build (model, data, references) with θ replaced by the saved θ_t and the proposal by the saved encoder at φ_t.
 
     The file must still have the SHA-256 recorded when the suite was loaded."""
