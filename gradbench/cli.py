@@ -98,15 +98,16 @@ def cli_plugins() -> tuple[str, ...]:
 
 
 # -- list / show --------------------------------------------------------------------------------
-SECTIONS = ("models", "estimators", "protocols", "families")
-SINGULAR = {"models": "model", "estimators": "estimator", "protocols": "protocol", "families": "family"}
+SECTIONS = ("models", "estimators", "protocols", "families", "kinds")
+SINGULAR = {"models": "model", "estimators": "estimator", "protocols": "protocol", "families": "family",
+            "kinds": "kind of cell"}
 
 
 def _sections() -> dict[str, dict[str, Any]]:
     from gradbench import registry
 
     return {"models": registry.MODELS, "estimators": registry.ESTIMATORS, "protocols": registry.PROTOCOLS,
-            "families": registry.FAMILIES}
+            "families": registry.FAMILIES, "kinds": registry.CELL_KINDS}
 
 
 def describe(entry: Any) -> str:
@@ -120,7 +121,7 @@ def describe(entry: Any) -> str:
 @click.argument("what", type=click.Choice([*SECTIONS, "all"]), default="all")
 @click.option("-v", "--verbose", is_flag=True, help="Also list every parameter: type, default, description.")
 def list_cmd(what: str, verbose: bool) -> None:
-    """List registered models, estimators, protocols and variational families with one-line descriptions."""
+    """List registered models, estimators, protocols, variational families and kinds of cell, one line each."""
     for name, entries in _sections().items():
         if what not in ("all", name):
             continue
@@ -138,7 +139,8 @@ def list_cmd(what: str, verbose: bool) -> None:
 @cli.command()
 @click.argument("name")
 def show(name: str) -> None:
-    """Describe one model, estimator, protocol or family: capabilities, each parameter's type, default, description."""
+    """Describe one model, estimator, protocol, family or kind of cell: capabilities, each parameter's type, default,
+    description."""
     from gradbench import registry
 
     found = [(section, entries[name]) for section, entries in _sections().items() if name in entries]
@@ -146,7 +148,7 @@ def show(name: str) -> None:
         from gradbench.run.plan import did_you_mean
 
         known = [k for entries in _sections().values() for k in entries]
-        raise UserError(f"no model, estimator, protocol or family named {name!r}{did_you_mean(name, known)} "
+        raise UserError(f"no model, estimator, protocol, family or kind named {name!r}{did_you_mean(name, known)} "
                         "(see `gradbench list`)")
     for section, entry in found:
         click.echo(f"{name} ({SINGULAR[section]}): {describe(entry)}")
@@ -175,7 +177,12 @@ def show(name: str) -> None:
 def param_lines(entry: Any) -> list[str]:
     """``K: int = 8 (> 0) — importance samples per data point`` per parameter of a registry entry;
     a model's proposal parameters are listed after its own, prefixed ``proposal.``."""
-    schemas = [("", getattr(entry, "params", None)), ("proposal.", getattr(entry, "proposal", None))]
+    from gradbench import registry
+
+    if isinstance(entry, registry.CellKind):  # a measurement cell's parameters are its estimator's (none of its own)
+        schemas = [("", entry.params(entry.name))] if entry.name != "measure" else []
+    else:
+        schemas = [("", getattr(entry, "params", None)), ("proposal.", getattr(entry, "proposal", None))]
     ops = ((">", "gt"), ("≥", "ge"), ("<", "lt"), ("≤", "le"))
     lines = []
     for prefix, schema in schemas:

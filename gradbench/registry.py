@@ -347,11 +347,13 @@ def measured_objective(cell: Any) -> str | None:
 
 CELL_KINDS: dict[str, CellKind] = {k.name: k for k in [
     CellKind("measure", "gradbench.protocols.measure:run_cell",
-             "an estimator run in replicate blocks on a fixed target, measured by the suite's protocols",
+             "an estimator run in replicate blocks on a fixed target, measured by the suite's protocols "
+             "(estimators: + protocols:)",
              lambda name: ESTIMATORS[name].params, lambda name, p, protocols: required_capabilities(name, p, protocols),
              lambda p: (), reference_of=lambda cell: measured_objective(cell)),  # side tables: its protocols'
     CellKind("train", "gradbench.training.cell:compute",
-             "a training run (θ-, φ- and warm-up estimators, seed, settings) from a suite's train: block",
+             "a training run from a suite's train: block (arms × seeds × settings): θ-, φ- and warm-up estimators, "
+             "held-out log p(x) or IWAE bound, learning curves",
              lambda name: resolve("gradbench.training.params:TrainParams"),
              lambda name, p, protocols: resolve("gradbench.training.params:requires")(p),
              "gradbench.training.params:runs", target_of="gradbench.training.cell:target_of",
