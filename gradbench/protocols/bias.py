@@ -106,8 +106,8 @@ def bias(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) 
             row(name, "rel_bias", rel(norm), rel(se), "plug-in ||mean - g*|| / ||g*||: noise-inflated"),
         ]
         if nz.estimated_diagonal and nz.var is not None:  # docs/design.md §8.2: V's eigenvalues are not known
-            ci_method += ("; approximate: the reference's covariance is known on its diagonal only, and the interval "
-                          "under-covers when its noise is correlated")
+            ci_method += ("; conservative: the reference's covariance is known on its diagonal only, its noise is "
+                          "taken as one component carrying its whole trace (the heaviest-tailed case)")
         inconclusive = rare_state_verdict(ctx.rare_q_min, n)  # the interval shares the test's blind spot
         if inconclusive:
             ci_method = f"{inconclusive}; {ci_method}"

@@ -58,9 +58,9 @@ def test_the_bias_test_takes_max_t_with_a_diagonal_only_reference_and_hotelling_
     assert two.method.startswith("hotelling") and "two-sample" in two.method, two.method
 
 
-def test_the_protocol_rows_say_which_branch_and_that_the_interval_is_approximate():
+def test_the_protocol_rows_say_which_branch_and_that_the_interval_is_conservative():
     """Through the bias protocol: the p-value row's method names the diagonal-only reference and max-t; the interval
-    rows say "approximate" (docs/design.md §8.2: it under-covers when the reference's noise is correlated). Control:
+    rows say "conservative" (docs/design.md §8.2: the reference's share is taken as one component carrying its trace). Control:
     with the covariance kept, neither."""
     Y = _replicates(1, 4000, P=3)
     G = _replicates(2, 300, P=3)
@@ -72,4 +72,4 @@ def test_the_protocol_rows_say_which_branch_and_that_the_interval_is_approximate
                 for r in bias(sample, streaming_reference(lambda R: Y, 4000, 4000, max_cov_dim=cap), ctx)}
         p_method, ci_method = rows[("all", "bias_pvalue")], rows[("all", "rel_bias_ci_low")]
         assert ("diagonal-only estimated ref" in p_method) == marked and p_method.startswith("max-t") == marked
-        assert ("approximate" in ci_method) == marked, ci_method
+        assert ("conservative" in ci_method) == marked, ci_method
