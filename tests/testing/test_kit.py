@@ -146,8 +146,8 @@ def test_kit_rejects_a_biased_estimator():
 
 # -- rare states: every sampler a verdict depends on, or a stated "not checked" ---------------------------------
 def test_rare_state_guard_reads_q_and_the_exact_posterior_or_says_not_checked():
-    from gradbench.references.enumeration import posterior_marginals
     from gradbench.protocols import measure as cell
+    from gradbench.references.enumeration import posterior_marginals
 
     t = build("categorical_icdf", CAT, CAT_Q)
     table = t.state_probabilities()
