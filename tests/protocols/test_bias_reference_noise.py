@@ -60,8 +60,8 @@ def test_the_bias_test_takes_max_t_with_a_diagonal_only_reference_and_hotelling_
 
 def test_the_protocol_rows_say_which_branch_and_that_the_interval_is_conservative():
     """Through the bias protocol: the p-value row's method names the diagonal-only reference and max-t; the interval
-    rows say "conservative" (docs/design.md §8.2: the reference's share is taken as one component carrying its trace). Control:
-    with the covariance kept, neither."""
+    rows say "conservative" (docs/design.md §8.2: the reference's share is taken as one component carrying its
+    trace). Control: with the covariance kept, neither."""
     Y = _replicates(1, 4000, P=3)
     G = _replicates(2, 300, P=3)
     sample = GradSample(G, ParamLayout((ParamGroup("a", (2,)), ParamGroup("b", (1,)))),
