@@ -502,6 +502,13 @@ def test_max_t_with_an_estimated_reference_ignores_a_dead_coordinate():
 # -- an estimated reference with per-coordinate variances only, R below the estimator's covariance rank -------------
 
 
+def _rotated_root(setup: np.random.Generator, P: int, decay: float, scale: float) -> np.ndarray:
+    """A root A of a covariance A Aᵀ with eigenvalues ∝ k^(−decay) summing to scale·P, in a random orthonormal basis."""
+    Q, _ = np.linalg.qr(setup.standard_normal((P, P)))
+    lam = (1.0 + np.arange(P)) ** (-decay)
+    return Q * np.sqrt(scale * P * lam / lam.sum())
+
+
 def _diagonal_reference_case(rep: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray, stats.ReferenceNoise]:
     """R = 20 rows of full-rank Gaussian noise in P = 120 coordinates; the reference is the mean of 5000 rows of a
     3000× larger, differently shaped covariance, passed as a known diagonal variance (what an estimated reference
@@ -509,12 +516,7 @@ def _diagonal_reference_case(rep: int, shift: float = 0.0) -> tuple[np.ndarray, 
     P, R, n_ref = 120, 20, 5000
     setup = np.random.default_rng(7)
 
-    def root(decay: float, scale: float) -> np.ndarray:
-        Q, _ = np.linalg.qr(setup.standard_normal((P, P)))
-        lam = (1.0 + np.arange(P)) ** (-decay)
-        return Q * np.sqrt(scale * P * lam / lam.sum())
-
-    A, B = root(0.5, 1.0), root(1.0, 3000.0)
+    A, B = _rotated_root(setup, P, 0.5, 1.0), _rotated_root(setup, P, 1.0, 3000.0)
     mu = setup.standard_normal(P)
     rng = np.random.default_rng([11, rep])
     G = mu + rng.standard_normal((R, P)) @ A.T
@@ -565,12 +567,7 @@ def _correlated_diagonal_reference_case(rep: int, ref_scale: float, shift: float
     P, R, n_ref = 20, 200, 5000
     setup = np.random.default_rng(7)
 
-    def root(decay: float, scale: float) -> np.ndarray:
-        Q, _ = np.linalg.qr(setup.standard_normal((P, P)))
-        lam = (1.0 + np.arange(P)) ** (-decay)
-        return Q * np.sqrt(scale * P * lam / lam.sum())
-
-    A, B = root(0.5, 1.0), root(2.0, ref_scale)
+    A, B = _rotated_root(setup, P, 0.5, 1.0), _rotated_root(setup, P, 2.0, ref_scale)
     mu = setup.standard_normal(P)
     rng = np.random.default_rng([11, rep])
     G = mu + rng.standard_normal((R, P)) @ A.T

@@ -14,7 +14,6 @@ The level of the two-run test itself is checked on synthetic skewed replicates (
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -25,7 +24,6 @@ import pytest
 from scipy import stats as sps
 
 from gradbench import registry
-from gradbench.core import GradSample
 from gradbench.protocols.paired import paired_log_ratio, pseudo_values, two_run_bootstrap_t_p
 from gradbench.report.compare import (
     LOG_DIFF_TEST,
@@ -35,6 +33,7 @@ from gradbench.report.compare import (
     format_comparison,
 )
 from tests.report.report_helpers import run_to, write_suite
+from tests.report.test_compare import _inflate_variance
 
 ALPHA = 0.01
 META_ALPHA = 0.001  # level of the calibration meta-test
@@ -54,18 +53,6 @@ def baseline(suite: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _paired(c) -> pd.DataFrame:
     return c.table[(c.table["protocol"] == "paired") & c.table["metric"].isin(LOG_RATIOS)]
-
-
-def _inflate_variance(factor: float):
-    """iwae with its spread around the block mean scaled by ``factor`` (variance × factor², mean unchanged)."""
-    original = registry.ESTIMATORS["iwae"]
-
-    def noisy(target, R, gen, **params) -> GradSample:
-        s = original.fn(target, R, gen, **params)
-        g = s.grads.mean(0, keepdim=True) + factor * (s.grads - s.grads.mean(0, keepdim=True))
-        return dataclasses.replace(s, grads=g, diagnostics={k: v for k, v in s.diagnostics.items() if k != "nonfinite"})
-
-    return dataclasses.replace(original, fn=noisy)
 
 
 def test_same_seed_twice_reports_no_difference(suite: Path, baseline: Path, tmp_path: Path) -> None:
