@@ -178,3 +178,26 @@ def test_registered_family_classes_declare_the_listed_capabilities():
         declared = getattr(registry.resolve(family.impl), "capabilities", None)
         if isinstance(declared, frozenset):  # (semi_implicit: per instance, a subset depending on the proposal)
             assert declared == family.capabilities, family.name
+
+
+def test_the_report_loads_the_plugins_the_run_was_computed_with(tmp_path):
+    """run.json records the suite's plugin modules and the report imports them (a plugin's protocol views and names
+    are then known without --plugin); a recorded module that cannot be imported is one located line (control)."""
+    import json
+    import subprocess
+    import sys
+
+    suite, cells = load_suite(write(tmp_path, PLUGIN_SUITE.replace("replicates: 1000", "replicates: 20")))
+    out = tmp_path / "out"
+    run_suite(suite, cells[:1], out, progress=False)
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["plugins"] == ["my_model"]
+    probe = ("import sys; from gradbench.report.data import load_run; load_run(sys.argv[1]); "
+             "print('my_model' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0 and res.stdout.strip() == "True", res.stderr[-2000:]
+    (out / "run.json").write_text(json.dumps({**manifest, "plugins": ["no_such_plugin"]}))
+    res = subprocess.run([sys.executable, "-m", "gradbench", "report", str(out)], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert res.returncode == 2 and "run.json: plugin module 'no_such_plugin' could not be imported" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr

@@ -158,6 +158,7 @@ def load_run(path: str | Path, alpha: float | None = None, *, partial: bool = Fa
     if not path.is_dir():
         raise RunError(f"{path}: no such run folder" if not path.exists() else f"{path}: not a run folder")
     manifest = _read_manifest(path)
+    _load_plugins(path, manifest.get("plugins", []))
     results_path = path / "results.parquet"
     finished = sorted((path / "cells").glob("*.parquet")) if (path / "cells").is_dir() else []
     finished = [p for p in finished if p.name.count(".") == 1]  # <cell_id>.parquet, not <cell_id>.<side>.parquet
@@ -194,14 +195,27 @@ def load_run(path: str | Path, alpha: float | None = None, *, partial: bool = Fa
     return RunData(path, results, side, manifest, alpha, describe_cells(results), correction)
 
 
+def _load_plugins(path: Path, modules: list[str]) -> None:
+    """Import the plugin modules the run was computed with (``run.json``), so their protocols' and kinds' views and
+    their models' names are known to the report; one located line if one cannot be imported."""
+    from gradbench import registry
+
+    try:
+        registry.load_entry_points()
+        registry.load_plugin_modules(modules)
+    except registry.PluginError as exc:
+        raise RunError(f"{path / 'run.json'}: {exc}") from None
+
+
 def read_side_tables(path: Path, results: pd.DataFrame, *, partial: bool = False) -> dict[str, pd.DataFrame]:
-    """The registered protocols' side tables of a run folder (:attr:`ProtocolSpec.side_tables`): the collected
-    file, or for a partial run the finished cells' ``cells/<cell_id>.<name>.parquet``."""
+    """The side tables of a run folder, of every registered protocol and kind of cell (``side_tables``: raw meeting
+    times, learning curves, ...): the collected file, or for a partial run the finished cells'
+    ``cells/<cell_id>.<name>.parquet``."""
     from gradbench import registry
 
     out: dict[str, pd.DataFrame] = {}
-    for spec in registry.PROTOCOLS.values():
-        for side in spec.side_tables:
+    for entry in [*registry.PROTOCOLS.values(), *registry.CELL_KINDS.values()]:
+        for side in entry.side_tables:
             if partial:
                 suffix = f".{side.name}.parquet"
                 parts = [pd.read_parquet(p) for p in sorted((path / "cells").glob(f"*{suffix}"))

@@ -175,6 +175,9 @@ def side_tables() -> list[Any]:
 
 
 def write_manifest(out: Path, suite_name: str, cells: list[Cell], failed: dict[str, str], *, complete: bool) -> None:
-    """``run.json``: the suite name, its cell ids in order, failed cells, and whether results.parquet is current."""
-    manifest = {"suite": suite_name, "cells": [c.cell_id for c in cells], "failed": failed, "complete": complete}
+    """``run.json``: the suite name, its cell ids in order, failed cells, whether results.parquet is current, and the
+    plugin modules its cells were computed with (the report imports them)."""
+    plugins = sorted({m for c in cells for m in c.plugins})
+    manifest = {"suite": suite_name, "cells": [c.cell_id for c in cells], "failed": failed, "complete": complete,
+                **({"plugins": plugins} if plugins else {})}
     atomic_write_bytes(out / "run.json", json.dumps(manifest, indent=1).encode())

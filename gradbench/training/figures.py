@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import textwrap
-from pathlib import Path
 
 import matplotlib
 
@@ -77,16 +76,11 @@ def pairs_of(table: pd.DataFrame) -> list[str]:
 
 
 def load_curves(run: RunData, table: pd.DataFrame) -> pd.DataFrame | None:
-    """``curves.parquet`` of the run (or, for a partial run, its finished cells' curve files) with ``pair``,
+    """The run's learning curves (its ``curves`` side table, gradbench.report.data.read_side_tables) with ``pair``,
     ``target_id`` and ``train_seed`` columns; None when there are none."""
-    path = Path(run.path)
-    if (path / "curves.parquet").is_file() and "partial" not in run.manifest:
-        curves = pd.read_parquet(path / "curves.parquet")
-    else:
-        files = sorted((path / "cells").glob("*.curves.parquet")) if (path / "cells").is_dir() else []
-        if not files:
-            return None
-        curves = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    curves = run.side.get("curves")
+    if curves is None:
+        return None
     ident = table.drop_duplicates("cell_id").set_index("cell_id")
     curves = curves[curves["cell_id"].isin(ident.index)].copy()
     if curves.empty:
