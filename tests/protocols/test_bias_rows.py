@@ -7,6 +7,8 @@ estimated reference with covariance C, else its stderr², plus any quadrature/en
 * the test and the interval rows are :func:`gradbench.stats.bias_test` and :func:`gradbench.stats.bias_norm_interval`
   on the group's columns with the reference's noise model, each on its own generator, seeded [seed, group index, 0]
   and [seed, group index, 1].
+The edges (no finite replicate, two, ḡ = g* exactly, g* = 0 in a group), the discrete targets' ``atoms``, the rows'
+``method`` texts and the run's multiple-testing rows (:func:`multiplicity_rows`) are checked the same way.
 Each value is recomputed here independently of the protocol (deterministic arithmetic: a relative tolerance of 1e-12
 covers the different summation order, no Monte Carlo error is involved). Negative controls: the s.e. without the
 reference's variance, and the rows of a reference shifted in one group, differ from the protocol's by far more.
@@ -17,14 +19,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from gradbench.core import GradSample, ParamGroup, ParamLayout, Reference
 from gradbench.protocols import ProtocolContext
-from gradbench.protocols.bias import bias
+from gradbench.protocols.bias import bias, multiplicity_rows
 from gradbench.references.estimated import streaming_reference
-from gradbench.stats import RARE_STATE_COUNT, ReferenceNoise, bias_norm_interval, bias_test
+from gradbench.stats import RARE_STATE_COUNT, ReferenceNoise, bias_norm_interval, bias_test, rare_state_verdict
 
 EPS = float(np.finfo(np.float64).eps)
 LAYOUT = ParamLayout((ParamGroup("a", (2,)), ParamGroup("b", (1,))))
@@ -147,3 +150,98 @@ def test_rare_states_mark_the_rows_inconclusive():
             assert rows[("all", metric)]["method"].startswith("inconclusive") == rare, (metric, q_min)
         assert rows[("b", "bias_rare_count")]["value"] == pytest.approx(200 * q_min, rel=1e-15)
     assert ("all", "bias_rare_count") not in _rows(_sample(G), ref, ProtocolContext(seed=0, eps=EPS))
+
+
+def test_multiplicity_rows_are_bh_and_holm_over_the_conclusive_family():
+    """Conclusive p-values 0.04, 0.01, 0.03 of param_group "all" and one inconclusive: BH q-values over m = 3,
+    written out from q_(i) = min_{j ≥ i} m p_(j)/j (Benjamini & Hochberg 1995): 0.04, 0.03, 0.04; Holm's step-down
+    max_{j ≤ i} (m − j + 1) p_(j) (Holm 1979): 0.06, 0.03, 0.06; the inconclusive test and rows that are not
+    "all" p-values are not in the family (negative control: counting the inconclusive 1e-9 in makes m = 4, and the
+    q-values 0.04, 0.02, 0.04, 4e-9). Each row copies its p-value row's cell columns, has no s.e., and says over what it was corrected."""
+    inconclusive = rare_state_verdict(1e-4, 100) + "; hotelling"
+    t = pd.DataFrame({"cell_id": ["a", "b", "c", "d", "a", "a"],
+                      "metric": ["bias_pvalue"] * 5 + ["bias_norm"], "param_group": ["all"] * 4 + ["x", "all"],
+                      "value": [0.04, 0.01, 0.03, 1e-9, 1e-6, 5.0], "stderr": [0.1] * 6,
+                      "method": ["hotelling", "max-t", "max-t", inconclusive, "max-t", ""]},
+                     index=[10, 11, 12, 13, 14, 15])
+    out = multiplicity_rows(t)
+    assert list(out.index) == list(range(8))
+    assert list(out["metric"]) == ["bias_qvalue"] * 4 + ["bias_pvalue_holm"] * 4
+    assert list(out["cell_id"]) == ["a", "b", "c", "d"] * 2 and set(out["param_group"]) == {"all"}
+    np.testing.assert_allclose(out["value"].to_numpy()[:3], [0.04, 0.03, 0.04], rtol=1e-12)
+    np.testing.assert_allclose(out["value"].to_numpy()[4:7], [0.06, 0.03, 0.06], rtol=1e-12)
+    assert math.isnan(out["value"].iloc[3]) and math.isnan(out["value"].iloc[7])
+    assert out["stderr"].isna().all()
+    where = "over the run's 3 bias tests (bias_pvalue rows of param_group 'all'; 1 inconclusive (rare states) left out)"
+    assert out["method"].iloc[0] == f"Benjamini-Hochberg q-value {where}"
+    assert out["method"].iloc[4] == f"Holm-adjusted p-value {where}"
+    all_in = multiplicity_rows(t.assign(method="max-t"))  # negative control: m = 4, no rows left out
+    np.testing.assert_allclose(all_in["value"].to_numpy()[:4], [0.04, 0.02, 0.04, 4e-9], rtol=1e-12)
+    assert "left out" not in all_in["method"].iloc[0]
+    assert all_in["method"].iloc[0].endswith("over the run's 4 bias tests (bias_pvalue rows of param_group 'all')")
+    no_method = multiplicity_rows(t.drop(columns="method"))  # without a method column nothing is inconclusive
+    np.testing.assert_allclose(no_method["value"].to_numpy(), all_in["value"].to_numpy(), rtol=1e-15)
+    assert multiplicity_rows(t.iloc[0:0]).empty and multiplicity_rows(t[t["metric"] == "bias_norm"]).empty
+    assert multiplicity_rows(t.drop(columns="metric")).empty
+
+
+def test_rows_with_no_or_two_replicates():
+    """No finite replicate: every row NaN (the plug-in, its s.e., the test), no interval rows. Two replicates, the
+    smallest sample with a spread: the delta-method s.e. hypot(sd((G − ḡ)u)/√2, 0) when d ≠ 0, √(Σ_j s_j²/2) when
+    d = 0 exactly, and the interval rows are there; negative control: the two s.e. formulas differ on the same rows."""
+    ref = Reference(torch.tensor([0.5, -0.25, 1.0], dtype=torch.float64))
+    ctx = ProtocolContext(seed=0, eps=EPS)
+    none = _rows(_sample(torch.full((3, 3), math.nan, dtype=torch.float64)), ref, ctx)
+    assert set(none) == {(g, m) for g in GROUPS for m in ("bias_norm", "rel_bias", "bias_pvalue", "bias_zmax")}
+    assert all(math.isnan(r["value"]) and math.isnan(r["stderr"]) for r in none.values())
+
+    x = torch.tensor([[1.0, 2.0, 0.5], [-1.0, -2.0, -0.5]], dtype=torch.float64)
+    s_zero = math.sqrt(float(x.numpy().var(0, ddof=1).sum()) / 2)
+    zero = _rows(_sample(ref.value + x), ref, ctx)  # ḡ = g* exactly
+    assert zero[("all", "bias_norm")]["value"] == 0.0
+    assert zero[("all", "bias_norm")]["stderr"] == pytest.approx(s_zero, rel=1e-14)
+    shift = torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64)
+    off = _rows(_sample(ref.value + x + shift), ref, ctx)  # d = (0.5, 0, 0): u = e_1, sd((G − ḡ)u) = √2
+    assert off[("all", "bias_norm")]["value"] == 0.5
+    assert off[("all", "bias_norm")]["stderr"] == pytest.approx(1.0, rel=1e-14) and s_zero != pytest.approx(1.0)
+    assert {("all", "rel_bias_ci_low"), ("all", "rel_bias_ci_high"), ("all", "rel_bias_debiased")} <= set(off)
+
+
+def test_discrete_targets_pass_atoms_to_the_test():
+    """A zero-variance coordinate whose mean is off g* (a latent value never drawn): on a continuous target the test
+    says "deterministic", p = 0; on a discrete one (``atoms``) an unseen rare state may explain it and the row is the
+    test's ``atoms`` answer (negative control: the two p-values and methods differ)."""
+    gen = torch.Generator().manual_seed(4)
+    G = torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    G[:, 2] = 1.0  # constant: its mean 1 is off g*_2 = 0.999
+    ref = Reference(torch.tensor([0.0, 0.0, 0.999], dtype=torch.float64))
+    rows = {atoms: _rows(_sample(G), ref, ProtocolContext(seed=0, eps=EPS, atoms=atoms))[("all", "bias_pvalue")]
+            for atoms in (False, True)}
+    expect = bias_test(G.numpy(), ref.value.numpy(), EPS, np.random.default_rng([0, 0, 0]), atoms=True)
+    assert rows[True]["value"] == expect.pvalue and rows[True]["method"] == expect.method
+    assert rows[False]["value"] == 0.0 and rows[False]["method"].startswith("deterministic")
+    assert not rows[True]["method"].startswith("deterministic")
+
+
+NEYMAN = "95% Neyman interval of ||b||/||g*|| (generalised chi-square inversion)"
+APPROXIMATE = ("; approximate: the reference's covariance is known on its diagonal only, and the interval under-covers "
+               "when its noise is correlated")
+
+
+@pytest.mark.parametrize("kind", ["estimated", "estimated+error", "diagonal", "diagonal+error", "quadrature", "exact"])
+def test_rows_say_what_they_are(kind):
+    """Each row's ``method`` as a reader sees it: the interval is marked approximate for a diagonal-only estimated
+    reference only (docs/design.md §8.2) — not for a quadrature error bound, which is a per-coordinate variance too
+    (negative control); the plug-in says it is noise-inflated, the debiased value what it is, the rare-state count its
+    threshold."""
+    reference, _ = _references()[kind]
+    G = _gaussian(2, N, (1.0, 2.0, 0.5))
+    rows = _rows(_sample(G), reference, ProtocolContext(seed=0, eps=EPS, rare_q_min=0.5))
+    ci = NEYMAN + (APPROXIMATE if kind.startswith("diagonal") else "")
+    for grp in GROUPS:
+        assert rows[(grp, "rel_bias_ci_low")]["method"] == ci and rows[(grp, "rel_bias_ci_high")]["method"] == ci
+        assert rows[(grp, "rel_bias")]["method"] == "plug-in ||mean - g*|| / ||g*||: noise-inflated"
+        assert rows[(grp, "rel_bias_debiased")]["method"] == "signed sqrt of the unbiased ||b||^2"
+        assert rows[(grp, "bias_rare_count")]["method"] == (
+            f"R·q_min: expected draws of the rarest value; below log(10³) = {RARE_STATE_COUNT:.3g} "
+            "the bias test is inconclusive")
