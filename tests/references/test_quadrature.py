@@ -318,3 +318,45 @@ def test_quadrature_reference_uses_the_nodes_asked_for():
     assert not torch.equal(Q.quadrature_reference(t, Objective("phi", "elbo")).error, elbo.grad_error[P:])
     with pytest.raises(ValueError, match="no quadrature reference for theta_iwae2"):
         Q.quadrature_reference(t, Objective("theta", "iwae", 2))
+
+
+def test_reference_builders_route_each_objective(monkeypatch):
+    """Quadrature for latent_dim ≤ 3 (∇θ log p(x), θ/φ ELBO), estimated otherwise and for every IWAE_K; each builder
+    passes the target, the objective and its own settings on (node count; replicates and seed, by default 20 000 and
+    0). Recorded by stand-ins for the three reference functions (no computation)."""
+    calls = []
+    for name in ("quadrature_reference", "estimated_iwae", "estimated_log_marginal"):
+        monkeypatch.setattr(Q, name, lambda t, o, *rest, _name=name: calls.append((_name, t, o, rest)) or _name)
+    keys = {"theta", "theta_elbo", "phi_elbo", "theta_iwae", "phi_iwae"}
+    o = Objective("theta", "elbo")
+    expected = {3: {"theta": "quadrature_reference", "theta_elbo": "quadrature_reference",
+                    "phi_elbo": "quadrature_reference", "theta_iwae": "estimated_iwae", "phi_iwae": "estimated_iwae"},
+                4: {"theta": "estimated_log_marginal", "theta_elbo": "estimated_iwae", "phi_elbo": "estimated_iwae",
+                    "theta_iwae": "estimated_iwae", "phi_iwae": "estimated_iwae"}}
+    for k, routes in expected.items():
+        builders = Q.reference_builders(k, nodes=5, replicates=77, seed=9)
+        assert set(builders) == keys
+        for key, name in routes.items():
+            calls.clear()
+            assert builders[key]("target", o) == name
+            assert calls == [(name, "target", o, (5,) if name == "quadrature_reference" else (77, 9))]
+    calls.clear()
+    Q.reference_builders(4)["theta"]("target", o)
+    Q.reference_builders(4)["phi_iwae"]("target", o)
+    Q.reference_builders(2)["theta"]("target", o)
+    assert [c[3] for c in calls] == [(20_000, 0), (20_000, 0), (None,)]
+
+
+def test_quadrature_elbo_latent_dim_bound():
+    """ELBO quadrature up to latent_dim 3 (a coarse 4/8-node rule here: it may warn), none above."""
+    for k in (3, 4):
+        model, theta, x = small_vae(k)
+        family, phi = build_family(model, theta, x, GaussianProposal(mean_shift=0.5),
+                                   torch.Generator().manual_seed(0))
+        if k == 3:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", QuadratureWarning)
+                assert Q.quadrature_elbo(model, family, theta, phi, x, 4).nodes == 4
+        else:
+            with pytest.raises(ValueError, match="latent_dim ≤ 3, got 4"):
+                Q.quadrature_elbo(model, family, theta, phi, x, 4)
