@@ -360,3 +360,25 @@ def test_quadrature_elbo_latent_dim_bound():
         else:
             with pytest.raises(ValueError, match="latent_dim ≤ 3, got 4"):
                 Q.quadrature_elbo(model, family, theta, phi, x, 4)
+
+
+def test_coarse_elbo_rule_warns_per_block():
+    """A 2/4-node ELBO rule on a k = 2 target: the doubling change is reported for θ and φ separately, each relative
+    to its own block (the values recomputed here from the result); negative control: the default rule does not warn."""
+    model, theta, x = small_vae(2)
+    family, phi = build_family(model, theta, x, GaussianProposal(mean_shift=0.7, log_std_shift=0.3),
+                               torch.Generator().manual_seed(0))
+    P = model.layout.size
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = Q.quadrature_elbo(model, family, theta, phi, x, 2)
+    messages = [str(w.message) for w in caught if issubclass(w.category, QuadratureWarning)]
+    for name, sl in (("θ-gradient", slice(0, P)), ("φ-gradient", slice(P, None))):
+        rel = float(torch.linalg.vector_norm(res.grad_error[sl]) / torch.linalg.vector_norm(res.grad[sl]))
+        assert rel > Q.WARN_RELATIVE_ERROR
+        expected = (f"ELBO quadrature: Gauss–Hermite error estimate not small (n = 2 → 4 nodes per axis changes the "
+                    f"{name} by {rel:.2e} relative)")
+        assert sum(m.startswith(expected) for m in messages) == 1, (expected, messages)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QuadratureWarning)
+        Q.quadrature_elbo(model, family, theta, phi, x)
