@@ -382,3 +382,20 @@ def test_coarse_elbo_rule_warns_per_block():
     with warnings.catch_warnings():
         warnings.simplefilter("error", QuadratureWarning)
         Q.quadrature_elbo(model, family, theta, phi, x)
+
+
+def test_float32_target_gets_float64_estimated_references():
+    """The estimated references of a float32 target are computed in float64 from its values: bit for bit those of a
+    float64 copy of the same parameters and data, same seed. Negative control: moving one θ entry by one float32 ulp
+    in the copy changes the bits (the comparison sees float32-sized differences)."""
+    t32 = build(VAEParams(latent_dim=2, data_dim=5, n_data=2, hidden=[4]), GaussianProposal(mean_shift=0.5), 0,
+                dtype=torch.float32)
+    up = lambda p: {k: v.double() for k, v in p.items()}
+    t64 = t32.at(theta=up(t32.theta), phi=up(t32.phi), x=t32.x.double())
+    name = next(iter(t32.theta))
+    nudged = {**up(t32.theta), name: t32.theta[name].double() * (1 + 2.0**-23)}
+    for fn, objective in ((Q.estimated_iwae, Objective("phi", "iwae", 2)),
+                          (Q.estimated_log_marginal, Objective("theta", "log_marginal"))):
+        a, b = (fn(t, objective, replicates=64, seed=0).value for t in (t32, t64))
+        assert a.dtype == b.dtype == F64 and torch.equal(a, b), fn.__name__
+        assert not torch.equal(fn(t64.at(theta=nudged), objective, replicates=64, seed=0).value, a)
