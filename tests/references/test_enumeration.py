@@ -315,3 +315,25 @@ def test_sample_table_draws_the_softmax_law():
     assert chi2_p(np.bincount(idx[:, 0].numpy(), minlength=S), torch.softmax(moved, 0).numpy()) < 0.001
     z32 = en.sample_table(log_table.float(), LatentSpace("binary", k), (4,), make_generator(0))
     assert z32.dtype == torch.float32 and en.sample_table(log_table.float(), k, (4,), make_generator(0)).dtype == torch.float32
+
+
+def test_reference_builders_give_the_enumerated_gradients():
+    """The builders of a float32 target compute in float64: ∇θ log p(x) and ∇θ/∇φ ELBO are the enumerated gradients
+    of the float64 parameters, flattened in each layout, kind "enumerated"; IWAE_1 is the ELBO. Deterministic (exact
+    equality). Negative control: the θ and φ ELBO references are different vectors."""
+    t = build(SBNParams(layers=[3], conditionals="linear", hidden=3, data_dim=5, n_data=3), BernoulliProposal(), 1,
+              dtype=torch.float32)
+    f64 = lambda p: {n: v.double() for n, v in p.items()}
+    theta, phi, x = f64(t.theta), f64(t.phi), t.x.double()
+    _, g_lm = en.log_marginal_and_grad(t.model, theta, x)
+    _, gt, gp = en.elbo_and_grads(t.model, t.family, theta, phi, x)
+    builders = en.reference_builders(iwae_replicates=10)
+    expected = {"theta": t.layout.flatten(g_lm), "theta_elbo": t.layout.flatten(gt), "phi_elbo": t.phi_layout.flatten(gp)}
+    objectives = {"theta": Objective("theta", "log_marginal"), "theta_elbo": Objective("theta", "elbo"),
+                  "phi_elbo": Objective("phi", "elbo")}
+    for key, value in expected.items():
+        ref = builders[key](t, objectives[key])
+        assert ref.kind == "enumerated" and ref.value.dtype == torch.float64 and torch.equal(ref.value, value), key
+    for wrt in ("theta", "phi"):
+        assert torch.equal(builders[f"{wrt}_iwae"](t, Objective(wrt, "iwae", 1)).value, expected[f"{wrt}_elbo"])
+    assert not torch.equal(expected["theta_elbo"], expected["phi_elbo"])
