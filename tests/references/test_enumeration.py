@@ -337,3 +337,26 @@ def test_reference_builders_give_the_enumerated_gradients():
     for wrt in ("theta", "phi"):
         assert torch.equal(builders[f"{wrt}_iwae"](t, Objective(wrt, "iwae", 1)).value, expected[f"{wrt}_elbo"])
     assert not torch.equal(expected["theta_elbo"], expected["phi_elbo"])
+
+
+def test_enumeration_edges_and_seeds():
+    """VIMCO coefficients of one replicate [K, N] are those of the same replicate in a batch [B, K, N]; estimated IWAE
+    references need K ≥ 2 (K = 1 is the enumerated ELBO, K = 2 is estimated) and their draws, like exact posterior
+    draws, are fixed by the seed (negative control: another seed, other draws); IWAE enumeration refuses a tuple
+    space above its limit and says how large it is."""
+    log_w = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.allclose(en.vimco_coefficients(log_w[1]), en.vimco_coefficients(log_w)[1], rtol=1e-14, atol=0)
+    t = tiny([3], "linear", n=2)
+    with pytest.raises(ValueError, match=r"need K ≥ 2 \(K = 1 is the enumerated ELBO\)"):
+        en.estimated_iwae_gradient(t, Objective("phi", "iwae", 1), 10, 0)
+    draws = [en.estimated_iwae_gradient(t, Objective(wrt, "iwae", 2), 20, s).value
+             for wrt in ("theta", "phi") for s in (0, 0, 1)]
+    for i in (0, 3):
+        assert torch.equal(draws[i], draws[i + 1]) and not torch.equal(draws[i], draws[i + 2])
+    posterior = [en.sample_posterior(t.model, t.theta, t.x, (50,), make_generator(s)) for s in (0, 0, 1)]
+    assert torch.equal(posterior[0], posterior[1]) and not torch.equal(posterior[0], posterior[2])
+    S = en.n_states(t.model.latent)
+    K = next(K for K in range(2, 64) if not en.iwae_enumerable(t.latent_dim, K, t.n_data, S))
+    assert en.iwae_enumerable(t.latent_dim, K - 1, t.n_data, S)
+    with pytest.raises(ValueError, match=rf"IWAE_{K} over {S} states per point is too large to enumerate \({S**K} tuples\)"):
+        en.iwae_and_grads(t.model, t.family, t.theta, t.phi, t.x, K)
