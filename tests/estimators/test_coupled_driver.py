@@ -5,6 +5,9 @@ bit-for-bit the dedicated lockstep drivers it replaced, written out below as ref
 negative control: the same comparison fails when the reference draws Y_0 before X_0 (a different noise order).
 It synchronises with the host once per time step (every call that copies a tensor's value to Python is counted);
 negative control: a kernel that adds one more sync per step is caught by the same count.
+The lockstep batch's work and time (``full_batch_rate``, ``lockstep_diagnostics``) are exact arithmetic on constructed
+runs, each check with a misreading that gives another value; a run records its times, τ in the gradient's dtype,
+integer kernel costs as floats, and a pilot run leaves the accumulator at zero.
 """
 
 from __future__ import annotations
