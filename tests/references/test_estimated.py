@@ -66,3 +66,16 @@ def test_theta_iwae_reference_agrees_with_the_quadrature_modules_estimate():
 
     assert sidak_p(theirs.value, (ours.stderr**2 + theirs.stderr**2).sqrt()) > 0.001
     assert sidak_p(t.reference(Objective("theta", "elbo")).value, ours.stderr) < 0.001
+
+
+def test_from_replicates_moved_to_a_device_keeps_its_statistics():
+    """Asking for a device returns the same mean, s.e., covariance and count (on the CPU here); the θ IWAE reference's
+    draws are fixed by its seed (negative control: another seed, other draws)."""
+    G = torch.randn(200, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    here, moved = from_replicates(G), from_replicates(G, device="cpu")
+    assert moved.n == here.n == 200 and moved.kind == "estimated"
+    for a, b in ((moved.value, here.value), (moved.stderr, here.stderr), (moved.cov, here.cov)):
+        assert b is not None and torch.equal(a, b)
+    t = make_encoder_target(d=4, k=2, n=2, reference_replicates=50)
+    draws = [iwae_bound_reference(t, Objective("theta", "iwae", 2), 50, s).value for s in (0, 0, 1)]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
