@@ -98,7 +98,8 @@ def bias(sample: GradSample, reference: Reference | None, ctx: ProtocolContext) 
             se = math.sqrt(G.var(0, ddof=1).sum() / n) if n > 1 else math.nan
         ref_norm = float(np.linalg.norm(g_star))
         rel = (lambda v, ref_norm=ref_norm: v / ref_norm if ref_norm > 0 else math.nan)
-        dn = sample_noise(G, nz, ctx.eps)  # one decomposition for the test and the interval
+        # one decomposition for the test and the interval; none below 2 replicates (no spread: both return NaN)
+        dn = sample_noise(G, nz, ctx.eps) if n > 1 else None
         test = bias_test(G, g_star, ctx.eps, np.random.default_rng([ctx.seed, i, 0]), nz, atoms=ctx.atoms, dn=dn)
         ci_method = f"{CI_LEVEL:.0%} Neyman interval of ||b||/||g*|| (generalised chi-square inversion)"
         rows += [

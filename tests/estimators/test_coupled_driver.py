@@ -5,13 +5,18 @@ bit-for-bit the dedicated lockstep drivers it replaced, written out below as ref
 negative control: the same comparison fails when the reference draws Y_0 before X_0 (a different noise order).
 It synchronises with the host once per time step (every call that copies a tensor's value to Python is counted);
 negative control: a kernel that adds one more sync per step is caught by the same count.
+The lockstep batch's work and time (``full_batch_rate``, ``lockstep_diagnostics``) are exact arithmetic on constructed
+runs, each check with a misreading that gives another value; a run records its times, τ in the gradient's dtype,
+integer kernel costs as floats, and a pilot run leaves the accumulator at zero.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -256,3 +261,99 @@ def test_one_host_sync_per_step(monkeypatch, name):
 
     syncs, steps = _count_syncs(monkeypatch, dataclasses.replace(kernel, grad=chatty), run)
     assert syncs > steps
+
+
+# -- the lockstep batch's work and time (full_batch_rate, lockstep_diagnostics) ---------------------------------------
+def _run(evaluated, seconds, step_seconds, step_evaluated, R=None):
+    """A constructed LaggedRun: only its work and timing fields matter here."""
+    R = len(evaluated) if R is None else R
+    return L.LaggedRun(torch.zeros(R, 2), torch.zeros(R, 1), torch.ones(R, 1, dtype=torch.bool),
+                       np.asarray(evaluated, float), seconds, np.asarray(step_seconds, float),
+                       np.asarray(step_evaluated, float))
+
+
+def test_full_batch_rate_is_the_fastest_wide_step():
+    """Steps evaluating e = 100, 80, 50, 40, 10 units in s = 1.0, 1.2, 0.45, 0.2, 0.01 s: the wide ones are those with
+    e ≥ e_0/2 = 50 (50 included, 40 not), so β = min(0.01, 0.015, 0.009) = 0.009 s per unit. Negative controls, each
+    a plausible misreading with a different value: e > e_0/2 gives 0.01, e ≥ e_0/3 gives 0.005, all steps 0.001."""
+    e, s = [100.0, 80.0, 50.0, 40.0, 10.0], [1.0, 1.2, 0.45, 0.2, 0.01]
+    beta = L.full_batch_rate(_run([1.0], 1.0, s, e))
+    assert beta == pytest.approx(0.009, rel=1e-12)
+    rate = np.asarray(s) / np.asarray(e)
+    for other in (rate[:2].min(), rate[:4].min(), rate.min()):
+        assert other != pytest.approx(beta, rel=1e-3)
+    # one coupled step (a single sweep or evaluation of one unit still counts); none, or a first step without work: NaN
+    assert L.full_batch_rate(_run([1.0], 1.0, [0.5], [1.0])) == 0.5
+    assert L.full_batch_rate(_run([1.0], 1.0, [0.5, 0.2], [4.0, 1.0])) == 0.125
+    assert math.isnan(L.full_batch_rate(_run([1.0], 1.0, [], [])))
+    assert math.isnan(L.full_batch_rate(_run([1.0], 1.0, [0.1, 0.1], [0.0, 10.0])))
+
+
+def test_lockstep_diagnostics_of_a_constructed_run():
+    """R = 4 replicates, e_r = 80, 60, 40, 20 units computed, c_r = 60, 50, 30, 10 needed, a 3.5 s call with β = 0.01
+    s per unit (wide steps 1.0 s / 100, 1.2 s / 80; narrow ones 0.5 s / 10): efficiency Σc/Σe = 150/200, seconds
+    3.5/4 per row, seconds lost (3.5 − 0.01·150)/4 = 0.5 per row; e_r in the cost's dtype (float32 here).
+    Negative control: a call whose replicates needed all the batch did (c = e) has efficiency exactly 1."""
+    run = _run([80.0, 60.0, 40.0, 20.0], 3.5, [1.0, 1.2, 0.5, 0.5], [100.0, 80.0, 10.0, 10.0])
+    cost = torch.tensor([60.0, 50.0, 30.0, 10.0], dtype=torch.float32)
+    d = L.lockstep_diagnostics(cost, run)
+    assert set(d) == {"lockstep_evaluated", "lockstep_efficiency", "lockstep_seconds", "lockstep_seconds_lost"}
+    assert all(v.dtype == torch.float32 and v.shape == (4,) for v in d.values())
+    assert torch.equal(d["lockstep_evaluated"], torch.tensor([80.0, 60.0, 40.0, 20.0]))
+    assert torch.allclose(d["lockstep_efficiency"], torch.full((4,), 0.75), rtol=1e-6)
+    assert torch.allclose(d["lockstep_seconds"], torch.full((4,), 3.5 / 4), rtol=1e-6)
+    assert torch.allclose(d["lockstep_seconds_lost"], torch.full((4,), 0.5), rtol=1e-5)
+    full = L.lockstep_diagnostics(torch.tensor(run.evaluated), run)
+    assert torch.equal(full["lockstep_efficiency"], torch.ones(4, dtype=torch.float64))
+
+
+def test_lockstep_diagnostics_edge_cases():
+    """Work below one unit in all is still a ratio (Σe = 1: efficiency Σc = 0.5); no work at all: efficiency NaN; no
+    coupled step (β NaN): no seconds lost, not NaN; a call faster than β·Σc (the needed work ran at a better rate
+    than the wide steps): seconds lost clamp at 0. Negative control: the same call with 10× the time loses time."""
+    d = L.lockstep_diagnostics(torch.tensor([0.25, 0.25], dtype=torch.float64), _run([0.5, 0.5], 1.0, [1.0], [1.0]))
+    assert float(d["lockstep_efficiency"][0]) == 0.5
+    d = L.lockstep_diagnostics(torch.zeros(2, dtype=torch.float64), _run([0.0, 0.0], 1.0, [], []))
+    assert bool(d["lockstep_efficiency"].isnan().all())
+    assert torch.equal(d["lockstep_seconds_lost"], torch.zeros(2, dtype=torch.float64))
+    cost = torch.tensor([60.0, 40.0], dtype=torch.float64)
+    fast = L.lockstep_diagnostics(cost, _run([60.0, 40.0], 0.5, [1.0], [100.0]))  # β·Σc = 1.0 s > 0.5 s
+    assert torch.equal(fast["lockstep_seconds_lost"], torch.zeros(2, dtype=torch.float64))
+    slow = L.lockstep_diagnostics(cost, _run([60.0, 40.0], 5.0, [1.0], [100.0]))  # (5 − 1)/2 per row
+    assert torch.allclose(slow["lockstep_seconds_lost"], torch.full((2,), 2.0, dtype=torch.float64), rtol=1e-12)
+
+
+def test_integer_costs_are_counted_as_floats():
+    """A kernel may report its costs as Python ints (0 sweeps to start, S sweeps a step): the run's work is the same
+    float64 count as with float costs, bit for bit. Negative control: a kernel reporting one more sweep a step is
+    charged more."""
+    rbm = RBM.build(RBMParams(n_visible=6, n_hidden=3, n_data=5, weight_scale=2.0), NoProposal(), 0, torch.float64)
+    kernel = E.gibbs_kernel(rbm, 2)
+    run = lambda kern: L.run_lagged(kern, 20, make_generator(0), k=1, m=3, lag=2, max_iter=1000)
+    floats = run(kernel)
+    ints = run(dataclasses.replace(kernel, init_cost=lambda X: 0, step_cost=lambda X: 2))
+    assert ints.evaluated.dtype == np.float64 and np.array_equal(ints.evaluated, floats.evaluated)
+    more = run(dataclasses.replace(kernel, init_cost=lambda X: 0, step_cost=lambda X: 3))
+    assert (more.evaluated > floats.evaluated).all()
+
+
+def test_run_records_its_times_and_dtypes():
+    """The run's wall time lies within the caller's, and each coupled step's (sync to sync) is non-negative with a sum
+    within it; τ comes in the gradient's dtype (float32 here); a pilot run (``with_estimate=False``) leaves the
+    gradient accumulator untouched — zeros, also in censored rows — while the estimating run marks those rows NaN
+    (negative control: max_iter = 2 censors some replicates)."""
+    rbm = RBM.build(RBMParams(n_visible=6, n_hidden=3, n_data=5, weight_scale=2.0), NoProposal(), 0, torch.float32)
+    kernel = E.gibbs_kernel(rbm, 2)
+    start = time.perf_counter()
+    run = L.run_lagged(kernel, 20, make_generator(0), k=1, m=3, lag=1, max_iter=1000)
+    wall = time.perf_counter() - start
+    assert 0.0 < run.seconds <= wall
+    assert run.step_seconds.size == run.step_evaluated.size > 0
+    assert (run.step_seconds >= 0).all() and run.step_seconds.sum() <= run.seconds
+    assert run.grads.dtype == run.tau.dtype == torch.float32
+    short = {"k": 0, "m": 0, "lag": 1, "max_iter": 2}
+    estimate = L.run_lagged(kernel, 20, make_generator(0), **short)
+    pilot = L.run_lagged(kernel, 20, make_generator(0), with_estimate=False, **short)
+    censored = ~pilot.met.all(1)
+    assert bool(censored.any()) and torch.equal(pilot.met, estimate.met)
+    assert bool(estimate.grads[censored].isnan().all()) and bool((pilot.grads == 0).all())

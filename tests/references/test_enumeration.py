@@ -282,3 +282,115 @@ def test_large_iwae_reference_is_estimated_and_cached():
     assert ref.kind == "estimated" and ref.stderr is not None and ref.value.shape == (t.layout.size,)
     assert t.reference("theta_iwae8") is ref
     assert isinstance(t.family, BernoulliEncoder)
+
+
+def test_sample_table_draws_the_softmax_law():
+    """``sample_table`` draws z_n ~ softmax(log_table[:, n]) over the 2ᵏ states, independently over n: Pearson χ²
+    goodness of fit of each data point's state counts and of the pair (z_0, z_1) against the product law, at
+    α = 0.001 each (20 000 draws, k = 3, seed 0, never tuned). The binary path (k an int: the bits of the state index,
+    bit 0 first) and the LatentSpace path give the same states from the same generator, the same seed the same draws;
+    a float32 table gives float32 states. Negative control: the same χ² test rejects the law of a table with one
+    log-weight moved by 0.3."""
+    from gradbench.contracts import LatentSpace
+
+    k, S, B = 3, 8, 20_000
+    log_table = torch.randn(S, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    log_table[:, 1] = log_table[:, 0]  # equal laws: a shared uniform would make z_0 = z_1 always
+    z = en.sample_table(log_table, k, (B,), make_generator(0))
+    assert z.shape == (B, 2, k) and z.dtype == torch.float64
+    space = en.sample_table(log_table, LatentSpace("binary", k), (B,), make_generator(0))
+    assert torch.equal(space, z) and torch.equal(en.sample_table(log_table, k, (B,), make_generator(0)), z)
+    idx = (z.long() << torch.arange(k)).sum(-1)  # [B, 2] state index
+    p = torch.softmax(log_table[:, 0], 0).numpy()
+
+    def chi2_p(counts: np.ndarray, probs: np.ndarray) -> float:
+        return float(sps.chisquare(counts, B * probs).pvalue)
+
+    for n in range(2):
+        assert chi2_p(np.bincount(idx[:, n].numpy(), minlength=S), p) > 0.001
+    pair = np.bincount((idx[:, 0] * S + idx[:, 1]).numpy(), minlength=S * S)
+    assert chi2_p(pair, np.outer(p, p).ravel()) > 0.001
+    moved = log_table[:, 0].clone()
+    moved[0] += 0.3
+    assert chi2_p(np.bincount(idx[:, 0].numpy(), minlength=S), torch.softmax(moved, 0).numpy()) < 0.001
+    z32 = en.sample_table(log_table.float(), LatentSpace("binary", k), (4,), make_generator(0))
+    assert z32.dtype == torch.float32 and en.sample_table(log_table.float(), k, (4,), make_generator(0)).dtype == torch.float32
+
+
+def test_reference_builders_give_the_enumerated_gradients():
+    """The builders of a float32 target compute in float64: ∇θ log p(x) and ∇θ/∇φ ELBO are the enumerated gradients
+    of the float64 parameters, flattened in each layout, kind "enumerated"; IWAE_1 is the ELBO. Deterministic (exact
+    equality). Negative control: the θ and φ ELBO references are different vectors."""
+    t = build(SBNParams(layers=[3], conditionals="linear", hidden=3, data_dim=5, n_data=3), BernoulliProposal(), 1,
+              dtype=torch.float32)
+    f64 = lambda p: {n: v.double() for n, v in p.items()}
+    theta, phi, x = f64(t.theta), f64(t.phi), t.x.double()
+    _, g_lm = en.log_marginal_and_grad(t.model, theta, x)
+    _, gt, gp = en.elbo_and_grads(t.model, t.family, theta, phi, x)
+    builders = en.reference_builders(iwae_replicates=10)
+    expected = {"theta": t.layout.flatten(g_lm), "theta_elbo": t.layout.flatten(gt), "phi_elbo": t.phi_layout.flatten(gp)}
+    objectives = {"theta": Objective("theta", "log_marginal"), "theta_elbo": Objective("theta", "elbo"),
+                  "phi_elbo": Objective("phi", "elbo")}
+    for key, value in expected.items():
+        ref = builders[key](t, objectives[key])
+        assert ref.kind == "enumerated" and ref.value.dtype == torch.float64 and torch.equal(ref.value, value), key
+    for wrt in ("theta", "phi"):
+        assert torch.equal(builders[f"{wrt}_iwae"](t, Objective(wrt, "iwae", 1)).value, expected[f"{wrt}_elbo"])
+    assert not torch.equal(expected["theta_elbo"], expected["phi_elbo"])
+
+
+def test_enumeration_edges_and_seeds():
+    """VIMCO coefficients of one replicate [K, N] are those of the same replicate in a batch [B, K, N]; estimated IWAE
+    references need K ≥ 2 (K = 1 is the enumerated ELBO, K = 2 is estimated) and their draws, like exact posterior
+    draws, are fixed by the seed (negative control: another seed, other draws); IWAE enumeration refuses a tuple
+    space above its limit and says how large it is."""
+    log_w = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.allclose(en.vimco_coefficients(log_w[1]), en.vimco_coefficients(log_w)[1], rtol=1e-14, atol=0)
+    t = tiny([3], "linear", n=2)
+    with pytest.raises(ValueError, match=r"need K ≥ 2 \(K = 1 is the enumerated ELBO\)"):
+        en.estimated_iwae_gradient(t, Objective("phi", "iwae", 1), 10, 0)
+    draws = [en.estimated_iwae_gradient(t, Objective(wrt, "iwae", 2), 20, s).value
+             for wrt in ("theta", "phi") for s in (0, 0, 1)]
+    for i in (0, 3):
+        assert torch.equal(draws[i], draws[i + 1]) and not torch.equal(draws[i], draws[i + 2])
+    posterior = [en.sample_posterior(t.model, t.theta, t.x, (50,), make_generator(s)) for s in (0, 0, 1)]
+    assert torch.equal(posterior[0], posterior[1]) and not torch.equal(posterior[0], posterior[2])
+    S = en.n_states(t.model.latent)
+    K = next(K for K in range(2, 64) if not en.iwae_enumerable(t.latent_dim, K, t.n_data, S))
+    assert en.iwae_enumerable(t.latent_dim, K - 1, t.n_data, S)
+    with pytest.raises(ValueError, match=rf"IWAE_{K} over {S} states per point is too large to enumerate \({S**K} tuples\)"):
+        en.iwae_and_grads(t.model, t.family, t.theta, t.phi, t.x, K)
+
+
+def test_gradients_accumulate_over_state_chunks(monkeypatch):
+    """∇θ log p(x) and (ELBO, ∇θ, ∇φ) summed over chunks of 3 states (8 states: chunks 3, 3, 2) equal the one-chunk
+    values to rounding (deterministic, 1e-12 relative); negative control: the last chunk alone is far off."""
+    t = tiny([3], "linear")
+    one_lm = en.log_marginal_and_grad(t.model, t.theta, t.x)
+    one_elbo = en.elbo_and_grads(t.model, t.family, t.theta, t.phi, t.x)
+    S = en.n_states(t.model.latent)
+    monkeypatch.setattr(en, "_chunks", lambda model, x: ((a, min(S, a + 3)) for a in range(0, S, 3)))
+    lm = en.log_marginal_and_grad(t.model, t.theta, t.x)
+    elbo = en.elbo_and_grads(t.model, t.family, t.theta, t.phi, t.x)
+    flat = lambda g, layout: layout.flatten(g)
+    pairs = [(lm[0], one_lm[0]), (flat(lm[1], t.layout), flat(one_lm[1], t.layout)), (elbo[0], one_elbo[0]),
+             (flat(elbo[1], t.layout), flat(one_elbo[1], t.layout)),
+             (flat(elbo[2], t.phi_layout), flat(one_elbo[2], t.phi_layout))]
+    for a, b in pairs:
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14 * float(b.abs().max()))
+    monkeypatch.setattr(en, "_chunks", lambda model, x: iter([(6, S)]))
+    last = en.elbo_and_grads(t.model, t.family, t.theta, t.phi, t.x)
+    assert not torch.allclose(flat(last[1], t.layout), flat(one_elbo[1], t.layout), rtol=1e-3)
+
+
+def test_iwae_builder_enumerates_small_k():
+    """IWAE_2 of a small target is enumerated over the K-tuples (kind "enumerated", the ∇ of ``iwae_and_grads`` in
+    float64), not the ELBO's gradient (negative control: the two differ)."""
+    t = tiny([3], "linear", n=2)
+    build_iwae = en.reference_builders()["phi_iwae"]
+    f64 = lambda p: {n: v.double() for n, v in p.items()}
+    _, gt, gp = en.iwae_and_grads(t.model, t.family, f64(t.theta), f64(t.phi), t.x.double(), 2)
+    for wrt, value in (("theta", t.layout.flatten(gt)), ("phi", t.phi_layout.flatten(gp))):
+        ref = build_iwae(t, Objective(wrt, "iwae", 2))
+        assert ref.kind == "enumerated" and torch.equal(ref.value, value)
+        assert not torch.allclose(value, en.elbo_reference(t, Objective(wrt, "elbo")).value, rtol=1e-6)
