@@ -224,20 +224,20 @@ def test_discrete_targets_pass_atoms_to_the_test():
 
 
 NEYMAN = "95% Neyman interval of ||b||/||g*|| (generalised chi-square inversion)"
-APPROXIMATE = ("; approximate: the reference's covariance is known on its diagonal only, and the interval under-covers "
-               "when its noise is correlated")
+CONSERVATIVE = ("; conservative: the reference's covariance is known on its diagonal only, its noise is taken as one "
+                "component carrying its whole trace (the heaviest-tailed case)")
 
 
 @pytest.mark.parametrize("kind", ["estimated", "estimated+error", "diagonal", "diagonal+error", "quadrature", "exact"])
 def test_rows_say_what_they_are(kind):
-    """Each row's ``method`` as a reader sees it: the interval is marked approximate for a diagonal-only estimated
+    """Each row's ``method`` as a reader sees it: the interval is marked conservative for a diagonal-only estimated
     reference only (docs/design.md §8.2) — not for a quadrature error bound, which is a per-coordinate variance too
     (negative control); the plug-in says it is noise-inflated, the debiased value what it is, the rare-state count its
     threshold."""
     reference, _ = _references()[kind]
     G = _gaussian(2, N, (1.0, 2.0, 0.5))
     rows = _rows(_sample(G), reference, ProtocolContext(seed=0, eps=EPS, rare_q_min=0.5))
-    ci = NEYMAN + (APPROXIMATE if kind.startswith("diagonal") else "")
+    ci = NEYMAN + (CONSERVATIVE if kind.startswith("diagonal") else "")
     for grp in GROUPS:
         assert rows[(grp, "rel_bias_ci_low")]["method"] == ci and rows[(grp, "rel_bias_ci_high")]["method"] == ci
         assert rows[(grp, "rel_bias")]["method"] == "plug-in ||mean - g*|| / ||g*||: noise-inflated"
