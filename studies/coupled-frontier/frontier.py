@@ -45,6 +45,8 @@ parser.add_argument("--sumo", default="1", help="sumo K_min values (power tail, 
 parser.add_argument("--only", default="", help="comma-separated substrings: run only configs whose label has one")
 parser.add_argument("--max-iter", type=int, default=10_000, help="coupled max_iter (censoring cap)")
 parser.add_argument("--seed", type=int, default=0, help="seed of the measurement generators")
+parser.add_argument("--block", type=int, default=0, help="replicates per estimator call (0: all R at once); each "
+                    "block has its own generator, derive_seed(seed, 'frontier', label, b): memory ∝ block · K")
 parser.add_argument("--tag", default="", help="appended to every label (a repeat of a config, e.g. at a larger R)")
 args = parser.parse_args()
 
@@ -53,6 +55,7 @@ import pandas as pd
 import torch
 
 from gradbench import registry
+from gradbench.core import GradSample
 from gradbench.protocols import ProtocolContext
 from gradbench.protocols.meeting import meeting
 from gradbench.protocols.variance import variance
@@ -148,9 +151,13 @@ def measure() -> None:
             continue
         est = registry.ESTIMATORS[name]
         kw = est.params(**params).model_dump()
-        gen = make_generator(derive_seed(args.seed, "frontier", label))
         t0 = time.perf_counter()
-        sample = est.fn(target, args.R, gen, **kw)
+        if args.block <= 0:
+            sample = est.fn(target, args.R, make_generator(derive_seed(args.seed, "frontier", label)), **kw)
+        else:  # the coupled driver holds R × points × K particle states at once: K = 64, R = 200 ran out of memory
+            sizes = [min(args.block, args.R - b) for b in range(0, args.R, args.block)]
+            sample = GradSample.cat([est.fn(target, r, make_generator(derive_seed(args.seed, "frontier", label, b)),
+                                            **kw) for b, r in enumerate(sizes)])
         seconds = time.perf_counter() - t0
         rec = summarise(label, name, params, sample, seconds)
         pd.DataFrame([rec]).to_csv(path, mode="a", header=not path.exists(), index=False)
