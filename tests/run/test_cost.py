@@ -1,12 +1,9 @@
-"""``gradbench validate``: the references a run computes (torch-free), and ``--estimate``: a probe whose rough
-seconds are within a factor of 3 of a real run of suites/quick.yaml."""
+"""``gradbench validate``: the references a run computes (torch-free), and ``--estimate``: a probe that times
+small replicate counts and extrapolates (its precision against a real run is an asv track figure, not a test)."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -63,23 +60,27 @@ def test_estimate_output_names_estimated_references(tmp_path: Path, capsys: pyte
     assert re.search(r"^  total: ~[\d.e-]+ (s|min|h); the probe took ", out, re.MULTILINE)
 
 
-def test_estimate_is_within_a_factor_of_3_of_the_run(tmp_path: Path) -> None:
-    """The probe's total against the seconds ``gradbench run`` reports for the same suite in a fresh process (cells
-    and references; not the interpreter's start-up). A timing, not a Monte Carlo quantity: the factor 3 is the
-    promised precision of a rough estimate on a shared machine."""
+def test_probe_extrapolates_each_cell_to_its_replicates() -> None:
+    """The probe's accounting, not its precision (a timing, which a loaded machine can move by any factor: the
+    estimate-over-run ratio is tracked in asv, ``benchmarks/bench_cost.py``): quick.yaml's five cells are each
+    probed and extrapolated as a + b·R to the cell's own replicates, its one reference is exact and timed as it is,
+    and the total is the sum of its parts. Control: a cell asked for fewer replicates than the probe's sizes is
+    probed at its own size only, so its line passes through the origin scaled to it."""
     _, cells = load_suite(QUICK)
     est = probe(cells)
     assert len(est.cells) == 5 and not est.skipped
-    t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "gradbench", "run", str(QUICK), "--out", str(tmp_path / "run")],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
-    wall = time.perf_counter() - t0
-    assert res.returncode == 0, res.stderr[-2000:]
-    actual = float(re.search(r"\d+ failed, ([\d.]+) s;", res.stdout).group(1))
-    assert actual <= wall
-    ratio = est.total / actual
-    print(f"estimate {est.total:.2f} s, run {actual:.2f} s (process {wall:.2f} s), ratio {ratio:.2f}")
-    assert 1 / 3 <= ratio <= 3, (est.total, actual)
+    for c in est.cells:
+        assert c.fixed >= 0 and c.per_replicate > 0
+        assert c.seconds == pytest.approx(c.fixed + c.per_replicate * c.cell.replicates, rel=1e-12)
+    assert [r.kind for r in est.references] == ["exact"] and est.references[0].replicates is None
+    parts = est.targets_seconds + est.startup_seconds + sum(r.seconds for r in est.references)
+    assert est.total == pytest.approx(parts + sum(c.seconds for c in est.cells), rel=1e-12)
+    assert est.probe_seconds >= est.targets_seconds + sum(r.seconds for r in est.references)
+    import dataclasses
+
+    tiny = probe([dataclasses.replace(cells[0], replicates=50)])
+    (c,) = tiny.cells
+    assert c.fixed == 0.0 and c.seconds == pytest.approx(c.per_replicate * 50, rel=1e-12)
 
 
 def test_fit_line_and_duration() -> None:
