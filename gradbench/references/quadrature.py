@@ -5,7 +5,7 @@
 S_n = (−∇²_z log p(x_n, z)|_{m_n})⁻¹ = L_n L_nᵀ.
 
 **Adaptive Gauss–Hermite** (k ≤ 3). With the n-point probabilists' Gauss–Hermite rule per axis
-(``numpy.polynomial.hermite_e.hermegauss``: ∫ f(u) e^{−u²/2} du ≈ Σ_j w_j f(u_j)), product nodes u_i ∈ ℝᵏ and
+(``scipy.special.roots_hermitenorm``: ∫ f(u) e^{−u²/2} du ≈ Σ_j w_j f(u_j)), product nodes u_i ∈ ℝᵏ and
 normalised product weights ω_i (Σ_i ω_i = 1, the rule for E_{N(0, I)}), the nodes z_in = m_n + L_n u_i give
     log p(x_n) ≈ logsumexp_i [log ω_i + log p(x_n, z_in) − log N(z_in; m_n, S_n)],
     ∇θ log p(x) ≈ Σ_n Σ_i w̃_in ∇θ log p(x_n, z_in),   w̃_in ∝ ω_i p(x_n, z_in)/N(z_in; m_n, S_n)
@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from numpy.polynomial.hermite_e import hermegauss
+from scipy.special import roots_hermitenorm
 from torch import Tensor
 
 from gradbench.contracts import Objective, Params, Target
@@ -139,9 +139,16 @@ def laplace(model: Any, theta: Params, x: Tensor, *, starts_per_axis: int = 7, b
 
 # -- Gauss–Hermite rules -------------------------------------------------------------------------
 def gauss_hermite(n: int, k: int) -> tuple[Tensor, Tensor]:
-    """Product nodes u [n^k, k] and log weights log ω [n^k] of the rule for E_{N(0, I_k)} (Σ ω = 1)."""
-    u1, w1 = hermegauss(n)
-    log_w1 = np.log(w1) - 0.5 * LOG_2PI
+    """Product nodes u [m^k, k] and log weights log ω [m^k] of the n-point rule for E_{N(0, I_k)} (Σ ω = 1).
+
+    The one-axis rule is SciPy's ``roots_hermitenorm`` (Golub–Welsch for small n, an asymptotic method beyond
+    n = 150 that stays accurate where the three-term recurrence of ``numpy.polynomial.hermite_e.hermegauss``
+    overflows into NaN weights, n ≳ 400). m = n except for n ≳ 390, where the outermost weights (|u| ≳ 38) underflow
+    to exactly 0 in float64: those nodes add exactly nothing to any sum and are dropped.
+    """
+    u1, w1 = roots_hermitenorm(n)
+    keep = w1 > 0
+    u1, log_w1 = u1[keep], np.log(w1[keep]) - 0.5 * LOG_2PI
     u = torch.cartesian_prod(*([torch.as_tensor(u1, dtype=F64)] * k)).reshape(-1, k)
     lw = torch.cartesian_prod(*([torch.as_tensor(log_w1, dtype=F64)] * k)).reshape(-1, k).sum(-1)
     return u, lw

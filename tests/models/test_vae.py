@@ -214,6 +214,26 @@ def test_build_is_deterministic_and_checks_data_width():
 
 
 
+def test_one_dimensional_elbo_reference_is_finite_at_its_default_nodes():
+    """k = 1: the ELBO reference's default rule (200 nodes, doubled to 400 for its error estimate) is finite and
+    equals the 150-node rule (doubled to 300, below the sizes where a three-term recurrence overflows) to 1e-10
+    relative, as its own doubling error estimate says. Negative control: the 1-node rule is further than 1e-6 from
+    it."""
+    from gradbench.references.quadrature import quadrature_elbo
+
+    t = build(VAEParams(latent_dim=1, data_dim=5, n_data=2, hidden=[4]), GaussianProposal(mean_shift=0.5), seed=0)
+    full = quadrature_elbo(t.model, t.family, t.theta, t.phi, t.x)
+    assert full.nodes == 200 and torch.isfinite(full.grad).all() and torch.isfinite(full.value)
+    norm = torch.linalg.vector_norm(full.grad)
+    assert float(torch.linalg.vector_norm(full.grad_error) / norm) <= 1e-10
+    coarse = quadrature_elbo(t.model, t.family, t.theta, t.phi, t.x, nodes=150)
+    assert float(torch.linalg.vector_norm(full.grad - coarse.grad) / norm) <= 1e-10
+    assert abs(float(full.value - coarse.value)) <= 1e-10 * abs(float(full.value))
+    with pytest.warns(Warning):
+        rough = quadrature_elbo(t.model, t.family, t.theta, t.phi, t.x, nodes=1)
+    assert float(torch.linalg.vector_norm(full.grad - rough.grad) / norm) > 1e-6
+
+
 def test_build_fits_the_family_lazily_on_first_use_of_phi():
     """building a target does not fit the Laplace approximation; the first read of φ does, and gives
     exactly the eager fit (gaussian.build_family with the same generator); the family's structure is there before."""

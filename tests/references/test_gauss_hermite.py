@@ -68,3 +68,24 @@ def test_dropped_node_is_detected():
     assert len(u) != 8
     assert abs(w.sum() - 1.0) > 1e-6
     assert abs(float((w * u).sum())) > 1e-6
+
+
+def test_large_rule_stays_finite_where_the_recurrence_overflows():
+    """n = 400 (a k = 1 ELBO reference doubles its default 200 nodes to 400): numpy's ``hermegauss`` gives NaN
+    weights there (the negative control: the failure this rule avoids); this rule's weights are finite, sum to 1,
+    give E[u^j] for j ≤ 40 to 1e-11 of Σω|u|^j, and only nodes with |u| > 35 whose weight is exactly 0 are
+    dropped."""
+    with np.errstate(all="ignore"):
+        _, w_numpy = np.polynomial.hermite_e.hermegauss(400)
+    assert not np.isfinite(w_numpy).all()
+    u, lw = gauss_hermite(400, 1)
+    u, w = u[:, 0].numpy(), torch.exp(lw).numpy()
+    assert np.isfinite(lw.numpy()).all() and w.sum() == pytest.approx(1.0, abs=1e-13)
+    assert 390 <= len(u) <= 400 and len(np.unique(u)) == len(u)
+    from scipy.special import roots_hermitenorm
+
+    full, w_full = roots_hermitenorm(400)
+    assert (np.abs(full[w_full == 0]) > 35).all()
+    for j in range(0, 41, 2):
+        scale = float((w * np.abs(u) ** j).sum())
+        assert abs(float((w * u**j).sum()) - _normal_moment(j)) <= 1e-11 * max(scale, 1.0), j
