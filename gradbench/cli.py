@@ -171,7 +171,9 @@ def show(name: str) -> None:
         if name in registry.PLUGIN_MODULES:
             click.echo(f"  plugin: {registry.PLUGIN_MODULES[name]}")
         lines = param_lines(entry)
-        click.echo("\n".join(f"  {line}" for line in lines) if lines else "  (no parameters)")
+        none = ("  (no parameters of its own: its estimator's, `gradbench show ESTIMATOR`)"
+                if isinstance(entry, registry.CellKind) and not entry.own_params else "  (no parameters)")
+        click.echo("\n".join(f"  {line}" for line in lines) if lines else none)
 
 
 def param_lines(entry: Any) -> list[str]:
@@ -179,8 +181,8 @@ def param_lines(entry: Any) -> list[str]:
     a model's proposal parameters are listed after its own, prefixed ``proposal.``."""
     from gradbench import registry
 
-    if isinstance(entry, registry.CellKind):  # a measurement cell's parameters are its estimator's (none of its own)
-        schemas = [("", entry.params(entry.name))] if entry.name != "measure" else []
+    if isinstance(entry, registry.CellKind):
+        schemas = [("", entry.params(entry.name))] if entry.own_params else []
     else:
         schemas = [("", getattr(entry, "params", None)), ("proposal.", getattr(entry, "proposal", None))]
     ops = ((">", "gt"), ("≥", "ge"), ("<", "lt"), ("≤", "le"))

@@ -327,6 +327,7 @@ class CellKind(_CodeByPath):
     reference_of: Callable[[Any], str | None] | None = None
     stores_target_arrays: bool = True
     replicate_scaled: bool = True  # its cost grows linearly in the replicates (``gradbench validate --estimate`` probes it)
+    own_params: bool = True  # False: its parameters are its estimator's (``gradbench show`` lists them there)
     side_tables: tuple[SideTable, ...] = ()
     figures: list[Any] | None = None
     report_tables: Callable[[Any], list[Any]] | None = None
@@ -350,7 +351,8 @@ CELL_KINDS: dict[str, CellKind] = {k.name: k for k in [
              "an estimator run in replicate blocks on a fixed target, measured by the suite's protocols "
              "(estimators: + protocols:)",
              lambda name: ESTIMATORS[name].params, lambda name, p, protocols: required_capabilities(name, p, protocols),
-             lambda p: (), reference_of=lambda cell: measured_objective(cell)),  # side tables: its protocols'
+             lambda p: (), reference_of=lambda cell: measured_objective(cell), own_params=False),
+    # a measurement cell's side tables are its protocols'
     CellKind("train", "gradbench.training.cell:compute",
              "a training run from a suite's train: block (arms × seeds × settings): θ-, φ- and warm-up estimators, "
              "held-out log p(x) or IWAE bound, learning curves",

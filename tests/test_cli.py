@@ -92,6 +92,10 @@ def test_list_verbose_and_show_give_type_default_description(capsys):
     assert "proposal.mean_shift: float = 0.0 (≥ 0)" in out
     code, _, err = gradbench(capsys, "show", "IWAE")
     assert code == 2 and "did you mean 'iwae'?" in one_error_line(err)
+    code, out, _ = gradbench(capsys, "show", "train")  # a kind of cell with its own parameters
+    assert code == 0 and "theta_estimator: " in out and "no parameters" not in out
+    code, out, _ = gradbench(capsys, "show", "measure")  # control: a kind whose parameters are its estimator's
+    assert code == 0 and "(no parameters of its own: its estimator's" in out and "theta_estimator" not in out
 
 
 # -- validate / run ----------------------------------------------------------------------------

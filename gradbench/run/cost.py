@@ -119,7 +119,7 @@ def probe(cells: list[Any], say: Callable[[str], None] | None = None) -> Estimat
     targets_seconds = 0.0
     skipped: list[str] = []
 
-    def target_of(cell: Any) -> Any:
+    def built_target(cell: Any) -> Any:
         nonlocal targets_seconds
         key = (cell.target.target_id, cell.dtype, cell.device)
         if key not in targets:
@@ -134,7 +134,7 @@ def probe(cells: list[Any], say: Callable[[str], None] | None = None) -> Estimat
     with cell_thread_limits(cell_threads()):
         for key in reference_keys(cells):
             say(f"probing the reference {key.target_id} {key.objective}")
-            cost, warmup = _reference_cost(key, target_of(key.cell), probe_refs)
+            cost, warmup = _reference_cost(key, built_target(key.cell), probe_refs)
             refs.append(cost)
             startup += warmup
         for cell in cells:
@@ -143,7 +143,7 @@ def probe(cells: list[Any], say: Callable[[str], None] | None = None) -> Estimat
                 skipped.append(f"{cell.estimator}: {cell.kind} cells are not probed (their cost does not scale with replicates)")
                 continue
             say(f"probing cell {cell.estimator} {cell.estimator_params}")
-            target = target_of(cell)
+            target = built_target(cell)
             objective = reference_objective(cell)
             ref = None if objective is None else probe_refs.get((cell.target.target_id, cell.dtype, objective))
             points = []
