@@ -307,3 +307,24 @@ def test_min_p_combination_is_exact_for_exchangeable_draws():
     assert smallest_p_pvalue(new) > ALPHA
     old = np.array([old_rule(T[i], M[i]) for i in range(n_rep)])
     assert smallest_p_pvalue(old) < ALPHA and np.mean(old == 0) > 1 / (B + 1)
+
+
+def test_worst_case_reference_keeps_the_estimators_eigenvalues_and_one_reference_component():
+    """stats._worst_case_reference on a constructed root with known singular values: centred replicates
+    Xc = √(n(n−1)) Q diag(σ) (Q orthonormal columns) give the estimator's part Q diag(σ) exactly, so its eigenvalues
+    are σ² = 1, 0.25, 1e-6, 1e-12; a diagonal-only estimated reference with variances 0.1 and 0.2 on the first two
+    coordinates adds one component of weight 0.3. With eps = 1e-6 the numerical floor is ≈ 2.3e-5 (s.d.), so 1e-12
+    (s.d. 1e-6) is below it and left out while 1e-6 (s.d. 1e-3) is kept: the law is [1, 0.25, 1e-6, 0.3].
+    Control: the same decomposition with an exact reference has no reference component."""
+    from gradbench.stats import ReferenceNoise, _worst_case_reference, diff_noise
+
+    n, sigma = 20, np.array([1.0, 0.5, 1e-3, 1e-6])
+    Q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((n, 4)))
+    Xc = math.sqrt(n * (n - 1)) * Q * sigma
+    ref = ReferenceNoise(var=np.array([0.1, 0.2, 0.0, 0.0]), estimated_diagonal=True)
+    dn = diff_noise(Xc, ref, 1e-6, 1.0)
+    assert dn.diagonal_only and 1e-5 < dn.floor < 1e-4
+    lam = _worst_case_reference(dn)
+    np.testing.assert_allclose(lam, [1.0, 0.25, 1e-6, 0.3], rtol=1e-9)
+    exact = diff_noise(Xc, ReferenceNoise(), 1e-6, 1.0)
+    np.testing.assert_allclose(_worst_case_reference(exact), [1.0, 0.25, 1e-6, 0.0], rtol=1e-9)
