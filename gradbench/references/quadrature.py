@@ -307,10 +307,6 @@ def reparam_iwae_grads(target: Target, K: int, R: int, gen: torch.Generator, *,
     return torch.cat(gts), torch.cat(gps)
 
 
-def _mean_se(G: Tensor) -> tuple[Tensor, Tensor]:
-    return G.mean(0), G.std(0, unbiased=True) / math.sqrt(G.shape[0])
-
-
 def estimated_iwae(target: Target, objective: Objective, replicates: int = 20_000, seed: int = 0) -> Reference:
     """``estimated`` ∇θ or ∇φ of IWAE_K (or the ELBO, K = 1): mean ± s.e. of ``replicates`` reparameterised gradients."""
     objective = objective.canonical()
