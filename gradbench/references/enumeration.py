@@ -52,12 +52,20 @@ REFERENCE_BLOCK_ELEMENTS = 1 << 21  # replicates × K × N per block of an estim
 
 
 # -- states ----------------------------------------------------------------------------------
+def _state_range(start: int, stop: int | None, S: int) -> int:
+    """``stop`` (default S) after checking 0 ≤ start ≤ stop ≤ S: an index past S would wrap to a repeated state."""
+    stop = S if stop is None else stop
+    if not 0 <= start <= stop <= S:
+        raise ValueError(f"state range {start}..{stop} is outside 0..{S}")
+    return stop
+
+
 def binary_states(k: int, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.float64,
                   device: str | torch.device = "cpu") -> Tensor:
     """States start..stop−1 of {0,1}ᵏ as a [stop − start, k] 0/1 tensor (state i = bits of i, bit 0 first)."""
     if not 0 < k <= MAX_ENUMERATED_LATENTS:
         raise ValueError(f"enumeration needs 1 ≤ k ≤ {MAX_ENUMERATED_LATENTS} binary latents, got k = {k}")
-    stop = 2**k if stop is None else stop
+    stop = _state_range(start, stop, 2**k)
     idx = torch.arange(start, stop, device=device)
     return ((idx.unsqueeze(-1) >> torch.arange(k, device=device)) & 1).to(dtype)
 
@@ -68,7 +76,7 @@ def categorical_states(k: int, C: int, start: int = 0, stop: int | None = None, 
     (i // Cʲ) mod C for latent j (digit 0 first)."""
     if k < 1 or C < 2 or C**k > 2**MAX_ENUMERATED_LATENTS:
         raise ValueError(f"enumeration needs C^k ≤ 2^{MAX_ENUMERATED_LATENTS} categorical states, got C = {C}, k = {k}")
-    stop = C**k if stop is None else stop
+    stop = _state_range(start, stop, C**k)
     idx = torch.arange(start, stop, device=device)
     digits = (idx.unsqueeze(-1) // C ** torch.arange(k, device=device)) % C  # [S, k]
     return torch.nn.functional.one_hot(digits, C).reshape(len(idx), k * C).to(dtype)
