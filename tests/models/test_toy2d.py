@@ -17,6 +17,7 @@ from gradbench.models.params import SemiImplicitProposal, Toy2DParams
 from gradbench.models.toy2d import box_half_width, build
 from gradbench.references import quadrature
 from gradbench.stats import ReferenceNoise, bias_test
+from tests.differences import central_differences
 
 F64 = torch.float64
 ALPHA = 1e-3
@@ -80,11 +81,6 @@ def test_x_shaped_box_reference_converged_and_matches_million_samples(n_atoms: i
     assert float(ref.error.norm() / ref.value.norm()) < 1e-8
     W = box_half_width(t.family, t.phi)
     value = lambda ph: quadrature.box_elbo_rule(t.model, t.family, t.theta, ph, t.x, 8, half_width=W, panel=0.25)[0]
-    flat = t.phi_layout.flatten(t.phi)
-    h, fd = 1e-5, torch.empty_like(flat)
-    for i in range(flat.numel()):
-        e = torch.zeros_like(flat)
-        e[i] = h
-        fd[i] = (value(t.phi_layout.unflatten(flat + e)) - value(t.phi_layout.unflatten(flat - e))) / (2 * h)
+    fd = central_differences(value, t.phi_layout, t.phi)
     assert float((fd - ref.value).norm() / ref.value.norm()) < 1e-7
     assert _pvalue(t, ref, 1_000_000) > ALPHA

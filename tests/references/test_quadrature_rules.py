@@ -7,11 +7,11 @@ Negative control: a box that cuts q's mass off (half-width 2 instead of ≈ 10 s
 from __future__ import annotations
 
 import pytest
-import torch
 
 from gradbench.models.params import SemiImplicitProposal, Toy2DParams
 from gradbench.models.toy2d import box_half_width, build
 from gradbench.references import quadrature
+from tests.differences import central_differences
 
 
 def target(n_atoms: int):
@@ -31,12 +31,7 @@ def test_banana_gauss_hermite_reference_equals_the_box_rule_and_finite_differenc
         value = lambda ph: quadrature.mixture_elbo_rule(t.model, t.family, t.theta, ph, t.x, 64)[0]
     else:
         value = lambda ph: quadrature.elbo_rule(t.model, t.family.marginal_view(), t.theta, ph, t.x, 8)[0]
-    flat = t.phi_layout.flatten(t.phi)
-    h, fd = 1e-5, torch.empty_like(flat)
-    for i in range(flat.numel()):
-        e = torch.zeros_like(flat)
-        e[i] = h
-        fd[i] = (value(t.phi_layout.unflatten(flat + e)) - value(t.phi_layout.unflatten(flat - e))) / (2 * h)
+    fd = central_differences(value, t.phi_layout, t.phi)
     assert float((fd - ref).norm() / ref.norm()) < 1e-7
     narrow = quadrature.box_elbo_rule(t.model, t.family, t.theta, t.phi, t.x, 12, half_width=2.0, panel=1.0)[2]
     assert float((narrow - ref).norm() / ref.norm()) > 1e-3
