@@ -110,3 +110,15 @@ def test_family_benchmarks_set_up_and_run(monkeypatch):
     monkeypatch.setitem(common.FAMILY_CASES, "rbm/none", ("rbm", {}, {}, "no_such_estimator", {}))
     with pytest.raises(NotImplementedError):
         b.setup("rbm/none")
+
+
+def test_cost_estimate_benchmark_runs(monkeypatch):
+    """TrackCostEstimate runs `validate --estimate` and `run` on quick.yaml in fresh processes and parses both: its
+    figure is a finite miss factor ≥ 1 (its size is a timing: asv tracks it, no test bounds it)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import bench_cost
+
+    b = bench_cost.TrackCostEstimate()
+    b.setup()
+    factor = b.track_estimate_miss_factor()
+    assert 1.0 <= factor < float("inf")

@@ -62,7 +62,7 @@ def test_estimate_output_names_estimated_references(tmp_path: Path, capsys: pyte
 
 def test_probe_extrapolates_each_cell_to_its_replicates() -> None:
     """The probe's accounting, not its precision (a timing, which a loaded machine can move by any factor: the
-    estimate-over-run ratio is tracked in asv, ``benchmarks/bench_cost.py``): quick.yaml's five cells are each
+    factor by which the estimate misses a run is tracked in asv, ``benchmarks/bench_cost.py``): quick.yaml's five cells are each
     probed and extrapolated as a + b·R to the cell's own replicates, its one reference is exact and timed as it is,
     and the total is the sum of its parts. Control: a cell asked for fewer replicates than the probe's sizes is
     probed at its own size only, so its line passes through the origin scaled to it."""
