@@ -207,8 +207,11 @@ def protocol_table(protocol: str, metrics: set[str], correction: str = "bh",
 
 
 def target_param_columns(table: Any) -> list[str]:
-    """The table's model and proposal parameter columns (``model.*``, ``proposal.*``)."""
-    return [c for c in table.columns if c.startswith(("model.", "proposal."))]
+    """The table's target parameter columns: every parameter column but the estimator's (``model.*``,
+    ``proposal.*``, ``snapshot.*``), as the report names targets (gradbench.report.data.describe_cells)."""
+    from gradbench.report.data import param_columns
+
+    return [c for c in param_columns(table) if not c.startswith("estimator.")]
 
 
 def cell_labels(table: Any, spec: Any) -> tuple[dict[str, str], dict[str, str], Any]:
@@ -335,7 +338,8 @@ class CellProgress:
         self.echo = echo
         labels = estimator_labels([(c.estimator, c.estimator_params) for c in cells],
                                   suite_keys(spec) if spec is not None else {})
-        tlabels = target_labels([{"model": c.target.model, **c.target.params, **c.target.proposal} for c in cells])
+        tlabels = target_labels([{"model": c.target.model, **c.target.params, **c.target.proposal,
+                                  **({"step": c.target.snapshot["step"]} if c.target.snapshot else {})} for c in cells])
         self.labels = {c.cell_id: lab + (f" · {t}" if t else "") for c, lab, t in zip(cells, labels, tlabels)}
         self.done = 0
         self.start = self.last = time.perf_counter()

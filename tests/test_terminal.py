@@ -157,7 +157,8 @@ def test_end_of_run_warnings_name_their_cell():
 
 def test_progress_prints_one_line_per_finished_cell(tmp_path):
     cells = [SimpleNamespace(cell_id=f"c{i}", estimator="iwae", estimator_params={"K": K},
-                             target=SimpleNamespace(model="ppca", params={"data_dim": 5}, proposal={"mean_shift": 0.5}))
+                             target=SimpleNamespace(model="ppca", params={"data_dim": 5}, proposal={"mean_shift": 0.5},
+                                                    snapshot=None))
              for i, K in enumerate([2, 8])]
     (tmp_path / "cells").mkdir()
     (tmp_path / "cells" / "c0.parquet").write_bytes(b"")  # finished earlier: not counted
@@ -166,6 +167,34 @@ def test_progress_prints_one_line_per_finished_cell(tmp_path):
     progress(cells[1])
     assert len(lines) == 1 and lines[0].startswith("gradbench: [1/1] iwae(K=8) — ")
 
+
+
+def test_snapshot_targets_are_named_by_their_step_as_the_report_names_them(tmp_path):
+    """Targets that differ only in the training snapshot they come from (``snapshot.step``) are told apart in the
+    tables, the end-of-run warnings and the progress lines by ``step=N`` — the label the report gives the same rows
+    (one naming rule). Control: a table whose targets share the step names no target."""
+    from gradbench.report.data import describe_cells
+
+    table = _table(True).drop(columns="proposal.mean_shift")
+    table["snapshot.cell_id"] = "3dceb4a72b0f8077"
+    table["snapshot.step"] = table["cell_id"].map({"c0": 0, "c1": 200})
+    table["warning"] = ""
+    table.loc[(table["cell_id"] == "c1") & (table["metric"] == "trace_cov"), "warning"] = "a warning"
+    rows = [ln for ln in format_run(table, ["bias"]).splitlines() if "iwae" in ln]
+    assert [ln.split()[0] for ln in rows] == ["step=0", "step=200"]
+    assert run_warnings(table) == ["iwae · step=200: a warning"]
+    labels = describe_cells(table).set_index("cell_id")["target_label"]
+    assert labels.to_dict() == {"c0": "step=0", "c1": "step=200"}
+    same = table.assign(**{"snapshot.step": 800})
+    assert run_warnings(same) == ["iwae: a warning"]
+    cells = [SimpleNamespace(cell_id=f"c{i}", estimator="iwae", estimator_params={"K": 8},
+                             target=SimpleNamespace(model="vae", params={"latent_dim": 2}, proposal={},
+                                                    snapshot={"cell_id": "3dceb4a72b0f8077", "step": step}))
+             for i, step in enumerate([0, 200])]
+    lines: list[str] = []
+    progress = CellProgress(cells, tmp_path, lines.append)
+    progress(cells[1])
+    assert lines[0].startswith("gradbench: [1/2] iwae · step=200 — ")
 
 def test_bias_flags_by_the_chosen_correction():
     """bh shows and flags by q (✱ below α); holm by the Holm-adjusted p-value; without Holm rows holm falls
