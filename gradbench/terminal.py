@@ -338,8 +338,7 @@ class CellProgress:
         self.echo = echo
         labels = estimator_labels([(c.estimator, c.estimator_params) for c in cells],
                                   suite_keys(spec) if spec is not None else {})
-        tlabels = target_labels([{"model": c.target.model, **c.target.params, **c.target.proposal,
-                                  **({"step": c.target.snapshot["step"]} if c.target.snapshot else {})} for c in cells])
+        tlabels = target_labels([{"model": c.target.model, **c.target.param_columns()} for c in cells])
         self.labels = {c.cell_id: lab + (f" · {t}" if t else "") for c, lab, t in zip(cells, labels, tlabels)}
         self.done = 0
         self.start = self.last = time.perf_counter()

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 
+from gradbench.run.cells import TargetConfig
 from gradbench.terminal import (
     CellProgress,
     estimator_labels,
@@ -157,8 +158,7 @@ def test_end_of_run_warnings_name_their_cell():
 
 def test_progress_prints_one_line_per_finished_cell(tmp_path):
     cells = [SimpleNamespace(cell_id=f"c{i}", estimator="iwae", estimator_params={"K": K},
-                             target=SimpleNamespace(model="ppca", params={"data_dim": 5}, proposal={"mean_shift": 0.5},
-                                                    snapshot=None))
+                             target=TargetConfig("ppca", {"data_dim": 5}, {"mean_shift": 0.5}, None, None, 0, 0))
              for i, K in enumerate([2, 8])]
     (tmp_path / "cells").mkdir()
     (tmp_path / "cells" / "c0.parquet").write_bytes(b"")  # finished earlier: not counted
@@ -166,7 +166,6 @@ def test_progress_prints_one_line_per_finished_cell(tmp_path):
     progress = CellProgress(cells, tmp_path, lines.append)
     progress(cells[1])
     assert len(lines) == 1 and lines[0].startswith("gradbench: [1/1] iwae(K=8) — ")
-
 
 
 def test_snapshot_targets_are_named_by_their_step_as_the_report_names_them(tmp_path):
@@ -188,13 +187,14 @@ def test_snapshot_targets_are_named_by_their_step_as_the_report_names_them(tmp_p
     same = table.assign(**{"snapshot.step": 800})
     assert run_warnings(same) == ["iwae: a warning"]
     cells = [SimpleNamespace(cell_id=f"c{i}", estimator="iwae", estimator_params={"K": 8},
-                             target=SimpleNamespace(model="vae", params={"latent_dim": 2}, proposal={},
-                                                    snapshot={"cell_id": "3dceb4a72b0f8077", "step": step}))
+                             target=TargetConfig("vae", {"latent_dim": 2}, {}, None, None, 0, 0,
+                                                 snapshot={"cell_id": "3dceb4a72b0f8077", "step": step}))
              for i, step in enumerate([0, 200])]
     lines: list[str] = []
     progress = CellProgress(cells, tmp_path, lines.append)
     progress(cells[1])
     assert lines[0].startswith("gradbench: [1/2] iwae · step=200 — ")
+
 
 def test_bias_flags_by_the_chosen_correction():
     """bh shows and flags by q (✱ below α); holm by the Holm-adjusted p-value; without Holm rows holm falls

@@ -59,6 +59,14 @@ class TargetConfig:
         return content_hash(["target", self.model, self.params, self.proposal, self.data_sha256, self.target_seed,
                              *([self.data_spec] if self.data_spec else []), *self.snapshot_identity], 12)
 
+    def param_columns(self) -> dict[str, Any]:
+        """The target's parameter columns of a cell's rows (docs/design.md §9.1): ``model.*``, ``proposal.*`` and, for a
+        trained snapshot, ``snapshot.cell_id`` and ``snapshot.step`` — what the terminal and the report name targets by."""
+        s = self.snapshot
+        return {**{f"model.{k}": v for k, v in self.params.items()},
+                **{f"proposal.{k}": v for k, v in self.proposal.items()},
+                **({"snapshot.cell_id": s["cell_id"], "snapshot.step": s["step"]} if s else {})}
+
     def noise_seed(self, block: int) -> int:
         """Seed of replicate block ``block`` — shared by every estimator on this target."""
         return derive_seed(self.suite_seed, "target-noise", self.target_id, block)
@@ -129,11 +137,8 @@ def with_meta(df: pd.DataFrame, cell: Cell, n_replicates: int, n_nonfinite: int)
         "seed": cell.target.suite_seed,
         "device": cell.device,
         "dtype": cell.dtype,
-        **{f"model.{k}": v for k, v in cell.target.params.items()},
-        **{f"proposal.{k}": v for k, v in cell.target.proposal.items()},
+        **cell.target.param_columns(),
         **{f"estimator.{k}": v for k, v in cell.estimator_params.items()},
-        **({"snapshot.cell_id": cell.target.snapshot["cell_id"], "snapshot.step": cell.target.snapshot["step"]}
-           if cell.target.snapshot else {}),
     }
     for col, value in reversed(meta.items()):
         df.insert(0, col, json.dumps(value) if isinstance(value, (list, tuple, dict)) else value)  # e.g. hidden: [200, 200]
