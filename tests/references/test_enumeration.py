@@ -17,6 +17,7 @@ from gradbench.families.bernoulli import BernoulliEncoder, BernoulliProposal
 from gradbench.models.sbn import SBN, SBNParams, build
 from gradbench.references import enumeration as en
 from gradbench.seeding import make_generator
+from tests.differences import central_differences
 
 ALPHA = 0.001
 CONFIGS = [([3], "linear"), ([2, 2], "linear"), ([3], "mlp"), ([2, 2], "mlp")]
@@ -108,19 +109,9 @@ def test_dropped_state_or_wrong_order_is_detected():
 
 
 # -- gradients against central finite differences (float64, 1e-7 relative) ---------------------
-def _fd(f, params, h=1e-5):
-    out = {}
-    for name, v in params.items():
-        g = torch.zeros(v.shape, dtype=v.dtype)
-        for i in range(v.numel()):
-            e = torch.zeros(v.numel(), dtype=v.dtype)
-            e[i] = h
-            e = e.reshape(v.shape)
-            up = {**params, name: v + e}
-            down = {**params, name: v - e}
-            g.reshape(-1)[i] = (f(up) - f(down)) / (2 * h)
-        out[name] = g
-    return out
+def _fd(f, params, layout):
+    """Central differences of f at params (tests/differences.py), as a parameter dictionary."""
+    return layout.unflatten(central_differences(f, layout, params))
 
 
 def _rel(a, b, layout) -> float:
@@ -132,7 +123,7 @@ def _rel(a, b, layout) -> float:
 def test_log_marginal_gradient_matches_finite_differences(layers, cond):
     t = tiny(layers, cond)
     _, grad = en.log_marginal_and_grad(t.model, t.theta, t.x)
-    fd = _fd(lambda th: float(en.log_marginal(t.model, th, t.x)), t.theta)
+    fd = _fd(lambda th: float(en.log_marginal(t.model, th, t.x)), t.theta, t.layout)
     assert _rel(grad, fd, t.layout) < 1e-7
 
 
@@ -154,8 +145,8 @@ def test_elbo_gradients_match_finite_differences(layers, cond):
     value, gt, gp = en.elbo_and_grads(t.model, t.family, t.theta, t.phi, t.x)
     elbo_theta = lambda th: float(en.elbo_and_grads(t.model, t.family, th, t.phi, t.x)[0])
     elbo_phi = lambda ph: float(en.elbo_and_grads(t.model, t.family, t.theta, ph, t.x)[0])
-    assert _rel(gt, _fd(elbo_theta, t.theta), t.layout) < 1e-7
-    assert _rel(gp, _fd(elbo_phi, t.phi), t.phi_layout) < 1e-7
+    assert _rel(gt, _fd(elbo_theta, t.theta, t.layout), t.layout) < 1e-7
+    assert _rel(gp, _fd(elbo_phi, t.phi, t.phi_layout), t.phi_layout) < 1e-7
     # the ELBO itself against brute force: Σ_n Σ_z q (log p − log q)
     th, x = _np(t.theta), t.x.numpy()
     q = torch.exp(t.family.log_prob(t.phi, t.x, en.binary_states(t.latent_dim).unsqueeze(1))).numpy()  # [S, N]
@@ -193,10 +184,10 @@ def test_iwae_gradients_match_finite_differences(wrt):
     _, gt, gp = en.iwae_and_grads(t.model, t.family, t.theta, t.phi, t.x, 3)
     if wrt == "theta":
         f = lambda th: float(en.iwae_and_grads(t.model, t.family, th, t.phi, t.x, 3)[0])
-        assert _rel(gt, _fd(f, t.theta), t.layout) < 1e-7
+        assert _rel(gt, _fd(f, t.theta, t.layout), t.layout) < 1e-7
     else:
         f = lambda ph: float(en.iwae_and_grads(t.model, t.family, t.theta, ph, t.x, 3)[0])
-        assert _rel(gp, _fd(f, t.phi), t.phi_layout) < 1e-7
+        assert _rel(gp, _fd(f, t.phi, t.phi_layout), t.phi_layout) < 1e-7
 
 
 # -- exact posterior sampling -----------------------------------------------------------------
