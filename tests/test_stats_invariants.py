@@ -215,6 +215,42 @@ def test_min_p_pvalue_invariants(B):
     assert 0 < no_draw < 200  # both cases were exercised
 
 
+_ONE_D_REFERENCES = {
+    "exact": lambda rng: None,
+    "known variance": lambda rng: stats.ReferenceNoise(var=np.array([0.02])),
+    "estimated": lambda rng: stats.ReferenceNoise(cov=np.array([[0.9]]), n=40),
+    "estimated + known variance": lambda rng: stats.ReferenceNoise(cov=np.array([[0.9]]), n=40, var=np.array([0.02])),
+}
+
+
+@pytest.mark.parametrize("kind", list(_ONE_D_REFERENCES))
+def test_in_one_dimension_t2_is_the_squared_max_t(kind):
+    """With one coordinate Hotelling's T² is the squared t statistic (Anderson, §5.2.1), and so are its bootstrap
+    draws: T²* = m*² / (S*/n + V_ref*) and M* = |m*| / √(S*/n + V_ref*) come from the same resamples, reference
+    noise and Wishart draws. So the two marginal bootstrap p-values of the Hotelling branch are equal on every data
+    set, for every kind of reference — the observed max-t's standard error √(s²/(n(n − 1)) + V_ref) and the
+    known-variance part of its draws (beside an estimated reference's) must match T²'s exactly. n = 20 replicates,
+    the mean about one standard error off the reference (p-values mid-range, so the draws straddle the observed).
+    Negative control: in two correlated dimensions (n = 40) T² ≠ max t², and the two p-values differ on most data
+    sets."""
+    rng = np.random.default_rng(20)
+    for _ in range(10):
+        G = rng.normal(size=(20, 1)) + 0.25
+        res = bias_test(G, np.zeros(1), EPS, rng, noise=_ONE_D_REFERENCES[kind](rng))
+        assert res.method.startswith("hotelling+max-t(rank=1"), res.method
+        p_t, p_m = _hotelling_ps(res)
+        assert p_t == p_m, (kind, res.method)
+    rng = np.random.default_rng(2)
+    A = np.array([[1.0, 0.0], [0.8, 0.6]])
+    differ = 0
+    for _ in range(40):
+        G = rng.normal(size=(40, 2)) @ A + 0.2
+        res = bias_test(G, np.zeros(2), EPS, rng)
+        assert res.method.startswith("hotelling+max-t(rank=2"), res.method
+        differ += len(set(_hotelling_ps(res))) == 2
+    assert differ >= 20, differ  # measured: 92 % of 200 such data sets
+
+
 def test_min_p_pvalue_is_calibrated_at_b19():
     """bias_test with B = 19 on 2000 Gaussian null data sets (n = 200, r = 2; the bootstrap is near-exact there):
     P(p ≤ 1/20) ≤ 5 % + its band (0.50 % s.e., level ALPHA: ≤ 6.6 %) and P(p ≤ 2/20) ≤ 11.7 %. Negative control:
@@ -402,6 +438,57 @@ def test_bias_norm_interval_adds_a_deterministic_offset():
     assert two.ci_high == pytest.approx(math.sqrt(one.ci_high**2 + 0.25), rel=1e-12)
     assert two.plugin == pytest.approx(math.sqrt(one.plugin**2 + 0.25), rel=1e-12)
     assert two.sq_unbiased == pytest.approx(one.sq_unbiased + 0.25, rel=1e-12)
+
+
+def _support_split(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors inside and outside the row span of G's centred replicates."""
+    _, sv, Vt = np.linalg.svd(G - G.mean(0))
+    r = int((sv > 1e-10 * sv[0]).sum())
+    return Vt[0], Vt[r]
+
+
+@pytest.mark.parametrize("n, rank, saturated", [(4, 10, True), (30, 3, False), (5, 3, False)])
+def test_bias_norm_interval_off_support_offset_only_when_the_support_is_known(n, rank, saturated):
+    """n replicates in P = 10 coordinates, and d = ḡ − g* of norm 2 either inside the replicates' span or outside
+    it. Saturated (n = 4: the n − 1 = 3 centred replicates are independent, so a direction without sample variance
+    may just be unsampled): all of d is noise, and the interval is the same wherever d points (the law of ‖d‖²
+    depends on d only through ‖d‖², same draws). Negative control, not saturated (n = 30, and n = 5 — one replicate
+    more than a saturated sample needs — in a rank-3 subspace): the outside part is a deterministic offset, so the
+    lower end is at least its norm 2, and the interval differs from the inside one."""
+    rng = np.random.default_rng(31)
+    G = rng.normal(size=(n, rank)) @ rng.normal(size=(rank, 10))
+    inside, outside = _support_split(G)
+    at = {where: stats.bias_norm_interval(G, G.mean(0) - 2.0 * u, EPS, np.random.default_rng(0))
+          for where, u in (("inside", inside), ("outside", outside))}
+    assert at["outside"].plugin == pytest.approx(2.0, rel=1e-12) == at["inside"].plugin
+    ends = {w: (b.ci_low, b.ci_high) for w, b in at.items()}
+    if saturated:
+        assert ends["outside"] == pytest.approx(ends["inside"], rel=1e-9)
+    else:
+        assert at["outside"].ci_low >= 2.0 * (1 - 1e-12) and at["inside"].ci_low < 2.0
+        assert ends["outside"] != pytest.approx(ends["inside"], rel=1e-3)
+
+
+@pytest.mark.parametrize("ulps, offset", [(0.99, False), (1.01, True)])
+def test_bias_norm_interval_rounding_tolerance_is_64_ulps(ulps, offset):
+    """A coordinate without variance off its reference by δ = ulps × 64 eps (max|G| + max|ref|) √P — the
+    documented rounding tolerance, written here as its literal 64 ulps — is rounding below it (the interval is the
+    one with δ = 0, exactly: same draws) and a deterministic offset above it. P = 2: one coordinate with 50
+    replicates 0.3 s.e. off its reference (so the δ = 0 interval's lower end is 0 and an offset of δ shows as a
+    lower end of exactly δ), one constant at 2.5."""
+    G1, _, _ = _one_coordinate(0.3)
+    G = np.column_stack([G1[:, 0], np.full(G1.shape[0], 2.5)])
+    base = stats.bias_norm_interval(G, np.array([3.0, 2.5]), EPS, np.random.default_rng(0))
+    assert base.ci_low == 0.0
+    delta = ulps * 64 * EPS * (float(np.abs(G).max()) + 3.0) * math.sqrt(2)
+    ref2 = 2.5 - delta
+    assert abs((2.5 - ref2) - delta) < 0.003 * delta  # δ survives the subtraction's rounding (ulp(2.5) ≈ 0.3 % of δ)
+    res = stats.bias_norm_interval(G, np.array([3.0, ref2]), EPS, np.random.default_rng(0))
+    if offset:
+        assert res.ci_low == pytest.approx(2.5 - ref2, rel=1e-9, abs=0)
+        assert res.ci_high == pytest.approx(math.sqrt(base.ci_high**2 + (2.5 - ref2) ** 2), rel=1e-12)
+    else:
+        assert (res.ci_low, res.ci_high) == (base.ci_low, base.ci_high)
 
 
 def test_bias_norm_interval_degenerate_samples():
