@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -229,8 +230,10 @@ def estimate_lines(est: Estimate, executor: str = "local") -> list[str]:
         params = ", ".join(f"{k}={v}" for k, v in slow.cell.estimator_params.items())
         lines.append(f"  cells: {len(est.cells)}, ~{duration(sum(c.seconds for c in est.cells))} "
                      f"(slowest: {slow.cell.estimator}{f' ({params})' if params else ''}, ~{duration(slow.seconds)})")
-    lines += [f"  not probed: {s}" for s in est.skipped]
-    total = f"  total: ~{duration(est.total)}"
+    counts = dict(Counter(est.skipped))  # first-seen order; a message repeated per cell is printed once, counted
+    lines += [f"  not probed: {s}" + (f" — {k} cells" if k > 1 else "") for s, k in counts.items()]
+    total = f"  total: ~{duration(est.total)}" + (f" for the probed cells ({len(est.skipped)} not probed)"
+                                                 if est.skipped else "")
     if executor == "dask":
         total += " sequential (a Dask cluster divides the cells among its workers)"
     lines.append(total + f"; the probe took {duration(est.probe_seconds)}")

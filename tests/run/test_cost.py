@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gradbench.cli import main
-from gradbench.run.cost import duration, fit_line, probe, reference_keys
+from gradbench.run.cost import Estimate, duration, estimate_lines, fit_line, probe, reference_keys
 from gradbench.run.plan import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,3 +89,16 @@ def test_fit_line_and_duration() -> None:
     assert fit_line([(64, 0.64)]) == pytest.approx((0.0, 0.01))
     assert [duration(s) for s in (0.0432, 4.24, 42.0, 300.0, 9000.0)] == ["0.043 s", "4.2 s", "42 s", "5.0 min",
                                                                          "2.5 h"]
+
+
+def test_cells_the_probe_skips_are_counted_once_and_the_total_says_it_leaves_them_out() -> None:
+    """A train suite's cells are not probed: the reason is printed once with the number of cells it covers, and the
+    total says it covers the probed cells only (it is not the run's time). Control: without skipped cells the total
+    line carries no such qualifier."""
+    skip = "train: train cells are not probed (their cost does not scale with replicates)"
+    est = Estimate(0.0, 0.0, [], [], [skip, skip, skip, "other: fails (boom)"], 1.0)
+    lines = estimate_lines(est)
+    assert [ln for ln in lines if "not probed:" in ln] == [f"  not probed: {skip} — 3 cells",
+                                                          "  not probed: other: fails (boom)"]
+    assert lines[-1].startswith("  total: ~0 s for the probed cells (4 not probed);")
+    assert estimate_lines(Estimate(0.0, 0.0, [], [], [], 1.0))[-1].startswith("  total: ~0 s; the probe took")
