@@ -210,9 +210,9 @@ def elbo_and_grads(model: Model, family: Family, theta: Params, phi: Params, x: 
 
 
 def iwae_enumerable(k: int, K: int, n_data: int, S: int | None = None) -> bool:
-    """Whether the S^K tuples of IWAE_K (S = 2ᵏ unless given) fit :data:`IWAE_ENUMERATION_LIMIT`."""
-    log_S = k * math.log(2) if S is None else math.log(S)
-    return K * log_S + math.log(n_data) <= math.log(IWAE_ENUMERATION_LIMIT)
+    """Whether the S^K tuples of IWAE_K (S = 2ᵏ unless given) fit :data:`IWAE_ENUMERATION_LIMIT` (S^K · N ≤ it, in exact
+    integers: at the edge, logarithms round either way)."""
+    return (2**k if S is None else S) ** K * n_data <= IWAE_ENUMERATION_LIMIT
 
 
 def iwae_and_grads(model: Model, family: Family, theta: Params, phi: Params, x: Tensor, K: int) -> tuple[Tensor, Params, Params]:

@@ -465,3 +465,38 @@ def test_categorical_log_marginal_and_elbo_against_brute_force(decoder):
     short = states[:-1]
     assert abs(float(value - brute_log_px(t.theta, short))) > 1e-6 * abs(float(value))
     assert abs(float(elbo - brute_elbo(t.theta, t.phi, short))) > 1e-6 * abs(float(elbo))
+
+
+@pytest.mark.parametrize("k, ok", [(0, False), (1, True), (16, True), (17, False)])
+def test_binary_states_allow_1_to_16_latents(k, ok):
+    """The documented range, as literals: 1 ≤ k ≤ 16 binary latents (2¹⁶ states per point); a short state range
+    (the last two states) is their binary digits."""
+    if not ok:
+        with pytest.raises(ValueError, match=rf"1 ≤ k ≤ 16 binary latents, got k = {k}"):
+            en.binary_states(k, 0, 1)
+        return
+    states = en.binary_states(k, 2**k - 2, 2**k)
+    assert states.shape == (2, k)
+    assert [int(sum(int(b) << j for j, b in enumerate(row))) for row in states.tolist()] == [2**k - 2, 2**k - 1]
+
+
+@pytest.mark.parametrize("k, C, ok", [(8, 4, True), (16, 2, True), (11, 3, False), (0, 3, False), (3, 1, False)])
+def test_categorical_states_allow_at_most_2_to_the_16_states(k, C, ok):
+    """C^k ≤ 2¹⁶ categorical states (literal edges: 4⁸ = 2¹⁶ allowed, 3¹¹ = 177 147 not), k ≥ 1, C ≥ 2."""
+    if not ok:
+        with pytest.raises(ValueError, match=r"C\^k ≤ 2\^16 categorical states"):
+            en.categorical_states(k, C, 0, 1)
+        return
+    last = C**k - 1
+    one_hot = en.categorical_states(k, C, last, last + 1).reshape(k, C)
+    assert torch.equal(one_hot.argmax(1), torch.full((k,), C - 1))  # the last state: every digit C − 1
+
+
+@pytest.mark.parametrize("S, K, n_data, ok", [(4, 9, 1, True), (4, 9, 2, False), (3, 11, 1, True), (3, 11, 2, False),
+                                              (2, 18, 1, True), (2, 19, 1, False), (2, 1, 1 << 17, True)])
+def test_iwae_enumerable_at_its_literal_limit(S, K, n_data, ok):
+    """S^K tuples × N points ≤ 2¹⁸ (literal edges, exact in integers: 4⁹ = 2¹⁸ fits for one point, not for two);
+    S = 2ᵏ by default."""
+    assert en.iwae_enumerable(0, K, n_data, S) is ok
+    if S in (2, 4):
+        assert en.iwae_enumerable(S.bit_length() - 1, K, n_data) is ok
