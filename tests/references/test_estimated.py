@@ -33,6 +33,29 @@ def test_wide_gradients_keep_only_the_diagonal():
     assert ref.cov is None and ref.stderr.shape == (5,)
 
 
+def test_the_diagonal_merge_over_blocks_equals_one_pass_moments():
+    """Above ``max_cov_dim`` only per-coordinate moments are merged block by block (Chan et al.'s update with δ²
+    for δδᵀ): mean and s.e. equal numpy's one-pass mean and sd/√n over unequal blocks (1003 = 7 × 128 + 107), and
+    the s.e. equals the diagonal of the full path's covariance; ``dtype`` sets the output's dtype (the moments stay
+    float64). Negative control: merging the blocks' variances without the between-block term is wrong."""
+    G = torch.randn(1003, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3 + 100.0
+    G[:500] += torch.linspace(0, 2, 7, dtype=torch.float64)  # block means differ: the between-block term matters
+    blocks = iter(torch.split(G, 128))
+    wide = streaming_reference(lambda R: next(blocks), G.shape[0], 128, max_cov_dim=6)
+    assert wide.cov is None and wide.n == 1003
+    assert streaming_reference(lambda R: G, 1003, 1003, max_cov_dim=7).cov.shape == (7, 7)  # P = max_cov_dim: kept
+    np.testing.assert_allclose(wide.value.numpy(), G.numpy().mean(0), rtol=1e-13)
+    np.testing.assert_allclose(wide.stderr.numpy(), G.numpy().std(0, ddof=1) / np.sqrt(1003), rtol=1e-9)
+    full = from_replicates(G)
+    np.testing.assert_allclose(wide.stderr.numpy(), (torch.diagonal(full.cov) / 1003).sqrt().numpy(), rtol=1e-9)
+    blocks32 = iter(torch.split(G, 128))
+    f32 = streaming_reference(lambda R: next(blocks32), G.shape[0], 128, dtype=torch.float32, max_cov_dim=6)
+    assert f32.value.dtype == f32.stderr.dtype == torch.float32
+    np.testing.assert_allclose(f32.stderr.numpy(), wide.stderr.numpy(), rtol=1e-6)
+    within = sum(((b - b.mean(0)) ** 2).sum(0) for b in torch.split(G, 128)) / (G.shape[0] - 1)
+    assert not np.allclose((within / 1003).sqrt().numpy(), wide.stderr.numpy(), rtol=1e-3)
+
+
 def test_ppca_encoder_iwae_reference_is_the_references_layer():
     t = make_encoder_target(d=4, k=2, n=2, reference_replicates=400)
     ref = t.reference("phi_iwae4")
