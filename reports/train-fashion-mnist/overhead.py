@@ -4,12 +4,14 @@
     python reports/train-fashion-mnist/overhead.py runs/train-fashion-mnist-cpu
 """
 
+import argparse
 import glob
-import sys
 
 import pandas as pd
 
-run = sys.argv[1]
+parser = argparse.ArgumentParser(description="Each train cell's time outside its steps and evaluation, per arm.")
+parser.add_argument("run", help="a train run folder, e.g. runs/train-fashion-mnist-cpu")
+run = parser.parse_args().run
 fs = [f for f in glob.glob(f"{run}/cells/*.parquet") if f.count(".") == 1]
 df = pd.concat(pd.read_parquet(f) for f in fs)
 w = df.pivot_table(index="cell_id", columns="metric", values="value")
