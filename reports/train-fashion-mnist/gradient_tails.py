@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from gradbench.report.data import load_run
+from gradbench.training.stats import pair_labels
+
 
 def mean_se(values: pd.Series) -> str:
     v = values.to_numpy(dtype=float)
@@ -24,12 +27,10 @@ def mean_se(values: pd.Series) -> str:
     return f"{v.mean():.3g} ± {se:.2g}"
 
 
-def arm_names(results: pd.DataFrame) -> pd.Series:
-    """The arm of each cell: θ-estimator (with a warm-up's name in front) / φ-estimator."""
+def cell_arms(results: pd.DataFrame) -> pd.DataFrame:
+    """Each cell's arm, named as the report names it (:func:`gradbench.training.stats.pair_labels`), and its seed."""
     cells = results.drop_duplicates("cell_id").set_index("cell_id")
-    warm = cells["estimator.warmup_theta_estimator"].fillna("")
-    theta = cells["estimator.theta_estimator"] + cells["estimator.theta_params"].astype(str)
-    return (warm.where(warm == "", warm + " → ") + theta + " / " + cells["estimator.phi_estimator"]).rename("arm")
+    return pd.DataFrame({"arm": pair_labels(cells), "estimator.train_seed": cells["estimator.train_seed"]})
 
 
 def main() -> None:
@@ -37,11 +38,8 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a finished (or partial) train run folder")
     parser.add_argument("block", type=int, nargs="?", default=250, help="steps per τ block")
     args = parser.parse_args()
-    results = pd.concat(pd.read_parquet(f) for f in (args.run / "cells").glob("*.parquet") if f.suffixes == [".parquet"])
-    curves = pd.concat(pd.read_parquet(f) for f in (args.run / "cells").glob("*.curves.parquet"))
-    arms = arm_names(results)
-    seeds = results.drop_duplicates("cell_id").set_index("cell_id")["estimator.train_seed"]
-    curves = curves.join(arms, on="cell_id").join(seeds, on="cell_id")
+    run = load_run(args.run, partial=True)  # the report's reader: finished cells of a partial run too
+    curves = run.side["curves"].join(cell_arms(run.results), on="cell_id")
     own = curves[~curves["warmup"].astype(bool) & ~curves["censored"].astype(bool) & curves["theta_finite"].astype(bool)]
     g = own.groupby(["arm", "estimator.train_seed"])["grad_norm_theta"]
     per_seed = pd.DataFrame({"median": g.median(), "q99/median": g.quantile(0.99) / g.median(),
