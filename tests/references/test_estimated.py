@@ -111,13 +111,19 @@ def test_iwae_reference_of_a_float32_target_is_float32():
 
 
 def test_from_replicates_moved_to_a_device_keeps_its_statistics():
-    """Asking for a device returns the same mean, s.e., covariance and count (on the CPU here); the θ IWAE reference's
-    draws are fixed by its seed (negative control: another seed, other draws)."""
+    """Asking for a device returns the same mean, s.e., covariance (none above ``MAX_COV_DIM``) and count (on the CPU
+    here); ``dtype`` sets the output's dtype; the θ IWAE reference's draws are fixed by its seed (negative control:
+    another seed, other draws)."""
     G = torch.randn(200, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     here, moved = from_replicates(G), from_replicates(G, device="cpu")
     assert moved.n == here.n == 200 and moved.kind == "estimated"
     for a, b in ((moved.value, here.value), (moved.stderr, here.stderr), (moved.cov, here.cov)):
         assert b is not None and torch.equal(a, b)
+    wide = torch.randn(3, 2049, generator=torch.Generator().manual_seed(3), dtype=torch.float64)  # P > MAX_COV_DIM
+    moved_wide = from_replicates(wide, device="cpu")
+    assert moved_wide.cov is None and torch.equal(moved_wide.stderr, from_replicates(wide).stderr)
+    f32 = from_replicates(G, dtype=torch.float32)
+    assert f32.value.dtype == f32.stderr.dtype == torch.float32 and torch.equal(f32.value, here.value.float())
     t = make_encoder_target(d=4, k=2, n=2, reference_replicates=50)
     draws = [iwae_bound_reference(t, Objective("theta", "iwae", 2), 50, s).value for s in (0, 0, 1)]
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
