@@ -127,3 +127,30 @@ def test_from_replicates_moved_to_a_device_keeps_its_statistics():
     t = make_encoder_target(d=4, k=2, n=2, reference_replicates=50)
     draws = [iwae_bound_reference(t, Objective("theta", "iwae", 2), 50, s).value for s in (0, 0, 1)]
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
+def test_iwae_reference_draws_in_blocks_of_the_particle_budget(monkeypatch: pytest.MonkeyPatch):
+    """With fewer than ``replicates`` replicates per block of ``MAX_PARTICLES`` particles × data points (here 96 / (K n)
+    = 16 for 50 replicates, K = 2, n = 3: four draws of 16, 16, 16 and 2), the blocks merge into one reference of all replicates
+    whose moments equal the replicates' own (the draws recorded and compared with the one-pass statistics)."""
+    import gradbench.references.estimated as E
+
+    t = make_encoder_target(d=4, k=2, n=3, reference_replicates=50)
+    sizes: list[int] = []
+    drawn: list[torch.Tensor] = []
+    inner = E.streaming_reference
+
+    def recording(draw, total, block, **kw):
+        def record(R: int) -> torch.Tensor:
+            sizes.append(R)
+            drawn.append(draw(R).detach().double())
+            return drawn[-1]
+        return inner(record, total, block, **kw)
+
+    monkeypatch.setattr(E, "MAX_PARTICLES", 96)
+    monkeypatch.setattr(E, "streaming_reference", recording)
+    ref = E.iwae_bound_reference(t, Objective("theta", "iwae", 2), 50, 0)
+    assert sizes == [16, 16, 16, 2] and all(type(R) is int for R in sizes) and ref.n == 50
+    G = torch.cat(drawn)
+    np.testing.assert_allclose(ref.value.numpy(), G.mean(0).numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ref.cov.numpy(), np.cov(G.numpy().T), rtol=1e-9, atol=1e-14)
