@@ -100,10 +100,8 @@ def latent_states(space: LatentSpace, start: int = 0, stop: int | None = None, d
     return binary_states(space.dim, start, stop, dtype, device)
 
 
-def state_chunks(k: int, n_data: int, width: int, chunk_elements: int = CHUNK_ELEMENTS,
-                 S: int | None = None) -> Iterator[tuple[int, int]]:
-    """(start, stop) ranges covering the S states (default 2ᵏ), each with ≤ chunk_elements / (N · width) states."""
-    S = 2**k if S is None else S
+def state_chunks(S: int, n_data: int, width: int, chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[tuple[int, int]]:
+    """(start, stop) ranges covering the S states, each with ≤ chunk_elements / (N · width) states."""
     step = max(1, min(S, chunk_elements // max(1, n_data * width)))
     for start in range(0, S, step):
         yield start, min(S, start + step)
@@ -114,7 +112,7 @@ def _width(model: Model, x: Tensor) -> int:
 
 
 def _chunks(model: Model, x: Tensor) -> Iterator[tuple[int, int]]:
-    return state_chunks(model.latent.dim, x.shape[0], _width(model, x), S=n_states(model.latent))
+    return state_chunks(n_states(model.latent), x.shape[0], _width(model, x))
 
 
 def _expand(states: Tensor, n: int) -> Tensor:
@@ -127,7 +125,7 @@ def _expand(states: Tensor, n: int) -> Tensor:
 def log_joint_table(model: Model, theta: Params, x: Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
     """log p_θ(x_n, z_s) for every state s and data point n: [S, N]."""
     space, N = model.latent, x.shape[0]
-    chunks = state_chunks(space.dim, N, _width(model, x), chunk_elements, S=n_states(space))
+    chunks = state_chunks(n_states(space), N, _width(model, x), chunk_elements)
     parts = [model.log_joint(theta, x, _expand(latent_states(space, a, b, x.dtype, x.device), N)) for a, b in chunks]
     return torch.cat(parts, 0)
 
@@ -209,17 +207,17 @@ def elbo_and_grads(model: Model, family: Family, theta: Params, phi: Params, x: 
     return value, g_theta, g_phi
 
 
-def iwae_enumerable(k: int, K: int, n_data: int, S: int | None = None) -> bool:
-    """Whether the S^K tuples of IWAE_K (S = 2ᵏ unless given) fit :data:`IWAE_ENUMERATION_LIMIT` (S^K · N ≤ it, in exact
+def iwae_enumerable(S: int, K: int, n_data: int) -> bool:
+    """Whether the S^K tuples of IWAE_K over S latent states fit :data:`IWAE_ENUMERATION_LIMIT` (S^K · N ≤ it, in exact
     integers: at the edge, logarithms round either way)."""
-    return (2**k if S is None else S) ** K * n_data <= IWAE_ENUMERATION_LIMIT
+    return S**K * n_data <= IWAE_ENUMERATION_LIMIT
 
 
 def iwae_and_grads(model: Model, family: Family, theta: Params, phi: Params, x: Tensor, K: int) -> tuple[Tensor, Params, Params]:
     """(IWAE_K, ∇θ IWAE_K, ∇φ IWAE_K) by enumerating the S^K tuples (z_1..z_K) of every data point:
     IWAE_K = Σ_n Σ_{s_1..s_K} Π_k q(z_{s_k} | x_n) · log (1/K Σ_k w_{s_k, n}); autograd in θ and φ."""
     N, S_all = x.shape[0], n_states(model.latent)
-    if not iwae_enumerable(model.latent.dim, K, N, S_all):
+    if not iwae_enumerable(S_all, K, N):
         raise ValueError(f"IWAE_{K} over {S_all} states per point is too large to enumerate ({S_all ** K} tuples)")
     states = _expand(latent_states(model.latent, dtype=x.dtype, device=x.device), N)
     S = states.shape[0]
@@ -301,7 +299,7 @@ def iwae_reference(replicates: int) -> Callable[[Target, Objective], Reference]:
     def build(target: Target, objective: Objective) -> Reference:
         if objective.kind != "iwae" or objective.K < 2:
             return elbo_reference(target, Objective(objective.wrt, "elbo"))
-        if iwae_enumerable(target.latent_dim, objective.K, target.n_data, n_states(target.model.latent)):
+        if iwae_enumerable(n_states(target.model.latent), objective.K, target.n_data):
             theta, phi, x = _float64(target)
             _, gt, gp = iwae_and_grads(target.model, target.family, theta, phi, x, objective.K)
             flat = target.layout.flatten(gt) if objective.wrt == "theta" else target.phi_layout.flatten(gp)

@@ -16,7 +16,7 @@ from gradbench.contracts import ComposedTarget, Objective
 from gradbench.families.bernoulli import BernoulliEncoder, BernoulliProposal
 from gradbench.models.sbn import SBN, SBNParams, build
 from gradbench.references import enumeration as en
-from gradbench.seeding import make_generator
+from gradbench.seeding import derive_seed, make_generator
 from tests.differences import central_differences
 
 ALPHA = 0.001
@@ -86,7 +86,7 @@ def test_log_joint_table_matches_brute_force(layers, cond):
 def test_chunked_table_equals_one_chunk():
     t = tiny([2, 2], "mlp")
     whole = en.log_joint_table(t.model, t.theta, t.x)
-    assert len(list(en.state_chunks(4, 3, 5, chunk_elements=20))) > 1
+    assert len(list(en.state_chunks(16, 3, 5, chunk_elements=20))) > 1
     torch.testing.assert_close(en.log_joint_table(t.model, t.theta, t.x, chunk_elements=20), whole, rtol=1e-14, atol=0)  # BLAS blocking: last bits
 
 
@@ -338,7 +338,7 @@ def test_enumeration_edges_and_seeds():
     log_w = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert torch.allclose(en.vimco_coefficients(log_w[1]), en.vimco_coefficients(log_w)[1], rtol=1e-14, atol=0)
     t = tiny([3], "linear", n=2)
-    with pytest.raises(ValueError, match=r"need K ≥ 2 \(K = 1 is the enumerated ELBO\)"):
+    with pytest.raises(ValueError, match=r"^estimated IWAE references need K ≥ 2 \(K = 1 is the enumerated ELBO\)$"):
         en.estimated_iwae_gradient(t, Objective("phi", "iwae", 1), 10, 0)
     draws = [en.estimated_iwae_gradient(t, Objective(wrt, "iwae", 2), 20, s).value
              for wrt in ("theta", "phi") for s in (0, 0, 1)]
@@ -347,8 +347,8 @@ def test_enumeration_edges_and_seeds():
     posterior = [en.sample_posterior(t.model, t.theta, t.x, (50,), make_generator(s)) for s in (0, 0, 1)]
     assert torch.equal(posterior[0], posterior[1]) and not torch.equal(posterior[0], posterior[2])
     S = en.n_states(t.model.latent)
-    K = next(K for K in range(2, 64) if not en.iwae_enumerable(t.latent_dim, K, t.n_data, S))
-    assert en.iwae_enumerable(t.latent_dim, K - 1, t.n_data, S)
+    K = next(K for K in range(2, 64) if not en.iwae_enumerable(S, K, t.n_data))
+    assert en.iwae_enumerable(S, K - 1, t.n_data)
     with pytest.raises(ValueError, match=rf"IWAE_{K} over {S} states per point is too large to enumerate \({S**K} tuples\)"):
         en.iwae_and_grads(t.model, t.family, t.theta, t.phi, t.x, K)
 
@@ -495,8 +495,52 @@ def test_categorical_states_allow_at_most_2_to_the_16_states(k, C, ok):
 @pytest.mark.parametrize("S, K, n_data, ok", [(4, 9, 1, True), (4, 9, 2, False), (3, 11, 1, True), (3, 11, 2, False),
                                               (2, 18, 1, True), (2, 19, 1, False), (2, 1, 1 << 17, True)])
 def test_iwae_enumerable_at_its_literal_limit(S, K, n_data, ok):
-    """S^K tuples × N points ≤ 2¹⁸ (literal edges, exact in integers: 4⁹ = 2¹⁸ fits for one point, not for two);
-    S = 2ᵏ by default."""
-    assert en.iwae_enumerable(0, K, n_data, S) is ok
-    if S in (2, 4):
-        assert en.iwae_enumerable(S.bit_length() - 1, K, n_data) is ok
+    """S^K tuples × N points ≤ 2¹⁸ (literal edges, exact in integers: 4⁹ = 2¹⁸ fits for one point, not for two)."""
+    assert en.iwae_enumerable(S, K, n_data) is ok
+
+
+def test_iwae_reference_enumerates_up_to_the_limit_and_estimates_in_float64_above_it():
+    """The builder enumerates IWAE_K while S^K · N ≤ 2¹⁸ and estimates above (literal edge: k = 3 binary latents, S = 8,
+    N = 2: K = 5 gives 2¹⁶ tuple-points, K = 6 gives 2¹⁹). Above the limit the estimate runs on the target's float64
+    copy: a float32 target's reference equals, bit for bit, that of the float64 target at the same values (same
+    derived seed, same draws); negative control: the float32 target's own values differ (the draws are taken in
+    float32)."""
+    t = tiny([3], "linear", n=2)
+    build_ref = en.iwae_reference(30)
+    for wrt in ("theta", "phi"):
+        assert build_ref(t, Objective(wrt, "iwae", 5)).kind == "enumerated"
+        assert build_ref(t, Objective(wrt, "iwae", 6)).kind == "estimated"
+    f32 = lambda p: {n: v.detach().to(torch.float32) for n, v in p.items()}
+    t32 = t.at(theta=f32(t.theta), phi=f32(t.phi), x=t.x.to(torch.float32))
+    up = lambda p: {n: v.to(torch.float64) for n, v in p.items()}
+    t64 = t32.at(theta=up(t32.theta), phi=up(t32.phi), x=t32.x.to(torch.float64))
+    for wrt in ("theta", "phi"):
+        objective = Objective(wrt, "iwae", 6)
+        ours, theirs = build_ref(t32, objective), build_ref(t64, objective)
+        assert torch.equal(ours.value, theirs.value) and torch.equal(ours.stderr, theirs.stderr)
+        in_float32 = en.estimated_iwae_gradient(t32, objective, 30, derive_seed("iwae_reference", t32.seed, objective.key))
+        assert not torch.equal(in_float32.value.double(), theirs.value.double())
+
+
+def test_estimated_iwae_gradient_draws_in_blocks_of_its_element_budget(monkeypatch: pytest.MonkeyPatch):
+    """With a block budget of 24 elements and K · N = 2 · 3, blocks of 4 replicates (integer sizes: 4, 4, 2 for 10)
+    merge into one reference of all 10 (the draws recorded and compared with their one-pass mean)."""
+    import gradbench.references.enumeration as E
+
+    t = tiny([2], "linear", n=3)
+    sizes: list[int] = []
+    drawn: list[torch.Tensor] = []
+    inner = E.streaming_reference
+
+    def recording(draw, total, block, **kw):
+        def record(R: int) -> torch.Tensor:
+            sizes.append(R)
+            drawn.append(draw(R).detach().double())
+            return drawn[-1]
+        return inner(record, total, block, **kw)
+
+    monkeypatch.setattr(E, "REFERENCE_BLOCK_ELEMENTS", 24)
+    monkeypatch.setattr(E, "streaming_reference", recording)
+    ref = E.estimated_iwae_gradient(t, Objective("theta", "iwae", 2), 10, 0)
+    assert sizes == [4, 4, 2] and all(type(R) is int for R in sizes) and ref.n == 10
+    np.testing.assert_allclose(ref.value.numpy(), torch.cat(drawn).mean(0).numpy(), rtol=1e-12, atol=1e-14)
