@@ -18,13 +18,15 @@ from pathlib import Path
 import pandas as pd
 
 from gradbench.report.data import load_run
+from gradbench.report.format import fmt_value
 from gradbench.training.stats import pair_labels
 
 
 def mean_se(values: pd.Series) -> str:
-    v = values.to_numpy(dtype=float)
+    """Mean ± s.e. over seeds, written by the report's one formatter (an empty block is "—")."""
+    v = values.dropna().to_numpy(dtype=float)
     se = v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else math.nan
-    return f"{v.mean():.3g} ± {se:.2g}"
+    return fmt_value(v.mean() if v.size else math.nan, se)
 
 
 def cell_arms(results: pd.DataFrame) -> pd.DataFrame:
@@ -52,7 +54,7 @@ def main() -> None:
     tau["block"] = (tau["step"] - 1) // args.block * args.block + args.block
     blocks = tau.groupby(["arm", "block", "estimator.train_seed"])["tau"].mean().groupby(level=["arm", "block"]).agg(mean_se)
     print(f"\nτ (max over a step's chain pairs) mean per {args.block}-step block, up to that step: mean ± s.e. over seeds")
-    print(blocks.unstack("block").to_markdown())
+    print(blocks.unstack("block").fillna("—").to_markdown())  # no block: no coupled steps there
     cens = curves.groupby(["arm", "estimator.train_seed"])["censored"].sum().groupby(level="arm").agg(["sum", "max"])
     print("\ncensored coupled steps (τ at max_iter, θ not updated): total over seeds, most in one seed")
     print(cens.to_markdown())
