@@ -238,11 +238,11 @@ def _with_doubling(rule: Callable[[int], tuple[Tensor, Tensor]], n: int, what: s
     for name, sl in (blocks or {"gradient": slice(None)}).items():
         rel = float(torch.linalg.vector_norm(res.grad_error[sl]) / torch.linalg.vector_norm(g2[sl]).clamp_min(1e-300))
         if rel > WARN_RELATIVE_ERROR:
-            warnings.warn(f"{what}: Gauss–Hermite error estimate not small (n = {n} → {2 * n} nodes per axis changes "
+            warnings.warn(f"{what}: doubling error estimate not small (n = {n} → {2 * n} nodes per axis changes "
                           f"the {name} by {rel:.2e} relative); increase quadrature_nodes or check for a multimodal "
                           "posterior", QuadratureWarning, stacklevel=3)
     if float(res.value_error) > WARN_RELATIVE_ERROR * max(1.0, float(v2.abs())):
-        warnings.warn(f"{what}: Gauss–Hermite error estimate of the value is {float(res.value_error):.2e}",
+        warnings.warn(f"{what}: doubling error estimate of the value is {float(res.value_error):.2e}",
                       QuadratureWarning, stacklevel=3)
     return res
 

@@ -378,7 +378,7 @@ def test_coarse_elbo_rule_warns_per_block():
     for name, sl in (("θ-gradient", slice(0, P)), ("φ-gradient", slice(P, None))):
         rel = float(torch.linalg.vector_norm(res.grad_error[sl]) / torch.linalg.vector_norm(res.grad[sl]))
         assert rel > Q.WARN_RELATIVE_ERROR
-        expected = (f"ELBO quadrature: Gauss–Hermite error estimate not small (n = 2 → 4 nodes per axis changes the "
+        expected = (f"ELBO quadrature: doubling error estimate not small (n = 2 → 4 nodes per axis changes the "
                     f"{name} by {rel:.2e} relative)")
         assert sum(m.startswith(expected) for m in messages) == 1, (expected, messages)
     with warnings.catch_warnings():
@@ -468,9 +468,9 @@ def test_with_doubling_evaluates_n_and_2n_and_warns_by_block():
     assert calls == [4, 8] and res.nodes == 4 and float(res.value) == 108.0 and float(res.value_error) == 4.0
     assert res.grad.tolist() == [1.0, 1.0, 9.0] and res.grad_error.tolist() == [0.0, 0.0, 4.0]
     texts = [str(w.message) for w in caught if issubclass(w.category, QuadratureWarning)]
-    assert texts == [("test rule: Gauss–Hermite error estimate not small (n = 4 → 8 nodes per axis changes the b by "
+    assert texts == [("test rule: doubling error estimate not small (n = 4 → 8 nodes per axis changes the b by "
                       "4.44e-01 relative); increase quadrature_nodes or check for a multimodal posterior"),
-                     "test rule: Gauss–Hermite error estimate of the value is 4.00e+00"]
+                     "test rule: doubling error estimate of the value is 4.00e+00"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         Q._with_doubling(rule, 4, "test rule")  # one block by default, named "gradient"

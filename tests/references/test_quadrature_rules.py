@@ -35,3 +35,33 @@ def test_banana_gauss_hermite_reference_equals_the_box_rule_and_finite_differenc
     assert float((fd - ref).norm() / ref.norm()) < 1e-7
     narrow = quadrature.box_elbo_rule(t.model, t.family, t.theta, t.phi, t.x, 12, half_width=2.0, panel=1.0)[2]
     assert float((narrow - ref).norm() / ref.norm()) > 1e-3
+
+
+@pytest.mark.parametrize("driver", ["box", "mixture"])
+def test_doubling_drivers_return_the_fine_rule_and_the_change_from_the_coarse_one(driver: str) -> None:
+    """``quadrature_box_elbo`` / ``quadrature_mixture_elbo`` with n nodes: value and [∇θ, ∇φ] are the 2n-node rule's
+    (bit for bit), value_error and grad_error are |rule(2n) − rule(n)| (the θ and φ blocks in the layout's order),
+    nodes = n; n = 3 is coarse, so each warns that its doubling change is not small, naming its rule. Defaults pinned:
+    the box driver's 12 Legendre nodes per panel of width 0.25 on [−16, 16]²."""
+    import inspect
+
+    import torch
+
+    t = target(5)
+    n = 3
+    if driver == "box":
+        kw = dict(half_width=4.0, panel=1.0)
+        with pytest.warns(quadrature.QuadratureWarning, match=r"^box ELBO quadrature: doubling error estimate not small"):
+            res = quadrature.quadrature_box_elbo(t.model, t.family, t.theta, t.phi, t.x, n, **kw)
+        rule = lambda m: quadrature.box_elbo_rule(t.model, t.family, t.theta, t.phi, t.x, m, **kw)
+        defaults = {p.name: p.default for p in inspect.signature(quadrature.quadrature_box_elbo).parameters.values()}
+        assert (defaults["nodes"], defaults["half_width"], defaults["panel"]) == (12, 16.0, 0.25)
+    else:
+        with pytest.warns(quadrature.QuadratureWarning, match=r"^mixture ELBO quadrature: doubling error estimate"):
+            res = quadrature.quadrature_mixture_elbo(t.model, t.family, t.theta, t.phi, t.x, n)
+        rule = lambda m: quadrature.mixture_elbo_rule(t.model, t.family, t.theta, t.phi, t.x, m)
+    (v1, gt1, gp1), (v2, gt2, gp2) = rule(n), rule(2 * n)
+    assert res.nodes == n and torch.equal(res.value, v2) and torch.equal(res.grad, torch.cat([gt2, gp2]))
+    assert torch.equal(res.value_error, (v2 - v1).abs())
+    assert torch.equal(res.grad_error, torch.cat([gt2 - gt1, gp2 - gp1]).abs())
+    assert res.grad.shape == (t.layout.size + t.phi_layout.size,) and bool((res.grad_error > 0).any())
