@@ -50,7 +50,7 @@ def test_doubling_drivers_return_the_fine_rule_and_the_change_from_the_coarse_on
     t = target(5)
     n = 3
     if driver == "box":
-        kw = dict(half_width=4.0, panel=1.0)
+        kw = {"half_width": 4.0, "panel": 1.0}
         with pytest.warns(quadrature.QuadratureWarning, match=r"^box ELBO quadrature: doubling error estimate not small"):
             res = quadrature.quadrature_box_elbo(t.model, t.family, t.theta, t.phi, t.x, n, **kw)
         rule = lambda m: quadrature.box_elbo_rule(t.model, t.family, t.theta, t.phi, t.x, m, **kw)
