@@ -479,3 +479,17 @@ def test_with_doubling_evaluates_n_and_2n_and_warns_by_block():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert float(Q._with_doubling(steady, 4, "test rule").value_error) == 0.0
+
+
+@pytest.mark.parametrize("value, change, warns", [(1e6, 0.9, False), (1e6, 1.1, True),
+                                                   (0.5, 0.9e-6, False), (0.5, 1.1e-6, True)])
+def test_doubling_value_warning_is_relative_above_one_and_absolute_below(value, change, warns):
+    """The value's doubling change warns beyond WARN_RELATIVE_ERROR · max(1, |value|) (1e-6): relative for a large
+    value (1e6: a change of 0.9 is quiet, 1.1 warns), absolute for a small one (0.5: 0.9e-6 quiet, 1.1e-6 warns)."""
+    rule = lambda m: (torch.tensor(value + (change if m == 8 else 0.0), dtype=torch.float64),
+                      torch.ones(2, dtype=torch.float64))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Q._with_doubling(rule, 4, "test rule")
+    texts = [str(w.message) for w in caught if issubclass(w.category, QuadratureWarning)]
+    assert texts == ([f"test rule: doubling error estimate of the value is {change:.2e}"] if warns else [])

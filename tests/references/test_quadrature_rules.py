@@ -80,7 +80,8 @@ def test_mixture_rule_theta_gradient_on_ppca_is_the_closed_form():
     E[log p(x_n, z)] = −(‖x_n − W m_j − μ‖² + tr(WᵀW D))/(2σ²) − d log σ − (‖m_j‖² + tr D)/2 − (d + k)/2 · log 2π
     in closed form, and ∇θ ELBO = ∇θ (1/M) Σ_j Σ_n of it (the entropy does not depend on θ). The mixture rule with
     n = 2 nodes (exact to degree 3) equals it to 1e-12 relative, for data points that differ (so x reaches the
-    integrand). Negative control: the same closed form without the tr(WᵀW D) term misses by more than 1e-3."""
+    integrand), and so does the z-space box rule (1e-8: Gauss–Legendre panels, not exact for a Gaussian). Negative
+    control: the same closed form without the tr(WᵀW D) term misses by more than 1e-3."""
     import torch
 
     from gradbench.models.params import PPCAParams
@@ -106,6 +107,10 @@ def test_mixture_rule_theta_gradient_on_ppca_is_the_closed_form():
     assert float((g_theta - exact).norm() / exact.norm()) < 1e-12
     wrong = t.layout.flatten(torch.func.grad(lambda th: closed_form(th, with_trace=False))(theta))
     assert float((g_theta - wrong).norm() / exact.norm()) > 1e-3
+    # the z-space box rule (k = 2, any q with log q) on the same data model: its ∇θ is the closed form too
+    W = box_half_width(f, t.phi, panel=0.5)
+    _, box_theta, _ = quadrature.box_elbo_rule(t.model, f, t.theta, t.phi, t.x, 12, half_width=W, panel=0.5)
+    assert float((box_theta - exact).norm() / exact.norm()) < 1e-8
 
 
 def test_rules_refuse_the_latent_dimensions_they_cannot_integrate(monkeypatch: pytest.MonkeyPatch) -> None:
