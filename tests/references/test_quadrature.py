@@ -443,6 +443,14 @@ def test_gaussian_vae_rules_are_exact_with_two_nodes(monkeypatch):
     assert rel(gt, g_t) <= 1e-12 and rel(gp, g_p) <= 1e-12
     full = Q.quadrature_elbo(t.model, t.family, theta, phi, x, nodes=2)
     assert rel(full.grad, torch.cat([g_t, g_p])) <= 1e-12
+    # a node budget of 8 = M nodes × 1 point: the log p(x) rule runs one data point per chunk, the ELBO rule 4 nodes
+    # per chunk; chunking changes nothing
+    monkeypatch.setattr(Q, "NODE_BUDGET", 8)
+    v1, g1 = Q.log_marginal_rule(t.model, theta, x, lap, 2)
+    assert abs(float(v1 - log_px(theta))) <= 1e-12 * abs(float(v1)) and rel(g1, g_px) <= 1e-12
+    v1, gt1, gp1 = Q.elbo_rule(t.model, t.family, theta, phi, x, 2)
+    assert abs(float(v1 - elbo(theta, phi))) <= 1e-12 * abs(float(v1)) and rel(gt1, g_t) <= 1e-12
+    monkeypatch.undo()
     # negative control: drop the first product node (a rule that skips a node, or a chunk loop starting at 1)
     u, lw = Q.gauss_hermite(2, 3)
     monkeypatch.setattr(Q, "gauss_hermite", lambda n, k: (u[1:], lw[1:]))
