@@ -469,24 +469,26 @@ def test_bias_norm_interval_off_support_offset_only_when_the_support_is_known(n,
         assert ends["outside"] != pytest.approx(ends["inside"], rel=1e-3)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
 @pytest.mark.parametrize("ulps, offset", [(0.99, False), (1.01, True)])
-def test_bias_norm_interval_rounding_tolerance_is_64_ulps(ulps, offset):
+def test_bias_norm_interval_rounding_tolerance_is_64_ulps(ulps, offset, scale):
     """A coordinate without variance off its reference by δ = ulps × 64 eps (max|G| + max|ref|) √P — the
     documented rounding tolerance, written here as its literal 64 ulps — is rounding below it (the interval is the
     one with δ = 0, exactly: same draws) and a deterministic offset above it. P = 2: one coordinate with 50
     replicates 0.3 s.e. off its reference (so the δ = 0 interval's lower end is 0 and an offset of δ shows as a
-    lower end of exactly δ), one constant at 2.5."""
+    lower end of exactly δ), one constant at 2.5; the same at scale 10⁻³ (the tolerance follows max|G| + max|ref|
+    below 1 too: no floor of 1 in it)."""
     G1, _, _ = _one_coordinate(0.3)
-    G = np.column_stack([G1[:, 0], np.full(G1.shape[0], 2.5)])
-    base = stats.bias_norm_interval(G, np.array([3.0, 2.5]), EPS, np.random.default_rng(0))
+    G = scale * np.column_stack([G1[:, 0], np.full(G1.shape[0], 2.5)])
+    base = stats.bias_norm_interval(G, scale * np.array([3.0, 2.5]), EPS, np.random.default_rng(0))
     assert base.ci_low == 0.0
-    delta = ulps * 64 * EPS * (float(np.abs(G).max()) + 3.0) * math.sqrt(2)
-    ref2 = 2.5 - delta
-    assert abs((2.5 - ref2) - delta) < 0.003 * delta  # δ survives the subtraction's rounding (ulp(2.5) ≈ 0.3 % of δ)
-    res = stats.bias_norm_interval(G, np.array([3.0, ref2]), EPS, np.random.default_rng(0))
+    delta = ulps * 64 * EPS * (float(np.abs(G).max()) + scale * 3.0) * math.sqrt(2)
+    ref2 = scale * 2.5 - delta
+    assert abs((scale * 2.5 - ref2) - delta) < 0.003 * delta  # δ survives the subtraction's rounding (ulp(2.5) ≈ 0.3 % of δ)
+    res = stats.bias_norm_interval(G, np.array([scale * 3.0, ref2]), EPS, np.random.default_rng(0))
     if offset:
-        assert res.ci_low == pytest.approx(2.5 - ref2, rel=1e-9, abs=0)
-        assert res.ci_high == pytest.approx(math.sqrt(base.ci_high**2 + (2.5 - ref2) ** 2), rel=1e-12)
+        assert res.ci_low == pytest.approx(scale * 2.5 - ref2, rel=1e-9, abs=0)
+        assert res.ci_high == pytest.approx(math.sqrt(base.ci_high**2 + (scale * 2.5 - ref2) ** 2), rel=1e-12, abs=0)
     else:
         assert (res.ci_low, res.ci_high) == (base.ci_low, base.ci_high)
 
