@@ -18,6 +18,7 @@ from gradbench.models.sbn import SBN, SBNParams, build
 from gradbench.references import enumeration as en
 from gradbench.seeding import derive_seed, make_generator
 from tests.differences import central_differences
+from tests.references.recording import record_blocks
 
 ALPHA = 0.001
 CONFIGS = [([3], "linear"), ([2, 2], "linear"), ([3], "mlp"), ([2, 2], "mlp")]
@@ -528,19 +529,9 @@ def test_estimated_iwae_gradient_draws_in_blocks_of_its_element_budget(monkeypat
     import gradbench.references.enumeration as E
 
     t = tiny([2], "linear", n=3)
-    sizes: list[int] = []
-    drawn: list[torch.Tensor] = []
-    inner = E.streaming_reference
-
-    def recording(draw, total, block, **kw):
-        def record(R: int) -> torch.Tensor:
-            sizes.append(R)
-            drawn.append(draw(R).detach().double())
-            return drawn[-1]
-        return inner(record, total, block, **kw)
 
     monkeypatch.setattr(E, "REFERENCE_BLOCK_ELEMENTS", 24)
-    monkeypatch.setattr(E, "streaming_reference", recording)
+    sizes, drawn = record_blocks(monkeypatch, E)
     ref = E.estimated_iwae_gradient(t, Objective("theta", "iwae", 2), 10, 0)
     assert sizes == [4, 4, 2] and all(type(R) is int for R in sizes) and ref.n == 10
     np.testing.assert_allclose(ref.value.numpy(), torch.cat(drawn).mean(0).numpy(), rtol=1e-12, atol=1e-14)

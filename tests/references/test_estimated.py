@@ -10,6 +10,7 @@ import torch
 from gradbench.contracts import Objective
 from gradbench.references.estimated import from_replicates, iwae_bound_reference, streaming_reference
 from tests.models.test_ppca_encoder import make_encoder_target
+from tests.references.recording import record_blocks
 
 
 def test_blockwise_moments_equal_one_pass_moments():
@@ -136,19 +137,9 @@ def test_iwae_reference_draws_in_blocks_of_the_particle_budget(monkeypatch: pyte
     import gradbench.references.estimated as E
 
     t = make_encoder_target(d=4, k=2, n=3, reference_replicates=50)
-    sizes: list[int] = []
-    drawn: list[torch.Tensor] = []
-    inner = E.streaming_reference
-
-    def recording(draw, total, block, **kw):
-        def record(R: int) -> torch.Tensor:
-            sizes.append(R)
-            drawn.append(draw(R).detach().double())
-            return drawn[-1]
-        return inner(record, total, block, **kw)
 
     monkeypatch.setattr(E, "MAX_PARTICLES", 96)
-    monkeypatch.setattr(E, "streaming_reference", recording)
+    sizes, drawn = record_blocks(monkeypatch, E)
     ref = E.iwae_bound_reference(t, Objective("theta", "iwae", 2), 50, 0)
     assert sizes == [16, 16, 16, 2] and all(type(R) is int for R in sizes) and ref.n == 50
     G = torch.cat(drawn)
