@@ -745,3 +745,25 @@ def test_the_conservative_bias_norm_interval_still_excludes_zero_for_a_large_bia
         G, ref, noise = _correlated_diagonal_reference_case(rep, 3000.0, shift=20.0)
         hits += stats.bias_norm_interval(G, ref, EPS, np.random.default_rng([11, rep, 1]), noise).ci_low > 0
     assert hits >= 30, hits
+
+
+def test_welch_df_in_one_dimension_is_welch_satterthwaite():
+    """With one coordinate, Nel & van der Merwe's ν = (r + r²) / Σ_i [tr(A_i²) + tr(A_i)²] / df_i reduces to the
+    Welch–Satterthwaite ν = (a₁ + a₂)² / (a₁²/(n₁ − 1) + a₂²/(n₂ − 1)), a₁ = s₁²/n₁ (the replicates), a₂ = v/n₂ (an
+    estimated reference of n₂ replicates of variance v) — the textbook formula written out here. A known-variance
+    part (df = ∞) adds nothing to the denominator. Negative control: the sample part alone gives n₁ − 1, not ν."""
+    rng = np.random.default_rng(0)
+    n1, n2, v = 12, 30, 2.5
+    X = rng.standard_normal((n1, 1)) * 1.7
+    Xc = X - X.mean(0)
+    a1, a2 = float(Xc[:, 0].var(ddof=1)) / n1, v / n2
+    welch = (a1 + a2) ** 2 / (a1**2 / (n1 - 1) + a2**2 / (n2 - 1))
+    dn = stats.diff_noise(Xc, stats.ReferenceNoise(cov=np.array([[v]]), n=n2), EPS, float(np.abs(X).max()))
+    assert dn.welch_df() == pytest.approx(welch, rel=1e-12) and abs(welch - (n1 - 1)) > 1
+    known = stats.diff_noise(Xc, stats.ReferenceNoise(cov=np.array([[v]]), n=n2, var=np.array([0.5])), EPS,
+                             float(np.abs(X).max()))
+    assert len(known.parts) == 3 and known.parts[2][1] == math.inf
+    b1, b2, b3 = a1, a2, 0.5  # the known part dilutes the shares, adds no d.f. term
+    assert known.welch_df() == pytest.approx((b1 + b2 + b3) ** 2 / (b1**2 / (n1 - 1) + b2**2 / (n2 - 1)), rel=1e-12)
+    alone = stats.diff_noise(Xc, stats.ReferenceNoise(), EPS, float(np.abs(X).max()))
+    assert alone.welch_df() == pytest.approx(n1 - 1, rel=1e-12)
