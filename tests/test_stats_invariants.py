@@ -767,3 +767,19 @@ def test_welch_df_in_one_dimension_is_welch_satterthwaite():
     assert known.welch_df() == pytest.approx((b1 + b2 + b3) ** 2 / (b1**2 / (n1 - 1) + b2**2 / (n2 - 1)), rel=1e-12)
     alone = stats.diff_noise(Xc, stats.ReferenceNoise(), EPS, float(np.abs(X).max()))
     assert alone.welch_df() == pytest.approx(n1 - 1, rel=1e-12)
+
+
+@pytest.mark.parametrize("factor, kept", [(0.99, False), (1.01, True)])
+def test_a_known_reference_variance_counts_from_1e6_of_the_monte_carlo_variance(factor, kept):
+    """A known (quadrature/enumeration) reference variance enters Cov(ḡ − g*) as its own part only where it exceeds
+    10⁻⁶ of the same coordinate's Monte Carlo variance Σ x²/(n(n − 1)) (literal edge, per coordinate: two
+    coordinates whose variances differ by 100×, the reference variance set at 0.99 and 1.01 of each one's edge)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 2)) * np.array([1.0, 10.0])
+    Xc = X - X.mean(0)
+    mc_var = (Xc * Xc).sum(0) / (20 * 19)
+    for j in (0, 1):
+        var = np.zeros(2)
+        var[j] = factor * 1e-6 * mc_var[j]
+        dn = stats.diff_noise(Xc, stats.ReferenceNoise(var=var), EPS, float(np.abs(X).max()))
+        assert (len(dn.parts) == 2) is kept, j
