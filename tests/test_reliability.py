@@ -245,7 +245,22 @@ def _mutate(doc, path, action, value):
     return doc
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("key", ["\n", " ", "a b", "tab\tkey", ""])
+@pytest.mark.parametrize("where", ["top", "params"])
+def test_an_unknown_key_that_is_not_one_word_stays_on_one_located_line(tmp_path, key, where):
+    """An unknown key with a newline, a space, a tab or nothing in it is quoted in the error's location, so the
+    message is one line that starts with the file (found by the fuzz test below: `'\n': 0`)."""
+    doc = yaml.safe_load(yaml.safe_dump(BASE))
+    (doc if where == "top" else doc["targets"][0]["params"])[key] = 0
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(str(path)) and repr(key) in msg, msg
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(data=st.data())
 def test_fuzzed_suites_give_a_plan_or_one_clean_error(data):
     paths = list(_paths(BASE))

@@ -405,9 +405,16 @@ def _message(err: dict[str, Any]) -> str:
 
 
 def _format_loc(loc: Loc) -> str:
+    """``targets[0].params.latent_dim``; a key that is not one printable word is quoted (``params['\\n']``), so the
+    location stays on its one line."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not (isinstance(part, str) and part.isprintable() and part.split() == [part]):
+            out += f"[{part!r}]"
+        else:
+            out += f".{part}" if out else part
     return out or "(top level)"
 
 
