@@ -783,3 +783,40 @@ def test_a_known_reference_variance_counts_from_1e6_of_the_monte_carlo_variance(
         var[j] = factor * 1e-6 * mc_var[j]
         dn = stats.diff_noise(Xc, stats.ReferenceNoise(var=var), EPS, float(np.abs(X).max()))
         assert (len(dn.parts) == 2) is kept, j
+
+
+# -- the max-t bootstrap's p-value at its two ends ---------------------------------------------------------------------
+
+
+def test_max_t_pvalue_is_one_when_the_mean_is_the_reference():
+    """n = 8 replicates in 30 coordinates (saturated: the max-t branch) whose mean is the reference to the last bit:
+    the observed max-t is 0, every one of the B draws reaches it, p = (1 + B)/(B + 1) = 1 exactly. Negative control:
+    a bootstrap that drew one draw fewer (B − 1 counted over B + 1) gives B/(B + 1) = 0.995 at B = 199."""
+    rng = np.random.default_rng(5)
+    G = rng.normal(size=(8, 30))
+    ref = stats.accurate_mean(G)
+    res = bias_test(G, ref, EPS, rng, n_boot=199)
+    assert res.method.startswith("max-t bootstrap(B=199"), res.method
+    assert res.pvalue == 1.0 and 199 / 200 != 1.0
+
+
+@pytest.mark.parametrize("n", [12, 25])
+def test_max_t_pvalue_beyond_every_draw_is_bonferroni_on_t_tails(n):
+    """A mean 30 standard errors off in one of 40 coordinates (n < 40: the max-t branch): no bootstrap draw reaches
+    it, so p = min(1/(B + 1), m · 2 · P(t_{n−1} > t)) with t = |ḡ_j − g*_j| / (s_j / √n), s_j on n − 1 df —
+    computed here from numpy's ddof = 1 standard deviation, to 1e-9 relative. Negative control: the standard error
+    on n − 2 df, s_j √((n − 1)/(n − 2)), moves that p-value by far more than 1e-9 (a factor ≥ 1.2 measured below)."""
+    rng = np.random.default_rng(n)
+    m = 40
+    G = rng.normal(size=(n, m))
+    se = G.std(0, ddof=1) / math.sqrt(n)
+    ref = G.mean(0)
+    ref[3] -= 30 * se[3]
+    res = bias_test(G, ref, EPS, rng, n_boot=199)
+    assert res.method.startswith(f"max-t bootstrap(B=199, m={m}"), res.method
+    t = np.abs(G.mean(0) - ref) / se
+    expected = min(1 / 200, m * 2 * float(sps.t.sf(t.max(), n - 1)))
+    assert expected < 1 / 200  # the refinement is what is tested
+    assert res.pvalue == pytest.approx(expected, rel=1e-9, abs=0)
+    wrong = m * 2 * float(sps.t.sf(t.max() * math.sqrt((n - 1) / (n - 2)), n - 1))
+    assert abs(wrong / expected - 1) > 0.2
