@@ -820,3 +820,166 @@ def test_max_t_pvalue_beyond_every_draw_is_bonferroni_on_t_tails(n):
     assert res.pvalue == pytest.approx(expected, rel=1e-9, abs=0)
     wrong = m * 2 * float(sps.t.sf(t.max() * math.sqrt((n - 1) / (n - 2)), n - 1))
     assert abs(wrong / expected - 1) > 0.2
+
+
+# -- the Hotelling branch's bootstrap: the reference's known variance per coordinate, and the draw count ------------
+
+
+def test_p_max_with_an_estimated_reference_and_one_known_variance_is_calibrated():
+    """The Hotelling branch's max-t draws, for an estimated reference (Wishart-redrawn covariance) plus a known
+    variance in coordinate 1 only (100× the estimator's): each coordinate's draws are studentised by its own known
+    variance. 2000 Gaussian null data sets (n = 100, n_ref = 400, r = 2, B = 199): P(p_max ≤ 0.05) within its
+    level-ALPHA band around 5 % (± 1.6 %; measured 5.1 %), and so is P(p_T2 ≤ 0.05). Negative control: the known
+    variance of coordinate 1 added to every coordinate (a sum over all coordinates, or over the part's rows) makes
+    coordinate 2's draws ≈ 0, so p_max is the tail of one coordinate's draw against the larger of two observed —
+    9.6 % measured, 4 s.e. beyond the band."""
+    rng = np.random.default_rng(31)
+    n, n_ref, v1, sets = 100, 400, 1.0, 2000
+    p_t, p_max = np.empty(sets), np.empty(sets)
+    for i in range(sets):
+        G, H = rng.normal(size=(n, 2)), rng.normal(size=(n_ref, 2))
+        ref = H.mean(0)
+        ref[0] += rng.normal() * math.sqrt(v1)
+        noise = stats.ReferenceNoise(cov=np.cov(H.T), n=n_ref, var=np.array([v1, 0.0]))
+        res = bias_test(G, ref, EPS, rng, noise=noise, n_boot=199)
+        assert res.method.startswith("hotelling+max-t(rank=2"), res.method
+        p_t[i], p_max[i] = _hotelling_ps(res)
+    assert _within(float((p_max <= 0.05).mean()), 0.05, sets), (p_max <= 0.05).mean()
+    assert _within(float((p_t <= 0.05).mean()), 0.05, sets), (p_t <= 0.05).mean()
+    assert not _within(0.096, 0.05, sets)
+
+
+def test_hotelling_bootstrap_in_two_blocks_draws_exactly_b():
+    """r = 65 coordinates (n = 700, ν = 699 ≥ 10 r): the [n, r²] outer products are used and a block of draws is
+    bounded by 64 MiB / ((r² + r) · 8 B) = 488 < B = 499, so the draws come in two blocks. The p-value is
+    (1 + count)/(B + 1) with exactly B = 499 draws: 500 p is an integer (a null data set, p mid-range, so no F
+    refinement). Negative controls: blocks that overshoot the remaining draws give 976 draws (500 p = 500 k/977 is
+    not an integer here); a block size that is not an integer cannot draw at all."""
+    rng = np.random.default_rng(65)
+    G = rng.normal(size=(700, 65))
+    res = bias_test(G, np.zeros(65), EPS, rng)
+    assert res.method.startswith("hotelling+max-t(rank=65, df=699, bootstrap B=499"), res.method
+    assert 0.01 < res.pvalue < 1
+    assert res.pvalue * 500 == pytest.approx(round(res.pvalue * 500), abs=1e-9)
+    assert (1 << 24) // ((65 * 65 + 65) * 8) == 488 and 500 * 15 / 977 != round(500 * 15 / 977)
+
+
+@pytest.mark.parametrize("n", [1900, 2100])
+def test_hotelling_bootstrap_agrees_with_f_on_either_side_of_the_outer_product_cap(n):
+    """r = 65 Gaussian coordinates with standard deviations 0.5 … 3, a null data set: n r² = 8.0·10⁶ (n = 1900) uses the [n, r²] outer products,
+    8.9·10⁶ (n = 2100) is above their 2²³ cap and takes the batched [r, n] @ [n, r] products. For Gaussian rows at
+    ν = n − 1 ≥ 29 r the bootstrap law of T² is close to Hotelling's F, so the bootstrap p_T2 is within 4 Monte
+    Carlo standard errors √(p(1 − p)/B) (B = 499; level 6·10⁻⁵ for the Monte Carlo part) plus 0.005 of the textbook
+    F p-value — on both paths. Negative control: a wrong Σ c_i y_i y_iᵀ on the batched path (a quotient for the
+    product, a wrong axis) or the outer products where there are none does not reach this (p_T2 at 1/500 or 1, or
+    an error; with unit variances a quotient c_i / y_ij would still put Σ c_i ≈ n on the diagonal, hence the scales)."""
+    rng = np.random.default_rng(n)
+    G = rng.normal(size=(n, 65)) * np.linspace(0.5, 3.0, 65)
+    res = bias_test(G, np.zeros(65), EPS, rng)
+    assert res.method.startswith("hotelling+max-t(rank=65"), res.method
+    p_t, _ = _hotelling_ps(res)
+    p_f = _hotelling_f_pvalue(G, np.zeros(65))
+    assert abs(p_t - p_f) <= 4 * math.sqrt(p_f * (1 - p_f) / 499) + 0.005, (p_t, p_f)
+
+
+@pytest.mark.parametrize("copies, branch", [(10, "hotelling+max-t(rank=2"), (4, "max-t bootstrap(B=1999")])
+def test_bootstrap_ties_count_as_reaching_the_observed(copies, branch):
+    """Rows (±1, ±1), each of the four ``copies`` times (n = 40: the Hotelling branch; n = 16, ν = 15 < 10 r: max-t),
+    and the reference their exact mean: the observed statistics are 0, and every draw — including the resamples
+    whose counts balance in both coordinates, so that T²* = M* = 0 exactly — reaches them: p = 1 (and p_T2 = p_max = 1).
+    Negative control: counting only draws strictly beyond the observed leaves out the balanced resamples (p < 1)."""
+    G = np.array([[a, b] for a in (-1.0, 1.0) for b in (-1.0, 1.0)] * copies)
+    res = bias_test(G, np.zeros(2), EPS, np.random.default_rng(0))
+    assert res.method.startswith(branch), res.method
+    assert res.pvalue == 1.0
+    if branch.startswith("hotelling"):
+        assert _hotelling_ps(res) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("n, branch", [(30, "hotelling+max-t(rank=2"), (20, "max-t bootstrap(B=1999")])
+def test_bootstrap_zero_over_zero_counts_as_exceeding(n, branch):
+    """Coordinate 1 is zero in n − 2 rows and ±1 in the other two; coordinate 2 is Gaussian with the reference
+    10 s.e. off (n = 30: the Hotelling branch; n = 20, ν = 19 < 10 r: max-t). A resample that misses both ±1 rows
+    (probability (1 − 2/n)ⁿ: 12.6 %, 12.2 %) has m* = se* = 0 there: 0/0, which counts as +∞ (the draw exceeds the
+    observed: conservative). So the max-t p-value is at least the share of such draws, itself ≥ 8 % over B = 499 or
+    1999 draws except with probability < 10⁻³ (binomial lower tail); ≥ 0.05 is tested. Negative control: 0/0 read as
+    0 leaves coordinate 2's draws, which (almost) never reach 10 s.e.: p near 1/(B + 1)."""
+    rng = np.random.default_rng(3)
+    G = np.column_stack([np.r_[np.zeros(n - 2), 1.0, -1.0], rng.normal(size=n)])
+    ref = np.array([0.0, G[:, 1].mean() - 10 * G[:, 1].std(ddof=1) / math.sqrt(n)])
+    res = bias_test(G, ref, EPS, np.random.default_rng(1))
+    assert res.method.startswith(branch), res.method
+    assert (_hotelling_ps(res)[1] if branch.startswith("hotelling") else res.pvalue) >= 0.05
+    B = 499 if branch.startswith("hotelling") else 1999
+    assert sps.binom.ppf(1e-3, B, (1 - 2 / n) ** n) / B > 0.08
+
+
+def test_hotelling_no_draw_refinement_is_twice_the_f_pvalue():
+    """A mean far off the reference in the Hotelling branch (n = 200, r = 3, each coordinate 1 s.d. off): no draw
+    reaches the observed, and p = min(1/(B + 1), 2 p_F) — Bonferroni over the two statistics, with p_F the textbook
+    Hotelling F p-value — to 1e-8 relative. Negative control: 3 p_F (or p_F) differs by a factor 1.5 (2)."""
+    rng = np.random.default_rng(8)
+    G = rng.normal(size=(200, 3)) + 1.0
+    res = bias_test(G, np.zeros(3), EPS, rng)
+    assert res.method.startswith("hotelling+max-t(rank=3"), res.method
+    p_f = _hotelling_f_pvalue(G, np.zeros(3))
+    assert 2 * p_f < 1 / 500
+    assert res.pvalue == pytest.approx(2 * p_f, rel=1e-8, abs=0)
+
+
+# -- the max-t bootstrap: scale, blocks, and agreement with the Hotelling branch's max-t -----------------------------
+
+
+def test_max_t_bootstrap_is_scale_equivariant_with_a_rank_deficient_reference():
+    """n = 10 replicates in 30 coordinates (max-t), an estimated reference from 12 replicates (its covariance has
+    rank 11 < 30: 19 zero eigenvalues, which must draw no noise) plus a known variance on 10 coordinates. Scaling
+    every input by s (G, g*: s; covariance and variance: s²) changes no studentised statistic, and with the same
+    generator no draw: p is the same at s = 1, 10⁻⁸ and 10⁴. Negative controls: an eigenvalue cut-off with an absolute
+    floor (at s = 10⁻⁸ every eigenvalue of C/n is below eps, so the reference's noise vanishes) or unit noise put on
+    the discarded eigenvalues (not scaled by s) change p."""
+    setup = np.random.default_rng(12)
+    G, H = setup.normal(size=(10, 30)), setup.normal(size=(12, 30))
+    var = np.r_[np.full(10, 0.05), np.zeros(20)]
+    ref = H.mean(0) + 0.3
+    ps = []
+    for s in (1.0, 1e-8, 1e4):
+        noise = stats.ReferenceNoise(cov=np.cov(H.T) * s * s, n=12, var=var * s * s)
+        res = bias_test(G * s, ref * s, EPS, np.random.default_rng(0), noise, n_boot=999)
+        assert res.method.startswith("max-t bootstrap(B=999, m=30"), res.method
+        ps.append(res.pvalue)
+    assert 0.001 < ps[0] < 1 and ps[1] == ps[0] and ps[2] == ps[0], ps
+
+
+def test_max_t_bootstrap_in_several_blocks_counts_exactly_b_draws():
+    """m = 4200 coordinates, n = 20: a block of draws is bounded by 2²³ / max(n, m) = 1997 < B = 1999 multinomial
+    rows, so the draws come in two blocks and the count is summed over both. With the reference the replicates' exact
+    mean every draw reaches the observed 0, so p = (1 + B)/(B + 1) = 1 exactly. Negative controls: blocks that
+    overshoot the remaining draws (1997 + 1997 counted: p = 1.997), a count kept from the last block only
+    (p = 3/2000), a non-integer block size (no draw at all), a loop that never ends (timeout)."""
+    rng = np.random.default_rng(4200)
+    G = rng.normal(size=(20, 4200))
+    res = bias_test(G, stats.accurate_mean(G), EPS, rng)
+    assert res.method.startswith("max-t bootstrap(B=1999, m=4200"), res.method
+    assert (1 << 23) // 4200 == 1997
+    assert res.pvalue == 1.0
+
+
+@pytest.mark.parametrize("kind", ["exact", "known variance"])
+def test_in_one_dimension_the_max_t_branch_equals_the_hotelling_branchs_max_t(monkeypatch, kind):
+    """One coordinate, n = 8 (ν = 7 < 10: the max-t branch). Forced into the Hotelling branch
+    (HOTELLING_MIN_RATIO = 0) with the same generator and B = 499, the Hotelling branch's marginal max-t draws
+    M* = |m*| / √(s*²/n + V_ref) come from the same multinomial counts and Gaussian reference noise as the max-t
+    branch's t*: its p_max equals the max-t branch's p on every data set (10 data sets, a mean ½ s.e. off). Negative
+    control: the resample variance on n + 1 or n − 2 df in one branch only, which moves p on most data sets."""
+    noise = None if kind == "exact" else stats.ReferenceNoise(var=np.array([0.01]))
+    rng = np.random.default_rng(17)
+    for _ in range(10):
+        G = rng.normal(size=(8, 1)) + 0.5 / math.sqrt(8)
+        seed = int(rng.integers(2**31))
+        res_t = bias_test(G, np.zeros(1), EPS, np.random.default_rng(seed), noise, n_boot=499)
+        assert res_t.method.startswith("max-t bootstrap(B=499, m=1"), res_t.method
+        with monkeypatch.context() as patch:
+            patch.setattr(stats, "HOTELLING_MIN_RATIO", 0)
+            res_h = bias_test(G, np.zeros(1), EPS, np.random.default_rng(seed), noise, n_boot=499)
+        assert res_h.method.startswith("hotelling+max-t(rank=1"), res_h.method
+        assert _hotelling_ps(res_h)[1] == pytest.approx(res_t.pvalue, abs=5e-4), (res_h.method, res_t.pvalue)
