@@ -92,7 +92,10 @@ class DiffNoise:
 
     def welch_df(self) -> float:
         """ν of Nel & van der Merwe (1986): ν = (r + r²) / Σ_i [tr(A_i²) + tr(A_i)²] / df_i,
-        A_i = the whitened covariance of part i (Σ_i A_i = I_r). One sample: ν = n − 1 (Hotelling)."""
+        A_i = the whitened covariance of part i (Σ_i A_i = I_r). One sample: ν = n − 1 (Hotelling), returned as
+        such — the formula rounds it to just below n − 1, which at ν = HOTELLING_MIN_RATIO · r would take max-t."""
+        if len(self.parts) == 1:
+            return self.parts[0][1]
         r = self.rank
         denom = 0.0
         for L, df in self.parts:

@@ -983,3 +983,187 @@ def test_in_one_dimension_the_max_t_branch_equals_the_hotelling_branchs_max_t(mo
             res_h = bias_test(G, np.zeros(1), EPS, np.random.default_rng(seed), noise, n_boot=499)
         assert res_h.method.startswith("hotelling+max-t(rank=1"), res_h.method
         assert _hotelling_ps(res_h)[1] == pytest.approx(res_t.pvalue, abs=5e-4), (res_h.method, res_t.pvalue)
+
+
+# -- bias_test's edges: too few replicates, no coordinates, zmax, the deterministic and the saturation thresholds ----
+
+
+def test_bias_test_edges():
+    """One replicate: no test (NaN, NaN, "none: fewer than 2 replicates"). Two replicates are enough for the max-t
+    bootstrap (a finite p-value). No coordinates, or replicates that are all zero with the reference 0: p = 1,
+    zmax = 0, "zero variance" (also with ``atoms``). Negative controls: a floor at 3 replicates (NaN at n = 2); a
+    z-score of 0/0 in a coordinate without variance (zmax NaN); a largest entry of an empty array (an error)."""
+    rng = np.random.default_rng(2)
+    one = bias_test(rng.normal(size=(1, 3)), np.zeros(3), EPS, rng)
+    assert math.isnan(one.pvalue) and math.isnan(one.zmax) and one.method == "none: fewer than 2 replicates"
+    two = bias_test(rng.normal(size=(2, 3)), np.zeros(3), EPS, rng)
+    assert two.method.startswith("max-t bootstrap") and 0 < two.pvalue <= 1, two
+    for G, atoms in [(np.zeros((5, 0)), False), (np.zeros((5, 0)), True), (np.zeros((5, 3)), False)]:
+        res = bias_test(G, np.zeros(G.shape[1]), EPS, rng, atoms=atoms)
+        assert (res.pvalue, res.zmax, res.method) == (1.0, 0.0, "zero variance"), (G.shape, atoms, res)
+
+
+@pytest.mark.parametrize("kind, n, f_only", [("exact", 30, False), ("known variance", 30, False),
+                                             ("exact", 300, False), ("exact", 300, True)])
+def test_zmax_is_the_largest_studentised_difference(monkeypatch, kind, n, f_only):
+    """zmax = max_j |ḡ_j − g*_j| / √(s_j²/n + v_j) over the coordinates with variance (s_j on n − 1 df from numpy,
+    v_j the reference's known variance), to 1e-12 relative; a coordinate without variance (constant, no
+    difference) contributes nothing — here every z is below 1. Every branch reports it: max-t (n = 30), Hotelling's
+    bootstrap (n = 300) and its F reference alone (forced). Negative controls: the difference times the standard
+    error, 1 for the constant coordinate, or no zmax at all (0 or None)."""
+    if f_only:
+        monkeypatch.setattr(stats, "HOTELLING_BOOT_MAX_FLOPS", 0.0)
+    rng = np.random.default_rng(30)
+    G = np.column_stack([rng.normal(size=(n, 4)) * [1.0, 2.0, 0.5, 3.0], np.full(n, 7.0)])
+    var = np.r_[np.full(4, 0.01), 0.0] if kind == "known variance" else np.zeros(5)
+    se = np.sqrt(G.var(0, ddof=1) / n + var)
+    ref = G.mean(0) - np.r_[0.1, -0.4, 0.7, 0.2, 0.0] * np.where(se > 0, se, 1.0)
+    noise = stats.ReferenceNoise(var=var) if kind == "known variance" else None
+    res = bias_test(G, ref, EPS, rng, noise=noise, n_boot=99)
+    if kind == "exact":
+        assert res.method.startswith("max-t" if n == 30 else "hotelling(" if f_only else "hotelling+max-t"), res.method
+    assert res.zmax == pytest.approx(0.7, rel=1e-12, abs=0)
+    live = se > 0
+    assert res.zmax == pytest.approx(float((np.abs(G.mean(0) - ref)[live] / se[live]).max()), rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("p", [1, 4])
+def test_deterministic_bias_threshold_is_64_ulps_times_root_p(p):
+    """A constant coordinate (1.0 in every replicate; other coordinates Gaussian with |g| < 1) whose reference is off
+    by δ: a deterministic bias ("bias in a zero-variance coordinate", p = 0) exactly when δ > 64 eps (max|g| +
+    max|g*|) √p — tested at 0.9 and 1.1 times that threshold, for p = 1 and 4 coordinates. Negative controls: √p
+    replaced by 1/√p (p = 4: 0.9 is then a verdict) or √max(p, 2) (p = 1: 1.1 is then none)."""
+    rng = np.random.default_rng(p)
+    n = 20
+    G = np.column_stack([np.ones(n), 0.1 * rng.normal(size=(n, p - 1))])
+    assert np.abs(G).max() == 1.0
+    tol = stats.DETERMINISTIC_ULPS * EPS * 2.0 * math.sqrt(p)
+    assert stats.DETERMINISTIC_ULPS == 64.0
+    for k, verdict in [(0.9, False), (1.1, True)]:
+        ref = stats.accurate_mean(G)
+        ref[0] = 1.0 - k * tol
+        res = bias_test(G, ref, EPS, rng, n_boot=99)
+        assert (res.method == "deterministic: bias in a zero-variance coordinate") == verdict, (k, res)
+        assert (res.pvalue == 0.0) == verdict
+
+
+@pytest.mark.parametrize("k, saturated", [(0.9, False), (1.1, True)])
+def test_saturation_counts_directions_above_the_floor(k, saturated):
+    """n = 4 replicates in 10 coordinates: two directions of scale 1, a third whose standard error (its singular value
+    of Xc / √(n(n − 1))) is k times the rounding floor (4 eps · max|g| / √n, with max|g| = 10⁶ from a constant
+    coordinate), and a reference off by 10⁻³ in a direction orthogonal to all three. With k = 1.1 the third direction
+    is variance, the centred replicates have rank 3 = n − 1 (saturated: more directions could exist unseen), and the
+    off-support difference is no verdict; with k = 0.9 it is rounding, rank 2 < n − 1, and the difference is a
+    deterministic bias outside the rank-2 support. Negative controls: a rank cut-off on another scale (numpy's default,
+    the floor times √(n/(n − 1)), √(n(n + 1)), √(n(n − 2)) or 1/√(n(n − 1))) or saturation at rank n − 2."""
+    n, P = 4, 10
+    setup = np.random.default_rng(40)
+    Q, _ = np.linalg.qr(np.column_stack([np.ones(n), setup.normal(size=(n, 3))]))
+    V, _ = np.linalg.qr(setup.normal(size=(P - 1, P - 1)))
+    floor = stats.ROUNDING_ULPS * EPS * 1e6 / math.sqrt(n)
+    sv = np.array([1.0, 0.5, k * floor]) * math.sqrt(n * (n - 1))
+    G = np.column_stack([Q[:, 1:] * sv @ V[:, :3].T, np.full(n, 1e6)])
+    dn = stats.sample_noise(G, None, EPS)
+    assert dn.floor == pytest.approx(floor, rel=1e-12) and dn.rank == (3 if saturated else 2)
+    ref = stats.accurate_mean(G)
+    ref[:P - 1] -= 1e-3 * V[:, 5]
+    res = bias_test(G, ref, EPS, np.random.default_rng(0), n_boot=99)
+    assert res.method.startswith("deterministic: bias outside") != saturated, res.method
+
+
+def test_bias_test_is_scale_equivariant_down_to_1e_minus_20():
+    """G, g* scaled by 10⁻²⁰: the Hotelling branch's p-value is the same as at scale 1 with the same generator, and a
+    constant coordinate off by 10⁻³ of its scale is still a deterministic bias — no threshold has an absolute part.
+    Negative controls: a largest |g| or |g*| floored at 1 (the rounding floor, then every direction, or the
+    deterministic tolerance, then every bias, is below it at this scale)."""
+    rng = np.random.default_rng(20)
+    G = rng.normal(size=(200, 3)) + 0.1
+    base = bias_test(G, np.zeros(3), EPS, np.random.default_rng(1))
+    tiny = bias_test(G * 1e-20, np.zeros(3), EPS, np.random.default_rng(1))
+    assert base.method.startswith("hotelling+max-t(rank=3") and tiny.method == base.method
+    assert tiny.pvalue == base.pvalue
+    Gc = np.column_stack([G, np.ones(200)]) * 1e-20
+    ref = np.r_[stats.accurate_mean(Gc)[:3], 0.999e-20]
+    res = bias_test(Gc, ref, EPS, np.random.default_rng(1))
+    assert res.method == "deterministic: bias in a zero-variance coordinate", res.method
+
+
+@pytest.mark.parametrize("k, verdict", [(0.9999, False), (1.0001, True)])
+def test_atoms_unseen_state_bound_is_twice_log_1000_over_n(k, verdict):
+    """``atoms``: n = 100 replicates, coordinate 2 in {−¼, ¼} (range ½), coordinate 1 constant 5 with the reference
+    off by δ. An off-support difference is a deterministic bias only beyond the largest mean shift of an unseen state,
+    2 log(10³)/n × (the largest coordinate range) = 0.0691 — tested at 0.9999 and 1.0001 of it. Negative controls:
+    3 log(10³)/n; log(1001) for log(1000) (1.000145 times the bound: 1.0001 is then no verdict); a range from the
+    overall max or min, or max + min, or floored at 1 (each at least 5.5 or 1 here)."""
+    rng = np.random.default_rng(100)
+    G = np.column_stack([np.full(100, 5.0), np.where(rng.random(100) < 0.3, 0.25, -0.25)])
+    bound = 2 * math.log(1e3) / 100 * 0.5
+    ref = np.array([5.0 - k * bound, G[:, 1].mean()])
+    res = bias_test(G, ref, EPS, rng, atoms=True, n_boot=99)
+    assert res.method.startswith("deterministic: bias outside") == verdict, res.method
+    assert math.log(1001) / math.log(1000) > 1.0001
+
+
+_SUFFIXES = {
+    "exact": (None, ""),
+    "estimated": (stats.ReferenceNoise(cov=np.eye(2), n=400), ", two-sample"),
+    "known variance": (stats.ReferenceNoise(var=np.full(2, 1e-3)), ", known ref variance"),
+    "diagonal-only": (stats.ReferenceNoise(var=np.full(2, 1e-3), estimated_diagonal=True),
+                      ", diagonal-only estimated ref"),
+}
+
+
+@pytest.mark.parametrize("kind", list(_SUFFIXES))
+def test_the_method_names_the_kind_of_reference(kind):
+    """The ``method`` text after the degrees of freedom (Hotelling) or the rank (max-t) names the reference's noise:
+    nothing for an exact reference, ", two-sample", ", known ref variance", ", diagonal-only estimated ref" (which
+    always takes max-t). n = 200 Gaussian replicates in 2 coordinates. Negative control: any other text."""
+    noise, suffix = _SUFFIXES[kind]
+    rng = np.random.default_rng(9)
+    res = bias_test(rng.normal(size=(200, 2)), np.zeros(2), EPS, rng, noise=noise, n_boot=99)
+    if kind == "diagonal-only":
+        assert res.method == f"max-t bootstrap(B=99, m=2, rank=2{suffix})", res.method
+    else:
+        assert res.method.startswith("hotelling+max-t(rank=2, df="), res.method
+        assert res.method.split(", bootstrap B=")[0].split("df=")[1].lstrip("0123456789") == suffix, res.method
+
+
+@pytest.mark.parametrize("P, branch", [(4, "hotelling+max-t(rank=4"), (5, "max-t bootstrap(B=199, m=5, rank=5")])
+def test_saturated_replicates_with_more_directions_than_they_can_show_take_max_t(P, branch):
+    """n = 5 replicates (n − 1 = 4 centred directions, saturated) against a reference with a known variance 100×
+    the estimator's in every coordinate (ν ≈ 10⁴ ≥ 10 r). In P = 4 coordinates the replicates show the whole
+    rank-4 support: Hotelling. In P = 5 the rank is 5 > n − 1: the estimator's variance in the fifth direction is
+    unobserved, Hotelling's T² would be inflated, and the test takes max-t. Negative controls: r ≥ n − 1, r > n − 2
+    or saturation alone (P = 4 then takes max-t), r > n + 1 or no such rule (P = 5 then takes Hotelling)."""
+    rng = np.random.default_rng(5)
+    G = rng.normal(size=(5, P))
+    var = 100 * G.var(0, ddof=1) / 5
+    res = bias_test(G, np.zeros(P), EPS, rng, noise=stats.ReferenceNoise(var=var), n_boot=199)
+    assert res.method.startswith(branch), res.method
+
+
+@pytest.mark.parametrize("n, branch", [(21, "hotelling+max-t(rank=2, df=20,"), (20, "max-t bootstrap(B=1999, m=2")])
+def test_hotelling_needs_nu_at_least_ten_times_the_rank(n, branch):
+    """An exact reference, r = 2: ν = n − 1 = 20 = 10 r takes Hotelling, ν = 19 takes max-t (ν is n − 1 exactly:
+    the Nel–van der Merwe formula gave 19.999999999999982 here). Negative control: ν > 10 r (n = 21 then takes
+    max-t)."""
+    assert stats.HOTELLING_MIN_RATIO == 10
+    rng = np.random.default_rng(n)
+    res = bias_test(rng.normal(size=(n, 2)), np.zeros(2), EPS, rng)
+    assert res.method.startswith(branch), res.method
+
+
+def test_a_deterministic_estimator_against_a_known_variance_reference_uses_chi2():
+    """Replicates that are all equal (a deterministic estimator: no variance of its own) against a reference with a
+    known variance v (quadrature error bounds): Cov(d) = diag(v) is known exactly, ν = ∞ ("df=inf"), and
+    T² = Σ d_j² / v_j ~ χ²(r). Off by 6 reference s.e. in each of 3 coordinates no bootstrap draw reaches T², so
+    p = 2 P(χ²₃ > T²) (the no-draw refinement), to 1e-8 relative. Negative control: the F law with ν = ∞ (NaN)."""
+    rng = np.random.default_rng(6)
+    var = np.array([1e-2, 4e-2, 1e-3])
+    G = np.tile(rng.normal(size=3), (50, 1))
+    ref = G[0] - 6 * np.sqrt(var)
+    res = bias_test(G, ref, EPS, rng, noise=stats.ReferenceNoise(var=var))
+    assert res.method.startswith("hotelling+max-t(rank=3, df=inf, known ref variance,"), res.method
+    expected = 2 * float(sps.chi2.sf(float(((G[0] - ref) ** 2 / var).sum()), 3))
+    assert expected < 1 / 500
+    assert res.pvalue == pytest.approx(expected, rel=1e-8, abs=0)
