@@ -19,6 +19,7 @@ from gradbench.references import enumeration as en
 from gradbench.seeding import derive_seed, make_generator
 from tests.differences import central_differences
 from tests.references.recording import record_blocks
+from tests.references.twins import float32_twins
 
 ALPHA = 0.001
 CONFIGS = [([3], "linear"), ([2, 2], "linear"), ([3], "mlp"), ([2, 2], "mlp")]
@@ -511,10 +512,7 @@ def test_iwae_reference_enumerates_up_to_the_limit_and_estimates_in_float64_abov
     for wrt in ("theta", "phi"):
         assert build_ref(t, Objective(wrt, "iwae", 5)).kind == "enumerated"
         assert build_ref(t, Objective(wrt, "iwae", 6)).kind == "estimated"
-    f32 = lambda p: {n: v.detach().to(torch.float32) for n, v in p.items()}
-    t32 = t.at(theta=f32(t.theta), phi=f32(t.phi), x=t.x.to(torch.float32))
-    up = lambda p: {n: v.to(torch.float64) for n, v in p.items()}
-    t64 = t32.at(theta=up(t32.theta), phi=up(t32.phi), x=t32.x.to(torch.float64))
+    t32, t64 = float32_twins(t)
     for wrt in ("theta", "phi"):
         objective = Objective(wrt, "iwae", 6)
         ours, theirs = build_ref(t32, objective), build_ref(t64, objective)

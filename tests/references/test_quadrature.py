@@ -30,6 +30,7 @@ from gradbench.families.gaussian import GaussianEncoder, GaussianMeanField, Gaus
 from gradbench.models.vae import VAE, VAEParams, build
 from gradbench.references import quadrature as Q
 from gradbench.references.quadrature import QuadratureWarning
+from tests.references.twins import float32_twins
 
 ALPHA = 0.001
 F64 = torch.float64
@@ -509,10 +510,7 @@ def test_a_float32_targets_quadrature_reference_is_computed_in_float64():
     ∇θ/∇φ ELBO) equal, to 1e-12, those of the float64 target at the same (float32-representable) values. Negative
     control: the same rule evaluated in float32 differs by more than 1e-9."""
     t = build(VAEParams(latent_dim=2, data_dim=4, n_data=2, hidden=[3]), GaussianProposal(mean_shift=0.5), seed=0)
-    f32 = lambda p: {n: v.detach().to(torch.float32) for n, v in p.items()}
-    up = lambda p: {n: v.to(torch.float64) for n, v in p.items()}
-    t32 = t.at(theta=f32(t.theta), phi=f32(t.phi), x=t.x.to(torch.float32))
-    t64 = t32.at(theta=up(t32.theta), phi=up(t32.phi), x=t32.x.to(torch.float64))
+    t32, t64 = float32_twins(t)
     rel = lambda a, b: float(torch.linalg.vector_norm(a.double() - b) / torch.linalg.vector_norm(b))
     for objective in (Objective("theta", "log_marginal"), Objective("theta", "elbo"), Objective("phi", "elbo")):
         ours, theirs = Q.quadrature_reference(t32, objective, 4), Q.quadrature_reference(t64, objective, 4)
